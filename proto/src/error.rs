@@ -1,0 +1,220 @@
+//! The error codes of SPEC §3 and the JSON error envelope every non-2xx
+//! response carries.
+
+use serde::Serialize;
+
+/// Every error a client can see. The set is closed: metrics label values
+/// (`rejected_total{reason}`) are drawn from it, so they stay bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    Conflict,
+    InsufficientFunds,
+    NonceConflict,
+    IdempotencyConflict,
+    TooLarge,
+    UnsupportedMediaType,
+    LimitsExceeded,
+    Busy,
+    HeadersTooLarge,
+    Internal,
+    Unavailable,
+    Degraded,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
+        ErrorCode::Conflict,
+        ErrorCode::InsufficientFunds,
+        ErrorCode::NonceConflict,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::TooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::LimitsExceeded,
+        ErrorCode::Busy,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::Degraded,
+    ];
+
+    /// The code as it appears in the envelope's `code` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            ErrorCode::NonceConflict => "NONCE_CONFLICT",
+            ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::LimitsExceeded => "LIMITS_EXCEEDED",
+            ErrorCode::Busy => "BUSY",
+            ErrorCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Degraded => "DEGRADED",
+        }
+    }
+
+    /// The code as a metrics label value (`rejected_total{reason="too_large"}`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::InsufficientFunds => "insufficient_funds",
+            ErrorCode::NonceConflict => "nonce_conflict",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::LimitsExceeded => "limits_exceeded",
+            ErrorCode::Busy => "busy",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Degraded => "degraded",
+        }
+    }
+
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::Conflict
+            | ErrorCode::InsufficientFunds
+            | ErrorCode::NonceConflict
+            | ErrorCode::IdempotencyConflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::LimitsExceeded => 422,
+            ErrorCode::Busy => 429,
+            ErrorCode::HeadersTooLarge => 431,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable | ErrorCode::Degraded => 503,
+        }
+    }
+
+    /// Whether a client may retry the same request unchanged later.
+    pub const fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RequestTimeout
+                | ErrorCode::Busy
+                | ErrorCode::Unavailable
+                | ErrorCode::Degraded
+        )
+    }
+
+    /// The index of the code in [`ErrorCode::ALL`], for per-code counters.
+    pub fn index(self) -> usize {
+        ErrorCode::ALL.iter().position(|c| *c == self).expect("ALL lists every code")
+    }
+}
+
+/// The reason phrase of the status codes this server emits.
+pub const fn status_reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    code: &'a str,
+    http: u16,
+    message: &'a str,
+    retryable: bool,
+    corr_id: &'a str,
+    /// What is missing for readiness (`/readyz` only).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    missing: &'a [String],
+}
+
+/// Appends the JSON error envelope of SPEC §3 to `out`.
+pub fn write_envelope(
+    out: &mut Vec<u8>,
+    code: ErrorCode,
+    message: &str,
+    corr_id: &str,
+    missing: &[String],
+) {
+    let envelope = Envelope {
+        code: code.as_str(),
+        http: code.http_status(),
+        message,
+        retryable: code.retryable(),
+        corr_id,
+        missing,
+    };
+    simd_json::to_writer(&mut *out, &envelope).expect("writing into a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_the_documented_shape() {
+        let mut out = Vec::new();
+        write_envelope(&mut out, ErrorCode::InsufficientFunds, "needs \"5\"", "c-1", &[]);
+        expect_test::expect![[r#"{"code":"INSUFFICIENT_FUNDS","http":409,"message":"needs \"5\"","retryable":false,"corr_id":"c-1"}"#]]
+            .assert_eq(std::str::from_utf8(&out).unwrap());
+    }
+
+    #[test]
+    fn every_code_has_a_distinct_label_and_index() {
+        let mut labels: Vec<_> = ErrorCode::ALL.iter().map(|c| c.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), ErrorCode::ALL.len());
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i);
+            assert!(code.http_status() >= 400);
+        }
+    }
+}

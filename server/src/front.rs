@@ -1,0 +1,997 @@
+//! The HTTP/1.1 front of a shard: connections on the shard's socket ring,
+//! request decoding with the limits of SPEC §3, dispatch, and responses in
+//! request order.
+//!
+//! One task drives it. Each turn it submits what is queued, reaps completions
+//! without waiting, decodes and dispatches complete requests, takes in answers
+//! that tasks finished (the mailbox), checks timers, and queues one send per
+//! connection with output. Busy, it yields after every turn so other tasks of
+//! the queue run and glommio keeps polling its own rings; idle for a few turns,
+//! it parks on the ring's eventfd through glommio.
+//!
+//! A connection's answers leave in request order: synchronous answers go
+//! straight into its output while nothing is waiting before them; otherwise
+//! they queue behind the answers that tasks have not finished yet.
+
+use crate::limits::{
+    CONNECTION_BUFFER_BYTES, LINGER, OUTPUT_BYTES_MAX, SWEEP_INTERVAL_MAX, SWEEP_INTERVAL_MIN,
+};
+use crate::reply::{self, CorrId, Handled, Reply, write_response};
+use crate::routes::{self, Request};
+use crate::shard::Shard;
+use crate::socket_ring::{self, Completion, Op, SocketRing};
+use glommio::io::BufferedFile;
+use ron_proto::ErrorCode;
+use ron_proto::http::{
+    self, BodyError, ChunkedDecoder, ContentEncoding, Framing, Head, HeadError, Limits,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Answers finished by tasks, waiting for the front to put them in order.
+#[derive(Default)]
+pub struct Mailbox {
+    finished: RefCell<Vec<Finished>>,
+    rung: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+pub struct Finished {
+    slot: u32,
+    generation: u32,
+    seq: u64,
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+impl Mailbox {
+    fn post(&self, finished: Finished) {
+        self.finished.borrow_mut().push(finished);
+        self.rung.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Answer what was asked, flush, then linger.
+    Closing,
+    /// Our side is shut; drop what the peer still sends until it closes or
+    /// the deadline passes.
+    Lingering(Instant),
+    /// Shut down both ways; freed once no request of the ring refers to it.
+    Dead,
+}
+
+/// A request being received.
+#[derive(Default)]
+struct Progress {
+    /// When its first byte arrived (or the connection was accepted).
+    started: Option<Instant>,
+    head: Option<Head>,
+    head_done: Option<Instant>,
+    chunked: Option<ChunkedDecoder>,
+    continue_sent: bool,
+}
+
+/// An answer that cannot be written yet because an earlier one is not done.
+struct Waiting {
+    seq: u64,
+    bytes: Option<Vec<u8>>,
+    close: bool,
+}
+
+struct Conn {
+    socket: OwnedFd,
+    generation: u32,
+    phase: Phase,
+    input: Vec<u8>,
+    /// Bytes of `input` already decoded.
+    consumed: usize,
+    /// A decoded chunked body.
+    body: Vec<u8>,
+    output: Vec<u8>,
+    /// The bytes of the send in flight; untouched until it completes.
+    sending: Vec<u8>,
+    sent: usize,
+    send_inflight: bool,
+    recv_armed: bool,
+    peer_closed: bool,
+    waiting: VecDeque<Waiting>,
+    next_seq: u64,
+    request: Progress,
+    last_active: Instant,
+    dirty: bool,
+}
+
+impl Conn {
+    fn flushed(&self) -> bool {
+        self.output.is_empty() && self.sending.is_empty() && self.waiting.is_empty()
+    }
+}
+
+struct Listener {
+    /// Closed once its accept is cancelled at drain, so the kernel stops
+    /// queueing connections for it.
+    socket: Option<OwnedFd>,
+    armed: bool,
+}
+
+/// Limits the front checks, from the configuration.
+struct FrontLimits {
+    http: Limits,
+    header_read_timeout: Duration,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    drain_timeout: Duration,
+    connections_max: u32,
+    pipeline_depth_max: usize,
+    idle_turns_before_park: u32,
+    sweep_interval: Duration,
+}
+
+pub struct Front {
+    shard: Rc<Shard>,
+    ring: SocketRing,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    open: u32,
+    dirty: Vec<u32>,
+    completions: Vec<Completion>,
+    /// Gzip bodies are inflated here.
+    inflated: Vec<u8>,
+    error_body: Vec<u8>,
+    limits: FrontLimits,
+    last_sweep: Instant,
+    drain_started: Option<Instant>,
+    park: Park,
+    generation: u32,
+}
+
+/// What the front awaits when idle: the ring's eventfd, read through glommio,
+/// or the mailbox.
+struct Park {
+    eventfd: Rc<BufferedFile>,
+    read: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl Park {
+    fn wait<'a>(&'a mut self, mailbox: &'a Mailbox) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            if mailbox.rung.replace(false) {
+                return Poll::Ready(());
+            }
+            *mailbox.waker.borrow_mut() = Some(cx.waker().clone());
+            let eventfd = self.eventfd.clone();
+            let read = self.read.get_or_insert_with(|| {
+                Box::pin(async move {
+                    // The count itself does not matter; reading resets it.
+                    let _ = eventfd.read_at(0, 8).await;
+                })
+            });
+            match read.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.read = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
+impl Front {
+    pub fn new(
+        shard: Rc<Shard>,
+        mut ring: SocketRing,
+        sockets: Vec<OwnedFd>,
+    ) -> std::io::Result<Front> {
+        let config = &shard.config.limits;
+        let timeouts =
+            [config.header_read_timeout_ms, config.request_timeout_ms, config.idle_timeout_ms];
+        let shortest = Duration::from_millis(*timeouts.iter().min().expect("three timeouts"));
+        let limits = FrontLimits {
+            http: Limits {
+                header_bytes_max: config.header_max_bytes,
+                body_bytes_max: config.body_max_bytes,
+                decompress_ratio_max: config.decompress_ratio_max,
+            },
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            connections_max: config.connections_per_shard_max,
+            pipeline_depth_max: config.pipeline_depth_max as usize,
+            idle_turns_before_park: shard.config.executor.idle_turns_before_park,
+            sweep_interval: (shortest / 4).clamp(SWEEP_INTERVAL_MIN, SWEEP_INTERVAL_MAX),
+        };
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            ring.accept(socket.as_raw_fd(), index as u32)?;
+            listeners.push(Listener { socket: Some(socket), armed: true });
+        }
+        // SAFETY: `dup` returns a new descriptor that the BufferedFile owns.
+        let eventfd = unsafe { libc::dup(ring.eventfd()) };
+        if eventfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let eventfd = Rc::new(unsafe { BufferedFile::from_raw_fd(eventfd) });
+        Ok(Front {
+            shard,
+            ring,
+            listeners,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            dirty: Vec::new(),
+            completions: Vec::with_capacity(1024),
+            inflated: Vec::new(),
+            error_body: Vec::new(),
+            limits,
+            last_sweep: Instant::now(),
+            drain_started: None,
+            park: Park { eventfd, read: None },
+            generation: 0,
+        })
+    }
+
+    pub async fn run(mut self) {
+        let mut idle_turns = 0;
+        loop {
+            let worked = self.turn();
+            if self.drained() {
+                return;
+            }
+            if worked {
+                idle_turns = 0;
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            idle_turns += 1;
+            if idle_turns < self.limits.idle_turns_before_park {
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            if self.open > 0 || self.drain_started.is_some() {
+                if let Err(error) = self.ring.arm_timeout(self.limits.sweep_interval) {
+                    tracing::error!(shard = self.shard.id, %error, "arming the sweep timer");
+                }
+                if !self.ring_is_quiet() {
+                    continue;
+                }
+            }
+            if !self.ring.prepare_park() {
+                continue;
+            }
+            self.shard.metrics.borrow_mut().parks += 1;
+            self.park.wait(&self.shard.mailbox).await;
+            self.ring.after_park();
+            idle_turns = 0;
+        }
+    }
+
+    /// Submits queued entries; false if that already produced completions.
+    fn ring_is_quiet(&mut self) -> bool {
+        if let Err(error) = self.ring.submit_and_reap(&mut self.completions) {
+            tracing::error!(shard = self.shard.id, %error, "socket ring");
+        }
+        if self.completions.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        self.take_completions(now);
+        false
+    }
+
+    fn turn(&mut self) -> bool {
+        if let Err(error) = self.ring.submit_and_reap(&mut self.completions) {
+            tracing::error!(shard = self.shard.id, %error, "socket ring");
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) >= self.limits.sweep_interval {
+            self.shard.date.borrow_mut().refresh();
+            self.sweep(now);
+        }
+        let mut worked = !self.completions.is_empty();
+        self.take_completions(now);
+        worked |= self.take_mailbox(now);
+        if self.shard.node.draining.load(Ordering::Relaxed) && self.drain_started.is_none() {
+            self.start_drain(now);
+            worked = true;
+        }
+        worked |= self.flush();
+        worked
+    }
+
+    fn drained(&self) -> bool {
+        self.drain_started.is_some()
+            && self.open == 0
+            && self.shard.inflight.get() == 0
+            && self.listeners.iter().all(|l| !l.armed)
+    }
+
+    fn take_completions(&mut self, now: Instant) {
+        let mut completions = std::mem::take(&mut self.completions);
+        for completion in completions.drain(..) {
+            self.on_completion(completion, now);
+        }
+        self.completions = completions;
+    }
+
+    fn on_completion(&mut self, completion: Completion, now: Instant) {
+        match completion.op {
+            Op::Accept(index) => self.on_accept(index, completion, now),
+            Op::Recv(slot) => self.on_recv(slot, completion, now),
+            Op::Send(slot) => self.on_send(slot, completion.result, now),
+            Op::Timeout | Op::Cancel => {}
+        }
+    }
+
+    fn on_accept(&mut self, index: u32, completion: Completion, now: Instant) {
+        let listener = &mut self.listeners[index as usize];
+        if !completion.more {
+            listener.armed = false;
+            let socket = listener.socket.as_ref().expect("an armed listener is open").as_raw_fd();
+            if self.drain_started.is_some() {
+                listener.socket = None;
+            } else if let Err(error) = self.ring.accept(socket, index) {
+                tracing::error!(shard = self.shard.id, %error, "re-arming accept");
+            } else {
+                listener.armed = true;
+            }
+        }
+        if completion.result < 0 {
+            if completion.result != -libc::ECANCELED {
+                tracing::warn!(shard = self.shard.id, errno = -completion.result, "accept failed");
+            }
+            return;
+        }
+        // SAFETY: a successful accept returns a new descriptor that we own.
+        let socket = unsafe { OwnedFd::from_raw_fd(completion.result) };
+        if self.drain_started.is_some() || self.open >= self.limits.connections_max {
+            let mut metrics = self.shard.metrics.borrow_mut();
+            metrics.connections_refused += 1;
+            metrics.rejected[ErrorCode::Busy.index()] += 1;
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.conns.push(None);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        if let Err(error) = self.ring.recv(socket.as_raw_fd(), slot) {
+            tracing::error!(shard = self.shard.id, %error, "arming receive");
+            self.free.push(slot);
+            return;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.conns[slot as usize] = Some(Conn {
+            socket,
+            generation: self.generation,
+            phase: Phase::Open,
+            input: Vec::with_capacity(CONNECTION_BUFFER_BYTES),
+            consumed: 0,
+            body: Vec::new(),
+            output: Vec::with_capacity(CONNECTION_BUFFER_BYTES),
+            sending: Vec::with_capacity(CONNECTION_BUFFER_BYTES),
+            sent: 0,
+            send_inflight: false,
+            recv_armed: true,
+            peer_closed: false,
+            waiting: VecDeque::new(),
+            next_seq: 0,
+            // Slow-loris: the first request's clock starts at accept.
+            request: Progress { started: Some(now), ..Progress::default() },
+            last_active: now,
+            dirty: false,
+        });
+        self.open += 1;
+        let mut metrics = self.shard.metrics.borrow_mut();
+        metrics.connections_accepted += 1;
+        metrics.connections_open += 1;
+    }
+
+    fn on_recv(&mut self, slot: u32, completion: Completion, now: Instant) {
+        let conn = self.conns[slot as usize].as_mut().expect("a receive belongs to a live slot");
+        if !completion.more {
+            conn.recv_armed = false;
+        }
+        if let Some(buffer) = completion.buffer {
+            let received = completion.result.max(0) as usize;
+            // Once closing, nothing more will be decoded; drop it.
+            if conn.phase == Phase::Open {
+                conn.input.extend_from_slice(self.ring.received(buffer, received));
+            }
+            self.ring.recycle(buffer);
+        }
+        match completion.result {
+            n if n > 0 => {
+                conn.last_active = now;
+                if conn.phase == Phase::Open && conn.request.started.is_none() {
+                    conn.request.started = Some(now);
+                }
+                if !conn.recv_armed && conn.phase != Phase::Dead {
+                    self.rearm_recv(slot);
+                }
+                self.process(slot, now);
+            }
+            0 => {
+                // The peer is done sending: answer what it asked, then close.
+                conn.peer_closed = true;
+                match conn.phase {
+                    Phase::Open => {
+                        self.process(slot, now);
+                        self.begin_close(slot);
+                    }
+                    Phase::Closing => {}
+                    Phase::Lingering(_) => self.kill(slot),
+                    Phase::Dead => self.release(slot),
+                }
+            }
+            error if error == -libc::ENOBUFS && conn.phase != Phase::Dead => {
+                // Every provided buffer was in use; they are back now.
+                if !conn.recv_armed {
+                    self.rearm_recv(slot);
+                }
+            }
+            _ => self.kill(slot),
+        }
+        if self.conns[slot as usize].as_ref().is_some_and(|c| c.phase == Phase::Dead) {
+            self.release(slot);
+        }
+    }
+
+    fn rearm_recv(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+        match self.ring.recv(conn.socket.as_raw_fd(), slot) {
+            Ok(()) => conn.recv_armed = true,
+            Err(error) => {
+                tracing::error!(shard = self.shard.id, %error, "re-arming receive");
+                self.kill(slot);
+            }
+        }
+    }
+
+    fn on_send(&mut self, slot: u32, result: i32, now: Instant) {
+        let conn = self.conns[slot as usize].as_mut().expect("a send belongs to a live slot");
+        conn.send_inflight = false;
+        if conn.phase == Phase::Dead {
+            self.release(slot);
+            return;
+        }
+        if result < 0 {
+            self.kill(slot);
+            return;
+        }
+        conn.last_active = now;
+        conn.sent += result as usize;
+        if conn.sent >= conn.sending.len() {
+            conn.sending.clear();
+            conn.sent = 0;
+        }
+        mark_dirty(&mut self.dirty, conn, slot);
+        // Output drained: requests held back by backpressure may go on.
+        if conn.consumed < conn.input.len() {
+            self.process(slot, now);
+        }
+    }
+
+    /// Decodes and dispatches every complete request in the connection's input.
+    fn process(&mut self, slot: u32, now: Instant) {
+        loop {
+            let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+            if conn.phase != Phase::Open {
+                break;
+            }
+            if conn.waiting.len() >= self.limits.pipeline_depth_max
+                || conn.output.len() >= OUTPUT_BYTES_MAX
+            {
+                // Backpressure: the client is not reading its answers.
+                let input_max = OUTPUT_BYTES_MAX
+                    + self.limits.http.header_bytes_max
+                    + self.limits.http.body_bytes_max;
+                if conn.input.len() - conn.consumed > input_max {
+                    self.fail(
+                        slot,
+                        Reply::fatal(ErrorCode::Busy, "pipelined too far ahead of reading answers"),
+                    );
+                }
+                break;
+            }
+            let input = &conn.input[conn.consumed..];
+            if input.is_empty() {
+                break;
+            }
+            let head = match conn.request.head {
+                Some(head) => head,
+                None => match http::decode_head(input, &self.limits.http) {
+                    Ok(None) => break,
+                    Ok(Some(head)) => {
+                        conn.request.head = Some(head);
+                        conn.request.head_done = Some(now);
+                        head
+                    }
+                    Err(error) => {
+                        self.fail(slot, head_error_reply(error));
+                        break;
+                    }
+                },
+            };
+            let after_head = &input[head.head_bytes..];
+            let (body_bytes, request_bytes) = match head.framing {
+                Framing::Empty => (0, head.head_bytes),
+                Framing::Length(length) if after_head.len() >= length => {
+                    (length, head.head_bytes + length)
+                }
+                Framing::Length(_) => {
+                    send_continue(&mut self.dirty, conn, slot, &head);
+                    break;
+                }
+                Framing::Chunked => {
+                    let body_bytes_max = self.limits.http.body_bytes_max;
+                    let decoder = conn
+                        .request
+                        .chunked
+                        .get_or_insert_with(|| ChunkedDecoder::new(body_bytes_max));
+                    match decoder.decode(after_head, &mut conn.body) {
+                        Ok(Some(used)) => (usize::MAX, head.head_bytes + used),
+                        Ok(None) => {
+                            send_continue(&mut self.dirty, conn, slot, &head);
+                            break;
+                        }
+                        Err(error) => {
+                            self.fail(slot, body_error_reply(error));
+                            break;
+                        }
+                    }
+                }
+            };
+            self.handle(slot, head, body_bytes, now);
+            let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+            conn.consumed += request_bytes;
+            conn.body.clear();
+            conn.request = Progress::default();
+            if conn.consumed < conn.input.len() {
+                conn.request.started = Some(now);
+            }
+        }
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        if conn.consumed > 0 {
+            conn.input.drain(..conn.consumed);
+            conn.consumed = 0;
+            if conn.input.is_empty() && conn.input.capacity() > 4 * CONNECTION_BUFFER_BYTES {
+                conn.input = Vec::with_capacity(CONNECTION_BUFFER_BYTES);
+            }
+        }
+    }
+
+    /// Runs one complete request. `body_bytes` is `usize::MAX` for a chunked
+    /// body (already decoded into the connection's body buffer).
+    fn handle(&mut self, slot: u32, head: Head, body_bytes: usize, now: Instant) {
+        let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+        let input = &conn.input[conn.consumed..];
+        let corr_id = head
+            .corr_id
+            .and_then(|span| CorrId::from_client(span.of(input)))
+            .unwrap_or_else(|| self.shard.next_corr_id());
+        let mut body: &[u8] = if body_bytes == usize::MAX {
+            &conn.body
+        } else {
+            &input[head.head_bytes..head.head_bytes + body_bytes]
+        };
+        let mut keep_alive = head.keep_alive && self.drain_started.is_none();
+        let framing = |keep_alive| reply::Framing {
+            keep_alive,
+            http10: head.http10,
+            head_only: head.method == http::Method::Head,
+        };
+        if head.encoding == ContentEncoding::Gzip && !body.is_empty() {
+            self.inflated.clear();
+            let cap = http::gunzip_bytes_max(body.len(), &self.limits.http);
+            if let Err(error) = http::gunzip(body, &mut self.inflated, cap) {
+                let reply = body_error_reply(error);
+                self.answer_now(slot, routes::UNMATCHED, reply, &corr_id, framing(keep_alive), now);
+                return;
+            }
+            body = &self.inflated;
+        }
+        let request = Request {
+            head: &head,
+            raw: input,
+            body,
+            corr_id,
+            socket: conn.socket.as_raw_fd(),
+            received_at: now,
+        };
+        let (route, handled) = routes::dispatch(&self.shard, &request);
+        match handled {
+            Handled::Now(reply) => {
+                keep_alive &= !reply.close;
+                self.answer_now(slot, route, reply, &corr_id, framing(keep_alive), now);
+            }
+            Handled::Later(future) => {
+                let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+                let seq = conn.next_seq;
+                conn.next_seq += 1;
+                conn.waiting.push_back(Waiting { seq, bytes: None, close: !keep_alive });
+                if !keep_alive {
+                    conn.phase = Phase::Closing;
+                }
+                spawn_later(
+                    &self.shard,
+                    future,
+                    Later {
+                        slot,
+                        generation: conn.generation,
+                        seq,
+                        route,
+                        corr_id,
+                        framing: framing(keep_alive),
+                        received_at: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Writes a synchronous answer: straight to the output, or behind the
+    /// answers still being worked on.
+    fn answer_now(
+        &mut self,
+        slot: u32,
+        route: usize,
+        reply: Reply,
+        corr_id: &CorrId,
+        framing: reply::Framing,
+        now: Instant,
+    ) {
+        let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+        let seq = conn.next_seq;
+        conn.next_seq += 1;
+        let scratch = self.shard.scratch.borrow();
+        let date = self.shard.date.borrow();
+        if conn.waiting.is_empty() {
+            write_response(
+                &mut conn.output,
+                &reply,
+                &scratch,
+                &mut self.error_body,
+                corr_id,
+                framing,
+                date.bytes(),
+            );
+        } else {
+            let mut bytes = Vec::new();
+            write_response(
+                &mut bytes,
+                &reply,
+                &scratch,
+                &mut self.error_body,
+                corr_id,
+                framing,
+                date.bytes(),
+            );
+            conn.waiting.push_back(Waiting { seq, bytes: Some(bytes), close: !framing.keep_alive });
+        }
+        drop((scratch, date));
+        record(&self.shard, route, &reply, now);
+        mark_dirty(&mut self.dirty, conn, slot);
+        if !framing.keep_alive || reply.close {
+            self.begin_close(slot);
+        }
+    }
+
+    /// Answers an error that ends the connection (the stream is out of sync).
+    fn fail(&mut self, slot: u32, reply: Reply) {
+        let corr_id = self.shard.next_corr_id();
+        let framing = reply::Framing { keep_alive: false, http10: false, head_only: false };
+        let now = Instant::now();
+        self.answer_now(slot, routes::UNMATCHED, reply, &corr_id, framing, now);
+    }
+
+    fn take_mailbox(&mut self, now: Instant) -> bool {
+        let mut finished = std::mem::take(&mut *self.shard.mailbox.finished.borrow_mut());
+        self.shard.mailbox.rung.set(false);
+        let any = !finished.is_empty();
+        for done in finished.drain(..) {
+            let Some(conn) = self.conns[done.slot as usize].as_mut() else { continue };
+            if conn.generation != done.generation || conn.phase == Phase::Dead {
+                continue;
+            }
+            if let Some(waiting) = conn.waiting.iter_mut().find(|w| w.seq == done.seq) {
+                waiting.bytes = Some(done.bytes);
+                waiting.close |= done.close;
+            }
+            let mut close = false;
+            while conn.waiting.front().is_some_and(|w| w.bytes.is_some()) {
+                let waiting = conn.waiting.pop_front().expect("checked");
+                conn.output.extend_from_slice(&waiting.bytes.expect("checked"));
+                close |= waiting.close;
+            }
+            conn.last_active = now;
+            mark_dirty(&mut self.dirty, conn, done.slot);
+            if close {
+                self.begin_close(done.slot);
+            } else {
+                // Requests held back behind the finished one may go on.
+                self.process(done.slot, now);
+            }
+        }
+        // Keep the allocation for the next turn.
+        let mut slot = self.shard.mailbox.finished.borrow_mut();
+        if slot.is_empty() {
+            *slot = finished;
+        }
+        any
+    }
+
+    /// Queues a send for every connection with output and none in flight,
+    /// and moves closing connections along.
+    fn flush(&mut self) -> bool {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let worked = !dirty.is_empty();
+        for slot in dirty.drain(..) {
+            let Some(conn) = self.conns[slot as usize].as_mut() else { continue };
+            conn.dirty = false;
+            if conn.phase == Phase::Dead || conn.send_inflight {
+                continue;
+            }
+            if conn.sending.is_empty() && !conn.output.is_empty() {
+                std::mem::swap(&mut conn.sending, &mut conn.output);
+                conn.sent = 0;
+            }
+            if !conn.sending.is_empty() {
+                let socket = conn.socket.as_raw_fd();
+                // SAFETY: `sending` is neither touched nor reallocated until
+                // this send completes (`send_inflight`), and the connection
+                // is not freed while it is in flight.
+                let queued = unsafe { self.ring.send(socket, &conn.sending[conn.sent..], slot) };
+                match queued {
+                    Ok(()) => conn.send_inflight = true,
+                    Err(error) => {
+                        tracing::error!(shard = self.shard.id, %error, "queueing a send");
+                        self.kill(slot);
+                    }
+                }
+                continue;
+            }
+            if conn.phase == Phase::Closing && conn.flushed() {
+                self.linger(slot);
+            }
+        }
+        self.dirty = dirty;
+        worked
+    }
+
+    /// Stops taking requests; the connection closes once its answers are out.
+    fn begin_close(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+        if conn.phase == Phase::Open {
+            conn.phase = Phase::Closing;
+        }
+        mark_dirty(&mut self.dirty, conn, slot);
+    }
+
+    fn linger(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+        if conn.peer_closed {
+            self.kill(slot);
+            return;
+        }
+        socket_ring::shutdown(conn.socket.as_raw_fd(), libc::SHUT_WR);
+        conn.phase = Phase::Lingering(Instant::now() + LINGER);
+        conn.input = Vec::new();
+        conn.consumed = 0;
+    }
+
+    /// Shuts the socket down; the slot is freed when the ring is done with it.
+    fn kill(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+        if conn.phase != Phase::Dead {
+            conn.phase = Phase::Dead;
+            socket_ring::shutdown(conn.socket.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        self.release(slot);
+    }
+
+    fn release(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_ref().expect("a live slot");
+        if conn.phase != Phase::Dead || conn.recv_armed || conn.send_inflight {
+            return;
+        }
+        self.conns[slot as usize] = None;
+        self.free.push(slot);
+        self.open -= 1;
+        self.shard.metrics.borrow_mut().connections_open -= 1;
+    }
+
+    /// Header, body, idle and linger deadlines.
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = now;
+        let drain_over = self
+            .drain_started
+            .is_some_and(|at| now.duration_since(at) >= self.limits.drain_timeout);
+        for slot in 0..self.conns.len() as u32 {
+            let Some(conn) = self.conns[slot as usize].as_ref() else { continue };
+            if drain_over {
+                self.kill(slot);
+                continue;
+            }
+            match conn.phase {
+                Phase::Open => {
+                    let request = &conn.request;
+                    let receiving = conn.consumed < conn.input.len() || request.started.is_some();
+                    if let Some(head_done) = request.head_done {
+                        if now.duration_since(head_done) >= self.limits.request_timeout {
+                            self.fail(
+                                slot,
+                                Reply::fatal(
+                                    ErrorCode::RequestTimeout,
+                                    "request body not received in time",
+                                ),
+                            );
+                        }
+                    } else if let Some(started) = request.started.filter(|_| receiving) {
+                        if now.duration_since(started) >= self.limits.header_read_timeout {
+                            self.fail(
+                                slot,
+                                Reply::fatal(
+                                    ErrorCode::RequestTimeout,
+                                    "request head not received in time",
+                                ),
+                            );
+                        }
+                    } else if conn.flushed()
+                        && now.duration_since(conn.last_active) >= self.limits.idle_timeout
+                    {
+                        self.kill(slot);
+                    }
+                }
+                Phase::Closing => {
+                    if now.duration_since(conn.last_active) >= self.limits.idle_timeout {
+                        self.kill(slot);
+                    }
+                }
+                Phase::Lingering(until) => {
+                    if now >= until {
+                        self.kill(slot);
+                    }
+                }
+                Phase::Dead => {}
+            }
+        }
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        self.drain_started = Some(now);
+        tracing::info!(shard = self.shard.id, open = self.open, "draining");
+        for (index, listener) in self.listeners.iter().enumerate() {
+            if listener.armed
+                && let Err(error) = self.ring.cancel(Op::Accept(index as u32))
+            {
+                tracing::error!(shard = self.shard.id, %error, "cancelling accept");
+            }
+        }
+        for slot in 0..self.conns.len() as u32 {
+            let Some(conn) = self.conns[slot as usize].as_ref() else { continue };
+            let idle =
+                conn.input.len() == conn.consumed && conn.flushed() && conn.request.head.is_none();
+            if idle {
+                self.kill(slot);
+            } else {
+                // Answers already owed go out; the connection closes after them.
+                self.begin_close(slot);
+            }
+        }
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<u32>, conn: &mut Conn, slot: u32) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(slot);
+    }
+}
+
+/// Answers `Expect: 100-continue` once, when the body is still to come.
+fn send_continue(dirty: &mut Vec<u32>, conn: &mut Conn, slot: u32, head: &Head) {
+    if head.expect_continue && !conn.request.continue_sent && conn.waiting.is_empty() {
+        conn.request.continue_sent = true;
+        conn.output.extend_from_slice(reply::CONTINUE);
+        mark_dirty(dirty, conn, slot);
+    }
+}
+
+fn head_error_reply(error: HeadError) -> Reply {
+    match error {
+        HeadError::TooLarge => {
+            Reply::fatal(ErrorCode::HeadersTooLarge, "request head over the header limit")
+        }
+        HeadError::BodyTooLarge => {
+            Reply::fatal(ErrorCode::TooLarge, "request body over the body limit")
+        }
+        HeadError::UnsupportedEncoding => Reply::fatal(
+            ErrorCode::UnsupportedMediaType,
+            "content-encoding must be gzip or identity",
+        ),
+        HeadError::Invalid(why) => Reply::fatal(ErrorCode::BadRequest, why),
+    }
+}
+
+fn body_error_reply(error: BodyError) -> Reply {
+    match error {
+        BodyError::TooLarge => {
+            Reply::fatal(ErrorCode::TooLarge, "request body over the body limit")
+        }
+        BodyError::Invalid(why) => Reply::fatal(ErrorCode::BadRequest, why),
+    }
+}
+
+/// Counts an answer in the shard's metrics.
+fn record(shard: &Shard, route: usize, reply: &Reply, received_at: Instant) {
+    let mut metrics = shard.metrics.borrow_mut();
+    metrics.request_latency[route].record(received_at.elapsed());
+    if let Some(code) = reply.error_code() {
+        metrics.rejected[code.index()] += 1;
+    }
+}
+
+/// Where a task's answer goes.
+struct Later {
+    slot: u32,
+    generation: u32,
+    seq: u64,
+    route: usize,
+    corr_id: CorrId,
+    framing: reply::Framing,
+    received_at: Instant,
+}
+
+fn spawn_later(shard: &Rc<Shard>, future: Pin<Box<dyn Future<Output = Reply>>>, later: Later) {
+    shard.inflight.set(shard.inflight.get() + 1);
+    shard.metrics.borrow_mut().inflight[later.route] += 1;
+    let task_shard = shard.clone();
+    let task = async move {
+        let shard = task_shard;
+        let reply = future.await;
+        shard.inflight.set(shard.inflight.get() - 1);
+        shard.metrics.borrow_mut().inflight[later.route] -= 1;
+        assert!(!matches!(reply.body, reply::Body::Scratch), "answers from tasks own their bodies");
+        let mut bytes = Vec::with_capacity(256);
+        let date = shard.date.borrow();
+        write_response(
+            &mut bytes,
+            &reply,
+            &[],
+            &mut Vec::new(),
+            &later.corr_id,
+            later.framing,
+            date.bytes(),
+        );
+        drop(date);
+        record(&shard, later.route, &reply, later.received_at);
+        let close = reply.close || !later.framing.keep_alive;
+        shard.mailbox.post(Finished {
+            slot: later.slot,
+            generation: later.generation,
+            seq: later.seq,
+            bytes,
+            close,
+        });
+    };
+    glommio::spawn_local_into(task, shard.queue).expect("the shard's queue exists").detach();
+}

@@ -1,0 +1,199 @@
+//! Cross-shard calls: run a request on the shard that owns its key and get the
+//! answer back, over bounded glommio channels (a full mesh).
+//!
+//! Each pair of shards shares one channel per direction. A shard never has
+//! more than `mesh_inflight_per_target_max` calls outstanding to one target
+//! (over that, the caller gets `Busy`), and channels hold twice that, so the
+//! calls of one side and the answers to the other side's calls always fit:
+//! sending never waits on a full channel, and two shards cannot deadlock.
+
+use crate::metrics::ShardMetrics;
+use crate::shard::Shard;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A request one shard runs for another.
+#[derive(Debug)]
+pub enum ShardCall {
+    /// Which shard owns this key? Answered by the owner itself.
+    Owner { key: String },
+    /// A copy of the shard's metrics.
+    Metrics,
+}
+
+#[derive(Debug)]
+pub enum ShardAnswer {
+    Owner { shard: usize },
+    Metrics(Box<ShardMetrics>),
+}
+
+#[derive(Debug)]
+pub enum Envelope {
+    Call { id: u64, call: ShardCall },
+    Answer { id: u64, answer: ShardAnswer },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshError {
+    /// Too many calls outstanding to that shard.
+    Busy,
+    /// That shard has stopped.
+    Closed,
+    /// No answer within the request timeout.
+    TimedOut,
+}
+
+pub type MeshBuilderFull = MeshBuilder<Envelope, Full>;
+
+pub fn builder(shard_count: usize, inflight_per_target_max: u32) -> MeshBuilderFull {
+    MeshBuilder::full(shard_count, 2 * inflight_per_target_max as usize)
+}
+
+pub struct Mesh {
+    me: usize,
+    senders: Senders<Envelope>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<ShardAnswer>>>,
+    next_id: Cell<u64>,
+    inflight: Vec<Cell<u32>>,
+    inflight_max: u32,
+    timeout: Duration,
+}
+
+/// Releases an in-flight slot and a waiting entry however a call ends.
+struct CallGuard<'a> {
+    mesh: &'a Mesh,
+    target: usize,
+    id: u64,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        let slot = &self.mesh.inflight[self.target];
+        slot.set(slot.get() - 1);
+        self.mesh.waiting.borrow_mut().remove(&self.id);
+    }
+}
+
+impl Mesh {
+    pub fn new(
+        senders: Senders<Envelope>,
+        shard_count: usize,
+        inflight_max: u32,
+        timeout: Duration,
+    ) -> Mesh {
+        let me = senders.peer_id();
+        assert!(me < shard_count);
+        Mesh {
+            me,
+            senders,
+            waiting: RefCell::new(HashMap::with_capacity(inflight_max as usize * shard_count)),
+            next_id: Cell::new(0),
+            inflight: (0..shard_count).map(|_| Cell::new(0)).collect(),
+            inflight_max,
+            timeout,
+        }
+    }
+
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    /// Runs `call` on `target` and returns its answer. A call to this shard
+    /// runs in place.
+    pub async fn call(
+        &self,
+        shard: &Rc<Shard>,
+        target: usize,
+        call: ShardCall,
+    ) -> Result<ShardAnswer, MeshError> {
+        if target == self.me {
+            return Ok(serve(shard, call).await);
+        }
+        let slot = &self.inflight[target];
+        if slot.get() >= self.inflight_max {
+            return Err(MeshError::Busy);
+        }
+        slot.set(slot.get() + 1);
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let guard = CallGuard { mesh: self, target, id };
+        let (sender, receiver) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, sender);
+        shard.metrics.borrow_mut().mesh_calls += 1;
+        // The channel holds twice the in-flight cap, so this does not wait.
+        self.senders
+            .send_to(target, Envelope::Call { id, call })
+            .await
+            .map_err(|_| MeshError::Closed)?;
+        let answer = futures_lite::future::or(
+            async { receiver.await.map_err(|_| MeshError::Closed) },
+            async {
+                glommio::timer::sleep(self.timeout).await;
+                Err(MeshError::TimedOut)
+            },
+        )
+        .await;
+        drop(guard);
+        answer
+    }
+
+    fn answer(&self, id: u64, answer: ShardAnswer) {
+        // A call that timed out has no one waiting any more.
+        if let Some(sender) = self.waiting.borrow_mut().remove(&id) {
+            let _ = sender.send(answer);
+        }
+    }
+}
+
+/// Starts one task per peer that serves its calls and delivers its answers.
+pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<Envelope>) {
+    let queue = shard.queue;
+    for (peer, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local_into(
+            async move {
+                while let Some(envelope) = stream.recv().await {
+                    match envelope {
+                        Envelope::Call { id, call } => {
+                            let shard = shard.clone();
+                            glommio::spawn_local_into(
+                                async move {
+                                    let answer = serve(&shard, call).await;
+                                    let _ = shard
+                                        .mesh
+                                        .senders
+                                        .send_to(peer, Envelope::Answer { id, answer })
+                                        .await;
+                                },
+                                queue,
+                            )
+                            .expect("the shard's queue exists")
+                            .detach();
+                        }
+                        Envelope::Answer { id, answer } => shard.mesh.answer(id, answer),
+                    }
+                }
+            },
+            queue,
+        )
+        .expect("the shard's queue exists")
+        .detach();
+    }
+}
+
+/// Runs a call on this shard.
+async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
+    match call {
+        ShardCall::Owner { key } => {
+            let owner = ron_proto::routing::owner(key.as_bytes(), shard.count);
+            // Only the owner answers for its keys; anything else is a routing bug.
+            assert_eq!(owner, shard.id, "owner call for key {key} reached shard {}", shard.id);
+            ShardAnswer::Owner { shard: shard.id }
+        }
+        ShardCall::Metrics => ShardAnswer::Metrics(Box::new(shard.metrics.borrow().clone())),
+    }
+}

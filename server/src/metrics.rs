@@ -1,0 +1,260 @@
+//! Per-shard metrics, merged at scrape (SPEC §9).
+//!
+//! Each shard owns its histograms and counters outright: recording is a plain
+//! write on the shard's own core, with no atomics. A scrape asks every shard
+//! for a snapshot over the mesh, adds them up and renders Prometheus text.
+
+use crate::routes::{ROUTE_LABEL_COUNT, route_label};
+use hdrhistogram::Histogram;
+use ron_proto::ErrorCode;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Bucket bounds of every exported latency histogram, in seconds (50 µs to 5 s).
+pub const LATENCY_BUCKETS_S: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// A latency histogram in nanoseconds, two significant figures, plus the exact
+/// sum Prometheus wants.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram {
+    histogram: Histogram<u64>,
+    sum_ns: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> LatencyHistogram {
+        LatencyHistogram {
+            histogram: Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds"),
+            sum_ns: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, elapsed: Duration) {
+        let ns = (elapsed.as_nanos() as u64).max(1);
+        self.histogram.saturating_record(ns);
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    pub fn add(&mut self, other: &LatencyHistogram) {
+        self.histogram.add(&other.histogram).expect("histograms share their bounds");
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+}
+
+/// Everything one shard counts. Cloned whole for a scrape.
+#[derive(Clone, Debug)]
+pub struct ShardMetrics {
+    pub request_latency: Vec<LatencyHistogram>,
+    pub inflight: Vec<i64>,
+    pub busy_rejections: Vec<u64>,
+    pub rejected: [u64; ErrorCode::ALL.len()],
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_open: i64,
+    pub mesh_calls: u64,
+    pub parks: u64,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> ShardMetrics {
+        ShardMetrics {
+            request_latency: vec![LatencyHistogram::default(); ROUTE_LABEL_COUNT],
+            inflight: vec![0; ROUTE_LABEL_COUNT],
+            busy_rejections: vec![0; ROUTE_LABEL_COUNT],
+            rejected: [0; ErrorCode::ALL.len()],
+            connections_accepted: 0,
+            connections_refused: 0,
+            connections_open: 0,
+            mesh_calls: 0,
+            parks: 0,
+        }
+    }
+}
+
+impl ShardMetrics {
+    pub fn add(&mut self, other: &ShardMetrics) {
+        for (mine, theirs) in self.request_latency.iter_mut().zip(&other.request_latency) {
+            mine.add(theirs);
+        }
+        for (mine, theirs) in self.inflight.iter_mut().zip(&other.inflight) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.busy_rejections.iter_mut().zip(&other.busy_rejections) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.rejected.iter_mut().zip(&other.rejected) {
+            *mine += theirs;
+        }
+        self.connections_accepted += other.connections_accepted;
+        self.connections_refused += other.connections_refused;
+        self.connections_open += other.connections_open;
+        self.mesh_calls += other.mesh_calls;
+        self.parks += other.parks;
+    }
+}
+
+/// Process-wide gauges read at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessGauges {
+    pub resident_memory_bytes: u64,
+    pub open_fds: u64,
+}
+
+impl ProcessGauges {
+    pub fn read() -> ProcessGauges {
+        let page_bytes = 4096;
+        let resident_memory_bytes = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            .map_or(0, |pages| pages * page_bytes);
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        ProcessGauges { resident_memory_bytes, open_fds }
+    }
+}
+
+/// Renders merged metrics as Prometheus text format 0.0.4.
+pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    header(
+        &mut out,
+        "request_latency_seconds",
+        "histogram",
+        "Request latency by route, from complete request to response.",
+    );
+    for (i, histogram) in metrics.request_latency.iter().enumerate() {
+        histogram_lines(
+            &mut out,
+            "request_latency_seconds",
+            Some(("route", route_label(i))),
+            histogram,
+        );
+    }
+    header(&mut out, "rejected_total", "counter", "Requests answered with an error, by code.");
+    for code in ErrorCode::ALL {
+        let _ = writeln!(
+            out,
+            "rejected_total{{reason=\"{}\"}} {}",
+            code.label(),
+            metrics.rejected[code.index()]
+        );
+    }
+    header(&mut out, "busy_rejections_total", "counter", "Requests shed with 429, by endpoint.");
+    for (i, count) in metrics.busy_rejections.iter().enumerate() {
+        let _ = writeln!(out, "busy_rejections_total{{endpoint=\"{}\"}} {count}", route_label(i));
+    }
+    header(&mut out, "inflight_requests", "gauge", "Requests being processed, by route.");
+    for (i, count) in metrics.inflight.iter().enumerate() {
+        let _ = writeln!(out, "inflight_requests{{route=\"{}\"}} {count}", route_label(i));
+    }
+    let simple: [(&str, &str, &str, u64); 7] = [
+        (
+            "connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            metrics.connections_accepted,
+        ),
+        (
+            "connections_refused_total",
+            "counter",
+            "Connections closed at accept over the per-shard cap.",
+            metrics.connections_refused,
+        ),
+        (
+            "connections_open",
+            "gauge",
+            "Open client connections.",
+            metrics.connections_open.max(0) as u64,
+        ),
+        ("mesh_calls_total", "counter", "Requests run on another shard.", metrics.mesh_calls),
+        (
+            "socket_ring_parks_total",
+            "counter",
+            "Times a shard's socket ring went idle and parked.",
+            metrics.parks,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident set size.",
+            gauges.resident_memory_bytes,
+        ),
+        ("process_open_fds", "gauge", "Open file descriptors.", gauges.open_fds),
+    ];
+    for (name, kind, help, value) in simple {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(&mut out, "node_shards", "gauge", "Shards of this node.");
+    let _ = writeln!(out, "node_shards {shard_count}");
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes `_bucket`, `_sum` and `_count` lines of one histogram.
+pub fn histogram_lines(
+    out: &mut String,
+    name: &str,
+    label: Option<(&str, &str)>,
+    histogram: &LatencyHistogram,
+) {
+    let (prefix, separator) = match label {
+        Some((key, value)) => (format!("{key}=\"{value}\""), ","),
+        None => (String::new(), ""),
+    };
+    for le in LATENCY_BUCKETS_S {
+        let le_ns = (le * 1e9) as u64;
+        let count = histogram.histogram.count_between(0, le_ns);
+        let _ = writeln!(out, "{name}_bucket{{{prefix}{separator}le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{prefix}{separator}le=\"+Inf\"}} {}", histogram.count());
+    let braces = if prefix.is_empty() { String::new() } else { format!("{{{prefix}}}") };
+    let _ = writeln!(out, "{name}_sum{braces} {}", histogram.sum_ns as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count{braces} {}", histogram.count());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_merge_adds() {
+        let mut a = ShardMetrics::default();
+        let mut b = ShardMetrics::default();
+        a.request_latency[0].record(Duration::from_micros(40));
+        a.request_latency[0].record(Duration::from_millis(3));
+        b.request_latency[0].record(Duration::from_secs(10));
+        b.rejected[ErrorCode::TooLarge.index()] = 2;
+        a.add(&b);
+        let text = render(&a, ProcessGauges::default(), 2);
+        let route = route_label(0);
+        assert!(
+            text.contains(&format!(
+                "request_latency_seconds_bucket{{route=\"{route}\",le=\"0.00005\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "request_latency_seconds_bucket{{route=\"{route}\",le=\"0.005\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "request_latency_seconds_bucket{{route=\"{route}\",le=\"5\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "request_latency_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} 3\n"
+        )));
+        assert!(text.contains(&format!("request_latency_seconds_count{{route=\"{route}\"}} 3\n")));
+        assert!(text.contains("rejected_total{reason=\"too_large\"} 2\n"));
+    }
+}

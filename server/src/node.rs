@@ -1,0 +1,273 @@
+//! Starting and stopping a node: keys, listeners, one pinned executor per
+//! shard, and the drain on SIGTERM/SIGINT.
+
+use crate::access::{self, AdminToken};
+use crate::config::{Config, Layout};
+use crate::mesh;
+use crate::shard::{self, ShardStart};
+use crate::socket_ring::ring_doorbell;
+use anyhow::Context as _;
+use glommio::{LocalExecutorBuilder, Placement};
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Pending connections per listening socket.
+const LISTEN_BACKLOG: i32 = 4096;
+/// How long `start` waits for every shard to serve.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every shard may read about the node. Written at start, then only
+/// flags change.
+pub struct NodeShared {
+    pub draining: AtomicBool,
+    pub shards: Vec<ShardStatus>,
+    pub topology_json: &'static [u8],
+    pub version_json: &'static [u8],
+}
+
+pub struct ShardStatus {
+    pub serving: AtomicBool,
+    pub shedding: AtomicBool,
+    /// A duplicate of the shard's ring eventfd: writing it wakes the shard.
+    wake: OnceLock<OwnedFd>,
+}
+
+impl ShardStatus {
+    pub fn set_wake(&self, eventfd: RawFd) {
+        // SAFETY: dup returns a new descriptor or -1.
+        let copy = unsafe { libc::dup(eventfd) };
+        assert!(copy >= 0, "duplicating the shard's eventfd");
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let _ = self.wake.set(unsafe { OwnedFd::from_raw_fd(copy) });
+    }
+
+    fn wake(&self) {
+        if let Some(fd) = self.wake.get() {
+            ring_doorbell(fd.as_raw_fd());
+        }
+    }
+}
+
+impl NodeShared {
+    /// What keeps the node from being ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            missing.push("node is draining".to_owned());
+        }
+        for (i, status) in self.shards.iter().enumerate() {
+            if !status.serving.load(Ordering::Relaxed) {
+                missing.push(format!("shard {i} is not serving"));
+            }
+            if status.shedding.load(Ordering::Relaxed) {
+                missing.push(format!("shard {i} is shedding load"));
+            }
+        }
+        missing
+    }
+}
+
+#[derive(Serialize)]
+struct Topology<'a> {
+    shards: usize,
+    routing: Routing<'a>,
+    listen: String,
+    shard_port_base: u16,
+    shard_ports: Vec<u16>,
+    cores: Cores<'a>,
+}
+
+#[derive(Serialize)]
+struct Routing<'a> {
+    function: &'a str,
+    domain: &'a str,
+    key: &'a str,
+}
+
+#[derive(Serialize)]
+struct Cores<'a> {
+    shards: &'a [usize],
+    committer: usize,
+}
+
+#[derive(Serialize)]
+struct Version<'a> {
+    name: &'a str,
+    version: &'a str,
+    git: &'a str,
+    profile: &'a str,
+    shards: usize,
+    features: &'a [&'a str],
+}
+
+/// Lives as long as the process: built once at start.
+fn leak_json(value: &impl Serialize) -> &'static [u8] {
+    Box::leak(simd_json::to_vec(value).expect("serializing").into_boxed_slice())
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub shared: Arc<NodeShared>,
+    pub admin_token: AdminToken,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops accepting, lets in-flight requests finish (bounded by
+    /// `drain_timeout_ms`), and makes every shard return.
+    pub fn begin_drain(shared: &NodeShared) {
+        shared.draining.store(true, Ordering::Release);
+        for status in &shared.shards {
+            status.wake();
+        }
+    }
+
+    /// Waits for every shard to return.
+    pub fn join(self) -> anyhow::Result<()> {
+        for executor in self.executors {
+            executor.join().map_err(|e| anyhow::anyhow!("a shard executor failed: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a node on `config` and returns once every shard serves.
+pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
+    let online = online_cores();
+    let layout = config.layout(online).context("core layout")?;
+    raise_memlock(&config, &layout);
+    let (keys, admin_token) = access::prepare(&config).context("preparing keys")?;
+    let shard_count = layout.shards.len();
+    let listeners = (0..shard_count)
+        .map(|i| bind_shard_listeners(&config, i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shard_ports: Vec<u16> = if config.shard_port_base == 0 {
+        Vec::new()
+    } else {
+        (0..shard_count).map(|i| config.shard_port_base + i as u16).collect()
+    };
+    let topology = Topology {
+        shards: shard_count,
+        routing: Routing {
+            function: ron_proto::routing::ROUTING_FUNCTION,
+            domain: "ron-shard-v1",
+            key: "account id (wallet), content id or name (index), epoch id (rewarder), token id (passport)",
+        },
+        listen: config.listen.to_string(),
+        shard_port_base: config.shard_port_base,
+        shard_ports,
+        cores: Cores { shards: &layout.shards, committer: layout.committer },
+    };
+    let version = Version {
+        name: "ron-node",
+        version: env!("CARGO_PKG_VERSION"),
+        git: env!("RON_GIT_REVISION"),
+        profile: config.profile.as_str(),
+        shards: shard_count,
+        features: &["socket-ring", "passport-mac"],
+    };
+    let shared = Arc::new(NodeShared {
+        draining: AtomicBool::new(false),
+        shards: (0..shard_count)
+            .map(|_| ShardStatus {
+                serving: AtomicBool::new(false),
+                shedding: AtomicBool::new(false),
+                wake: OnceLock::new(),
+            })
+            .collect(),
+        topology_json: leak_json(&topology),
+        version_json: leak_json(&version),
+    });
+    let config = Arc::new(config);
+    let keys = Arc::new(keys);
+    let mesh = mesh::builder(shard_count, config.limits.mesh_inflight_per_target_max);
+    let mut executors = Vec::with_capacity(shard_count);
+    for (id, (core, listeners)) in layout.shards.iter().zip(listeners).enumerate() {
+        let start = ShardStart {
+            id,
+            count: shard_count,
+            config: config.clone(),
+            node: shared.clone(),
+            keys: keys.clone(),
+            listeners,
+            mesh: mesh.clone(),
+        };
+        let executor = &config.executor;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(*core))
+            .name(&format!("shard-{id}"))
+            .io_memory(executor.io_memory_kib * 1024)
+            .ring_depth(executor.ring_depth)
+            .preempt_timer(Duration::from_millis(executor.preempt_ms))
+            .spin_before_park(Duration::from_micros(executor.spin_before_park_us))
+            .spawn(move || shard::run(start))
+            .map_err(|e| {
+                anyhow::anyhow!("starting the executor of shard {id} on core {core}: {e}")
+            })?;
+        executors.push(handle);
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    while shared.shards.iter().any(|s| !s.serving.load(Ordering::Acquire)) {
+        anyhow::ensure!(Instant::now() < deadline, "shards did not start within {START_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tracing::info!(
+        listen = %config.listen,
+        shard_port_base = config.shard_port_base,
+        shards = ?layout.shards,
+        committer = layout.committer,
+        profile = config.profile.as_str(),
+        "ready"
+    );
+    Ok(NodeHandle { shared, admin_token, executors })
+}
+
+/// Shard `i` accepts on the shared address (SO_REUSEPORT) and on its own port.
+fn bind_shard_listeners(config: &Config, i: usize) -> anyhow::Result<Vec<OwnedFd>> {
+    let mut sockets = vec![listen_on(config.listen, true)?];
+    if config.shard_port_base != 0 {
+        let mut own = config.listen;
+        own.set_port(config.shard_port_base + i as u16);
+        sockets.push(listen_on(own, false)?);
+    }
+    Ok(sockets)
+}
+
+fn listen_on(address: SocketAddr, shared: bool) -> anyhow::Result<OwnedFd> {
+    let socket =
+        Socket::new(Domain::for_address(address), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(shared)?;
+    // Accepted sockets inherit it: answers leave at once.
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into()).with_context(|| format!("binding {address}"))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+pub fn online_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// glommio registers `io_memory` with each executor's rings as locked memory.
+/// Raise the soft limit toward the hard one when the executors need more.
+fn raise_memlock(config: &Config, layout: &Layout) {
+    let executors = layout.shards.len() as u64 + 1;
+    let wanted = executors * (config.executor.io_memory_kib as u64 * 1024 + (1 << 20));
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 || limit.rlim_cur >= wanted
+    {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
+        tracing::warn!(wanted, current = limit.rlim_cur, "cannot raise the memlock limit");
+    }
+}

@@ -1,0 +1,209 @@
+//! What a handler answers, and how an answer becomes HTTP/1.1 bytes.
+
+use crate::limits::CORR_ID_BYTES_MAX;
+use ron_proto::ErrorCode;
+use ron_proto::error::{status_reason, write_envelope};
+use std::borrow::Cow;
+use std::future::Future;
+use std::io::Write as _;
+use std::pin::Pin;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentType {
+    Json,
+    Text,
+    Prometheus,
+}
+
+impl ContentType {
+    const fn header(self) -> &'static str {
+        match self {
+            ContentType::Json => "application/json",
+            ContentType::Text => "text/plain; charset=utf-8",
+            ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Body {
+    Empty,
+    Static(&'static [u8]),
+    /// The bytes the handler left in its shard's scratch buffer (synchronous
+    /// answers only).
+    Scratch,
+    Owned(Vec<u8>),
+    /// The JSON error envelope, written with the request's correlation id.
+    Error {
+        code: ErrorCode,
+        message: Cow<'static, str>,
+        missing: Vec<String>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: ContentType,
+    pub body: Body,
+    pub retry_after_s: Option<u32>,
+    pub allow: Option<&'static str>,
+    /// Close the connection after this answer.
+    pub close: bool,
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: ContentType, body: Body) -> Reply {
+        Reply { status, content_type, body, retry_after_s: None, allow: None, close: false }
+    }
+
+    pub fn json_static(status: u16, body: &'static [u8]) -> Reply {
+        Reply::new(status, ContentType::Json, Body::Static(body))
+    }
+
+    pub fn json_scratch(status: u16) -> Reply {
+        Reply::new(status, ContentType::Json, Body::Scratch)
+    }
+
+    pub fn json_owned(status: u16, body: Vec<u8>) -> Reply {
+        Reply::new(status, ContentType::Json, Body::Owned(body))
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Reply {
+        let mut reply = Reply::new(
+            code.http_status(),
+            ContentType::Json,
+            Body::Error { code, message: message.into(), missing: Vec::new() },
+        );
+        if code.retryable() && code != ErrorCode::RequestTimeout {
+            reply.retry_after_s = Some(1);
+        }
+        reply
+    }
+
+    /// An error after which the connection cannot be trusted to stay in sync.
+    pub fn fatal(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Reply {
+        Reply { close: true, ..Reply::error(code, message) }
+    }
+
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match &self.body {
+            Body::Error { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A handler's answer: now, or later from a task on the shard.
+pub enum Handled {
+    Now(Reply),
+    Later(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+/// The request's correlation id: the client's `X-Corr-ID`/`X-Request-Id` when
+/// it is safe to echo, else one made up from the shard and a counter.
+#[derive(Clone, Copy)]
+pub struct CorrId {
+    bytes: [u8; CORR_ID_BYTES_MAX],
+    len: u8,
+}
+
+impl CorrId {
+    pub fn from_client(value: &[u8]) -> Option<CorrId> {
+        let safe = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:".contains(b);
+        if value.is_empty() || value.len() > CORR_ID_BYTES_MAX || !value.iter().all(safe) {
+            return None;
+        }
+        let mut id = CorrId { bytes: [0; CORR_ID_BYTES_MAX], len: value.len() as u8 };
+        id.bytes[..value.len()].copy_from_slice(value);
+        Some(id)
+    }
+
+    pub fn generate(shard: usize, counter: u64) -> CorrId {
+        let mut id = CorrId { bytes: [0; CORR_ID_BYTES_MAX], len: 0 };
+        let mut cursor = std::io::Cursor::new(&mut id.bytes[..]);
+        write!(cursor, "s{shard}-{counter:x}").expect("fits in 64 bytes");
+        id.len = cursor.position() as u8;
+        id
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("ASCII by construction")
+    }
+}
+
+impl std::fmt::Debug for CorrId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the connection carries on after this answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Framing {
+    pub keep_alive: bool,
+    pub http10: bool,
+    /// A HEAD request: headers only.
+    pub head_only: bool,
+}
+
+/// Appends the whole response to `out`. `scratch` holds the body of
+/// [`Body::Scratch`] answers; `error_body` is reused for error envelopes.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    reply: &Reply,
+    scratch: &[u8],
+    error_body: &mut Vec<u8>,
+    corr_id: &CorrId,
+    framing: Framing,
+    date: &[u8],
+) {
+    let body: &[u8] = match &reply.body {
+        Body::Empty => &[],
+        Body::Static(bytes) => bytes,
+        Body::Scratch => scratch,
+        Body::Owned(bytes) => bytes,
+        Body::Error { code, message, missing } => {
+            error_body.clear();
+            write_envelope(error_body, *code, message, corr_id.as_str(), missing);
+            error_body
+        }
+    };
+    let keep_alive = framing.keep_alive && !reply.close;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(number.format(reply.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status_reason(reply.status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(reply.content_type.header().as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(number.format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\nX-Corr-ID: ");
+    out.extend_from_slice(corr_id.as_str().as_bytes());
+    if let Some(seconds) = reply.retry_after_s {
+        out.extend_from_slice(b"\r\nRetry-After: ");
+        out.extend_from_slice(number.format(seconds).as_bytes());
+    }
+    if let Some(allow) = reply.allow {
+        out.extend_from_slice(b"\r\nAllow: ");
+        out.extend_from_slice(allow.as_bytes());
+    }
+    if reply.status == 401 {
+        out.extend_from_slice(b"\r\nWWW-Authenticate: Bearer");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"\r\nConnection: close");
+    } else if framing.http10 {
+        out.extend_from_slice(b"\r\nConnection: keep-alive");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !framing.head_only {
+        out.extend_from_slice(body);
+    }
+}
+
+/// The interim answer to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

@@ -1,0 +1,159 @@
+//! A shard: one pinned glommio executor that owns its connections, its keys'
+//! state and its metrics. Nothing here is shared with another core except
+//! through messages (the mesh) and a few read-mostly atomics in `NodeShared`.
+
+use crate::access::Keyring;
+use crate::config::Config;
+use crate::front::{Front, Mailbox};
+use crate::mesh::{self, Mesh, MeshBuilderFull};
+use crate::metrics::ShardMetrics;
+use crate::node::NodeShared;
+use crate::reply::CorrId;
+use crate::socket_ring::SocketRing;
+use glommio::{Latency, Shares, TaskQueueHandle};
+use std::cell::{Cell, RefCell};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// Request handling and cross-shard messages run here: glommio polls I/O and
+/// switches queues at least this often while the queue is busy.
+pub const REQUEST_QUEUE_LATENCY: Duration = Duration::from_millis(1);
+
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<Config>,
+    pub node: Arc<NodeShared>,
+    pub keys: Arc<Keyring>,
+    pub metrics: RefCell<ShardMetrics>,
+    pub mesh: Mesh,
+    /// The `Latency::Matters` queue of requests and mesh messages.
+    pub queue: TaskQueueHandle,
+    /// Body bytes of synchronous answers, reused from request to request.
+    pub scratch: RefCell<Vec<u8>>,
+    /// Decoded tokens, reused from request to request.
+    pub token_scratch: RefCell<Vec<u8>>,
+    /// Requests answered later (by a task) that have not finished.
+    pub inflight: Cell<u32>,
+    pub mailbox: Mailbox,
+    pub date: RefCell<HttpDate>,
+    corr_counter: Cell<u64>,
+}
+
+impl Shard {
+    /// Whether a sheddable request may start, given the in-flight cap.
+    pub fn admit(&self) -> bool {
+        let over = self.inflight.get() >= self.config.limits.inflight_per_shard_max;
+        let status = &self.node.shards[self.id];
+        if status.shedding.load(Ordering::Relaxed) != over {
+            status.shedding.store(over, Ordering::Relaxed);
+        }
+        !over
+    }
+
+    pub fn next_corr_id(&self) -> CorrId {
+        let counter = self.corr_counter.get();
+        self.corr_counter.set(counter + 1);
+        CorrId::generate(self.id, counter)
+    }
+
+    /// Seconds since the epoch, for token validity.
+    pub fn unix_now_s() -> u64 {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+/// The `Date` header, formatted once per second.
+pub struct HttpDate {
+    text: [u8; 29],
+    second: u64,
+}
+
+impl HttpDate {
+    fn new() -> HttpDate {
+        let mut date = HttpDate { text: [b' '; 29], second: u64::MAX };
+        date.refresh();
+        date
+    }
+
+    pub fn refresh(&mut self) {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == self.text.len() {
+                self.text.copy_from_slice(text.as_bytes());
+            }
+            self.second = second;
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.text
+    }
+}
+
+/// What a shard executor needs to start.
+pub struct ShardStart {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<Config>,
+    pub node: Arc<NodeShared>,
+    pub keys: Arc<Keyring>,
+    pub listeners: Vec<OwnedFd>,
+    pub mesh: MeshBuilderFull,
+}
+
+/// The body of a shard executor: join the mesh, open the socket ring, serve
+/// until the node drains.
+pub async fn run(start: ShardStart) {
+    let executor = glommio::executor();
+    let queue = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(REQUEST_QUEUE_LATENCY),
+        "requests",
+    );
+    let ShardStart { id, count, config, node, keys, listeners, mesh } = start;
+    let (senders, receivers) = mesh.join().await.expect("joining the shard mesh");
+    assert_eq!(senders.peer_id(), id, "mesh order follows shard order");
+    let executor_config = &config.executor;
+    let ring = SocketRing::new(
+        executor_config.socket_ring_entries,
+        executor_config.recv_buffers as u16,
+        executor_config.recv_buffer_bytes,
+    )
+    .expect("creating the shard's socket ring");
+    node.shards[id].set_wake(ring.eventfd());
+    let mesh = Mesh::new(
+        senders,
+        count,
+        config.limits.mesh_inflight_per_target_max,
+        Duration::from_millis(config.limits.request_timeout_ms),
+    );
+    let shard = Rc::new(Shard {
+        id,
+        count,
+        config,
+        node,
+        keys,
+        metrics: RefCell::new(ShardMetrics::default()),
+        mesh,
+        queue,
+        scratch: RefCell::new(Vec::with_capacity(4096)),
+        token_scratch: RefCell::new(Vec::with_capacity(ron_proto::token::TOKEN_BINARY_BYTES_MAX)),
+        inflight: Cell::new(0),
+        mailbox: Mailbox::default(),
+        date: RefCell::new(HttpDate::new()),
+        corr_counter: Cell::new(0),
+    });
+    mesh::spawn_receivers(&shard, receivers);
+    let front = Front::new(shard.clone(), ring, listeners).expect("arming the listeners");
+    shard.node.shards[id].serving.store(true, Ordering::Release);
+    tracing::info!(shard = id, "serving");
+    glommio::spawn_local_into(front.run(), queue).expect("the queue exists").await;
+    shard.node.shards[id].serving.store(false, Ordering::Release);
+    tracing::info!(shard = id, "drained");
+}

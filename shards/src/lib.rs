@@ -1,0 +1,7 @@
+//! Pure, synchronous, deterministic state machines of ron-node.
+//!
+//! Architecture invariant: no I/O, no clocks, no randomness, no async. Time and
+//! randomness come in as inputs; domain rejections are values, not errors.
+#![forbid(unsafe_code)]
+
+pub mod passport;
