@@ -888,9 +888,13 @@ impl Front {
         }
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conns[slot as usize].as_ref() else { continue };
-            let idle =
-                conn.input.len() == conn.consumed && conn.flushed() && conn.request.head.is_none();
-            if idle {
+            let receiving = conn.input.len() > conn.consumed || conn.request.head.is_some();
+            if receiving {
+                // The request being received is finished and answered with
+                // `Connection: close` (see `handle`).
+                continue;
+            }
+            if conn.flushed() {
                 self.kill(slot);
             } else {
                 // Answers already owed go out; the connection closes after them.
@@ -969,6 +973,7 @@ fn spawn_later(shard: &Rc<Shard>, future: Pin<Box<dyn Future<Output = Reply>>>, 
         let shard = task_shard;
         let reply = future.await;
         shard.inflight.set(shard.inflight.get() - 1);
+        shard.note_load();
         shard.metrics.borrow_mut().inflight[later.route] -= 1;
         assert!(!matches!(reply.body, reply::Body::Scratch), "answers from tasks own their bodies");
         let mut bytes = Vec::with_capacity(256);

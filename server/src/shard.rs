@@ -46,12 +46,18 @@ pub struct Shard {
 impl Shard {
     /// Whether a sheddable request may start, given the in-flight cap.
     pub fn admit(&self) -> bool {
+        !self.note_load()
+    }
+
+    /// Publishes whether the shard is at its in-flight cap (for `/readyz`);
+    /// returns that.
+    pub fn note_load(&self) -> bool {
         let over = self.inflight.get() >= self.config.limits.inflight_per_shard_max;
         let status = &self.node.shards[self.id];
         if status.shedding.load(Ordering::Relaxed) != over {
             status.shedding.store(over, Ordering::Relaxed);
         }
-        !over
+        over
     }
 
     pub fn next_corr_id(&self) -> CorrId {

@@ -1,0 +1,8 @@
+//! End-to-end tests against the real `ron-node` binary on loopback.
+//! One integration binary, one module per area.
+
+mod access;
+mod http;
+mod lifecycle;
+mod ops;
+mod routing;
