@@ -85,6 +85,8 @@ pub struct Executor {
     pub recv_buffer_bytes: usize,
     /// Idle turns of the socket-ring task before it parks on its eventfd.
     pub idle_turns_before_park: u32,
+    /// The longest a parked shard sleeps without a wake-up (see `front::Park`).
+    pub park_timeout_us: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,6 +209,7 @@ impl Default for Executor {
             recv_buffers: 1024,
             recv_buffer_bytes: 4096,
             idle_turns_before_park: 4,
+            park_timeout_us: 2000,
         }
     }
 }
@@ -388,6 +391,7 @@ impl Config {
         }
         range("executor.recv_buffer_bytes", e.recv_buffer_bytes, 512, 1 << 20)?;
         range("executor.idle_turns_before_park", e.idle_turns_before_park, 1, 1_000_000)?;
+        range("executor.park_timeout_us", e.park_timeout_us, 100, 1_000_000)?;
         range(
             "passport.caveats_max",
             self.passport.caveats_max,

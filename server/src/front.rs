@@ -159,18 +159,91 @@ pub struct Front {
     generation: u32,
 }
 
-/// What the front awaits when idle: the ring's eventfd, read through glommio,
-/// or the mailbox.
+/// What the front awaits when idle (the ring's eventfd, read through glommio,
+/// or the mailbox), and the guard timer that keeps the shard from sleeping
+/// while the front is runnable.
+///
+/// The guard works around a glommio 0.9 scheduler race, reproduced on this
+/// machine with an instrumented copy of glommio: the executor's loop polls
+/// its rings, then calls `run_task_queues`, which returns "nothing ran" when
+/// `need_preempt` is already true on entry. That happens when the latency
+/// ring's preempt timer (1 ms for a `Latency::Matters(1ms)` queue) completes
+/// just after the poll consumed the ring. The loop takes "nothing ran" for
+/// "nothing to run" and parks with the front's queue still active; with no
+/// glommio timer pending it sleeps until some glommio I/O arrives, which for
+/// a shard whose sockets live on its own ring means forever. The guard keeps
+/// a glommio timer pending at most `park_timeout` ahead whenever the front
+/// yields or parks with connections open, so a stranded front runs again
+/// within `park_timeout`. Re-arming costs a timer-map update at most once per
+/// `park_timeout / 2` while busy. With no connection open the park waits up
+/// to `IDLE_PARK_TIMEOUT`, so an idle node wakes rarely.
 struct Park {
     eventfd: Rc<BufferedFile>,
     read: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    guard: glommio::timer::Timer,
+    /// When the guard fires; it is re-armed once less than half remains.
+    guard_deadline: Instant,
+    guard_fired: bool,
+    timeout: Duration,
+}
+
+/// How long an idle shard with no open connection parks between guard
+/// wake-ups.
+const IDLE_PARK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Why a park ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woken {
+    Ring,
+    Mailbox,
+    Guard,
 }
 
 impl Park {
-    fn wait<'a>(&'a mut self, mailbox: &'a Mailbox) -> impl Future<Output = ()> + 'a {
+    /// Keeps the guard pending no later than `timeout` from now, registered
+    /// with this task's waker.
+    fn arm_guard(&mut self, cx: &mut Context<'_>, timeout: Duration) {
+        let now = Instant::now();
+        let left = self.guard_deadline.saturating_duration_since(now);
+        if !self.guard_fired && left >= timeout / 2 && left <= timeout {
+            return;
+        }
+        self.guard.reset(timeout);
+        self.guard_deadline = now + timeout;
+        self.guard_fired = Pin::new(&mut self.guard).poll(cx).is_ready();
+    }
+
+    /// Whether the guard fired since it was armed.
+    fn guard_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.guard_fired && Instant::now() >= self.guard_deadline {
+            self.guard_fired = Pin::new(&mut self.guard).poll(cx).is_ready();
+        }
+        self.guard_fired
+    }
+
+    /// Lets the other tasks of the queue run, with the guard armed.
+    fn yield_now(&mut self) -> impl Future<Output = ()> + '_ {
+        let mut yielded = false;
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            if yielded {
+                return Poll::Ready(());
+            }
+            yielded = true;
+            let timeout = self.timeout;
+            self.arm_guard(cx, timeout);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+    }
+
+    fn wait<'a>(
+        &'a mut self,
+        mailbox: &'a Mailbox,
+        timeout: Duration,
+    ) -> impl Future<Output = Woken> + 'a {
         std::future::poll_fn(move |cx: &mut Context<'_>| {
             if mailbox.rung.replace(false) {
-                return Poll::Ready(());
+                return Poll::Ready(Woken::Mailbox);
             }
             *mailbox.waker.borrow_mut() = Some(cx.waker().clone());
             let eventfd = self.eventfd.clone();
@@ -180,13 +253,18 @@ impl Park {
                     let _ = eventfd.read_at(0, 8).await;
                 })
             });
-            match read.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.read = None;
-                    Poll::Ready(())
-                }
-                Poll::Pending => Poll::Pending,
+            if read.as_mut().poll(cx).is_ready() {
+                self.read = None;
+                return Poll::Ready(Woken::Ring);
             }
+            if self.guard_fired(cx) {
+                return Poll::Ready(Woken::Guard);
+            }
+            self.arm_guard(cx, timeout);
+            if self.guard_fired {
+                return Poll::Ready(Woken::Guard);
+            }
+            Poll::Pending
         })
     }
 }
@@ -221,6 +299,7 @@ impl Front {
             ring.accept(socket.as_raw_fd(), index as u32)?;
             listeners.push(Listener { socket: Some(socket), armed: true });
         }
+        let park_timeout = Duration::from_micros(shard.config.executor.park_timeout_us);
         // SAFETY: `dup` returns a new descriptor that the BufferedFile owns.
         let eventfd = unsafe { libc::dup(ring.eventfd()) };
         if eventfd < 0 {
@@ -242,7 +321,14 @@ impl Front {
             limits,
             last_sweep: Instant::now(),
             drain_started: None,
-            park: Park { eventfd, read: None },
+            park: Park {
+                eventfd,
+                read: None,
+                guard: glommio::timer::Timer::new(park_timeout),
+                guard_deadline: Instant::now(),
+                guard_fired: true,
+                timeout: park_timeout,
+            },
             generation: 0,
         })
     }
@@ -256,12 +342,12 @@ impl Front {
             }
             if worked {
                 idle_turns = 0;
-                futures_lite::future::yield_now().await;
+                self.park.yield_now().await;
                 continue;
             }
             idle_turns += 1;
             if idle_turns < self.limits.idle_turns_before_park {
-                futures_lite::future::yield_now().await;
+                self.park.yield_now().await;
                 continue;
             }
             if self.open > 0 || self.drain_started.is_some() {
@@ -276,7 +362,14 @@ impl Front {
                 continue;
             }
             self.shard.metrics.borrow_mut().parks += 1;
-            self.park.wait(&self.shard.mailbox).await;
+            let timeout = if self.open > 0 || self.shard.inflight.get() > 0 {
+                self.park.timeout
+            } else {
+                IDLE_PARK_TIMEOUT.max(self.park.timeout)
+            };
+            if self.park.wait(&self.shard.mailbox, timeout).await == Woken::Guard {
+                self.shard.metrics.borrow_mut().park_timeouts += 1;
+            }
             self.ring.after_park();
             idle_turns = 0;
         }

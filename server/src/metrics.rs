@@ -62,6 +62,7 @@ pub struct ShardMetrics {
     pub connections_open: i64,
     pub mesh_calls: u64,
     pub parks: u64,
+    pub park_timeouts: u64,
 }
 
 impl Default for ShardMetrics {
@@ -76,6 +77,7 @@ impl Default for ShardMetrics {
             connections_open: 0,
             mesh_calls: 0,
             parks: 0,
+            park_timeouts: 0,
         }
     }
 }
@@ -99,6 +101,7 @@ impl ShardMetrics {
         self.connections_open += other.connections_open;
         self.mesh_calls += other.mesh_calls;
         self.parks += other.parks;
+        self.park_timeouts += other.park_timeouts;
     }
 }
 
@@ -155,7 +158,7 @@ pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize)
     for (i, count) in metrics.inflight.iter().enumerate() {
         let _ = writeln!(out, "inflight_requests{{route=\"{}\"}} {count}", route_label(i));
     }
-    let simple: [(&str, &str, &str, u64); 7] = [
+    let simple: [(&str, &str, &str, u64); 8] = [
         (
             "connections_accepted_total",
             "counter",
@@ -180,6 +183,12 @@ pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize)
             "counter",
             "Times a shard's socket ring went idle and parked.",
             metrics.parks,
+        ),
+        (
+            "socket_ring_park_timeouts_total",
+            "counter",
+            "Parks that ended on the park timer rather than on I/O or a task.",
+            metrics.park_timeouts,
         ),
         (
             "process_resident_memory_bytes",

@@ -1,0 +1,399 @@
+//! The open-loop engine (SPEC §10).
+//!
+//! Requests are planned at a constant rate: request k of a thread is due at
+//! `start + k / rate`. Latency is measured from that intended time, not from
+//! when the request happened to be written, so a server that stalls is
+//! charged for every request that should have been sent during the stall
+//! (no coordinated omission). A request is written as soon as it is due on the
+//! next connection with room; connections pipeline, so a slow answer does not
+//! hold back the plan. Sends that leave more than `late_after` behind their
+//! intended time are counted as late; requests that find every connection
+//! at its pipeline limit are dropped and counted. Both make a run suspect,
+//! and the report says so.
+//!
+//! Each thread is pinned to its core and busy-polls its sockets (mio, zero
+//! timeout): the generator's own core is spent on precision.
+
+use crate::workload::WorkloadSpec;
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Bytes read from a socket at once.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Headers parsed per response.
+const RESPONSE_HEADERS_MAX: usize = 32;
+/// Latency range recorded, in nanoseconds.
+const LATENCY_NS_MAX: u64 = 120_000_000_000;
+
+/// One run at one rate.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub target: SocketAddr,
+    pub workload: WorkloadSpec,
+    /// Requests per second, over all threads.
+    pub rate: f64,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub connections: usize,
+    /// Requests in flight on one connection, at most.
+    pub pipeline_max: usize,
+    /// Cores to pin generator threads to; one thread per core.
+    pub cores: Vec<usize>,
+    /// A send this far behind its plan is late.
+    pub late_after: Duration,
+    /// How long to wait for answers after the last send.
+    pub drain: Duration,
+}
+
+/// What a run measured. Only requests planned after the warm-up count.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub latency_ns: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    pub planned: u64,
+    pub sent: u64,
+    pub completed: u64,
+    pub late: u64,
+    pub dropped: u64,
+    /// Requests without an answer: timed out or lost to a closed connection.
+    pub unanswered: u64,
+    /// Connections the server closed and the generator opened again.
+    pub reconnects: u64,
+    pub measured: Duration,
+}
+
+impl RunResult {
+    fn empty() -> RunResult {
+        RunResult {
+            latency_ns: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds"),
+            statuses: BTreeMap::new(),
+            planned: 0,
+            sent: 0,
+            completed: 0,
+            late: 0,
+            dropped: 0,
+            unanswered: 0,
+            reconnects: 0,
+            measured: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, other: &RunResult) {
+        self.latency_ns.add(&other.latency_ns).expect("same bounds");
+        for (status, count) in &other.statuses {
+            *self.statuses.entry(*status).or_default() += count;
+        }
+        self.planned += other.planned;
+        self.sent += other.sent;
+        self.completed += other.completed;
+        self.late += other.late;
+        self.dropped += other.dropped;
+        self.unanswered += other.unanswered;
+        self.reconnects += other.reconnects;
+        self.measured = self.measured.max(other.measured);
+    }
+
+    pub fn achieved_rate(&self) -> f64 {
+        self.completed as f64 / self.measured.as_secs_f64().max(1e-9)
+    }
+
+    /// Answers that were not 2xx or 3xx.
+    pub fn errors(&self) -> u64 {
+        self.statuses.iter().filter(|(s, _)| **s >= 400).map(|(_, c)| c).sum()
+    }
+
+    /// Whether the generator kept its plan and the server answered everything
+    /// it was sent, successfully.
+    pub fn sustained(&self, rate: f64) -> bool {
+        self.dropped == 0
+            && self.unanswered == 0
+            && self.errors() == 0
+            && self.achieved_rate() >= 0.97 * rate
+            && self.late * 100 <= self.planned
+    }
+
+    pub fn quantile_us(&self, quantile: f64) -> f64 {
+        self.latency_ns.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    token: Token,
+    out: Vec<u8>,
+    input: Vec<u8>,
+    /// Intended send times (ns since start) of requests in flight, in order.
+    inflight: VecDeque<u64>,
+    open: bool,
+}
+
+/// Runs the plan and merges every thread's measurements.
+pub fn run(spec: &RunSpec) -> anyhow::Result<RunResult> {
+    anyhow::ensure!(spec.rate > 0.0, "the rate must be positive");
+    let threads = spec.cores.len().max(1);
+    anyhow::ensure!(spec.connections >= threads, "at least one connection per thread");
+    let barrier = Arc::new(Barrier::new(threads));
+    let start_slot = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut handles = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        let spec = spec.clone();
+        let barrier = barrier.clone();
+        let start_slot = start_slot.clone();
+        handles.push(std::thread::spawn(move || -> anyhow::Result<RunResult> {
+            if let Some(core) = spec.cores.get(thread) {
+                anyhow::ensure!(
+                    core_affinity::set_for_current(core_affinity::CoreId { id: *core }),
+                    "cannot pin to core {core}"
+                );
+            }
+            let connections =
+                spec.connections / threads + usize::from(thread < spec.connections % threads);
+            let rate = spec.rate / threads as f64;
+            let mut streams = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                streams.push(connect(spec.target)?);
+            }
+            barrier.wait();
+            // Every thread plans from the same instant.
+            let start = *start_slot.get_or_init(|| Instant::now() + Duration::from_millis(20));
+            drive(&spec, rate, streams, start)
+        }));
+    }
+    let mut total = RunResult::empty();
+    for handle in handles {
+        let result =
+            handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+        total.add(&result);
+    }
+    Ok(total)
+}
+
+fn connect(target: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream = std::net::TcpStream::connect(target)
+        .map_err(|e| anyhow::anyhow!("connecting to {target}: {e}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(stream))
+}
+
+fn drive(
+    spec: &RunSpec,
+    rate: f64,
+    streams: Vec<TcpStream>,
+    start: Instant,
+) -> anyhow::Result<RunResult> {
+    let mut poll = Poll::new()?;
+    let mut connections: Vec<Connection> = Vec::with_capacity(streams.len());
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        poll.registry().register(&mut stream, Token(i), Interest::READABLE)?;
+        connections.push(Connection {
+            stream,
+            token: Token(i),
+            out: Vec::with_capacity(16 * 1024),
+            input: Vec::with_capacity(READ_CHUNK_BYTES),
+            inflight: VecDeque::with_capacity(spec.pipeline_max),
+            open: true,
+        });
+    }
+    let mut workload = spec.workload.build();
+    let mut events = Events::with_capacity(1024);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut result = RunResult::empty();
+    let interval_ns = 1e9 / rate;
+    let warmup_ns = spec.warmup.as_nanos() as u64;
+    let plan_ns = (spec.warmup + spec.duration).as_nanos() as u64;
+    let total = (plan_ns as f64 / interval_ns) as u64;
+    let late_ns = spec.late_after.as_nanos() as u64;
+    let give_up_ns = plan_ns + spec.drain.as_nanos() as u64;
+    let mut next = 0u64;
+    let mut cursor = 0usize;
+    while Instant::now() < start {
+        std::hint::spin_loop();
+    }
+    loop {
+        let now = start.elapsed().as_nanos() as u64;
+        // Send every request that is due.
+        while next < total {
+            let intended = (next as f64 * interval_ns) as u64;
+            if intended > now {
+                break;
+            }
+            let counted = intended >= warmup_ns;
+            if counted {
+                result.planned += 1;
+            }
+            let picked =
+                (0..connections.len()).map(|i| (cursor + i) % connections.len()).find(|i| {
+                    let c = &connections[*i];
+                    c.open && c.inflight.len() < spec.pipeline_max
+                });
+            match picked {
+                Some(i) => {
+                    cursor = i + 1;
+                    let connection = &mut connections[i];
+                    workload.request(next, &mut connection.out);
+                    connection.inflight.push_back(intended);
+                    if counted {
+                        result.sent += 1;
+                        if now - intended > late_ns {
+                            result.late += 1;
+                        }
+                    }
+                }
+                None if counted => result.dropped += 1,
+                None => {}
+            }
+            next += 1;
+        }
+        // A server may close a connection (a keep-alive request limit, say):
+        // its unanswered requests are counted, and a new one takes its place.
+        if next < total {
+            for connection in connections.iter_mut().filter(|c| !c.open) {
+                let mut stream = connect(spec.target)?;
+                poll.registry().register(&mut stream, connection.token, Interest::READABLE)?;
+                connection.stream = stream;
+                connection.input.clear();
+                connection.open = true;
+                result.reconnects += 1;
+            }
+        }
+        for connection in connections.iter_mut().filter(|c| c.open && !c.out.is_empty()) {
+            match connection.stream.write(&connection.out) {
+                Ok(written) => {
+                    connection.out.drain(..written);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => close(connection, warmup_ns, &mut result),
+            }
+        }
+        poll.poll(&mut events, Some(Duration::ZERO))?;
+        for event in events.iter() {
+            let connection = &mut connections[event.token().0];
+            read_answers(connection, &mut chunk, start, warmup_ns, &mut result);
+        }
+        let now = start.elapsed().as_nanos() as u64;
+        let idle = connections.iter().all(|c| c.inflight.is_empty());
+        if next >= total && (idle || now > give_up_ns) {
+            break;
+        }
+    }
+    for connection in &mut connections {
+        while let Some(intended) = connection.inflight.pop_front() {
+            if intended >= warmup_ns {
+                result.unanswered += 1;
+            }
+        }
+    }
+    result.measured = spec.duration;
+    Ok(result)
+}
+
+fn close(connection: &mut Connection, warmup_ns: u64, result: &mut RunResult) {
+    if !connection.open {
+        return;
+    }
+    connection.open = false;
+    connection.out.clear();
+    while let Some(intended) = connection.inflight.pop_front() {
+        if intended >= warmup_ns {
+            result.unanswered += 1;
+        }
+    }
+}
+
+fn read_answers(
+    connection: &mut Connection,
+    chunk: &mut [u8],
+    start: Instant,
+    warmup_ns: u64,
+    result: &mut RunResult,
+) {
+    loop {
+        match connection.stream.read(chunk) {
+            Ok(0) => {
+                close(connection, warmup_ns, result);
+                return;
+            }
+            Ok(n) => connection.input.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                close(connection, warmup_ns, result);
+                return;
+            }
+        }
+    }
+    let now = start.elapsed().as_nanos() as u64;
+    let mut consumed = 0;
+    loop {
+        match parse_response(&connection.input[consumed..]) {
+            Ok(Some((status, used))) => {
+                consumed += used;
+                let Some(intended) = connection.inflight.pop_front() else {
+                    close(connection, warmup_ns, result);
+                    return;
+                };
+                if intended >= warmup_ns {
+                    result.completed += 1;
+                    *result.statuses.entry(status).or_default() += 1;
+                    result.latency_ns.saturating_record(now.saturating_sub(intended).max(1));
+                }
+            }
+            Ok(None) => break,
+            Err(()) => {
+                close(connection, warmup_ns, result);
+                return;
+            }
+        }
+    }
+    connection.input.drain(..consumed);
+}
+
+/// A complete response's status and length, `None` if more bytes are needed.
+/// Only `Content-Length` framing is understood.
+fn parse_response(bytes: &[u8]) -> Result<Option<(u16, usize)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let status = response.code.ok_or(())?;
+    let mut length = 0usize;
+    for header in response.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(header.value)
+                .map_err(|_| ())?
+                .trim()
+                .parse()
+                .map_err(|_| ())?;
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(());
+        }
+    }
+    if bytes.len() < head + length {
+        return Ok(None);
+    }
+    Ok(Some((status, head + length)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_framed_by_content_length() {
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 429 Too Many\r\nContent-Length: 0\r\n\r\n";
+        let (status, used) = parse_response(two).unwrap().unwrap();
+        assert_eq!((status, used), (200, 40));
+        assert_eq!(parse_response(&two[used..]).unwrap().unwrap().0, 429);
+        assert_eq!(parse_response(&two[..39]).unwrap(), None);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+    }
+}
