@@ -24,31 +24,33 @@ pub fn workspace() -> PathBuf {
 /// The `ron-node` binary of this build profile, built once per test run.
 pub fn node_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/it-… → target/<profile>
-        let profile_dir =
-            exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_owned();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build.current_dir(workspace()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "ron-server",
-            "--bin",
-            "ron-node",
-        ]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "building ron-node failed");
-        let binary = profile_dir.join("ron-node");
-        assert!(binary.exists(), "{} was not built", binary.display());
-        binary
-    })
+    BINARY.get_or_init(|| build_binary("ron-server", "ron-node"))
+}
+
+/// The `ron-load` binary of this build profile, built once per test run.
+pub fn load_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary("ron-bench", "ron-load"))
+}
+
+/// Builds one binary of the workspace in the profile of this test binary.
+fn build_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/it-… → target/<profile>
+    let profile_dir =
+        exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_owned();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace()).args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let binary = profile_dir.join(bin);
+    assert!(binary.exists(), "{} was not built", binary.display());
+    binary
 }
 
 /// Ports for test nodes: blocks of consecutive free ports, distinct within

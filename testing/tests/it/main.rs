@@ -4,5 +4,6 @@
 mod access;
 mod http;
 mod lifecycle;
+mod load;
 mod ops;
 mod routing;

@@ -1,0 +1,138 @@
+//! `ron-load` against the real node: it holds a plan, reports what it saw,
+//! and charges a stalled server for every request the stall delayed.
+
+use ron_testing::{NodeOptions, TestNode, load_binary};
+use simd_json::prelude::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The core the generator is pinned to: the last one, away from shard 0.
+fn generator_core() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores - 1).to_string()
+}
+
+fn start_load(node: &TestNode, args: &[&str], json: &Path) -> Child {
+    Command::new(load_binary())
+        .arg("run")
+        .args(["--target", &node.listen.to_string()])
+        .args(["--cores", &generator_core()])
+        .args(["--json", json.to_str().expect("a UTF-8 path")])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting ron-load")
+}
+
+/// Waits for ron-load and returns its JSON report and its summary.
+fn finish(child: Child, json: &Path) -> (simd_json::OwnedValue, String) {
+    let output = child.wait_with_output().expect("waiting for ron-load");
+    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ron-load failed: {summary}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut bytes = std::fs::read(json).expect("the JSON report");
+    (simd_json::to_owned_value(&mut bytes).expect("a JSON report"), summary)
+}
+
+fn number(report: &simd_json::OwnedValue, path: &[&str]) -> f64 {
+    let mut value = report;
+    for key in path {
+        value = value.get(*key).unwrap_or_else(|| panic!("no {key} in {report}"));
+    }
+    value.as_f64().or_else(|| value.as_u64().map(|v| v as f64)).expect("a number")
+}
+
+#[test]
+fn ron_load_keeps_its_plan_and_reports_json_and_a_summary() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let args = ["--rate", "2000", "--duration", "1s", "--warmup", "250ms", "--connections", "4"];
+    let (report, summary) = finish(start_load(&node, &args, &json), &json);
+    // The plan is fixed by rate and duration, whatever the server does.
+    assert_eq!(number(&report, &["planned"]), 2000.0, "{report}");
+    assert_eq!(number(&report, &["completed"]), number(&report, &["sent"]));
+    assert_eq!(number(&report, &["unanswered"]), 0.0);
+    assert_eq!(number(&report, &["statuses", "200"]), number(&report, &["completed"]));
+    assert!(number(&report, &["latency", "p50_us"]) > 0.0);
+    assert!(number(&report, &["latency", "max_us"]) >= number(&report, &["latency", "p99_us"]));
+    for field in ["achieved", "p99.9", "planned 2000", "statuses"] {
+        assert!(summary.contains(field), "{field} missing from the summary: {summary}");
+    }
+    // What the server counted agrees with what the generator sent.
+    assert!(node.metric("request_latency_seconds_count{route=\"/healthz\"}") >= 2000.0);
+}
+
+#[test]
+fn ron_load_authenticates_with_the_admin_token_file() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("auth.json");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &node.admin_token).unwrap();
+    let args = [
+        "--rate",
+        "500",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--connections",
+        "2",
+        "--path",
+        "/v1/node/owner?key=alice",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let (report, _) = finish(start_load(&node, &args, &json), &json);
+    assert_eq!(number(&report, &["statuses", "200"]), number(&report, &["planned"]), "{report}");
+}
+
+/// The honesty check of SPEC §10: stop the server for one second in the
+/// middle of a run. An open-loop generator keeps planning requests during
+/// the stall and measures each from its intended send time, so the stall
+/// shows as about a third of all requests being late by up to a second. A
+/// closed-loop generator would only see its few connections' requests wait.
+#[test]
+fn a_one_second_stall_shows_in_the_tail() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("stall.json");
+    let args = [
+        "--rate",
+        "1000",
+        "--duration",
+        "3s",
+        "--warmup",
+        "500ms",
+        "--connections",
+        "8",
+        "--pipeline-max",
+        "256",
+        "--drain",
+        "5s",
+    ];
+    let load = start_load(&node, &args, &json);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = node.pid() as libc::pid_t;
+    // SAFETY: signals to the node this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (report, summary) = finish(load, &json);
+    let quantile = |name: &str| number(&report, &["latency", name]) / 1000.0;
+    assert_eq!(number(&report, &["unanswered"]), 0.0, "{summary}");
+    assert_eq!(number(&report, &["dropped_sends"]), 0.0, "{summary}");
+    assert!(quantile("max_us") >= 900.0, "{summary}");
+    assert!(quantile("p999_us") >= 900.0, "{summary}");
+    assert!(quantile("p99_us") >= 800.0, "{summary}");
+    // A thousand requests were due during the stall, a third of the run:
+    // the slowest tenth waited at least half a second.
+    assert!(quantile("p90_us") >= 500.0, "{summary}");
+}
