@@ -87,6 +87,9 @@ pub struct Executor {
     pub idle_turns_before_park: u32,
     /// The longest a parked shard sleeps without a wake-up (see `front::Park`).
     pub park_timeout_us: u64,
+    /// How often each shard checks that a 1 ms glommio timer fires on time
+    /// (`executor_timer_lateness_seconds`); 0 turns the probe off.
+    pub timer_probe_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -210,6 +213,7 @@ impl Default for Executor {
             recv_buffer_bytes: 4096,
             idle_turns_before_park: 4,
             park_timeout_us: 2000,
+            timer_probe_interval_ms: 100,
         }
     }
 }
@@ -392,6 +396,7 @@ impl Config {
         range("executor.recv_buffer_bytes", e.recv_buffer_bytes, 512, 1 << 20)?;
         range("executor.idle_turns_before_park", e.idle_turns_before_park, 1, 1_000_000)?;
         range("executor.park_timeout_us", e.park_timeout_us, 100, 1_000_000)?;
+        range("executor.timer_probe_interval_ms", e.timer_probe_interval_ms, 0, 3_600_000)?;
         range(
             "passport.caveats_max",
             self.passport.caveats_max,

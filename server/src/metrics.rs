@@ -48,6 +48,10 @@ impl LatencyHistogram {
     pub fn count(&self) -> u64 {
         self.histogram.len()
     }
+
+    pub fn max_ns(&self) -> u64 {
+        self.histogram.max()
+    }
 }
 
 /// Everything one shard counts. Cloned whole for a scrape.
@@ -63,6 +67,8 @@ pub struct ShardMetrics {
     pub mesh_calls: u64,
     pub parks: u64,
     pub park_timeouts: u64,
+    /// How late a 1 ms glommio timer fired (the timer probe).
+    pub timer_lateness: LatencyHistogram,
 }
 
 impl Default for ShardMetrics {
@@ -78,6 +84,7 @@ impl Default for ShardMetrics {
             mesh_calls: 0,
             parks: 0,
             park_timeouts: 0,
+            timer_lateness: LatencyHistogram::default(),
         }
     }
 }
@@ -102,6 +109,7 @@ impl ShardMetrics {
         self.mesh_calls += other.mesh_calls;
         self.parks += other.parks;
         self.park_timeouts += other.park_timeouts;
+        self.timer_lateness.add(&other.timer_lateness);
     }
 }
 
@@ -141,6 +149,24 @@ pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize)
             histogram,
         );
     }
+    header(
+        &mut out,
+        "executor_timer_lateness_seconds",
+        "histogram",
+        "How late a 1 ms glommio timer fired on the shards (the timer probe).",
+    );
+    histogram_lines(&mut out, "executor_timer_lateness_seconds", None, &metrics.timer_lateness);
+    header(
+        &mut out,
+        "executor_timer_lateness_max_seconds",
+        "gauge",
+        "The latest a probe timer fired since start.",
+    );
+    let _ = writeln!(
+        out,
+        "executor_timer_lateness_max_seconds {}",
+        metrics.timer_lateness.max_ns() as f64 / 1e9
+    );
     header(&mut out, "rejected_total", "counter", "Requests answered with an error, by code.");
     for code in ErrorCode::ALL {
         let _ = writeln!(

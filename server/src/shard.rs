@@ -102,6 +102,19 @@ impl HttpDate {
     }
 }
 
+/// Every `interval`, measures how late a 1 ms glommio timer fires on this
+/// shard: the canary for a task that holds the executor too long.
+async fn timer_probe(shard: Rc<Shard>, interval: Duration) {
+    const PROBE: Duration = Duration::from_millis(1);
+    loop {
+        glommio::timer::sleep(interval.saturating_sub(PROBE)).await;
+        let start = std::time::Instant::now();
+        glommio::timer::sleep(PROBE).await;
+        let late = start.elapsed().saturating_sub(PROBE);
+        shard.metrics.borrow_mut().timer_lateness.record(late);
+    }
+}
+
 /// What a shard executor needs to start.
 pub struct ShardStart {
     pub id: usize,
@@ -157,6 +170,12 @@ pub async fn run(start: ShardStart) {
     });
     mesh::spawn_receivers(&shard, receivers);
     let front = Front::new(shard.clone(), ring, listeners).expect("arming the listeners");
+    let probe_interval = Duration::from_millis(shard.config.executor.timer_probe_interval_ms);
+    if !probe_interval.is_zero() {
+        glommio::spawn_local_into(timer_probe(shard.clone(), probe_interval), queue)
+            .expect("the queue exists")
+            .detach();
+    }
     shard.node.shards[id].serving.store(true, Ordering::Release);
     tracing::info!(shard = id, "serving");
     glommio::spawn_local_into(front.run(), queue).expect("the queue exists").await;

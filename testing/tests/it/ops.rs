@@ -89,3 +89,16 @@ fn unknown_routes_and_wrong_methods() {
     let get = conn.read().unwrap();
     assert_eq!(get.text(), r#"{"status":"ok"}"#);
 }
+
+#[test]
+fn the_timer_probe_measures_every_shard() {
+    let node = TestNode::start(
+        NodeOptions::default().shards(2).config("[executor]\ntimer_probe_interval_ms = 10"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Two shards, one probe each per 10 ms: idle shards still run timers.
+    let probes = node.metric("executor_timer_lateness_seconds_count");
+    assert!(probes >= 40.0, "{probes} probes in 500 ms");
+    let max = node.metric("executor_timer_lateness_max_seconds");
+    assert!(max > 0.0 && max < 5.0, "{max}");
+}
