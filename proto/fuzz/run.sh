@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(http_request token_text)
+[ ${#targets[@]} -gt 0 ] || targets=(http_request token_text log_segment)
 triple=$(rustc -vV | sed -n 's/^host: //p')
 target_dir="$here/../../target/fuzz"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -9,6 +9,8 @@
 pub mod error;
 pub mod fuzz;
 pub mod http;
+pub mod ledger;
+pub mod merkle;
 pub mod routing;
 pub mod token;
 

@@ -4,4 +4,5 @@
 //! randomness come in as inputs; domain rejections are values, not errors.
 #![forbid(unsafe_code)]
 
+pub mod accumulator;
 pub mod passport;
