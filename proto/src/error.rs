@@ -173,6 +173,16 @@ struct Envelope<'a> {
     /// What is missing for readiness (`/readyz` only).
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     missing: &'a [String],
+    /// Why items of a batch were refused (`/ingest`).
+    #[serde(skip_serializing_if = "<[Reason]>::is_empty")]
+    reasons: &'a [Reason],
+}
+
+/// Why item `idx` of a request's batch was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub idx: u32,
+    pub reason: String,
 }
 
 /// Appends the JSON error envelope of SPEC §3 to `out`.
@@ -182,6 +192,7 @@ pub fn write_envelope(
     message: &str,
     corr_id: &str,
     missing: &[String],
+    reasons: &[Reason],
 ) {
     let envelope = Envelope {
         code: code.as_str(),
@@ -190,6 +201,7 @@ pub fn write_envelope(
         retryable: code.retryable(),
         corr_id,
         missing,
+        reasons,
     };
     simd_json::to_writer(&mut *out, &envelope).expect("writing into a Vec cannot fail");
 }
@@ -201,7 +213,7 @@ mod tests {
     #[test]
     fn envelope_is_the_documented_shape() {
         let mut out = Vec::new();
-        write_envelope(&mut out, ErrorCode::InsufficientFunds, "needs \"5\"", "c-1", &[]);
+        write_envelope(&mut out, ErrorCode::InsufficientFunds, "needs \"5\"", "c-1", &[], &[]);
         expect_test::expect![[r#"{"code":"INSUFFICIENT_FUNDS","http":409,"message":"needs \"5\"","retryable":false,"corr_id":"c-1"}"#]]
             .assert_eq(std::str::from_utf8(&out).unwrap());
     }

@@ -185,7 +185,7 @@ mod tests {
         };
         entry.encode(&mut encoded);
         writer.push(&encoded);
-        let record = writer.seal(1, [0; 32], [1; 32]).to_vec();
+        let record = writer.seal(1, 0, [0; 32], [1; 32]).to_vec();
         // Mutations of a valid record mostly break its checksum; mutate the
         // entries alone too, which is what the entry decoder sees.
         let seeds: [&[u8]; 2] = [&record, &encoded];

@@ -15,7 +15,8 @@
 //!
 //! ```text
 //! magic u32 "RONL" | version u16 | reserved u16 | first_seq u64 | count u32
-//! body_bytes u32 | previous_root [32] | new_root [32] | checksum [32]
+//! body_bytes u32 | committed_ms u64 | previous_root [32] | new_root [32]
+//! checksum [32]
 //! ```
 //!
 //! The checksum is BLAKE3 over the header before it and the body, so a torn
@@ -49,7 +50,8 @@ pub const RECORD_ALIGN_BYTES: usize = 4096;
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RONL");
 /// The record format this build writes and reads.
 pub const RECORD_VERSION: u16 = 1;
-pub const RECORD_HEADER_BYTES: usize = 4 + 2 + 2 + 8 + 4 + 4 + 32 + 32 + 32;
+pub const RECORD_HEADER_BYTES: usize = 4 + 2 + 2 + 8 + 4 + 4 + 8 + 32 + 32 + 32;
+const _: () = assert!(RECORD_HEADER_BYTES == 128);
 /// Entries in one record, at most (the upper bound of `ledger.batch_entries_max`).
 pub const RECORD_ENTRIES_MAX: usize = 65_536;
 /// The largest record body.
@@ -275,6 +277,8 @@ pub struct RecordHeader {
     pub first_seq: u64,
     pub count: u32,
     pub body_bytes: u32,
+    /// When the committer sealed the record (ms since the Unix epoch).
+    pub committed_ms: u64,
     pub previous_root: [u8; 32],
     pub new_root: [u8; 32],
     pub checksum: [u8; 32],
@@ -326,7 +330,13 @@ impl RecordWriter {
     }
 
     /// Writes the header and the padding; returns the record's bytes.
-    pub fn seal(&mut self, first_seq: u64, previous_root: [u8; 32], new_root: [u8; 32]) -> &[u8] {
+    pub fn seal(
+        &mut self,
+        first_seq: u64,
+        committed_ms: u64,
+        previous_root: [u8; 32],
+        new_root: [u8; 32],
+    ) -> &[u8] {
         assert!(self.count > 0, "a record holds at least one entry");
         assert!(first_seq >= 1, "sequence numbers start at 1");
         let body_bytes = (self.buffer.len() - RECORD_HEADER_BYTES) as u32;
@@ -337,10 +347,11 @@ impl RecordWriter {
         header[8..16].copy_from_slice(&first_seq.to_le_bytes());
         header[16..20].copy_from_slice(&self.count.to_le_bytes());
         header[20..24].copy_from_slice(&body_bytes.to_le_bytes());
-        header[24..56].copy_from_slice(&previous_root);
-        header[56..88].copy_from_slice(&new_root);
-        let checksum = record_checksum(&self.buffer[..88], &self.buffer[RECORD_HEADER_BYTES..]);
-        self.buffer[88..RECORD_HEADER_BYTES].copy_from_slice(&checksum);
+        header[24..32].copy_from_slice(&committed_ms.to_le_bytes());
+        header[32..64].copy_from_slice(&previous_root);
+        header[64..96].copy_from_slice(&new_root);
+        let checksum = record_checksum(&self.buffer[..96], &self.buffer[RECORD_HEADER_BYTES..]);
+        self.buffer[96..RECORD_HEADER_BYTES].copy_from_slice(&checksum);
         let len = padded(self.buffer.len());
         self.buffer.resize(len, 0);
         &self.buffer
@@ -366,6 +377,19 @@ pub enum RecordRead<'a> {
     Invalid(&'static str),
     /// The bytes end inside the record.
     Short,
+}
+
+/// The length of the record whose header starts `header` (at least
+/// [`RECORD_HEADER_BYTES`]), padding excluded; `None` when it is not a
+/// plausible header (the caller then reads it with [`read_record`] for why).
+pub fn record_len(header: &[u8]) -> Option<usize> {
+    if header.len() < RECORD_HEADER_BYTES
+        || u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) != RECORD_MAGIC
+    {
+        return None;
+    }
+    let body_bytes = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes")) as usize;
+    (body_bytes <= RECORD_BODY_BYTES_MAX).then_some(RECORD_HEADER_BYTES + body_bytes)
 }
 
 /// Reads the record at the start of `bytes` (a whole segment from an offset).
@@ -398,16 +422,17 @@ pub fn read_record(bytes: &[u8]) -> RecordRead<'_> {
         return RecordRead::Short;
     }
     let body = &bytes[RECORD_HEADER_BYTES..end];
-    let checksum: [u8; 32] = header[88..].try_into().expect("32 bytes");
-    if record_checksum(&header[..88], body) != checksum {
+    let checksum: [u8; 32] = header[96..].try_into().expect("32 bytes");
+    if record_checksum(&header[..96], body) != checksum {
         return RecordRead::Invalid("checksum mismatch");
     }
     let record = RecordHeader {
         first_seq,
         count,
         body_bytes,
-        previous_root: header[24..56].try_into().expect("32 bytes"),
-        new_root: header[56..88].try_into().expect("32 bytes"),
+        committed_ms: u64::from_le_bytes(header[24..32].try_into().expect("8 bytes")),
+        previous_root: header[32..64].try_into().expect("32 bytes"),
+        new_root: header[64..96].try_into().expect("32 bytes"),
         checksum,
     };
     RecordRead::Record(record, body)
@@ -462,10 +487,14 @@ mod tests {
             entry(&format!("e{i}"), EntryKind::Credit, i + 1).encode(&mut encoded);
             writer.push(&encoded);
         }
-        let bytes = writer.seal(7, [1; 32], [2; 32]).to_vec();
+        let bytes = writer.seal(7, 1234, [1; 32], [2; 32]).to_vec();
         assert_eq!(bytes.len() % RECORD_ALIGN_BYTES, 0);
         let RecordRead::Record(header, body) = read_record(&bytes) else { panic!("valid") };
         assert_eq!((header.first_seq, header.count, header.last_seq()), (7, 3, 9));
+        assert_eq!(
+            (header.committed_ms, header.previous_root, header.new_root),
+            (1234, [1; 32], [2; 32])
+        );
         assert_eq!(header.padded_bytes(), bytes.len());
         let entries: Vec<Entry> =
             body_entries(body).map(|e| Entry::decode(e.unwrap()).unwrap()).collect();

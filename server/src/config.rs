@@ -195,6 +195,13 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The micronode profile: nothing touches the disk.
+    pub fn amnesia(&self) -> bool {
+        self.profile == Profile::Micronode
+    }
+}
+
 impl Default for Cores {
     fn default() -> Cores {
         Cores { shards: Auto::Auto(AutoWord::Auto), committer: Auto::Auto(AutoWord::Auto) }
@@ -405,7 +412,12 @@ impl Config {
         )?;
         range("passport.ttl_max_s", self.passport.ttl_max_s, 1, 10 * 365 * 86_400)?;
         range("passport.ttl_default_s", self.passport.ttl_default_s, 1, self.passport.ttl_max_s)?;
-        range("ledger.batch_entries_max", self.ledger.batch_entries_max, 1, 1 << 20)?;
+        range(
+            "ledger.batch_entries_max",
+            self.ledger.batch_entries_max,
+            1,
+            ron_proto::ledger::RECORD_ENTRIES_MAX as u32,
+        )?;
         range("ledger.queue_capacity", self.ledger.queue_capacity, 1, 1 << 24)?;
         range("ledger.segment_bytes", self.ledger.segment_bytes, 1 << 16, 1 << 40)?;
         if self.wallet.amount_per_op_max.parse::<u128>().map_or(true, |v| v == 0) {

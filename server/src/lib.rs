@@ -6,9 +6,12 @@
 
 pub mod access;
 pub mod check_host;
+pub mod committer;
 pub mod config;
 pub mod front;
+pub mod ledger;
 pub mod limits;
+pub mod log;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;

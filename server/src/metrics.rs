@@ -54,6 +54,55 @@ impl LatencyHistogram {
     }
 }
 
+/// A histogram of counts (entries per batch, say), exported with
+/// power-of-two buckets.
+#[derive(Clone, Debug)]
+pub struct CountHistogram {
+    histogram: Histogram<u64>,
+    sum: u64,
+}
+
+impl Default for CountHistogram {
+    fn default() -> CountHistogram {
+        CountHistogram {
+            histogram: Histogram::new_with_bounds(1, 1 << 32, 2).expect("valid bounds"),
+            sum: 0,
+        }
+    }
+}
+
+impl CountHistogram {
+    pub fn record(&mut self, value: u64) {
+        self.histogram.saturating_record(value.max(1));
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    pub fn add(&mut self, other: &CountHistogram) {
+        self.histogram.add(&other.histogram).expect("histograms share their bounds");
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    pub fn value_at_quantile(&self, quantile: f64) -> u64 {
+        self.histogram.value_at_quantile(quantile)
+    }
+}
+
+/// Writes `_bucket` (powers of two up to 2^16), `_sum` and `_count` lines.
+pub fn count_histogram_lines(out: &mut String, name: &str, histogram: &CountHistogram) {
+    for power in 0..=16 {
+        let le = 1u64 << power;
+        let count = histogram.histogram.count_between(0, le);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count());
+    let _ = writeln!(out, "{name}_sum {}", histogram.sum);
+    let _ = writeln!(out, "{name}_count {}", histogram.count());
+}
+
 /// Everything one shard counts. Cloned whole for a scrape.
 #[derive(Clone, Debug)]
 pub struct ShardMetrics {
@@ -257,6 +306,49 @@ pub fn histogram_lines(
     let braces = if prefix.is_empty() { String::new() } else { format!("{{{prefix}}}") };
     let _ = writeln!(out, "{name}_sum{braces} {}", histogram.sum_ns as f64 / 1e9);
     let _ = writeln!(out, "{name}_count{braces} {}", histogram.count());
+}
+
+/// Appends the committer's series.
+pub fn render_committer(out: &mut String, committer: &crate::committer::CommitterMetrics) {
+    header(
+        out,
+        "ledger_commit_latency_seconds",
+        "histogram",
+        "From the committer receiving an append to its record being durable.",
+    );
+    histogram_lines(out, "ledger_commit_latency_seconds", None, &committer.commit_latency);
+    header(out, "ledger_batch_entries", "histogram", "Entries per log record.");
+    count_histogram_lines(out, "ledger_batch_entries", &committer.batch_entries);
+    header(out, "ledger_fsync_seconds", "histogram", "fdatasync of one log record.");
+    histogram_lines(out, "ledger_fsync_seconds", None, &committer.fsync);
+    header(out, "queue_depth", "gauge", "Items waiting, by queue.");
+    let _ = writeln!(out, "queue_depth{{q=\"committer\"}} {}", committer.queued_entries);
+    let simple: [(&str, &str, &str, u64); 5] = [
+        (
+            "ledger_safe_mode",
+            "gauge",
+            "1 while writes are refused.",
+            u64::from(committer.safe_mode),
+        ),
+        (
+            "ledger_seq_gap_detected_total",
+            "counter",
+            "Sequence gaps found (never expected).",
+            committer.seq_gaps_detected,
+        ),
+        ("ledger_entries_total", "counter", "Entries committed.", committer.entries_committed),
+        ("ledger_records_total", "counter", "Log records written.", committer.records_written),
+        (
+            "ledger_duplicate_rejections_total",
+            "counter",
+            "Appends refused for an entry id already committed.",
+            committer.duplicates_rejected,
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,14 @@
 //! shard, and the drain on SIGTERM/SIGINT.
 
 use crate::access::{self, AdminToken};
+use crate::committer::{self, CommitterLink, CommitterStart};
 use crate::config::{Config, Layout};
+use crate::log::{self, Recovered};
 use crate::mesh;
 use crate::shard::{self, ShardStart};
 use crate::socket_ring::ring_doorbell;
 use anyhow::Context as _;
+use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -25,6 +28,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// flags change.
 pub struct NodeShared {
     pub draining: AtomicBool,
+    /// Set once by the committer; writes answer 503 DEGRADED from then on.
+    pub ledger_safe_mode: AtomicBool,
+    ledger_safe_reason: OnceLock<String>,
     pub shards: Vec<ShardStatus>,
     pub topology_json: &'static [u8],
     pub version_json: &'static [u8],
@@ -54,11 +60,26 @@ impl ShardStatus {
 }
 
 impl NodeShared {
+    pub fn enter_ledger_safe_mode(&self, reason: &str) {
+        let _ = self.ledger_safe_reason.set(reason.to_owned());
+        self.ledger_safe_mode.store(true, Ordering::Release);
+    }
+
+    pub fn ledger_safe_mode_reason(&self) -> Option<String> {
+        if !self.ledger_safe_mode.load(Ordering::Acquire) {
+            return None;
+        }
+        self.ledger_safe_reason.get().cloned()
+    }
+
     /// What keeps the node from being ready; empty when it is.
     pub fn not_ready(&self) -> Vec<String> {
         let mut missing = Vec::new();
         if self.draining.load(Ordering::Relaxed) {
             missing.push("node is draining".to_owned());
+        }
+        if let Some(reason) = self.ledger_safe_mode_reason() {
+            missing.push(format!("ledger in safe mode: {reason}"));
         }
         for (i, status) in self.shards.iter().enumerate() {
             if !status.serving.load(Ordering::Relaxed) {
@@ -115,6 +136,8 @@ pub struct NodeHandle {
     pub shared: Arc<NodeShared>,
     pub admin_token: AdminToken,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Held while the node runs: one node per data directory.
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 impl NodeHandle {
@@ -141,6 +164,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let online = online_cores();
     let layout = config.layout(online).context("core layout")?;
     raise_memlock(&config, &layout);
+    let data_dir_lock = lock_data_dir(&config)?;
     let (keys, admin_token) = access::prepare(&config).context("preparing keys")?;
     let shard_count = layout.shards.len();
     let listeners = (0..shard_count)
@@ -173,6 +197,8 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
     };
     let shared = Arc::new(NodeShared {
         draining: AtomicBool::new(false),
+        ledger_safe_mode: AtomicBool::new(false),
+        ledger_safe_reason: OnceLock::new(),
         shards: (0..shard_count)
             .map(|_| ShardStatus {
                 serving: AtomicBool::new(false),
@@ -183,11 +209,35 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topology_json: leak_json(&topology),
         version_json: leak_json(&version),
     });
+    let recovered = recover_ledger(&config, &shared)?;
     let config = Arc::new(config);
     let keys = Arc::new(keys);
+    let ledger_inflight_max =
+        (config.ledger.queue_capacity as usize / shard_count).max(LEDGER_INFLIGHT_PER_SHARD_MIN);
+    let mut links = Vec::with_capacity(shard_count);
+    let mut shard_ends = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (call_sender, call_receiver) = shared_channel::new_bounded(ledger_inflight_max);
+        let (answer_sender, answer_receiver) = shared_channel::new_bounded(ledger_inflight_max);
+        links.push(CommitterLink { calls: call_receiver, answers: answer_sender });
+        shard_ends.push((call_sender, answer_receiver));
+    }
+    let executor = &config.executor;
+    let committer_start =
+        CommitterStart { config: config.clone(), node: shared.clone(), recovered, links };
+    let committer = LocalExecutorBuilder::new(Placement::Fixed(layout.committer))
+        .name("committer")
+        .io_memory(executor.io_memory_kib * 1024)
+        .ring_depth(executor.ring_depth)
+        .preempt_timer(Duration::from_millis(executor.preempt_ms))
+        .spawn(move || committer::run(committer_start))
+        .map_err(|e| anyhow::anyhow!("starting the committer on core {}: {e}", layout.committer))?;
     let mesh = mesh::builder(shard_count, config.limits.mesh_inflight_per_target_max);
-    let mut executors = Vec::with_capacity(shard_count);
-    for (id, (core, listeners)) in layout.shards.iter().zip(listeners).enumerate() {
+    let mut executors = Vec::with_capacity(shard_count + 1);
+    executors.push(committer);
+    for (id, ((core, listeners), (ledger_calls, ledger_answers))) in
+        layout.shards.iter().zip(listeners).zip(shard_ends).enumerate()
+    {
         let start = ShardStart {
             id,
             count: shard_count,
@@ -196,6 +246,9 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             keys: keys.clone(),
             listeners,
             mesh: mesh.clone(),
+            ledger_calls,
+            ledger_answers,
+            ledger_inflight_max,
         };
         let executor = &config.executor;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*core))
@@ -223,7 +276,60 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         profile = config.profile.as_str(),
         "ready"
     );
-    Ok(NodeHandle { shared, admin_token, executors })
+    Ok(NodeHandle { shared, admin_token, executors, _data_dir_lock: data_dir_lock })
+}
+
+/// Takes `data_dir/LOCK` (flock), so that two nodes never write one log.
+fn lock_data_dir(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    if config.amnesia() {
+        return Ok(None);
+    }
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    anyhow::ensure!(locked, "another ron-node is using {} (its LOCK is held)", dir.display());
+    Ok(Some(file))
+}
+
+/// Calls one shard may have in flight to the committer, at least.
+const LEDGER_INFLIGHT_PER_SHARD_MIN: usize = 64;
+
+/// Reads the log back (unless nothing is kept on disk) and reports what
+/// recovery found.
+fn recover_ledger(config: &Config, shared: &NodeShared) -> anyhow::Result<Recovered> {
+    if config.amnesia() {
+        return Ok(Recovered::empty());
+    }
+    let dir = config.data_dir.join("log");
+    let recovered =
+        log::recover(&dir).with_context(|| format!("reading the log in {}", dir.display()))?;
+    if let Some(truncated) = &recovered.truncated {
+        tracing::warn!(%truncated, "ledger log: removed a torn last record");
+    }
+    if let Some(corruption) = &recovered.corruption {
+        tracing::error!(%corruption, "ledger log is corrupt: starting in safe mode");
+        shared.enter_ledger_safe_mode(corruption);
+    }
+    if !config.ledger.fsync {
+        tracing::warn!(
+            "ledger.fsync = false: acknowledged entries are NOT durable (CPU-path measurements only)"
+        );
+    }
+    tracing::info!(
+        records = recovered.records,
+        entries = recovered.state.accumulator.len(),
+        took_ms = recovered.took.as_millis() as u64,
+        "ledger log recovered"
+    );
+    Ok(recovered)
 }
 
 /// Shard `i` accepts on the shared address (SO_REUSEPORT) and on its own port.

@@ -1,5 +1,6 @@
 //! Ops routes (no token) and node introspection.
 
+use crate::committer::{LedgerAnswer, LedgerCall};
 use crate::limits::ROUTING_KEY_BYTES_MAX;
 use crate::mesh::{MeshError, ShardAnswer, ShardCall};
 use crate::metrics::{self, ProcessGauges};
@@ -46,7 +47,14 @@ pub fn metrics(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
                 Err(error) => return mesh_failure(error),
             }
         }
-        let text = metrics::render(&total, ProcessGauges::read(), shard.count);
+        let mut text = metrics::render(&total, ProcessGauges::read(), shard.count);
+        match shard.ledger.call(LedgerCall::Metrics).await {
+            Ok(LedgerAnswer::Metrics(committer)) => {
+                metrics::render_committer(&mut text, &committer)
+            }
+            Ok(other) => panic!("metrics call answered with {other:?}"),
+            Err(error) => tracing::warn!(?error, "the committer did not give its metrics"),
+        }
         Reply::new(200, ContentType::Prometheus, Body::Owned(text.into_bytes()))
     }))
 }

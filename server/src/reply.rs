@@ -2,7 +2,7 @@
 
 use crate::limits::CORR_ID_BYTES_MAX;
 use ron_proto::ErrorCode;
-use ron_proto::error::{status_reason, write_envelope};
+use ron_proto::error::{Reason, status_reason, write_envelope};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::Write as _;
@@ -38,6 +38,7 @@ pub enum Body {
         code: ErrorCode,
         message: Cow<'static, str>,
         missing: Vec<String>,
+        reasons: Vec<Reason>,
     },
 }
 
@@ -73,10 +74,23 @@ impl Reply {
         let mut reply = Reply::new(
             code.http_status(),
             ContentType::Json,
-            Body::Error { code, message: message.into(), missing: Vec::new() },
+            Body::Error { code, message: message.into(), missing: Vec::new(), reasons: Vec::new() },
         );
         if code.retryable() && code != ErrorCode::RequestTimeout {
             reply.retry_after_s = Some(1);
+        }
+        reply
+    }
+
+    /// An error that says why items of a batch were refused.
+    pub fn rejected(
+        code: ErrorCode,
+        message: impl Into<Cow<'static, str>>,
+        why: Vec<Reason>,
+    ) -> Reply {
+        let mut reply = Reply::error(code, message);
+        if let Body::Error { reasons, .. } = &mut reply.body {
+            *reasons = why;
         }
         reply
     }
@@ -163,9 +177,9 @@ pub fn write_response(
         Body::Static(bytes) => bytes,
         Body::Scratch => scratch,
         Body::Owned(bytes) => bytes,
-        Body::Error { code, message, missing } => {
+        Body::Error { code, message, missing, reasons } => {
             error_body.clear();
-            write_envelope(error_body, *code, message, corr_id.as_str(), missing);
+            write_envelope(error_body, *code, message, corr_id.as_str(), missing, reasons);
             error_body
         }
     };

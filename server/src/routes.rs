@@ -4,7 +4,7 @@
 use crate::access;
 use crate::reply::{CorrId, Handled, Reply};
 use crate::shard::Shard;
-use crate::{ops, passport};
+use crate::{ledger, ops, passport};
 use ron_proto::ErrorCode;
 use ron_proto::http::{Head, Method, query_param};
 use ron_proto::token::scope;
@@ -100,6 +100,34 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Scope(scope::PASSPORT_ISSUE),
         shed: true,
         handler: passport::issue,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/ingest",
+        access: Access::Scope(scope::LEDGER_INGEST),
+        shed: true,
+        handler: ledger::ingest,
+    },
+    RouteSpec {
+        method: Method::Get,
+        pattern: "/roots",
+        access: Access::Public,
+        shed: true,
+        handler: ledger::roots,
+    },
+    RouteSpec {
+        method: Method::Get,
+        pattern: "/v1/ledger/proof/inclusion",
+        access: Access::Authenticated,
+        shed: true,
+        handler: ledger::inclusion,
+    },
+    RouteSpec {
+        method: Method::Get,
+        pattern: "/v1/ledger/proof/consistency",
+        access: Access::Authenticated,
+        shed: true,
+        handler: ledger::consistency,
     },
 ];
 

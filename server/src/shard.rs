@@ -3,13 +3,16 @@
 //! through messages (the mesh) and a few read-mostly atomics in `NodeShared`.
 
 use crate::access::Keyring;
+use crate::committer::{LedgerReply, LedgerRequest};
 use crate::config::Config;
 use crate::front::{Front, Mailbox};
+use crate::ledger::{self, LedgerLink};
 use crate::mesh::{self, Mesh, MeshBuilderFull};
 use crate::metrics::ShardMetrics;
 use crate::node::NodeShared;
 use crate::reply::CorrId;
 use crate::socket_ring::SocketRing;
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
@@ -30,6 +33,7 @@ pub struct Shard {
     pub keys: Arc<Keyring>,
     pub metrics: RefCell<ShardMetrics>,
     pub mesh: Mesh,
+    pub ledger: LedgerLink,
     /// The `Latency::Matters` queue of requests and mesh messages.
     pub queue: TaskQueueHandle,
     /// Body bytes of synchronous answers, reused from request to request.
@@ -124,6 +128,10 @@ pub struct ShardStart {
     pub keys: Arc<Keyring>,
     pub listeners: Vec<OwnedFd>,
     pub mesh: MeshBuilderFull,
+    pub ledger_calls: SharedSender<LedgerRequest>,
+    pub ledger_answers: SharedReceiver<LedgerReply>,
+    /// Calls this shard may have in flight to the committer.
+    pub ledger_inflight_max: usize,
 }
 
 /// The body of a shard executor: join the mesh, open the socket ring, serve
@@ -135,8 +143,21 @@ pub async fn run(start: ShardStart) {
         Latency::Matters(REQUEST_QUEUE_LATENCY),
         "requests",
     );
-    let ShardStart { id, count, config, node, keys, listeners, mesh } = start;
+    let ShardStart {
+        id,
+        count,
+        config,
+        node,
+        keys,
+        listeners,
+        mesh,
+        ledger_calls,
+        ledger_answers,
+        ledger_inflight_max,
+    } = start;
     let (senders, receivers) = mesh.join().await.expect("joining the shard mesh");
+    let ledger_link = LedgerLink::new(ledger_calls.connect().await, ledger_inflight_max);
+    let ledger_answers = ledger_answers.connect().await;
     assert_eq!(senders.peer_id(), id, "mesh order follows shard order");
     let executor_config = &config.executor;
     let ring = SocketRing::new(
@@ -160,6 +181,7 @@ pub async fn run(start: ShardStart) {
         keys,
         metrics: RefCell::new(ShardMetrics::default()),
         mesh,
+        ledger: ledger_link,
         queue,
         scratch: RefCell::new(Vec::with_capacity(4096)),
         token_scratch: RefCell::new(Vec::with_capacity(ron_proto::token::TOKEN_BINARY_BYTES_MAX)),
@@ -169,6 +191,9 @@ pub async fn run(start: ShardStart) {
         corr_counter: Cell::new(0),
     });
     mesh::spawn_receivers(&shard, receivers);
+    glommio::spawn_local_into(ledger::receive_answers(shard.clone(), ledger_answers), queue)
+        .expect("the queue exists")
+        .detach();
     let front = Front::new(shard.clone(), ring, listeners).expect("arming the listeners");
     let probe_interval = Duration::from_millis(shard.config.executor.timer_probe_interval_ms);
     if !probe_interval.is_zero() {
@@ -179,6 +204,7 @@ pub async fn run(start: ShardStart) {
     shard.node.shards[id].serving.store(true, Ordering::Release);
     tracing::info!(shard = id, "serving");
     glommio::spawn_local_into(front.run(), queue).expect("the queue exists").await;
+    shard.ledger.close();
     shard.node.shards[id].serving.store(false, Ordering::Release);
     tracing::info!(shard = id, "drained");
 }

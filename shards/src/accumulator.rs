@@ -49,6 +49,23 @@ impl Accumulator {
         }
     }
 
+    /// The hash of leaf `index` (from 0).
+    pub fn leaf(&self, index: u64) -> Hash {
+        self.levels[0][index as usize]
+    }
+
+    /// Forgets every leaf from `len` on (a batch that was not made durable).
+    pub fn truncate(&mut self, len: u64) {
+        assert!(len <= self.len());
+        for (level, hashes) in self.levels.iter_mut().enumerate() {
+            hashes.truncate((len >> level) as usize);
+        }
+        while self.levels.last().is_some_and(Vec::is_empty) {
+            self.levels.pop();
+        }
+        assert_eq!(self.len(), len);
+    }
+
     /// The root of the whole tree.
     pub fn root(&self) -> Hash {
         self.root_at(self.len())
@@ -168,6 +185,13 @@ mod tests {
         for size in 0..=70 {
             assert_eq!(accumulator.root_at(size), naive_root(&all[..size as usize]));
         }
+        // Truncating and appending again gives the same tree.
+        for size in [69, 64, 33, 1, 0] {
+            accumulator.truncate(size);
+            assert_eq!(accumulator.root(), naive_root(&all[..size as usize]));
+        }
+        all.iter().for_each(|l| accumulator.push(*l));
+        assert_eq!(accumulator.root(), naive_root(&all));
     }
 
     #[test]

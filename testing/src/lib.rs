@@ -164,8 +164,19 @@ impl TestNode {
         node
     }
 
-    /// Starts the process (again) on the same config and data.
+    /// Starts the process (again) on the same config and data, and waits
+    /// until it is ready.
     pub fn spawn(&mut self) {
+        self.spawn_waiting_for("/readyz");
+    }
+
+    /// Starts the process (again) and waits only until it answers
+    /// `/healthz` (a node in safe mode is never ready).
+    pub fn spawn_unready(&mut self) {
+        self.spawn_waiting_for("/healthz");
+    }
+
+    fn spawn_waiting_for(&mut self, probe: &str) {
         assert!(self.child.is_none(), "the node is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -197,20 +208,20 @@ impl TestNode {
                 .to_owned();
         }
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_for(probe);
         if !self.options.amnesia {
             let path = self.data_dir.path().join("data/admin.token");
             self.admin_token = std::fs::read_to_string(path).expect("the admin token file");
         }
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_for(&mut self, probe: &str) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("ron-node exited with {status} before it was ready:\n{}", self.log());
             }
-            if let Ok(response) = get(self.listen, "/readyz", &[])
+            if let Ok(response) = get(self.listen, probe, &[])
                 && response.status == 200
             {
                 return;
@@ -267,6 +278,11 @@ impl TestNode {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The ledger's log directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.path().join("data/log")
     }
 
     /// Reads a metric's value from `/metrics` (the first line that starts with `series`).

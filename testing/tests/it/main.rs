@@ -3,6 +3,7 @@
 
 mod access;
 mod http;
+mod ledger;
 mod lifecycle;
 mod load;
 mod ops;

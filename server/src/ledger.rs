@@ -1,0 +1,402 @@
+//! The shard's side of the ledger: the link to the committer and the ledger
+//! routes (`POST /ingest`, `GET /roots`, the proof routes).
+
+use crate::committer::{LedgerAnswer, LedgerCall, LedgerReply, LedgerRequest};
+use crate::log::{IdKey, RootItem, id_key};
+use crate::reply::{Handled, Reply};
+use crate::routes::{Params, Request};
+use crate::shard::Shard;
+use futures_channel::oneshot;
+use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
+use ron_proto::ErrorCode;
+use ron_proto::error::Reason;
+use ron_proto::ledger::{Entry, EntryKind};
+use ron_proto::merkle::{Hash, to_hex};
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// Why a call to the committer did not get an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkError {
+    /// This shard has as many calls in flight as its channel holds.
+    Busy,
+    /// The committer has stopped.
+    Closed,
+}
+
+/// One shard's link to the committer: calls out, answers in, matched by id.
+pub struct LedgerLink {
+    /// `None` once the shard has closed its side (after its drain).
+    calls: RefCell<Option<Rc<ConnectedSender<LedgerRequest>>>>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<LedgerAnswer>>>,
+    next_id: Cell<u64>,
+    inflight_max: usize,
+}
+
+impl LedgerLink {
+    pub fn new(calls: ConnectedSender<LedgerRequest>, inflight_max: usize) -> LedgerLink {
+        LedgerLink {
+            calls: RefCell::new(Some(Rc::new(calls))),
+            waiting: RefCell::new(HashMap::with_capacity(inflight_max.min(4096))),
+            next_id: Cell::new(0),
+            inflight_max,
+        }
+    }
+
+    pub async fn call(&self, call: LedgerCall) -> Result<LedgerAnswer, LinkError> {
+        // The answer channel holds `inflight_max` answers, so the committer
+        // never waits for room in it.
+        if self.waiting.borrow().len() >= self.inflight_max {
+            return Err(LinkError::Busy);
+        }
+        let Some(calls) = self.calls.borrow().clone() else { return Err(LinkError::Closed) };
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (sender, receiver) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, sender);
+        if calls.send(LedgerRequest { id, call }).await.is_err() {
+            self.waiting.borrow_mut().remove(&id);
+            return Err(LinkError::Closed);
+        }
+        receiver.await.map_err(|_| LinkError::Closed)
+    }
+
+    /// Closes this shard's side, so that the committer stops once every
+    /// shard has.
+    pub fn close(&self) {
+        self.calls.borrow_mut().take();
+    }
+
+    fn deliver(&self, reply: LedgerReply) {
+        if let Some(sender) = self.waiting.borrow_mut().remove(&reply.id) {
+            let _ = sender.send(reply.answer);
+        }
+    }
+
+    /// Calls in flight (the `queue_depth{q="committer"}` of this shard).
+    pub fn inflight(&self) -> usize {
+        self.waiting.borrow().len()
+    }
+}
+
+/// Delivers the committer's answers to their callers until it stops.
+pub async fn receive_answers(shard: Rc<Shard>, answers: ConnectedReceiver<LedgerReply>) {
+    while let Some(reply) = answers.recv().await {
+        shard.ledger.deliver(reply);
+    }
+    // The committer is gone: nobody will answer the calls still waiting.
+    shard.ledger.waiting.borrow_mut().clear();
+}
+
+fn link_failure(error: LinkError) -> Reply {
+    match error {
+        LinkError::Busy => Reply::error(ErrorCode::Busy, "too many ledger calls in flight"),
+        LinkError::Closed => {
+            Reply::error(ErrorCode::Unavailable, "the ledger committer has stopped")
+        }
+    }
+}
+
+/// An amount: a u128 as a decimal string, or a JSON integer.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Amount {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestEntry {
+    id: String,
+    kind: String,
+    account: String,
+    asset: Option<String>,
+    amount: Amount,
+    ts: Option<u64>,
+    memo: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestBody {
+    batch: Vec<IngestEntry>,
+    idem_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct IngestAnswer {
+    accepted: bool,
+    seq_start: u64,
+    seq_end: u64,
+    new_root: String,
+    reasons: [Reason; 0],
+}
+
+fn parse_entry(entry: IngestEntry) -> Result<Entry, String> {
+    let kind =
+        EntryKind::parse(&entry.kind).ok_or_else(|| format!("unknown kind {}", entry.kind))?;
+    let amount = match entry.amount {
+        Amount::Number(n) => u128::from(n),
+        Amount::Text(text) => {
+            if text.is_empty() || text.len() > 39 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("amount must be a decimal u128".to_owned());
+            }
+            text.parse::<u128>().map_err(|_| "amount must be a decimal u128".to_owned())?
+        }
+    };
+    if amount == 0 {
+        return Err("amount must be positive".to_owned());
+    }
+    let entry = Entry {
+        id: entry.id,
+        kind,
+        account: entry.account,
+        asset: entry.asset,
+        amount,
+        ts: entry.ts,
+        memo: entry.memo,
+    };
+    entry.check().map_err(str::to_owned)?;
+    Ok(entry)
+}
+
+/// Conservation per asset (SPEC §4.3): when any tracked entry (Credit,
+/// Transfer, Debit, Hold, Reverse) is present, what they add equals what
+/// they take. Mint and Burn change supply and are not tracked.
+fn conservation_violations(entries: &[Entry]) -> Vec<Reason> {
+    let mut sums: BTreeMap<&str, (u128, u128, u32)> = BTreeMap::new();
+    for (idx, entry) in entries.iter().enumerate() {
+        let asset = entry.asset.as_deref().unwrap_or("");
+        let sum = sums.entry(asset).or_insert((0, 0, idx as u32));
+        match entry.kind {
+            EntryKind::Credit | EntryKind::Transfer => sum.0 = sum.0.saturating_add(entry.amount),
+            EntryKind::Debit | EntryKind::Hold | EntryKind::Reverse => {
+                sum.1 = sum.1.saturating_add(entry.amount)
+            }
+            EntryKind::Mint | EntryKind::Burn => {}
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, (credits, debits, _))| credits != debits)
+        .map(|(asset, (credits, debits, first))| Reason {
+            idx: first,
+            reason: format!("conservation: asset {asset:?} credits {credits} != debits {debits}"),
+        })
+        .collect()
+}
+
+/// `POST /ingest`: validates a batch, commits it atomically through the
+/// committer and answers once it is durable.
+pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    if shard.node.ledger_safe_mode.load(std::sync::atomic::Ordering::Acquire) {
+        return Handled::Now(Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"));
+    }
+    let body: IngestBody = match request.json() {
+        Ok(body) => body,
+        Err(reply) => return Handled::Now(reply),
+    };
+    if body.idem_id.is_some() {
+        return Handled::Now(Reply::error(
+            ErrorCode::BadRequest,
+            "idem_id is not supported yet: replay by entry id instead",
+        ));
+    }
+    let batch_max = shard.config.ledger.batch_entries_max as usize;
+    if body.batch.is_empty() || body.batch.len() > batch_max {
+        return Handled::Now(Reply::error(
+            ErrorCode::LimitsExceeded,
+            format!("batch must hold 1..={batch_max} entries"),
+        ));
+    }
+    let mut entries = Vec::with_capacity(body.batch.len());
+    let mut reasons = Vec::new();
+    for (idx, entry) in body.batch.into_iter().enumerate() {
+        match parse_entry(entry) {
+            Ok(entry) => entries.push(entry),
+            Err(reason) => reasons.push(Reason { idx: idx as u32, reason }),
+        }
+    }
+    if !reasons.is_empty() {
+        return Handled::Now(Reply::rejected(ErrorCode::BadRequest, "invalid entries", reasons));
+    }
+    let violations = conservation_violations(&entries);
+    if !violations.is_empty() {
+        return Handled::Now(Reply::rejected(
+            ErrorCode::LimitsExceeded,
+            "the batch does not conserve every asset",
+            violations,
+        ));
+    }
+    let mut encoded = Vec::with_capacity(entries.len() * 64);
+    let mut scratch = Vec::with_capacity(ron_proto::ledger::ENTRY_BYTES_MAX);
+    let ids: Vec<IdKey> = entries.iter().map(|e| id_key(&e.id)).collect();
+    for entry in &entries {
+        scratch.clear();
+        entry.encode(&mut scratch);
+        encoded.extend_from_slice(&(scratch.len() as u16).to_le_bytes());
+        encoded.extend_from_slice(&scratch);
+    }
+    let count = entries.len() as u32;
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        let call = LedgerCall::Append { entries: encoded, count, ids };
+        match shard.ledger.call(call).await {
+            Ok(LedgerAnswer::Appended { seq_start, seq_end, root }) => {
+                let answer = IngestAnswer {
+                    accepted: true,
+                    seq_start,
+                    seq_end,
+                    new_root: to_hex(&root),
+                    reasons: [],
+                };
+                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+            }
+            Ok(LedgerAnswer::Duplicate { indices }) => Reply::rejected(
+                ErrorCode::Conflict,
+                "entry ids already committed",
+                indices
+                    .into_iter()
+                    .map(|idx| Reason { idx, reason: "duplicate_id".to_owned() })
+                    .collect(),
+            ),
+            Ok(LedgerAnswer::Degraded { reason }) => {
+                Reply::error(ErrorCode::Degraded, format!("the ledger is in safe mode: {reason}"))
+            }
+            Ok(other) => panic!("append answered with {other:?}"),
+            Err(error) => link_failure(error),
+        }
+    }))
+}
+
+#[derive(Serialize)]
+struct RootJson {
+    seq: u64,
+    root: String,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct RootsAnswer {
+    roots: Vec<RootJson>,
+    next: Option<u64>,
+}
+
+fn number_param(request: &Request<'_>, name: &str, required: bool) -> Result<Option<u64>, Reply> {
+    match request.query(name)? {
+        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
+            Reply::error(ErrorCode::BadRequest, format!("{name} must be a non-negative integer"))
+        }),
+        None if required => Err(Reply::error(ErrorCode::BadRequest, format!("{name} is required"))),
+        None => Ok(None),
+    }
+}
+
+fn root_json(item: &RootItem) -> RootJson {
+    RootJson { seq: item.seq, root: to_hex(&item.root), ts: item.committed_ms }
+}
+
+/// `GET /roots?since=S`: the root after every batch whose last entry is
+/// after S, oldest first, a page at a time; served in safe mode too.
+pub fn roots(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let since = match number_param(request, "since", false) {
+        Ok(since) => since.unwrap_or(0),
+        Err(reply) => return Handled::Now(reply),
+    };
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        match shard.ledger.call(LedgerCall::Roots { since }).await {
+            Ok(LedgerAnswer::Roots { items, next }) => {
+                let answer = RootsAnswer { roots: items.iter().map(root_json).collect(), next };
+                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+            }
+            Ok(other) => panic!("roots answered with {other:?}"),
+            Err(error) => link_failure(error),
+        }
+    }))
+}
+
+fn hexes(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(to_hex).collect()
+}
+
+#[derive(Serialize)]
+struct InclusionAnswer {
+    seq: u64,
+    tree_size: u64,
+    leaf_hash: String,
+    path: Vec<String>,
+    root: String,
+}
+
+#[derive(Serialize)]
+struct ConsistencyAnswer {
+    from: u64,
+    to: u64,
+    from_root: String,
+    to_root: String,
+    path: Vec<String>,
+}
+
+fn out_of_range(durable: u64) -> Reply {
+    Reply::error(ErrorCode::NotFound, format!("the durable log holds entries 1..={durable}"))
+}
+
+/// `GET /v1/ledger/proof/inclusion?seq=S&root_seq=R`: the audit path of
+/// entry S in the tree of the first R entries.
+pub fn inclusion(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let (seq, tree_size) =
+        match (number_param(request, "seq", true), number_param(request, "root_seq", true)) {
+            (Ok(Some(seq)), Ok(Some(root_seq))) => (seq, root_seq),
+            (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
+            _ => unreachable!("required parameters"),
+        };
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        match shard.ledger.call(LedgerCall::Inclusion { seq, tree_size }).await {
+            Ok(LedgerAnswer::Inclusion { leaf, path, root }) => {
+                let answer = InclusionAnswer {
+                    seq,
+                    tree_size,
+                    leaf_hash: to_hex(&leaf),
+                    path: hexes(&path),
+                    root: to_hex(&root),
+                };
+                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+            }
+            Ok(LedgerAnswer::OutOfRange { durable }) => out_of_range(durable),
+            Ok(other) => panic!("inclusion answered with {other:?}"),
+            Err(error) => link_failure(error),
+        }
+    }))
+}
+
+/// `GET /v1/ledger/proof/consistency?from=A&to=B`.
+pub fn consistency(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let (from, to) = match (number_param(request, "from", true), number_param(request, "to", true))
+    {
+        (Ok(Some(from)), Ok(Some(to))) => (from, to),
+        (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
+        _ => unreachable!("required parameters"),
+    };
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        match shard.ledger.call(LedgerCall::Consistency { from, to }).await {
+            Ok(LedgerAnswer::Consistency { path, first_root, second_root }) => {
+                let answer = ConsistencyAnswer {
+                    from,
+                    to,
+                    from_root: to_hex(&first_root),
+                    to_root: to_hex(&second_root),
+                    path: hexes(&path),
+                };
+                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+            }
+            Ok(LedgerAnswer::OutOfRange { durable }) => out_of_range(durable),
+            Ok(other) => panic!("consistency answered with {other:?}"),
+            Err(error) => link_failure(error),
+        }
+    }))
+}
