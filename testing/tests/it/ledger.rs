@@ -475,3 +475,80 @@ fn kill_9_under_ingest_loses_nothing_acknowledged() {
         all_acked.len()
     );
 }
+
+/// Unmounts a tmpfs however the test ends.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &std::path::Path, size: &str) -> Mount {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Mount(path.to_owned())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("running mount");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// SPEC §11: the log's filesystem fills up → safe mode: writes 503, reads
+/// 200, nothing acknowledged lost; with space again, a restart recovers.
+#[test]
+fn a_full_disk_means_safe_mode_and_a_restart_with_space_recovers() {
+    let mut node = TestNode::start(NodeOptions::default().config("[ledger]\nsegment_bytes = 65536"));
+    let bearer = node.admin();
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let mount = Mount::tmpfs(&node.log_dir(), "256k");
+    node.spawn();
+    let mut batches = Vec::new();
+    let refused = loop {
+        let n = batches.len();
+        assert!(n < 1000, "the disk never filled");
+        let entries: Vec<Entry> = (0..8).map(|i| mint(&format!("f{n}-{i}"), "a", 1)).collect();
+        let response = ingest(node.listen, &bearer, &entries).unwrap();
+        if response.status != 200 {
+            break response;
+        }
+        batches.push(acked(&response, entries));
+    };
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("DEGRADED"), "{}", refused.text());
+    assert!(batches.len() > 10, "only {} batches fit", batches.len());
+    // Writes stay refused, reads work, the node says why it is not ready.
+    assert_eq!(ingest(node.listen, &bearer, &[mint("late", "a", 1)]).unwrap().status, 503);
+    let ready = get(node.listen, "/readyz", &[]).unwrap();
+    assert_eq!(ready.status, 503);
+    assert!(ready.text().contains("safe mode"), "{}", ready.text());
+    assert_eq!(node.metric("ledger_safe_mode"), 1.0);
+    let entries = in_sequence(batches.clone());
+    checked_roots(node.listen, &entries);
+    // Space again, and a restart: everything acknowledged is there, and
+    // writes resume where the durable log ends.
+    mount.resize("4m");
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    let size = all_roots(node.listen).last().unwrap().0;
+    assert_eq!(size, entries.len() as u64);
+    let resumed = vec![mint("after", "a", 1)];
+    let resumed = acked(&ingest(node.listen, &bearer, &resumed).unwrap(), resumed);
+    assert_eq!(resumed.seq_start, size + 1);
+    batches.push(resumed);
+    checked_roots(node.listen, &in_sequence(batches));
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    drop(mount);
+}
