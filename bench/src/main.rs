@@ -50,9 +50,13 @@ enum Command {
 
 #[derive(Args)]
 struct Common {
-    /// `get` (no token) or `auth-get` (bearer token); a token implies auth-get.
+    /// `get` (no token), `auth-get` (bearer token; a token implies it) or
+    /// `ledger-ingest` (POST /ingest, `--entries` Mint entries per request).
     #[arg(long)]
     workload: Option<String>,
+    /// Entries per ledger-ingest request.
+    #[arg(long, default_value_t = 16)]
+    entries: usize,
     #[arg(long, default_value = "/healthz")]
     path: String,
     /// A file holding the token, e.g. ron-data/admin.token.
@@ -96,7 +100,15 @@ impl Common {
             (None | Some("auth-get"), Some(token)) => Ok(WorkloadSpec::AuthGet { path, token }),
             (None | Some("get"), None) => Ok(WorkloadSpec::Get { path }),
             (Some("auth-get"), None) => anyhow::bail!("auth-get needs --token or --token-file"),
-            (Some(other), _) => anyhow::bail!("unknown workload {other} (get, auth-get)"),
+            (Some("ledger-ingest"), Some(token)) => {
+                Ok(WorkloadSpec::LedgerIngest { token, entries: self.entries })
+            }
+            (Some("ledger-ingest"), None) => {
+                anyhow::bail!("ledger-ingest needs --token or --token-file")
+            }
+            (Some(other), _) => {
+                anyhow::bail!("unknown workload {other} (get, auth-get, ledger-ingest)")
+            }
         }
     }
 

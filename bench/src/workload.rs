@@ -15,6 +15,9 @@ pub enum WorkloadSpec {
     Get { path: String },
     /// `GET path` with `Authorization: Bearer <token>`.
     AuthGet { path: String, token: String },
+    /// `POST /ingest` of `entries` Mint entries with ids never used before
+    /// (SPEC §10's `ledger-ingest`, 16 entries per request).
+    LedgerIngest { token: String, entries: usize },
 }
 
 impl WorkloadSpec {
@@ -22,6 +25,7 @@ impl WorkloadSpec {
         match self {
             WorkloadSpec::Get { .. } => "get",
             WorkloadSpec::AuthGet { .. } => "auth-get",
+            WorkloadSpec::LedgerIngest { .. } => "ledger-ingest",
         }
     }
 
@@ -29,6 +33,9 @@ impl WorkloadSpec {
         match self {
             WorkloadSpec::Get { path } => format!("GET {path}"),
             WorkloadSpec::AuthGet { path, .. } => format!("GET {path} (bearer token)"),
+            WorkloadSpec::LedgerIngest { entries, .. } => {
+                format!("POST /ingest ({entries} entries per request)")
+            }
         }
     }
 
@@ -36,6 +43,9 @@ impl WorkloadSpec {
         match self {
             WorkloadSpec::Get { path } => Box::new(Fixed::new(path, None)),
             WorkloadSpec::AuthGet { path, token } => Box::new(Fixed::new(path, Some(token))),
+            WorkloadSpec::LedgerIngest { token, entries } => {
+                Box::new(LedgerIngest::new(token, *entries))
+            }
         }
     }
 }
@@ -62,6 +72,67 @@ impl Workload for Fixed {
     }
 }
 
+/// Ingest batches whose entry ids are unique across threads and runs: each
+/// instance takes a prefix from the clock and a process-wide counter.
+struct LedgerIngest {
+    head: String,
+    prefix: String,
+    entries: usize,
+    body: String,
+}
+
+impl LedgerIngest {
+    fn new(token: &str, entries: usize) -> LedgerIngest {
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        LedgerIngest {
+            head: format!(
+                "POST /ingest HTTP/1.1\r\nHost: ron-load\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n",
+                token.trim()
+            ),
+            prefix: format!("{nanos:x}-{instance}"),
+            entries: entries.max(1),
+            body: String::with_capacity(entries * 96),
+        }
+    }
+}
+
+impl Workload for LedgerIngest {
+    fn request(&mut self, index: u64, out: &mut Vec<u8>) {
+        use std::fmt::Write as _;
+        self.body.clear();
+        self.body.push_str(r#"{"batch":["#);
+        for i in 0..self.entries {
+            if i > 0 {
+                self.body.push(',');
+            }
+            let _ = write!(
+                self.body,
+                r#"{{"id":"{}-{index}-{i}","kind":"Mint","account":"acct-{}","asset":"roc","amount":"1"}}"#,
+                self.prefix,
+                (index as usize * self.entries + i) % 1024
+            );
+        }
+        self.body.push_str("]}");
+        out.extend_from_slice(self.head.as_bytes());
+        let _ = write!(ByteWriter(out), "Content-Length: {}\r\n\r\n", self.body.len());
+        out.extend_from_slice(self.body.as_bytes());
+    }
+}
+
+/// `write!` into a byte vector.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +146,14 @@ mod tests {
         workload.request(1, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("\r\n\r\n").count(), 2);
+        let mut ingest = WorkloadSpec::LedgerIngest { token: "t".into(), entries: 16 }.build();
+        let mut bytes = Vec::new();
+        ingest.request(7, &mut bytes);
+        ingest.request(8, &mut bytes);
+        let text2 = String::from_utf8(bytes).unwrap();
+        let first_body = text2.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(first_body.matches(r#""kind":"Mint""#).count(), 16);
+        assert!(text2.contains("-7-15\"") && text2.contains("-8-0\""));
         assert!(text.starts_with(
             "GET /v1/x HTTP/1.1\r\nHost: ron-load\r\nAuthorization: Bearer ron1.abc\r\n\r\n"
         ));

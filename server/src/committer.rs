@@ -115,6 +115,8 @@ pub struct CommitterMetrics {
     pub commit_latency: LatencyHistogram,
     pub batch_entries: CountHistogram,
     pub fsync: LatencyHistogram,
+    /// The record's write, before its sync.
+    pub write: LatencyHistogram,
     pub queued_entries: u64,
     pub entries_committed: u64,
     pub records_written: u64,
@@ -433,6 +435,7 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                     metrics.entries_committed += entries;
                     if let Some(times) = times {
                         metrics.fsync.record(times.sync);
+                        metrics.write.record(times.write);
                     }
                     let now = Instant::now();
                     for pending in &batch {

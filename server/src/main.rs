@@ -77,6 +77,15 @@ fn main() -> ExitCode {
         ron_server::check_host::report(&config);
         return ExitCode::SUCCESS;
     }
+    // Before the node starts: a signal that arrives while it starts is kept
+    // and drains it once it runs, instead of killing it half-started.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("ron-node: installing signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let handle = match node::start(config) {
         Ok(handle) => handle,
         Err(error) => {
@@ -92,13 +101,6 @@ fn main() -> ExitCode {
         AdminToken::Existing(path) => tracing::info!(path = %path.display(), "admin token"),
     }
     let shared = handle.shared.clone();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(signals) => signals,
-        Err(error) => {
-            eprintln!("ron-node: installing signal handlers: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {

@@ -321,6 +321,8 @@ pub fn render_committer(out: &mut String, committer: &crate::committer::Committe
     count_histogram_lines(out, "ledger_batch_entries", &committer.batch_entries);
     header(out, "ledger_fsync_seconds", "histogram", "fdatasync of one log record.");
     histogram_lines(out, "ledger_fsync_seconds", None, &committer.fsync);
+    header(out, "ledger_write_seconds", "histogram", "Writing one log record, before its sync.");
+    histogram_lines(out, "ledger_write_seconds", None, &committer.write);
     header(out, "queue_depth", "gauge", "Items waiting, by queue.");
     let _ = writeln!(out, "queue_depth{{q=\"committer\"}} {}", committer.queued_entries);
     let simple: [(&str, &str, &str, u64); 5] = [

@@ -223,18 +223,25 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         shard_ends.push((call_sender, answer_receiver));
     }
     let executor = &config.executor;
-    let committer_start =
-        CommitterStart { config: config.clone(), node: shared.clone(), recovered, links };
-    let committer = LocalExecutorBuilder::new(Placement::Fixed(layout.committer))
-        .name("committer")
-        .io_memory(executor.io_memory_kib * 1024)
-        .ring_depth(executor.ring_depth)
-        .preempt_timer(Duration::from_millis(executor.preempt_ms))
-        .spawn(move || committer::run(committer_start))
-        .map_err(|e| anyhow::anyhow!("starting the committer on core {}: {e}", layout.committer))?;
-    let mesh = mesh::builder(shard_count, config.limits.mesh_inflight_per_target_max);
+    let mut committer_start =
+        Some(CommitterStart { config: config.clone(), node: shared.clone(), recovered, links });
+    // A committer that shares a shard's core runs on that shard's executor.
+    let host = layout.shards.iter().position(|core| *core == layout.committer);
     let mut executors = Vec::with_capacity(shard_count + 1);
-    executors.push(committer);
+    if host.is_none() {
+        let start = committer_start.take().expect("not handed out yet");
+        let committer = LocalExecutorBuilder::new(Placement::Fixed(layout.committer))
+            .name("committer")
+            .io_memory(executor.io_memory_kib * 1024)
+            .ring_depth(executor.ring_depth)
+            .preempt_timer(Duration::from_millis(executor.preempt_ms))
+            .spawn(move || committer::run(start))
+            .map_err(|e| {
+                anyhow::anyhow!("starting the committer on core {}: {e}", layout.committer)
+            })?;
+        executors.push(committer);
+    }
+    let mesh = mesh::builder(shard_count, config.limits.mesh_inflight_per_target_max);
     for (id, ((core, listeners), (ledger_calls, ledger_answers))) in
         layout.shards.iter().zip(listeners).zip(shard_ends).enumerate()
     {
@@ -249,6 +256,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             ledger_calls,
             ledger_answers,
             ledger_inflight_max,
+            committer: if host == Some(id) { committer_start.take() } else { None },
         };
         let executor = &config.executor;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*core))

@@ -3,7 +3,7 @@
 //! through messages (the mesh) and a few read-mostly atomics in `NodeShared`.
 
 use crate::access::Keyring;
-use crate::committer::{LedgerReply, LedgerRequest};
+use crate::committer::{self, CommitterStart, LedgerReply, LedgerRequest};
 use crate::config::Config;
 use crate::front::{Front, Mailbox};
 use crate::ledger::{self, LedgerLink};
@@ -132,6 +132,10 @@ pub struct ShardStart {
     pub ledger_answers: SharedReceiver<LedgerReply>,
     /// Calls this shard may have in flight to the committer.
     pub ledger_inflight_max: usize,
+    /// The committer, when it shares this shard's core: it then runs in a
+    /// task queue of this executor rather than on a thread of its own, so
+    /// the two interleave at task granularity instead of OS time slices.
+    pub committer: Option<CommitterStart>,
 }
 
 /// The body of a shard executor: join the mesh, open the socket ring, serve
@@ -154,7 +158,16 @@ pub async fn run(start: ShardStart) {
         ledger_calls,
         ledger_answers,
         ledger_inflight_max,
+        committer,
     } = start;
+    let committer = committer.map(|start| {
+        let queue = executor.create_task_queue(
+            Shares::Static(1000),
+            Latency::Matters(REQUEST_QUEUE_LATENCY),
+            "committer",
+        );
+        glommio::spawn_local_into(committer::run(start), queue).expect("the queue exists")
+    });
     let (senders, receivers) = mesh.join().await.expect("joining the shard mesh");
     let ledger_link = LedgerLink::new(ledger_calls.connect().await, ledger_inflight_max);
     let ledger_answers = ledger_answers.connect().await;
@@ -205,6 +218,10 @@ pub async fn run(start: ShardStart) {
     tracing::info!(shard = id, "serving");
     glommio::spawn_local_into(front.run(), queue).expect("the queue exists").await;
     shard.ledger.close();
+    if let Some(committer) = committer {
+        // It stops once every shard has closed its link.
+        committer.await;
+    }
     shard.node.shards[id].serving.store(false, Ordering::Release);
     tracing::info!(shard = id, "drained");
 }

@@ -510,7 +510,8 @@ impl Drop for Mount {
 /// 200, nothing acknowledged lost; with space again, a restart recovers.
 #[test]
 fn a_full_disk_means_safe_mode_and_a_restart_with_space_recovers() {
-    let mut node = TestNode::start(NodeOptions::default().config("[ledger]\nsegment_bytes = 65536"));
+    let mut node =
+        TestNode::start(NodeOptions::default().config("[ledger]\nsegment_bytes = 65536"));
     let bearer = node.admin();
     node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
     let mount = Mount::tmpfs(&node.log_dir(), "256k");

@@ -50,7 +50,7 @@ fn keys_and_admin_token_are_private_and_survive_a_restart() {
     let token = node.admin_token.clone();
 
     let status = node.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{}", node.log());
     node.spawn();
     assert_eq!(node.admin_token, token, "the admin token is made once");
     let body = r#"{"subject_ref":"x","audience":"ron-node","ttl_s":5,"scopes":["wallet.read"]}"#;

@@ -136,3 +136,30 @@ fn a_one_second_stall_shows_in_the_tail() {
     // the slowest tenth waited at least half a second.
     assert!(quantile("p90_us") >= 500.0, "{summary}");
 }
+
+#[test]
+fn ron_load_ledger_ingest_commits_every_entry_it_sends() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ingest.json");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &node.admin_token).unwrap();
+    let args = [
+        "--workload",
+        "ledger-ingest",
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--connections",
+        "4",
+    ];
+    let (report, summary) = finish(start_load(&node, &args, &json), &json);
+    assert_eq!(number(&report, &["statuses", "200"]), 200.0, "{summary}");
+    // 16 entries per request, every one committed exactly once.
+    assert_eq!(node.metric("ledger_entries_total"), 3200.0);
+}
