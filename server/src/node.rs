@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+/// How long binding a port that is still in use is retried at start.
+const BIND_RETRY: Duration = Duration::from_secs(3);
 /// Pending connections per listening socket.
 const LISTEN_BACKLOG: i32 = 4096;
 /// How long `start` waits for every shard to serve.
@@ -359,7 +361,21 @@ fn listen_on(address: SocketAddr, shared: bool) -> anyhow::Result<OwnedFd> {
     // Accepted sockets inherit it: answers leave at once.
     socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&address.into()).with_context(|| format!("binding {address}"))?;
+    // A node that just died may still hold its ports for a moment: io_uring
+    // releases the files of pending requests (a multishot accept) after the
+    // process has exited. A restart waits for that, briefly.
+    let deadline = Instant::now() + BIND_RETRY;
+    loop {
+        match socket.bind(&address.into()) {
+            Ok(()) => break,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => return Err(error).with_context(|| format!("binding {address}")),
+        }
+    }
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }

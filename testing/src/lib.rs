@@ -267,6 +267,7 @@ impl TestNode {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("waiting") {
+                self.wait_until_ports_are_released();
                 return status;
             }
             if Instant::now() > deadline {
@@ -277,6 +278,20 @@ impl TestNode {
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// io_uring releases a dead process's listening sockets a moment after
+    /// it exits; until then the kernel may still hand connections to them.
+    fn wait_until_ports_are_released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut addresses = vec![self.listen];
+        addresses.extend((0..self.shard_ports.len()).map(|i| self.shard_address(i)));
+        for address in addresses {
+            while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok() {
+                assert!(Instant::now() < deadline, "{address} still accepts after the node exited");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
