@@ -3,6 +3,7 @@
 
 use crate::committer::{LedgerAnswer, LedgerCall, LedgerReply, LedgerRequest};
 use crate::log::{IdKey, RootItem, id_key};
+use crate::mesh::{MeshError, ShardAnswer, ShardCall};
 use crate::reply::{Handled, Reply};
 use crate::routes::{Params, Request};
 use crate::shard::Shard;
@@ -12,6 +13,7 @@ use ron_proto::ErrorCode;
 use ron_proto::error::Reason;
 use ron_proto::ledger::{Entry, EntryKind};
 use ron_proto::merkle::{Hash, to_hex};
+use ron_shards::balances::Item;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -240,10 +242,45 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         encoded.extend_from_slice(&scratch);
     }
     let count = entries.len() as u32;
+    let mut owners: BTreeMap<usize, Vec<Item>> = BTreeMap::new();
+    for (idx, entry) in entries.iter().enumerate() {
+        let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard.count);
+        owners.entry(owner).or_default().push(Item::of(idx as u32, entry));
+    }
     let shard = shard.clone();
     Handled::Later(Box::pin(async move {
+        // The owners reserve the debits; then the committer orders and
+        // persists; then the owners apply (or release).
+        let mut reserved = Vec::with_capacity(owners.len());
+        let mut refused = Vec::new();
+        for (owner, items) in &owners {
+            match shard.mesh.call(&shard, *owner, ShardCall::Reserve { items: items.clone() }).await
+            {
+                Ok(ShardAnswer::Reserved(Ok(()))) => reserved.push(*owner),
+                Ok(ShardAnswer::Reserved(Err(reasons))) => refused.extend(reasons),
+                Ok(other) => panic!("reserve answered with {other:?}"),
+                Err(error) => {
+                    settle(&shard, &owners, &reserved, Settle::Release).await;
+                    return crate::ops::mesh_failure(error);
+                }
+            }
+            if !refused.is_empty() {
+                break;
+            }
+        }
+        if !refused.is_empty() {
+            settle(&shard, &owners, &reserved, Settle::Release).await;
+            return Reply::rejected(ErrorCode::InsufficientFunds, "insufficient funds", refused);
+        }
         let call = LedgerCall::Append { entries: encoded, count, ids };
-        match shard.ledger.call(call).await {
+        let answer = shard.ledger.call(call).await;
+        let outcome = if matches!(answer, Ok(LedgerAnswer::Appended { .. })) {
+            Settle::Apply
+        } else {
+            Settle::Release
+        };
+        settle(&shard, &owners, &reserved, outcome).await;
+        match answer {
             Ok(LedgerAnswer::Appended { seq_start, seq_end, root }) => {
                 let answer = IngestAnswer {
                     accepted: true,
@@ -267,6 +304,82 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
             }
             Ok(other) => panic!("append answered with {other:?}"),
             Err(error) => link_failure(error),
+        }
+    }))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Apply,
+    Release,
+}
+
+/// Tells every owner that reserved how its request ended. A durable entry
+/// must be applied, so a busy owner is asked again; an owner that does not
+/// answer in time is logged (a restart replays the log and repairs it).
+async fn settle(
+    shard: &Rc<Shard>,
+    owners: &BTreeMap<usize, Vec<Item>>,
+    reserved: &[usize],
+    outcome: Settle,
+) {
+    for owner in reserved {
+        let items = owners[owner].clone();
+        loop {
+            let call = match outcome {
+                Settle::Apply => ShardCall::Apply { items: items.clone() },
+                Settle::Release => ShardCall::Release { items: items.clone() },
+            };
+            match shard.mesh.call(shard, *owner, call).await {
+                Ok(ShardAnswer::Done) => break,
+                Ok(other) => panic!("settle answered with {other:?}"),
+                Err(MeshError::Busy) => glommio::timer::sleep(SETTLE_RETRY).await,
+                Err(error) => {
+                    tracing::error!(owner, ?error, "an owner did not settle a ledger request");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How long a settle waits before asking a busy owner again.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_micros(200);
+
+#[derive(Serialize)]
+struct BalanceAnswer {
+    account: String,
+    asset: String,
+    balance: String,
+    reserved: String,
+}
+
+/// `GET /v1/ledger/balance?account=A&asset=X`: an account's balance from
+/// its owner shard.
+pub fn balance(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let (account, asset) = match (request.query("account"), request.query("asset")) {
+        (Ok(Some(account)), Ok(asset)) if !account.is_empty() => {
+            (account.into_owned(), asset.map(|a| a.into_owned()).unwrap_or_default())
+        }
+        (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
+        _ => return Handled::Now(Reply::error(ErrorCode::BadRequest, "account is required")),
+    };
+    let owner = ron_proto::routing::owner(account.as_bytes(), shard.count);
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        let call = ShardCall::Balance { account: account.clone(), asset: asset.clone() };
+        match shard.mesh.call(&shard, owner, call).await {
+            Ok(ShardAnswer::Balance(found)) => {
+                let answer = BalanceAnswer {
+                    account,
+                    asset,
+                    balance: found.balance.to_string(),
+                    reserved: found.reserved.to_string(),
+                };
+                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+            }
+            Ok(other) => panic!("balance answered with {other:?}"),
+            Err(error) => crate::ops::mesh_failure(error),
         }
     }))
 }

@@ -58,7 +58,12 @@ impl LedgerState {
 
     /// Applies a record read back from disk; an error says why it does not
     /// continue the chain.
-    fn apply(&mut self, header: &RecordHeader, body: &[u8]) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        header: &RecordHeader,
+        body: &[u8],
+        visit: &mut dyn FnMut(&Entry),
+    ) -> Result<(), String> {
         if header.first_seq != self.next_seq() {
             return Err(format!(
                 "sequence gap: record starts at {}, expected {}",
@@ -70,19 +75,22 @@ impl LedgerState {
             return Err("previous root does not match the chain".to_owned());
         }
         let before = self.accumulator.len();
-        let mut ids = Vec::with_capacity(header.count as usize);
+        let mut entries = Vec::with_capacity(header.count as usize);
         for encoded in ledger::body_entries(body) {
             let encoded = encoded.map_err(|e| format!("entry framing: {e}"))?;
             let entry = Entry::decode(encoded).map_err(|e| format!("entry: {e}"))?;
-            ids.push(id_key(&entry.id));
             self.accumulator.push(merkle::leaf_hash(encoded));
+            entries.push(entry);
         }
         let count = self.accumulator.len() - before;
         if count != u64::from(header.count) || self.root() != header.new_root {
             self.accumulator.truncate(before);
             return Err("entry count or new root does not match the entries".to_owned());
         }
-        self.ids.extend(ids);
+        for entry in &entries {
+            self.ids.insert(id_key(&entry.id));
+            visit(entry);
+        }
         self.roots.push(RootItem {
             seq: header.last_seq(),
             root: header.new_root,
@@ -189,8 +197,9 @@ fn valid_record_from(path: &Path, from: u64) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
-/// Scans the log in `dir`, repairs a torn tail, and rebuilds the state.
-pub fn recover(dir: &Path) -> io::Result<Recovered> {
+/// Scans the log in `dir`, repairs a torn tail, and rebuilds the state;
+/// `visit` sees every entry of the valid log, in sequence order.
+pub fn recover(dir: &Path, visit: &mut dyn FnMut(&Entry)) -> io::Result<Recovered> {
     let started = Instant::now();
     std::fs::create_dir_all(dir)?;
     let paths = segments(dir)?;
@@ -207,7 +216,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
             let bytes = read_record_bytes(&file, offset)?;
             let why = match ledger::read_record(&bytes) {
                 RecordRead::Record(header, body) => {
-                    if let Err(why) = state.apply(&header, body) {
+                    if let Err(why) = state.apply(&header, body, visit) {
                         corruption = Some(format!("{place}: {why}"));
                         break 'segments;
                     }

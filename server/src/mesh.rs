@@ -11,6 +11,8 @@ use crate::metrics::ShardMetrics;
 use crate::shard::Shard;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use ron_proto::error::Reason;
+use ron_shards::balances::{Account, Item};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -20,15 +22,36 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum ShardCall {
     /// Which shard owns this key? Answered by the owner itself.
-    Owner { key: String },
+    Owner {
+        key: String,
+    },
     /// A copy of the shard's metrics.
     Metrics,
+    /// Reserve the debits of these items (all owned by the callee).
+    Reserve {
+        items: Vec<Item>,
+    },
+    /// Give back what `Reserve` took (the request did not commit).
+    Release {
+        items: Vec<Item>,
+    },
+    /// The items are durable: apply them.
+    Apply {
+        items: Vec<Item>,
+    },
+    Balance {
+        account: String,
+        asset: String,
+    },
 }
 
 #[derive(Debug)]
 pub enum ShardAnswer {
     Owner { shard: usize },
     Metrics(Box<ShardMetrics>),
+    Reserved(Result<(), Vec<Reason>>),
+    Done,
+    Balance(Account),
 }
 
 #[derive(Debug)]
@@ -185,6 +208,14 @@ pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<Envelope>) {
     }
 }
 
+/// Accounts reach only their owner; anything else is a routing bug.
+fn assert_owned(shard: &Shard, items: &[Item]) {
+    for item in items {
+        let owner = ron_proto::routing::owner(item.account.as_bytes(), shard.count);
+        assert_eq!(owner, shard.id, "account {} reached shard {}", item.account, shard.id);
+    }
+}
+
 /// Runs a call on this shard.
 async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
     match call {
@@ -195,5 +226,22 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
             ShardAnswer::Owner { shard: shard.id }
         }
         ShardCall::Metrics => ShardAnswer::Metrics(Box::new(shard.metrics.borrow().clone())),
+        ShardCall::Reserve { items } => {
+            assert_owned(shard, &items);
+            ShardAnswer::Reserved(shard.balances.borrow_mut().reserve(&items))
+        }
+        ShardCall::Release { items } => {
+            assert_owned(shard, &items);
+            shard.balances.borrow_mut().release(&items);
+            ShardAnswer::Done
+        }
+        ShardCall::Apply { items } => {
+            assert_owned(shard, &items);
+            shard.balances.borrow_mut().apply(&items);
+            ShardAnswer::Done
+        }
+        ShardCall::Balance { account, asset } => {
+            ShardAnswer::Balance(shard.balances.borrow().account(&account, &asset))
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::socket_ring::ring_doorbell;
 use anyhow::Context as _;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
+use ron_shards::balances::{Balances, Item};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -211,7 +212,8 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topology_json: leak_json(&topology),
         version_json: leak_json(&version),
     });
-    let recovered = recover_ledger(&config, &shared)?;
+    let mut balances: Vec<Balances> = (0..shard_count).map(|_| Balances::default()).collect();
+    let recovered = recover_ledger(&config, &shared, &mut balances)?;
     let config = Arc::new(config);
     let keys = Arc::new(keys);
     let ledger_inflight_max =
@@ -259,6 +261,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             ledger_answers,
             ledger_inflight_max,
             committer: if host == Some(id) { committer_start.take() } else { None },
+            balances: std::mem::take(&mut balances[id]),
         };
         let executor = &config.executor;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*core))
@@ -314,13 +317,28 @@ const LEDGER_INFLIGHT_PER_SHARD_MIN: usize = 64;
 
 /// Reads the log back (unless nothing is kept on disk) and reports what
 /// recovery found.
-fn recover_ledger(config: &Config, shared: &NodeShared) -> anyhow::Result<Recovered> {
+fn recover_ledger(
+    config: &Config,
+    shared: &NodeShared,
+    balances: &mut [Balances],
+) -> anyhow::Result<Recovered> {
     if config.amnesia() {
         return Ok(Recovered::empty());
     }
     let dir = config.data_dir.join("log");
-    let recovered =
-        log::recover(&dir).with_context(|| format!("reading the log in {}", dir.display()))?;
+    let mut short = 0;
+    let shard_count = balances.len();
+    // Every shard's balances come from the log, whatever the shard count
+    // was when it was written.
+    let mut replay = |entry: &ron_proto::ledger::Entry| {
+        let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
+        short += balances[owner].replay(&[Item::of(0, entry)]);
+    };
+    let recovered = log::recover(&dir, &mut replay)
+        .with_context(|| format!("reading the log in {}", dir.display()))?;
+    if short > 0 {
+        tracing::error!(short, "the log holds debits beyond their balances (stopped at zero)");
+    }
     if let Some(truncated) = &recovered.truncated {
         tracing::warn!(%truncated, "ledger log: removed a torn last record");
     }

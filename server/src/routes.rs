@@ -117,6 +117,13 @@ pub const ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: Method::Get,
+        pattern: "/v1/ledger/balance",
+        access: Access::Authenticated,
+        shed: true,
+        handler: ledger::balance,
+    },
+    RouteSpec {
+        method: Method::Get,
         pattern: "/v1/ledger/proof/inclusion",
         access: Access::Authenticated,
         shed: true,

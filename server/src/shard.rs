@@ -14,6 +14,7 @@ use crate::reply::CorrId;
 use crate::socket_ring::SocketRing;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{Latency, Shares, TaskQueueHandle};
+use ron_shards::balances::Balances;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -34,6 +35,7 @@ pub struct Shard {
     pub metrics: RefCell<ShardMetrics>,
     pub mesh: Mesh,
     pub ledger: LedgerLink,
+    pub balances: RefCell<Balances>,
     /// The `Latency::Matters` queue of requests and mesh messages.
     pub queue: TaskQueueHandle,
     /// Body bytes of synchronous answers, reused from request to request.
@@ -136,6 +138,8 @@ pub struct ShardStart {
     /// task queue of this executor rather than on a thread of its own, so
     /// the two interleave at task granularity instead of OS time slices.
     pub committer: Option<CommitterStart>,
+    /// The balances of the accounts this shard owns, replayed from the log.
+    pub balances: Balances,
 }
 
 /// The body of a shard executor: join the mesh, open the socket ring, serve
@@ -159,6 +163,7 @@ pub async fn run(start: ShardStart) {
         ledger_answers,
         ledger_inflight_max,
         committer,
+        balances,
     } = start;
     let committer = committer.map(|start| {
         let queue = executor.create_task_queue(
@@ -195,6 +200,7 @@ pub async fn run(start: ShardStart) {
         metrics: RefCell::new(ShardMetrics::default()),
         mesh,
         ledger: ledger_link,
+        balances: RefCell::new(balances),
         queue,
         scratch: RefCell::new(Vec::with_capacity(4096)),
         token_scratch: RefCell::new(Vec::with_capacity(ron_proto::token::TOKEN_BINARY_BYTES_MAX)),

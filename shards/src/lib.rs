@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod accumulator;
+pub mod balances;
 pub mod passport;

@@ -295,6 +295,16 @@ impl TestNode {
         }
     }
 
+    /// Restarts with `shards` shards on the same data (at most as many as
+    /// the node started with, whose ports it keeps).
+    pub fn set_shards(&mut self, shards: usize) {
+        assert!(shards >= 1 && shards <= self.shard_ports.len());
+        self.options.shards = shards;
+        self.shard_ports.truncate(shards);
+        let base = self.shard_ports[0];
+        self.config_path = write_config(self.data_dir.path(), self.listen, base, &self.options);
+    }
+
     /// The ledger's log directory.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.path().join("data/log")

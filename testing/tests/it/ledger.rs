@@ -467,6 +467,10 @@ fn kill_9_under_ingest_loses_nothing_acknowledged() {
             checked += 1;
         }
     }
+    // Balances are a replay of the log: every entry minted 1 to one of
+    // acct0..acct15, so they add up to the log's size, no batch half-applied.
+    let total: u128 = (0..16).map(|i| balance(&node, node.listen, &format!("acct{i}")).0).sum();
+    assert_eq!(total, u128::from(size));
     // And applied once: sending it again is refused.
     let again = &all_acked[all_acked.len() / 2].entries[0];
     assert_eq!(ingest(node.listen, &bearer, std::slice::from_ref(again)).unwrap().status, 409);
@@ -552,4 +556,98 @@ fn a_full_disk_means_safe_mode_and_a_restart_with_space_recovers() {
     checked_roots(node.listen, &in_sequence(batches));
     node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
     drop(mount);
+}
+
+fn balance(node: &TestNode, address: SocketAddr, account: &str) -> (u128, u128) {
+    let path = format!("/v1/ledger/balance?account={account}&asset=roc");
+    let response = get(address, &path, &[("Authorization", &node.admin())]).unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let json = response.json();
+    let number =
+        |key: &str| json.get(key).and_then(|v| v.as_str()).unwrap().parse::<u128>().unwrap();
+    (number("balance"), number("reserved"))
+}
+
+fn entry_of(id: &str, kind: EntryKind, account: &str, amount: u64) -> Entry {
+    Entry { kind, ..mint(id, account, amount) }
+}
+
+#[test]
+fn owners_refuse_overdrafts_and_a_refused_batch_applies_nothing() {
+    let node = TestNode::start(NodeOptions::default().shards(2));
+    let bearer = node.admin();
+    let debit = entry_of("d1", EntryKind::Debit, "alice", 5);
+    let credit = entry_of("c1", EntryKind::Credit, "bob", 5);
+    let refused = ingest(node.listen, &bearer, &[debit.clone(), credit.clone()]).unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.text().contains("INSUFFICIENT_FUNDS") && refused.text().contains(r#""idx":0"#));
+    assert_eq!(ingest(node.listen, &bearer, &[mint("m1", "alice", 10)]).unwrap().status, 200);
+    let moved =
+        [entry_of("d2", EntryKind::Debit, "alice", 6), entry_of("c2", EntryKind::Credit, "bob", 6)];
+    assert_eq!(ingest(node.listen, &bearer, &moved).unwrap().status, 200);
+    // Read on every port: the owner answers, and the write is visible.
+    for address in [node.listen, node.shard_address(0), node.shard_address(1)] {
+        assert_eq!(balance(&node, address, "alice"), (4, 0));
+        assert_eq!(balance(&node, address, "bob"), (6, 0));
+    }
+    // More than alice holds: refused whole, bob does not get his credit.
+    let over = [
+        entry_of("d3", EntryKind::Burn, "alice", 3),
+        entry_of("d4", EntryKind::Debit, "alice", 2),
+        entry_of("c4", EntryKind::Credit, "bob", 2),
+    ];
+    let response = ingest(node.listen, &bearer, &over).unwrap();
+    assert_eq!(response.status, 409, "{}", response.text());
+    assert_eq!(balance(&node, node.listen, "alice"), (4, 0));
+    assert_eq!(balance(&node, node.listen, "bob"), (6, 0));
+    // Concurrent spenders of one balance: never more than it holds.
+    assert_eq!(ingest(node.listen, &bearer, &[mint("m2", "carol", 10)]).unwrap().status, 200);
+    let accepted: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let bearer = bearer.clone();
+                let address = node.listen;
+                scope.spawn(move || {
+                    let burn = entry_of(&format!("burn{i}"), EntryKind::Burn, "carol", 3);
+                    usize::from(ingest(address, &bearer, &[burn]).unwrap().status == 200)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(accepted, 3);
+    assert_eq!(balance(&node, node.listen, "carol"), (1, 0));
+}
+
+#[test]
+fn balances_and_roots_survive_restarts_and_a_new_shard_count() {
+    let mut node = TestNode::start(NodeOptions::default().shards(2));
+    let bearer = node.admin();
+    let accounts = ["a", "b", "c", "d", "e", "f"];
+    for (i, account) in accounts.iter().enumerate() {
+        assert_eq!(
+            ingest(node.listen, &bearer, &[mint(&format!("m{i}"), account, 100)]).unwrap().status,
+            200
+        );
+    }
+    for n in 0..12 {
+        let (from, to) = (accounts[n % 6], accounts[(n * 5 + 1) % 6]);
+        let moved = [
+            entry_of(&format!("x{n}"), EntryKind::Debit, from, 7 + n as u64),
+            entry_of(&format!("y{n}"), EntryKind::Credit, to, 7 + n as u64),
+        ];
+        assert_eq!(ingest(node.listen, &bearer, &moved).unwrap().status, 200);
+    }
+    let before: Vec<(u128, u128)> =
+        accounts.iter().map(|a| balance(&node, node.listen, a)).collect();
+    assert_eq!(before.iter().map(|b| b.0).sum::<u128>(), 600);
+    let roots = all_roots(node.listen);
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    assert_eq!(accounts.iter().map(|a| balance(&node, node.listen, a)).collect::<Vec<_>>(), before);
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.set_shards(1);
+    node.spawn();
+    assert_eq!(accounts.iter().map(|a| balance(&node, node.listen, a)).collect::<Vec<_>>(), before);
+    assert_eq!(all_roots(node.listen), roots);
 }
