@@ -76,6 +76,7 @@ pub fn log_segment(data: &[u8]) {
     while at < data.len() {
         let RecordRead::Record(header, body) = ledger::read_record(&data[at..]) else { return };
         assert!(header.count >= 1 && header.body_bytes as usize == body.len());
+        let Ok((body, _marks)) = ledger::split_body(body, header.count) else { return };
         for entry in ledger::body_entries(body) {
             let Ok(bytes) = entry else { break };
             if let Ok(entry) = Entry::decode(bytes) {

@@ -19,6 +19,11 @@
 //! checksum [32]
 //! ```
 //!
+//! After the entries comes the idempotency trailer: `marks u16`, then per
+//! mark `idem_key [16] | first u32 | count u32`, naming the entries (by
+//! index in the record) that one request with an `idem_id` committed, so
+//! that a replay finds its original answer after a restart too.
+//!
 //! The checksum is BLAKE3 over the header before it and the body, so a torn
 //! or garbled record never passes as a valid one.
 
@@ -55,7 +60,8 @@ const _: () = assert!(RECORD_HEADER_BYTES == 128);
 /// Entries in one record, at most (the upper bound of `ledger.batch_entries_max`).
 pub const RECORD_ENTRIES_MAX: usize = 65_536;
 /// The largest record body.
-pub const RECORD_BODY_BYTES_MAX: usize = RECORD_ENTRIES_MAX * (2 + ENTRY_BYTES_MAX);
+pub const RECORD_BODY_BYTES_MAX: usize =
+    RECORD_ENTRIES_MAX * (2 + ENTRY_BYTES_MAX) + 2 + RECORD_MARKS_MAX * (16 + 4 + 4);
 const _: () = assert!(RECORD_BODY_BYTES_MAX <= u32::MAX as usize);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -301,11 +307,25 @@ pub const fn padded(len: usize) -> usize {
     len.div_ceil(RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES
 }
 
-/// Builds records: the caller appends entries, then seals.
+/// Idempotency marks in one record, at most.
+pub const RECORD_MARKS_MAX: usize = RECORD_ENTRIES_MAX;
+const MARK_BYTES: usize = 16 + 4 + 4;
+
+/// The entries `first..first + count` of a record were committed by one
+/// request with this idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdemMark {
+    pub key: [u8; 16],
+    pub first: u32,
+    pub count: u32,
+}
+
+/// Builds records: the caller appends entries (and marks), then seals.
 #[derive(Debug, Default)]
 pub struct RecordWriter {
     buffer: Vec<u8>,
     count: u32,
+    marks: Vec<IdemMark>,
 }
 
 impl RecordWriter {
@@ -314,6 +334,13 @@ impl RecordWriter {
         self.buffer.clear();
         self.buffer.resize(RECORD_HEADER_BYTES, 0);
         self.count = 0;
+        self.marks.clear();
+    }
+
+    /// Marks the entries `first..first + count` (pushed or to be pushed).
+    pub fn mark(&mut self, mark: IdemMark) {
+        assert!(self.marks.len() < RECORD_MARKS_MAX);
+        self.marks.push(mark);
     }
 
     /// Appends one encoded entry; returns its bytes in the record, for hashing.
@@ -339,6 +366,13 @@ impl RecordWriter {
     ) -> &[u8] {
         assert!(self.count > 0, "a record holds at least one entry");
         assert!(first_seq >= 1, "sequence numbers start at 1");
+        self.buffer.extend_from_slice(&(self.marks.len() as u16).to_le_bytes());
+        for mark in &self.marks {
+            assert!(u64::from(mark.first) + u64::from(mark.count) <= u64::from(self.count));
+            self.buffer.extend_from_slice(&mark.key);
+            self.buffer.extend_from_slice(&mark.first.to_le_bytes());
+            self.buffer.extend_from_slice(&mark.count.to_le_bytes());
+        }
         let body_bytes = (self.buffer.len() - RECORD_HEADER_BYTES) as u32;
         let header = &mut self.buffer[..RECORD_HEADER_BYTES];
         header[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
@@ -438,6 +472,44 @@ pub fn read_record(bytes: &[u8]) -> RecordRead<'_> {
     RecordRead::Record(record, body)
 }
 
+/// Splits a record body into its entries part (for [`body_entries`]) and
+/// its idempotency marks.
+pub fn split_body(body: &[u8], count: u32) -> Result<(&[u8], Vec<IdemMark>), DecodeError> {
+    let mut at = 0usize;
+    for _ in 0..count {
+        let len = body.get(at..at + 2).ok_or(DecodeError::Short)?;
+        let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+        if len > ENTRY_BYTES_MAX {
+            return Err(DecodeError::Invalid("entry length"));
+        }
+        at += 2 + len;
+        if at > body.len() {
+            return Err(DecodeError::Short);
+        }
+    }
+    let (entries, trailer) = body.split_at(at);
+    let marks_count = trailer.get(..2).ok_or(DecodeError::Short)?;
+    let marks_count = u16::from_le_bytes([marks_count[0], marks_count[1]]) as usize;
+    if trailer.len() != 2 + marks_count * MARK_BYTES {
+        return Err(DecodeError::Invalid("idempotency trailer length"));
+    }
+    let marks = trailer[2..]
+        .chunks_exact(MARK_BYTES)
+        .map(|m| IdemMark {
+            key: m[..16].try_into().expect("16 bytes"),
+            first: u32::from_le_bytes(m[16..20].try_into().expect("4 bytes")),
+            count: u32::from_le_bytes(m[20..24].try_into().expect("4 bytes")),
+        })
+        .collect::<Vec<_>>();
+    if marks
+        .iter()
+        .any(|m| m.count == 0 || u64::from(m.first) + u64::from(m.count) > u64::from(count))
+    {
+        return Err(DecodeError::Invalid("idempotency mark out of range"));
+    }
+    Ok((entries, marks))
+}
+
 /// The encoded entries of a record body, in order.
 pub fn body_entries(body: &[u8]) -> impl Iterator<Item = Result<&[u8], DecodeError>> {
     let mut rest = body;
@@ -490,6 +562,8 @@ mod tests {
         let bytes = writer.seal(7, 1234, [1; 32], [2; 32]).to_vec();
         assert_eq!(bytes.len() % RECORD_ALIGN_BYTES, 0);
         let RecordRead::Record(header, body) = read_record(&bytes) else { panic!("valid") };
+        let (body, marks) = split_body(body, header.count).unwrap();
+        assert!(marks.is_empty());
         assert_eq!((header.first_seq, header.count, header.last_seq()), (7, 3, 9));
         assert_eq!(
             (header.committed_ms, header.previous_root, header.new_root),
@@ -506,6 +580,18 @@ mod tests {
             assert!(!matches!(read_record(&garbled), RecordRead::Record(..)), "byte {at}");
         }
         assert_eq!(read_record(&vec![0; RECORD_ALIGN_BYTES]), RecordRead::End);
+        // Marks round-trip.
+        writer.start();
+        writer.push(&encoded);
+        writer.push(&encoded);
+        let mark = IdemMark { key: [7; 16], first: 1, count: 1 };
+        writer.mark(mark);
+        let bytes = writer.seal(1, 0, [0; 32], [0; 32]).to_vec();
+        let RecordRead::Record(header, body) = read_record(&bytes) else { panic!("valid") };
+        let (entries, marks) = split_body(body, header.count).unwrap();
+        assert_eq!(marks, vec![mark]);
+        assert_eq!(body_entries(entries).count(), 2);
+        assert!(split_body(body, 3).is_err());
         assert_eq!(read_record(&bytes[..RECORD_HEADER_BYTES + 1]), RecordRead::Short);
     }
 

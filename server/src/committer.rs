@@ -16,7 +16,7 @@
 //! a restart recovers from the log (`crate::log`).
 
 use crate::config::Config;
-use crate::log::{IdKey, LedgerState, LogWriter, Recovered, RootItem};
+use crate::log::{Committed, IdKey, LedgerState, LogWriter, Recovered, RootItem};
 use crate::metrics::{CountHistogram, LatencyHistogram};
 use crate::node::NodeShared;
 use glommio::channels::shared_channel::{
@@ -43,6 +43,11 @@ pub enum LedgerCall {
         entries: Vec<u8>,
         count: u32,
         ids: Vec<IdKey>,
+        idem: Option<IdKey>,
+    },
+    /// What the request with this idempotency key committed, if it did.
+    Idem {
+        key: IdKey,
     },
     Roots {
         since: u64,
@@ -66,6 +71,15 @@ pub enum LedgerAnswer {
         seq_end: u64,
         root: Hash,
     },
+    /// The idempotency key was committed before: its original answer.
+    /// Nothing new was appended.
+    Replayed {
+        seq_start: u64,
+        seq_end: u64,
+        root: Hash,
+    },
+    /// No request with that idempotency key committed.
+    Unknown,
     /// Entries (by index in the call) whose id was committed before or
     /// repeats an earlier entry of the same batch; nothing was appended.
     Duplicate {
@@ -144,6 +158,7 @@ struct Pending {
     entries: Vec<u8>,
     count: u32,
     ids: Vec<IdKey>,
+    idem: Option<IdKey>,
     received: Instant,
 }
 
@@ -231,6 +246,14 @@ impl Committer {
                     self.pending.borrow().iter().map(|p| u64::from(p.count)).sum();
                 LedgerAnswer::Metrics(Box::new(metrics))
             }
+            LedgerCall::Idem { key } => match state.idem.get(&key) {
+                Some(c) => LedgerAnswer::Replayed {
+                    seq_start: c.seq_start,
+                    seq_end: c.seq_end,
+                    root: c.root,
+                },
+                None => LedgerAnswer::Unknown,
+            },
             LedgerCall::Append { .. } => unreachable!("appends are queued, not read"),
         }
     }
@@ -299,7 +322,7 @@ async fn serve_shard(
 ) {
     while let Some(LedgerRequest { id, call }) = receiver.recv().await {
         match call {
-            LedgerCall::Append { entries, count, ids } => {
+            LedgerCall::Append { entries, count, ids, idem } => {
                 if let Some(degraded) = committer.degraded() {
                     committer.answer(shard, id, degraded).await;
                     continue;
@@ -311,6 +334,7 @@ async fn serve_shard(
                     entries,
                     count,
                     ids,
+                    idem,
                     received: Instant::now(),
                 });
                 committer.wake_writer();
@@ -354,6 +378,9 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
         batch.clear();
         batch_ids.clear();
         let mut duplicates = Vec::new();
+        let mut replays = Vec::new();
+        let mut followers = Vec::new();
+        let mut batch_idem: HashSet<IdKey> = HashSet::new();
         let mut entries = 0u64;
         {
             let state = committer.state.borrow();
@@ -363,6 +390,16 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                     break;
                 }
                 let next = pending.pop_front().expect("peeked");
+                if let Some(key) = next.idem {
+                    if let Some(committed) = state.idem.get(&key) {
+                        replays.push((next, *committed));
+                        continue;
+                    }
+                    if batch_idem.contains(&key) {
+                        followers.push((next, key));
+                        continue;
+                    }
+                }
                 let mut seen = HashSet::with_capacity(next.ids.len());
                 let repeated: Vec<u32> = (0..next.ids.len() as u32)
                     .filter(|i| {
@@ -371,6 +408,7 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                     })
                     .collect();
                 if repeated.is_empty() {
+                    batch_idem.extend(next.idem);
                     batch_ids.extend(next.ids.iter().copied());
                     entries += u64::from(next.count);
                     batch.push(next);
@@ -379,16 +417,23 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                 }
             }
         }
+        for (pending, c) in replays {
+            let answer =
+                LedgerAnswer::Replayed { seq_start: c.seq_start, seq_end: c.seq_end, root: c.root };
+            committer.answer(pending.shard, pending.id, answer).await;
+        }
         for (pending, indices) in duplicates {
             committer.metrics.borrow_mut().duplicates_rejected += 1;
             committer.answer(pending.shard, pending.id, LedgerAnswer::Duplicate { indices }).await;
         }
         if batch.is_empty() {
+            assert!(followers.is_empty(), "a follower has a leader in the batch");
             continue;
         }
         let safe_mode = committer.safe_mode.borrow().clone();
         if let Some(reason) = safe_mode {
-            for pending in batch.drain(..) {
+            let followers = followers.drain(..).map(|(p, _)| p);
+            for pending in batch.drain(..).chain(followers) {
                 let answer = LedgerAnswer::Degraded { reason: reason.clone() };
                 committer.answer(pending.shard, pending.id, answer).await;
             }
@@ -402,6 +447,10 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
             let previous_root = state.root();
             record.start();
             for pending in &batch {
+                if let Some(key) = pending.idem {
+                    let first = record.count();
+                    record.mark(ledger::IdemMark { key, first, count: pending.count });
+                }
                 for encoded in ledger::body_entries(&pending.entries) {
                     let encoded = encoded.expect("shards send well-framed entries");
                     record.push(encoded);
@@ -445,8 +494,27 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                 let mut seq = first_seq;
                 for pending in batch.drain(..) {
                     let seq_end = seq + u64::from(pending.count) - 1;
+                    let committed = Committed { seq_start: seq, seq_end, root: new_root };
+                    if let Some(key) = pending.idem {
+                        committer.state.borrow_mut().idem.insert(key, committed);
+                    }
                     let answer = LedgerAnswer::Appended { seq_start: seq, seq_end, root: new_root };
                     seq = seq_end + 1;
+                    committer.answer(pending.shard, pending.id, answer).await;
+                }
+                for (pending, key) in followers.drain(..) {
+                    let c = committer
+                        .state
+                        .borrow()
+                        .idem
+                        .get(&key)
+                        .copied()
+                        .expect("the leader committed");
+                    let answer = LedgerAnswer::Replayed {
+                        seq_start: c.seq_start,
+                        seq_end: c.seq_end,
+                        root: c.root,
+                    };
                     committer.answer(pending.shard, pending.id, answer).await;
                 }
             }
@@ -455,7 +523,8 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                 committer
                     .enter_safe_mode(format!("writing the log record at seq {first_seq}: {error}"));
                 let reason = committer.safe_mode.borrow().clone().unwrap_or_default();
-                for pending in batch.drain(..) {
+                let followers = followers.drain(..).map(|(p, _)| p);
+                for pending in batch.drain(..).chain(followers) {
                     let answer = LedgerAnswer::Degraded { reason: reason.clone() };
                     committer.answer(pending.shard, pending.id, answer).await;
                 }

@@ -200,12 +200,16 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    if body.idem_id.is_some() {
-        return Handled::Now(Reply::error(
-            ErrorCode::BadRequest,
-            "idem_id is not supported yet: replay by entry id instead",
-        ));
-    }
+    let idem = match &body.idem_id {
+        Some(idem_id) if idem_id.is_empty() || idem_id.len() > IDEM_ID_BYTES_MAX => {
+            return Handled::Now(Reply::error(
+                ErrorCode::BadRequest,
+                format!("idem_id must be 1..={IDEM_ID_BYTES_MAX} bytes"),
+            ));
+        }
+        Some(idem_id) => Some(id_key(&format!("idem:{idem_id}"))),
+        None => None,
+    };
     let batch_max = shard.config.ledger.batch_entries_max as usize;
     if body.batch.is_empty() || body.batch.len() > batch_max {
         return Handled::Now(Reply::error(
@@ -249,6 +253,17 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
     }
     let shard = shard.clone();
     Handled::Later(Box::pin(async move {
+        // A replay gets the original answer and touches nothing.
+        if let Some(key) = idem {
+            match shard.ledger.call(LedgerCall::Idem { key }).await {
+                Ok(LedgerAnswer::Replayed { seq_start, seq_end, root }) => {
+                    return accepted(seq_start, seq_end, &root);
+                }
+                Ok(LedgerAnswer::Unknown) => {}
+                Ok(other) => panic!("idem lookup answered with {other:?}"),
+                Err(error) => return link_failure(error),
+            }
+        }
         // The owners reserve the debits; then the committer orders and
         // persists; then the owners apply (or release).
         let mut reserved = Vec::with_capacity(owners.len());
@@ -272,7 +287,7 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
             settle(&shard, &owners, &reserved, Settle::Release).await;
             return Reply::rejected(ErrorCode::InsufficientFunds, "insufficient funds", refused);
         }
-        let call = LedgerCall::Append { entries: encoded, count, ids };
+        let call = LedgerCall::Append { entries: encoded, count, ids, idem };
         let answer = shard.ledger.call(call).await;
         let outcome = if matches!(answer, Ok(LedgerAnswer::Appended { .. })) {
             Settle::Apply
@@ -281,16 +296,10 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         };
         settle(&shard, &owners, &reserved, outcome).await;
         match answer {
-            Ok(LedgerAnswer::Appended { seq_start, seq_end, root }) => {
-                let answer = IngestAnswer {
-                    accepted: true,
-                    seq_start,
-                    seq_end,
-                    new_root: to_hex(&root),
-                    reasons: [],
-                };
-                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
-            }
+            Ok(
+                LedgerAnswer::Appended { seq_start, seq_end, root }
+                | LedgerAnswer::Replayed { seq_start, seq_end, root },
+            ) => accepted(seq_start, seq_end, &root),
             Ok(LedgerAnswer::Duplicate { indices }) => Reply::rejected(
                 ErrorCode::Conflict,
                 "entry ids already committed",
@@ -306,6 +315,15 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
             Err(error) => link_failure(error),
         }
     }))
+}
+
+/// `idem_id`s, in bytes.
+const IDEM_ID_BYTES_MAX: usize = 128;
+
+fn accepted(seq_start: u64, seq_end: u64, root: &Hash) -> Reply {
+    let answer =
+        IngestAnswer { accepted: true, seq_start, seq_end, new_root: to_hex(root), reasons: [] };
+    Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

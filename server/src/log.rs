@@ -15,7 +15,7 @@
 use ron_proto::ledger::{self, Entry, RecordHeader, RecordRead};
 use ron_proto::merkle::{self, Hash};
 use ron_shards::accumulator::Accumulator;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,6 +45,16 @@ pub struct LedgerState {
     pub accumulator: Accumulator,
     pub roots: Vec<RootItem>,
     pub ids: HashSet<IdKey>,
+    /// What each request with an `idem_id` committed.
+    pub idem: HashMap<IdKey, Committed>,
+}
+
+/// Where one request's entries went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub seq_start: u64,
+    pub seq_end: u64,
+    pub root: Hash,
 }
 
 impl LedgerState {
@@ -75,6 +85,8 @@ impl LedgerState {
             return Err("previous root does not match the chain".to_owned());
         }
         let before = self.accumulator.len();
+        let (body, marks) =
+            ledger::split_body(body, header.count).map_err(|e| format!("record body: {e}"))?;
         let mut entries = Vec::with_capacity(header.count as usize);
         for encoded in ledger::body_entries(body) {
             let encoded = encoded.map_err(|e| format!("entry framing: {e}"))?;
@@ -90,6 +102,11 @@ impl LedgerState {
         for entry in &entries {
             self.ids.insert(id_key(&entry.id));
             visit(entry);
+        }
+        for mark in marks {
+            let seq_start = header.first_seq + u64::from(mark.first);
+            let seq_end = seq_start + u64::from(mark.count) - 1;
+            self.idem.insert(mark.key, Committed { seq_start, seq_end, root: header.new_root });
         }
         self.roots.push(RootItem {
             seq: header.last_seq(),

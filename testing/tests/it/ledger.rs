@@ -251,8 +251,10 @@ fn every_ingest_rejection_has_its_code_and_reasons() {
             "conservation",
         ),
         (
-            r#"{"batch":[{"id":"x","kind":"Mint","account":"a","amount":1}],"idem_id":"k"}"#
-                .to_owned(),
+            format!(
+                r#"{{"batch":[{{"id":"x","kind":"Mint","account":"a","amount":1}}],"idem_id":"{}"}}"#,
+                "k".repeat(129)
+            ),
             400,
             "idem_id",
         ),
@@ -650,4 +652,51 @@ fn balances_and_roots_survive_restarts_and_a_new_shard_count() {
     node.spawn();
     assert_eq!(accounts.iter().map(|a| balance(&node, node.listen, a)).collect::<Vec<_>>(), before);
     assert_eq!(all_roots(node.listen), roots);
+}
+
+fn ingest_idem(address: SocketAddr, bearer: &str, entries: &[Entry], idem: &str) -> Response {
+    let items: Vec<String> = entries.iter().map(entry_json).collect();
+    let body = format!(r#"{{"batch":[{}],"idem_id":"{idem}"}}"#, items.join(","));
+    post_json(address, "/ingest", bearer, &body)
+}
+
+#[test]
+fn an_idem_id_replays_the_original_answer_even_after_a_restart() {
+    let mut node = TestNode::start(NodeOptions::default().shards(2));
+    let bearer = node.admin();
+    assert_eq!(ingest(node.listen, &bearer, &[mint("fund", "alice", 10)]).unwrap().status, 200);
+    let pay = [
+        entry_of("pay-d", EntryKind::Debit, "alice", 6),
+        entry_of("pay-c", EntryKind::Credit, "bob", 6),
+    ];
+    let first = ingest_idem(node.listen, &bearer, &pay, "pay-1");
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The same request again, on another port, and a different body under
+    // the same key: the original answer, byte for byte, and nothing applied.
+    let again = ingest_idem(node.shard_address(1), &bearer, &pay, "pay-1");
+    assert_eq!((again.status, &again.body), (200, &first.body));
+    let other = ingest_idem(node.listen, &bearer, &[mint("other", "bob", 1)], "pay-1");
+    assert_eq!(other.body, first.body);
+    assert_eq!(balance(&node, node.listen, "alice"), (4, 0));
+    assert_eq!(balance(&node, node.listen, "bob"), (6, 0));
+    // Concurrent requests with one new key: one commit, one answer.
+    let answers: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let bearer = bearer.clone();
+                let address = node.listen;
+                scope.spawn(move || {
+                    ingest_idem(address, &bearer, &[mint("once", "carol", 5)], "mint-once").body
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!(balance(&node, node.listen, "carol"), (5, 0));
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    let after = ingest_idem(node.listen, &bearer, &pay, "pay-1");
+    assert_eq!((after.status, &after.body), (200, &first.body));
+    assert_eq!(balance(&node, node.listen, "alice"), (4, 0));
 }
