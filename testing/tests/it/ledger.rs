@@ -700,3 +700,16 @@ fn an_idem_id_replays_the_original_answer_even_after_a_restart() {
     assert_eq!((after.status, &after.body), (200, &first.body));
     assert_eq!(balance(&node, node.listen, "alice"), (4, 0));
 }
+
+#[test]
+fn a_micronode_commits_in_memory_and_writes_nothing() {
+    let node = TestNode::start(NodeOptions::default().amnesia());
+    let bearer = node.admin();
+    let entries = vec![mint("mem-1", "a", 3), mint("mem-2", "b", 4)];
+    let batch = acked(&ingest(node.listen, &bearer, &entries).unwrap(), entries);
+    checked_roots(node.listen, &in_sequence(vec![batch]));
+    assert_eq!(ingest(node.listen, &bearer, &[mint("mem-1", "a", 3)]).unwrap().status, 409);
+    assert_eq!(balance(&node, node.listen, "b"), (4, 0));
+    assert!(!node.data_dir.path().join("data").exists(), "a micronode touched the disk");
+    assert_eq!(node.metric("ledger_fsync_seconds_count"), 0.0);
+}
