@@ -460,8 +460,10 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
             assert_eq!(state.accumulator.len() - before, entries, "every entry went in");
             (before + 1, before, previous_root, state.root())
         };
-        let sealed = record.seal(first_seq, unix_ms(), previous_root, new_root);
+        // One time for the record and the published root, so that `/roots`
+        // says the same before and after a restart.
         let committed_ms = unix_ms();
+        let sealed = record.seal(first_seq, committed_ms, previous_root, new_root);
         let result = match writer.as_mut() {
             Some(writer) => writer.append(sealed, first_seq).await.map(Some),
             None if in_memory => Ok(None),

@@ -415,14 +415,20 @@ struct RootsAnswer {
     next: Option<u64>,
 }
 
-fn number_param(request: &Request<'_>, name: &str, required: bool) -> Result<Option<u64>, Reply> {
-    match request.query(name)? {
-        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
-            Reply::error(ErrorCode::BadRequest, format!("{name} must be a non-negative integer"))
-        }),
-        None if required => Err(Reply::error(ErrorCode::BadRequest, format!("{name} is required"))),
-        None => Ok(None),
-    }
+fn number_param(request: &Request<'_>, name: &str) -> Result<Option<u64>, Reply> {
+    request.query(name)?.map(|text| text.parse::<u64>()).transpose().map_err(|_| {
+        Reply::error(ErrorCode::BadRequest, format!("{name} must be a non-negative integer"))
+    })
+}
+
+fn required_param(request: &Request<'_>, name: &str) -> Result<u64, Reply> {
+    number_param(request, name)?
+        .ok_or_else(|| Reply::error(ErrorCode::BadRequest, format!("{name} is required")))
+}
+
+/// Two required numbers, or the 400 about the first that is missing or bad.
+fn required_pair(request: &Request<'_>, first: &str, second: &str) -> Result<(u64, u64), Reply> {
+    Ok((required_param(request, first)?, required_param(request, second)?))
 }
 
 fn root_json(item: &RootItem) -> RootJson {
@@ -432,7 +438,7 @@ fn root_json(item: &RootItem) -> RootJson {
 /// `GET /roots?since=S`: the root after every batch whose last entry is
 /// after S, oldest first, a page at a time; served in safe mode too.
 pub fn roots(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let since = match number_param(request, "since", false) {
+    let since = match number_param(request, "since") {
         Ok(since) => since.unwrap_or(0),
         Err(reply) => return Handled::Now(reply),
     };
@@ -478,12 +484,10 @@ fn out_of_range(durable: u64) -> Reply {
 /// `GET /v1/ledger/proof/inclusion?seq=S&root_seq=R`: the audit path of
 /// entry S in the tree of the first R entries.
 pub fn inclusion(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let (seq, tree_size) =
-        match (number_param(request, "seq", true), number_param(request, "root_seq", true)) {
-            (Ok(Some(seq)), Ok(Some(root_seq))) => (seq, root_seq),
-            (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
-            _ => unreachable!("required parameters"),
-        };
+    let (seq, tree_size) = match required_pair(request, "seq", "root_seq") {
+        Ok(pair) => pair,
+        Err(reply) => return Handled::Now(reply),
+    };
     let shard = shard.clone();
     Handled::Later(Box::pin(async move {
         match shard.ledger.call(LedgerCall::Inclusion { seq, tree_size }).await {
@@ -506,11 +510,9 @@ pub fn inclusion(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Ha
 
 /// `GET /v1/ledger/proof/consistency?from=A&to=B`.
 pub fn consistency(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let (from, to) = match (number_param(request, "from", true), number_param(request, "to", true))
-    {
-        (Ok(Some(from)), Ok(Some(to))) => (from, to),
-        (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
-        _ => unreachable!("required parameters"),
+    let (from, to) = match required_pair(request, "from", "to") {
+        Ok(pair) => pair,
+        Err(reply) => return Handled::Now(reply),
     };
     let shard = shard.clone();
     Handled::Later(Box::pin(async move {

@@ -210,6 +210,12 @@ fn proofs_verify_and_tampered_proofs_fail() {
     }
     let beyond = format!("/v1/ledger/proof/inclusion?seq=1&root_seq={}", size + 1);
     assert_eq!(get(node.listen, &beyond, &[("Authorization", &bearer)]).unwrap().status, 404);
+    let missing =
+        get(node.listen, "/v1/ledger/proof/inclusion?seq=1", &[("Authorization", &bearer)]);
+    assert!(missing.unwrap().text().contains("root_seq is required"));
+    let bad =
+        get(node.listen, "/v1/ledger/proof/consistency?from=x&to=2", &[("Authorization", &bearer)]);
+    assert_eq!(bad.unwrap().status, 400);
     let unauthenticated = get(node.listen, "/v1/ledger/proof/inclusion?seq=1&root_seq=1", &[]);
     assert_eq!(unauthenticated.unwrap().status, 401);
 }

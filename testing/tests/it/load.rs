@@ -47,6 +47,13 @@ fn number(report: &simd_json::OwnedValue, path: &[&str]) -> f64 {
     value.as_f64().or_else(|| value.as_u64().map(|v| v as f64)).expect("a number")
 }
 
+/// The node's admin token in a file, for `--token-file`.
+fn admin_token_file(node: &TestNode, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("admin.token");
+    std::fs::write(&path, &node.admin_token).expect("writing the token file");
+    path
+}
+
 #[test]
 fn ron_load_keeps_its_plan_and_reports_json_and_a_summary() {
     let node = TestNode::start(NodeOptions::default());
@@ -73,8 +80,7 @@ fn ron_load_authenticates_with_the_admin_token_file() {
     let node = TestNode::start(NodeOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("auth.json");
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, &node.admin_token).unwrap();
+    let token_file = admin_token_file(&node, dir.path());
     let args = [
         "--rate",
         "500",
@@ -142,8 +148,7 @@ fn ron_load_ledger_ingest_commits_every_entry_it_sends() {
     let node = TestNode::start(NodeOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ingest.json");
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, &node.admin_token).unwrap();
+    let token_file = admin_token_file(&node, dir.path());
     let args = [
         "--workload",
         "ledger-ingest",
