@@ -11,6 +11,12 @@
 //! record's `fdatasync` returned; readers only see the tree up to the last
 //! durable entry.
 //!
+//! Once a record is durable, every shard gets a `Committed` message with
+//! the items of the batch it owns, in log order, before the answers to its
+//! own appends: owners apply the log as a stream, so a shard's state always
+//! reflects a prefix of the log (what its view records), and
+//! `NodeShared::ledger_durable_seq` tells a reader how far that must be.
+//!
 //! Any write or sync error puts the committer in safe mode for good: the
 //! failed batch and every later append answer `Degraded`, reads go on, and
 //! a restart recovers from the log (`crate::log`).
@@ -24,10 +30,12 @@ use glommio::channels::shared_channel::{
 };
 use ron_proto::ledger::{self, RecordWriter};
 use ron_proto::merkle::{self, Hash};
+use ron_shards::balances::Item;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
@@ -44,6 +52,8 @@ pub enum LedgerCall {
         count: u32,
         ids: Vec<IdKey>,
         idem: Option<IdKey>,
+        /// The entries again, as items, by owner shard.
+        owned: Vec<(usize, Vec<Item>)>,
     },
     /// What the request with this idempotency key committed, if it did.
     Idem {
@@ -122,6 +132,23 @@ pub struct LedgerReply {
     pub answer: LedgerAnswer,
 }
 
+/// A durable batch, as one shard sees it.
+#[derive(Debug)]
+pub struct CommittedBatch {
+    /// The sequence number of the batch's last entry.
+    pub last_seq: u64,
+    pub root: Hash,
+    /// The batch's entries this shard owns, in log order.
+    pub items: Vec<Item>,
+}
+
+/// What the committer sends a shard.
+#[derive(Debug)]
+pub enum ToShard {
+    Reply(LedgerReply),
+    Committed(CommittedBatch),
+}
+
 /// What the committer counts; merged into `/metrics`.
 #[derive(Clone, Debug, Default)]
 pub struct CommitterMetrics {
@@ -142,7 +169,7 @@ pub struct CommitterMetrics {
 /// One shard's end of the committer link, made before the executors start.
 pub struct CommitterLink {
     pub calls: SharedReceiver<LedgerRequest>,
-    pub answers: SharedSender<LedgerReply>,
+    pub answers: SharedSender<ToShard>,
 }
 
 pub struct CommitterStart {
@@ -159,6 +186,7 @@ struct Pending {
     count: u32,
     ids: Vec<IdKey>,
     idem: Option<IdKey>,
+    owned: Vec<(usize, Vec<Item>)>,
     received: Instant,
 }
 
@@ -174,7 +202,7 @@ struct Committer {
     writer_waker: RefCell<Option<Waker>>,
     safe_mode: RefCell<Option<String>>,
     metrics: RefCell<CommitterMetrics>,
-    answers: Vec<ConnectedSender<LedgerReply>>,
+    answers: Vec<ConnectedSender<ToShard>>,
 }
 
 impl Committer {
@@ -185,10 +213,14 @@ impl Committer {
     }
 
     async fn answer(&self, shard: usize, id: u64, answer: LedgerAnswer) {
-        // The shard keeps at most as many calls in flight as the channel
-        // holds, so this never waits for room.
-        if self.answers[shard].send(LedgerReply { id, answer }).await.is_err() {
-            tracing::debug!(shard, "an answer found its shard gone");
+        self.send(shard, ToShard::Reply(LedgerReply { id, answer })).await;
+    }
+
+    /// Sends to a shard; waits while its channel is full (the shard's
+    /// receiving task never waits, so room comes).
+    async fn send(&self, shard: usize, message: ToShard) {
+        if self.answers[shard].send(message).await.is_err() {
+            tracing::debug!(shard, "a message found its shard gone");
         }
     }
 
@@ -322,7 +354,7 @@ async fn serve_shard(
 ) {
     while let Some(LedgerRequest { id, call }) = receiver.recv().await {
         match call {
-            LedgerCall::Append { entries, count, ids, idem } => {
+            LedgerCall::Append { entries, count, ids, idem, owned } => {
                 if let Some(degraded) = committer.degraded() {
                     committer.answer(shard, id, degraded).await;
                     continue;
@@ -335,6 +367,7 @@ async fn serve_shard(
                     count,
                     ids,
                     idem,
+                    owned,
                     received: Instant::now(),
                 });
                 committer.wake_writer();
@@ -492,6 +525,19 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                     for pending in &batch {
                         metrics.commit_latency.record(now.duration_since(pending.received));
                     }
+                }
+                // Owners apply the batch before any answer about it leaves.
+                let last_seq = before + entries;
+                let mut owned: Vec<Vec<Item>> = vec![Vec::new(); committer.answers.len()];
+                for pending in &mut batch {
+                    for (owner, items) in pending.owned.drain(..) {
+                        owned[owner].extend(items);
+                    }
+                }
+                committer.node.ledger_durable_seq.store(last_seq, Ordering::Release);
+                for (shard, items) in owned.into_iter().enumerate() {
+                    let batch = CommittedBatch { last_seq, root: new_root, items };
+                    committer.send(shard, ToShard::Committed(batch)).await;
                 }
                 let mut seq = first_seq;
                 for pending in batch.drain(..) {

@@ -119,7 +119,11 @@ pub struct Ledger {
     pub queue_capacity: u32,
     pub fsync: bool,
     pub segment_bytes: u64,
+    /// A shard writes its LMDB view once it has applied this many entries
+    /// since the last write, ...
     pub checkpoint_every: u64,
+    /// ... or this long after the last write, whichever comes first.
+    pub view_write_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -252,6 +256,7 @@ impl Default for Ledger {
             fsync: true,
             segment_bytes: 256 << 20,
             checkpoint_every: 100_000,
+            view_write_ms: 1000,
         }
     }
 }
@@ -420,6 +425,8 @@ impl Config {
         )?;
         range("ledger.queue_capacity", self.ledger.queue_capacity, 1, 1 << 24)?;
         range("ledger.segment_bytes", self.ledger.segment_bytes, 1 << 16, 1 << 40)?;
+        range("ledger.checkpoint_every", self.ledger.checkpoint_every, 1, 1 << 40)?;
+        range("ledger.view_write_ms", self.ledger.view_write_ms, 10, 3_600_000)?;
         if self.wallet.amount_per_op_max.parse::<u128>().map_or(true, |v| v == 0) {
             return Err(ConfigError(
                 "field `wallet.amount_per_op_max`: must be a positive u128 in decimal".into(),

@@ -1,7 +1,9 @@
 //! The shard's side of the ledger: the link to the committer and the ledger
 //! routes (`POST /ingest`, `GET /roots`, the proof routes).
 
-use crate::committer::{LedgerAnswer, LedgerCall, LedgerReply, LedgerRequest};
+use crate::committer::{
+    CommittedBatch, LedgerAnswer, LedgerCall, LedgerReply, LedgerRequest, ToShard,
+};
 use crate::log::{IdKey, RootItem, id_key};
 use crate::mesh::{MeshError, ShardAnswer, ShardCall};
 use crate::reply::{Handled, Reply};
@@ -18,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
 
 /// Why a call to the committer did not get an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +39,8 @@ pub struct LedgerLink {
     waiting: RefCell<HashMap<u64, oneshot::Sender<LedgerAnswer>>>,
     next_id: Cell<u64>,
     inflight_max: usize,
+    /// The committer has stopped: nothing more will be applied.
+    stopped: Cell<bool>,
 }
 
 impl LedgerLink {
@@ -44,6 +50,7 @@ impl LedgerLink {
             waiting: RefCell::new(HashMap::with_capacity(inflight_max.min(4096))),
             next_id: Cell::new(0),
             inflight_max,
+            stopped: Cell::new(false),
         }
     }
 
@@ -77,19 +84,82 @@ impl LedgerLink {
         }
     }
 
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
     /// Calls in flight (the `queue_depth{q="committer"}` of this shard).
     pub fn inflight(&self) -> usize {
         self.waiting.borrow().len()
     }
 }
 
-/// Delivers the committer's answers to their callers until it stops.
-pub async fn receive_answers(shard: Rc<Shard>, answers: ConnectedReceiver<LedgerReply>) {
-    while let Some(reply) = answers.recv().await {
-        shard.ledger.deliver(reply);
+/// How far this shard has applied the log.
+pub struct Applied {
+    seq: Cell<u64>,
+    root: Cell<Hash>,
+    /// Reads waiting for the shard to catch up with the durable log.
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Applied {
+    pub fn new(seq: u64, root: Hash) -> Applied {
+        Applied { seq: Cell::new(seq), root: Cell::new(root), waiters: RefCell::new(Vec::new()) }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq.get()
+    }
+
+    pub fn root(&self) -> Hash {
+        self.root.get()
+    }
+
+    fn advance(&self, seq: u64, root: Hash) {
+        assert!(seq > self.seq.get(), "batches arrive in log order");
+        self.seq.set(seq);
+        self.root.set(root);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Waits until this shard has applied everything durable when the call
+/// began: an acknowledged write is then visible here, whichever shard
+/// acknowledged it.
+pub async fn caught_up(shard: &Shard) {
+    let durable = shard.node.ledger_durable_seq.load(Ordering::Acquire);
+    std::future::poll_fn(|cx| {
+        if shard.applied.seq() >= durable || shard.ledger.is_stopped() {
+            return Poll::Ready(());
+        }
+        shard.applied.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Applies a durable batch: what its owners reserved becomes balance.
+fn apply(shard: &Shard, batch: CommittedBatch) {
+    shard.balances.borrow_mut().apply(&batch.items);
+    shard.applied.advance(batch.last_seq, batch.root);
+}
+
+/// Applies durable batches and delivers answers until the committer stops.
+pub async fn receive_answers(shard: Rc<Shard>, answers: ConnectedReceiver<ToShard>) {
+    while let Some(message) = answers.recv().await {
+        match message {
+            ToShard::Reply(reply) => shard.ledger.deliver(reply),
+            ToShard::Committed(batch) => apply(&shard, batch),
+        }
     }
     // The committer is gone: nobody will answer the calls still waiting.
+    shard.ledger.stopped.set(true);
     shard.ledger.waiting.borrow_mut().clear();
+    for waker in shard.applied.waiters.borrow_mut().drain(..) {
+        waker.wake();
+    }
 }
 
 fn link_failure(error: LinkError) -> Reply {
@@ -265,7 +335,8 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
             }
         }
         // The owners reserve the debits; then the committer orders and
-        // persists; then the owners apply (or release).
+        // persists, and sends every owner its items to apply before it
+        // answers; a request that does not commit releases instead.
         let mut reserved = Vec::with_capacity(owners.len());
         let mut refused = Vec::new();
         for (owner, items) in &owners {
@@ -275,7 +346,7 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
                 Ok(ShardAnswer::Reserved(Err(reasons))) => refused.extend(reasons),
                 Ok(other) => panic!("reserve answered with {other:?}"),
                 Err(error) => {
-                    settle(&shard, &owners, &reserved, Settle::Release).await;
+                    release(&shard, &owners, &reserved).await;
                     return crate::ops::mesh_failure(error);
                 }
             }
@@ -284,17 +355,15 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
             }
         }
         if !refused.is_empty() {
-            settle(&shard, &owners, &reserved, Settle::Release).await;
+            release(&shard, &owners, &reserved).await;
             return Reply::rejected(ErrorCode::InsufficientFunds, "insufficient funds", refused);
         }
-        let call = LedgerCall::Append { entries: encoded, count, ids, idem };
+        let owned = owners.iter().map(|(owner, items)| (*owner, items.clone())).collect();
+        let call = LedgerCall::Append { entries: encoded, count, ids, idem, owned };
         let answer = shard.ledger.call(call).await;
-        let outcome = if matches!(answer, Ok(LedgerAnswer::Appended { .. })) {
-            Settle::Apply
-        } else {
-            Settle::Release
-        };
-        settle(&shard, &owners, &reserved, outcome).await;
+        if !matches!(answer, Ok(LedgerAnswer::Appended { .. })) {
+            release(&shard, &owners, &reserved).await;
+        }
         match answer {
             Ok(
                 LedgerAnswer::Appended { seq_start, seq_end, root }
@@ -326,34 +395,19 @@ fn accepted(seq_start: u64, seq_end: u64, root: &Hash) -> Reply {
     Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Apply,
-    Release,
-}
-
-/// Tells every owner that reserved how its request ended. A durable entry
-/// must be applied, so a busy owner is asked again; an owner that does not
-/// answer in time is logged (a restart replays the log and repairs it).
-async fn settle(
-    shard: &Rc<Shard>,
-    owners: &BTreeMap<usize, Vec<Item>>,
-    reserved: &[usize],
-    outcome: Settle,
-) {
+/// Gives back what the owners reserved for a request that did not commit.
+/// A busy owner is asked again; one that does not answer in time is logged
+/// (its reservation stays until a restart).
+async fn release(shard: &Rc<Shard>, owners: &BTreeMap<usize, Vec<Item>>, reserved: &[usize]) {
     for owner in reserved {
-        let items = owners[owner].clone();
         loop {
-            let call = match outcome {
-                Settle::Apply => ShardCall::Apply { items: items.clone() },
-                Settle::Release => ShardCall::Release { items: items.clone() },
-            };
+            let call = ShardCall::Release { items: owners[owner].clone() };
             match shard.mesh.call(shard, *owner, call).await {
                 Ok(ShardAnswer::Done) => break,
-                Ok(other) => panic!("settle answered with {other:?}"),
+                Ok(other) => panic!("release answered with {other:?}"),
                 Err(MeshError::Busy) => glommio::timer::sleep(SETTLE_RETRY).await,
                 Err(error) => {
-                    tracing::error!(owner, ?error, "an owner did not settle a ledger request");
+                    tracing::error!(owner, ?error, "an owner did not release a reservation");
                     break;
                 }
             }
@@ -361,7 +415,7 @@ async fn settle(
     }
 }
 
-/// How long a settle waits before asking a busy owner again.
+/// How long a release waits before asking a busy owner again.
 const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_micros(200);
 
 #[derive(Serialize)]

@@ -22,3 +22,4 @@ pub mod reply;
 pub mod routes;
 pub mod shard;
 pub mod socket_ring;
+pub mod view;

@@ -72,7 +72,7 @@ impl LedgerState {
         &mut self,
         header: &RecordHeader,
         body: &[u8],
-        visit: &mut dyn FnMut(&Entry),
+        visit: &mut dyn FnMut(u64, &Entry),
     ) -> Result<(), String> {
         if header.first_seq != self.next_seq() {
             return Err(format!(
@@ -99,9 +99,9 @@ impl LedgerState {
             self.accumulator.truncate(before);
             return Err("entry count or new root does not match the entries".to_owned());
         }
-        for entry in &entries {
+        for (seq, entry) in (header.first_seq..).zip(&entries) {
             self.ids.insert(id_key(&entry.id));
-            visit(entry);
+            visit(seq, entry);
         }
         for mark in marks {
             let seq_start = header.first_seq + u64::from(mark.first);
@@ -215,8 +215,9 @@ fn valid_record_from(path: &Path, from: u64) -> io::Result<Option<u64>> {
 }
 
 /// Scans the log in `dir`, repairs a torn tail, and rebuilds the state;
-/// `visit` sees every entry of the valid log, in sequence order.
-pub fn recover(dir: &Path, visit: &mut dyn FnMut(&Entry)) -> io::Result<Recovered> {
+/// `visit` sees every entry of the valid log with its sequence number, in
+/// order.
+pub fn recover(dir: &Path, visit: &mut dyn FnMut(u64, &Entry)) -> io::Result<Recovered> {
     let started = Instant::now();
     std::fs::create_dir_all(dir)?;
     let paths = segments(dir)?;

@@ -35,10 +35,6 @@ pub enum ShardCall {
     Release {
         items: Vec<Item>,
     },
-    /// The items are durable: apply them.
-    Apply {
-        items: Vec<Item>,
-    },
     Balance {
         account: String,
         asset: String,
@@ -225,7 +221,7 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
             assert_eq!(owner, shard.id, "owner call for key {key} reached shard {}", shard.id);
             ShardAnswer::Owner { shard: shard.id }
         }
-        ShardCall::Metrics => ShardAnswer::Metrics(Box::new(shard.metrics.borrow().clone())),
+        ShardCall::Metrics => ShardAnswer::Metrics(Box::new(shard.metrics_snapshot())),
         ShardCall::Reserve { items } => {
             assert_owned(shard, &items);
             ShardAnswer::Reserved(shard.balances.borrow_mut().reserve(&items))
@@ -235,12 +231,8 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
             shard.balances.borrow_mut().release(&items);
             ShardAnswer::Done
         }
-        ShardCall::Apply { items } => {
-            assert_owned(shard, &items);
-            shard.balances.borrow_mut().apply(&items);
-            ShardAnswer::Done
-        }
         ShardCall::Balance { account, asset } => {
+            crate::ledger::caught_up(shard).await;
             ShardAnswer::Balance(shard.balances.borrow().account(&account, &asset))
         }
     }

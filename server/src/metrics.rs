@@ -118,6 +118,18 @@ pub struct ShardMetrics {
     pub park_timeouts: u64,
     /// How late a 1 ms glommio timer fired (the timer probe).
     pub timer_lateness: LatencyHistogram,
+    /// One per shard, filled in when metrics are gathered.
+    pub ledger_shards: Vec<LedgerShardGauges>,
+}
+
+/// How far one shard has applied the log and written its view.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LedgerShardGauges {
+    pub shard: usize,
+    pub applied_seq: u64,
+    pub view_seq: u64,
+    pub view_writes: u64,
+    pub view_write_failures: u64,
 }
 
 impl Default for ShardMetrics {
@@ -134,6 +146,7 @@ impl Default for ShardMetrics {
             parks: 0,
             park_timeouts: 0,
             timer_lateness: LatencyHistogram::default(),
+            ledger_shards: Vec::new(),
         }
     }
 }
@@ -159,6 +172,7 @@ impl ShardMetrics {
         self.parks += other.parks;
         self.park_timeouts += other.park_timeouts;
         self.timer_lateness.add(&other.timer_lateness);
+        self.ledger_shards.extend_from_slice(&other.ledger_shards);
     }
 }
 
@@ -276,6 +290,30 @@ pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize)
     for (name, kind, help, value) in simple {
         header(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    let mut shards = metrics.ledger_shards.clone();
+    shards.sort_by_key(|g| g.shard);
+    type Gauge = fn(&LedgerShardGauges) -> u64;
+    let per_shard: [(&str, &str, &str, Gauge); 4] = [
+        ("ledger_applied_seq", "gauge", "The last log entry a shard has applied.", |g| {
+            g.applied_seq
+        }),
+        ("ledger_view_seq", "gauge", "The last log entry a shard's LMDB view holds.", |g| {
+            g.view_seq
+        }),
+        ("ledger_view_writes_total", "counter", "Writes of a shard's view.", |g| g.view_writes),
+        (
+            "ledger_view_write_failures_total",
+            "counter",
+            "Failed writes of a shard's view (it then stays at its last good state).",
+            |g| g.view_write_failures,
+        ),
+    ];
+    for (name, kind, help, value) in per_shard {
+        header(&mut out, name, kind, help);
+        for gauges in &shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", gauges.shard, value(gauges));
+        }
     }
     header(&mut out, "node_shards", "gauge", "Shards of this node.");
     let _ = writeln!(out, "node_shards {shard_count}");

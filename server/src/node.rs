@@ -8,6 +8,7 @@ use crate::log::{self, Recovered};
 use crate::mesh;
 use crate::shard::{self, ShardStart};
 use crate::socket_ring::ring_doorbell;
+use crate::view::{ViewMeta, ViewStore, ViewWriter, view_dir};
 use anyhow::Context as _;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -16,7 +17,7 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ pub struct NodeShared {
     pub draining: AtomicBool,
     /// Set once by the committer; writes answer 503 DEGRADED from then on.
     pub ledger_safe_mode: AtomicBool,
+    /// Entries whose record is durable. The committer raises it before it
+    /// sends anyone a batch, so a read that finds its shard has applied this
+    /// much sees every acknowledged write.
+    pub ledger_durable_seq: AtomicU64,
     ledger_safe_reason: OnceLock<String>,
     pub shards: Vec<ShardStatus>,
     pub topology_json: &'static [u8],
@@ -201,6 +206,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let shared = Arc::new(NodeShared {
         draining: AtomicBool::new(false),
         ledger_safe_mode: AtomicBool::new(false),
+        ledger_durable_seq: AtomicU64::new(0),
         ledger_safe_reason: OnceLock::new(),
         shards: (0..shard_count)
             .map(|_| ShardStatus {
@@ -212,8 +218,10 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topology_json: leak_json(&topology),
         version_json: leak_json(&version),
     });
-    let mut balances: Vec<Balances> = (0..shard_count).map(|_| Balances::default()).collect();
-    let recovered = recover_ledger(&config, &shared, &mut balances)?;
+    let (recovered, shard_states) = recover_ledger(&config, &shared, shard_count)?;
+    shared.ledger_durable_seq.store(recovered.state.accumulator.len(), Ordering::Release);
+    let applied = (recovered.state.accumulator.len(), recovered.state.root());
+    let mut shard_states = shard_states.into_iter();
     let config = Arc::new(config);
     let keys = Arc::new(keys);
     let ledger_inflight_max =
@@ -261,8 +269,12 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             ledger_answers,
             ledger_inflight_max,
             committer: if host == Some(id) { committer_start.take() } else { None },
-            balances: std::mem::take(&mut balances[id]),
+            balances: Default::default(),
+            applied,
+            view: None,
         };
+        let state = shard_states.next().expect("one state per shard");
+        let start = ShardStart { balances: state.balances, view: state.view, ..start };
         let executor = &config.executor;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*core))
             .name(&format!("shard-{id}"))
@@ -315,27 +327,69 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
 /// Calls one shard may have in flight to the committer, at least.
 const LEDGER_INFLIGHT_PER_SHARD_MIN: usize = 64;
 
-/// Reads the log back (unless nothing is kept on disk) and reports what
-/// recovery found.
+/// One shard's state at start.
+struct ShardState {
+    balances: Balances,
+    view: Option<ViewWriter>,
+}
+
+/// Reads the log back (unless nothing is kept on disk), loads each shard's
+/// view and replays the log after it, and reports what recovery found.
 fn recover_ledger(
     config: &Config,
     shared: &NodeShared,
-    balances: &mut [Balances],
-) -> anyhow::Result<Recovered> {
+    shard_count: usize,
+) -> anyhow::Result<(Recovered, Vec<ShardState>)> {
+    let mut balances: Vec<Balances> = (0..shard_count).map(|_| Balances::default()).collect();
     if config.amnesia() {
-        return Ok(Recovered::empty());
+        let states = balances.into_iter().map(|balances| ShardState { balances, view: None });
+        return Ok((Recovered::empty(), states.collect()));
     }
+    let stores = open_views(config, shard_count, &mut balances)?;
     let dir = config.data_dir.join("log");
+    // Each shard replays the log after what its view holds.
+    let mut from: Vec<u64> =
+        stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
+    let mut tail = vec![0u64; shard_count];
     let mut short = 0;
-    let shard_count = balances.len();
-    // Every shard's balances come from the log, whatever the shard count
-    // was when it was written.
-    let mut replay = |entry: &ron_proto::ledger::Entry| {
+    let mut replay = |seq: u64, entry: &ron_proto::ledger::Entry| {
         let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
-        short += balances[owner].replay(&[Item::of(0, entry)]);
+        if seq > from[owner] {
+            short += balances[owner].replay(&[Item::of(0, entry)]);
+            tail[owner] += 1;
+        }
     };
     let recovered = log::recover(&dir, &mut replay)
         .with_context(|| format!("reading the log in {}", dir.display()))?;
+    // A view counts only if the log has its root at its seq; one that is
+    // ahead of the log or from another log is rebuilt from this one.
+    let roots = &recovered.state.roots;
+    let stale: Vec<usize> = (0..shard_count)
+        .filter(|i| {
+            stores[*i].1.is_some_and(|meta| {
+                let at = roots.partition_point(|r| r.seq < meta.applied_seq);
+                roots.get(at).is_none_or(|r| r.seq != meta.applied_seq || r.root != meta.root)
+            })
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::warn!(shards = ?stale, "views do not match the log: rebuilding them from the log");
+        for i in &stale {
+            stores[*i].0.clear()?;
+            balances[*i] = Balances::default();
+            from[*i] = 0;
+            tail[*i] = 0;
+        }
+        let mut replay = |_: u64, entry: &ron_proto::ledger::Entry| {
+            let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
+            if stale.contains(&owner) {
+                short += balances[owner].replay(&[Item::of(0, entry)]);
+                tail[owner] += 1;
+            }
+        };
+        log::recover(&dir, &mut replay)
+            .with_context(|| format!("reading the log in {}", dir.display()))?;
+    }
     if short > 0 {
         tracing::error!(short, "the log holds debits beyond their balances (stopped at zero)");
     }
@@ -357,7 +411,65 @@ fn recover_ledger(
         took_ms = recovered.took.as_millis() as u64,
         "ledger log recovered"
     );
-    Ok(recovered)
+    let mut states = Vec::with_capacity(shard_count);
+    for (i, ((store, meta), balances)) in stores.into_iter().zip(balances).enumerate() {
+        let view_seq = if stale.contains(&i) { 0 } else { meta.map_or(0, |m| m.applied_seq) };
+        tracing::info!(
+            shard = i,
+            view_seq,
+            accounts = balances.len(),
+            tail_entries = tail[i],
+            "shard view loaded, log after it replayed"
+        );
+        let view = ViewWriter::spawn(i, store, view_seq)?;
+        states.push(ShardState { balances, view: Some(view) });
+    }
+    Ok((recovered, states))
+}
+
+/// Opens the view of every shard and loads those written for this layout;
+/// a view of another layout is cleared (rebuilt from the log), and views of
+/// shards that no longer exist are removed.
+fn open_views(
+    config: &Config,
+    shard_count: usize,
+    balances: &mut [Balances],
+) -> anyhow::Result<Vec<(ViewStore, Option<ViewMeta>)>> {
+    for entry in std::fs::read_dir(&config.data_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(i) = name.strip_prefix("shard-").and_then(|i| i.parse::<usize>().ok()) {
+            if i >= shard_count {
+                tracing::info!(path = %path.display(), "removing the view of a shard that no longer exists");
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    let mut stores = Vec::with_capacity(shard_count);
+    for (i, balances) in balances.iter_mut().enumerate() {
+        let dir = view_dir(&config.data_dir, i);
+        let store = ViewStore::open(&dir)?;
+        let meta = match store.meta()? {
+            Some(meta) if meta.shard as usize == i && meta.shard_count as usize == shard_count => {
+                store.load(balances)?;
+                Some(meta)
+            }
+            Some(meta) => {
+                tracing::info!(
+                    shard = i,
+                    was = meta.shard_count,
+                    now = shard_count,
+                    "the shard count changed: rebuilding the view from the log"
+                );
+                store.clear()?;
+                None
+            }
+            None => None,
+        };
+        stores.push((store, meta));
+    }
+    Ok(stores)
 }
 
 /// Shard `i` accepts on the shared address (SO_REUSEPORT) and on its own port.

@@ -39,7 +39,7 @@ pub fn topology(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
 pub fn metrics(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
     let shard = shard.clone();
     Handled::Later(Box::pin(async move {
-        let mut total = shard.metrics.borrow().clone();
+        let mut total = shard.metrics_snapshot();
         for target in (0..shard.count).filter(|t| *t != shard.id) {
             match shard.mesh.call(&shard, target, ShardCall::Metrics).await {
                 Ok(ShardAnswer::Metrics(theirs)) => total.add(&theirs),

@@ -3,15 +3,16 @@
 //! through messages (the mesh) and a few read-mostly atomics in `NodeShared`.
 
 use crate::access::Keyring;
-use crate::committer::{self, CommitterStart, LedgerReply, LedgerRequest};
+use crate::committer::{self, CommitterStart, LedgerRequest, ToShard};
 use crate::config::Config;
 use crate::front::{Front, Mailbox};
-use crate::ledger::{self, LedgerLink};
+use crate::ledger::{self, Applied, LedgerLink};
 use crate::mesh::{self, Mesh, MeshBuilderFull};
 use crate::metrics::ShardMetrics;
 use crate::node::NodeShared;
 use crate::reply::CorrId;
 use crate::socket_ring::SocketRing;
+use crate::view::{self, ShardView, ViewWriter};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use ron_shards::balances::Balances;
@@ -36,6 +37,9 @@ pub struct Shard {
     pub mesh: Mesh,
     pub ledger: LedgerLink,
     pub balances: RefCell<Balances>,
+    /// How far `balances` reflect the log.
+    pub applied: Applied,
+    pub view: ShardView,
     /// The `Latency::Matters` queue of requests and mesh messages.
     pub queue: TaskQueueHandle,
     /// Body bytes of synchronous answers, reused from request to request.
@@ -64,6 +68,20 @@ impl Shard {
             status.shedding.store(over, Ordering::Relaxed);
         }
         over
+    }
+
+    /// A copy of this shard's metrics with its ledger gauges filled in.
+    pub fn metrics_snapshot(&self) -> ShardMetrics {
+        let mut metrics = self.metrics.borrow().clone();
+        let (view_seq, view_writes, view_write_failures) = self.view.stats().unwrap_or_default();
+        metrics.ledger_shards = vec![crate::metrics::LedgerShardGauges {
+            shard: self.id,
+            applied_seq: self.applied.seq(),
+            view_seq,
+            view_writes,
+            view_write_failures,
+        }];
+        metrics
     }
 
     pub fn next_corr_id(&self) -> CorrId {
@@ -131,15 +149,20 @@ pub struct ShardStart {
     pub listeners: Vec<OwnedFd>,
     pub mesh: MeshBuilderFull,
     pub ledger_calls: SharedSender<LedgerRequest>,
-    pub ledger_answers: SharedReceiver<LedgerReply>,
+    pub ledger_answers: SharedReceiver<ToShard>,
     /// Calls this shard may have in flight to the committer.
     pub ledger_inflight_max: usize,
     /// The committer, when it shares this shard's core: it then runs in a
     /// task queue of this executor rather than on a thread of its own, so
     /// the two interleave at task granularity instead of OS time slices.
     pub committer: Option<CommitterStart>,
-    /// The balances of the accounts this shard owns, replayed from the log.
+    /// The balances of the accounts this shard owns, from its view and the
+    /// log after it.
     pub balances: Balances,
+    /// The log prefix `balances` reflect: its last seq and root.
+    pub applied: (u64, ron_proto::merkle::Hash),
+    /// The writer of this shard's LMDB view (none in amnesia mode).
+    pub view: Option<ViewWriter>,
 }
 
 /// The body of a shard executor: join the mesh, open the socket ring, serve
@@ -164,6 +187,8 @@ pub async fn run(start: ShardStart) {
         ledger_inflight_max,
         committer,
         balances,
+        applied,
+        view,
     } = start;
     let committer = committer.map(|start| {
         let queue = executor.create_task_queue(
@@ -201,6 +226,8 @@ pub async fn run(start: ShardStart) {
         mesh,
         ledger: ledger_link,
         balances: RefCell::new(balances),
+        applied: Applied::new(applied.0, applied.1),
+        view: ShardView::new(view),
         queue,
         scratch: RefCell::new(Vec::with_capacity(4096)),
         token_scratch: RefCell::new(Vec::with_capacity(ron_proto::token::TOKEN_BINARY_BYTES_MAX)),
@@ -210,9 +237,10 @@ pub async fn run(start: ShardStart) {
         corr_counter: Cell::new(0),
     });
     mesh::spawn_receivers(&shard, receivers);
-    glommio::spawn_local_into(ledger::receive_answers(shard.clone(), ledger_answers), queue)
-        .expect("the queue exists")
-        .detach();
+    let answers =
+        glommio::spawn_local_into(ledger::receive_answers(shard.clone(), ledger_answers), queue)
+            .expect("the queue exists");
+    glommio::spawn_local_into(view::keep(shard.clone()), queue).expect("the queue exists").detach();
     let front = Front::new(shard.clone(), ring, listeners).expect("arming the listeners");
     let probe_interval = Duration::from_millis(shard.config.executor.timer_probe_interval_ms);
     if !probe_interval.is_zero() {
@@ -228,6 +256,10 @@ pub async fn run(start: ShardStart) {
         // It stops once every shard has closed its link.
         committer.await;
     }
+    // Batches of other shards' requests keep coming until the committer
+    // stops; then the view gets its last write.
+    answers.await;
+    view::finish(&shard).await;
     shard.node.shards[id].serving.store(false, Ordering::Release);
     tracing::info!(shard = id, "drained");
 }

@@ -4,6 +4,10 @@
 //! No balance ever goes below zero: a debit is only reserved against what
 //! the account holds beyond earlier reservations. Credits of a request do
 //! not fund its own debits (they are not durable when it is checked).
+//!
+//! Accounts are keyed by `account_key` (the same bytes as in the shard's
+//! LMDB view). Every balance changed since the last `take_dirty` is marked,
+//! so that the view is written from what changed, not from a scan.
 
 use ron_proto::error::Reason;
 use ron_proto::ledger::{Entry, EntryKind};
@@ -30,10 +34,22 @@ impl Item {
             amount: entry.amount,
         }
     }
+}
 
-    fn key(&self) -> (String, String) {
-        (self.account.clone(), self.asset.clone())
-    }
+/// The key of (account, asset): the account's length, the account, the
+/// asset. Accounts are at most 128 bytes (`ron_proto::ledger`).
+pub fn account_key(account: &str, asset: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(account.len() as u8);
+    out.extend_from_slice(account.as_bytes());
+    out.extend_from_slice(asset.as_bytes());
+}
+
+/// The (account, asset) of a key made by `account_key`.
+pub fn split_account_key(key: &[u8]) -> Option<(&str, &str)> {
+    let (&len, rest) = key.split_first()?;
+    let (account, asset) = rest.split_at_checked(usize::from(len))?;
+    Some((std::str::from_utf8(account).ok()?, std::str::from_utf8(asset).ok()?))
 }
 
 /// Whether an entry takes from its account (Debit, Hold, Reverse, Burn) or
@@ -50,13 +66,25 @@ pub struct Account {
 }
 
 #[derive(Debug, Default)]
+struct Slot {
+    account: Account,
+    /// Changed since the last `take_dirty`.
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
 pub struct Balances {
-    accounts: HashMap<(String, String), Account>,
+    accounts: HashMap<Box<[u8]>, Slot>,
+    /// Keys whose slot is dirty, in the order they became so.
+    dirty: Vec<Box<[u8]>>,
+    key: Vec<u8>,
 }
 
 impl Balances {
     pub fn account(&self, account: &str, asset: &str) -> Account {
-        self.accounts.get(&(account.to_owned(), asset.to_owned())).copied().unwrap_or_default()
+        let mut key = Vec::with_capacity(1 + account.len() + asset.len());
+        account_key(account, asset, &mut key);
+        self.accounts.get(key.as_slice()).map(|slot| slot.account).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -67,12 +95,29 @@ impl Balances {
         self.accounts.is_empty()
     }
 
-    /// Debits of `items`, summed per account and asset, with the first index
-    /// of each.
-    fn debit_totals(items: &[Item]) -> BTreeMap<(String, String), (u128, u32)> {
-        let mut totals: BTreeMap<(String, String), (u128, u32)> = BTreeMap::new();
-        for item in items.iter().filter(|i| debits(i.kind)) {
-            let total = totals.entry(item.key()).or_insert((0, item.idx));
+    /// Sets a balance read back from the shard's view (not marked dirty).
+    pub fn load(&mut self, key: &[u8], balance: u128) {
+        let slot = self.accounts.entry(key.into()).or_default();
+        slot.account.balance = balance;
+    }
+
+    /// The slot of `item`'s account, made if new.
+    fn slot(&mut self, item: &Item) -> &mut Slot {
+        account_key(&item.account, &item.asset, &mut self.key);
+        if !self.accounts.contains_key(self.key.as_slice()) {
+            self.accounts.insert(self.key.as_slice().into(), Slot::default());
+        }
+        self.accounts.get_mut(self.key.as_slice()).expect("inserted")
+    }
+
+    /// Debits of `items`, summed per account key, with the position in
+    /// `items` of the first.
+    fn debit_totals(items: &[Item]) -> BTreeMap<Vec<u8>, (u128, usize)> {
+        let mut totals: BTreeMap<Vec<u8>, (u128, usize)> = BTreeMap::new();
+        let mut key = Vec::new();
+        for (at, item) in items.iter().enumerate().filter(|(_, i)| debits(i.kind)) {
+            account_key(&item.account, &item.asset, &mut key);
+            let total = totals.entry(key.clone()).or_insert((0, at));
             total.0 = total.0.saturating_add(item.amount);
         }
         totals
@@ -83,14 +128,16 @@ impl Balances {
         let totals = Self::debit_totals(items);
         let refused: Vec<Reason> = totals
             .iter()
-            .filter_map(|(key, (total, idx))| {
-                let account = self.accounts.get(key).copied().unwrap_or_default();
+            .filter_map(|(key, (total, at))| {
+                let account =
+                    self.accounts.get(key.as_slice()).map(|s| s.account).unwrap_or_default();
                 let available = account.balance - account.reserved;
+                let item = &items[*at];
                 (*total > available).then(|| Reason {
-                    idx: *idx,
+                    idx: item.idx,
                     reason: format!(
                         "insufficient_funds: {} holds {available} {} available, needs {total}",
-                        key.0, key.1
+                        item.account, item.asset
                     ),
                 })
             })
@@ -99,9 +146,9 @@ impl Balances {
             return Err(refused);
         }
         for (key, (total, _)) in totals {
-            let account = self.accounts.entry(key).or_default();
-            account.reserved += total;
-            assert!(account.reserved <= account.balance);
+            let slot = self.accounts.entry(key.into_boxed_slice()).or_default();
+            slot.account.reserved += total;
+            assert!(slot.account.reserved <= slot.account.balance);
         }
         Ok(())
     }
@@ -109,9 +156,10 @@ impl Balances {
     /// Gives back what `reserve(items)` took.
     pub fn release(&mut self, items: &[Item]) {
         for (key, (total, _)) in Self::debit_totals(items) {
-            let account = self.accounts.get_mut(&key).expect("a reservation has its account");
-            account.reserved =
-                account.reserved.checked_sub(total).expect("released what was reserved");
+            let slot =
+                self.accounts.get_mut(key.as_slice()).expect("a reservation has its account");
+            slot.account.reserved =
+                slot.account.reserved.checked_sub(total).expect("released what was reserved");
         }
     }
 
@@ -127,7 +175,8 @@ impl Balances {
     pub fn replay(&mut self, items: &[Item]) -> u64 {
         let mut short = 0;
         for item in items {
-            let account = self.accounts.entry(item.key()).or_default();
+            let slot = self.slot(item);
+            let account = &mut slot.account;
             if debits(item.kind) {
                 match account.balance.checked_sub(item.amount) {
                     Some(left) => account.balance = left,
@@ -139,8 +188,31 @@ impl Balances {
             } else {
                 account.balance = account.balance.saturating_add(item.amount);
             }
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(self.key.as_slice().into());
+            }
         }
         short
+    }
+
+    /// How many balances changed since the last `take_dirty`.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// The balances changed since the last call, as (key, balance), and
+    /// forgets that they changed.
+    pub fn take_dirty(&mut self) -> Vec<(Box<[u8]>, u128)> {
+        let keys = std::mem::take(&mut self.dirty);
+        keys.into_iter()
+            .map(|key| {
+                let slot = self.accounts.get_mut(&key).expect("dirty keys have slots");
+                slot.dirty = false;
+                let balance = slot.account.balance;
+                (key, balance)
+            })
+            .collect()
     }
 }
 
@@ -170,6 +242,39 @@ mod tests {
         balances.reserve(&[item(0, "a", EntryKind::Burn, 4)]).unwrap();
         balances.release(&[item(0, "a", EntryKind::Burn, 4)]);
         assert_eq!(balances.account("a", "roc"), Account { balance: 4, reserved: 0 });
+    }
+
+    #[test]
+    fn changed_balances_are_handed_out_once() {
+        let mut balances = Balances::default();
+        balances.replay(&[item(0, "a", EntryKind::Mint, 10), item(1, "b", EntryKind::Mint, 3)]);
+        balances.replay(&[item(0, "a", EntryKind::Burn, 4)]);
+        let mut dirty = balances.take_dirty();
+        dirty.sort();
+        let names: Vec<_> =
+            dirty.iter().map(|(k, v)| (split_account_key(k).unwrap(), *v)).collect();
+        assert_eq!(names, [(("a", "roc"), 6), (("b", "roc"), 3)]);
+        assert!(balances.take_dirty().is_empty());
+        // A reservation alone is not a change of the balance.
+        balances.reserve(&[item(0, "a", EntryKind::Debit, 1)]).unwrap();
+        assert_eq!(balances.dirty_len(), 0);
+        let mut loaded = Balances::default();
+        for (key, balance) in &dirty {
+            loaded.load(key, *balance);
+        }
+        assert_eq!(loaded.account("a", "roc").balance, 6);
+        assert_eq!(loaded.dirty_len(), 0);
+    }
+
+    #[test]
+    fn keys_keep_account_and_asset_apart() {
+        let mut one = Vec::new();
+        let mut two = Vec::new();
+        account_key("ab", "c", &mut one);
+        account_key("a", "bc", &mut two);
+        assert_ne!(one, two);
+        assert_eq!(split_account_key(&one), Some(("ab", "c")));
+        assert_eq!(split_account_key(&[5, b'a']), None);
     }
 
     proptest! {

@@ -305,6 +305,13 @@ impl TestNode {
         self.config_path = write_config(self.data_dir.path(), self.listen, base, &self.options);
     }
 
+    /// Restarts with `toml` instead of the extra config it started with.
+    pub fn set_config(&mut self, toml: &str) {
+        self.options.config = format!("{toml}\n");
+        let base = self.shard_ports[0];
+        self.config_path = write_config(self.data_dir.path(), self.listen, base, &self.options);
+    }
+
     /// The ledger's log directory.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.path().join("data/log")

@@ -660,6 +660,97 @@ fn balances_and_roots_survive_restarts_and_a_new_shard_count() {
     assert_eq!(all_roots(node.listen), roots);
 }
 
+/// Copies the files of `from` into a new directory `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+/// The `tail_entries` each shard replayed after its view at the last start.
+fn tail_entries(node: &TestNode, shards: usize) -> Vec<u64> {
+    let log = node.log();
+    let start = log.rfind("ledger log recovered").expect("a start");
+    let lines: Vec<&str> =
+        log[start..].lines().filter(|l| l.contains("shard view loaded")).take(shards).collect();
+    assert_eq!(lines.len(), shards, "{log}");
+    lines
+        .iter()
+        .map(|line| {
+            let at = line.find("tail_entries=").expect("tail_entries") + "tail_entries=".len();
+            line[at..].split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn shard_views_are_written_loaded_and_rebuilt_when_they_do_not_match_the_log() {
+    let options = NodeOptions::default()
+        .shards(2)
+        .config("[ledger]\nsegment_bytes = 1048576\nview_write_ms = 100\n");
+    let mut node = TestNode::start(options);
+    let bearer = node.admin();
+    let accounts = ["a", "b", "c", "d", "e", "f"];
+    for (i, account) in accounts.iter().enumerate() {
+        let minted = [mint(&format!("m{i}"), account, 100)];
+        assert_eq!(ingest(node.listen, &bearer, &minted).unwrap().status, 200);
+    }
+    let moved =
+        [entry_of("x", EntryKind::Debit, "a", 30), entry_of("y", EntryKind::Credit, "b", 30)];
+    assert_eq!(ingest(node.listen, &bearer, &moved).unwrap().status, 200);
+    let read_all = |node: &TestNode| -> Vec<(u128, u128)> {
+        accounts.iter().map(|a| balance(node, node.listen, a)).collect()
+    };
+    let before = read_all(&node);
+    // Views are written in the background, within about a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for shard in 0..2 {
+        let applied = node.metric(&format!("ledger_applied_seq{{shard=\"{shard}\"}}"));
+        assert_eq!(applied, 8.0);
+        while node.metric(&format!("ledger_view_seq{{shard=\"{shard}\"}}")) < applied {
+            assert!(Instant::now() < deadline, "shard {shard}'s view was not written");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let data = node.log_dir().parent().unwrap().to_owned();
+    assert!(data.join("shard-0/data.mdb").exists() && data.join("shard-1/data.mdb").exists());
+    let old_log = data.join("log-copy");
+    copy_dir(&node.log_dir(), &old_log);
+    // A restart loads the views and has nothing to replay after them. From
+    // here on, views are written only when the node stops.
+    node.set_config("[ledger]\nsegment_bytes = 1048576\nview_write_ms = 3600000\n");
+    node.spawn();
+    assert_eq!(tail_entries(&node, 2), [0, 0]);
+    assert_eq!(read_all(&node), before);
+    let more = [entry_of("z", EntryKind::Burn, "b", 5), mint("w", "c", 1)];
+    assert_eq!(ingest(node.listen, &bearer, &more).unwrap().status, 200);
+    let after = read_all(&node);
+    assert_ne!(after, before);
+    // Killed: the views are behind, the log after them is replayed.
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    assert_eq!(tail_entries(&node, 2).iter().sum::<u64>(), 2);
+    assert_eq!(read_all(&node), after);
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    // The log replaced by its older copy: the views are ahead of it and are
+    // rebuilt from it.
+    std::fs::remove_dir_all(node.log_dir()).unwrap();
+    std::fs::rename(&old_log, node.log_dir()).unwrap();
+    node.spawn();
+    assert!(node.log().contains("views do not match the log"), "{}", node.log());
+    assert_eq!(read_all(&node), before);
+    // A new shard count rebuilds every view; the extra one is removed.
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.set_shards(1);
+    node.spawn();
+    assert_eq!(tail_entries(&node, 1), [8]);
+    assert!(!data.join("shard-1").exists());
+    assert_eq!(read_all(&node), before);
+}
+
 fn ingest_idem(address: SocketAddr, bearer: &str, entries: &[Entry], idem: &str) -> Response {
     let items: Vec<String> = entries.iter().map(entry_json).collect();
     let body = format!(r#"{{"batch":[{}],"idem_id":"{idem}"}}"#, items.join(","));

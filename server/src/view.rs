@@ -1,0 +1,349 @@
+//! Per-shard views: each shard keeps the state it owns in memory and in its
+//! own LMDB environment under `data_dir/shard-N/`, so that a restart loads
+//! the state and replays only the log after it.
+//!
+//! A view holds the shard's balances and one meta record: the last log
+//! sequence number it reflects, the root of the tree at that number, and the
+//! shard layout it was written for. Views are written off the request path:
+//! the shard hands the balances that changed to a writer thread, which
+//! commits them with the new meta in one LMDB transaction. At most one write
+//! is in flight per shard; while it runs, changes keep collecting.
+//!
+//! The log stays the source of truth. At start a view is used only if its
+//! layout matches and its root is the log's root at its sequence number;
+//! otherwise it is cleared and rebuilt from the log.
+
+use crate::shard::Shard;
+use anyhow::Context as _;
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions};
+use ron_proto::merkle::Hash;
+use ron_shards::balances::Balances;
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Address space reserved per view; the file grows only with what it holds.
+const VIEW_MAP_BYTES: usize = 32 << 30;
+const META_KEY: &[u8] = b"meta";
+const META_VERSION: u8 = 1;
+const META_BYTES: usize = 1 + 8 + 32 + 4 + 4;
+
+/// The directory of shard `shard`'s view.
+pub fn view_dir(data_dir: &Path, shard: usize) -> PathBuf {
+    data_dir.join(format!("shard-{shard}"))
+}
+
+/// What a view reflects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewMeta {
+    /// Every log entry up to this one, and none after it.
+    pub applied_seq: u64,
+    /// The root of the tree over the first `applied_seq` entries.
+    pub root: Hash,
+    pub shard: u32,
+    pub shard_count: u32,
+}
+
+impl ViewMeta {
+    fn encode(&self) -> [u8; META_BYTES] {
+        let mut out = [0u8; META_BYTES];
+        out[0] = META_VERSION;
+        out[1..9].copy_from_slice(&self.applied_seq.to_le_bytes());
+        out[9..41].copy_from_slice(&self.root);
+        out[41..45].copy_from_slice(&self.shard.to_le_bytes());
+        out[45..49].copy_from_slice(&self.shard_count.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<ViewMeta> {
+        if bytes.len() != META_BYTES || bytes[0] != META_VERSION {
+            return None;
+        }
+        Some(ViewMeta {
+            applied_seq: u64::from_le_bytes(bytes[1..9].try_into().ok()?),
+            root: bytes[9..41].try_into().ok()?,
+            shard: u32::from_le_bytes(bytes[41..45].try_into().ok()?),
+            shard_count: u32::from_le_bytes(bytes[45..49].try_into().ok()?),
+        })
+    }
+}
+
+/// One shard's LMDB environment.
+pub struct ViewStore {
+    env: Env,
+    balances: Database<Bytes, Bytes>,
+    meta: Database<Bytes, Bytes>,
+}
+
+impl ViewStore {
+    pub fn open(dir: &Path) -> anyhow::Result<ViewStore> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut options = EnvOpenOptions::new();
+        options.map_size(VIEW_MAP_BYTES).max_dbs(2);
+        // SAFETY: the environment is opened once per process (the data
+        // directory's LOCK keeps other nodes out) and its files are changed
+        // only through it.
+        let env = unsafe { options.open(dir) }
+            .with_context(|| format!("opening the view in {}", dir.display()))?;
+        let mut txn = env.write_txn()?;
+        let balances = env.create_database(&mut txn, Some("balances"))?;
+        let meta = env.create_database(&mut txn, Some("meta"))?;
+        txn.commit()?;
+        Ok(ViewStore { env, balances, meta })
+    }
+
+    /// What the view reflects; `None` for a new or cleared view.
+    pub fn meta(&self) -> anyhow::Result<Option<ViewMeta>> {
+        let txn = self.env.read_txn()?;
+        match self.meta.get(&txn, META_KEY)? {
+            None => Ok(None),
+            Some(bytes) => {
+                ViewMeta::decode(bytes).map(Some).context("the view's meta record is unreadable")
+            }
+        }
+    }
+
+    /// Loads every balance of the view; returns how many.
+    pub fn load(&self, balances: &mut Balances) -> anyhow::Result<u64> {
+        let txn = self.env.read_txn()?;
+        let mut loaded = 0;
+        for row in self.balances.iter(&txn)? {
+            let (key, value) = row?;
+            let value: [u8; 16] = value.try_into().context("a balance is not 16 bytes")?;
+            balances.load(key, u128::from_le_bytes(value));
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// Forgets everything: the view will be rebuilt from the log.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        let mut txn = self.env.write_txn()?;
+        self.balances.clear(&mut txn)?;
+        self.meta.clear(&mut txn)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Writes changed balances (a zero balance is removed) and the new meta
+    /// in one transaction.
+    pub fn write(&self, write: &ViewWrite) -> anyhow::Result<()> {
+        let mut txn = self.env.write_txn()?;
+        for (key, balance) in &write.changes {
+            if *balance == 0 {
+                self.balances.delete(&mut txn, key)?;
+            } else {
+                self.balances.put(&mut txn, key, &balance.to_le_bytes())?;
+            }
+        }
+        self.meta.put(&mut txn, META_KEY, &write.meta.encode())?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// One write of a view.
+pub struct ViewWrite {
+    pub meta: ViewMeta,
+    pub changes: Vec<(Box<[u8]>, u128)>,
+}
+
+/// What a view's writer reports, read by the shard and by `/metrics`.
+#[derive(Debug, Default)]
+pub struct ViewStats {
+    /// The `applied_seq` of the last committed write.
+    pub written_seq: AtomicU64,
+    pub writes: AtomicU64,
+    pub failures: AtomicU64,
+    /// Microseconds the last write took.
+    pub last_write_us: AtomicU64,
+}
+
+/// The writer thread of one shard's view.
+pub struct ViewWriter {
+    sender: Option<SyncSender<ViewWrite>>,
+    busy: Arc<AtomicBool>,
+    pub stats: Arc<ViewStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ViewWriter {
+    /// Starts the writer of `store`, which reflects `written_seq`.
+    pub fn spawn(shard: usize, store: ViewStore, written_seq: u64) -> anyhow::Result<ViewWriter> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ViewStats::default());
+        stats.written_seq.store(written_seq, Ordering::Relaxed);
+        let thread = {
+            let busy = busy.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name(format!("view-{shard}"))
+                .spawn(move || write_views(shard, &store, &receiver, &busy, &stats))
+                .context("starting a view writer")?
+        };
+        Ok(ViewWriter { sender: Some(sender), busy, stats, thread: Some(thread) })
+    }
+
+    /// Whether the last write has finished.
+    pub fn idle(&self) -> bool {
+        !self.busy.load(Ordering::Acquire)
+    }
+
+    /// Hands `write` to the writer; call only when `idle`.
+    pub fn submit(&self, write: ViewWrite) {
+        debug_assert!(self.idle());
+        self.busy.store(true, Ordering::Release);
+        if let Some(sender) = &self.sender {
+            // Idle means the one slot is free: this does not block.
+            if sender.send(write).is_err() {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits for the writer to finish everything handed to it and stops it.
+    pub fn finish(mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_views(
+    shard: usize,
+    store: &ViewStore,
+    receiver: &Receiver<ViewWrite>,
+    busy: &AtomicBool,
+    stats: &ViewStats,
+) {
+    while let Ok(write) = receiver.recv() {
+        let started = Instant::now();
+        match store.write(&write) {
+            Ok(()) => {
+                stats.written_seq.store(write.meta.applied_seq, Ordering::Release);
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // The log still has everything: a restart replays more.
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(shard, %error, "writing the shard's view failed");
+            }
+        }
+        stats.last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        busy.store(false, Ordering::Release);
+    }
+}
+
+/// How often a shard looks at whether its view is due.
+const VIEW_TICK: Duration = Duration::from_millis(100);
+
+/// A shard's view, as the shard sees it.
+pub struct ShardView {
+    writer: RefCell<Option<ViewWriter>>,
+    /// The `applied_seq` of the last write handed to the writer.
+    submitted: Cell<u64>,
+    last_write: Cell<Instant>,
+}
+
+impl ShardView {
+    pub fn new(writer: Option<ViewWriter>) -> ShardView {
+        let submitted = writer.as_ref().map_or(0, |w| w.stats.written_seq.load(Ordering::Relaxed));
+        ShardView {
+            writer: RefCell::new(writer),
+            submitted: Cell::new(submitted),
+            last_write: Cell::new(Instant::now()),
+        }
+    }
+
+    /// (written seq, writes, failures) for `/metrics`; `None` without a view.
+    pub fn stats(&self) -> Option<(u64, u64, u64)> {
+        self.writer.borrow().as_ref().map(|w| {
+            (
+                w.stats.written_seq.load(Ordering::Relaxed),
+                w.stats.writes.load(Ordering::Relaxed),
+                w.stats.failures.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Hands the shard's changes to its view writer when due (or, with
+/// `force`, whenever there is anything new). Returns false while the last
+/// write is still running.
+fn write_due(shard: &Shard, force: bool) -> bool {
+    let view = &shard.view;
+    let writer = view.writer.borrow();
+    let Some(writer) = writer.as_ref() else { return true };
+    if !writer.idle() {
+        return false;
+    }
+    if writer.stats.failures.load(Ordering::Relaxed) > 0 {
+        // A failed write lost its changes: writing later ones would make the
+        // view disagree with its meta. It stays at its last good state and a
+        // restart replays the log after it.
+        return true;
+    }
+    let applied = shard.applied.seq();
+    let behind = applied - view.submitted.get();
+    let due = behind >= shard.config.ledger.checkpoint_every
+        || view.last_write.get().elapsed()
+            >= Duration::from_millis(shard.config.ledger.view_write_ms);
+    if behind == 0 || !(due || force) {
+        return true;
+    }
+    let changes = shard.balances.borrow_mut().take_dirty();
+    let meta = ViewMeta {
+        applied_seq: applied,
+        root: shard.applied.root(),
+        shard: shard.id as u32,
+        shard_count: shard.count as u32,
+    };
+    writer.submit(ViewWrite { meta, changes });
+    view.submitted.set(applied);
+    view.last_write.set(Instant::now());
+    true
+}
+
+/// Writes the shard's view in the background until the committer stops.
+pub async fn keep(shard: Rc<Shard>) {
+    while !shard.ledger.is_stopped() {
+        glommio::timer::sleep(VIEW_TICK).await;
+        write_due(&shard, false);
+    }
+}
+
+/// The last write, once nothing more will be applied; then stops the
+/// writer.
+pub async fn finish(shard: &Shard) {
+    while !write_due(shard, true) {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let writer = shard.view.writer.borrow_mut().take();
+    if let Some(writer) = writer {
+        writer.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_and_rejects_other_versions() {
+        let meta = ViewMeta { applied_seq: 42, root: [7; 32], shard: 1, shard_count: 3 };
+        let bytes = meta.encode();
+        assert_eq!(ViewMeta::decode(&bytes), Some(meta));
+        let mut other = bytes;
+        other[0] = 2;
+        assert_eq!(ViewMeta::decode(&other), None);
+        assert_eq!(ViewMeta::decode(&bytes[..10]), None);
+    }
+}
