@@ -8,6 +8,7 @@ pub mod access;
 pub mod check_host;
 pub mod committer;
 pub mod config;
+pub mod disk_ring;
 pub mod front;
 pub mod ledger;
 pub mod limits;

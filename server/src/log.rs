@@ -10,13 +10,16 @@
 //! and logged. An invalid record with a valid one after it is corruption: the
 //! node starts in safe mode with an error naming segment and offset.
 //!
-//! Appending runs on the committer executor through glommio's DMA files.
+//! Appending runs on the committer executor through its own io_uring
+//! (`crate::disk_ring`), with O_DIRECT and aligned buffers.
 
+use crate::disk_ring::{AlignedBuffer, DiskRing};
 use ron_proto::ledger::{self, Entry, RecordHeader, RecordRead};
 use ron_proto::merkle::{self, Hash};
 use ron_shards::accumulator::Accumulator;
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -318,13 +321,16 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Appends records on the committer executor.
+/// Appends records on the committer executor, through its own io_uring
+/// (`crate::disk_ring`).
 pub struct LogWriter {
     dir: PathBuf,
-    file: Option<glommio::io::DmaFile>,
+    file: Option<OwnedFd>,
     offset: u64,
     segment_bytes: u64,
     fsync: bool,
+    ring: DiskRing,
+    buffer: AlignedBuffer,
 }
 
 /// How long the parts of one append took.
@@ -334,6 +340,34 @@ pub struct AppendTimes {
     pub sync: Duration,
 }
 
+/// Opens a segment for direct I/O where the filesystem has it (tmpfs does
+/// not; there the page cache is the medium anyway).
+fn open_segment(path: &Path, create: bool) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .custom_flags(flags)
+            .open(path)
+    };
+    match open(libc::O_DIRECT) {
+        Ok(file) => Ok(file.into()),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            if create {
+                // The failed open may have created it.
+                match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                    _ => {}
+                }
+            }
+            Ok(open(0)?.into())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 impl LogWriter {
     pub async fn open(
         dir: &Path,
@@ -341,12 +375,17 @@ impl LogWriter {
         segment_bytes: u64,
         fsync: bool,
     ) -> io::Result<LogWriter> {
-        let mut writer =
-            LogWriter { dir: dir.to_owned(), file: None, offset: 0, segment_bytes, fsync };
+        let mut writer = LogWriter {
+            dir: dir.to_owned(),
+            file: None,
+            offset: 0,
+            segment_bytes,
+            fsync,
+            ring: DiskRing::new()?,
+            buffer: AlignedBuffer::default(),
+        };
         if let Some(tail) = tail {
-            let file =
-                glommio::io::OpenOptions::new().read(true).write(true).dma_open(&tail.path).await?;
-            writer.file = Some(file);
+            writer.file = Some(open_segment(&tail.path, false)?);
             writer.offset = tail.offset;
         }
         Ok(writer)
@@ -360,21 +399,14 @@ impl LogWriter {
         if self.file.is_none() || (self.offset > 0 && self.offset + len > self.segment_bytes) {
             self.roll(first_seq, len).await?;
         }
-        let file = self.file.as_ref().expect("a segment is open");
+        let fd = self.file.as_ref().expect("a segment is open").as_raw_fd();
         let started = Instant::now();
-        let mut buffer = file.alloc_dma_buffer(record.len());
-        buffer.as_bytes_mut().copy_from_slice(record);
-        let written = file.write_at(buffer, self.offset).await?;
-        if written != record.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {written} of {} bytes", record.len()),
-            ));
-        }
+        self.buffer.fill(record);
+        self.ring.write_at(fd, &self.buffer, self.offset).await?;
         let write = started.elapsed();
         let synced = Instant::now();
         if self.fsync {
-            file.fdatasync().await?;
+            self.ring.sync(fd, false).await?;
         }
         self.offset += len;
         Ok(AppendTimes { write, sync: synced.elapsed() })
@@ -382,20 +414,14 @@ impl LogWriter {
 
     /// Starts a new segment for a record starting at `first_seq`.
     async fn roll(&mut self, first_seq: u64, len: u64) -> io::Result<()> {
-        if let Some(old) = self.file.take() {
-            old.close().await?;
-        }
+        self.file.take();
         let path = self.dir.join(segment_name(first_seq));
-        let file = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .dma_open(&path)
-            .await?;
-        file.pre_allocate(self.segment_bytes.max(len), false).await?;
+        let file = open_segment(&path, true)?;
+        self.ring.allocate(file.as_raw_fd(), self.segment_bytes.max(len)).await?;
         if self.fsync {
-            file.fdatasync().await?;
-            glommio::io::Directory::open(&self.dir).await?.sync().await?;
+            self.ring.sync(file.as_raw_fd(), false).await?;
+            let dir = std::fs::File::open(&self.dir)?;
+            self.ring.sync(dir.as_raw_fd(), true).await?;
         }
         self.file = Some(file);
         self.offset = 0;
