@@ -548,6 +548,22 @@ mod tests {
     }
 
     #[test]
+    fn every_tuning_profile_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let config = load(Some(&text), &[]).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                config.layout(2).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4);
+    }
+
+    #[test]
     fn file_then_env() {
         let text = "shard_port_base = 9100\n[limits]\nbody_max_bytes = 2048\n[cores]\nshards = [0, 1]\ncommitter = 1\n";
         let config = load(
