@@ -3,7 +3,7 @@
 //! without panicking, and without allocating past the limits it is given.
 
 use crate::http::{self, ContentEncoding, Framing, Limits};
-use crate::ledger::{self, Entry, RecordRead};
+use crate::ledger::{self, LogItem, RecordRead};
 use crate::token;
 
 /// Small limits, so the fuzzer reaches every limit quickly.
@@ -79,9 +79,9 @@ pub fn log_segment(data: &[u8]) {
         let Ok((body, _marks)) = ledger::split_body(body, header.count) else { return };
         for entry in ledger::body_entries(body) {
             let Ok(bytes) = entry else { break };
-            if let Ok(entry) = Entry::decode(bytes) {
+            if let Ok(item) = LogItem::decode(bytes) {
                 encoded.clear();
-                entry.encode(&mut encoded);
+                item.encode(&mut encoded);
                 assert_eq!(encoded, bytes);
             }
         }
@@ -175,7 +175,7 @@ mod tests {
         let mut writer = ledger::RecordWriter::default();
         writer.start();
         let mut encoded = Vec::new();
-        let entry = Entry {
+        let entry = ledger::Entry {
             id: "e1".into(),
             kind: ledger::EntryKind::Transfer,
             account: "alice".into(),
@@ -186,13 +186,29 @@ mod tests {
         };
         entry.encode(&mut encoded);
         writer.push(&encoded);
+        let op = crate::wallet::WalletOp {
+            kind: crate::wallet::OpKind::Hold,
+            from: Some("alice".into()),
+            to: Some("bob".into()),
+            asset: "roc".into(),
+            amount: 5,
+            nonce: Some(3),
+            hold_id: Some([7; 16]),
+            timeout_s: Some(30),
+            idem: Some("k1".into()),
+            txid: [1; 16],
+            ts_ms: 9,
+        };
+        let mut encoded_op = Vec::new();
+        op.encode(&mut encoded_op);
+        writer.push(&encoded_op);
         let record = writer.seal(1, 0, [0; 32], [1; 32]).to_vec();
         // Mutations of a valid record mostly break its checksum; mutate the
-        // entries alone too, which is what the entry decoder sees.
-        let seeds: [&[u8]; 2] = [&record, &encoded];
+        // items alone too, which is what the item decoders see.
+        let seeds: [&[u8]; 3] = [&record, &encoded, &encoded_op];
         for input in mutants(&seeds, 5_000, seed()) {
             log_segment(&input);
-            let _ = Entry::decode(&input);
+            let _ = LogItem::decode(&input);
         }
     }
 }

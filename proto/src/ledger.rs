@@ -48,6 +48,11 @@ pub const ENTRY_BYTES_MAX: usize = 2
     + 2
     + MEMO_BYTES_MAX;
 const _: () = assert!(ENTRY_BYTES_MAX <= u16::MAX as usize, "entries are length-prefixed by a u16");
+/// The largest item a record body frames: a ledger entry or another
+/// service's operation (`crate::wallet`), told apart by their first byte.
+pub const ITEM_BYTES_MAX: usize = 1024;
+const _: () = assert!(ENTRY_BYTES_MAX <= ITEM_BYTES_MAX);
+const _: () = assert!(crate::wallet::WALLET_OP_BYTES_MAX <= ITEM_BYTES_MAX);
 
 /// Records start at multiples of this, and are padded to it.
 pub const RECORD_ALIGN_BYTES: usize = 4096;
@@ -61,7 +66,7 @@ const _: () = assert!(RECORD_HEADER_BYTES == 128);
 pub const RECORD_ENTRIES_MAX: usize = 65_536;
 /// The largest record body.
 pub const RECORD_BODY_BYTES_MAX: usize =
-    RECORD_ENTRIES_MAX * (2 + ENTRY_BYTES_MAX) + 2 + RECORD_MARKS_MAX * (16 + 4 + 4);
+    RECORD_ENTRIES_MAX * (2 + ITEM_BYTES_MAX) + 2 + RECORD_MARKS_MAX * (16 + 4 + 4);
 const _: () = assert!(RECORD_BODY_BYTES_MAX <= u32::MAX as usize);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,34 +246,60 @@ impl Entry {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// One item of a record body: a ledger entry or a wallet operation, told
+/// apart by the first byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogItem {
+    Entry(Entry),
+    Wallet(crate::wallet::WalletOp),
+}
+
+impl LogItem {
+    pub fn decode(bytes: &[u8]) -> Result<LogItem, DecodeError> {
+        match bytes.first() {
+            Some(&crate::wallet::WALLET_OP_CODE) => {
+                crate::wallet::WalletOp::decode(bytes).map(LogItem::Wallet)
+            }
+            _ => Entry::decode(bytes).map(LogItem::Entry),
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            LogItem::Entry(entry) => entry.encode(out),
+            LogItem::Wallet(op) => op.encode(out),
+        }
+    }
+}
+
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.at.checked_add(len).ok_or(DecodeError::Short)?;
         let taken = self.bytes.get(self.at..end).ok_or(DecodeError::Short)?;
         self.at = end;
         Ok(taken)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("take returns N bytes"))
     }
 
-    fn utf8(&mut self, len: usize, what: &'static str) -> Result<String, DecodeError> {
+    pub(crate) fn utf8(&mut self, len: usize, what: &'static str) -> Result<String, DecodeError> {
         let bytes = self.take(len)?;
         std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| DecodeError::Invalid(what))
     }
 
     /// A u8-length-prefixed UTF-8 string of 1..=max bytes.
-    fn text(&mut self, max: usize, what: &'static str) -> Result<String, DecodeError> {
+    pub(crate) fn text(&mut self, max: usize, what: &'static str) -> Result<String, DecodeError> {
         let len = self.u8()? as usize;
         if len == 0 || len > max {
             return Err(DecodeError::Invalid(what));
@@ -345,7 +376,7 @@ impl RecordWriter {
 
     /// Appends one encoded entry; returns its bytes in the record, for hashing.
     pub fn push(&mut self, encoded: &[u8]) {
-        assert!(encoded.len() <= ENTRY_BYTES_MAX);
+        assert!(encoded.len() <= ITEM_BYTES_MAX);
         assert!((self.count as usize) < RECORD_ENTRIES_MAX);
         self.buffer.extend_from_slice(&(encoded.len() as u16).to_le_bytes());
         self.buffer.extend_from_slice(encoded);
@@ -479,7 +510,7 @@ pub fn split_body(body: &[u8], count: u32) -> Result<(&[u8], Vec<IdemMark>), Dec
     for _ in 0..count {
         let len = body.get(at..at + 2).ok_or(DecodeError::Short)?;
         let len = u16::from_le_bytes([len[0], len[1]]) as usize;
-        if len > ENTRY_BYTES_MAX {
+        if len > ITEM_BYTES_MAX {
             return Err(DecodeError::Invalid("entry length"));
         }
         at += 2 + len;
@@ -522,7 +553,7 @@ pub fn body_entries(body: &[u8]) -> impl Iterator<Item = Result<&[u8], DecodeErr
             return Some(Err(DecodeError::Short));
         }
         let len = u16::from_le_bytes([rest[0], rest[1]]) as usize;
-        if len > ENTRY_BYTES_MAX || rest.len() < 2 + len {
+        if len > ITEM_BYTES_MAX || rest.len() < 2 + len {
             rest = &[];
             return Some(Err(DecodeError::Invalid("entry length")));
         }

@@ -13,5 +13,6 @@ pub mod ledger;
 pub mod merkle;
 pub mod routing;
 pub mod token;
+pub mod wallet;
 
 pub use error::ErrorCode;

@@ -10,14 +10,24 @@ pub const ROUTING_FUNCTION: &str =
 
 /// `owner(key) = u64::from_le_bytes(BLAKE3("ron-shard-v1" ‖ key)[0..8]) % shard_count`.
 pub fn owner(key: &[u8], shard_count: usize) -> usize {
-    assert!(shard_count > 0, "a node has at least one shard");
+    owner_of_route(route_hash(key), shard_count)
+}
+
+/// The 64-bit hash that `owner` reduces modulo the shard count. Ids that
+/// carry it (wallet hold ids) find their shard under any shard count.
+pub fn route_hash(key: &[u8]) -> u64 {
     let mut hasher = blake3::Hasher::new();
     hasher.update(ROUTING_DOMAIN);
     hasher.update(key);
     let hash = hasher.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash.as_bytes()[..8]);
-    let shard = (u64::from_le_bytes(first) % shard_count as u64) as usize;
+    u64::from_le_bytes(first)
+}
+
+pub fn owner_of_route(route: u64, shard_count: usize) -> usize {
+    assert!(shard_count > 0, "a node has at least one shard");
+    let shard = (route % shard_count as u64) as usize;
     assert!(shard < shard_count);
     shard
 }

@@ -14,7 +14,7 @@
 //! (`crate::disk_ring`), with O_DIRECT and aligned buffers.
 
 use crate::disk_ring::{AlignedBuffer, DiskRing};
-use ron_proto::ledger::{self, Entry, RecordHeader, RecordRead};
+use ron_proto::ledger::{self, LogItem, RecordHeader, RecordRead};
 use ron_proto::merkle::{self, Hash};
 use ron_shards::accumulator::Accumulator;
 use std::collections::{HashMap, HashSet};
@@ -75,7 +75,7 @@ impl LedgerState {
         &mut self,
         header: &RecordHeader,
         body: &[u8],
-        visit: &mut dyn FnMut(u64, &Entry),
+        visit: &mut dyn FnMut(u64, &Hash, &LogItem),
     ) -> Result<(), String> {
         if header.first_seq != self.next_seq() {
             return Err(format!(
@@ -93,7 +93,7 @@ impl LedgerState {
         let mut entries = Vec::with_capacity(header.count as usize);
         for encoded in ledger::body_entries(body) {
             let encoded = encoded.map_err(|e| format!("entry framing: {e}"))?;
-            let entry = Entry::decode(encoded).map_err(|e| format!("entry: {e}"))?;
+            let entry = LogItem::decode(encoded).map_err(|e| format!("entry: {e}"))?;
             self.accumulator.push(merkle::leaf_hash(encoded));
             entries.push(entry);
         }
@@ -102,9 +102,11 @@ impl LedgerState {
             self.accumulator.truncate(before);
             return Err("entry count or new root does not match the entries".to_owned());
         }
-        for (seq, entry) in (header.first_seq..).zip(&entries) {
-            self.ids.insert(id_key(&entry.id));
-            visit(seq, entry);
+        for (seq, item) in (header.first_seq..).zip(&entries) {
+            if let LogItem::Entry(entry) = item {
+                self.ids.insert(id_key(&entry.id));
+            }
+            visit(seq, &header.new_root, item);
         }
         for mark in marks {
             let seq_start = header.first_seq + u64::from(mark.first);
@@ -218,9 +220,9 @@ fn valid_record_from(path: &Path, from: u64) -> io::Result<Option<u64>> {
 }
 
 /// Scans the log in `dir`, repairs a torn tail, and rebuilds the state;
-/// `visit` sees every entry of the valid log with its sequence number, in
-/// order.
-pub fn recover(dir: &Path, visit: &mut dyn FnMut(u64, &Entry)) -> io::Result<Recovered> {
+/// `visit` sees every item of the valid log with its sequence number and
+/// the root after its record, in order.
+pub fn recover(dir: &Path, visit: &mut dyn FnMut(u64, &Hash, &LogItem)) -> io::Result<Recovered> {
     let started = Instant::now();
     std::fs::create_dir_all(dir)?;
     let paths = segments(dir)?;

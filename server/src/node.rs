@@ -12,6 +12,8 @@ use crate::view::{ViewMeta, ViewStore, ViewWriter, view_dir};
 use anyhow::Context as _;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
+use ron_proto::ledger::LogItem;
+use ron_proto::merkle::Hash;
 use ron_shards::balances::{Balances, Item};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -352,7 +354,8 @@ fn recover_ledger(
         stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
     let mut tail = vec![0u64; shard_count];
     let mut short = 0;
-    let mut replay = |seq: u64, entry: &ron_proto::ledger::Entry| {
+    let mut replay = |seq: u64, _: &Hash, item: &LogItem| {
+        let LogItem::Entry(entry) = item else { return };
         let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
         if seq > from[owner] {
             short += balances[owner].replay(&[Item::of(0, entry)]);
@@ -380,7 +383,8 @@ fn recover_ledger(
             from[*i] = 0;
             tail[*i] = 0;
         }
-        let mut replay = |_: u64, entry: &ron_proto::ledger::Entry| {
+        let mut replay = |_: u64, _: &Hash, item: &LogItem| {
+            let LogItem::Entry(entry) = item else { return };
             let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
             if stale.contains(&owner) {
                 short += balances[owner].replay(&[Item::of(0, entry)]);

@@ -7,3 +7,4 @@
 pub mod accumulator;
 pub mod balances;
 pub mod passport;
+pub mod wallet;

@@ -1,0 +1,801 @@
+//! The wallet state one shard owns (SPEC §5): balances, nonces, holds,
+//! idempotency records and receipts.
+//!
+//! An operation touches up to four shards, each for its own part:
+//! * the **payer** (owner of `from`): debits, the nonce, holds, and the
+//!   idempotency record (for an issue, the owner of `to` keeps the record);
+//! * the **payee** (owner of `to`): credits;
+//! * the **recorder** (owner of the txid's route): the receipt, for
+//!   `GET /v1/tx/{txid}`.
+//!
+//! A write is checked and reserved on its **scope** shard (the idempotency
+//! record's owner, which is the payer whenever there is one), committed to
+//! the log, then applied by every shard with a part, in log order. A credit
+//! cannot fail, so no other shard needs to agree first. Applying is the same
+//! whether the operation comes from the live stream (its reservation is
+//! released) or from the log at start (nothing was reserved).
+
+use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, hold_route};
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+/// The account that scopes an operation's idempotency key: `from`, or `to`
+/// for an issue.
+pub fn scope_account(op: &WalletOp) -> &str {
+    op.from.as_deref().or(op.to.as_deref()).expect("every operation names an account")
+}
+
+/// Which shard keeps the receipt of `txid`.
+pub fn recorder(txid: &TxId, shard_count: usize) -> usize {
+    ron_proto::routing::owner_of_route(hold_route(txid), shard_count)
+}
+
+/// The shards with a part in `op`, without repeats.
+pub fn parts(op: &WalletOp, shard_count: usize) -> BTreeSet<usize> {
+    let owner = |account: &str| ron_proto::routing::owner(account.as_bytes(), shard_count);
+    let mut shards = BTreeSet::new();
+    shards.extend(op.from.as_deref().map(owner));
+    shards.extend(op.to.as_deref().map(owner));
+    shards.insert(recorder(&op.txid, shard_count));
+    shards
+}
+
+/// A domain rejection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    InsufficientFunds {
+        available: u128,
+        needed: u128,
+    },
+    NonceConflict {
+        expected: u64,
+        got: u64,
+    },
+    /// The key was used for a different request.
+    IdempotencyConflict,
+    /// The same request is still being committed.
+    InFlight,
+    UnknownHold,
+    /// The hold was captured, released or expired, or that is under way.
+    HoldResolved,
+    /// A capture of more than the hold, or a balance past u128.
+    LimitsExceeded(&'static str),
+}
+
+/// What a reservation found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// Reserved: commit this operation (for captures and releases, completed
+    /// from the hold).
+    Commit(WalletOp),
+    /// The same request was committed before: its receipt.
+    Replay(Vec<u8>),
+}
+
+/// A write as the scope shard receives it: the operation with what the
+/// request could say (a capture or release names only the hold).
+pub type Request = WalletOp;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Funds {
+    pub balance: u128,
+    /// Debits reserved by writes not yet committed.
+    pub reserved: u128,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Nonce {
+    committed: u64,
+    /// The highest nonce reserved (≥ committed).
+    reserved: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub from: String,
+    pub to: String,
+    pub asset: String,
+    pub amount: u128,
+    pub expires_ms: Option<u64>,
+    /// A capture, release or expiry of it is being committed.
+    pub resolving: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Idem {
+    Pending(TxId),
+    Done { op: Box<WalletOp>, placement: Placement },
+}
+
+#[derive(Debug, Default)]
+pub struct Wallet {
+    shard: usize,
+    shard_count: usize,
+    funds: HashMap<(String, String), Funds>,
+    nonces: HashMap<String, Nonce>,
+    holds: HashMap<HoldId, Hold>,
+    /// Open holds by expiry time, for the expiry sweep.
+    expiries: BTreeSet<(u64, HoldId)>,
+    idem: HashMap<(String, String), Idem>,
+    /// Committed idempotency records, oldest first, for expiry and the bound.
+    idem_order: VecDeque<(u64, String, String)>,
+    idem_ttl_ms: u64,
+    idem_max: usize,
+    receipts: HashMap<TxId, (WalletOp, Placement)>,
+}
+
+impl Wallet {
+    pub fn new(shard: usize, shard_count: usize, idem_ttl_ms: u64, idem_max: usize) -> Wallet {
+        assert!(shard < shard_count && idem_max > 0);
+        Wallet { shard, shard_count, idem_ttl_ms, idem_max, ..Wallet::default() }
+    }
+
+    fn owns(&self, account: &str) -> bool {
+        ron_proto::routing::owner(account.as_bytes(), self.shard_count) == self.shard
+    }
+
+    pub fn funds(&self, account: &str, asset: &str) -> Funds {
+        self.funds.get(&(account.to_owned(), asset.to_owned())).copied().unwrap_or_default()
+    }
+
+    pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {
+        self.holds.get(hold_id)
+    }
+
+    /// The committed nonce of `account` (0 before its first write).
+    pub fn nonce(&self, account: &str) -> u64 {
+        self.nonces.get(account).map_or(0, |n| n.committed)
+    }
+
+    pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
+        self.receipts.get(txid).map(|(op, placement)| ron_proto::wallet::receipt(op, placement))
+    }
+
+    /// Idempotency records kept (committed ones).
+    pub fn idem_len(&self) -> usize {
+        self.idem_order.len()
+    }
+
+    /// Every balance and open hold, summed per asset (for invariant checks).
+    pub fn totals(&self) -> HashMap<String, (u128, u128)> {
+        let mut totals: HashMap<String, (u128, u128)> = HashMap::new();
+        for ((_, asset), funds) in &self.funds {
+            totals.entry(asset.clone()).or_default().0 += funds.balance;
+        }
+        for hold in self.holds.values() {
+            totals.entry(hold.asset.clone()).or_default().1 += hold.amount;
+        }
+        totals
+    }
+
+    /// Checks `request` on its scope shard and reserves what it needs, or
+    /// says why not. Nothing changes on a rejection.
+    pub fn reserve(&mut self, request: &Request, now_ms: u64) -> Result<Reserved, Rejection> {
+        let scope = scope_account(request).to_owned();
+        assert!(self.owns(&scope), "a write is reserved on its scope shard");
+        self.expire_idem(now_ms);
+        let key = request.idem.clone().expect("writes carry an idempotency key");
+        match self.idem.get(&(scope.clone(), key.clone())) {
+            Some(Idem::Done { op, placement }) if op.txid == request.txid => {
+                return Ok(Reserved::Replay(ron_proto::wallet::receipt(op, placement)));
+            }
+            Some(Idem::Pending(txid)) if *txid == request.txid => return Err(Rejection::InFlight),
+            Some(_) => return Err(Rejection::IdempotencyConflict),
+            None => {}
+        }
+        let mut op = request.clone();
+        if let Some(got) = op.nonce {
+            let expected = self.nonces.get(&scope).map_or(0, |n| n.reserved) + 1;
+            if got != expected {
+                return Err(Rejection::NonceConflict { expected, got });
+            }
+        }
+        match op.kind {
+            OpKind::Issue => {
+                let to = op.to.as_deref().expect("an issue has a payee");
+                let funds = self.funds(to, &op.asset);
+                if funds.balance.checked_add(op.amount).is_none() {
+                    return Err(Rejection::LimitsExceeded("the balance would overflow"));
+                }
+            }
+            OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
+                let funds = self.funds(&scope, &op.asset);
+                let available = funds.balance - funds.reserved;
+                if op.amount > available {
+                    return Err(Rejection::InsufficientFunds { available, needed: op.amount });
+                }
+            }
+            OpKind::Capture | OpKind::Release => {
+                let hold_id = op.hold_id.expect("captures and releases name a hold");
+                let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
+                if hold.resolving {
+                    return Err(Rejection::HoldResolved);
+                }
+                let amount = match op.kind {
+                    OpKind::Release => 0,
+                    // A capture without an amount takes the whole hold.
+                    _ if op.amount == 0 => hold.amount,
+                    _ => op.amount,
+                };
+                if amount > hold.amount {
+                    return Err(Rejection::LimitsExceeded("a capture above the hold"));
+                }
+                op.to = Some(hold.to.clone());
+                op.asset = hold.asset.clone();
+                op.amount = amount;
+            }
+            OpKind::Expire => unreachable!("expiries are made by the shard, not requested"),
+        }
+        // Reserve: nothing above can fail from here on.
+        if let Some(nonce) = op.nonce {
+            self.nonces.entry(scope.clone()).or_default().reserved = nonce;
+        }
+        if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
+            self.funds.entry((scope.clone(), op.asset.clone())).or_default().reserved += op.amount;
+        }
+        if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
+            hold.resolving = true;
+        }
+        self.idem.insert((scope, key), Idem::Pending(op.txid));
+        Ok(Reserved::Commit(op))
+    }
+
+    /// Gives back what `reserve` took for `op`, which did not commit.
+    pub fn release(&mut self, op: &WalletOp) {
+        let scope = scope_account(op).to_owned();
+        if let Some(nonce) = op.nonce {
+            let entry = self.nonces.entry(scope.clone()).or_default();
+            // Later nonces reserved meanwhile keep theirs; they will be
+            // refused by the committer too (it only refuses in safe mode).
+            if entry.reserved == nonce {
+                entry.reserved = nonce - 1;
+            }
+        }
+        if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
+            let funds = self.funds.get_mut(&(scope.clone(), op.asset.clone())).expect("reserved");
+            funds.reserved =
+                funds.reserved.checked_sub(op.amount).expect("released what was reserved");
+        }
+        if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
+            if op.kind != OpKind::Hold {
+                hold.resolving = false;
+            }
+        }
+        if let Some(key) = &op.idem {
+            let slot = (scope, key.clone());
+            if matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid) {
+                self.idem.remove(&slot);
+            }
+        }
+    }
+
+    fn credit(&mut self, account: &str, asset: &str, amount: u128) {
+        let funds = self.funds.entry((account.to_owned(), asset.to_owned())).or_default();
+        funds.balance = funds.balance.checked_add(amount).expect("credits were checked");
+    }
+
+    /// Applies this shard's parts of a committed `op`. `live` when it comes
+    /// from the stream after this shard reserved it; not when it is read
+    /// back from the log at start.
+    pub fn apply(&mut self, op: &WalletOp, placement: Placement, live: bool) {
+        let from_here = op.from.as_deref().is_some_and(|a| self.owns(a));
+        let to_here = op.to.as_deref().is_some_and(|a| self.owns(a));
+        if from_here {
+            self.apply_payer(op, live);
+        }
+        if to_here {
+            match op.kind {
+                OpKind::Issue | OpKind::Transfer | OpKind::Capture => {
+                    let to = op.to.as_deref().expect("a payee");
+                    self.credit(to, &op.asset, op.amount);
+                }
+                OpKind::Burn | OpKind::Hold | OpKind::Release | OpKind::Expire => {}
+            }
+        }
+        let scope = scope_account(op).to_owned();
+        if self.owns(&scope) {
+            if let Some(key) = &op.idem {
+                let record = Idem::Done { op: Box::new(op.clone()), placement };
+                self.idem.insert((scope.clone(), key.clone()), record);
+                self.idem_order.push_back((op.ts_ms + self.idem_ttl_ms, scope, key.clone()));
+                while self.idem_order.len() > self.idem_max {
+                    self.forget_oldest_idem();
+                }
+            }
+        }
+        if recorder(&op.txid, self.shard_count) == self.shard {
+            self.receipts.insert(op.txid, (op.clone(), placement));
+        }
+    }
+
+    fn apply_payer(&mut self, op: &WalletOp, live: bool) {
+        let from = op.from.clone().expect("a payer");
+        if let Some(nonce) = op.nonce {
+            let entry = self.nonces.entry(from.clone()).or_default();
+            assert!(nonce > entry.committed, "nonces commit in order");
+            entry.committed = nonce;
+            entry.reserved = entry.reserved.max(nonce);
+        }
+        match op.kind {
+            OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
+                let funds = self.funds.entry((from.clone(), op.asset.clone())).or_default();
+                if live {
+                    funds.reserved -= op.amount;
+                }
+                funds.balance = funds.balance.checked_sub(op.amount).expect("debits were reserved");
+                if op.kind == OpKind::Hold {
+                    let hold_id = op.hold_id.expect("a hold has its id");
+                    let expires_ms = op.timeout_s.map(|t| op.ts_ms + u64::from(t) * 1000);
+                    if let Some(at) = expires_ms {
+                        self.expiries.insert((at, hold_id));
+                    }
+                    let hold = Hold {
+                        from,
+                        to: op.to.clone().expect("a hold has a payee"),
+                        asset: op.asset.clone(),
+                        amount: op.amount,
+                        expires_ms,
+                        resolving: false,
+                    };
+                    assert!(self.holds.insert(hold_id, hold).is_none(), "hold ids are unique");
+                }
+            }
+            OpKind::Capture | OpKind::Release | OpKind::Expire => {
+                let hold_id = op.hold_id.expect("a resolution names its hold");
+                let hold = self.holds.remove(&hold_id).expect("a hold resolves once");
+                if let Some(at) = hold.expires_ms {
+                    self.expiries.remove(&(at, hold_id));
+                }
+                let back = hold.amount - op.amount;
+                self.credit(&from, &hold.asset, back);
+            }
+            OpKind::Issue => {}
+        }
+    }
+
+    /// Holds past their timeout at `now_ms` and not being resolved, each
+    /// marked as resolving: the caller commits an expiry for each, or
+    /// `release`s it.
+    pub fn due_expiries(&mut self, now_ms: u64, max: usize) -> Vec<WalletOp> {
+        let due: Vec<HoldId> = self
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .map(|(_, id)| *id)
+            .filter(|id| self.holds.get(id).is_some_and(|h| !h.resolving))
+            .take(max)
+            .collect();
+        due.into_iter()
+            .map(|hold_id| {
+                let hold = self.holds.get_mut(&hold_id).expect("listed");
+                hold.resolving = true;
+                let txid = ron_proto::wallet::expiry_txid(&hold_id);
+                WalletOp {
+                    kind: OpKind::Expire,
+                    from: Some(hold.from.clone()),
+                    to: Some(hold.to.clone()),
+                    asset: hold.asset.clone(),
+                    amount: 0,
+                    nonce: None,
+                    hold_id: Some(hold_id),
+                    timeout_s: None,
+                    idem: None,
+                    txid,
+                    ts_ms: now_ms,
+                }
+            })
+            .collect()
+    }
+
+    fn expire_idem(&mut self, now_ms: u64) {
+        while self.idem_order.front().is_some_and(|(at, _, _)| *at <= now_ms) {
+            self.forget_oldest_idem();
+        }
+    }
+
+    fn forget_oldest_idem(&mut self) {
+        let (_, scope, key) = self.idem_order.pop_front().expect("not empty");
+        let slot = (scope, key);
+        if matches!(self.idem.get(&slot), Some(Idem::Done { .. })) {
+            self.idem.remove(&slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ron_proto::wallet::{CanonicalRequest, hold_id};
+
+    const ACCOUNTS: [&str; 3] = ["alice", "bob", "carol"];
+    const TTL_MS: u64 = 60_000;
+
+    /// The plainly correct model: one map of balances, one of holds.
+    #[derive(Default)]
+    struct Model {
+        balances: HashMap<String, u128>,
+        holds: HashMap<HoldId, (String, String, u128)>,
+        nonces: HashMap<String, u64>,
+        issued: u128,
+        burned: u128,
+    }
+
+    /// A random step: which op, who, how much, whether the nonce is right,
+    /// whether the commit goes through.
+    #[derive(Clone, Debug)]
+    struct Step {
+        kind: usize,
+        from: usize,
+        to: usize,
+        amount: u128,
+        nonce_off: i64,
+        commit: bool,
+        pick_hold: usize,
+        advance_ms: u64,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0usize..7,
+            0usize..3,
+            0usize..3,
+            0u128..40,
+            prop_oneof![8 => Just(0i64), 1 => Just(1), 1 => Just(-1)],
+            prop_oneof![9 => Just(true), 1 => Just(false)],
+            0usize..4,
+            0u64..20_000,
+        )
+            .prop_map(
+                |(kind, from, to, amount, nonce_off, commit, pick_hold, advance_ms)| Step {
+                    kind,
+                    from,
+                    to,
+                    amount,
+                    nonce_off,
+                    commit,
+                    pick_hold,
+                    advance_ms,
+                },
+            )
+    }
+
+    struct Node {
+        shards: Vec<Wallet>,
+        seq: u64,
+        now_ms: u64,
+        /// Every committed op in log order, to replay into a fresh node.
+        log: Vec<(WalletOp, Placement)>,
+    }
+
+    impl Node {
+        fn new(count: usize) -> Node {
+            Node {
+                shards: (0..count).map(|i| Wallet::new(i, count, TTL_MS, 1000)).collect(),
+                seq: 0,
+                now_ms: 1_000_000,
+                log: Vec::new(),
+            }
+        }
+
+        fn owner(&self, account: &str) -> usize {
+            ron_proto::routing::owner(account.as_bytes(), self.shards.len())
+        }
+
+        /// Commits: every shard with a part applies, in order.
+        fn commit(&mut self, op: &WalletOp, scope: usize) {
+            self.seq += 1;
+            let placement = Placement { seq: self.seq, root: [self.seq as u8; 32] };
+            for shard in parts(op, self.shards.len()) {
+                self.shards[shard].apply(op, placement, shard == scope);
+            }
+            self.log.push((op.clone(), placement));
+        }
+
+        fn totals(&self) -> HashMap<String, (u128, u128)> {
+            let mut sum: HashMap<String, (u128, u128)> = HashMap::new();
+            for shard in &self.shards {
+                for (asset, (balances, holds)) in shard.totals() {
+                    let entry = sum.entry(asset).or_default();
+                    entry.0 += balances;
+                    entry.1 += holds;
+                }
+            }
+            sum
+        }
+    }
+
+    /// One argument per field a request can carry.
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        kind: OpKind,
+        from: Option<&str>,
+        to: Option<&str>,
+        amount: u128,
+        nonce: Option<u64>,
+        hold: Option<HoldId>,
+        key: &str,
+        now_ms: u64,
+    ) -> WalletOp {
+        let scope = from.or(to).unwrap();
+        let txid = CanonicalRequest {
+            kind,
+            from,
+            to,
+            asset: Some("roc"),
+            amount: Some(amount),
+            nonce,
+            hold_id: hold.as_ref(),
+            timeout_s: None,
+            memo: None,
+            idem_owner: scope,
+            idem: key,
+        }
+        .txid();
+        let hold_id = match kind {
+            OpKind::Hold => Some(hold_id(from.unwrap(), &txid)),
+            _ => hold,
+        };
+        WalletOp {
+            kind,
+            from: from.map(str::to_owned),
+            to: to.map(str::to_owned),
+            asset: "roc".into(),
+            amount,
+            nonce,
+            hold_id,
+            timeout_s: (kind == OpKind::Hold).then_some(30),
+            idem: Some(key.to_owned()),
+            txid,
+            ts_ms: now_ms,
+        }
+    }
+
+    fn run(steps: &[Step], shard_count: usize) -> Result<(), TestCaseError> {
+        let mut node = Node::new(shard_count);
+        let mut model = Model::default();
+        for (n, step) in steps.iter().enumerate() {
+            node.now_ms += step.advance_ms;
+            let key = format!("k{n}");
+            let (from, to) = (ACCOUNTS[step.from], ACCOUNTS[step.to]);
+            if step.kind == 6 {
+                // Time passes: holds past their timeout expire.
+                for shard in 0..shard_count {
+                    let now = node.now_ms;
+                    for op in node.shards[shard].due_expiries(now, 16) {
+                        let hold = model.holds.remove(&op.hold_id.unwrap()).unwrap();
+                        *model.balances.entry(hold.0).or_default() += hold.2;
+                        node.commit(&op, shard);
+                    }
+                }
+                continue;
+            }
+            let kind = [
+                OpKind::Issue,
+                OpKind::Transfer,
+                OpKind::Burn,
+                OpKind::Hold,
+                OpKind::Capture,
+                OpKind::Release,
+            ][step.kind];
+            if from == to && matches!(kind, OpKind::Transfer | OpKind::Hold) {
+                continue;
+            }
+            let holds: Vec<HoldId> = {
+                let mut ids: Vec<HoldId> = model.holds.keys().copied().collect();
+                ids.sort();
+                ids
+            };
+            let hold = match kind {
+                OpKind::Capture | OpKind::Release => match holds.get(step.pick_hold) {
+                    Some(id) => Some(*id),
+                    None => continue,
+                },
+                _ => None,
+            };
+            let payer = match kind {
+                OpKind::Issue => None,
+                OpKind::Capture | OpKind::Release => Some(model.holds[&hold.unwrap()].0.clone()),
+                _ => Some(from.to_owned()),
+            };
+            let expected_nonce =
+                payer.as_ref().map(|p| model.nonces.get(p).copied().unwrap_or(0) + 1);
+            let nonce = expected_nonce.map(|n| (n as i64 + step.nonce_off).max(0) as u64);
+            let amount = match kind {
+                OpKind::Release => 0,
+                OpKind::Capture => step.amount.min(model.holds[&hold.unwrap()].2 + 1),
+                _ => step.amount.max(1),
+            };
+            let request = request(
+                kind,
+                payer.as_deref(),
+                (kind == OpKind::Issue || kind == OpKind::Transfer || kind == OpKind::Hold)
+                    .then_some(to),
+                amount,
+                nonce,
+                hold,
+                &key,
+                node.now_ms,
+            );
+            let scope = node.owner(scope_account(&request));
+            let result = node.shards[scope].reserve(&request, node.now_ms);
+            // What the model says should happen.
+            let model_rejection = if nonce != expected_nonce {
+                Some("nonce")
+            } else {
+                match kind {
+                    OpKind::Transfer | OpKind::Burn | OpKind::Hold
+                        if model.balances.get(from).copied().unwrap_or(0) < amount =>
+                    {
+                        Some("funds")
+                    }
+                    OpKind::Capture if amount > model.holds[&hold.unwrap()].2 => Some("limits"),
+                    _ => None,
+                }
+            };
+            match (result, model_rejection) {
+                (Err(Rejection::NonceConflict { expected, got }), Some("nonce")) => {
+                    prop_assert_eq!(Some(expected), expected_nonce);
+                    prop_assert_eq!(Some(got), nonce);
+                }
+                (Err(Rejection::InsufficientFunds { .. }), Some("funds")) => {}
+                (Err(Rejection::LimitsExceeded(_)), Some("limits")) => {}
+                (Ok(Reserved::Commit(op)), None) => {
+                    if !step.commit {
+                        node.shards[scope].release(&op);
+                        continue;
+                    }
+                    node.commit(&op, scope);
+                    if let Some(payer) = &payer {
+                        model.nonces.insert(payer.clone(), nonce.unwrap());
+                    }
+                    match kind {
+                        OpKind::Issue => {
+                            model_add(&mut model, to, amount);
+                            model.issued += amount;
+                        }
+                        OpKind::Transfer => {
+                            model_sub(&mut model, from, amount);
+                            model_add(&mut model, to, amount);
+                        }
+                        OpKind::Burn => {
+                            model_sub(&mut model, from, amount);
+                            model.burned += amount;
+                        }
+                        OpKind::Hold => {
+                            model_sub(&mut model, from, amount);
+                            model.holds.insert(
+                                op.hold_id.unwrap(),
+                                (from.to_owned(), to.to_owned(), amount),
+                            );
+                        }
+                        OpKind::Capture | OpKind::Release => {
+                            let (payer, payee, held) = model.holds.remove(&hold.unwrap()).unwrap();
+                            let moved = if kind == OpKind::Release {
+                                0
+                            } else if amount == 0 {
+                                held
+                            } else {
+                                amount
+                            };
+                            model_add(&mut model, &payee, moved);
+                            model_add(&mut model, &payer, held - moved);
+                        }
+                        OpKind::Expire => unreachable!(),
+                    }
+                    // The same request again is answered with its receipt.
+                    let replay = node.shards[scope].reserve(&request, node.now_ms);
+                    let (logged, placement) = node.log.last().unwrap();
+                    let expected = ron_proto::wallet::receipt(logged, placement);
+                    prop_assert_eq!(replay, Ok(Reserved::Replay(expected.clone())));
+                    let recorder = recorder(&logged.txid, shard_count);
+                    prop_assert_eq!(node.shards[recorder].receipt(&logged.txid), Some(expected));
+                    // The same key with another request is a conflict.
+                    let other = WalletOp { txid: [0xee; 16], ..request.clone() };
+                    prop_assert_eq!(
+                        node.shards[scope].reserve(&other, node.now_ms),
+                        Err(Rejection::IdempotencyConflict)
+                    );
+                }
+                (result, expected) => prop_assert!(
+                    false,
+                    "step {n} {kind:?}: got {result:?}, model says {expected:?}"
+                ),
+            }
+            // Σ balances + Σ open holds = Σ issued − Σ burned, always.
+            let totals = node.totals();
+            let (balances, holds) = totals.get("roc").copied().unwrap_or_default();
+            prop_assert_eq!(balances + holds, model.issued - model.burned);
+            for account in ACCOUNTS {
+                let owner = node.owner(account);
+                let funds = node.shards[owner].funds(account, "roc");
+                prop_assert_eq!(funds.balance, model.balances.get(account).copied().unwrap_or(0));
+                prop_assert_eq!(funds.reserved, 0);
+                prop_assert_eq!(
+                    node.shards[owner].nonce(account),
+                    model.nonces.get(account).copied().unwrap_or(0)
+                );
+            }
+        }
+        // A restart: the log replayed into fresh shards gives the same state.
+        let mut fresh = Node::new(shard_count);
+        for (op, placement) in &node.log {
+            for shard in parts(op, shard_count) {
+                fresh.shards[shard].apply(op, *placement, false);
+            }
+        }
+        for account in ACCOUNTS {
+            let owner = node.owner(account);
+            prop_assert_eq!(
+                fresh.shards[owner].funds(account, "roc"),
+                node.shards[owner].funds(account, "roc")
+            );
+            prop_assert_eq!(fresh.shards[owner].nonce(account), node.shards[owner].nonce(account));
+        }
+        prop_assert_eq!(fresh.totals(), node.totals());
+        Ok(())
+    }
+
+    fn model_add(model: &mut Model, account: &str, amount: u128) {
+        *model.balances.entry(account.to_owned()).or_default() += amount;
+    }
+
+    fn model_sub(model: &mut Model, account: &str, amount: u128) {
+        let balance = model.balances.entry(account.to_owned()).or_default();
+        *balance = balance.checked_sub(amount).expect("the model only debits what is there");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// The wallet against a plain model, on one shard and on three.
+        #[test]
+        fn the_wallet_matches_a_plain_model(steps in proptest::collection::vec(step(), 1..80)) {
+            run(&steps, 1)?;
+            run(&steps, 3)?;
+        }
+    }
+
+    #[test]
+    fn a_rejected_write_keeps_its_nonce_and_a_pending_one_is_in_flight() {
+        let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
+        let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
+        let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
+        wallet.apply(&op, Placement { seq: 1, root: [1; 32] }, true);
+        let too_much = request(OpKind::Burn, Some("alice"), None, 11, Some(1), None, "b1", 0);
+        assert!(matches!(
+            wallet.reserve(&too_much, 0),
+            Err(Rejection::InsufficientFunds { available: 10, needed: 11 })
+        ));
+        let burn = request(OpKind::Burn, Some("alice"), None, 4, Some(1), None, "b2", 0);
+        let Ok(Reserved::Commit(pending)) = wallet.reserve(&burn, 0) else { panic!() };
+        // The same request while it commits; the same nonce in another one.
+        assert_eq!(wallet.reserve(&burn, 0), Err(Rejection::InFlight));
+        let rival = request(OpKind::Burn, Some("alice"), None, 1, Some(1), None, "b3", 0);
+        assert_eq!(
+            wallet.reserve(&rival, 0),
+            Err(Rejection::NonceConflict { expected: 2, got: 1 })
+        );
+        wallet.release(&pending);
+        assert_eq!(wallet.funds("alice", "roc"), Funds { balance: 10, reserved: 0 });
+        assert!(matches!(wallet.reserve(&rival, 0), Ok(Reserved::Commit(_))));
+    }
+
+    #[test]
+    fn idempotency_records_expire_and_are_bounded() {
+        let mut wallet = Wallet::new(0, 1, 1000, 2);
+        for (n, at) in [(1u64, 0u64), (2, 10), (3, 20)] {
+            let issue =
+                request(OpKind::Issue, None, Some("alice"), 1, None, None, &format!("k{n}"), at);
+            let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, at) else { panic!() };
+            wallet.apply(&op, Placement { seq: n, root: [0; 32] }, true);
+        }
+        assert_eq!(wallet.idem_len(), 2);
+        // k1 fell out (bound): the same request is new again.
+        let again = request(OpKind::Issue, None, Some("alice"), 1, None, None, "k1", 30);
+        assert!(matches!(wallet.reserve(&again, 30), Ok(Reserved::Commit(_))));
+        // k2 expires at 1010.
+        let k2 = request(OpKind::Issue, None, Some("alice"), 1, None, None, "k2", 10);
+        assert!(matches!(wallet.reserve(&k2, 1009), Ok(Reserved::Replay(_))));
+        assert!(matches!(wallet.reserve(&k2, 1010), Ok(Reserved::Commit(_))));
+    }
+}
