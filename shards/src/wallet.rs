@@ -117,6 +117,8 @@ pub struct Wallet {
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
     idem: HashMap<(String, String), Idem>,
+    /// The slot of every idempotency record by its request's txid.
+    idem_txids: HashMap<TxId, (String, String)>,
     /// Committed idempotency records, oldest first, for expiry and the bound.
     idem_order: VecDeque<(u64, String, String)>,
     idem_ttl_ms: u64,
@@ -171,19 +173,43 @@ impl Wallet {
     /// Checks `request` on its scope shard and reserves what it needs, or
     /// says why not. Nothing changes on a rejection.
     pub fn reserve(&mut self, request: &Request, now_ms: u64) -> Result<Reserved, Rejection> {
-        let scope = scope_account(request).to_owned();
-        assert!(self.owns(&scope), "a write is reserved on its scope shard");
         self.expire_idem(now_ms);
-        let key = request.idem.clone().expect("writes carry an idempotency key");
-        match self.idem.get(&(scope.clone(), key.clone())) {
-            Some(Idem::Done { op, placement }) if op.txid == request.txid => {
-                return Ok(Reserved::Replay(ron_proto::wallet::receipt(op, placement)));
-            }
-            Some(Idem::Pending(txid)) if *txid == request.txid => return Err(Rejection::InFlight),
-            Some(_) => return Err(Rejection::IdempotencyConflict),
-            None => {}
+        // The same request again (found by its txid, whatever its scope).
+        if let Some(slot) = self.idem_txids.get(&request.txid) {
+            return match &self.idem[slot] {
+                Idem::Done { op, placement } => {
+                    Ok(Reserved::Replay(ron_proto::wallet::receipt(op, placement)))
+                }
+                Idem::Pending(_) => Err(Rejection::InFlight),
+            };
         }
         let mut op = request.clone();
+        let mut over_hold = false;
+        if let OpKind::Capture | OpKind::Release = op.kind {
+            // The request names only the hold; the rest is the hold's.
+            let hold_id = op.hold_id.expect("captures and releases name a hold");
+            let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
+            if hold.resolving {
+                return Err(Rejection::HoldResolved);
+            }
+            let amount = match op.kind {
+                OpKind::Release => 0,
+                // A capture without an amount takes the whole hold.
+                _ if op.amount == 0 => hold.amount,
+                _ => op.amount,
+            };
+            over_hold = amount > hold.amount;
+            op.from = Some(hold.from.clone());
+            op.to = Some(hold.to.clone());
+            op.asset = hold.asset.clone();
+            op.amount = amount;
+        }
+        let scope = scope_account(&op).to_owned();
+        assert!(self.owns(&scope), "a write is reserved on its scope shard");
+        let key = op.idem.clone().expect("writes carry an idempotency key");
+        if self.idem.contains_key(&(scope.clone(), key.clone())) {
+            return Err(Rejection::IdempotencyConflict);
+        }
         if let Some(got) = op.nonce {
             let expected = self.nonces.get(&scope).map_or(0, |n| n.reserved) + 1;
             if got != expected {
@@ -206,23 +232,9 @@ impl Wallet {
                 }
             }
             OpKind::Capture | OpKind::Release => {
-                let hold_id = op.hold_id.expect("captures and releases name a hold");
-                let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
-                if hold.resolving {
-                    return Err(Rejection::HoldResolved);
-                }
-                let amount = match op.kind {
-                    OpKind::Release => 0,
-                    // A capture without an amount takes the whole hold.
-                    _ if op.amount == 0 => hold.amount,
-                    _ => op.amount,
-                };
-                if amount > hold.amount {
+                if over_hold {
                     return Err(Rejection::LimitsExceeded("a capture above the hold"));
                 }
-                op.to = Some(hold.to.clone());
-                op.asset = hold.asset.clone();
-                op.amount = amount;
             }
             OpKind::Expire => unreachable!("expiries are made by the shard, not requested"),
         }
@@ -236,6 +248,7 @@ impl Wallet {
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
             hold.resolving = true;
         }
+        self.idem_txids.insert(op.txid, (scope.clone(), key.clone()));
         self.idem.insert((scope, key), Idem::Pending(op.txid));
         Ok(Reserved::Commit(op))
     }
@@ -265,6 +278,7 @@ impl Wallet {
             let slot = (scope, key.clone());
             if matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid) {
                 self.idem.remove(&slot);
+                self.idem_txids.remove(&op.txid);
             }
         }
     }
@@ -297,6 +311,7 @@ impl Wallet {
             if let Some(key) = &op.idem {
                 let record = Idem::Done { op: Box::new(op.clone()), placement };
                 self.idem.insert((scope.clone(), key.clone()), record);
+                self.idem_txids.insert(op.txid, (scope.clone(), key.clone()));
                 self.idem_order.push_back((op.ts_ms + self.idem_ttl_ms, scope, key.clone()));
                 while self.idem_order.len() > self.idem_max {
                     self.forget_oldest_idem();
@@ -396,7 +411,8 @@ impl Wallet {
     fn forget_oldest_idem(&mut self) {
         let (_, scope, key) = self.idem_order.pop_front().expect("not empty");
         let slot = (scope, key);
-        if matches!(self.idem.get(&slot), Some(Idem::Done { .. })) {
+        if let Some(Idem::Done { op, .. }) = self.idem.get(&slot) {
+            self.idem_txids.remove(&op.txid);
             self.idem.remove(&slot);
         }
     }
@@ -517,7 +533,7 @@ mod tests {
         key: &str,
         now_ms: u64,
     ) -> WalletOp {
-        let scope = from.or(to).unwrap();
+        let scope = from.or(to).unwrap_or("hold");
         let txid = CanonicalRequest {
             kind,
             from,
@@ -606,9 +622,11 @@ mod tests {
                 OpKind::Capture => step.amount.min(model.holds[&hold.unwrap()].2 + 1),
                 _ => step.amount.max(1),
             };
+            // A capture or release names only its hold.
+            let named = if hold.is_some() { None } else { payer.as_deref() };
             let request = request(
                 kind,
-                payer.as_deref(),
+                named,
                 (kind == OpKind::Issue || kind == OpKind::Transfer || kind == OpKind::Hold)
                     .then_some(to),
                 amount,
@@ -617,7 +635,10 @@ mod tests {
                 &key,
                 node.now_ms,
             );
-            let scope = node.owner(scope_account(&request));
+            let scope = match hold {
+                Some(id) => ron_proto::routing::owner_of_route(hold_route(&id), shard_count),
+                None => node.owner(scope_account(&request)),
+            };
             let result = node.shards[scope].reserve(&request, node.now_ms);
             // What the model says should happen.
             let model_rejection = if nonce != expected_nonce {
@@ -690,12 +711,15 @@ mod tests {
                     prop_assert_eq!(replay, Ok(Reserved::Replay(expected.clone())));
                     let recorder = recorder(&logged.txid, shard_count);
                     prop_assert_eq!(node.shards[recorder].receipt(&logged.txid), Some(expected));
-                    // The same key with another request is a conflict.
+                    // The same key with another request is a conflict (a
+                    // resolved hold is simply gone).
                     let other = WalletOp { txid: [0xee; 16], ..request.clone() };
-                    prop_assert_eq!(
-                        node.shards[scope].reserve(&other, node.now_ms),
-                        Err(Rejection::IdempotencyConflict)
-                    );
+                    let refusal = if hold.is_some() {
+                        Rejection::UnknownHold
+                    } else {
+                        Rejection::IdempotencyConflict
+                    };
+                    prop_assert_eq!(node.shards[scope].reserve(&other, node.now_ms), Err(refusal));
                 }
                 (result, expected) => prop_assert!(
                     false,
