@@ -152,6 +152,15 @@ fn sync_dir(dir: &Path) -> Result<(), AccessError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
+/// What a request does, for the `account`, `asset` and `amount_max`
+/// caveats; `None` where the route does not say (such caveats then refuse).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Facts<'a> {
+    pub account: Option<&'a str>,
+    pub asset: Option<&'a str>,
+    pub amount: Option<u128>,
+}
+
 /// Checks the request's bearer token: its tag under its root key, then its
 /// caveats. `scope` is the scope the route needs, or `None` when any valid
 /// token will do.
@@ -160,11 +169,47 @@ pub fn authorize(
     request: &Request<'_>,
     path: &str,
     scope: Option<&str>,
+    facts: Facts<'_>,
 ) -> Result<(), Reply> {
-    let Some(header) = request.head.authorization else {
+    let presented = Presented {
+        authorization: request.head.authorization.map(|span| span.of(request.raw)),
+        method: request.head.method.as_str(),
+        path,
+        socket: request.socket,
+    };
+    presented.authorize(shard, scope, facts)
+}
+
+/// What a request presents to authorization, apart from its facts: kept
+/// by a handler that can only name the facts later (`Presented::owned`).
+#[derive(Clone, Copy, Debug)]
+pub struct Presented<'a> {
+    pub authorization: Option<&'a [u8]>,
+    pub method: &'static str,
+    pub path: &'a str,
+    pub socket: std::os::fd::RawFd,
+}
+
+impl Presented<'_> {
+    pub fn authorize(
+        &self,
+        shard: &Shard,
+        scope: Option<&str>,
+        facts: Facts<'_>,
+    ) -> Result<(), Reply> {
+        authorize_presented(shard, self, scope, facts)
+    }
+}
+
+fn authorize_presented(
+    shard: &Shard,
+    presented: &Presented<'_>,
+    scope: Option<&str>,
+    facts: Facts<'_>,
+) -> Result<(), Reply> {
+    let Some(header) = presented.authorization else {
         return Err(Reply::error(ErrorCode::Unauthorized, "missing bearer token"));
     };
-    let header = header.of(request.raw);
     let Some(text) = strip_bearer(header) else {
         return Err(Reply::error(ErrorCode::Unauthorized, "authorization is not a bearer token"));
     };
@@ -186,19 +231,19 @@ pub fn authorize(
         return Err(Reply::error(ErrorCode::Unauthorized, "token tag does not verify"));
     }
     let peer_ip = if view.caveats().any(|c| c.starts_with("ip=")) {
-        crate::socket_ring::peer_address(request.socket).map(|a| a.ip())
+        crate::socket_ring::peer_address(presented.socket).map(|a| a.ip())
     } else {
         None
     };
     let asked = passport::Request {
-        method: request.head.method.as_str(),
-        path,
+        method: presented.method,
+        path: presented.path,
         scope,
         audiences: &AUDIENCES,
         peer_ip,
-        account: None,
-        asset: None,
-        amount: None,
+        account: facts.account,
+        asset: facts.asset,
+        amount: facts.amount,
     };
     let clock =
         Clock { now_s: Shard::unix_now_s(), clock_skew_s: shard.config.passport.clock_skew_s };

@@ -30,6 +30,7 @@ use glommio::channels::shared_channel::{
 };
 use ron_proto::ledger::{self, RecordWriter};
 use ron_proto::merkle::{self, Hash};
+use ron_proto::wallet::{Placement, WalletOp};
 use ron_shards::balances::Item;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
@@ -52,8 +53,8 @@ pub enum LedgerCall {
         count: u32,
         ids: Vec<IdKey>,
         idem: Option<IdKey>,
-        /// The entries again, as items, by owner shard.
-        owned: Vec<(usize, Vec<Item>)>,
+        /// What each shard with a part applies once this is durable.
+        owned: Vec<(usize, Owned)>,
     },
     /// What the request with this idempotency key committed, if it did.
     Idem {
@@ -132,6 +133,14 @@ pub struct LedgerReply {
     pub answer: LedgerAnswer,
 }
 
+/// One request's part for one shard: ledger items it owns, wallet
+/// operations it has a part in (in the request's order).
+#[derive(Debug, Default)]
+pub struct Owned {
+    pub items: Vec<Item>,
+    pub wallet: Vec<WalletOp>,
+}
+
 /// A durable batch, as one shard sees it.
 #[derive(Debug)]
 pub struct CommittedBatch {
@@ -140,6 +149,8 @@ pub struct CommittedBatch {
     pub root: Hash,
     /// The batch's entries this shard owns, in log order.
     pub items: Vec<Item>,
+    /// The batch's wallet operations this shard has a part in, in log order.
+    pub wallet: Vec<(WalletOp, Placement)>,
 }
 
 /// What the committer sends a shard.
@@ -186,7 +197,7 @@ struct Pending {
     count: u32,
     ids: Vec<IdKey>,
     idem: Option<IdKey>,
-    owned: Vec<(usize, Vec<Item>)>,
+    owned: Vec<(usize, Owned)>,
     received: Instant,
 }
 
@@ -359,7 +370,8 @@ async fn serve_shard(
                     committer.answer(shard, id, degraded).await;
                     continue;
                 }
-                assert!(count >= 1 && ids.len() == count as usize, "appends carry their ids");
+                // Ledger entries carry ids; other services' items do not.
+                assert!(count >= 1 && ids.len() <= count as usize, "appends carry their ids");
                 committer.pending.borrow_mut().push_back(Pending {
                     shard,
                     id,
@@ -528,15 +540,24 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                 }
                 // Owners apply the batch before any answer about it leaves.
                 let last_seq = before + entries;
-                let mut owned: Vec<Vec<Item>> = vec![Vec::new(); committer.answers.len()];
+                let shards = committer.answers.len();
+                let mut items: Vec<Vec<Item>> = (0..shards).map(|_| Vec::new()).collect();
+                let mut wallet: Vec<Vec<(WalletOp, Placement)>> =
+                    (0..shards).map(|_| Vec::new()).collect();
+                let mut seq = first_seq;
                 for pending in &mut batch {
-                    for (owner, items) in pending.owned.drain(..) {
-                        owned[owner].extend(items);
+                    for (owner, owned) in pending.owned.drain(..) {
+                        items[owner].extend(owned.items);
+                        // A request's wallet operations are its first items.
+                        for (at, op) in (seq..).zip(owned.wallet) {
+                            wallet[owner].push((op, Placement { seq: at, root: new_root }));
+                        }
                     }
+                    seq += u64::from(pending.count);
                 }
                 committer.node.ledger_durable_seq.store(last_seq, Ordering::Release);
-                for (shard, items) in owned.into_iter().enumerate() {
-                    let batch = CommittedBatch { last_seq, root: new_root, items };
+                for (shard, (items, wallet)) in items.into_iter().zip(wallet).enumerate() {
+                    let batch = CommittedBatch { last_seq, root: new_root, items, wallet };
                     committer.send(shard, ToShard::Committed(batch)).await;
                 }
                 let mut seq = first_seq;

@@ -2,7 +2,7 @@
 //! routes (`POST /ingest`, `GET /roots`, the proof routes).
 
 use crate::committer::{
-    CommittedBatch, LedgerAnswer, LedgerCall, LedgerReply, LedgerRequest, ToShard,
+    CommittedBatch, LedgerAnswer, LedgerCall, LedgerReply, LedgerRequest, Owned, ToShard,
 };
 use crate::log::{IdKey, RootItem, id_key};
 use crate::mesh::{MeshError, ShardAnswer, ShardCall};
@@ -140,9 +140,15 @@ pub async fn caught_up(shard: &Shard) {
     .await;
 }
 
-/// Applies a durable batch: what its owners reserved becomes balance.
+/// Applies a durable batch: what its owners reserved becomes balance, and
+/// this shard's parts of its wallet operations take effect.
 fn apply(shard: &Shard, batch: CommittedBatch) {
     shard.balances.borrow_mut().apply(&batch.items);
+    let mut wallet = shard.wallet.borrow_mut();
+    for (op, placement) in &batch.wallet {
+        wallet.apply(op, *placement, true);
+    }
+    drop(wallet);
     shard.applied.advance(batch.last_seq, batch.root);
 }
 
@@ -162,7 +168,7 @@ pub async fn receive_answers(shard: Rc<Shard>, answers: ConnectedReceiver<ToShar
     }
 }
 
-fn link_failure(error: LinkError) -> Reply {
+pub fn link_failure(error: LinkError) -> Reply {
     match error {
         LinkError::Busy => Reply::error(ErrorCode::Busy, "too many ledger calls in flight"),
         LinkError::Closed => {
@@ -174,9 +180,28 @@ fn link_failure(error: LinkError) -> Reply {
 /// An amount: a u128 as a decimal string, or a JSON integer.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Amount {
+pub enum Amount {
     Text(String),
     Number(u64),
+}
+
+impl Amount {
+    /// The amount, which must be positive.
+    pub fn value(self) -> Result<u128, String> {
+        let amount = match self {
+            Amount::Number(n) => u128::from(n),
+            Amount::Text(text) => {
+                if text.is_empty() || text.len() > 39 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("amount must be a decimal u128".to_owned());
+                }
+                text.parse::<u128>().map_err(|_| "amount must be a decimal u128".to_owned())?
+            }
+        };
+        if amount == 0 {
+            return Err("amount must be positive".to_owned());
+        }
+        Ok(amount)
+    }
 }
 
 #[derive(Deserialize)]
@@ -210,18 +235,7 @@ struct IngestAnswer {
 fn parse_entry(entry: IngestEntry) -> Result<Entry, String> {
     let kind =
         EntryKind::parse(&entry.kind).ok_or_else(|| format!("unknown kind {}", entry.kind))?;
-    let amount = match entry.amount {
-        Amount::Number(n) => u128::from(n),
-        Amount::Text(text) => {
-            if text.is_empty() || text.len() > 39 || !text.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("amount must be a decimal u128".to_owned());
-            }
-            text.parse::<u128>().map_err(|_| "amount must be a decimal u128".to_owned())?
-        }
-    };
-    if amount == 0 {
-        return Err("amount must be positive".to_owned());
-    }
+    let amount = entry.amount.value()?;
     let entry = Entry {
         id: entry.id,
         kind,
@@ -358,7 +372,10 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
             release(&shard, &owners, &reserved).await;
             return Reply::rejected(ErrorCode::InsufficientFunds, "insufficient funds", refused);
         }
-        let owned = owners.iter().map(|(owner, items)| (*owner, items.clone())).collect();
+        let owned = owners
+            .iter()
+            .map(|(owner, items)| (*owner, Owned { items: items.clone(), wallet: Vec::new() }))
+            .collect();
         let call = LedgerCall::Append { entries: encoded, count, ids, idem, owned };
         let answer = shard.ledger.call(call).await;
         if !matches!(answer, Ok(LedgerAnswer::Appended { .. })) {

@@ -24,3 +24,4 @@ pub mod routes;
 pub mod shard;
 pub mod socket_ring;
 pub mod view;
+pub mod wallet;

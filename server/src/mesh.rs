@@ -12,7 +12,9 @@ use crate::shard::Shard;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use ron_proto::error::Reason;
+use ron_proto::wallet::{TxId, WalletOp};
 use ron_shards::balances::{Account, Item};
+use ron_shards::wallet::{Funds, Rejection, Reserved};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,6 +41,22 @@ pub enum ShardCall {
         account: String,
         asset: String,
     },
+    /// Check and reserve a wallet write on its scope shard.
+    WalletReserve {
+        op: Box<WalletOp>,
+        now_ms: u64,
+    },
+    /// The write did not commit: give back what it reserved.
+    WalletRelease {
+        op: Box<WalletOp>,
+    },
+    WalletBalance {
+        account: String,
+        asset: String,
+    },
+    WalletReceipt {
+        txid: TxId,
+    },
 }
 
 #[derive(Debug)]
@@ -48,6 +66,9 @@ pub enum ShardAnswer {
     Reserved(Result<(), Vec<Reason>>),
     Done,
     Balance(Account),
+    WalletReserved(Result<Reserved, Rejection>),
+    WalletBalance { funds: Funds, as_of_seq: u64 },
+    WalletReceipt(Option<Vec<u8>>),
 }
 
 #[derive(Debug)]
@@ -234,6 +255,22 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
         ShardCall::Balance { account, asset } => {
             crate::ledger::caught_up(shard).await;
             ShardAnswer::Balance(shard.balances.borrow().account(&account, &asset))
+        }
+        ShardCall::WalletReserve { op, now_ms } => {
+            ShardAnswer::WalletReserved(shard.wallet.borrow_mut().reserve(&op, now_ms))
+        }
+        ShardCall::WalletRelease { op } => {
+            shard.wallet.borrow_mut().release(&op);
+            ShardAnswer::Done
+        }
+        ShardCall::WalletBalance { account, asset } => {
+            crate::ledger::caught_up(shard).await;
+            let funds = shard.wallet.borrow().funds(&account, &asset);
+            ShardAnswer::WalletBalance { funds, as_of_seq: shard.applied.seq() }
+        }
+        ShardCall::WalletReceipt { txid } => {
+            crate::ledger::caught_up(shard).await;
+            ShardAnswer::WalletReceipt(shard.wallet.borrow().receipt(&txid))
         }
     }
 }

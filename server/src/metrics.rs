@@ -118,6 +118,8 @@ pub struct ShardMetrics {
     pub park_timeouts: u64,
     /// How late a 1 ms glommio timer fired (the timer probe).
     pub timer_lateness: LatencyHistogram,
+    /// Wallet writes answered with their stored receipt.
+    pub wallet_idem_replays: u64,
     /// One per shard, filled in when metrics are gathered.
     pub ledger_shards: Vec<LedgerShardGauges>,
 }
@@ -147,6 +149,7 @@ impl Default for ShardMetrics {
             park_timeouts: 0,
             timer_lateness: LatencyHistogram::default(),
             ledger_shards: Vec::new(),
+            wallet_idem_replays: 0,
         }
     }
 }
@@ -173,6 +176,7 @@ impl ShardMetrics {
         self.park_timeouts += other.park_timeouts;
         self.timer_lateness.add(&other.timer_lateness);
         self.ledger_shards.extend_from_slice(&other.ledger_shards);
+        self.wallet_idem_replays += other.wallet_idem_replays;
     }
 }
 
@@ -247,7 +251,13 @@ pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize)
     for (i, count) in metrics.inflight.iter().enumerate() {
         let _ = writeln!(out, "inflight_requests{{route=\"{}\"}} {count}", route_label(i));
     }
-    let simple: [(&str, &str, &str, u64); 8] = [
+    let simple: [(&str, &str, &str, u64); 9] = [
+        (
+            "wallet_idem_replays_total",
+            "counter",
+            "Wallet writes answered with the stored receipt of the same request.",
+            metrics.wallet_idem_replays,
+        ),
         (
             "connections_accepted_total",
             "counter",

@@ -14,7 +14,9 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use ron_proto::ledger::LogItem;
 use ron_proto::merkle::Hash;
+use ron_proto::wallet::Placement as LogPlacement;
 use ron_shards::balances::{Balances, Item};
+use ron_shards::wallet::Wallet;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -272,11 +274,17 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             ledger_inflight_max,
             committer: if host == Some(id) { committer_start.take() } else { None },
             balances: Default::default(),
+            wallet: Default::default(),
             applied,
             view: None,
         };
         let state = shard_states.next().expect("one state per shard");
-        let start = ShardStart { balances: state.balances, view: state.view, ..start };
+        let start = ShardStart {
+            balances: state.balances,
+            wallet: state.wallet,
+            view: state.view,
+            ..start
+        };
         let executor = &config.executor;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*core))
             .name(&format!("shard-{id}"))
@@ -332,6 +340,7 @@ const LEDGER_INFLIGHT_PER_SHARD_MIN: usize = 64;
 /// One shard's state at start.
 struct ShardState {
     balances: Balances,
+    wallet: Wallet,
     view: Option<ViewWriter>,
 }
 
@@ -343,8 +352,19 @@ fn recover_ledger(
     shard_count: usize,
 ) -> anyhow::Result<(Recovered, Vec<ShardState>)> {
     let mut balances: Vec<Balances> = (0..shard_count).map(|_| Balances::default()).collect();
+    let wallet = &config.wallet;
+    let mut wallets: Vec<Wallet> = (0..shard_count)
+        .map(|i| {
+            let ttl_ms = wallet.idempotency_ttl_s.saturating_mul(1000);
+            Wallet::new(i, shard_count, ttl_ms, wallet.idempotency_keys_max as usize)
+        })
+        .collect();
     if config.amnesia() {
-        let states = balances.into_iter().map(|balances| ShardState { balances, view: None });
+        let states = balances.into_iter().zip(wallets).map(|(balances, wallet)| ShardState {
+            balances,
+            wallet,
+            view: None,
+        });
         return Ok((Recovered::empty(), states.collect()));
     }
     let stores = open_views(config, shard_count, &mut balances)?;
@@ -354,8 +374,19 @@ fn recover_ledger(
         stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
     let mut tail = vec![0u64; shard_count];
     let mut short = 0;
-    let mut replay = |seq: u64, _: &Hash, item: &LogItem| {
-        let LogItem::Entry(entry) = item else { return };
+    // Wallet state is not in the views yet: every wallet operation is
+    // replayed at every start.
+    let mut replay = |seq: u64, root: &Hash, item: &LogItem| {
+        let entry = match item {
+            LogItem::Entry(entry) => entry,
+            LogItem::Wallet(op) => {
+                let placement = LogPlacement { seq, root: *root };
+                for shard in ron_shards::wallet::parts(op, shard_count) {
+                    wallets[shard].apply(op, placement, false);
+                }
+                return;
+            }
+        };
         let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
         if seq > from[owner] {
             short += balances[owner].replay(&[Item::of(0, entry)]);
@@ -416,7 +447,9 @@ fn recover_ledger(
         "ledger log recovered"
     );
     let mut states = Vec::with_capacity(shard_count);
-    for (i, ((store, meta), balances)) in stores.into_iter().zip(balances).enumerate() {
+    for (i, (((store, meta), balances), wallet)) in
+        stores.into_iter().zip(balances).zip(wallets).enumerate()
+    {
         let view_seq = if stale.contains(&i) { 0 } else { meta.map_or(0, |m| m.applied_seq) };
         tracing::info!(
             shard = i,
@@ -426,7 +459,7 @@ fn recover_ledger(
             "shard view loaded, log after it replayed"
         );
         let view = ViewWriter::spawn(i, store, view_seq)?;
-        states.push(ShardState { balances, view: Some(view) });
+        states.push(ShardState { balances, wallet, view: Some(view) });
     }
     Ok((recovered, states))
 }

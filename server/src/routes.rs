@@ -4,7 +4,7 @@
 use crate::access;
 use crate::reply::{CorrId, Handled, Reply};
 use crate::shard::Shard;
-use crate::{ledger, ops, passport};
+use crate::{ledger, ops, passport, wallet};
 use ron_proto::ErrorCode;
 use ron_proto::http::{Head, Method, query_param};
 use ron_proto::token::scope;
@@ -22,6 +22,9 @@ pub enum Access {
     Authenticated,
     /// A valid token whose caveats allow this scope.
     Scope(&'static str),
+    /// The same, checked by the handler once it knows the account, asset
+    /// and amount the request is about (`access::Facts`).
+    ScopeWithFacts(&'static str),
 }
 
 pub type Handler = fn(&Rc<Shard>, &Request<'_>, &Params<'_>) -> Handled;
@@ -135,6 +138,62 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Authenticated,
         shed: true,
         handler: ledger::consistency,
+    },
+    RouteSpec {
+        method: Method::Get,
+        pattern: "/v1/balance",
+        access: Access::ScopeWithFacts(scope::WALLET_READ),
+        shed: true,
+        handler: wallet::balance,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/issue",
+        access: Access::ScopeWithFacts(scope::WALLET_ISSUE),
+        shed: true,
+        handler: wallet::issue,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/transfer",
+        access: Access::ScopeWithFacts(scope::WALLET_TRANSFER),
+        shed: true,
+        handler: wallet::transfer,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/burn",
+        access: Access::ScopeWithFacts(scope::WALLET_BURN),
+        shed: true,
+        handler: wallet::burn,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/hold",
+        access: Access::ScopeWithFacts(scope::WALLET_TRANSFER),
+        shed: true,
+        handler: wallet::hold,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/capture",
+        access: Access::ScopeWithFacts(scope::WALLET_TRANSFER),
+        shed: true,
+        handler: wallet::capture,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/release",
+        access: Access::ScopeWithFacts(scope::WALLET_TRANSFER),
+        shed: true,
+        handler: wallet::release_hold,
+    },
+    RouteSpec {
+        method: Method::Get,
+        pattern: "/v1/tx/{txid}",
+        access: Access::Scope(scope::WALLET_READ),
+        shed: true,
+        handler: wallet::tx,
     },
 ];
 
@@ -280,12 +339,12 @@ pub fn dispatch(shard: &Rc<Shard>, request: &Request<'_>) -> (usize, Handled) {
         );
     }
     let scope = match spec.access {
-        Access::Public => None,
+        Access::Public | Access::ScopeWithFacts(_) => None,
         Access::Authenticated => Some(None),
         Access::Scope(scope) => Some(Some(scope)),
     };
     if let Some(scope) = scope
-        && let Err(reply) = access::authorize(shard, request, path, scope)
+        && let Err(reply) = access::authorize(shard, request, path, scope, Default::default())
     {
         return (index, Handled::Now(reply));
     }

@@ -16,6 +16,7 @@ use crate::view::{self, ShardView, ViewWriter};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use ron_shards::balances::Balances;
+use ron_shards::wallet::Wallet;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -37,6 +38,8 @@ pub struct Shard {
     pub mesh: Mesh,
     pub ledger: LedgerLink,
     pub balances: RefCell<Balances>,
+    /// The wallet state this shard owns.
+    pub wallet: RefCell<Wallet>,
     /// How far `balances` reflect the log.
     pub applied: Applied,
     pub view: ShardView,
@@ -159,6 +162,8 @@ pub struct ShardStart {
     /// The balances of the accounts this shard owns, from its view and the
     /// log after it.
     pub balances: Balances,
+    /// The wallet state this shard owns, replayed from the log.
+    pub wallet: Wallet,
     /// The log prefix `balances` reflect: its last seq and root.
     pub applied: (u64, ron_proto::merkle::Hash),
     /// The writer of this shard's LMDB view (none in amnesia mode).
@@ -187,6 +192,7 @@ pub async fn run(start: ShardStart) {
         ledger_inflight_max,
         committer,
         balances,
+        wallet,
         applied,
         view,
     } = start;
@@ -226,6 +232,7 @@ pub async fn run(start: ShardStart) {
         mesh,
         ledger: ledger_link,
         balances: RefCell::new(balances),
+        wallet: RefCell::new(wallet),
         applied: Applied::new(applied.0, applied.1),
         view: ShardView::new(view),
         queue,

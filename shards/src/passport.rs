@@ -135,7 +135,9 @@ pub fn authorize(token: &TokenView<'_>, request: &Request<'_>, clock: Clock) -> 
                 }
             }
             Caveat::AmountMax(max) => {
-                if request.amount.is_none_or(|a| a > max) {
+                // Bounds what a request moves; a request that moves nothing
+                // (a read) is not bounded by it. Writes always say.
+                if request.amount.is_some_and(|a| a > max) {
                     return Err(Denial::Amount);
                 }
             }
@@ -253,6 +255,9 @@ mod tests {
         assert_eq!(decide(&[scope, "rate.rps=5"], &r), Err(Denial::NotEnforced("rate.rps")));
         let without_account = Request { account: None, ..r };
         assert_eq!(decide(&[scope, "account=acct:alice"], &without_account), Err(Denial::Account));
+        // A request that moves no amount (a read) is not bounded by amount_max.
+        let without_amount = Request { amount: None, ..r };
+        assert_eq!(decide(&[scope, "amount_max=1"], &without_amount), Ok(()));
     }
 
     #[test]

@@ -8,3 +8,4 @@ mod lifecycle;
 mod load;
 mod ops;
 mod routing;
+mod wallet;

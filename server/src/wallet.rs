@@ -1,0 +1,601 @@
+//! The wallet routes (SPEC §5): paths and fields of the original
+//! svc-wallet, on the shard state machine of `ron_shards::wallet`.
+//!
+//! A write is validated here (stateless rules, the token's caveats), then
+//! reserved on its scope shard (the owner of `from`, or of `to` for an
+//! issue; for a capture or release, the shard its hold id routes to), then
+//! committed to the log as one wallet operation, and applied by every shard
+//! with a part before the committer answers. The receipt leaves only then.
+
+use crate::access::{self, Facts};
+use crate::committer::{LedgerAnswer, LedgerCall, Owned};
+use crate::ledger::Amount;
+use crate::mesh::{MeshError, ShardAnswer, ShardCall};
+use crate::reply::{Handled, Reply};
+use crate::routes::{Params, Request};
+use crate::shard::Shard;
+use ron_proto::ErrorCode;
+use ron_proto::token::scope;
+use ron_proto::wallet::{
+    self, CanonicalRequest, HoldId, OpKind, Placement, WalletOp, hold_route, valid_account,
+    valid_idempotency_key, valid_memo,
+};
+use ron_shards::wallet::{Rejection, Reserved, parts, recorder};
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// The longest a hold may wait for its capture or release.
+pub const HOLD_TIMEOUT_S_MAX: u32 = 365 * 24 * 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    to: String,
+    asset: String,
+    amount_minor: Amount,
+    memo: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    from: String,
+    to: String,
+    asset: String,
+    amount_minor: Amount,
+    nonce: u64,
+    memo: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BurnBody {
+    from: String,
+    asset: String,
+    amount_minor: Amount,
+    nonce: u64,
+    memo: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    from: String,
+    to: String,
+    asset: String,
+    amount_minor: Amount,
+    nonce: u64,
+    timeout_s: Option<u32>,
+    memo: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureBody {
+    hold_id: String,
+    amount_minor: Option<Amount>,
+    nonce: u64,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    hold_id: String,
+    nonce: u64,
+    idempotency_key: Option<String>,
+}
+
+fn bad(message: impl Into<String>) -> Reply {
+    Reply::error(ErrorCode::BadRequest, message.into())
+}
+
+fn account(name: &str, value: &str) -> Result<(), Reply> {
+    if valid_account(value) {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} must be 1..=256 bytes of [A-Za-z0-9:/_-]")))
+    }
+}
+
+fn asset(shard: &Shard, value: &str) -> Result<(), Reply> {
+    if shard.config.wallet.assets.iter().any(|a| a == value) {
+        Ok(())
+    } else {
+        Err(bad(format!("unknown asset {value:?}")))
+    }
+}
+
+fn amount(shard: &Shard, value: Amount) -> Result<u128, Reply> {
+    let amount = value.value().map_err(|why| bad(format!("amount_minor: {why}")))?;
+    let max = shard.config.wallet.amount_per_op_max.parse::<u128>().expect("checked at start");
+    if amount > max {
+        return Err(Reply::error(
+            ErrorCode::LimitsExceeded,
+            format!("amount_minor {amount} is over the limit {max}"),
+        ));
+    }
+    Ok(amount)
+}
+
+fn memo(value: Option<&str>) -> Result<(), Reply> {
+    match value {
+        Some(memo) if !valid_memo(memo) => {
+            Err(bad("memo must be at most 256 bytes without control characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn nonce(value: u64) -> Result<u64, Reply> {
+    if value == 0 { Err(bad("nonce must be at least 1")) } else { Ok(value) }
+}
+
+/// The idempotency key: the header (`Idempotency-Key` or
+/// `X-Idempotency-Key`), else the body's `idempotency_key`. Required.
+fn idempotency_key(request: &Request<'_>, body: Option<String>) -> Result<String, Reply> {
+    let header = request.head.idempotency_key.map(|span| span.of(request.raw));
+    let key = match header {
+        Some(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        None => body,
+    };
+    match key {
+        Some(key) if valid_idempotency_key(&key) => Ok(key),
+        Some(_) => Err(bad("the idempotency key must be 1..=64 bytes of [A-Za-z0-9-_:.]")),
+        None => Err(bad("an Idempotency-Key header (or idempotency_key) is required")),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A validated write, ready for its scope shard.
+struct Write {
+    op: WalletOp,
+    scope_shard: usize,
+    route_scope: &'static str,
+}
+
+impl Write {
+    fn new(shard: &Shard, canonical: CanonicalRequest<'_>, route_scope: &'static str) -> Write {
+        let txid = canonical.txid();
+        let hold_id = match canonical.kind {
+            OpKind::Hold => {
+                Some(wallet::hold_id(canonical.from.expect("a hold has a payer"), &txid))
+            }
+            _ => canonical.hold_id.copied(),
+        };
+        let scope_shard = match (canonical.kind, hold_id) {
+            (OpKind::Capture | OpKind::Release, Some(id)) => {
+                ron_proto::routing::owner_of_route(hold_route(&id), shard.count)
+            }
+            _ => ron_proto::routing::owner(canonical.idem_owner.as_bytes(), shard.count),
+        };
+        let op = WalletOp {
+            kind: canonical.kind,
+            from: canonical.from.map(str::to_owned),
+            to: canonical.to.map(str::to_owned),
+            asset: canonical.asset.unwrap_or_default().to_owned(),
+            amount: canonical.amount.unwrap_or(0),
+            nonce: canonical.nonce,
+            hold_id,
+            timeout_s: canonical.timeout_s,
+            idem: Some(canonical.idem.to_owned()),
+            txid,
+            ts_ms: now_ms(),
+        };
+        Write { op, scope_shard, route_scope }
+    }
+}
+
+/// The account a write acts for, for the token's caveats.
+fn acting_account(op: &WalletOp) -> Option<&str> {
+    match op.kind {
+        OpKind::Issue => op.to.as_deref(),
+        _ => op.from.as_deref(),
+    }
+}
+
+fn authorize(
+    shard: &Shard,
+    request: &Request<'_>,
+    route_scope: &str,
+    op: &WalletOp,
+) -> Result<(), Reply> {
+    let facts = Facts {
+        account: acting_account(op),
+        asset: Some(op.asset.as_str()),
+        amount: Some(op.amount),
+    };
+    access::authorize(shard, request, request.path(), Some(route_scope), facts)
+}
+
+fn rejection(rejection: Rejection) -> Reply {
+    match rejection {
+        Rejection::InsufficientFunds { available, needed } => Reply::error(
+            ErrorCode::InsufficientFunds,
+            format!("insufficient funds: {available} available, {needed} needed"),
+        ),
+        Rejection::NonceConflict { expected, got } => Reply::error(
+            ErrorCode::NonceConflict,
+            format!("nonce conflict: expected {expected}, got {got}"),
+        ),
+        Rejection::IdempotencyConflict => Reply::error(
+            ErrorCode::IdempotencyConflict,
+            "the idempotency key was used for a different request",
+        ),
+        Rejection::InFlight => {
+            let mut reply = Reply::error(
+                ErrorCode::Busy,
+                "the same request is being committed; retry for its receipt",
+            );
+            reply.retry_after_s = Some(1);
+            reply
+        }
+        Rejection::UnknownHold => Reply::error(ErrorCode::NotFound, "no open hold with that id"),
+        Rejection::HoldResolved => {
+            Reply::error(ErrorCode::Conflict, "the hold is already being resolved")
+        }
+        Rejection::LimitsExceeded(why) => Reply::error(ErrorCode::LimitsExceeded, why),
+    }
+}
+
+/// Validates the caveats (for captures and releases, once the hold is
+/// known), reserves on the scope shard, commits, and answers the receipt.
+fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
+    if shard.node.ledger_safe_mode.load(Ordering::Acquire) {
+        return Handled::Now(Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"));
+    }
+    let names_hold_only = matches!(write.op.kind, OpKind::Capture | OpKind::Release);
+    if !names_hold_only {
+        if let Err(reply) = authorize(shard, request, write.route_scope, &write.op) {
+            return Handled::Now(reply);
+        }
+    }
+    // A capture's or release's caveats are checked against the hold once
+    // its shard has reserved it (and the reservation released if refused).
+    let hold_check = names_hold_only.then(|| {
+        (
+            request.head.authorization.map(|span| span.of(request.raw).to_vec()),
+            request.head.method.as_str(),
+            request.path().to_owned(),
+            request.socket,
+        )
+    });
+    let shard = shard.clone();
+    let Write { op, scope_shard, route_scope } = write;
+    Handled::Later(Box::pin(async move {
+        let call = ShardCall::WalletReserve { op: Box::new(op), now_ms: now_ms() };
+        let op = match shard.mesh.call(&shard, scope_shard, call).await {
+            Ok(ShardAnswer::WalletReserved(Ok(Reserved::Replay(receipt)))) => {
+                shard.metrics.borrow_mut().wallet_idem_replays += 1;
+                return Reply::json_owned(200, receipt);
+            }
+            Ok(ShardAnswer::WalletReserved(Ok(Reserved::Commit(op)))) => op,
+            Ok(ShardAnswer::WalletReserved(Err(refused))) => return rejection(refused),
+            Ok(other) => panic!("a wallet reservation answered with {other:?}"),
+            Err(error) => return crate::ops::mesh_failure(error),
+        };
+        if let Some((authorization, method, path, socket)) = hold_check {
+            let presented = access::Presented {
+                authorization: authorization.as_deref(),
+                method,
+                path: &path,
+                socket,
+            };
+            let facts = Facts {
+                account: acting_account(&op),
+                asset: Some(op.asset.as_str()),
+                amount: Some(op.amount),
+            };
+            if let Err(reply) = presented.authorize(&shard, Some(route_scope), facts) {
+                release(&shard, scope_shard, &op).await;
+                return reply;
+            }
+        }
+        commit(&shard, op, scope_shard).await
+    }))
+}
+
+async fn commit(shard: &Rc<Shard>, op: WalletOp, scope_shard: usize) -> Reply {
+    let mut encoded = Vec::with_capacity(2 + wallet::WALLET_OP_BYTES_MAX);
+    encoded.extend_from_slice(&[0, 0]);
+    op.encode(&mut encoded);
+    let len = (encoded.len() - 2) as u16;
+    encoded[..2].copy_from_slice(&len.to_le_bytes());
+    let owned = parts(&op, shard.count)
+        .into_iter()
+        .map(|part| (part, Owned { items: Vec::new(), wallet: vec![op.clone()] }))
+        .collect();
+    let call =
+        LedgerCall::Append { entries: encoded, count: 1, ids: Vec::new(), idem: None, owned };
+    match shard.ledger.call(call).await {
+        Ok(LedgerAnswer::Appended { seq_start, root, .. }) => {
+            let placement = Placement { seq: seq_start, root };
+            Reply::json_owned(200, wallet::receipt(&op, &placement))
+        }
+        Ok(LedgerAnswer::Degraded { reason }) => {
+            release(shard, scope_shard, &op).await;
+            Reply::error(ErrorCode::Degraded, format!("the ledger is in safe mode: {reason}"))
+        }
+        Ok(other) => panic!("a wallet append answered with {other:?}"),
+        Err(error) => {
+            release(shard, scope_shard, &op).await;
+            crate::ledger::link_failure(error)
+        }
+    }
+}
+
+/// Gives back a reservation; a busy shard is asked again, a bounded
+/// number of times.
+async fn release(shard: &Rc<Shard>, scope_shard: usize, op: &WalletOp) {
+    for _ in 0..RELEASE_ATTEMPTS_MAX {
+        let call = ShardCall::WalletRelease { op: Box::new(op.clone()) };
+        match shard.mesh.call(shard, scope_shard, call).await {
+            Ok(ShardAnswer::Done) => return,
+            Ok(other) => panic!("a wallet release answered with {other:?}"),
+            Err(MeshError::Busy) => glommio::timer::sleep(RELEASE_RETRY).await,
+            Err(error) => {
+                tracing::error!(scope_shard, ?error, "a wallet reservation was not released");
+                return;
+            }
+        }
+    }
+    tracing::error!(scope_shard, "a wallet reservation was not released: the shard stayed busy");
+}
+
+const RELEASE_RETRY: Duration = Duration::from_micros(200);
+const RELEASE_ATTEMPTS_MAX: u32 = 10_000;
+
+macro_rules! body {
+    ($request:expr, $ty:ty) => {
+        match $request.json::<$ty>() {
+            Ok(body) => body,
+            Err(reply) => return Handled::Now(reply),
+        }
+    };
+}
+
+macro_rules! check {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(reply) => return Handled::Now(reply),
+        }
+    };
+}
+
+/// `POST /v1/issue`.
+pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = body!(request, IssueBody);
+    check!(account("to", &body.to));
+    check!(asset(shard, &body.asset));
+    let amount = check!(amount(shard, body.amount_minor));
+    check!(memo(body.memo.as_deref()));
+    let key = check!(idempotency_key(request, body.idempotency_key));
+    let canonical = CanonicalRequest {
+        kind: OpKind::Issue,
+        from: None,
+        to: Some(&body.to),
+        asset: Some(&body.asset),
+        amount: Some(amount),
+        nonce: None,
+        hold_id: None,
+        timeout_s: None,
+        memo: body.memo.as_deref(),
+        idem_owner: &body.to,
+        idem: &key,
+    };
+    submit(shard, request, Write::new(shard, canonical, scope::WALLET_ISSUE))
+}
+
+/// `POST /v1/transfer`.
+pub fn transfer(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = body!(request, TransferBody);
+    check!(account("from", &body.from));
+    check!(account("to", &body.to));
+    if body.from == body.to {
+        return Handled::Now(bad("from and to must differ"));
+    }
+    check!(asset(shard, &body.asset));
+    let amount = check!(amount(shard, body.amount_minor));
+    let nonce = check!(nonce(body.nonce));
+    check!(memo(body.memo.as_deref()));
+    let key = check!(idempotency_key(request, body.idempotency_key));
+    let canonical = CanonicalRequest {
+        kind: OpKind::Transfer,
+        from: Some(&body.from),
+        to: Some(&body.to),
+        asset: Some(&body.asset),
+        amount: Some(amount),
+        nonce: Some(nonce),
+        hold_id: None,
+        timeout_s: None,
+        memo: body.memo.as_deref(),
+        idem_owner: &body.from,
+        idem: &key,
+    };
+    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+}
+
+/// `POST /v1/burn`.
+pub fn burn(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = body!(request, BurnBody);
+    check!(account("from", &body.from));
+    check!(asset(shard, &body.asset));
+    let amount = check!(amount(shard, body.amount_minor));
+    let nonce = check!(nonce(body.nonce));
+    check!(memo(body.memo.as_deref()));
+    let key = check!(idempotency_key(request, body.idempotency_key));
+    let canonical = CanonicalRequest {
+        kind: OpKind::Burn,
+        from: Some(&body.from),
+        to: None,
+        asset: Some(&body.asset),
+        amount: Some(amount),
+        nonce: Some(nonce),
+        hold_id: None,
+        timeout_s: None,
+        memo: body.memo.as_deref(),
+        idem_owner: &body.from,
+        idem: &key,
+    };
+    submit(shard, request, Write::new(shard, canonical, scope::WALLET_BURN))
+}
+
+/// `POST /v1/hold`.
+pub fn hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = body!(request, HoldBody);
+    check!(account("from", &body.from));
+    check!(account("to", &body.to));
+    if body.from == body.to {
+        return Handled::Now(bad("from and to must differ"));
+    }
+    check!(asset(shard, &body.asset));
+    let amount = check!(amount(shard, body.amount_minor));
+    let nonce = check!(nonce(body.nonce));
+    check!(memo(body.memo.as_deref()));
+    if body.timeout_s.is_some_and(|t| t == 0 || t > HOLD_TIMEOUT_S_MAX) {
+        return Handled::Now(Reply::error(
+            ErrorCode::LimitsExceeded,
+            format!("timeout_s must be 1..={HOLD_TIMEOUT_S_MAX}"),
+        ));
+    }
+    let key = check!(idempotency_key(request, body.idempotency_key));
+    let canonical = CanonicalRequest {
+        kind: OpKind::Hold,
+        from: Some(&body.from),
+        to: Some(&body.to),
+        asset: Some(&body.asset),
+        amount: Some(amount),
+        nonce: Some(nonce),
+        hold_id: None,
+        timeout_s: body.timeout_s,
+        memo: body.memo.as_deref(),
+        idem_owner: &body.from,
+        idem: &key,
+    };
+    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+}
+
+fn hold_id(text: &str) -> Result<HoldId, Reply> {
+    wallet::parse_hold_id(text).ok_or_else(|| bad("hold_id must be h_ and 32 hex digits"))
+}
+
+/// `POST /v1/capture`: all of the hold, or `amount_minor` of it (the rest
+/// returns to `from`).
+pub fn capture(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = body!(request, CaptureBody);
+    let id = check!(hold_id(&body.hold_id));
+    let amount = match body.amount_minor {
+        Some(value) => Some(check!(amount(shard, value))),
+        None => None,
+    };
+    let nonce = check!(nonce(body.nonce));
+    let key = check!(idempotency_key(request, body.idempotency_key));
+    let owner = format!("hold:{}", body.hold_id);
+    let canonical = CanonicalRequest {
+        kind: OpKind::Capture,
+        from: None,
+        to: None,
+        asset: None,
+        amount,
+        nonce: Some(nonce),
+        hold_id: Some(&id),
+        timeout_s: None,
+        memo: None,
+        idem_owner: &owner,
+        idem: &key,
+    };
+    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+}
+
+/// `POST /v1/release`.
+pub fn release_hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = body!(request, ReleaseBody);
+    let id = check!(hold_id(&body.hold_id));
+    let nonce = check!(nonce(body.nonce));
+    let key = check!(idempotency_key(request, body.idempotency_key));
+    let owner = format!("hold:{}", body.hold_id);
+    let canonical = CanonicalRequest {
+        kind: OpKind::Release,
+        from: None,
+        to: None,
+        asset: None,
+        amount: None,
+        nonce: Some(nonce),
+        hold_id: Some(&id),
+        timeout_s: None,
+        memo: None,
+        idem_owner: &owner,
+        idem: &key,
+    };
+    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+}
+
+#[derive(Serialize)]
+struct BalanceAnswer {
+    account: String,
+    asset: String,
+    amount_minor: String,
+    as_of_seq: u64,
+}
+
+/// `GET /v1/balance?account=&asset=`: from the owner, once it has applied
+/// everything durable.
+pub fn balance(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let (account_id, asset_name) = match (request.query("account"), request.query("asset")) {
+        (Ok(Some(a)), Ok(Some(b))) => (a.into_owned(), b.into_owned()),
+        (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
+        _ => return Handled::Now(bad("account and asset are required")),
+    };
+    check!(account("account", &account_id));
+    check!(asset(shard, &asset_name));
+    let facts = Facts { account: Some(&account_id), asset: Some(&asset_name), amount: None };
+    check!(access::authorize(shard, request, request.path(), Some(scope::WALLET_READ), facts));
+    let owner = ron_proto::routing::owner(account_id.as_bytes(), shard.count);
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        let call =
+            ShardCall::WalletBalance { account: account_id.clone(), asset: asset_name.clone() };
+        match shard.mesh.call(&shard, owner, call).await {
+            Ok(ShardAnswer::WalletBalance { funds, as_of_seq }) => {
+                let answer = BalanceAnswer {
+                    account: account_id,
+                    asset: asset_name,
+                    amount_minor: funds.balance.to_string(),
+                    as_of_seq,
+                };
+                Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+            }
+            Ok(other) => panic!("a wallet balance answered with {other:?}"),
+            Err(error) => crate::ops::mesh_failure(error),
+        }
+    }))
+}
+
+/// `GET /v1/tx/{txid}`: the receipt, from the shard that keeps it.
+pub fn tx(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+    let Some(txid) = params.get(0).and_then(wallet::parse_txid) else {
+        return Handled::Now(bad("txid must be tx_ and 32 hex digits"));
+    };
+    let keeper = recorder(&txid, shard.count);
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        match shard.mesh.call(&shard, keeper, ShardCall::WalletReceipt { txid }).await {
+            Ok(ShardAnswer::WalletReceipt(Some(receipt))) => Reply::json_owned(200, receipt),
+            Ok(ShardAnswer::WalletReceipt(None)) => {
+                Reply::error(ErrorCode::NotFound, "no transaction with that id")
+            }
+            Ok(other) => panic!("a receipt lookup answered with {other:?}"),
+            Err(error) => crate::ops::mesh_failure(error),
+        }
+    }))
+}
