@@ -248,6 +248,9 @@ pub async fn run(start: ShardStart) {
         glommio::spawn_local_into(ledger::receive_answers(shard.clone(), ledger_answers), queue)
             .expect("the queue exists");
     glommio::spawn_local_into(view::keep(shard.clone()), queue).expect("the queue exists").detach();
+    glommio::spawn_local_into(crate::wallet::expire_holds(shard.clone()), queue)
+        .expect("the queue exists")
+        .detach();
     let front = Front::new(shard.clone(), ring, listeners).expect("arming the listeners");
     let probe_interval = Duration::from_millis(shard.config.executor.timer_probe_interval_ms);
     if !probe_interval.is_zero() {

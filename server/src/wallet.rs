@@ -352,6 +352,35 @@ async fn release(shard: &Rc<Shard>, scope_shard: usize, op: &WalletOp) {
 }
 
 const RELEASE_RETRY: Duration = Duration::from_micros(200);
+
+/// How often a shard looks for holds past their timeout.
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
+/// Expiries one shard commits per tick, at most.
+const EXPIRIES_PER_TICK_MAX: usize = 256;
+
+/// Commits the expiry of every hold this shard owns once its timeout has
+/// passed, whether or not anyone calls: each is an operation in the log
+/// like any write (SPEC §5), and a restart that finds a hold past its
+/// timeout expires it at the first tick.
+pub async fn expire_holds(shard: Rc<Shard>) {
+    while !shard.ledger.is_stopped() {
+        glommio::timer::sleep(EXPIRY_TICK).await;
+        if shard.node.ledger_safe_mode.load(Ordering::Acquire) {
+            continue;
+        }
+        let due = shard.wallet.borrow_mut().due_expiries(now_ms(), EXPIRIES_PER_TICK_MAX);
+        for op in due {
+            let reply = commit(&shard, op, shard.id).await;
+            if reply.status != 200 {
+                tracing::warn!(
+                    shard = shard.id,
+                    status = reply.status,
+                    "a hold expiry did not commit"
+                );
+            }
+        }
+    }
+}
 const RELEASE_ATTEMPTS_MAX: u32 = 10_000;
 
 macro_rules! body {

@@ -311,3 +311,28 @@ fn caveats_bound_the_account_the_asset_and_the_amount() {
     let reader = token(&node, &["scope=wallet.read"]);
     assert_eq!(send(&reader, "alice", 1, 3, "r1").status, 403);
 }
+
+#[test]
+fn a_hold_expires_by_itself_as_a_committed_operation() {
+    let mut node = TestNode::start(NodeOptions::default().shards(2));
+    ok(issue(&node, "payer", 50, "i"));
+    let hold = r#"{"from":"payer","to":"shop","asset":"roc","amount_minor":"20","nonce":1,"timeout_s":1,"idempotency_key":"h"}"#;
+    let hold_id =
+        ok(post(&node, node.listen, "/v1/hold", hold)).get_str("hold_id").unwrap().to_owned();
+    assert_eq!(balance(&node, node.listen, "payer"), 30);
+    let seq_before = node.metric("ledger_entries_total");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while balance(&node, node.listen, "payer") != 50 {
+        assert!(std::time::Instant::now() < deadline, "the hold did not expire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The expiry is an entry of the log, and the hold is gone for good.
+    assert_eq!(node.metric("ledger_entries_total"), seq_before + 1.0);
+    let capture = format!(r#"{{"hold_id":"{hold_id}","nonce":2,"idempotency_key":"c"}}"#);
+    assert_eq!(post(&node, node.listen, "/v1/capture", &capture).status, 404);
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    assert_eq!(balance(&node, node.listen, "payer"), 50);
+    assert_eq!(balance(&node, node.listen, "shop"), 0);
+    assert_eq!(post(&node, node.listen, "/v1/capture", &capture).status, 404);
+}
