@@ -336,3 +336,112 @@ fn a_hold_expires_by_itself_as_a_committed_operation() {
     assert_eq!(balance(&node, node.listen, "shop"), 0);
     assert_eq!(post(&node, node.listen, "/v1/capture", &capture).status, 404);
 }
+
+/// Writers with strictly increasing nonces, a SIGKILL in the middle, a
+/// restart: every acknowledged receipt is there byte for byte, the total
+/// is conserved, and each account's next nonce follows what it committed.
+#[test]
+fn kill_9_under_write_load_keeps_every_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut node = TestNode::start(NodeOptions::default().shards(2));
+    let payers: Vec<String> = (0..8).map(|i| format!("acct:{i}")).collect();
+    for (i, payer) in payers.iter().enumerate() {
+        ok(issue(&node, payer, 1000, &format!("fund-{i}")));
+    }
+    let stop = AtomicBool::new(false);
+    let (listen, admin, pid) = (node.listen, node.admin(), node.pid());
+    let (acked, attempted): (Vec<(String, Vec<u8>)>, Vec<(String, u64, u64)>) = std::thread::scope(
+        |scope| {
+            let handles: Vec<_> = payers
+                .chunks(2)
+                .enumerate()
+                .map(|(worker, mine)| {
+                    let admin = &admin;
+                    let stop = &stop;
+                    let payers = &payers;
+                    scope.spawn(move || {
+                        let mut acked = Vec::new();
+                        let mut next = vec![1u64; mine.len()];
+                        let mut last_acked = vec![0u64; mine.len()];
+                        let mut n = 0usize;
+                        while !stop.load(Ordering::Relaxed) {
+                            let which = n % mine.len();
+                            let to = &payers[(worker * 3 + n) % payers.len()];
+                            n += 1;
+                            if *to == mine[which] {
+                                continue;
+                            }
+                            let key = format!("w{worker}-{n}");
+                            let body = format!(
+                                r#"{{"from":"{}","to":"{to}","asset":"roc","amount_minor":"1","nonce":{},"idempotency_key":"{key}"}}"#,
+                                mine[which], next[which]
+                            );
+                            let Ok(response) = request(
+                                listen,
+                                "POST",
+                                "/v1/transfer",
+                                &[("Authorization", admin), ("Content-Type", "application/json")],
+                                body.as_bytes(),
+                            ) else {
+                                break;
+                            };
+                            if response.status == 200 {
+                                last_acked[which] = next[which];
+                                next[which] += 1;
+                                let txid = response.json().get_str("txid").unwrap().to_owned();
+                                acked.push((txid, response.body));
+                            }
+                        }
+                        let attempted: Vec<(String, u64, u64)> = mine
+                            .iter()
+                            .enumerate()
+                            .map(|(i, a)| (a.clone(), last_acked[i], next[i]))
+                            .collect();
+                        (acked, attempted)
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(700));
+            // SAFETY: kill has no memory effects; the pid is our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            stop.store(true, Ordering::Relaxed);
+            let mut all_acked = Vec::new();
+            let mut all_attempted = Vec::new();
+            for handle in handles {
+                let (acked, attempted) = handle.join().unwrap();
+                all_acked.extend(acked);
+                all_attempted.extend(attempted);
+            }
+            (all_acked, all_attempted)
+        },
+    );
+    assert!(acked.len() > 10, "only {} writes were acknowledged", acked.len());
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    for (txid, body) in &acked {
+        let stored =
+            get(node.listen, &format!("/v1/tx/{txid}"), &[("Authorization", &node.admin())])
+                .unwrap();
+        assert_eq!(&stored.body, body, "{txid}");
+    }
+    let total: u128 = payers.iter().map(|p| balance(&node, node.listen, p)).sum();
+    assert_eq!(total, 8 * 1000);
+    for (account, last_acked, next) in attempted {
+        // The next nonce is one past what committed: everything
+        // acknowledged, and perhaps the one attempt whose answer was lost.
+        let probe = transfer(&node, &account, "probe", 1, 0x7fff_ffff, "probe");
+        assert_eq!(code(&probe), "NONCE_CONFLICT");
+        let expected: u64 = probe
+            .text()
+            .split("expected ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap();
+        assert!(
+            expected > last_acked && expected <= next + 1,
+            "{account}: {expected} not in ({last_acked}, {}]",
+            next + 1
+        );
+    }
+}
