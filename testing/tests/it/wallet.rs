@@ -350,9 +350,10 @@ fn kill_9_under_write_load_keeps_every_acknowledged_write() {
     }
     let stop = AtomicBool::new(false);
     let (listen, admin, pid) = (node.listen, node.admin(), node.pid());
-    let (acked, attempted): (Vec<(String, Vec<u8>)>, Vec<(String, u64, u64)>) = std::thread::scope(
-        |scope| {
-            let handles: Vec<_> = payers
+    // (txid, receipt) acknowledged; (account, last acknowledged nonce, last tried).
+    type Outcome = (Vec<(String, Vec<u8>)>, Vec<(String, u64, u64)>);
+    let (acked, attempted): Outcome = std::thread::scope(|scope| {
+        let handles: Vec<_> = payers
                 .chunks(2)
                 .enumerate()
                 .map(|(worker, mine)| {
@@ -401,20 +402,19 @@ fn kill_9_under_write_load_keeps_every_acknowledged_write() {
                     })
                 })
                 .collect();
-            std::thread::sleep(Duration::from_millis(700));
-            // SAFETY: kill has no memory effects; the pid is our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            stop.store(true, Ordering::Relaxed);
-            let mut all_acked = Vec::new();
-            let mut all_attempted = Vec::new();
-            for handle in handles {
-                let (acked, attempted) = handle.join().unwrap();
-                all_acked.extend(acked);
-                all_attempted.extend(attempted);
-            }
-            (all_acked, all_attempted)
-        },
-    );
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill has no memory effects; the pid is our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        stop.store(true, Ordering::Relaxed);
+        let mut all_acked = Vec::new();
+        let mut all_attempted = Vec::new();
+        for handle in handles {
+            let (acked, attempted) = handle.join().unwrap();
+            all_acked.extend(acked);
+            all_attempted.extend(attempted);
+        }
+        (all_acked, all_attempted)
+    });
     assert!(acked.len() > 10, "only {} writes were acknowledged", acked.len());
     node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     node.spawn();
