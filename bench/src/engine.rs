@@ -14,7 +14,7 @@
 //! Each thread is pinned to its core and busy-polls its sockets (mio, zero
 //! timeout): the generator's own core is spent on precision.
 
-use crate::workload::WorkloadSpec;
+use crate::workload::{Workload, WorkloadSpec};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -35,6 +35,10 @@ const LATENCY_NS_MAX: u64 = 120_000_000_000;
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     pub target: SocketAddr,
+    /// Shard-aware runs: every shard's own address, in shard order; the
+    /// workload says which shard each request is for. Empty: everything
+    /// goes to `target`.
+    pub shard_targets: Vec<SocketAddr>,
     pub workload: WorkloadSpec,
     /// Requests per second, over all threads.
     pub rate: f64,
@@ -126,10 +130,13 @@ impl RunResult {
 struct Connection {
     stream: TcpStream,
     token: Token,
+    /// Index into the run's addresses.
+    target: usize,
     out: Vec<u8>,
     input: Vec<u8>,
-    /// Intended send times (ns since start) of requests in flight, in order.
-    inflight: VecDeque<u64>,
+    /// Intended send times (ns since start) and indices of requests in
+    /// flight, in order.
+    inflight: VecDeque<(u64, u64)>,
     open: bool,
 }
 
@@ -155,14 +162,17 @@ pub fn run(spec: &RunSpec) -> anyhow::Result<RunResult> {
             let connections =
                 spec.connections / threads + usize::from(thread < spec.connections % threads);
             let rate = spec.rate / threads as f64;
+            let addresses = spec.addresses();
+            let connections = connections.max(addresses.len());
             let mut streams = Vec::with_capacity(connections);
-            for _ in 0..connections {
-                streams.push(connect(spec.target)?);
+            for i in 0..connections {
+                let target = i % addresses.len();
+                streams.push((target, connect(addresses[target])?));
             }
             barrier.wait();
             // Every thread plans from the same instant.
             let start = *start_slot.get_or_init(|| Instant::now() + Duration::from_millis(20));
-            drive(&spec, rate, streams, start)
+            drive(&spec, thread, rate, streams, start)
         }));
     }
     let mut total = RunResult::empty();
@@ -172,6 +182,13 @@ pub fn run(spec: &RunSpec) -> anyhow::Result<RunResult> {
         total.add(&result);
     }
     Ok(total)
+}
+
+impl RunSpec {
+    /// Where connections go: the shards' addresses, or the one target.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        if self.shard_targets.is_empty() { vec![self.target] } else { self.shard_targets.clone() }
+    }
 }
 
 fn connect(target: SocketAddr) -> anyhow::Result<TcpStream> {
@@ -184,24 +201,29 @@ fn connect(target: SocketAddr) -> anyhow::Result<TcpStream> {
 
 fn drive(
     spec: &RunSpec,
+    thread: usize,
     rate: f64,
-    streams: Vec<TcpStream>,
+    streams: Vec<(usize, TcpStream)>,
     start: Instant,
 ) -> anyhow::Result<RunResult> {
     let mut poll = Poll::new()?;
+    let addresses = spec.addresses();
     let mut connections: Vec<Connection> = Vec::with_capacity(streams.len());
-    for (i, mut stream) in streams.into_iter().enumerate() {
+    for (i, (target, mut stream)) in streams.into_iter().enumerate() {
         poll.registry().register(&mut stream, Token(i), Interest::READABLE)?;
         connections.push(Connection {
             stream,
             token: Token(i),
+            target,
             out: Vec::with_capacity(16 * 1024),
             input: Vec::with_capacity(READ_CHUNK_BYTES),
             inflight: VecDeque::with_capacity(spec.pipeline_max),
             open: true,
         });
     }
-    let mut workload = spec.workload.build();
+    let mut workload = spec.workload.build(thread, spec.cores.len().max(1));
+    let workload = workload.as_mut();
+    let mut scratch = Vec::with_capacity(4096);
     let mut events = Events::with_capacity(1024);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut result = RunResult::empty();
@@ -228,17 +250,22 @@ fn drive(
             if counted {
                 result.planned += 1;
             }
+            scratch.clear();
+            let shard = workload.request(next, &mut scratch);
+            let wanted = (addresses.len() > 1).then(|| shard % addresses.len());
             let picked =
                 (0..connections.len()).map(|i| (cursor + i) % connections.len()).find(|i| {
                     let c = &connections[*i];
-                    c.open && c.inflight.len() < spec.pipeline_max
+                    c.open
+                        && c.inflight.len() < spec.pipeline_max
+                        && wanted.is_none_or(|t| t == c.target)
                 });
             match picked {
                 Some(i) => {
                     cursor = i + 1;
                     let connection = &mut connections[i];
-                    workload.request(next, &mut connection.out);
-                    connection.inflight.push_back(intended);
+                    connection.out.extend_from_slice(&scratch);
+                    connection.inflight.push_back((intended, next));
                     if counted {
                         result.sent += 1;
                         if now - intended > late_ns {
@@ -246,8 +273,12 @@ fn drive(
                         }
                     }
                 }
-                None if counted => result.dropped += 1,
-                None => {}
+                None => {
+                    workload.answered(next, 0, &[]);
+                    if counted {
+                        result.dropped += 1;
+                    }
+                }
             }
             next += 1;
         }
@@ -255,7 +286,7 @@ fn drive(
         // its unanswered requests are counted, and a new one takes its place.
         if next < total {
             for connection in connections.iter_mut().filter(|c| !c.open) {
-                let mut stream = connect(spec.target)?;
+                let mut stream = connect(addresses[connection.target])?;
                 poll.registry().register(&mut stream, connection.token, Interest::READABLE)?;
                 connection.stream = stream;
                 connection.input.clear();
@@ -269,13 +300,13 @@ fn drive(
                     connection.out.drain(..written);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => close(connection, warmup_ns, &mut result),
+                Err(_) => close(connection, warmup_ns, &mut result, workload),
             }
         }
         poll.poll(&mut events, Some(Duration::ZERO))?;
         for event in events.iter() {
             let connection = &mut connections[event.token().0];
-            read_answers(connection, &mut chunk, start, warmup_ns, &mut result);
+            read_answers(connection, &mut chunk, start, warmup_ns, &mut result, workload);
         }
         let now = start.elapsed().as_nanos() as u64;
         let idle = connections.iter().all(|c| c.inflight.is_empty());
@@ -284,7 +315,8 @@ fn drive(
         }
     }
     for connection in &mut connections {
-        while let Some(intended) = connection.inflight.pop_front() {
+        while let Some((intended, index)) = connection.inflight.pop_front() {
+            workload.answered(index, 0, &[]);
             if intended >= warmup_ns {
                 result.unanswered += 1;
             }
@@ -294,13 +326,19 @@ fn drive(
     Ok(result)
 }
 
-fn close(connection: &mut Connection, warmup_ns: u64, result: &mut RunResult) {
+fn close(
+    connection: &mut Connection,
+    warmup_ns: u64,
+    result: &mut RunResult,
+    workload: &mut dyn Workload,
+) {
     if !connection.open {
         return;
     }
     connection.open = false;
     connection.out.clear();
-    while let Some(intended) = connection.inflight.pop_front() {
+    while let Some((intended, index)) = connection.inflight.pop_front() {
+        workload.answered(index, 0, &[]);
         if intended >= warmup_ns {
             result.unanswered += 1;
         }
@@ -313,17 +351,18 @@ fn read_answers(
     start: Instant,
     warmup_ns: u64,
     result: &mut RunResult,
+    workload: &mut dyn Workload,
 ) {
     loop {
         match connection.stream.read(chunk) {
             Ok(0) => {
-                close(connection, warmup_ns, result);
+                close(connection, warmup_ns, result, workload);
                 return;
             }
             Ok(n) => connection.input.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => {
-                close(connection, warmup_ns, result);
+                close(connection, warmup_ns, result, workload);
                 return;
             }
         }
@@ -333,11 +372,13 @@ fn read_answers(
     loop {
         match parse_response(&connection.input[consumed..]) {
             Ok(Some((status, used))) => {
+                let response = &connection.input[consumed..consumed + used];
                 consumed += used;
-                let Some(intended) = connection.inflight.pop_front() else {
-                    close(connection, warmup_ns, result);
+                let Some((intended, index)) = connection.inflight.pop_front() else {
+                    close(connection, warmup_ns, result, workload);
                     return;
                 };
+                workload.answered(index, status, response);
                 if intended >= warmup_ns {
                     result.completed += 1;
                     *result.statuses.entry(status).or_default() += 1;
@@ -346,7 +387,7 @@ fn read_answers(
             }
             Ok(None) => break,
             Err(()) => {
-                close(connection, warmup_ns, result);
+                close(connection, warmup_ns, result, workload);
                 return;
             }
         }

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod report;
 pub mod sweep;
+pub mod wallet_workload;
 pub mod workload;
 
 use std::time::Duration;

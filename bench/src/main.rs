@@ -5,6 +5,7 @@ use ron_bench::engine::{self, RunSpec};
 use ron_bench::parse_duration;
 use ron_bench::report::RunReport;
 use ron_bench::sweep::{self, SweepSpec};
+use ron_bench::wallet_workload::{Mix, WalletSpec};
 use ron_bench::workload::WorkloadSpec;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,13 +51,32 @@ enum Command {
 
 #[derive(Args)]
 struct Common {
-    /// `get` (no token), `auth-get` (bearer token; a token implies it) or
-    /// `ledger-ingest` (POST /ingest, `--entries` Mint entries per request).
+    /// `get` (no token), `auth-get` (bearer token; a token implies it),
+    /// `ledger-ingest` (POST /ingest, `--entries` Mint entries per request),
+    /// or a wallet mix: `wallet-setup` (fund the pool), `wallet-read`,
+    /// `wallet-write` (with `--replay-percent` for replays), `wallet-transfer`.
     #[arg(long)]
     workload: Option<String>,
     /// Entries per ledger-ingest request.
     #[arg(long, default_value_t = 16)]
     entries: usize,
+    /// Wallet workloads: the account pool `acct:0..N-1`.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    /// Wallet workloads: accounts that pay (the first this many of the pool).
+    #[arg(long, default_value_t = 256)]
+    payers: usize,
+    /// Wallet workloads: what `wallet-setup` issues to each account.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    funds: u128,
+    /// `wallet-write`: the share of requests (in %) that re-send an
+    /// acknowledged write (idempotent replays).
+    #[arg(long, default_value_t = 0)]
+    replay_percent: u32,
+    /// Send each request to its owner shard's port (read from the target's
+    /// `/v1/node/topology`).
+    #[arg(long)]
+    shard_aware: bool,
     #[arg(long, default_value = "/healthz")]
     path: String,
     /// A file holding the token, e.g. ron-data/admin.token.
@@ -86,7 +106,7 @@ struct Common {
 }
 
 impl Common {
-    fn workload(&self) -> anyhow::Result<WorkloadSpec> {
+    fn workload(&self, shards: usize) -> anyhow::Result<WorkloadSpec> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(file)) => Some(
@@ -106,6 +126,18 @@ impl Common {
             (Some("ledger-ingest"), None) => {
                 anyhow::bail!("ledger-ingest needs --token or --token-file")
             }
+            (Some(name), token) if Mix::parse(name).is_some() => {
+                let token = token.ok_or_else(|| anyhow::anyhow!("{name} needs a token"))?;
+                Ok(WorkloadSpec::Wallet(WalletSpec {
+                    mix: Mix::parse(name).expect("checked"),
+                    token,
+                    accounts: self.accounts,
+                    funds: self.funds,
+                    shards,
+                    replay_percent: self.replay_percent,
+                    payers: self.payers,
+                }))
+            }
             (Some(other), _) => {
                 anyhow::bail!("unknown workload {other} (get, auth-get, ledger-ingest)")
             }
@@ -113,9 +145,11 @@ impl Common {
     }
 
     fn spec(&self, target: SocketAddr, rate: f64) -> anyhow::Result<RunSpec> {
+        let shard_targets = if self.shard_aware { shard_addresses(target)? } else { Vec::new() };
         Ok(RunSpec {
             target,
-            workload: self.workload()?,
+            shard_targets: shard_targets.clone(),
+            workload: self.workload(shard_targets.len().max(1))?,
             rate,
             warmup: self.warmup,
             duration: self.duration,
@@ -133,6 +167,35 @@ impl Common {
         }
         Ok(())
     }
+}
+
+/// The shard ports of the node at `target`, from `/v1/node/topology`.
+fn shard_addresses(target: SocketAddr) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(target)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(
+        b"GET /v1/node/topology HTTP/1.1\r\nHost: ron-load\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no topology from {target}"))?;
+    let mut body = response[at + 4..].to_vec();
+    let value = simd_json::to_owned_value(&mut body)?;
+    use simd_json::prelude::*;
+    let ports: Vec<SocketAddr> = value
+        .get("shard_ports")
+        .and_then(|p| p.as_array())
+        .ok_or_else(|| anyhow::anyhow!("the topology has no shard_ports (shard_port_base = 0?)"))?
+        .iter()
+        .filter_map(|p| p.as_u64())
+        .map(|port| SocketAddr::new(target.ip(), port as u16))
+        .collect();
+    anyhow::ensure!(!ports.is_empty(), "the node lists no shard ports");
+    Ok(ports)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -4,8 +4,14 @@
 
 /// One kind of traffic.
 pub trait Workload: Send {
-    /// Appends request `index` (counted per thread) to `out`.
-    fn request(&mut self, index: u64, out: &mut Vec<u8>);
+    /// Appends request `index` (counted per thread) to `out`; returns the
+    /// shard it is for (used by shard-aware runs, else ignored).
+    fn request(&mut self, index: u64, out: &mut Vec<u8>) -> usize;
+
+    /// The answer to request `index`: its status and bytes (status 0 and no
+    /// bytes when none came: dropped, unanswered or lost with its
+    /// connection).
+    fn answered(&mut self, _index: u64, _status: u16, _response: &[u8]) {}
 }
 
 /// How to build a thread's workload.
@@ -18,6 +24,8 @@ pub enum WorkloadSpec {
     /// `POST /ingest` of `entries` Mint entries with ids never used before
     /// (SPEC §10's `ledger-ingest`, 16 entries per request).
     LedgerIngest { token: String, entries: usize },
+    /// The wallet workloads (`crate::wallet_workload`).
+    Wallet(crate::wallet_workload::WalletSpec),
 }
 
 impl WorkloadSpec {
@@ -26,6 +34,7 @@ impl WorkloadSpec {
             WorkloadSpec::Get { .. } => "get",
             WorkloadSpec::AuthGet { .. } => "auth-get",
             WorkloadSpec::LedgerIngest { .. } => "ledger-ingest",
+            WorkloadSpec::Wallet(spec) => spec.mix.name(),
         }
     }
 
@@ -36,16 +45,19 @@ impl WorkloadSpec {
             WorkloadSpec::LedgerIngest { entries, .. } => {
                 format!("POST /ingest ({entries} entries per request)")
             }
+            WorkloadSpec::Wallet(spec) => spec.describe(),
         }
     }
 
-    pub fn build(&self) -> Box<dyn Workload> {
+    /// The workload of generator thread `thread` of `threads`.
+    pub fn build(&self, thread: usize, threads: usize) -> Box<dyn Workload> {
         match self {
             WorkloadSpec::Get { path } => Box::new(Fixed::new(path, None)),
             WorkloadSpec::AuthGet { path, token } => Box::new(Fixed::new(path, Some(token))),
             WorkloadSpec::LedgerIngest { token, entries } => {
                 Box::new(LedgerIngest::new(token, *entries))
             }
+            WorkloadSpec::Wallet(spec) => spec.build(thread, threads),
         }
     }
 }
@@ -67,8 +79,9 @@ impl Fixed {
 }
 
 impl Workload for Fixed {
-    fn request(&mut self, _index: u64, out: &mut Vec<u8>) {
+    fn request(&mut self, _index: u64, out: &mut Vec<u8>) -> usize {
         out.extend_from_slice(&self.bytes);
+        0
     }
 }
 
@@ -101,7 +114,7 @@ impl LedgerIngest {
 }
 
 impl Workload for LedgerIngest {
-    fn request(&mut self, index: u64, out: &mut Vec<u8>) {
+    fn request(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
         use std::fmt::Write as _;
         self.body.clear();
         self.body.push_str(r#"{"batch":["#);
@@ -120,11 +133,12 @@ impl Workload for LedgerIngest {
         out.extend_from_slice(self.head.as_bytes());
         let _ = write!(ByteWriter(out), "Content-Length: {}\r\n\r\n", self.body.len());
         out.extend_from_slice(self.body.as_bytes());
+        0
     }
 }
 
 /// `write!` into a byte vector.
-struct ByteWriter<'a>(&'a mut Vec<u8>);
+pub(crate) struct ByteWriter<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl std::fmt::Write for ByteWriter<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -140,13 +154,13 @@ mod tests {
     #[test]
     fn fixed_requests_are_complete_heads() {
         let mut workload =
-            WorkloadSpec::AuthGet { path: "/v1/x".into(), token: "ron1.abc\n".into() }.build();
+            WorkloadSpec::AuthGet { path: "/v1/x".into(), token: "ron1.abc\n".into() }.build(0, 1);
         let mut out = Vec::new();
         workload.request(0, &mut out);
         workload.request(1, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("\r\n\r\n").count(), 2);
-        let mut ingest = WorkloadSpec::LedgerIngest { token: "t".into(), entries: 16 }.build();
+        let mut ingest = WorkloadSpec::LedgerIngest { token: "t".into(), entries: 16 }.build(0, 1);
         let mut bytes = Vec::new();
         ingest.request(7, &mut bytes);
         ingest.request(8, &mut bytes);

@@ -1,0 +1,372 @@
+//! The wallet workloads of issue 4 (the seed's mixes) over a pool of
+//! accounts `acct:0 .. acct:N-1`:
+//!
+//! * `wallet-setup`: issues `funds` to every account of the pool once
+//!   (idempotency key `setup-i`, so running it again changes nothing);
+//! * `wallet-read`: 95 % balance reads, 5 % receipt reads of the setup
+//!   issues, over random accounts;
+//! * `wallet-write`: 20 % transfers, 5 % issues, 5 % burns, 70 % balance
+//!   reads; `--replay-percent` re-sends that share of acknowledged writes
+//!   byte for byte (idempotent replays);
+//! * `wallet-transfer`: transfers only.
+//!
+//! Nonces go strictly up per payer. Payers are the first `payers` accounts;
+//! each generator thread pays only from its own (`i % threads == thread`),
+//! round robin, so one payer's writes are far apart; a refused write gives
+//! its nonce back, and a `NONCE_CONFLICT` answer resynchronizes the payer
+//! on the nonce the node expects. Payers used by an earlier run start that
+//! way: keep the warm-up longer than one pass over the payers, so that the
+//! measured part sees none of it. Receipt txids
+//! are computed here exactly as the node computes them.
+
+use crate::workload::{ByteWriter, Workload};
+use ron_proto::wallet::{CanonicalRequest, OpKind, txid_text};
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    Setup,
+    Read,
+    Write,
+    Transfer,
+}
+
+impl Mix {
+    pub fn parse(name: &str) -> Option<Mix> {
+        match name {
+            "wallet-setup" => Some(Mix::Setup),
+            "wallet-read" => Some(Mix::Read),
+            "wallet-write" => Some(Mix::Write),
+            "wallet-transfer" => Some(Mix::Transfer),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::Setup => "wallet-setup",
+            Mix::Read => "wallet-read",
+            Mix::Write => "wallet-write",
+            Mix::Transfer => "wallet-transfer",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalletSpec {
+    pub mix: Mix,
+    pub token: String,
+    pub accounts: usize,
+    /// What setup issues to each account.
+    pub funds: u128,
+    /// Shards of the node, for shard-aware runs (1 otherwise).
+    pub shards: usize,
+    /// Share of requests that re-send an acknowledged write (`wallet-write`).
+    pub replay_percent: u32,
+    /// Accounts that pay (transfers, burns): the first this many.
+    pub payers: usize,
+}
+
+impl WalletSpec {
+    pub fn describe(&self) -> String {
+        let replay = if self.replay_percent > 0 {
+            format!(", {} % replays", self.replay_percent)
+        } else {
+            String::new()
+        };
+        format!("{} over {} accounts{replay}", self.mix.name(), self.accounts)
+    }
+
+    pub fn build(&self, thread: usize, threads: usize) -> Box<dyn Workload> {
+        assert!(self.accounts > 0 && threads > 0 && self.shards > 0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let own: Vec<usize> = (thread..self.payers.min(self.accounts)).step_by(threads).collect();
+        Box::new(WalletWorkload {
+            spec: self.clone(),
+            auth: format!("Authorization: Bearer {}\r\n", self.token.trim()),
+            rng: nanos ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            prefix: format!("{nanos:x}-{thread}"),
+            own,
+            cursor: 0,
+            next_nonce: HashMap::new(),
+            pending: HashMap::new(),
+            replayable: VecDeque::new(),
+            body: String::with_capacity(512),
+        })
+    }
+}
+
+/// Writes kept for replays, at most.
+const REPLAYABLE_MAX: usize = 4096;
+
+/// A write in flight: its payer and nonce (if it has one), and its bytes
+/// and shard, kept for replays.
+type InFlight = (Option<(usize, u64)>, Vec<u8>, usize);
+
+struct WalletWorkload {
+    spec: WalletSpec,
+    auth: String,
+    rng: u64,
+    prefix: String,
+    /// The accounts this thread pays from.
+    own: Vec<usize>,
+    cursor: usize,
+    /// The next nonce of each own payer (absent: 1).
+    next_nonce: HashMap<usize, u64>,
+    /// Writes in flight, by request index.
+    pending: HashMap<u64, InFlight>,
+    replayable: VecDeque<(Vec<u8>, usize)>,
+    body: String,
+}
+
+pub fn account(i: usize) -> String {
+    format!("acct:{i}")
+}
+
+/// The txid of the setup issue to account `i`.
+pub fn setup_txid(i: usize, funds: u128) -> String {
+    let to = account(i);
+    let key = format!("setup-{i}");
+    let canonical = CanonicalRequest {
+        kind: OpKind::Issue,
+        from: None,
+        to: Some(&to),
+        asset: Some("roc"),
+        amount: Some(funds),
+        nonce: None,
+        hold_id: None,
+        timeout_s: None,
+        memo: None,
+        idem_owner: &to,
+        idem: &key,
+    };
+    txid_text(&canonical.txid())
+}
+
+impl WalletWorkload {
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn random_account(&mut self) -> usize {
+        (self.random() % self.spec.accounts as u64) as usize
+    }
+
+    fn owner(&self, account: &str) -> usize {
+        ron_proto::routing::owner(account.as_bytes(), self.spec.shards)
+    }
+
+    fn get(&self, path: &str, out: &mut Vec<u8>) {
+        let _ =
+            write!(ByteWriter(out), "GET {path} HTTP/1.1\r\nHost: ron-load\r\n{}\r\n", self.auth);
+    }
+
+    fn post(&self, path: &str, out: &mut Vec<u8>) {
+        let _ = write!(
+            ByteWriter(out),
+            "POST {path} HTTP/1.1\r\nHost: ron-load\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            self.auth,
+            self.body.len(),
+            self.body
+        );
+    }
+
+    fn balance(&mut self, out: &mut Vec<u8>) -> usize {
+        let who = account(self.random_account());
+        self.get(&format!("/v1/balance?account={who}&asset=roc"), out);
+        self.owner(&who)
+    }
+
+    fn receipt(&mut self, out: &mut Vec<u8>) -> usize {
+        let txid_text = setup_txid(self.random_account(), self.spec.funds);
+        self.get(&format!("/v1/tx/{txid_text}"), out);
+        let txid = ron_proto::wallet::parse_txid(&txid_text).expect("well formed");
+        ron_shards::wallet::recorder(&txid, self.spec.shards)
+    }
+
+    /// The next payer of this thread and its nonce (taken).
+    fn payer(&mut self) -> Option<(usize, u64)> {
+        let payer = *self.own.get(self.cursor % self.own.len().max(1))?;
+        self.cursor += 1;
+        let nonce = self.next_nonce.entry(payer).or_insert(1);
+        let taken = *nonce;
+        *nonce += 1;
+        Some((payer, taken))
+    }
+
+    fn write(&mut self, index: u64, kind: OpKind, out: &mut Vec<u8>) -> usize {
+        let key = format!("{}-{index}", self.prefix);
+        self.body.clear();
+        let (paid, shard, path) = match kind {
+            OpKind::Issue => {
+                let to = account(self.random_account());
+                let _ = write!(
+                    self.body,
+                    r#"{{"to":"{to}","asset":"roc","amount_minor":"1","idempotency_key":"{key}"}}"#
+                );
+                (None, self.owner(&to), "/v1/issue")
+            }
+            OpKind::Transfer | OpKind::Burn => {
+                let Some((payer, nonce)) = self.payer() else {
+                    return self.balance(out);
+                };
+                let from = account(payer);
+                if kind == OpKind::Transfer {
+                    let mut to = self.random_account();
+                    if to == payer {
+                        to = (to + 1) % self.spec.accounts;
+                    }
+                    let _ = write!(
+                        self.body,
+                        r#"{{"from":"{from}","to":"{}","asset":"roc","amount_minor":"1","nonce":{nonce},"idempotency_key":"{key}"}}"#,
+                        account(to)
+                    );
+                } else {
+                    let _ = write!(
+                        self.body,
+                        r#"{{"from":"{from}","asset":"roc","amount_minor":"1","nonce":{nonce},"idempotency_key":"{key}"}}"#
+                    );
+                }
+                let path = if kind == OpKind::Transfer { "/v1/transfer" } else { "/v1/burn" };
+                (Some((payer, nonce)), self.owner(&from), path)
+            }
+            _ => unreachable!("the mixes only issue, transfer and burn"),
+        };
+        let start = out.len();
+        self.post(path, out);
+        let keep = if self.spec.replay_percent > 0 { out[start..].to_vec() } else { Vec::new() };
+        self.pending.insert(index, (paid, keep, shard));
+        shard
+    }
+}
+
+impl Workload for WalletWorkload {
+    fn request(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
+        match self.spec.mix {
+            Mix::Setup => {
+                let i = index as usize % self.spec.accounts;
+                let to = account(i);
+                self.body.clear();
+                let _ = write!(
+                    self.body,
+                    r#"{{"to":"{to}","asset":"roc","amount_minor":"{}","idempotency_key":"setup-{i}"}}"#,
+                    self.spec.funds
+                );
+                self.post("/v1/issue", out);
+                self.owner(&to)
+            }
+            Mix::Read => {
+                if self.random() % 100 < 5 {
+                    self.receipt(out)
+                } else {
+                    self.balance(out)
+                }
+            }
+            Mix::Transfer => self.write(index, OpKind::Transfer, out),
+            Mix::Write => {
+                if self.random() % 100 < u64::from(self.spec.replay_percent)
+                    && !self.replayable.is_empty()
+                {
+                    let at = (self.random() % self.replayable.len() as u64) as usize;
+                    let (bytes, shard) = &self.replayable[at];
+                    out.extend_from_slice(bytes);
+                    return *shard;
+                }
+                match self.random() % 100 {
+                    0..20 => self.write(index, OpKind::Transfer, out),
+                    20..25 => self.write(index, OpKind::Issue, out),
+                    25..30 => self.write(index, OpKind::Burn, out),
+                    _ => self.balance(out),
+                }
+            }
+        }
+    }
+
+    fn answered(&mut self, index: u64, status: u16, response: &[u8]) {
+        let Some((paid, bytes, shard)) = self.pending.remove(&index) else { return };
+        if status == 200 {
+            if self.spec.replay_percent > 0 {
+                if self.replayable.len() == REPLAYABLE_MAX {
+                    self.replayable.pop_front();
+                }
+                self.replayable.push_back((bytes, shard));
+            }
+            return;
+        }
+        let Some((payer, nonce)) = paid else { return };
+        let next = self.next_nonce.entry(payer).or_insert(1);
+        // A refused or lost write gives its nonce back (a lost one may
+        // have committed: then the conflict below corrects it).
+        *next = (*next).min(nonce);
+        if status == 409 {
+            let text = String::from_utf8_lossy(response);
+            if let Some(expected) = text
+                .split("expected ")
+                .nth(1)
+                .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|t| t.parse::<u64>().ok())
+            {
+                *next = expected;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mix: Mix) -> WalletSpec {
+        WalletSpec {
+            mix,
+            token: "t".into(),
+            accounts: 10,
+            funds: 1000,
+            shards: 2,
+            replay_percent: 0,
+            payers: 10,
+        }
+    }
+
+    #[test]
+    fn nonces_go_up_per_payer_and_come_back_when_refused() {
+        let mut workload = spec(Mix::Transfer).build(1, 2);
+        let mut out = Vec::new();
+        for index in 0..10 {
+            workload.request(index, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        // Thread 1 of 2 pays from odd accounts only, nonce 1 then 2.
+        assert!(text.contains(r#""from":"acct:1","#) && !text.contains(r#""from":"acct:0","#));
+        assert!(text.contains(r#""from":"acct:1","to""#) || text.contains(r#""nonce":2"#));
+        assert_eq!(text.matches(r#""nonce":2,"#).count(), 5);
+        // Request 5 (acct:1, nonce 2) is refused for a conflict: resync.
+        workload.answered(5, 409, b"... nonce conflict: expected 7, got 2\"}");
+        let mut more = Vec::new();
+        for index in 10..15 {
+            workload.request(index, &mut more);
+        }
+        let text = String::from_utf8(more).unwrap();
+        assert!(text.contains(r#""from":"acct:1","to":"#) && text.contains(r#""nonce":7,"#));
+    }
+
+    #[test]
+    fn setup_receipts_are_found_by_their_computed_txid() {
+        let txid = setup_txid(3, 1000);
+        assert!(txid.starts_with("tx_") && txid.len() == 35);
+        let mut workload = spec(Mix::Setup).build(0, 1);
+        let mut out = Vec::new();
+        workload.request(13, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(
+            r#""to":"acct:3","asset":"roc","amount_minor":"1000","idempotency_key":"setup-3""#
+        ));
+    }
+}
