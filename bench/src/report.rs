@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 pub struct LatencyReport {
     pub p50_us: f64,
     pub p90_us: f64,
+    pub p95_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
@@ -64,6 +65,7 @@ impl RunReport {
             latency: LatencyReport {
                 p50_us: us(h.value_at_quantile(0.50)),
                 p90_us: us(h.value_at_quantile(0.90)),
+                p95_us: us(h.value_at_quantile(0.95)),
                 p99_us: us(h.value_at_quantile(0.99)),
                 p999_us: us(h.value_at_quantile(0.999)),
                 max_us: us(h.max()),
@@ -88,8 +90,8 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (from intended send times)",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            "  latency us: p50 {:.1}  p90 {:.1}  p95 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (from intended send times)",
+            l.p50_us, l.p90_us, l.p95_us, l.p99_us, l.p999_us, l.max_us
         );
         let statuses: Vec<String> =
             self.statuses.iter().map(|(s, c)| format!("{s}: {c}")).collect();

@@ -125,6 +125,11 @@ impl Applied {
     }
 }
 
+/// Whether this shard has applied everything durable so far.
+pub fn is_caught_up(shard: &Shard) -> bool {
+    shard.applied.seq() >= shard.node.ledger_durable_seq.load(Ordering::Acquire)
+}
+
 /// Waits until this shard has applied everything durable when the call
 /// began: an acknowledged write is then visible here, whichever shard
 /// acknowledged it.

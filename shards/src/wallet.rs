@@ -40,6 +40,24 @@ pub fn parts(op: &WalletOp, shard_count: usize) -> BTreeSet<usize> {
     shards
 }
 
+const FUNDS_KEY_BYTES_MAX: usize =
+    ron_proto::wallet::WALLET_ACCOUNT_BYTES_MAX + 1 + ron_proto::wallet::WALLET_ASSET_BYTES_MAX;
+
+/// The key of (account, asset) in the funds map, built on the stack (a read
+/// allocates nothing): the account, a zero byte (no account holds one), the
+/// asset.
+fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
+    assert!(
+        account.len() <= ron_proto::wallet::WALLET_ACCOUNT_BYTES_MAX && !account.contains('\0')
+    );
+    assert!(asset.len() <= ron_proto::wallet::WALLET_ASSET_BYTES_MAX);
+    let mut key = [0u8; FUNDS_KEY_BYTES_MAX];
+    key[..account.len()].copy_from_slice(account.as_bytes());
+    let at = account.len() + 1;
+    key[at..at + asset.len()].copy_from_slice(asset.as_bytes());
+    (key, at + asset.len())
+}
+
 /// A domain rejection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -111,7 +129,8 @@ enum Idem {
 pub struct Wallet {
     shard: usize,
     shard_count: usize,
-    funds: HashMap<(String, String), Funds>,
+    /// By `funds_key(account, asset)`.
+    funds: HashMap<Box<[u8]>, Funds>,
     nonces: HashMap<String, Nonce>,
     holds: HashMap<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
@@ -137,7 +156,16 @@ impl Wallet {
     }
 
     pub fn funds(&self, account: &str, asset: &str) -> Funds {
-        self.funds.get(&(account.to_owned(), asset.to_owned())).copied().unwrap_or_default()
+        let (key, len) = funds_key(account, asset);
+        self.funds.get(&key[..len]).copied().unwrap_or_default()
+    }
+
+    fn funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
+        let (key, len) = funds_key(account, asset);
+        if !self.funds.contains_key(&key[..len]) {
+            self.funds.insert(key[..len].into(), Funds::default());
+        }
+        self.funds.get_mut(&key[..len]).expect("inserted")
     }
 
     pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {
@@ -161,8 +189,10 @@ impl Wallet {
     /// Every balance and open hold, summed per asset (for invariant checks).
     pub fn totals(&self) -> HashMap<String, (u128, u128)> {
         let mut totals: HashMap<String, (u128, u128)> = HashMap::new();
-        for ((_, asset), funds) in &self.funds {
-            totals.entry(asset.clone()).or_default().0 += funds.balance;
+        for (key, funds) in &self.funds {
+            let at = key.iter().position(|b| *b == 0).expect("keys hold a separator");
+            let asset = String::from_utf8_lossy(&key[at + 1..]).into_owned();
+            totals.entry(asset).or_default().0 += funds.balance;
         }
         for hold in self.holds.values() {
             totals.entry(hold.asset.clone()).or_default().1 += hold.amount;
@@ -243,7 +273,7 @@ impl Wallet {
             self.nonces.entry(scope.clone()).or_default().reserved = nonce;
         }
         if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
-            self.funds.entry((scope.clone(), op.asset.clone())).or_default().reserved += op.amount;
+            self.funds_mut(&scope, &op.asset).reserved += op.amount;
         }
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
             hold.resolving = true;
@@ -265,7 +295,7 @@ impl Wallet {
             }
         }
         if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
-            let funds = self.funds.get_mut(&(scope.clone(), op.asset.clone())).expect("reserved");
+            let funds = self.funds_mut(&scope, &op.asset);
             funds.reserved =
                 funds.reserved.checked_sub(op.amount).expect("released what was reserved");
         }
@@ -284,7 +314,7 @@ impl Wallet {
     }
 
     fn credit(&mut self, account: &str, asset: &str, amount: u128) {
-        let funds = self.funds.entry((account.to_owned(), asset.to_owned())).or_default();
+        let funds = self.funds_mut(account, asset);
         funds.balance = funds.balance.checked_add(amount).expect("credits were checked");
     }
 
@@ -333,7 +363,7 @@ impl Wallet {
         }
         match op.kind {
             OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
-                let funds = self.funds.entry((from.clone(), op.asset.clone())).or_default();
+                let funds = self.funds_mut(&from, &op.asset);
                 if live {
                     funds.reserved -= op.amount;
                 }

@@ -112,8 +112,16 @@ fn hot_gets_allocate_less_than_twice_per_request() {
         "GET /v1/node/owner?key=acct:7 HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
     let per_owner = measure(&mut stream, owner.as_bytes());
+    let balance = format!(
+        "GET /v1/balance?account=acct:7&asset=roc HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let per_balance = measure(&mut stream, balance.as_bytes());
     println!(
-        "allocations per request: healthz {per_healthz:.3}, authenticated owner {per_owner:.3}"
+        "allocations per request: healthz {per_healthz:.3}, authenticated owner {per_owner:.3}, wallet balance {per_balance:.3}"
+    );
+    assert!(
+        per_balance < ALLOCATIONS_PER_REQUEST_MAX,
+        "balance: {per_balance} allocations per request"
     );
     assert!(
         per_healthz < ALLOCATIONS_PER_REQUEST_MAX,
