@@ -146,6 +146,16 @@ pub fn hold_route(hold_id: &HoldId) -> u64 {
     u64::from_le_bytes(hold_id[..8].try_into().expect("8 bytes"))
 }
 
+/// Where an idempotency record lives: 16 bytes of BLAKE3 over the key's
+/// scope account and the key.
+pub fn idempotency_slot(scope: &str, key: &str) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(scope.len() as u32).to_le_bytes());
+    hasher.update(scope.as_bytes());
+    hasher.update(key.as_bytes());
+    hasher.finalize().as_bytes()[..16].try_into().expect("16 bytes")
+}
+
 /// The txid of the expiry of `hold_id` (one per hold).
 pub fn expiry_txid(hold_id: &HoldId) -> TxId {
     let hash = blake3::hash(&[b"expire:".as_slice(), hold_id].concat());

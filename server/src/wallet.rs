@@ -274,9 +274,9 @@ fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
     Handled::Later(Box::pin(async move {
         let call = ShardCall::WalletReserve { op: Box::new(op), now_ms: now_ms() };
         let op = match shard.mesh.call(&shard, scope_shard, call).await {
-            Ok(ShardAnswer::WalletReserved(Ok(Reserved::Replay(receipt)))) => {
+            Ok(ShardAnswer::WalletReserved(Ok(Reserved::Replay(txid)))) => {
                 shard.metrics.borrow_mut().wallet_idem_replays += 1;
-                return Reply::json_owned(200, receipt);
+                return stored_receipt(&shard, txid).await;
             }
             Ok(ShardAnswer::WalletReserved(Ok(Reserved::Commit(op)))) => op,
             Ok(ShardAnswer::WalletReserved(Err(refused))) => return rejection(refused),
@@ -626,21 +626,24 @@ pub fn balance(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Hand
     }))
 }
 
+/// The receipt of `txid`, from the shard that keeps it.
+async fn stored_receipt(shard: &Rc<Shard>, txid: wallet::TxId) -> Reply {
+    let keeper = recorder(&txid, shard.count);
+    match shard.mesh.call(shard, keeper, ShardCall::WalletReceipt { txid }).await {
+        Ok(ShardAnswer::WalletReceipt(Some(receipt))) => Reply::json_owned(200, receipt),
+        Ok(ShardAnswer::WalletReceipt(None)) => {
+            Reply::error(ErrorCode::NotFound, "no transaction with that id")
+        }
+        Ok(other) => panic!("a receipt lookup answered with {other:?}"),
+        Err(error) => crate::ops::mesh_failure(error),
+    }
+}
+
 /// `GET /v1/tx/{txid}`: the receipt, from the shard that keeps it.
 pub fn tx(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Handled {
     let Some(txid) = params.get(0).and_then(wallet::parse_txid) else {
         return Handled::Now(bad("txid must be tx_ and 32 hex digits"));
     };
-    let keeper = recorder(&txid, shard.count);
     let shard = shard.clone();
-    Handled::Later(Box::pin(async move {
-        match shard.mesh.call(&shard, keeper, ShardCall::WalletReceipt { txid }).await {
-            Ok(ShardAnswer::WalletReceipt(Some(receipt))) => Reply::json_owned(200, receipt),
-            Ok(ShardAnswer::WalletReceipt(None)) => {
-                Reply::error(ErrorCode::NotFound, "no transaction with that id")
-            }
-            Ok(other) => panic!("a receipt lookup answered with {other:?}"),
-            Err(error) => crate::ops::mesh_failure(error),
-        }
-    }))
+    Handled::Later(Box::pin(async move { stored_receipt(&shard, txid).await }))
 }

@@ -58,6 +58,14 @@ fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
     (key, at + asset.len())
 }
 
+/// An idempotency record's slot: 16 bytes of BLAKE3 over the scope
+/// account and the key (fixed size: a record costs no string allocations).
+type IdemSlot = [u8; 16];
+
+fn idem_slot(scope: &str, key: &str) -> IdemSlot {
+    ron_proto::wallet::idempotency_slot(scope, key)
+}
+
 /// A domain rejection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -86,8 +94,9 @@ pub enum Reserved {
     /// Reserved: commit this operation (for captures and releases, completed
     /// from the hold).
     Commit(WalletOp),
-    /// The same request was committed before: its receipt.
-    Replay(Vec<u8>),
+    /// The same request was committed before: its txid (the receipt is
+    /// with the recorder shard).
+    Replay(TxId),
 }
 
 /// A write as the scope shard receives it: the operation with what the
@@ -119,10 +128,20 @@ pub struct Hold {
     pub resolving: bool,
 }
 
-#[derive(Clone, Debug)]
+/// An idempotency record: the txid of the request that holds the key.
+/// Its receipt lives with the recorder shard.
+#[derive(Clone, Copy, Debug)]
 enum Idem {
     Pending(TxId),
-    Done { op: Box<WalletOp>, placement: Placement },
+    Done(TxId),
+}
+
+/// A receipt as kept: the encoded operation and where it went; rendered
+/// when asked for.
+#[derive(Debug)]
+struct Stored {
+    op: Box<[u8]>,
+    placement: Placement,
 }
 
 #[derive(Debug, Default)]
@@ -135,14 +154,15 @@ pub struct Wallet {
     holds: HashMap<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
-    idem: HashMap<(String, String), Idem>,
+    /// By `idem_slot(scope, key)`.
+    idem: HashMap<IdemSlot, Idem>,
     /// The slot of every idempotency record by its request's txid.
-    idem_txids: HashMap<TxId, (String, String)>,
+    idem_txids: HashMap<TxId, IdemSlot>,
     /// Committed idempotency records, oldest first, for expiry and the bound.
-    idem_order: VecDeque<(u64, String, String)>,
+    idem_order: VecDeque<(u64, IdemSlot)>,
     idem_ttl_ms: u64,
     idem_max: usize,
-    receipts: HashMap<TxId, (WalletOp, Placement)>,
+    receipts: HashMap<TxId, Stored>,
 }
 
 impl Wallet {
@@ -178,7 +198,10 @@ impl Wallet {
     }
 
     pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
-        self.receipts.get(txid).map(|(op, placement)| ron_proto::wallet::receipt(op, placement))
+        self.receipts.get(txid).map(|stored| {
+            let op = WalletOp::decode(&stored.op).expect("stored receipts decode");
+            ron_proto::wallet::receipt(&op, &stored.placement)
+        })
     }
 
     /// Idempotency records kept (committed ones).
@@ -206,10 +229,8 @@ impl Wallet {
         self.expire_idem(now_ms);
         // The same request again (found by its txid, whatever its scope).
         if let Some(slot) = self.idem_txids.get(&request.txid) {
-            return match &self.idem[slot] {
-                Idem::Done { op, placement } => {
-                    Ok(Reserved::Replay(ron_proto::wallet::receipt(op, placement)))
-                }
+            return match self.idem[slot] {
+                Idem::Done(txid) => Ok(Reserved::Replay(txid)),
                 Idem::Pending(_) => Err(Rejection::InFlight),
             };
         }
@@ -237,7 +258,8 @@ impl Wallet {
         let scope = scope_account(&op).to_owned();
         assert!(self.owns(&scope), "a write is reserved on its scope shard");
         let key = op.idem.clone().expect("writes carry an idempotency key");
-        if self.idem.contains_key(&(scope.clone(), key.clone())) {
+        let slot = idem_slot(&scope, &key);
+        if self.idem.contains_key(&slot) {
             return Err(Rejection::IdempotencyConflict);
         }
         if let Some(got) = op.nonce {
@@ -278,8 +300,8 @@ impl Wallet {
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
             hold.resolving = true;
         }
-        self.idem_txids.insert(op.txid, (scope.clone(), key.clone()));
-        self.idem.insert((scope, key), Idem::Pending(op.txid));
+        self.idem_txids.insert(op.txid, slot);
+        self.idem.insert(slot, Idem::Pending(op.txid));
         Ok(Reserved::Commit(op))
     }
 
@@ -305,7 +327,7 @@ impl Wallet {
             }
         }
         if let Some(key) = &op.idem {
-            let slot = (scope, key.clone());
+            let slot = idem_slot(&scope, key);
             if matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid) {
                 self.idem.remove(&slot);
                 self.idem_txids.remove(&op.txid);
@@ -339,17 +361,19 @@ impl Wallet {
         let scope = scope_account(op).to_owned();
         if self.owns(&scope) {
             if let Some(key) = &op.idem {
-                let record = Idem::Done { op: Box::new(op.clone()), placement };
-                self.idem.insert((scope.clone(), key.clone()), record);
-                self.idem_txids.insert(op.txid, (scope.clone(), key.clone()));
-                self.idem_order.push_back((op.ts_ms + self.idem_ttl_ms, scope, key.clone()));
+                let slot = idem_slot(&scope, key);
+                self.idem.insert(slot, Idem::Done(op.txid));
+                self.idem_txids.insert(op.txid, slot);
+                self.idem_order.push_back((op.ts_ms + self.idem_ttl_ms, slot));
                 while self.idem_order.len() > self.idem_max {
                     self.forget_oldest_idem();
                 }
             }
         }
         if recorder(&op.txid, self.shard_count) == self.shard {
-            self.receipts.insert(op.txid, (op.clone(), placement));
+            let mut encoded = Vec::with_capacity(128);
+            op.encode(&mut encoded);
+            self.receipts.insert(op.txid, Stored { op: encoded.into_boxed_slice(), placement });
         }
     }
 
@@ -433,16 +457,15 @@ impl Wallet {
     }
 
     fn expire_idem(&mut self, now_ms: u64) {
-        while self.idem_order.front().is_some_and(|(at, _, _)| *at <= now_ms) {
+        while self.idem_order.front().is_some_and(|(at, _)| *at <= now_ms) {
             self.forget_oldest_idem();
         }
     }
 
     fn forget_oldest_idem(&mut self) {
-        let (_, scope, key) = self.idem_order.pop_front().expect("not empty");
-        let slot = (scope, key);
-        if let Some(Idem::Done { op, .. }) = self.idem.get(&slot) {
-            self.idem_txids.remove(&op.txid);
+        let (_, slot) = self.idem_order.pop_front().expect("not empty");
+        if let Some(Idem::Done(txid)) = self.idem.get(&slot) {
+            self.idem_txids.remove(txid);
             self.idem.remove(&slot);
         }
     }
@@ -738,7 +761,7 @@ mod tests {
                     let replay = node.shards[scope].reserve(&request, node.now_ms);
                     let (logged, placement) = node.log.last().unwrap();
                     let expected = ron_proto::wallet::receipt(logged, placement);
-                    prop_assert_eq!(replay, Ok(Reserved::Replay(expected.clone())));
+                    prop_assert_eq!(replay, Ok(Reserved::Replay(logged.txid)));
                     let recorder = recorder(&logged.txid, shard_count);
                     prop_assert_eq!(node.shards[recorder].receipt(&logged.txid), Some(expected));
                     // The same key with another request is a conflict (a
