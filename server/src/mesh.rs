@@ -270,7 +270,8 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
         }
         ShardCall::WalletReceipt { txid } => {
             crate::ledger::caught_up(shard).await;
-            ShardAnswer::WalletReceipt(shard.wallet.borrow().receipt(&txid))
+            let kept = shard.wallet.borrow().receipt(&txid);
+            ShardAnswer::WalletReceipt(kept.or_else(|| shard.view.receipt(&txid)))
         }
     }
 }

@@ -353,12 +353,11 @@ fn recover_ledger(
 ) -> anyhow::Result<(Recovered, Vec<ShardState>)> {
     let mut balances: Vec<Balances> = (0..shard_count).map(|_| Balances::default()).collect();
     let wallet = &config.wallet;
-    let mut wallets: Vec<Wallet> = (0..shard_count)
-        .map(|i| {
-            let ttl_ms = wallet.idempotency_ttl_s.saturating_mul(1000);
-            Wallet::new(i, shard_count, ttl_ms, wallet.idempotency_keys_max as usize)
-        })
-        .collect();
+    let new_wallet = |i: usize| {
+        let ttl_ms = wallet.idempotency_ttl_s.saturating_mul(1000);
+        Wallet::new(i, shard_count, ttl_ms, wallet.idempotency_keys_max as usize)
+    };
+    let mut wallets: Vec<Wallet> = (0..shard_count).map(new_wallet).collect();
     if config.amnesia() {
         let states = balances.into_iter().zip(wallets).map(|(balances, wallet)| ShardState {
             balances,
@@ -374,8 +373,12 @@ fn recover_ledger(
         stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
     let mut tail = vec![0u64; shard_count];
     let mut short = 0;
-    // Wallet state is not in the views yet: every wallet operation is
-    // replayed at every start.
+    // Wallet state other than receipts is not in the views yet: every
+    // wallet operation is replayed at every start; receipts up to the view's
+    // seq are read from the view when asked for.
+    for (wallet, from) in wallets.iter_mut().zip(&from) {
+        wallet.set_receipts_kept_through(*from);
+    }
     let mut replay = |seq: u64, root: &Hash, item: &LogItem| {
         let entry = match item {
             LogItem::Entry(entry) => entry,
@@ -411,11 +414,23 @@ fn recover_ledger(
         for i in &stale {
             stores[*i].0.clear()?;
             balances[*i] = Balances::default();
+            wallets[*i] = new_wallet(*i);
             from[*i] = 0;
             tail[*i] = 0;
         }
-        let mut replay = |_: u64, _: &Hash, item: &LogItem| {
-            let LogItem::Entry(entry) = item else { return };
+        let mut replay = |seq: u64, root: &Hash, item: &LogItem| {
+            let entry = match item {
+                LogItem::Entry(entry) => entry,
+                LogItem::Wallet(op) => {
+                    let placement = LogPlacement { seq, root: *root };
+                    for shard in ron_shards::wallet::parts(op, shard_count) {
+                        if stale.contains(&shard) {
+                            wallets[shard].apply(op, placement, false);
+                        }
+                    }
+                    return;
+                }
+            };
             let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
             if stale.contains(&owner) {
                 short += balances[owner].replay(&[Item::of(0, entry)]);
@@ -502,7 +517,11 @@ fn open_views(
                 store.clear()?;
                 None
             }
-            None => None,
+            None => {
+                // New, or written by a build this one cannot read.
+                store.clear()?;
+                None
+            }
         };
         stores.push((store, meta));
     }

@@ -18,8 +18,10 @@ use anyhow::Context as _;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions};
 use ron_proto::merkle::Hash;
+use ron_proto::wallet::TxId;
 use ron_shards::balances::Balances;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,7 +33,9 @@ use std::time::{Duration, Instant};
 /// Address space reserved per view; the file grows only with what it holds.
 const VIEW_MAP_BYTES: usize = 32 << 30;
 const META_KEY: &[u8] = b"meta";
-const META_VERSION: u8 = 1;
+/// 2: receipts joined the view (a view of version 1 lacks them and is
+/// rebuilt).
+const META_VERSION: u8 = 2;
 const META_BYTES: usize = 1 + 8 + 32 + 4 + 4;
 
 /// The directory of shard `shard`'s view.
@@ -79,13 +83,15 @@ pub struct ViewStore {
     env: Env,
     balances: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
+    /// Wallet receipts this shard keeps, by txid (`Wallet::take_new_receipts`).
+    receipts: Database<Bytes, Bytes>,
 }
 
 impl ViewStore {
     pub fn open(dir: &Path) -> anyhow::Result<ViewStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut options = EnvOpenOptions::new();
-        options.map_size(VIEW_MAP_BYTES).max_dbs(2);
+        options.map_size(VIEW_MAP_BYTES).max_dbs(3);
         // SAFETY: the environment is opened once per process (the data
         // directory's LOCK keeps other nodes out) and its files are changed
         // only through it.
@@ -94,19 +100,20 @@ impl ViewStore {
         let mut txn = env.write_txn()?;
         let balances = env.create_database(&mut txn, Some("balances"))?;
         let meta = env.create_database(&mut txn, Some("meta"))?;
+        let receipts = env.create_database(&mut txn, Some("receipts"))?;
         txn.commit()?;
-        Ok(ViewStore { env, balances, meta })
+        Ok(ViewStore { env, balances, meta, receipts })
     }
 
-    /// What the view reflects; `None` for a new or cleared view.
+    /// What the view reflects; `None` for a new or cleared view, or one
+    /// whose meta this build cannot read (another format version).
     pub fn meta(&self) -> anyhow::Result<Option<ViewMeta>> {
         let txn = self.env.read_txn()?;
-        match self.meta.get(&txn, META_KEY)? {
-            None => Ok(None),
-            Some(bytes) => {
-                ViewMeta::decode(bytes).map(Some).context("the view's meta record is unreadable")
-            }
+        let meta = self.meta.get(&txn, META_KEY)?.map(ViewMeta::decode);
+        if meta.is_some_and(|m| m.is_none()) {
+            tracing::warn!("a view of another format: it will be rebuilt from the log");
         }
+        Ok(meta.flatten())
     }
 
     /// Loads every balance of the view; returns how many.
@@ -127,6 +134,7 @@ impl ViewStore {
         let mut txn = self.env.write_txn()?;
         self.balances.clear(&mut txn)?;
         self.meta.clear(&mut txn)?;
+        self.receipts.clear(&mut txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -142,9 +150,19 @@ impl ViewStore {
                 self.balances.put(&mut txn, key, &balance.to_le_bytes())?;
             }
         }
+        for (txid, stored) in &write.receipts {
+            self.receipts.put(&mut txn, txid, stored)?;
+        }
         self.meta.put(&mut txn, META_KEY, &write.meta.encode())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// A receipt the view keeps (a short read transaction; LMDB reads do not
+    /// wait for the writer).
+    pub fn receipt(&self, txid: &TxId) -> anyhow::Result<Option<Vec<u8>>> {
+        let txn = self.env.read_txn()?;
+        Ok(self.receipts.get(&txn, txid)?.map(<[u8]>::to_vec))
     }
 }
 
@@ -152,6 +170,7 @@ impl ViewStore {
 pub struct ViewWrite {
     pub meta: ViewMeta,
     pub changes: Vec<(Box<[u8]>, u128)>,
+    pub receipts: Vec<(TxId, Vec<u8>)>,
 }
 
 /// What a view's writer reports, read by the shard and by `/metrics`.
@@ -167,6 +186,7 @@ pub struct ViewStats {
 
 /// The writer thread of one shard's view.
 pub struct ViewWriter {
+    pub store: Arc<ViewStore>,
     sender: Option<SyncSender<ViewWrite>>,
     busy: Arc<AtomicBool>,
     pub stats: Arc<ViewStats>,
@@ -176,6 +196,7 @@ pub struct ViewWriter {
 impl ViewWriter {
     /// Starts the writer of `store`, which reflects `written_seq`.
     pub fn spawn(shard: usize, store: ViewStore, written_seq: u64) -> anyhow::Result<ViewWriter> {
+        let store = Arc::new(store);
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let busy = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ViewStats::default());
@@ -183,12 +204,13 @@ impl ViewWriter {
         let thread = {
             let busy = busy.clone();
             let stats = stats.clone();
+            let store = store.clone();
             std::thread::Builder::new()
                 .name(format!("view-{shard}"))
                 .spawn(move || write_views(shard, &store, &receiver, &busy, &stats))
                 .context("starting a view writer")?
         };
-        Ok(ViewWriter { sender: Some(sender), busy, stats, thread: Some(thread) })
+        Ok(ViewWriter { store, sender: Some(sender), busy, stats, thread: Some(thread) })
     }
 
     /// Whether the last write has finished.
@@ -248,6 +270,11 @@ const VIEW_TICK: Duration = Duration::from_millis(100);
 /// A shard's view, as the shard sees it.
 pub struct ShardView {
     writer: RefCell<Option<ViewWriter>>,
+    /// Read side of the view, kept after the writer stops.
+    store: Option<Arc<ViewStore>>,
+    /// Receipts handed to the writer with the write that reaches each seq:
+    /// forgotten from memory once that write is committed.
+    flushing: RefCell<VecDeque<(u64, Vec<TxId>)>>,
     /// The `applied_seq` of the last write handed to the writer.
     submitted: Cell<u64>,
     last_write: Cell<Instant>,
@@ -256,11 +283,27 @@ pub struct ShardView {
 impl ShardView {
     pub fn new(writer: Option<ViewWriter>) -> ShardView {
         let submitted = writer.as_ref().map_or(0, |w| w.stats.written_seq.load(Ordering::Relaxed));
+        let store = writer.as_ref().map(|w| w.store.clone());
         ShardView {
+            store,
+            flushing: RefCell::new(VecDeque::new()),
             writer: RefCell::new(writer),
             submitted: Cell::new(submitted),
             last_write: Cell::new(Instant::now()),
         }
+    }
+
+    /// A receipt from the view (`None` without a view, or on a read error,
+    /// which is logged).
+    pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
+        let stored = match self.store.as_ref()?.receipt(txid) {
+            Ok(stored) => stored?,
+            Err(error) => {
+                tracing::error!(%error, "reading a receipt from the view");
+                return None;
+            }
+        };
+        ron_shards::wallet::render_stored_receipt(&stored)
     }
 
     /// (written seq, writes, failures) for `/metrics`; `None` without a view.
@@ -285,6 +328,14 @@ fn write_due(shard: &Shard, force: bool) -> bool {
     if !writer.idle() {
         return false;
     }
+    // Receipts the last write committed now live in the view only.
+    let written = writer.stats.written_seq.load(Ordering::Acquire);
+    let mut flushing = view.flushing.borrow_mut();
+    while flushing.front().is_some_and(|(seq, _)| *seq <= written) {
+        let (_, txids) = flushing.pop_front().expect("not empty");
+        shard.wallet.borrow_mut().forget_receipts(&txids);
+    }
+    drop(flushing);
     if writer.stats.failures.load(Ordering::Relaxed) > 0 {
         // A failed write lost its changes: writing later ones would make the
         // view disagree with its meta. It stays at its last good state and a
@@ -300,13 +351,16 @@ fn write_due(shard: &Shard, force: bool) -> bool {
         return true;
     }
     let changes = shard.balances.borrow_mut().take_dirty();
+    let receipts = shard.wallet.borrow_mut().take_new_receipts();
+    let txids: Vec<TxId> = receipts.iter().map(|(txid, _)| *txid).collect();
     let meta = ViewMeta {
         applied_seq: applied,
         root: shard.applied.root(),
         shard: shard.id as u32,
         shard_count: shard.count as u32,
     };
-    writer.submit(ViewWrite { meta, changes });
+    writer.submit(ViewWrite { meta, changes, receipts });
+    view.flushing.borrow_mut().push_back((applied, txids));
     view.submitted.set(applied);
     view.last_write.set(Instant::now());
     true
@@ -342,7 +396,7 @@ mod tests {
         let bytes = meta.encode();
         assert_eq!(ViewMeta::decode(&bytes), Some(meta));
         let mut other = bytes;
-        other[0] = 2;
+        other[0] = 1;
         assert_eq!(ViewMeta::decode(&other), None);
         assert_eq!(ViewMeta::decode(&bytes[..10]), None);
     }

@@ -58,6 +58,15 @@ fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
     (key, at + asset.len())
 }
 
+/// A receipt as a view stores it (see `Wallet::take_new_receipts`),
+/// rendered.
+pub fn render_stored_receipt(bytes: &[u8]) -> Option<Vec<u8>> {
+    let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let root: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
+    let op = WalletOp::decode(bytes.get(40..)?).ok()?;
+    Some(ron_proto::wallet::receipt(&op, &Placement { seq, root }))
+}
+
 /// An idempotency record's slot: 16 bytes of BLAKE3 over the scope
 /// account and the key (fixed size: a record costs no string allocations).
 type IdemSlot = [u8; 16];
@@ -163,6 +172,11 @@ pub struct Wallet {
     idem_ttl_ms: u64,
     idem_max: usize,
     receipts: HashMap<TxId, Stored>,
+    /// Receipts added since the last `take_new_receipts`, in order.
+    new_receipts: Vec<TxId>,
+    /// Receipts of operations up to this seq are kept elsewhere (the
+    /// shard's view) and not added here.
+    receipts_kept_through: u64,
 }
 
 impl Wallet {
@@ -195,6 +209,40 @@ impl Wallet {
     /// The committed nonce of `account` (0 before its first write).
     pub fn nonce(&self, account: &str) -> u64 {
         self.nonces.get(account).map_or(0, |n| n.committed)
+    }
+
+    /// Receipts of operations up to `seq` are kept elsewhere: replaying
+    /// them adds nothing here.
+    pub fn set_receipts_kept_through(&mut self, seq: u64) {
+        self.receipts_kept_through = seq;
+    }
+
+    /// The receipts added since the last call, as (txid, stored bytes: the
+    /// encoded operation, its seq and root), to be written to the view.
+    pub fn take_new_receipts(&mut self) -> Vec<(TxId, Vec<u8>)> {
+        let txids = std::mem::take(&mut self.new_receipts);
+        txids
+            .into_iter()
+            .filter_map(|txid| {
+                let stored = self.receipts.get(&txid)?;
+                let mut bytes = Vec::with_capacity(stored.op.len() + 40);
+                bytes.extend_from_slice(&stored.placement.seq.to_le_bytes());
+                bytes.extend_from_slice(&stored.placement.root);
+                bytes.extend_from_slice(&stored.op);
+                Some((txid, bytes))
+            })
+            .collect()
+    }
+
+    /// Forgets receipts that are now kept elsewhere.
+    pub fn forget_receipts(&mut self, txids: &[TxId]) {
+        for txid in txids {
+            self.receipts.remove(txid);
+        }
+    }
+
+    pub fn receipts_len(&self) -> usize {
+        self.receipts.len()
     }
 
     pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
@@ -370,10 +418,13 @@ impl Wallet {
                 }
             }
         }
-        if recorder(&op.txid, self.shard_count) == self.shard {
+        if recorder(&op.txid, self.shard_count) == self.shard
+            && placement.seq > self.receipts_kept_through
+        {
             let mut encoded = Vec::with_capacity(128);
             op.encode(&mut encoded);
             self.receipts.insert(op.txid, Stored { op: encoded.into_boxed_slice(), placement });
+            self.new_receipts.push(op.txid);
         }
     }
 
@@ -855,6 +906,29 @@ mod tests {
         wallet.release(&pending);
         assert_eq!(wallet.funds("alice", "roc"), Funds { balance: 10, reserved: 0 });
         assert!(matches!(wallet.reserve(&rival, 0), Ok(Reserved::Commit(_))));
+    }
+
+    #[test]
+    fn receipts_are_handed_to_the_view_once_and_skipped_when_it_has_them() {
+        let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
+        let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
+        let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
+        let placement = Placement { seq: 5, root: [9; 32] };
+        wallet.apply(&op, placement, true);
+        let expected = ron_proto::wallet::receipt(&op, &placement);
+        let taken = wallet.take_new_receipts();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(render_stored_receipt(&taken[0].1), Some(expected.clone()));
+        assert!(wallet.take_new_receipts().is_empty());
+        assert_eq!(wallet.receipt(&op.txid), Some(expected));
+        wallet.forget_receipts(&[op.txid]);
+        assert_eq!(wallet.receipt(&op.txid), None);
+        // Replayed at start with the view holding everything up to seq 5.
+        let mut restarted = Wallet::new(0, 1, TTL_MS, 10);
+        restarted.set_receipts_kept_through(5);
+        restarted.apply(&op, placement, false);
+        assert_eq!(restarted.receipts_len(), 0);
+        assert_eq!(restarted.funds("alice", "roc").balance, 10);
     }
 
     #[test]

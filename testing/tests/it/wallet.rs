@@ -445,3 +445,49 @@ fn kill_9_under_write_load_keeps_every_acknowledged_write() {
         );
     }
 }
+
+/// Receipts leave memory once the shard's view holds them, and are read
+/// from there: after the view is written, after a clean stop, after a kill.
+#[test]
+fn receipts_move_to_the_view_and_are_read_from_it() {
+    let options = NodeOptions::default().shards(2).config("[ledger]\nview_write_ms = 100\n");
+    let mut node = TestNode::start(options);
+    let receipts: Vec<Response> = (0..6)
+        .map(|i| ok_response(issue(&node, &format!("user:{i}"), 10 + i, &format!("k{i}"))))
+        .collect();
+    let applied = node.metric("ledger_applied_seq{shard=\"0\"}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for shard in 0..2 {
+        let series = format!("ledger_view_seq{{shard=\"{shard}\"}}");
+        while node.metric(&series) < applied {
+            assert!(std::time::Instant::now() < deadline, "views not written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The next tick forgets them from memory.
+    std::thread::sleep(Duration::from_millis(300));
+    let check = |node: &TestNode| {
+        for (i, receipt) in receipts.iter().enumerate() {
+            let txid = receipt.json().get_str("txid").unwrap().to_owned();
+            let stored =
+                get(node.listen, &format!("/v1/tx/{txid}"), &[("Authorization", &node.admin())])
+                    .unwrap();
+            assert_eq!(stored.body, receipt.body, "{txid}");
+            // A replay finds the receipt where it is kept too.
+            let replay = issue(node, &format!("user:{i}"), 10 + i as u64, &format!("k{i}"));
+            assert_eq!(replay.body, receipt.body);
+        }
+    };
+    check(&node);
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.spawn();
+    check(&node);
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    check(&node);
+}
+
+fn ok_response(response: Response) -> Response {
+    assert_eq!(response.status, 200, "{}", response.text());
+    response
+}
