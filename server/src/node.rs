@@ -366,16 +366,15 @@ fn recover_ledger(
         });
         return Ok((Recovered::empty(), states.collect()));
     }
-    let stores = open_views(config, shard_count, &mut balances)?;
+    let stores = open_views(config, shard_count, &mut balances, &mut wallets)?;
     let dir = config.data_dir.join("log");
     // Each shard replays the log after what its view holds.
     let mut from: Vec<u64> =
         stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
     let mut tail = vec![0u64; shard_count];
     let mut short = 0;
-    // Wallet state other than receipts is not in the views yet: every
-    // wallet operation is replayed at every start; receipts up to the view's
-    // seq are read from the view when asked for.
+    // Each shard's wallet replays the operations after its view; receipts
+    // up to the view's seq are read from the view when asked for.
     for (wallet, from) in wallets.iter_mut().zip(&from) {
         wallet.set_receipts_kept_through(*from);
     }
@@ -385,7 +384,10 @@ fn recover_ledger(
             LogItem::Wallet(op) => {
                 let placement = LogPlacement { seq, root: *root };
                 for shard in ron_shards::wallet::parts(op, shard_count) {
-                    wallets[shard].apply(op, placement, false);
+                    if seq > from[shard] {
+                        wallets[shard].apply(op, placement, false);
+                        tail[shard] += 1;
+                    }
                 }
                 return;
             }
@@ -486,6 +488,7 @@ fn open_views(
     config: &Config,
     shard_count: usize,
     balances: &mut [Balances],
+    wallets: &mut [Wallet],
 ) -> anyhow::Result<Vec<(ViewStore, Option<ViewMeta>)>> {
     for entry in std::fs::read_dir(&config.data_dir)? {
         let path = entry?.path();
@@ -499,12 +502,13 @@ fn open_views(
         }
     }
     let mut stores = Vec::with_capacity(shard_count);
-    for (i, balances) in balances.iter_mut().enumerate() {
+    for (i, (balances, wallet)) in balances.iter_mut().zip(wallets.iter_mut()).enumerate() {
         let dir = view_dir(&config.data_dir, i);
         let store = ViewStore::open(&dir)?;
         let meta = match store.meta()? {
             Some(meta) if meta.shard as usize == i && meta.shard_count as usize == shard_count => {
                 store.load(balances)?;
+                store.load_wallet(wallet)?;
                 Some(meta)
             }
             Some(meta) => {

@@ -20,6 +20,7 @@ use heed::{Database, Env, EnvOpenOptions};
 use ron_proto::merkle::Hash;
 use ron_proto::wallet::TxId;
 use ron_shards::balances::Balances;
+use ron_shards::wallet::{Changes, Wallet};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -33,9 +34,9 @@ use std::time::{Duration, Instant};
 /// Address space reserved per view; the file grows only with what it holds.
 const VIEW_MAP_BYTES: usize = 32 << 30;
 const META_KEY: &[u8] = b"meta";
-/// 2: receipts joined the view (a view of version 1 lacks them and is
-/// rebuilt).
-const META_VERSION: u8 = 2;
+/// 2: receipts joined the view; 3: the rest of the wallet's state (older
+/// views lack them and are rebuilt).
+const META_VERSION: u8 = 3;
 const META_BYTES: usize = 1 + 8 + 32 + 4 + 4;
 
 /// The directory of shard `shard`'s view.
@@ -85,13 +86,20 @@ pub struct ViewStore {
     meta: Database<Bytes, Bytes>,
     /// Wallet receipts this shard keeps, by txid (`Wallet::take_new_receipts`).
     receipts: Database<Bytes, Bytes>,
+    /// The wallet's committed state (`Wallet::take_changes`): balances by
+    /// funds key, nonces by account, open holds by id, idempotency records
+    /// by slot (txid and expiry).
+    wallet_funds: Database<Bytes, Bytes>,
+    wallet_nonces: Database<Bytes, Bytes>,
+    wallet_holds: Database<Bytes, Bytes>,
+    wallet_idem: Database<Bytes, Bytes>,
 }
 
 impl ViewStore {
     pub fn open(dir: &Path) -> anyhow::Result<ViewStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut options = EnvOpenOptions::new();
-        options.map_size(VIEW_MAP_BYTES).max_dbs(3);
+        options.map_size(VIEW_MAP_BYTES).max_dbs(7);
         // SAFETY: the environment is opened once per process (the data
         // directory's LOCK keeps other nodes out) and its files are changed
         // only through it.
@@ -101,8 +109,21 @@ impl ViewStore {
         let balances = env.create_database(&mut txn, Some("balances"))?;
         let meta = env.create_database(&mut txn, Some("meta"))?;
         let receipts = env.create_database(&mut txn, Some("receipts"))?;
+        let wallet_funds = env.create_database(&mut txn, Some("wallet_funds"))?;
+        let wallet_nonces = env.create_database(&mut txn, Some("wallet_nonces"))?;
+        let wallet_holds = env.create_database(&mut txn, Some("wallet_holds"))?;
+        let wallet_idem = env.create_database(&mut txn, Some("wallet_idem"))?;
         txn.commit()?;
-        Ok(ViewStore { env, balances, meta, receipts })
+        Ok(ViewStore {
+            env,
+            balances,
+            meta,
+            receipts,
+            wallet_funds,
+            wallet_nonces,
+            wallet_holds,
+            wallet_idem,
+        })
     }
 
     /// What the view reflects; `None` for a new or cleared view, or one
@@ -129,12 +150,52 @@ impl ViewStore {
         Ok(loaded)
     }
 
+    /// Loads the wallet state of the view; returns how many records.
+    pub fn load_wallet(&self, wallet: &mut Wallet) -> anyhow::Result<u64> {
+        let txn = self.env.read_txn()?;
+        let mut loaded = 0;
+        for row in self.wallet_funds.iter(&txn)? {
+            let (key, value) = row?;
+            let value: [u8; 16] = value.try_into().context("a wallet balance is not 16 bytes")?;
+            wallet.load_funds(key, u128::from_le_bytes(value));
+            loaded += 1;
+        }
+        for row in self.wallet_nonces.iter(&txn)? {
+            let (key, value) = row?;
+            let account = std::str::from_utf8(key).context("a nonce's account")?;
+            let value: [u8; 8] = value.try_into().context("a nonce is not 8 bytes")?;
+            wallet.load_nonce(account, u64::from_le_bytes(value));
+            loaded += 1;
+        }
+        for row in self.wallet_holds.iter(&txn)? {
+            let (key, value) = row?;
+            let id: [u8; 16] = key.try_into().context("a hold id is not 16 bytes")?;
+            anyhow::ensure!(wallet.load_hold(id, value), "a hold in the view does not decode");
+            loaded += 1;
+        }
+        for row in self.wallet_idem.iter(&txn)? {
+            let (key, value) = row?;
+            let slot: [u8; 16] = key.try_into().context("an idempotency slot is not 16 bytes")?;
+            anyhow::ensure!(value.len() == 24, "an idempotency record is not 24 bytes");
+            let txid: [u8; 16] = value[..16].try_into().expect("16 bytes");
+            let expires_ms = u64::from_le_bytes(value[16..].try_into().expect("8 bytes"));
+            wallet.load_idem(slot, txid, expires_ms);
+            loaded += 1;
+        }
+        wallet.finish_load();
+        Ok(loaded)
+    }
+
     /// Forgets everything: the view will be rebuilt from the log.
     pub fn clear(&self) -> anyhow::Result<()> {
         let mut txn = self.env.write_txn()?;
         self.balances.clear(&mut txn)?;
         self.meta.clear(&mut txn)?;
         self.receipts.clear(&mut txn)?;
+        self.wallet_funds.clear(&mut txn)?;
+        self.wallet_nonces.clear(&mut txn)?;
+        self.wallet_holds.clear(&mut txn)?;
+        self.wallet_idem.clear(&mut txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -152,6 +213,38 @@ impl ViewStore {
         }
         for (txid, stored) in &write.receipts {
             self.receipts.put(&mut txn, txid, stored)?;
+        }
+        let wallet = &write.wallet;
+        for (key, balance) in &wallet.funds {
+            if *balance == 0 {
+                self.wallet_funds.delete(&mut txn, key)?;
+            } else {
+                self.wallet_funds.put(&mut txn, key, &balance.to_le_bytes())?;
+            }
+        }
+        for (account, nonce) in &wallet.nonces {
+            self.wallet_nonces.put(&mut txn, account.as_bytes(), &nonce.to_le_bytes())?;
+        }
+        for (id, hold) in &wallet.holds {
+            match hold {
+                Some(bytes) => self.wallet_holds.put(&mut txn, id, bytes)?,
+                None => {
+                    self.wallet_holds.delete(&mut txn, id)?;
+                }
+            }
+        }
+        for (slot, record) in &wallet.idem {
+            match record {
+                Some((txid, expires_ms)) => {
+                    let mut value = [0u8; 24];
+                    value[..16].copy_from_slice(txid);
+                    value[16..].copy_from_slice(&expires_ms.to_le_bytes());
+                    self.wallet_idem.put(&mut txn, slot, &value)?;
+                }
+                None => {
+                    self.wallet_idem.delete(&mut txn, slot)?;
+                }
+            }
         }
         self.meta.put(&mut txn, META_KEY, &write.meta.encode())?;
         txn.commit()?;
@@ -171,6 +264,7 @@ pub struct ViewWrite {
     pub meta: ViewMeta,
     pub changes: Vec<(Box<[u8]>, u128)>,
     pub receipts: Vec<(TxId, Vec<u8>)>,
+    pub wallet: Changes,
 }
 
 /// What a view's writer reports, read by the shard and by `/metrics`.
@@ -352,6 +446,7 @@ fn write_due(shard: &Shard, force: bool) -> bool {
     }
     let changes = shard.balances.borrow_mut().take_dirty();
     let receipts = shard.wallet.borrow_mut().take_new_receipts();
+    let wallet = shard.wallet.borrow_mut().take_changes();
     let txids: Vec<TxId> = receipts.iter().map(|(txid, _)| *txid).collect();
     let meta = ViewMeta {
         applied_seq: applied,
@@ -359,7 +454,7 @@ fn write_due(shard: &Shard, force: bool) -> bool {
         shard: shard.id as u32,
         shard_count: shard.count as u32,
     };
-    writer.submit(ViewWrite { meta, changes, receipts });
+    writer.submit(ViewWrite { meta, changes, receipts, wallet });
     view.flushing.borrow_mut().push_back((applied, txids));
     view.submitted.set(applied);
     view.last_write.set(Instant::now());

@@ -17,7 +17,7 @@
 
 use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, hold_route};
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 /// The account that scopes an operation's idempotency key: `from`, or `to`
 /// for an issue.
@@ -69,10 +69,71 @@ pub fn render_stored_receipt(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// An idempotency record's slot: 16 bytes of BLAKE3 over the scope
 /// account and the key (fixed size: a record costs no string allocations).
-type IdemSlot = [u8; 16];
+pub type IdemSlot = [u8; 16];
 
 fn idem_slot(scope: &str, key: &str) -> IdemSlot {
     ron_proto::wallet::idempotency_slot(scope, key)
+}
+
+/// A piece of committed state that changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Dirty {
+    Funds(Box<[u8]>),
+    Nonce(String),
+    Hold(HoldId),
+    Idem(IdemSlot),
+}
+
+/// What changed since the last view write: each value as it is now (`None`:
+/// gone). Keys and values are in the view's own encodings.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub funds: Vec<(Box<[u8]>, u128)>,
+    pub nonces: Vec<(String, u64)>,
+    pub holds: Vec<(HoldId, Option<Vec<u8>>)>,
+    /// (slot, (txid, expires_ms)).
+    pub idem: Vec<(IdemSlot, Option<(TxId, u64)>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.funds.is_empty()
+            && self.nonces.is_empty()
+            && self.holds.is_empty()
+            && self.idem.is_empty()
+    }
+}
+
+fn encode_hold(hold: &Hold) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + hold.from.len() + hold.to.len());
+    for text in [&hold.from, &hold.to, &hold.asset] {
+        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(&hold.amount.to_le_bytes());
+    out.extend_from_slice(&hold.expires_ms.unwrap_or(u64::MAX).to_le_bytes());
+    out
+}
+
+fn decode_hold(bytes: &[u8]) -> Option<Hold> {
+    let mut at = 0usize;
+    let mut text = || -> Option<String> {
+        let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
+        let value = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?.to_owned();
+        at += 2 + len;
+        Some(value)
+    };
+    let (from, to, asset) = (text()?, text()?, text()?);
+    let amount = u128::from_le_bytes(bytes.get(at..at + 16)?.try_into().ok()?);
+    let expires = u64::from_le_bytes(bytes.get(at + 16..at + 24)?.try_into().ok()?);
+    (bytes.len() == at + 24).then_some(Hold {
+        from,
+        to,
+        asset,
+        amount,
+        expires_ms: (expires != u64::MAX).then_some(expires),
+        resolving: false,
+    })
 }
 
 /// A domain rejection.
@@ -142,7 +203,8 @@ pub struct Hold {
 #[derive(Clone, Copy, Debug)]
 enum Idem {
     Pending(TxId),
-    Done(TxId),
+    /// Committed; forgotten at `expires_ms`.
+    Done(TxId, u64),
 }
 
 /// A receipt as kept: the encoded operation and where it went; rendered
@@ -172,6 +234,8 @@ pub struct Wallet {
     idem_ttl_ms: u64,
     idem_max: usize,
     receipts: HashMap<TxId, Stored>,
+    /// State changed by committed operations since the last `take_changes`.
+    dirty: HashSet<Dirty>,
     /// Receipts added since the last `take_new_receipts`, in order.
     new_receipts: Vec<TxId>,
     /// Receipts of operations up to this seq are kept elsewhere (the
@@ -194,6 +258,13 @@ impl Wallet {
         self.funds.get(&key[..len]).copied().unwrap_or_default()
     }
 
+    /// The funds of a committed change: marked for the next view write.
+    fn committed_funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
+        let (key, len) = funds_key(account, asset);
+        self.dirty.insert(Dirty::Funds(key[..len].into()));
+        self.funds_mut(account, asset)
+    }
+
     fn funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
         let (key, len) = funds_key(account, asset);
         if !self.funds.contains_key(&key[..len]) {
@@ -209,6 +280,62 @@ impl Wallet {
     /// The committed nonce of `account` (0 before its first write).
     pub fn nonce(&self, account: &str) -> u64 {
         self.nonces.get(account).map_or(0, |n| n.committed)
+    }
+
+    /// The committed state changed since the last call, for the view.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        for dirty in std::mem::take(&mut self.dirty) {
+            match dirty {
+                Dirty::Funds(key) => {
+                    let balance = self.funds.get(&key).map_or(0, |f| f.balance);
+                    changes.funds.push((key, balance));
+                }
+                Dirty::Nonce(account) => {
+                    let nonce = self.nonces.get(&account).map_or(0, |n| n.committed);
+                    changes.nonces.push((account, nonce));
+                }
+                Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).map(encode_hold))),
+                Dirty::Idem(slot) => {
+                    let record = match self.idem.get(&slot) {
+                        Some(Idem::Done(txid, expires_ms)) => Some((*txid, *expires_ms)),
+                        _ => None,
+                    };
+                    changes.idem.push((slot, record));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Loads state the view kept (at start, before any replay).
+    pub fn load_funds(&mut self, key: &[u8], balance: u128) {
+        self.funds.insert(key.into(), Funds { balance, reserved: 0 });
+    }
+
+    pub fn load_nonce(&mut self, account: &str, nonce: u64) {
+        self.nonces.insert(account.to_owned(), Nonce { committed: nonce, reserved: nonce });
+    }
+
+    /// False if the bytes are not a hold.
+    pub fn load_hold(&mut self, id: HoldId, bytes: &[u8]) -> bool {
+        let Some(hold) = decode_hold(bytes) else { return false };
+        if let Some(at) = hold.expires_ms {
+            self.expiries.insert((at, id));
+        }
+        self.holds.insert(id, hold);
+        true
+    }
+
+    pub fn load_idem(&mut self, slot: IdemSlot, txid: TxId, expires_ms: u64) {
+        self.idem.insert(slot, Idem::Done(txid, expires_ms));
+        self.idem_txids.insert(txid, slot);
+        self.idem_order.push_back((expires_ms, slot));
+    }
+
+    /// Puts loaded idempotency records in expiry order.
+    pub fn finish_load(&mut self) {
+        self.idem_order.make_contiguous().sort_unstable();
     }
 
     /// Receipts of operations up to `seq` are kept elsewhere: replaying
@@ -278,7 +405,7 @@ impl Wallet {
         // The same request again (found by its txid, whatever its scope).
         if let Some(slot) = self.idem_txids.get(&request.txid) {
             return match self.idem[slot] {
-                Idem::Done(txid) => Ok(Reserved::Replay(txid)),
+                Idem::Done(txid, _) => Ok(Reserved::Replay(txid)),
                 Idem::Pending(_) => Err(Rejection::InFlight),
             };
         }
@@ -384,7 +511,7 @@ impl Wallet {
     }
 
     fn credit(&mut self, account: &str, asset: &str, amount: u128) {
-        let funds = self.funds_mut(account, asset);
+        let funds = self.committed_funds_mut(account, asset);
         funds.balance = funds.balance.checked_add(amount).expect("credits were checked");
     }
 
@@ -410,9 +537,11 @@ impl Wallet {
         if self.owns(&scope) {
             if let Some(key) = &op.idem {
                 let slot = idem_slot(&scope, key);
-                self.idem.insert(slot, Idem::Done(op.txid));
+                let expires_ms = op.ts_ms + self.idem_ttl_ms;
+                self.idem.insert(slot, Idem::Done(op.txid, expires_ms));
                 self.idem_txids.insert(op.txid, slot);
-                self.idem_order.push_back((op.ts_ms + self.idem_ttl_ms, slot));
+                self.idem_order.push_back((expires_ms, slot));
+                self.dirty.insert(Dirty::Idem(slot));
                 while self.idem_order.len() > self.idem_max {
                     self.forget_oldest_idem();
                 }
@@ -435,10 +564,11 @@ impl Wallet {
             assert!(nonce > entry.committed, "nonces commit in order");
             entry.committed = nonce;
             entry.reserved = entry.reserved.max(nonce);
+            self.dirty.insert(Dirty::Nonce(from.clone()));
         }
         match op.kind {
             OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
-                let funds = self.funds_mut(&from, &op.asset);
+                let funds = self.committed_funds_mut(&from, &op.asset);
                 if live {
                     funds.reserved -= op.amount;
                 }
@@ -458,11 +588,13 @@ impl Wallet {
                         resolving: false,
                     };
                     assert!(self.holds.insert(hold_id, hold).is_none(), "hold ids are unique");
+                    self.dirty.insert(Dirty::Hold(hold_id));
                 }
             }
             OpKind::Capture | OpKind::Release | OpKind::Expire => {
                 let hold_id = op.hold_id.expect("a resolution names its hold");
                 let hold = self.holds.remove(&hold_id).expect("a hold resolves once");
+                self.dirty.insert(Dirty::Hold(hold_id));
                 if let Some(at) = hold.expires_ms {
                     self.expiries.remove(&(at, hold_id));
                 }
@@ -515,9 +647,10 @@ impl Wallet {
 
     fn forget_oldest_idem(&mut self) {
         let (_, slot) = self.idem_order.pop_front().expect("not empty");
-        if let Some(Idem::Done(txid)) = self.idem.get(&slot) {
+        if let Some(Idem::Done(txid, _)) = self.idem.get(&slot) {
             self.idem_txids.remove(txid);
             self.idem.remove(&slot);
+            self.dirty.insert(Dirty::Idem(slot));
         }
     }
 }
@@ -861,6 +994,46 @@ mod tests {
             prop_assert_eq!(fresh.shards[owner].nonce(account), node.shards[owner].nonce(account));
         }
         prop_assert_eq!(fresh.totals(), node.totals());
+        // A restart from what the views were handed: the same state, and
+        // committed requests still answer with their txid.
+        let mut loaded: Vec<Wallet> =
+            (0..shard_count).map(|i| Wallet::new(i, shard_count, TTL_MS, 1000)).collect();
+        for (shard, wallet) in node.shards.iter_mut().zip(&mut loaded) {
+            let changes = shard.take_changes();
+            for (key, balance) in &changes.funds {
+                wallet.load_funds(key, *balance);
+            }
+            for (account, nonce) in &changes.nonces {
+                wallet.load_nonce(account, *nonce);
+            }
+            for (id, hold) in &changes.holds {
+                if let Some(bytes) = hold {
+                    prop_assert!(wallet.load_hold(*id, bytes));
+                }
+            }
+            for (slot, record) in &changes.idem {
+                if let Some((txid, expires_ms)) = record {
+                    wallet.load_idem(*slot, *txid, *expires_ms);
+                }
+            }
+            wallet.finish_load();
+            prop_assert!(shard.take_changes().is_empty());
+        }
+        for account in ACCOUNTS {
+            let owner = node.owner(account);
+            prop_assert_eq!(
+                loaded[owner].funds(account, "roc").balance,
+                node.shards[owner].funds(account, "roc").balance
+            );
+            prop_assert_eq!(loaded[owner].nonce(account), node.shards[owner].nonce(account));
+        }
+        let sum = |shards: &[Wallet]| -> (u128, u128) {
+            shards
+                .iter()
+                .flat_map(|w| w.totals().into_values())
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        prop_assert_eq!(sum(&loaded), sum(&node.shards));
         Ok(())
     }
 

@@ -670,7 +670,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// The `tail_entries` each shard replayed after its view at the last start.
-fn tail_entries(node: &TestNode, shards: usize) -> Vec<u64> {
+pub fn tail_entries(node: &TestNode, shards: usize) -> Vec<u64> {
     let log = node.log();
     let start = log.rfind("ledger log recovered").expect("a start");
     let lines: Vec<&str> =

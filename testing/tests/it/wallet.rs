@@ -455,6 +455,10 @@ fn receipts_move_to_the_view_and_are_read_from_it() {
     let receipts: Vec<Response> = (0..6)
         .map(|i| ok_response(issue(&node, &format!("user:{i}"), 10 + i, &format!("k{i}"))))
         .collect();
+    ok(transfer(&node, "user:0", "user:1", 4, 1, "t1"));
+    let hold = r#"{"from":"user:2","to":"user:3","asset":"roc","amount_minor":"5","nonce":1,"idempotency_key":"h1"}"#;
+    let hold_id =
+        ok(post(&node, node.listen, "/v1/hold", hold)).get_str("hold_id").unwrap().to_owned();
     let applied = node.metric("ledger_applied_seq{shard=\"0\"}");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     for shard in 0..2 {
@@ -481,10 +485,24 @@ fn receipts_move_to_the_view_and_are_read_from_it() {
     check(&node);
     node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
     node.spawn();
+    // Everything came from the views: nothing was replayed after them.
+    assert_eq!(crate::ledger::tail_entries(&node, 2), [0, 0]);
     check(&node);
+    let state = |node: &TestNode| {
+        let balances: Vec<u128> =
+            (0..4).map(|i| balance(node, node.listen, &format!("user:{i}"))).collect();
+        assert_eq!(balances, [6, 15, 7, 13]);
+        assert!(transfer(node, "user:0", "user:1", 1, 1, "again").text().contains("expected 2"));
+    };
+    state(&node);
     node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     node.spawn();
     check(&node);
+    state(&node);
+    // The hold survived too, and resolves once.
+    let capture = format!(r#"{{"hold_id":"{hold_id}","nonce":2,"idempotency_key":"c1"}}"#);
+    ok(post(&node, node.listen, "/v1/capture", &capture));
+    assert_eq!(balance(&node, node.listen, "user:3"), 18);
 }
 
 fn ok_response(response: Response) -> Response {
