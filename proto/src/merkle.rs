@@ -113,9 +113,14 @@ pub fn verify_consistency(
 
 /// Lower-case hex, the form roots and proofs take in JSON.
 pub fn to_hex(hash: &Hash) -> String {
+    hex(hash)
+}
+
+/// Lowercase hex of any bytes.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for byte in hash {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
         out.push(DIGITS[(byte >> 4) as usize] as char);
         out.push(DIGITS[(byte & 15) as usize] as char);
     }

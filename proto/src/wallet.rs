@@ -210,7 +210,7 @@ impl CanonicalRequest<'_> {
 }
 
 pub fn hex(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::merkle::hex(bytes)
 }
 
 pub fn from_hex16(text: &str) -> Option<[u8; 16]> {
@@ -380,7 +380,7 @@ pub fn receipt(op: &WalletOp, placement: &Placement) -> Vec<u8> {
         let _ = write!(text, ",\"hold_id\":\"{}\"", hold_id_text(hold_id));
     }
     let idem = op.idem.as_deref().unwrap_or("");
-    let root: String = placement.root.iter().map(|b| format!("{b:02x}")).collect();
+    let root = crate::merkle::hex(&placement.root);
     let _ = write!(
         text,
         ",\"idem\":\"{idem}\",\"ts\":{},\"ledger_seq_start\":{},\"ledger_seq_end\":{},\"ledger_root\":\"{root}\",\"settlement_status\":\"settled\"",
