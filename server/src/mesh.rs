@@ -12,7 +12,7 @@ use crate::shard::Shard;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use ron_proto::error::Reason;
-use ron_proto::wallet::{TxId, WalletOp};
+use ron_proto::wallet::{Placement, TxId, WalletOp};
 use ron_shards::balances::{Account, Item};
 use ron_shards::wallet::{Funds, Rejection, Reserved};
 use std::cell::{Cell, RefCell};
@@ -61,14 +61,20 @@ pub enum ShardCall {
 
 #[derive(Debug)]
 pub enum ShardAnswer {
-    Owner { shard: usize },
+    Owner {
+        shard: usize,
+    },
     Metrics(Box<ShardMetrics>),
     Reserved(Result<(), Vec<Reason>>),
     Done,
     Balance(Account),
     WalletReserved(Result<Reserved, Rejection>),
-    WalletBalance { funds: Funds, as_of_seq: u64 },
-    WalletReceipt(Option<Vec<u8>>),
+    WalletBalance {
+        funds: Funds,
+        as_of_seq: u64,
+    },
+    /// The committed operation behind a receipt, and where it went.
+    WalletReceipt(Option<Box<(WalletOp, Placement)>>),
 }
 
 #[derive(Debug)]
@@ -270,8 +276,9 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
         }
         ShardCall::WalletReceipt { txid } => {
             crate::ledger::caught_up(shard).await;
-            let kept = shard.wallet.borrow().receipt(&txid);
-            ShardAnswer::WalletReceipt(kept.or_else(|| shard.view.receipt(&txid)))
+            let kept = shard.wallet.borrow().committed(&txid);
+            let found = kept.or_else(|| shard.view.committed(&txid));
+            ShardAnswer::WalletReceipt(found.map(Box::new))
         }
     }
 }

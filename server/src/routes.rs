@@ -191,7 +191,7 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec {
         method: Method::Get,
         pattern: "/v1/tx/{txid}",
-        access: Access::Scope(scope::WALLET_READ),
+        access: Access::ScopeWithFacts(scope::WALLET_READ),
         shed: true,
         handler: wallet::tx,
     },

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions};
 use ron_proto::merkle::Hash;
-use ron_proto::wallet::TxId;
+use ron_proto::wallet::{Placement, TxId, WalletOp};
 use ron_shards::balances::Balances;
 use ron_shards::wallet::{Changes, Wallet};
 use std::cell::{Cell, RefCell};
@@ -387,9 +387,9 @@ impl ShardView {
         }
     }
 
-    /// A receipt from the view (`None` without a view, or on a read error,
-    /// which is logged).
-    pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
+    /// A receipt's operation and placement from the view (`None` without a
+    /// view, or on a read error, which is logged).
+    pub fn committed(&self, txid: &TxId) -> Option<(WalletOp, Placement)> {
         let stored = match self.store.as_ref()?.receipt(txid) {
             Ok(stored) => stored?,
             Err(error) => {
@@ -397,7 +397,7 @@ impl ShardView {
                 return None;
             }
         };
-        ron_shards::wallet::render_stored_receipt(&stored)
+        ron_shards::wallet::decode_stored_receipt(&stored)
     }
 
     /// (written seq, writes, failures) for `/metrics`; `None` without a view.

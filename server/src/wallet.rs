@@ -276,7 +276,10 @@ fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
         let op = match shard.mesh.call(&shard, scope_shard, call).await {
             Ok(ShardAnswer::WalletReserved(Ok(Reserved::Replay(txid)))) => {
                 shard.metrics.borrow_mut().wallet_idem_replays += 1;
-                return stored_receipt(&shard, txid).await;
+                return match committed(&shard, txid).await {
+                    Ok((op, placement)) => Reply::json_owned(200, wallet::receipt(&op, &placement)),
+                    Err(reply) => reply,
+                };
             }
             Ok(ShardAnswer::WalletReserved(Ok(Reserved::Commit(op)))) => op,
             Ok(ShardAnswer::WalletReserved(Err(refused))) => return rejection(refused),
@@ -626,24 +629,62 @@ pub fn balance(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Hand
     }))
 }
 
-/// The receipt of `txid`, from the shard that keeps it.
-async fn stored_receipt(shard: &Rc<Shard>, txid: wallet::TxId) -> Reply {
+/// The committed operation of `txid` and where it went, from the shard
+/// that keeps its receipt.
+async fn committed(shard: &Rc<Shard>, txid: wallet::TxId) -> Result<(WalletOp, Placement), Reply> {
     let keeper = recorder(&txid, shard.count);
     match shard.mesh.call(shard, keeper, ShardCall::WalletReceipt { txid }).await {
-        Ok(ShardAnswer::WalletReceipt(Some(receipt))) => Reply::json_owned(200, receipt),
+        Ok(ShardAnswer::WalletReceipt(Some(found))) => Ok(*found),
         Ok(ShardAnswer::WalletReceipt(None)) => {
-            Reply::error(ErrorCode::NotFound, "no transaction with that id")
+            Err(Reply::error(ErrorCode::NotFound, "no transaction with that id"))
         }
         Ok(other) => panic!("a receipt lookup answered with {other:?}"),
-        Err(error) => crate::ops::mesh_failure(error),
+        Err(error) => Err(crate::ops::mesh_failure(error)),
     }
 }
 
 /// `GET /v1/tx/{txid}`: the receipt, from the shard that keeps it.
-pub fn tx(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+/// A token restricted to an account may read receipts that account is
+/// `from` or `to` of; it is checked once the receipt is found.
+pub fn tx(shard: &Rc<Shard>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     let Some(txid) = params.get(0).and_then(wallet::parse_txid) else {
         return Handled::Now(bad("txid must be tx_ and 32 hex digits"));
     };
+    let authorization = request.head.authorization.map(|span| span.of(request.raw).to_vec());
+    let (method, path, socket) =
+        (request.head.method.as_str(), request.path().to_owned(), request.socket);
     let shard = shard.clone();
-    Handled::Later(Box::pin(async move { stored_receipt(&shard, txid).await }))
+    Handled::Later(Box::pin(async move {
+        let presented = access::Presented {
+            authorization: authorization.as_deref(),
+            method,
+            path: &path,
+            socket,
+        };
+        let (op, placement) = match committed(&shard, txid).await {
+            Ok(found) => found,
+            Err(reply) => {
+                // Who is not authenticated learns nothing, not even whether
+                // the transaction exists.
+                let check = presented.authorize(&shard, Some(scope::WALLET_READ), Facts::default());
+                return match check {
+                    Err(refused) if refused.status == 401 => refused,
+                    _ => reply,
+                };
+            }
+        };
+        let mut verdict = Ok(());
+        for account in [op.from.as_deref(), op.to.as_deref()].into_iter().flatten() {
+            let facts =
+                Facts { account: Some(account), asset: Some(op.asset.as_str()), amount: None };
+            verdict = presented.authorize(&shard, Some(scope::WALLET_READ), facts);
+            if verdict.is_ok() {
+                break;
+            }
+        }
+        match verdict {
+            Ok(()) => Reply::json_owned(200, wallet::receipt(&op, &placement)),
+            Err(reply) => reply,
+        }
+    }))
 }

@@ -61,10 +61,16 @@ fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
 /// A receipt as a view stores it (see `Wallet::take_new_receipts`),
 /// rendered.
 pub fn render_stored_receipt(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (op, placement) = decode_stored_receipt(bytes)?;
+    Some(ron_proto::wallet::receipt(&op, &placement))
+}
+
+/// The operation and placement of a receipt as a view stores it.
+pub fn decode_stored_receipt(bytes: &[u8]) -> Option<(WalletOp, Placement)> {
     let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let root: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
     let op = WalletOp::decode(bytes.get(40..)?).ok()?;
-    Some(ron_proto::wallet::receipt(&op, &Placement { seq, root }))
+    Some((op, Placement { seq, root }))
 }
 
 /// An idempotency record's slot: 16 bytes of BLAKE3 over the scope
@@ -373,9 +379,14 @@ impl Wallet {
     }
 
     pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
+        self.committed(txid).map(|(op, placement)| ron_proto::wallet::receipt(&op, &placement))
+    }
+
+    /// The committed operation of a receipt kept in memory, and where it went.
+    pub fn committed(&self, txid: &TxId) -> Option<(WalletOp, Placement)> {
         self.receipts.get(txid).map(|stored| {
             let op = WalletOp::decode(&stored.op).expect("stored receipts decode");
-            ron_proto::wallet::receipt(&op, &stored.placement)
+            (op, stored.placement)
         })
     }
 

@@ -310,6 +310,21 @@ fn caveats_bound_the_account_the_asset_and_the_amount() {
     // A read-only token cannot write.
     let reader = token(&node, &["scope=wallet.read"]);
     assert_eq!(send(&reader, "alice", 1, 3, "r1").status, 403);
+    // Receipts: a token bound to an account reads those it is from or to.
+    let to_carol = send(&alice_only, "alice", 2, 3, "a3");
+    let txid = to_carol.json().get_str("txid").unwrap().to_owned();
+    let read_tx = |bearer: &str| {
+        get(node.listen, &format!("/v1/tx/{txid}"), &[("Authorization", bearer)]).unwrap()
+    };
+    assert_eq!(read_tx(&alice_only).body, to_carol.body);
+    let carol = token(&node, &["scope=wallet.read", "account=carol"]);
+    assert_eq!(read_tx(&carol).status, 200);
+    assert_eq!(read_tx(&bob).status, 403);
+    // Unauthenticated: 401 whether or not the transaction exists.
+    let missing = format!("/v1/tx/tx_{}", "0".repeat(32));
+    assert_eq!(get(node.listen, &missing, &[]).unwrap().status, 401);
+    assert_eq!(get(node.listen, &format!("/v1/tx/{txid}"), &[]).unwrap().status, 401);
+    assert_eq!(get(node.listen, &missing, &[("Authorization", &carol)]).unwrap().status, 404);
 }
 
 #[test]
