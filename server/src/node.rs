@@ -369,37 +369,22 @@ fn recover_ledger(
     let stores = open_views(config, shard_count, &mut balances, &mut wallets)?;
     let dir = config.data_dir.join("log");
     // Each shard replays the log after what its view holds.
-    let mut from: Vec<u64> =
-        stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
-    let mut tail = vec![0u64; shard_count];
-    let mut short = 0;
-    // Each shard's wallet replays the operations after its view; receipts
-    // up to the view's seq are read from the view when asked for.
+    let from: Vec<u64> = stores.iter().map(|(_, meta)| meta.map_or(0, |m| m.applied_seq)).collect();
+    // Receipts up to a view's seq are read from the view when asked for.
     for (wallet, from) in wallets.iter_mut().zip(&from) {
         wallet.set_receipts_kept_through(*from);
     }
-    let mut replay = |seq: u64, root: &Hash, item: &LogItem| {
-        let entry = match item {
-            LogItem::Entry(entry) => entry,
-            LogItem::Wallet(op) => {
-                let placement = LogPlacement { seq, root: *root };
-                for shard in ron_shards::wallet::parts(op, shard_count) {
-                    if seq > from[shard] {
-                        wallets[shard].apply(op, placement, false);
-                        tail[shard] += 1;
-                    }
-                }
-                return;
-            }
-        };
-        let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
-        if seq > from[owner] {
-            short += balances[owner].replay(&[Item::of(0, entry)]);
-            tail[owner] += 1;
-        }
+    let mut replay = Replay {
+        balances: &mut balances,
+        wallets: &mut wallets,
+        tail: vec![0; shard_count],
+        short: 0,
     };
-    let recovered = log::recover(&dir, &mut replay)
-        .with_context(|| format!("reading the log in {}", dir.display()))?;
+    // Each shard replays the log after its view.
+    let recovered = log::recover(&dir, &mut |seq, root, item| {
+        replay.item(seq, root, item, &|shard| seq > from[shard]);
+    })
+    .with_context(|| format!("reading the log in {}", dir.display()))?;
     // A view counts only if the log has its root at its seq; one that is
     // ahead of the log or from another log is rebuilt from this one.
     let roots = &recovered.state.roots;
@@ -415,33 +400,17 @@ fn recover_ledger(
         tracing::warn!(shards = ?stale, "views do not match the log: rebuilding them from the log");
         for i in &stale {
             stores[*i].0.clear()?;
-            balances[*i] = Balances::default();
-            wallets[*i] = new_wallet(*i);
-            from[*i] = 0;
-            tail[*i] = 0;
+            replay.balances[*i] = Balances::default();
+            replay.wallets[*i] = new_wallet(*i);
+            replay.tail[*i] = 0;
         }
-        let mut replay = |seq: u64, root: &Hash, item: &LogItem| {
-            let entry = match item {
-                LogItem::Entry(entry) => entry,
-                LogItem::Wallet(op) => {
-                    let placement = LogPlacement { seq, root: *root };
-                    for shard in ron_shards::wallet::parts(op, shard_count) {
-                        if stale.contains(&shard) {
-                            wallets[shard].apply(op, placement, false);
-                        }
-                    }
-                    return;
-                }
-            };
-            let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
-            if stale.contains(&owner) {
-                short += balances[owner].replay(&[Item::of(0, entry)]);
-                tail[owner] += 1;
-            }
-        };
-        log::recover(&dir, &mut replay)
-            .with_context(|| format!("reading the log in {}", dir.display()))?;
+        // Only these shards, from the start: the whole log is read again.
+        log::recover(&dir, &mut |seq, root, item| {
+            replay.item(seq, root, item, &|shard| stale.contains(&shard));
+        })
+        .with_context(|| format!("reading the log in {}", dir.display()))?;
     }
+    let Replay { tail, short, .. } = replay;
     if short > 0 {
         tracing::error!(short, "the log holds debits beyond their balances (stopped at zero)");
     }
@@ -479,6 +448,41 @@ fn recover_ledger(
         states.push(ShardState { balances, wallet, view: Some(view) });
     }
     Ok((recovered, states))
+}
+
+/// Log items replayed into the shards' state at start.
+struct Replay<'a> {
+    balances: &'a mut [Balances],
+    wallets: &'a mut [Wallet],
+    /// Items each shard replayed.
+    tail: Vec<u64>,
+    /// Debits that found too little (never expected).
+    short: u64,
+}
+
+impl Replay<'_> {
+    /// Applies item `seq` to every shard with a part in it that `wants` it.
+    fn item(&mut self, seq: u64, root: &Hash, item: &LogItem, wants: &dyn Fn(usize) -> bool) {
+        let shard_count = self.balances.len();
+        match item {
+            LogItem::Entry(entry) => {
+                let owner = ron_proto::routing::owner(entry.account.as_bytes(), shard_count);
+                if wants(owner) {
+                    self.short += self.balances[owner].replay(&[Item::of(0, entry)]);
+                    self.tail[owner] += 1;
+                }
+            }
+            LogItem::Wallet(op) => {
+                let placement = LogPlacement { seq, root: *root };
+                for shard in ron_shards::wallet::parts(op, shard_count) {
+                    if wants(shard) {
+                        self.wallets[shard].apply(op, placement, false);
+                        self.tail[shard] += 1;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Opens the view of every shard and loads those written for this layout;

@@ -404,137 +404,161 @@ macro_rules! check {
     };
 }
 
-/// `POST /v1/issue`.
-pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = body!(request, IssueBody);
-    check!(account("to", &body.to));
-    check!(asset(shard, &body.asset));
-    let amount = check!(amount(shard, body.amount_minor));
-    check!(memo(body.memo.as_deref()));
-    let key = check!(idempotency_key(request, body.idempotency_key));
-    let canonical = CanonicalRequest {
-        kind: OpKind::Issue,
-        from: None,
-        to: Some(&body.to),
-        asset: Some(&body.asset),
-        amount: Some(amount),
-        nonce: None,
-        hold_id: None,
-        timeout_s: None,
-        memo: body.memo.as_deref(),
-        idem_owner: &body.to,
-        idem: &key,
-    };
-    submit(shard, request, Write::new(shard, canonical, scope::WALLET_ISSUE))
+/// What the four payment routes carry, whichever body it came from.
+struct Payment {
+    kind: OpKind,
+    from: Option<String>,
+    to: Option<String>,
+    asset: String,
+    amount_minor: Amount,
+    nonce: Option<u64>,
+    timeout_s: Option<u32>,
+    memo: Option<String>,
+    idempotency_key: Option<String>,
 }
 
-/// `POST /v1/transfer`.
-pub fn transfer(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = body!(request, TransferBody);
-    check!(account("from", &body.from));
-    check!(account("to", &body.to));
-    if body.from == body.to {
+/// Validates a payment (issue, transfer, burn, hold) and submits it.
+fn payment(
+    shard: &Rc<Shard>,
+    request: &Request<'_>,
+    payment: Payment,
+    route_scope: &'static str,
+) -> Handled {
+    for (name, value) in [("from", &payment.from), ("to", &payment.to)] {
+        if let Some(value) = value {
+            check!(account(name, value));
+        }
+    }
+    if payment.from.is_some() && payment.from == payment.to {
         return Handled::Now(bad("from and to must differ"));
     }
-    check!(asset(shard, &body.asset));
-    let amount = check!(amount(shard, body.amount_minor));
-    let nonce = check!(nonce(body.nonce));
-    check!(memo(body.memo.as_deref()));
-    let key = check!(idempotency_key(request, body.idempotency_key));
-    let canonical = CanonicalRequest {
-        kind: OpKind::Transfer,
-        from: Some(&body.from),
-        to: Some(&body.to),
-        asset: Some(&body.asset),
-        amount: Some(amount),
-        nonce: Some(nonce),
-        hold_id: None,
-        timeout_s: None,
-        memo: body.memo.as_deref(),
-        idem_owner: &body.from,
-        idem: &key,
+    check!(asset(shard, &payment.asset));
+    let amount = check!(amount(shard, payment.amount_minor));
+    let nonce = match payment.nonce {
+        Some(value) => Some(check!(nonce(value))),
+        None => None,
     };
-    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
-}
-
-/// `POST /v1/burn`.
-pub fn burn(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = body!(request, BurnBody);
-    check!(account("from", &body.from));
-    check!(asset(shard, &body.asset));
-    let amount = check!(amount(shard, body.amount_minor));
-    let nonce = check!(nonce(body.nonce));
-    check!(memo(body.memo.as_deref()));
-    let key = check!(idempotency_key(request, body.idempotency_key));
-    let canonical = CanonicalRequest {
-        kind: OpKind::Burn,
-        from: Some(&body.from),
-        to: None,
-        asset: Some(&body.asset),
-        amount: Some(amount),
-        nonce: Some(nonce),
-        hold_id: None,
-        timeout_s: None,
-        memo: body.memo.as_deref(),
-        idem_owner: &body.from,
-        idem: &key,
-    };
-    submit(shard, request, Write::new(shard, canonical, scope::WALLET_BURN))
-}
-
-/// `POST /v1/hold`.
-pub fn hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = body!(request, HoldBody);
-    check!(account("from", &body.from));
-    check!(account("to", &body.to));
-    if body.from == body.to {
-        return Handled::Now(bad("from and to must differ"));
-    }
-    check!(asset(shard, &body.asset));
-    let amount = check!(amount(shard, body.amount_minor));
-    let nonce = check!(nonce(body.nonce));
-    check!(memo(body.memo.as_deref()));
-    if body.timeout_s.is_some_and(|t| t == 0 || t > HOLD_TIMEOUT_S_MAX) {
+    check!(memo(payment.memo.as_deref()));
+    if payment.timeout_s.is_some_and(|t| t == 0 || t > HOLD_TIMEOUT_S_MAX) {
         return Handled::Now(Reply::error(
             ErrorCode::LimitsExceeded,
             format!("timeout_s must be 1..={HOLD_TIMEOUT_S_MAX}"),
         ));
     }
-    let key = check!(idempotency_key(request, body.idempotency_key));
+    let key = check!(idempotency_key(request, payment.idempotency_key));
+    let payer =
+        payment.from.as_deref().or(payment.to.as_deref()).expect("a payment names an account");
     let canonical = CanonicalRequest {
-        kind: OpKind::Hold,
-        from: Some(&body.from),
-        to: Some(&body.to),
-        asset: Some(&body.asset),
+        kind: payment.kind,
+        from: payment.from.as_deref(),
+        to: payment.to.as_deref(),
+        asset: Some(&payment.asset),
         amount: Some(amount),
-        nonce: Some(nonce),
+        nonce,
         hold_id: None,
-        timeout_s: body.timeout_s,
-        memo: body.memo.as_deref(),
-        idem_owner: &body.from,
+        timeout_s: payment.timeout_s,
+        memo: payment.memo.as_deref(),
+        idem_owner: payer,
         idem: &key,
     };
-    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+    submit(shard, request, Write::new(shard, canonical, route_scope))
+}
+
+/// `POST /v1/issue`.
+pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let b = body!(request, IssueBody);
+    let payment_of = Payment {
+        kind: OpKind::Issue,
+        from: None,
+        to: Some(b.to),
+        asset: b.asset,
+        amount_minor: b.amount_minor,
+        nonce: None,
+        timeout_s: None,
+        memo: b.memo,
+        idempotency_key: b.idempotency_key,
+    };
+    payment(shard, request, payment_of, scope::WALLET_ISSUE)
+}
+
+/// `POST /v1/transfer`.
+pub fn transfer(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let b = body!(request, TransferBody);
+    let payment_of = Payment {
+        kind: OpKind::Transfer,
+        from: Some(b.from),
+        to: Some(b.to),
+        asset: b.asset,
+        amount_minor: b.amount_minor,
+        nonce: Some(b.nonce),
+        timeout_s: None,
+        memo: b.memo,
+        idempotency_key: b.idempotency_key,
+    };
+    payment(shard, request, payment_of, scope::WALLET_TRANSFER)
+}
+
+/// `POST /v1/burn`.
+pub fn burn(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let b = body!(request, BurnBody);
+    let payment_of = Payment {
+        kind: OpKind::Burn,
+        from: Some(b.from),
+        to: None,
+        asset: b.asset,
+        amount_minor: b.amount_minor,
+        nonce: Some(b.nonce),
+        timeout_s: None,
+        memo: b.memo,
+        idempotency_key: b.idempotency_key,
+    };
+    payment(shard, request, payment_of, scope::WALLET_BURN)
+}
+
+/// `POST /v1/hold`.
+pub fn hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let b = body!(request, HoldBody);
+    let payment_of = Payment {
+        kind: OpKind::Hold,
+        from: Some(b.from),
+        to: Some(b.to),
+        asset: b.asset,
+        amount_minor: b.amount_minor,
+        nonce: Some(b.nonce),
+        timeout_s: b.timeout_s,
+        memo: b.memo,
+        idempotency_key: b.idempotency_key,
+    };
+    payment(shard, request, payment_of, scope::WALLET_TRANSFER)
 }
 
 fn hold_id(text: &str) -> Result<HoldId, Reply> {
     wallet::parse_hold_id(text).ok_or_else(|| bad("hold_id must be h_ and 32 hex digits"))
 }
 
-/// `POST /v1/capture`: all of the hold, or `amount_minor` of it (the rest
-/// returns to `from`).
-pub fn capture(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = body!(request, CaptureBody);
-    let id = check!(hold_id(&body.hold_id));
-    let amount = match body.amount_minor {
+/// Validates a capture or release, which names only its hold, and submits
+/// it.
+fn resolution(
+    shard: &Rc<Shard>,
+    request: &Request<'_>,
+    kind: OpKind,
+    hold_text: &str,
+    amount_minor: Option<Amount>,
+    nonce_value: u64,
+    body_key: Option<String>,
+) -> Handled {
+    let id = check!(hold_id(hold_text));
+    let amount = match amount_minor {
         Some(value) => Some(check!(amount(shard, value))),
         None => None,
     };
-    let nonce = check!(nonce(body.nonce));
-    let key = check!(idempotency_key(request, body.idempotency_key));
-    let owner = format!("hold:{}", body.hold_id);
+    let nonce = check!(nonce(nonce_value));
+    let key = check!(idempotency_key(request, body_key));
+    // The key's scope account is the hold's payer, which only its shard
+    // knows; the hold id stands for it in the txid.
+    let owner = format!("hold:{hold_text}");
     let canonical = CanonicalRequest {
-        kind: OpKind::Capture,
+        kind,
         from: None,
         to: None,
         asset: None,
@@ -549,27 +573,25 @@ pub fn capture(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Hand
     submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
 }
 
+/// `POST /v1/capture`: all of the hold, or `amount_minor` of it (the rest
+/// returns to `from`).
+pub fn capture(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let b = body!(request, CaptureBody);
+    resolution(
+        shard,
+        request,
+        OpKind::Capture,
+        &b.hold_id,
+        b.amount_minor,
+        b.nonce,
+        b.idempotency_key,
+    )
+}
+
 /// `POST /v1/release`.
 pub fn release_hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = body!(request, ReleaseBody);
-    let id = check!(hold_id(&body.hold_id));
-    let nonce = check!(nonce(body.nonce));
-    let key = check!(idempotency_key(request, body.idempotency_key));
-    let owner = format!("hold:{}", body.hold_id);
-    let canonical = CanonicalRequest {
-        kind: OpKind::Release,
-        from: None,
-        to: None,
-        asset: None,
-        amount: None,
-        nonce: Some(nonce),
-        hold_id: Some(&id),
-        timeout_s: None,
-        memo: None,
-        idem_owner: &owner,
-        idem: &key,
-    };
-    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+    let b = body!(request, ReleaseBody);
+    resolution(shard, request, OpKind::Release, &b.hold_id, None, b.nonce, b.idempotency_key)
 }
 
 /// `{account, asset, amount_minor, as_of_seq}`. Accounts and assets were

@@ -58,13 +58,6 @@ fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
     (key, at + asset.len())
 }
 
-/// A receipt as a view stores it (see `Wallet::take_new_receipts`),
-/// rendered.
-pub fn render_stored_receipt(bytes: &[u8]) -> Option<Vec<u8>> {
-    let (op, placement) = decode_stored_receipt(bytes)?;
-    Some(ron_proto::wallet::receipt(&op, &placement))
-}
-
 /// The operation and placement of a receipt as a view stores it.
 pub fn decode_stored_receipt(bytes: &[u8]) -> Option<(WalletOp, Placement)> {
     let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
@@ -84,8 +77,6 @@ fn idem_slot(scope: &str, key: &str) -> IdemSlot {
 /// A piece of committed state that changed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Dirty {
-    Funds(Box<[u8]>),
-    Nonce(String),
     Hold(HoldId),
     Idem(IdemSlot),
 }
@@ -191,6 +182,17 @@ struct Nonce {
     committed: u64,
     /// The highest nonce reserved (≥ committed).
     reserved: u64,
+    /// `committed` changed since the last `take_changes`.
+    dirty: bool,
+}
+
+/// An account's funds, and whether their balance changed since the last
+/// `take_changes` (a flag, so that marking costs nothing after the first
+/// change, as in `balances::Balances`).
+#[derive(Debug, Default)]
+struct FundsSlot {
+    funds: Funds,
+    dirty: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,7 +228,10 @@ pub struct Wallet {
     shard: usize,
     shard_count: usize,
     /// By `funds_key(account, asset)`.
-    funds: HashMap<Box<[u8]>, Funds>,
+    funds: HashMap<Box<[u8]>, FundsSlot>,
+    /// Keys of dirty funds, and accounts of dirty nonces.
+    dirty_funds: Vec<Box<[u8]>>,
+    dirty_nonces: Vec<String>,
     nonces: HashMap<String, Nonce>,
     holds: HashMap<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
@@ -261,26 +266,27 @@ impl Wallet {
 
     pub fn funds(&self, account: &str, asset: &str) -> Funds {
         let (key, len) = funds_key(account, asset);
-        self.funds.get(&key[..len]).copied().unwrap_or_default()
+        self.funds.get(&key[..len]).map(|slot| slot.funds).unwrap_or_default()
     }
 
     /// The funds of a committed change: marked for the next view write.
     fn committed_funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
         let (key, len) = funds_key(account, asset);
-        self.dirty.insert(Dirty::Funds(key[..len].into()));
-        self.funds_mut(account, asset)
+        self.funds_mut(account, asset);
+        let slot = self.funds.get_mut(&key[..len]).expect("made above");
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty_funds.push(key[..len].into());
+        }
+        &mut slot.funds
     }
 
     fn funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
         let (key, len) = funds_key(account, asset);
         if !self.funds.contains_key(&key[..len]) {
-            self.funds.insert(key[..len].into(), Funds::default());
+            self.funds.insert(key[..len].into(), FundsSlot::default());
         }
-        self.funds.get_mut(&key[..len]).expect("inserted")
-    }
-
-    pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {
-        self.holds.get(hold_id)
+        &mut self.funds.get_mut(&key[..len]).expect("inserted").funds
     }
 
     /// The committed nonce of `account` (0 before its first write).
@@ -291,16 +297,19 @@ impl Wallet {
     /// The committed state changed since the last call, for the view.
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = Changes::default();
+        for key in std::mem::take(&mut self.dirty_funds) {
+            let slot = self.funds.get_mut(&key).expect("dirty funds have slots");
+            slot.dirty = false;
+            let balance = slot.funds.balance;
+            changes.funds.push((key, balance));
+        }
+        for account in std::mem::take(&mut self.dirty_nonces) {
+            let nonce = self.nonces.get_mut(&account).expect("dirty nonces exist");
+            nonce.dirty = false;
+            changes.nonces.push((account, nonce.committed));
+        }
         for dirty in std::mem::take(&mut self.dirty) {
             match dirty {
-                Dirty::Funds(key) => {
-                    let balance = self.funds.get(&key).map_or(0, |f| f.balance);
-                    changes.funds.push((key, balance));
-                }
-                Dirty::Nonce(account) => {
-                    let nonce = self.nonces.get(&account).map_or(0, |n| n.committed);
-                    changes.nonces.push((account, nonce));
-                }
                 Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).map(encode_hold))),
                 Dirty::Idem(slot) => {
                     let record = match self.idem.get(&slot) {
@@ -316,11 +325,13 @@ impl Wallet {
 
     /// Loads state the view kept (at start, before any replay).
     pub fn load_funds(&mut self, key: &[u8], balance: u128) {
-        self.funds.insert(key.into(), Funds { balance, reserved: 0 });
+        self.funds
+            .insert(key.into(), FundsSlot { funds: Funds { balance, reserved: 0 }, dirty: false });
     }
 
     pub fn load_nonce(&mut self, account: &str, nonce: u64) {
-        self.nonces.insert(account.to_owned(), Nonce { committed: nonce, reserved: nonce });
+        let loaded = Nonce { committed: nonce, reserved: nonce, dirty: false };
+        self.nonces.insert(account.to_owned(), loaded);
     }
 
     /// False if the bytes are not a hold.
@@ -398,7 +409,7 @@ impl Wallet {
     /// Every balance and open hold, summed per asset (for invariant checks).
     pub fn totals(&self) -> HashMap<String, (u128, u128)> {
         let mut totals: HashMap<String, (u128, u128)> = HashMap::new();
-        for (key, funds) in &self.funds {
+        for (key, FundsSlot { funds, .. }) in &self.funds {
             let at = key.iter().position(|b| *b == 0).expect("keys hold a separator");
             let asset = String::from_utf8_lossy(&key[at + 1..]).into_owned();
             totals.entry(asset).or_default().0 += funds.balance;
@@ -575,7 +586,10 @@ impl Wallet {
             assert!(nonce > entry.committed, "nonces commit in order");
             entry.committed = nonce;
             entry.reserved = entry.reserved.max(nonce);
-            self.dirty.insert(Dirty::Nonce(from.clone()));
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty_nonces.push(from.clone());
+            }
         }
         match op.kind {
             OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
@@ -834,14 +848,8 @@ mod tests {
                 }
                 continue;
             }
-            let kind = [
-                OpKind::Issue,
-                OpKind::Transfer,
-                OpKind::Burn,
-                OpKind::Hold,
-                OpKind::Capture,
-                OpKind::Release,
-            ][step.kind];
+            // Kinds 0..6 are requested ones; 6 (expiry) was handled above.
+            let kind = OpKind::ALL[step.kind];
             if from == to && matches!(kind, OpKind::Transfer | OpKind::Hold) {
                 continue;
             }
@@ -1102,7 +1110,8 @@ mod tests {
         let expected = ron_proto::wallet::receipt(&op, &placement);
         let taken = wallet.take_new_receipts();
         assert_eq!(taken.len(), 1);
-        assert_eq!(render_stored_receipt(&taken[0].1), Some(expected.clone()));
+        let (stored, at) = decode_stored_receipt(&taken[0].1).unwrap();
+        assert_eq!(ron_proto::wallet::receipt(&stored, &at), expected);
         assert!(wallet.take_new_receipts().is_empty());
         assert_eq!(wallet.receipt(&op.txid), Some(expected));
         wallet.forget_receipts(&[op.txid]);

@@ -153,6 +153,43 @@ fn writes_receipts_replays_and_every_rejection() {
     }
     let same = r#"{"from":"bob","to":"bob","asset":"roc","amount_minor":"1","nonce":2,"idempotency_key":"s1"}"#;
     assert_eq!(post(&node, node.listen, "/v1/transfer", same).status, 400);
+    // Each length and range limit, one past it.
+    let key65 = "k".repeat(65);
+    let memo257 = "m".repeat(257);
+    let over = [
+        (
+            "/v1/issue",
+            format!(r#"{{"to":"carol","asset":"roc","amount_minor":"5","idempotency_key":"{key65}"}}"#),
+            400,
+        ),
+        (
+            "/v1/issue",
+            format!(r#"{{"to":"carol","asset":"roc","amount_minor":"5","idempotency_key":"m1","memo":"{memo257}"}}"#),
+            400,
+        ),
+        (
+            "/v1/hold",
+            r#"{"from":"bob","to":"carol","asset":"roc","amount_minor":"1","nonce":2,"timeout_s":0,"idempotency_key":"t0"}"#.to_owned(),
+            422,
+        ),
+        (
+            "/v1/hold",
+            r#"{"from":"bob","to":"carol","asset":"roc","amount_minor":"1","nonce":2,"timeout_s":31536001,"idempotency_key":"t1"}"#.to_owned(),
+            422,
+        ),
+    ];
+    for (path, body, status) in over {
+        assert_eq!(post(&node, node.listen, path, &body).status, status, "{path} {body}");
+    }
+    // At the limits themselves: accepted.
+    let key64 = "k".repeat(64);
+    let memo256 = "m".repeat(256);
+    let at = format!(
+        r#"{{"to":"dave","asset":"roc","amount_minor":"1","idempotency_key":"{key64}","memo":"{memo256}"}}"#
+    );
+    ok(post(&node, node.listen, "/v1/issue", &at));
+    let hold = r#"{"from":"bob","to":"carol","asset":"roc","amount_minor":"1","nonce":2,"timeout_s":31536000,"idempotency_key":"t2"}"#;
+    ok(post(&node, node.listen, "/v1/hold", hold));
     let long = format!(
         r#"{{"to":"{}","asset":"roc","amount_minor":"1","idempotency_key":"l1"}}"#,
         "a".repeat(257)
