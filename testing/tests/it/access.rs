@@ -14,7 +14,7 @@ fn now_s() -> u64 {
 }
 
 /// A token minted with the node's root key, as an operator could.
-fn mint(node: &TestNode, caveats: &[&str]) -> String {
+pub fn mint(node: &TestNode, caveats: &[&str]) -> String {
     let claims = Claims {
         kid: 1,
         token_id: [3; 16],

@@ -2,7 +2,6 @@
 //! and replays, holds, nonces under contention, cross-shard visibility,
 //! restarts, and the token's account, asset and amount caveats.
 
-use ron_proto::token::{Claims, Token};
 use ron_testing::{NodeOptions, Response, TestNode, get, post_json, request};
 use simd_json::prelude::*;
 use std::net::SocketAddr;
@@ -292,20 +291,9 @@ fn one_nonce_one_winner_and_restarts_keep_everything() {
     assert_eq!(transfer(&node, "spender", "keeper", 5, 2, "after").body, receipt.body);
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
+/// A bearer header for a token minted with the node's root key.
 fn token(node: &TestNode, caveats: &[&str]) -> String {
-    let claims = Claims {
-        kid: 1,
-        token_id: [5; 16],
-        epoch: 0,
-        issued_at: now_s(),
-        subject: "wallet-test".into(),
-        audience: "ron-node".into(),
-    };
-    format!("Bearer {}", Token::mint(&node.root_key(), claims, caveats).unwrap().encode())
+    format!("Bearer {}", crate::access::mint(node, caveats))
 }
 
 #[test]
