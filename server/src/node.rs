@@ -513,6 +513,7 @@ fn open_views(
             Some(meta) if meta.shard as usize == i && meta.shard_count as usize == shard_count => {
                 store.load(balances)?;
                 store.load_wallet(wallet)?;
+                store.drop_mapped_pages();
                 Some(meta)
             }
             Some(meta) => {

@@ -25,6 +25,11 @@ pub fn scope_account(op: &WalletOp) -> &str {
     op.from.as_deref().or(op.to.as_deref()).expect("every operation names an account")
 }
 
+/// A capture or a release: a write whose scope account is its hold's.
+fn is_resolution(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Capture | OpKind::Release)
+}
+
 /// Which shard keeps the receipt of `txid`.
 pub fn recorder(txid: &TxId, shard_count: usize) -> usize {
     ron_proto::routing::owner_of_route(hold_route(txid), shard_count)
@@ -88,8 +93,16 @@ pub struct Changes {
     pub funds: Vec<(Box<[u8]>, u128)>,
     pub nonces: Vec<(String, u64)>,
     pub holds: Vec<(HoldId, Option<Vec<u8>>)>,
-    /// (slot, (txid, expires_ms)).
-    pub idem: Vec<(IdemSlot, Option<(TxId, u64)>)>,
+    pub idem: Vec<(IdemSlot, Option<IdemRecord>)>,
+}
+
+/// A committed idempotency record as the view keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub txid: TxId,
+    pub expires_ms: u64,
+    /// The record of a capture or release (see `Wallet::resolutions`).
+    pub resolution: bool,
 }
 
 impl Changes {
@@ -238,8 +251,12 @@ pub struct Wallet {
     expiries: BTreeSet<(u64, HoldId)>,
     /// By `idem_slot(scope, key)`.
     idem: HashMap<IdemSlot, Idem>,
-    /// The slot of every idempotency record by its request's txid.
-    idem_txids: HashMap<TxId, IdemSlot>,
+    /// The slots of the records of captures and releases, by txid. Their
+    /// slot is scoped to the hold's payer, which a replay cannot name once
+    /// the hold is resolved and gone; every other request's slot follows
+    /// from the request itself, so only these need an index (a million
+    /// records cost 69 MB in it).
+    resolutions: HashMap<TxId, IdemSlot>,
     /// Committed idempotency records, oldest first, for expiry and the bound.
     idem_order: VecDeque<(u64, IdemSlot)>,
     idem_ttl_ms: u64,
@@ -313,7 +330,11 @@ impl Wallet {
                 Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).map(encode_hold))),
                 Dirty::Idem(slot) => {
                     let record = match self.idem.get(&slot) {
-                        Some(Idem::Done(txid, expires_ms)) => Some((*txid, *expires_ms)),
+                        Some(Idem::Done(txid, expires_ms)) => Some(IdemRecord {
+                            txid: *txid,
+                            expires_ms: *expires_ms,
+                            resolution: self.resolutions.contains_key(txid),
+                        }),
                         _ => None,
                     };
                     changes.idem.push((slot, record));
@@ -344,10 +365,12 @@ impl Wallet {
         true
     }
 
-    pub fn load_idem(&mut self, slot: IdemSlot, txid: TxId, expires_ms: u64) {
-        self.idem.insert(slot, Idem::Done(txid, expires_ms));
-        self.idem_txids.insert(txid, slot);
-        self.idem_order.push_back((expires_ms, slot));
+    pub fn load_idem(&mut self, slot: IdemSlot, record: IdemRecord) {
+        self.idem.insert(slot, Idem::Done(record.txid, record.expires_ms));
+        if record.resolution {
+            self.resolutions.insert(record.txid, slot);
+        }
+        self.idem_order.push_back((record.expires_ms, slot));
     }
 
     /// Puts loaded idempotency records in expiry order.
@@ -424,8 +447,8 @@ impl Wallet {
     /// says why not. Nothing changes on a rejection.
     pub fn reserve(&mut self, request: &Request, now_ms: u64) -> Result<Reserved, Rejection> {
         self.expire_idem(now_ms);
-        // The same request again (found by its txid, whatever its scope).
-        if let Some(slot) = self.idem_txids.get(&request.txid) {
+        // A capture or release again, whose hold may be gone.
+        if let Some(slot) = self.resolutions.get(&request.txid) {
             return match self.idem[slot] {
                 Idem::Done(txid, _) => Ok(Reserved::Replay(txid)),
                 Idem::Pending(_) => Err(Rejection::InFlight),
@@ -456,8 +479,12 @@ impl Wallet {
         assert!(self.owns(&scope), "a write is reserved on its scope shard");
         let key = op.idem.clone().expect("writes carry an idempotency key");
         let slot = idem_slot(&scope, &key);
-        if self.idem.contains_key(&slot) {
-            return Err(Rejection::IdempotencyConflict);
+        match self.idem.get(&slot) {
+            // The same request again: the txid covers the scope and the key.
+            Some(Idem::Done(txid, _)) if *txid == op.txid => return Ok(Reserved::Replay(*txid)),
+            Some(Idem::Pending(txid)) if *txid == op.txid => return Err(Rejection::InFlight),
+            Some(_) => return Err(Rejection::IdempotencyConflict),
+            None => {}
         }
         if let Some(got) = op.nonce {
             let expected = self.nonces.get(&scope).map_or(0, |n| n.reserved) + 1;
@@ -497,7 +524,9 @@ impl Wallet {
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
             hold.resolving = true;
         }
-        self.idem_txids.insert(op.txid, slot);
+        if is_resolution(op.kind) {
+            self.resolutions.insert(op.txid, slot);
+        }
         self.idem.insert(slot, Idem::Pending(op.txid));
         Ok(Reserved::Commit(op))
     }
@@ -527,7 +556,7 @@ impl Wallet {
             let slot = idem_slot(&scope, key);
             if matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid) {
                 self.idem.remove(&slot);
-                self.idem_txids.remove(&op.txid);
+                self.resolutions.remove(&op.txid);
             }
         }
     }
@@ -561,7 +590,9 @@ impl Wallet {
                 let slot = idem_slot(&scope, key);
                 let expires_ms = op.ts_ms + self.idem_ttl_ms;
                 self.idem.insert(slot, Idem::Done(op.txid, expires_ms));
-                self.idem_txids.insert(op.txid, slot);
+                if is_resolution(op.kind) {
+                    self.resolutions.insert(op.txid, slot);
+                }
                 self.idem_order.push_back((expires_ms, slot));
                 self.dirty.insert(Dirty::Idem(slot));
                 while self.idem_order.len() > self.idem_max {
@@ -673,7 +704,7 @@ impl Wallet {
     fn forget_oldest_idem(&mut self) {
         let (_, slot) = self.idem_order.pop_front().expect("not empty");
         if let Some(Idem::Done(txid, _)) = self.idem.get(&slot) {
-            self.idem_txids.remove(txid);
+            self.resolutions.remove(txid);
             self.idem.remove(&slot);
             self.dirty.insert(Dirty::Idem(slot));
         }
@@ -832,6 +863,8 @@ mod tests {
     fn run(steps: &[Step], shard_count: usize) -> Result<(), TestCaseError> {
         let mut node = Node::new(shard_count);
         let mut model = Model::default();
+        // Committed requests with the scope shard and time they were answered.
+        let mut answered: Vec<(WalletOp, usize, u64)> = Vec::new();
         for (n, step) in steps.iter().enumerate() {
             node.now_ms += step.advance_ms;
             let key = format!("k{n}");
@@ -965,6 +998,7 @@ mod tests {
                     let (logged, placement) = node.log.last().unwrap();
                     let expected = ron_proto::wallet::receipt(logged, placement);
                     prop_assert_eq!(replay, Ok(Reserved::Replay(logged.txid)));
+                    answered.push((request.clone(), scope, node.now_ms));
                     let recorder = recorder(&logged.txid, shard_count);
                     prop_assert_eq!(node.shards[recorder].receipt(&logged.txid), Some(expected));
                     // The same key with another request is a conflict (a
@@ -1031,8 +1065,8 @@ mod tests {
                 }
             }
             for (slot, record) in &changes.idem {
-                if let Some((txid, expires_ms)) = record {
-                    wallet.load_idem(*slot, *txid, *expires_ms);
+                if let Some(record) = record {
+                    wallet.load_idem(*slot, *record);
                 }
             }
             wallet.finish_load();
@@ -1045,6 +1079,14 @@ mod tests {
                 node.shards[owner].funds(account, "roc").balance
             );
             prop_assert_eq!(loaded[owner].nonce(account), node.shards[owner].nonce(account));
+        }
+        // Every committed request within its key's life is a replay there
+        // too, captures and releases of holds long gone included.
+        for (request, scope, at) in &answered {
+            if at + TTL_MS > node.now_ms {
+                let again = loaded[*scope].reserve(request, node.now_ms);
+                prop_assert_eq!(again, Ok(Reserved::Replay(request.txid)));
+            }
         }
         let sum = |shards: &[Wallet]| -> (u128, u128) {
             shards
