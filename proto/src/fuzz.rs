@@ -202,10 +202,18 @@ mod tests {
         let mut encoded_op = Vec::new();
         op.encode(&mut encoded_op);
         writer.push(&encoded_op);
+        let revocation = crate::revocation::Revocation {
+            revoked: crate::revocation::Revoked::Subject("alice".into()),
+            reason: "lost".into(),
+            ts_ms: 9,
+        };
+        let mut encoded_revocation = Vec::new();
+        revocation.encode(&mut encoded_revocation);
+        writer.push(&encoded_revocation);
         let record = writer.seal(1, 0, [0; 32], [1; 32]).to_vec();
         // Mutations of a valid record mostly break its checksum; mutate the
         // items alone too, which is what the item decoders see.
-        let seeds: [&[u8]; 3] = [&record, &encoded, &encoded_op];
+        let seeds: [&[u8]; 4] = [&record, &encoded, &encoded_op, &encoded_revocation];
         for input in mutants(&seeds, 5_000, seed()) {
             log_segment(&input);
             let _ = LogItem::decode(&input);

@@ -53,6 +53,7 @@ const _: () = assert!(ENTRY_BYTES_MAX <= u16::MAX as usize, "entries are length-
 pub const ITEM_BYTES_MAX: usize = 1024;
 const _: () = assert!(ENTRY_BYTES_MAX <= ITEM_BYTES_MAX);
 const _: () = assert!(crate::wallet::WALLET_OP_BYTES_MAX <= ITEM_BYTES_MAX);
+const _: () = assert!(crate::revocation::REVOCATION_BYTES_MAX <= ITEM_BYTES_MAX);
 
 /// Records start at multiples of this, and are padded to it.
 pub const RECORD_ALIGN_BYTES: usize = 4096;
@@ -252,6 +253,7 @@ impl Entry {
 pub enum LogItem {
     Entry(Entry),
     Wallet(crate::wallet::WalletOp),
+    Revocation(crate::revocation::Revocation),
 }
 
 impl LogItem {
@@ -259,6 +261,9 @@ impl LogItem {
         match bytes.first() {
             Some(&crate::wallet::WALLET_OP_CODE) => {
                 crate::wallet::WalletOp::decode(bytes).map(LogItem::Wallet)
+            }
+            Some(&crate::revocation::REVOCATION_CODE) => {
+                crate::revocation::Revocation::decode(bytes).map(LogItem::Revocation)
             }
             _ => Entry::decode(bytes).map(LogItem::Entry),
         }
@@ -268,6 +273,7 @@ impl LogItem {
         match self {
             LogItem::Entry(entry) => entry.encode(out),
             LogItem::Wallet(op) => op.encode(out),
+            LogItem::Revocation(revocation) => revocation.encode(out),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod http;
 pub mod ledger;
 pub mod merkle;
+pub mod revocation;
 pub mod routing;
 pub mod token;
 pub mod wallet;

@@ -183,6 +183,13 @@ pub fn decode<'a>(
     parse_binary(scratch, caveats_max)
 }
 
+/// Decodes the binary form of a token (as [`decode`] leaves it in its
+/// scratch buffer).
+pub fn decode_binary(bytes: &[u8], caveats_max: usize) -> Result<TokenView<'_>, TokenError> {
+    assert!(caveats_max <= CAVEATS_COUNT_MAX);
+    parse_binary(bytes, caveats_max)
+}
+
 fn parse_binary(bytes: &[u8], caveats_max: usize) -> Result<TokenView<'_>, TokenError> {
     const SHORT: TokenError = TokenError::Malformed("truncated token");
     let mut reader = Reader { bytes, at: 0 };

@@ -6,13 +6,15 @@ use crate::config::{Config, Profile};
 use crate::reply::Reply;
 use crate::routes::Request;
 use crate::shard::Shard;
+use crate::verifier;
 use ron_proto::ErrorCode;
-use ron_proto::token::{self, Claims, Token, TokenError};
+use ron_proto::token::{self, Claims, Token, TokenView};
 use ron_shards::passport::{self, Clock, Denial};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use zeroize::Zeroizing;
 
 /// Names this node answers to in `aud` caveats and token audiences.
@@ -213,23 +215,32 @@ fn authorize_presented(
     let Some(text) = strip_bearer(header) else {
         return Err(Reply::error(ErrorCode::Unauthorized, "authorization is not a bearer token"));
     };
-    let mut scratch = shard.token_scratch.borrow_mut();
-    let view = match token::decode(text, shard.config.passport.caveats_max, &mut scratch) {
-        Ok(view) => view,
-        Err(TokenError::TooLarge) => {
-            return Err(Reply::error(ErrorCode::Unauthorized, "token too large"));
+    let started = Instant::now();
+    let decided =
+        verifier::with_verified(shard, text, |view| decide(shard, view, presented, scope, facts));
+    let mut metrics = shard.metrics.borrow_mut();
+    metrics.passport.verify_latency.record(started.elapsed());
+    match decided {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(denial)) => {
+            metrics.passport.reject(denial.reason());
+            Err(denied(denial))
         }
-        Err(TokenError::UnknownCaveat) => {
-            return Err(Reply::error(ErrorCode::Unauthorized, "token has an unknown caveat"));
+        Err(refusal) => {
+            metrics.passport.reject(refusal.reason());
+            Err(Reply::error(ErrorCode::Unauthorized, refusal.message()))
         }
-        Err(TokenError::Malformed(why)) => return Err(Reply::error(ErrorCode::Unauthorized, why)),
-    };
-    let Some(root) = shard.keys.root(view.kid) else {
-        return Err(Reply::error(ErrorCode::Unauthorized, "token signed with an unknown key"));
-    };
-    if !view.verify_tag(root) {
-        return Err(Reply::error(ErrorCode::Unauthorized, "token tag does not verify"));
     }
+}
+
+/// The caveats of a verified token against the request.
+fn decide(
+    shard: &Shard,
+    view: &TokenView<'_>,
+    presented: &Presented<'_>,
+    scope: Option<&str>,
+    facts: Facts<'_>,
+) -> Result<(), Denial> {
     let peer_ip = if view.caveats().any(|c| c.starts_with("ip=")) {
         crate::socket_ring::peer_address(presented.socket).map(|a| a.ip())
     } else {
@@ -247,7 +258,7 @@ fn authorize_presented(
     };
     let clock =
         Clock { now_s: Shard::unix_now_s(), clock_skew_s: shard.config.passport.clock_skew_s };
-    passport::authorize(&view, &asked, clock).map_err(denied)
+    passport::authorize(view, &asked, clock)
 }
 
 /// The answer to a denied request.

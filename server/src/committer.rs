@@ -30,6 +30,7 @@ use glommio::channels::shared_channel::{
 };
 use ron_proto::ledger::{self, RecordWriter};
 use ron_proto::merkle::{self, Hash};
+use ron_proto::revocation::Revocation;
 use ron_proto::wallet::{Placement, WalletOp};
 use ron_shards::balances::Item;
 use std::cell::{Cell, RefCell};
@@ -134,11 +135,13 @@ pub struct LedgerReply {
 }
 
 /// One request's part for one shard: ledger items it owns, wallet
-/// operations it has a part in (in the request's order).
+/// operations it has a part in, revocations (every shard applies them), in
+/// the request's order.
 #[derive(Debug, Default)]
 pub struct Owned {
     pub items: Vec<Item>,
     pub wallet: Vec<WalletOp>,
+    pub revocations: Vec<Revocation>,
 }
 
 /// A durable batch, as one shard sees it.
@@ -151,6 +154,11 @@ pub struct CommittedBatch {
     pub items: Vec<Item>,
     /// The batch's wallet operations this shard has a part in, in log order.
     pub wallet: Vec<(WalletOp, Placement)>,
+    /// The batch's revocations with their seqs.
+    pub revocations: Vec<(Revocation, u64)>,
+    /// When the batch's record became durable (for the revocation
+    /// propagation metric).
+    pub durable_at: Instant,
 }
 
 /// What the committer sends a shard.
@@ -544,20 +552,33 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                 let mut items: Vec<Vec<Item>> = (0..shards).map(|_| Vec::new()).collect();
                 let mut wallet: Vec<Vec<(WalletOp, Placement)>> =
                     (0..shards).map(|_| Vec::new()).collect();
+                let mut revocations: Vec<Vec<(Revocation, u64)>> =
+                    (0..shards).map(|_| Vec::new()).collect();
                 let mut seq = first_seq;
                 for pending in &mut batch {
                     for (owner, owned) in pending.owned.drain(..) {
                         items[owner].extend(owned.items);
-                        // A request's wallet operations are its first items.
+                        // A request's wallet operations or revocations are
+                        // its first items.
                         for (at, op) in (seq..).zip(owned.wallet) {
                             wallet[owner].push((op, Placement { seq: at, root: new_root }));
                         }
+                        revocations[owner].extend(owned.revocations.into_iter().zip(seq..));
                     }
                     seq += u64::from(pending.count);
                 }
                 committer.node.ledger_durable_seq.store(last_seq, Ordering::Release);
-                for (shard, (items, wallet)) in items.into_iter().zip(wallet).enumerate() {
-                    let batch = CommittedBatch { last_seq, root: new_root, items, wallet };
+                let durable_at = Instant::now();
+                let parts = items.into_iter().zip(wallet).zip(revocations);
+                for (shard, ((items, wallet), revocations)) in parts.enumerate() {
+                    let batch = CommittedBatch {
+                        last_seq,
+                        root: new_root,
+                        items,
+                        wallet,
+                        revocations,
+                        durable_at,
+                    };
                     committer.send(shard, ToShard::Committed(batch)).await;
                 }
                 let mut seq = first_seq;

@@ -134,9 +134,14 @@ pub fn is_caught_up(shard: &Shard) -> bool {
 /// began: an acknowledged write is then visible here, whichever shard
 /// acknowledged it.
 pub async fn caught_up(shard: &Shard) {
-    let durable = shard.node.ledger_durable_seq.load(Ordering::Acquire);
+    applied_through(shard, shard.node.ledger_durable_seq.load(Ordering::Acquire)).await;
+}
+
+/// Waits until this shard has applied the log through `seq` (or the
+/// committer has stopped).
+pub async fn applied_through(shard: &Shard, seq: u64) {
     std::future::poll_fn(|cx| {
-        if shard.applied.seq() >= durable || shard.ledger.is_stopped() {
+        if shard.applied.seq() >= seq || shard.ledger.is_stopped() {
             return Poll::Ready(());
         }
         shard.applied.waiters.borrow_mut().push(cx.waker().clone());
@@ -154,6 +159,13 @@ fn apply(shard: &Shard, batch: CommittedBatch) {
         wallet.apply(op, *placement, true);
     }
     drop(wallet);
+    if !batch.revocations.is_empty() {
+        let lag = batch.durable_at.elapsed();
+        let mut passport = shard.passport.borrow_mut();
+        for (revocation, seq) in &batch.revocations {
+            passport.apply(revocation, *seq, lag);
+        }
+    }
     shard.applied.advance(batch.last_seq, batch.root);
 }
 
@@ -379,7 +391,7 @@ pub fn ingest(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         }
         let owned = owners
             .iter()
-            .map(|(owner, items)| (*owner, Owned { items: items.clone(), wallet: Vec::new() }))
+            .map(|(owner, items)| (*owner, Owned { items: items.clone(), ..Owned::default() }))
             .collect();
         let call = LedgerCall::Append { entries: encoded, count, ids, idem, owned };
         let answer = shard.ledger.call(call).await;

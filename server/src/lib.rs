@@ -23,5 +23,6 @@ pub mod reply;
 pub mod routes;
 pub mod shard;
 pub mod socket_ring;
+pub mod verifier;
 pub mod view;
 pub mod wallet;

@@ -23,6 +23,10 @@ use std::time::Duration;
 /// A request one shard runs for another.
 #[derive(Debug)]
 pub enum ShardCall {
+    /// Answer once the log through `seq`, a revocation, is applied here.
+    RevocationApplied {
+        seq: u64,
+    },
     /// Which shard owns this key? Answered by the owner itself.
     Owner {
         key: String,
@@ -61,6 +65,10 @@ pub enum ShardCall {
 
 #[derive(Debug)]
 pub enum ShardAnswer {
+    /// How long after it was durable the revocation was applied here.
+    RevocationApplied {
+        lag: Option<Duration>,
+    },
     Owner {
         shard: usize,
     },
@@ -249,6 +257,10 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
             ShardAnswer::Owner { shard: shard.id }
         }
         ShardCall::Metrics => ShardAnswer::Metrics(Box::new(shard.metrics_snapshot())),
+        ShardCall::RevocationApplied { seq } => {
+            crate::ledger::applied_through(shard, seq).await;
+            ShardAnswer::RevocationApplied { lag: shard.passport.borrow().lag(seq) }
+        }
         ShardCall::Reserve { items } => {
             assert_owned(shard, &items);
             ShardAnswer::Reserved(shard.balances.borrow_mut().reserve(&items))

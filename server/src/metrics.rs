@@ -7,6 +7,7 @@
 use crate::routes::{ROUTE_LABEL_COUNT, route_label};
 use hdrhistogram::Histogram;
 use ron_proto::ErrorCode;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -122,6 +123,98 @@ pub struct ShardMetrics {
     pub wallet_idem_replays: u64,
     /// One per shard, filled in when metrics are gathered.
     pub ledger_shards: Vec<LedgerShardGauges>,
+    pub passport: PassportMetrics,
+}
+
+/// What the passport counts on a shard.
+#[derive(Clone, Debug, Default)]
+pub struct PassportMetrics {
+    /// `POST /v1/passport/issue`, from the parsed request to the answer.
+    pub issue_latency: LatencyHistogram,
+    /// One token's verification (route or any protected request).
+    pub verify_latency: LatencyHistogram,
+    /// Refused tokens by reason (route verifications and protected requests).
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// From a revocation being durable to the last shard applying it.
+    pub revocation_propagation: LatencyHistogram,
+    /// Verify cache lookups (filled in at scrape).
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Tokens in the verify caches (filled in at scrape).
+    pub cache_entries: u64,
+}
+
+impl PassportMetrics {
+    pub fn reject(&mut self, reason: &'static str) {
+        *self.rejects.entry(reason).or_default() += 1;
+    }
+
+    fn add(&mut self, other: &PassportMetrics) {
+        self.issue_latency.add(&other.issue_latency);
+        self.verify_latency.add(&other.verify_latency);
+        for (reason, count) in &other.rejects {
+            *self.rejects.entry(reason).or_default() += count;
+        }
+        self.revocation_propagation.add(&other.revocation_propagation);
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.cache_entries += other.cache_entries;
+    }
+
+    fn render(&self, out: &mut String) {
+        let histograms = [
+            (
+                "svc_passport_issue_latency_seconds",
+                "Minting one token (POST /v1/passport/issue).",
+                &self.issue_latency,
+            ),
+            (
+                "svc_passport_verify_latency_seconds",
+                "Verifying one presented token: cache or decoding, key, tag, revocations, caveats.",
+                &self.verify_latency,
+            ),
+            (
+                "passport_revocation_propagation_seconds",
+                "From a revocation being durable to the last shard refusing it.",
+                &self.revocation_propagation,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            header(out, name, "histogram", help);
+            histogram_lines(out, name, None, histogram);
+        }
+        header(out, "svc_passport_rejects_total", "counter", "Tokens refused, by reason.");
+        for (reason, count) in &self.rejects {
+            let _ = writeln!(out, "svc_passport_rejects_total{{reason=\"{reason}\"}} {count}");
+        }
+        let lookups = self.cache_hits + self.cache_misses;
+        let ratio = if lookups == 0 { 0.0 } else { self.cache_hits as f64 / lookups as f64 };
+        let simple = [
+            (
+                "passport_verify_cache_hits_total",
+                "counter",
+                "Verify cache hits.",
+                self.cache_hits as f64,
+            ),
+            (
+                "passport_verify_cache_misses_total",
+                "counter",
+                "Verify cache misses.",
+                self.cache_misses as f64,
+            ),
+            ("passport_verify_cache_hit_ratio", "gauge", "Hits over lookups since start.", ratio),
+            (
+                "passport_verify_cache_entries",
+                "gauge",
+                "Tokens in the verify caches.",
+                self.cache_entries as f64,
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
 }
 
 /// How far one shard has applied the log and written its view.
@@ -150,6 +243,7 @@ impl Default for ShardMetrics {
             timer_lateness: LatencyHistogram::default(),
             ledger_shards: Vec::new(),
             wallet_idem_replays: 0,
+            passport: PassportMetrics::default(),
         }
     }
 }
@@ -177,6 +271,7 @@ impl ShardMetrics {
         self.timer_lateness.add(&other.timer_lateness);
         self.ledger_shards.extend_from_slice(&other.ledger_shards);
         self.wallet_idem_replays += other.wallet_idem_replays;
+        self.passport.add(&other.passport);
     }
 }
 
@@ -325,6 +420,7 @@ pub fn render(metrics: &ShardMetrics, gauges: ProcessGauges, shard_count: usize)
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", gauges.shard, value(gauges));
         }
     }
+    metrics.passport.render(&mut out);
     header(&mut out, "node_shards", "gauge", "Shards of this node.");
     let _ = writeln!(out, "node_shards {shard_count}");
     out

@@ -16,6 +16,7 @@ use ron_proto::ledger::LogItem;
 use ron_proto::merkle::Hash;
 use ron_proto::wallet::Placement as LogPlacement;
 use ron_shards::balances::{Balances, Item};
+use ron_shards::passport::Revocations;
 use ron_shards::wallet::Wallet;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -222,7 +223,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topology_json: leak_json(&topology),
         version_json: leak_json(&version),
     });
-    let (recovered, shard_states) = recover_ledger(&config, &shared, shard_count)?;
+    let (recovered, revocations, shard_states) = recover_ledger(&config, &shared, shard_count)?;
     shared.ledger_durable_seq.store(recovered.state.accumulator.len(), Ordering::Release);
     let applied = (recovered.state.accumulator.len(), recovered.state.root());
     let mut shard_states = shard_states.into_iter();
@@ -275,6 +276,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             committer: if host == Some(id) { committer_start.take() } else { None },
             balances: Default::default(),
             wallet: Default::default(),
+            revocations: Default::default(),
             applied,
             view: None,
         };
@@ -282,6 +284,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         let start = ShardStart {
             balances: state.balances,
             wallet: state.wallet,
+            revocations: revocations.clone(),
             view: state.view,
             ..start
         };
@@ -350,7 +353,7 @@ fn recover_ledger(
     config: &Config,
     shared: &NodeShared,
     shard_count: usize,
-) -> anyhow::Result<(Recovered, Vec<ShardState>)> {
+) -> anyhow::Result<(Recovered, Revocations, Vec<ShardState>)> {
     let mut balances: Vec<Balances> = (0..shard_count).map(|_| Balances::default()).collect();
     let wallet = &config.wallet;
     let new_wallet = |i: usize| {
@@ -364,7 +367,7 @@ fn recover_ledger(
             wallet,
             view: None,
         });
-        return Ok((Recovered::empty(), states.collect()));
+        return Ok((Recovered::empty(), Revocations::default(), states.collect()));
     }
     let stores = open_views(config, shard_count, &mut balances, &mut wallets)?;
     let dir = config.data_dir.join("log");
@@ -379,6 +382,7 @@ fn recover_ledger(
         wallets: &mut wallets,
         tail: vec![0; shard_count],
         short: 0,
+        revocations: Revocations::default(),
     };
     // Each shard replays the log after its view.
     let recovered = log::recover(&dir, &mut |seq, root, item| {
@@ -410,7 +414,7 @@ fn recover_ledger(
         })
         .with_context(|| format!("reading the log in {}", dir.display()))?;
     }
-    let Replay { tail, short, .. } = replay;
+    let Replay { tail, short, revocations, .. } = replay;
     if short > 0 {
         tracing::error!(short, "the log holds debits beyond their balances (stopped at zero)");
     }
@@ -447,7 +451,7 @@ fn recover_ledger(
         let view = ViewWriter::spawn(i, store, view_seq)?;
         states.push(ShardState { balances, wallet, view: Some(view) });
     }
-    Ok((recovered, states))
+    Ok((recovered, revocations, states))
 }
 
 /// Log items replayed into the shards' state at start.
@@ -458,6 +462,8 @@ struct Replay<'a> {
     tail: Vec<u64>,
     /// Debits that found too little (never expected).
     short: u64,
+    /// Every shard holds every revocation.
+    revocations: Revocations,
 }
 
 impl Replay<'_> {
@@ -480,6 +486,9 @@ impl Replay<'_> {
                         self.tail[shard] += 1;
                     }
                 }
+            }
+            LogItem::Revocation(revocation) => {
+                self.revocations.apply(&revocation.revoked);
             }
         }
     }

@@ -3,10 +3,14 @@
 //! verify cache build on these.
 
 use crate::access::AUDIENCES;
+use crate::committer::{LedgerAnswer, LedgerCall, Owned};
+use crate::mesh::{ShardAnswer, ShardCall};
 use crate::reply::{Handled, Reply};
 use crate::routes::{Params, Request};
 use crate::shard::Shard;
+use crate::verifier;
 use ron_proto::ErrorCode;
+use ron_proto::revocation::{self, REASON_BYTES_MAX, Revocation};
 use ron_proto::token::{self, Caveat, Claims, Token, TokenError, TokenView};
 use ron_shards::passport::{self as decide, Clock};
 use serde::{Deserialize, Serialize};
@@ -46,7 +50,14 @@ fn bad(reason: &str, detail: impl std::fmt::Display) -> Handled {
 
 /// `POST /v1/passport/issue`: mints a token with an expiry, its scopes and
 /// caveats under the current root key.
-pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, params: &Params<'_>) -> Handled {
+    let started = std::time::Instant::now();
+    let answer = mint(shard, request, params);
+    shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
+    answer
+}
+
+fn mint(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let body: IssueBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
@@ -97,7 +108,7 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
     let claims = Claims {
         kid,
         token_id,
-        epoch: 0,
+        epoch: shard.passport.borrow().revocations.current_epoch(),
         issued_at: now,
         subject: body.subject_ref,
         audience: body.audience,
@@ -183,6 +194,81 @@ fn parsed<'a>(view: &TokenView<'a>) -> Parsed<'a> {
     }
 }
 
+/// The context a verification is asked about, parsed.
+struct Context<'a> {
+    method: &'a str,
+    route: &'a str,
+    account: Option<&'a str>,
+    asset: Option<&'a str>,
+    amount: Option<u128>,
+    ip: Option<IpAddr>,
+}
+
+impl VerifyContext {
+    fn parse(&self) -> Result<Context<'_>, &'static str> {
+        let amount = match self.amount.as_deref().map(str::parse::<u128>) {
+            None => None,
+            Some(Ok(amount)) => Some(amount),
+            Some(Err(_)) => return Err("context.amount must be a u128 decimal string"),
+        };
+        let ip = match self.ip.as_deref().map(str::parse::<IpAddr>) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => return Err("context.ip must be an IP address"),
+        };
+        Ok(Context {
+            method: self.method.as_deref().unwrap_or("GET"),
+            route: self.route.as_deref().unwrap_or("/"),
+            account: self.account.as_deref(),
+            asset: self.asset.as_deref(),
+            amount,
+            ip,
+        })
+    }
+}
+
+/// Verifies one token in a context and appends its answer (JSON) to `out`.
+fn verify_one(shard: &Shard, text: &str, context: &Context<'_>, out: &mut Vec<u8>) {
+    let started = std::time::Instant::now();
+    let clock =
+        Clock { now_s: Shard::unix_now_s(), clock_skew_s: shard.config.passport.clock_skew_s };
+    let asked = decide::Request {
+        method: context.method,
+        path: context.route,
+        scope: None,
+        audiences: &AUDIENCES,
+        peer_ip: context.ip,
+        account: context.account,
+        asset: context.asset,
+        amount: context.amount,
+    };
+    let verified = verifier::with_verified(shard, text.as_bytes(), |view| {
+        let reason = decide::authorize(view, &asked, clock).err().map(|d| d.reason());
+        let answer = VerifyAnswer { ok: reason.is_none(), reason, parsed: Some(parsed(view)) };
+        simd_json::to_writer(&mut *out, &answer).expect("serializing");
+        reason
+    });
+    let reason = match verified {
+        Ok(reason) => reason,
+        Err(refusal) => {
+            // Say what the token claims when it decodes at all.
+            let mut scratch = Vec::new();
+            let caveats_max = shard.config.passport.caveats_max;
+            let parsed = token::decode(text.as_bytes(), caveats_max, &mut scratch)
+                .ok()
+                .map(|view| parsed(&view));
+            let answer = VerifyAnswer { ok: false, reason: Some(refusal.reason()), parsed };
+            simd_json::to_writer(&mut *out, &answer).expect("serializing");
+            Some(refusal.reason())
+        }
+    };
+    let mut metrics = shard.metrics.borrow_mut();
+    metrics.passport.verify_latency.record(started.elapsed());
+    if let Some(reason) = reason {
+        metrics.passport.reject(reason);
+    }
+}
+
 /// `POST /v1/passport/verify`: would this token be accepted, in this context?
 /// Answers 200 with `ok` and a reason; 400 only for a malformed request.
 pub fn verify(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
@@ -191,62 +277,53 @@ pub fn verify(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         Err(reply) => return Handled::Now(reply),
     };
     let context = body.context.unwrap_or_default();
-    let amount = match context.amount.as_deref().map(str::parse::<u128>) {
-        None => None,
-        Some(Ok(amount)) => Some(amount),
-        Some(Err(_)) => {
-            return bad("invalid_field", "context.amount must be a u128 decimal string");
+    let context = match context.parse() {
+        Ok(context) => context,
+        Err(why) => return bad("invalid_field", why),
+    };
+    let mut out = Vec::with_capacity(512);
+    verify_one(shard, &body.token, &context, &mut out);
+    Handled::Now(Reply::json_owned(200, out))
+}
+
+/// Tokens in one `/v1/passport/verify_batch`, at most.
+pub const VERIFY_BATCH_MAX: usize = 512;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBatchBody {
+    tokens: Vec<String>,
+    context: Option<VerifyContext>,
+}
+
+/// `POST /v1/passport/verify_batch`: `{tokens[], context?}` → `{results[]}`,
+/// one `/verify` answer per token, in order.
+pub fn verify_batch(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body: VerifyBatchBody = match request.json() {
+        Ok(body) => body,
+        Err(reply) => return Handled::Now(reply),
+    };
+    if body.tokens.len() > VERIFY_BATCH_MAX {
+        return Handled::Now(Reply::error(
+            ErrorCode::LimitsExceeded,
+            format!("at most {VERIFY_BATCH_MAX} tokens per batch"),
+        ));
+    }
+    let context = body.context.unwrap_or_default();
+    let context = match context.parse() {
+        Ok(context) => context,
+        Err(why) => return bad("invalid_field", why),
+    };
+    let mut out = Vec::with_capacity(16 + body.tokens.len() * 256);
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, text) in body.tokens.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-    };
-    let ip = match context.ip.as_deref().map(str::parse::<IpAddr>) {
-        None => None,
-        Some(Ok(ip)) => Some(ip),
-        Some(Err(_)) => return bad("invalid_field", "context.ip must be an IP address"),
-    };
-    let mut scratch = Vec::new();
-    let answer =
-        match token::decode(body.token.as_bytes(), shard.config.passport.caveats_max, &mut scratch)
-        {
-            Err(error) => {
-                let reason = match error {
-                    TokenError::TooLarge => "too_large",
-                    TokenError::UnknownCaveat => "unknown_caveat",
-                    TokenError::Malformed(_) => "malformed",
-                };
-                VerifyAnswer { ok: false, reason: Some(reason), parsed: None }
-            }
-            Ok(view) => {
-                let reason = match shard.keys.root(view.kid) {
-                    None => Some("unknown_kid"),
-                    Some(root) if !view.verify_tag(root) => Some("bad_tag"),
-                    Some(_) => {
-                        let asked = decide::Request {
-                            method: context.method.as_deref().unwrap_or("GET"),
-                            path: context.route.as_deref().unwrap_or("/"),
-                            scope: None,
-                            audiences: &AUDIENCES,
-                            peer_ip: ip,
-                            account: context.account.as_deref(),
-                            asset: context.asset.as_deref(),
-                            amount,
-                        };
-                        let clock = Clock {
-                            now_s: Shard::unix_now_s(),
-                            clock_skew_s: shard.config.passport.clock_skew_s,
-                        };
-                        decide::authorize(&view, &asked, clock).err().map(|d| d.reason())
-                    }
-                };
-                let json = simd_json::to_vec(&VerifyAnswer {
-                    ok: reason.is_none(),
-                    reason,
-                    parsed: Some(parsed(&view)),
-                })
-                .expect("serializing");
-                return Handled::Now(Reply::json_owned(200, json));
-            }
-        };
-    Handled::Now(Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing")))
+        verify_one(shard, text, &context, &mut out);
+    }
+    out.extend_from_slice(b"]}");
+    Handled::Now(Reply::json_owned(200, out))
 }
 
 #[derive(Deserialize)]
@@ -269,21 +346,21 @@ pub fn attenuate(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Ha
         Err(reply) => return Handled::Now(reply),
     };
     let caveats_max = shard.config.passport.caveats_max;
-    let mut scratch = Vec::new();
-    let view = match token::decode(body.token.as_bytes(), caveats_max, &mut scratch) {
-        Ok(view) => view,
-        Err(TokenError::TooLarge) => {
+    let mut token = match verifier::with_verified(shard, body.token.as_bytes(), |v| v.to_token()) {
+        Ok(token) => token,
+        Err(verifier::Refusal::TooLarge) => {
             return bad("too_many_caveats", "the token is already at its limit");
         }
-        Err(_) => return bad("invalid_token", "the token does not decode"),
+        Err(refusal) => {
+            return bad(
+                "invalid_token",
+                format_args!("the token is refused: {}", refusal.reason()),
+            );
+        }
     };
-    if !shard.keys.root(view.kid).is_some_and(|root| view.verify_tag(root)) {
-        return bad("invalid_token", "the token does not verify");
-    }
-    if view.caveat_count() + body.caveats.len() > caveats_max {
+    if token.caveats().len() + body.caveats.len() > caveats_max {
         return bad("too_many_caveats", format_args!("at most {caveats_max} caveats"));
     }
-    let mut token = view.to_token();
     for caveat in &body.caveats {
         match token.attenuate(caveat) {
             Ok(()) => {}
@@ -304,4 +381,156 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    token_id: Option<String>,
+    subject_ref: Option<String>,
+    kid: Option<u32>,
+    epoch: Option<u64>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct RevokeAnswer<'a> {
+    current_epoch: u64,
+    revoked: Revoked<'a>,
+    /// The revocation's log entry.
+    seq: u64,
+}
+
+/// What was revoked, as the request named it.
+#[derive(Serialize)]
+struct Revoked<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject_ref: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
+}
+
+/// `POST /v1/passport/revoke` `{token_id | subject_ref | kid | epoch, reason}`:
+/// commits a revocation to the log; every shard applies it from the
+/// committed stream. Answers once every shard refuses what it revokes, with
+/// `{current_epoch, revoked, seq}`.
+pub fn revoke(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body: RevokeBody = match request.json() {
+        Ok(body) => body,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let named = [
+        body.token_id.is_some(),
+        body.subject_ref.is_some(),
+        body.kid.is_some(),
+        body.epoch.is_some(),
+    ];
+    if named.iter().filter(|n| **n).count() != 1 {
+        return bad("invalid_field", "name exactly one of token_id, subject_ref, kid, epoch");
+    }
+    if body.reason.len() > REASON_BYTES_MAX {
+        return bad("invalid_field", format_args!("reason is at most {REASON_BYTES_MAX} bytes"));
+    }
+    let revoked = if let Some(text) = &body.token_id {
+        match from_hex(text) {
+            Some(id) => revocation::Revoked::TokenId(id),
+            None => return bad("invalid_field", "token_id must be 32 hex digits"),
+        }
+    } else if let Some(subject) = &body.subject_ref {
+        if subject.is_empty() || subject.len() > NAME_BYTES_MAX {
+            return bad(
+                "invalid_field",
+                format_args!("subject_ref must be 1..={NAME_BYTES_MAX} bytes"),
+            );
+        }
+        revocation::Revoked::Subject(subject.clone())
+    } else if let Some(kid) = body.kid {
+        revocation::Revoked::Kid(kid)
+    } else {
+        revocation::Revoked::Epoch(body.epoch.expect("one was named"))
+    };
+    if shard.node.ledger_safe_mode.load(std::sync::atomic::Ordering::Acquire) {
+        return Handled::Now(Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"));
+    }
+    let revocation = Revocation { revoked, reason: body.reason, ts_ms: unix_ms() };
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        let mut entries = vec![0, 0];
+        revocation.encode(&mut entries);
+        let len = (entries.len() - 2) as u16;
+        entries[..2].copy_from_slice(&len.to_le_bytes());
+        let owned = (0..shard.count)
+            .map(|s| (s, Owned { revocations: vec![revocation.clone()], ..Owned::default() }))
+            .collect();
+        let call = LedgerCall::Append { entries, count: 1, ids: Vec::new(), idem: None, owned };
+        let seq = match shard.ledger.call(call).await {
+            Ok(LedgerAnswer::Appended { seq_start, .. }) => seq_start,
+            Ok(LedgerAnswer::Degraded { reason }) => {
+                return Reply::error(
+                    ErrorCode::Degraded,
+                    format!("the ledger is in safe mode: {reason}"),
+                );
+            }
+            Ok(other) => panic!("a revocation append answered with {other:?}"),
+            Err(error) => return crate::ledger::link_failure(error),
+        };
+        // Durable: answer once every shard has applied it.
+        let mut slowest = std::time::Duration::ZERO;
+        for target in 0..shard.count {
+            let call = ShardCall::RevocationApplied { seq };
+            match shard.mesh.call(&shard, target, call).await {
+                Ok(ShardAnswer::RevocationApplied { lag }) => {
+                    slowest = slowest.max(lag.unwrap_or_default());
+                }
+                Ok(other) => panic!("a revocation check answered with {other:?}"),
+                Err(error) => {
+                    tracing::warn!(target, ?error, seq, "a shard did not confirm a revocation");
+                    return crate::ops::mesh_failure(error);
+                }
+            }
+        }
+        shard.metrics.borrow_mut().passport.revocation_propagation.record(slowest);
+        let current_epoch = shard.passport.borrow().revocations.current_epoch();
+        let named = match &revocation.revoked {
+            revocation::Revoked::TokenId(_) => Revoked {
+                token_id: body.token_id.as_deref(),
+                subject_ref: None,
+                kid: None,
+                epoch: None,
+            },
+            revocation::Revoked::Subject(subject) => {
+                Revoked { token_id: None, subject_ref: Some(subject), kid: None, epoch: None }
+            }
+            revocation::Revoked::Kid(kid) => {
+                Revoked { token_id: None, subject_ref: None, kid: Some(*kid), epoch: None }
+            }
+            revocation::Revoked::Epoch(epoch) => {
+                Revoked { token_id: None, subject_ref: None, kid: None, epoch: Some(*epoch) }
+            }
+        };
+        let answer = RevokeAnswer { current_epoch, revoked: named, seq };
+        Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+    }))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_hex(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

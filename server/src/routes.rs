@@ -92,6 +92,20 @@ pub const ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: Method::Post,
+        pattern: "/v1/passport/verify_batch",
+        access: Access::Authenticated,
+        shed: true,
+        handler: passport::verify_batch,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/v1/passport/revoke",
+        access: Access::Scope(scope::PASSPORT_ADMIN),
+        shed: true,
+        handler: passport::revoke,
+    },
+    RouteSpec {
+        method: Method::Post,
         pattern: "/v1/passport/attenuate",
         access: Access::Authenticated,
         shed: true,

@@ -12,10 +12,12 @@ use crate::metrics::ShardMetrics;
 use crate::node::NodeShared;
 use crate::reply::CorrId;
 use crate::socket_ring::SocketRing;
+use crate::verifier::{PassportState, VerifyCache};
 use crate::view::{self, ShardView, ViewWriter};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use ron_shards::balances::Balances;
+use ron_shards::passport::Revocations;
 use ron_shards::wallet::Wallet;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
@@ -40,6 +42,8 @@ pub struct Shard {
     pub balances: RefCell<Balances>,
     /// The wallet state this shard owns.
     pub wallet: RefCell<Wallet>,
+    /// Revocations and the verify cache.
+    pub passport: RefCell<PassportState>,
     /// How far `balances` reflect the log.
     pub applied: Applied,
     pub view: ShardView,
@@ -84,6 +88,9 @@ impl Shard {
             view_writes,
             view_write_failures,
         }];
+        let passport = self.passport.borrow();
+        (metrics.passport.cache_hits, metrics.passport.cache_misses) = passport.cache.counts();
+        metrics.passport.cache_entries = passport.cache.len() as u64;
         metrics
     }
 
@@ -164,6 +171,8 @@ pub struct ShardStart {
     pub balances: Balances,
     /// The wallet state this shard owns, replayed from the log.
     pub wallet: Wallet,
+    /// Every revocation in the log.
+    pub revocations: Revocations,
     /// The log prefix `balances` reflect: its last seq and root.
     pub applied: (u64, ron_proto::merkle::Hash),
     /// The writer of this shard's LMDB view (none in amnesia mode).
@@ -193,6 +202,7 @@ pub async fn run(start: ShardStart) {
         committer,
         balances,
         wallet,
+        revocations,
         applied,
         view,
     } = start;
@@ -222,6 +232,10 @@ pub async fn run(start: ShardStart) {
         config.limits.mesh_inflight_per_target_max,
         Duration::from_millis(config.limits.request_timeout_ms),
     );
+    let verify_cache = VerifyCache::new(
+        config.passport.verify_cache_entries_max as usize,
+        Duration::from_millis(config.passport.verify_cache_ttl_ms),
+    );
     let shard = Rc::new(Shard {
         id,
         count,
@@ -233,6 +247,7 @@ pub async fn run(start: ShardStart) {
         ledger: ledger_link,
         balances: RefCell::new(balances),
         wallet: RefCell::new(wallet),
+        passport: RefCell::new(PassportState::new(revocations, verify_cache)),
         applied: Applied::new(applied.0, applied.1),
         view: ShardView::new(view),
         queue,

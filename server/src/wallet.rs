@@ -315,7 +315,7 @@ async fn commit(shard: &Rc<Shard>, op: WalletOp, scope_shard: usize) -> Reply {
     encoded[..2].copy_from_slice(&len.to_le_bytes());
     let owned = parts(&op, shard.count)
         .into_iter()
-        .map(|part| (part, Owned { items: Vec::new(), wallet: vec![op.clone()] }))
+        .map(|part| (part, Owned { wallet: vec![op.clone()], ..Owned::default() }))
         .collect();
     let call =
         LedgerCall::Append { entries: encoded, count: 1, ids: Vec::new(), idem: None, owned };

@@ -5,7 +5,9 @@
 //! does not hold, and caveats this build does not enforce yet refuse the token
 //! rather than being skipped.
 
-use ron_proto::token::{Caveat, TokenView};
+use ron_proto::revocation::Revoked;
+use ron_proto::token::{Caveat, TOKEN_ID_BYTES, TokenView};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 /// What is being asked, in the terms caveats speak.
@@ -47,6 +49,8 @@ pub enum Denial {
     Asset,
     Amount,
     Ip,
+    /// Its id, subject, key or epoch was revoked.
+    Revoked,
     /// A caveat this build does not enforce yet.
     NotEnforced(&'static str),
 }
@@ -66,14 +70,77 @@ impl Denial {
             Denial::Asset => "asset",
             Denial::Amount => "amount",
             Denial::Ip => "ip",
+            Denial::Revoked => "revoked",
             Denial::NotEnforced(_) => "caveat_not_enforced",
         }
     }
 
-    /// A token outside its validity window is not a valid credential (401);
-    /// every other denial is a valid token that may not do this (403).
+    /// A token outside its validity window, or revoked, is not a valid
+    /// credential (401); every other denial is a valid token that may not do
+    /// this (403).
     pub const fn is_unauthenticated(self) -> bool {
-        matches!(self, Denial::Expired | Denial::NotYetValid)
+        matches!(self, Denial::Expired | Denial::NotYetValid | Denial::Revoked)
+    }
+}
+
+/// Every revocation committed so far (SPEC §6), as one shard holds them: by
+/// token id, subject and key id, and the highest revoked epoch. Each shard
+/// applies the same revocations from the committed stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revocations {
+    token_ids: HashSet<[u8; TOKEN_ID_BYTES]>,
+    subjects: HashSet<String>,
+    kids: HashSet<u32>,
+    /// Tokens of this epoch and earlier are refused.
+    epoch_revoked: Option<u64>,
+}
+
+impl Revocations {
+    /// Adds a revocation; false if it revokes nothing new.
+    pub fn apply(&mut self, revoked: &Revoked) -> bool {
+        match revoked {
+            Revoked::TokenId(id) => self.token_ids.insert(*id),
+            Revoked::Subject(subject) => self.subjects.insert(subject.clone()),
+            Revoked::Kid(kid) => self.kids.insert(*kid),
+            Revoked::Epoch(epoch) => {
+                let new = self.epoch_revoked.is_none_or(|e| *epoch > e);
+                if new {
+                    self.epoch_revoked = Some(*epoch);
+                }
+                new
+            }
+        }
+    }
+
+    /// The epoch new tokens are minted in: after every revoked one.
+    pub fn current_epoch(&self) -> u64 {
+        self.epoch_revoked.map_or(0, |e| e.saturating_add(1))
+    }
+
+    /// Whether a token with these claims is revoked.
+    pub fn refuses(
+        &self,
+        token_id: &[u8; TOKEN_ID_BYTES],
+        subject: &str,
+        kid: u32,
+        epoch: u64,
+    ) -> bool {
+        self.epoch_revoked.is_some_and(|e| epoch <= e)
+            || self.token_ids.contains(token_id)
+            || self.kids.contains(&kid)
+            || self.subjects.contains(subject)
+    }
+
+    /// How many revocations are held (an epoch counts once).
+    pub fn len(&self) -> usize {
+        self.token_ids.len()
+            + self.subjects.len()
+            + self.kids.len()
+            + usize::from(self.epoch_revoked.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -285,6 +352,30 @@ mod tests {
         assert!(cidr_contains("192.0.2.0/24", mapped));
         assert!(cidr_contains("::1/128", "::1".parse().unwrap()));
         assert!(!cidr_contains("::1/128", "::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn revocations_by_id_subject_kid_and_epoch() {
+        let mut revocations = Revocations::default();
+        let id = [5; 16];
+        assert!(!revocations.refuses(&id, "alice", 1, 0));
+        assert_eq!(revocations.current_epoch(), 0);
+        assert!(revocations.apply(&Revoked::TokenId(id)));
+        assert!(!revocations.apply(&Revoked::TokenId(id)), "nothing new");
+        assert!(revocations.refuses(&id, "alice", 1, 0));
+        assert!(!revocations.refuses(&[6; 16], "alice", 1, 0));
+        assert!(revocations.apply(&Revoked::Subject("alice".into())));
+        assert!(revocations.refuses(&[6; 16], "alice", 1, 0));
+        assert!(!revocations.refuses(&[6; 16], "bob", 1, 0));
+        assert!(revocations.apply(&Revoked::Kid(2)));
+        assert!(revocations.refuses(&[6; 16], "bob", 2, 0));
+        assert!(!revocations.refuses(&[6; 16], "bob", 3, 0));
+        assert!(revocations.apply(&Revoked::Epoch(4)));
+        assert!(!revocations.apply(&Revoked::Epoch(3)), "an earlier epoch is already covered");
+        assert_eq!(revocations.current_epoch(), 5);
+        assert!(revocations.refuses(&[6; 16], "bob", 3, 4));
+        assert!(!revocations.refuses(&[6; 16], "bob", 3, 5));
+        assert_eq!(revocations.len(), 4);
     }
 
     proptest! {

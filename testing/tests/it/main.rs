@@ -7,5 +7,6 @@ mod ledger;
 mod lifecycle;
 mod load;
 mod ops;
+mod passport;
 mod routing;
 mod wallet;
