@@ -35,14 +35,20 @@ pub fn verify_inclusion(
     path: &[Hash],
     root: &Hash,
 ) -> bool {
+    root_from_path(index, tree_size, leaf, path).is_some_and(|r| r == *root)
+}
+
+/// The root an inclusion path leads to from `leaf` at `index` of a tree of
+/// `tree_size` leaves; `None` if the path cannot belong to such a tree.
+pub fn root_from_path(index: u64, tree_size: u64, leaf: &Hash, path: &[Hash]) -> Option<Hash> {
     if index >= tree_size {
-        return false;
+        return None;
     }
     let (mut fn_, mut sn) = (index, tree_size - 1);
     let mut r = *leaf;
     for p in path {
         if sn == 0 {
-            return false;
+            return None;
         }
         if fn_ & 1 == 1 || fn_ == sn {
             r = node_hash(p, &r);
@@ -58,7 +64,7 @@ pub fn verify_inclusion(
         fn_ >>= 1;
         sn >>= 1;
     }
-    sn == 0 && r == *root
+    (sn == 0).then_some(r)
 }
 
 /// Checks that the tree of `second_size` leaves with root `second_root`

@@ -40,6 +40,13 @@ pub const TOKEN_BINARY_BYTES_MAX: usize = HEADER_FIXED_BYTES
 pub const TOKEN_TEXT_BYTES_MAX: usize = TOKEN_PREFIX.len() + TOKEN_BINARY_BYTES_MAX.div_ceil(3) * 4;
 const _: () = assert!(TOKEN_TEXT_BYTES_MAX < 32 * 1024, "a token fits well inside a header");
 
+/// The first bytes of every message a node signs for a token.
+pub const SIGNED_DOMAIN: &[u8] = b"ron1.sig\0";
+/// The caveat carrying an Ed25519 signature (base64url) of the token so far.
+pub const SIG_ED25519: &str = "sig.ed25519";
+/// The caveat carrying the token's place in an ML-DSA-65 signed batch.
+pub const SIG_ML_DSA: &str = "sig.ml-dsa-65";
+
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Every scope of SPEC §6.
@@ -123,6 +130,19 @@ impl<'a> TokenView<'a> {
         }
         // blake3::Hash compares in constant time.
         tag == blake3::Hash::from(self.tag)
+    }
+
+    /// What a node signs for third parties ([`signed_message`]) over this
+    /// token's first `caveats` caveats.
+    pub fn signed_message(&self, caveats: usize) -> Vec<u8> {
+        let mut message = Vec::with_capacity(SIGNED_DOMAIN.len() + self.header.len() + 256);
+        message.extend_from_slice(SIGNED_DOMAIN);
+        message.extend_from_slice(self.header);
+        for caveat in self.caveats().take(caveats) {
+            message.extend_from_slice(&(caveat.len() as u16).to_le_bytes());
+            message.extend_from_slice(caveat.as_bytes());
+        }
+        message
     }
 
     pub fn to_token(&self) -> Token {
@@ -323,6 +343,21 @@ impl Token {
         &self.caveats
     }
 
+    /// What a node signs for third parties: a domain tag, the header, and
+    /// every caveat so far, each length-prefixed. A signature caveat
+    /// appended after these covers the token as issued; caveats added later
+    /// only narrow it.
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut message = Vec::with_capacity(SIGNED_DOMAIN.len() + 128 + 64 * self.caveats.len());
+        message.extend_from_slice(SIGNED_DOMAIN);
+        encode_header(&self.claims, &mut message);
+        for caveat in &self.caveats {
+            message.extend_from_slice(&(caveat.len() as u16).to_le_bytes());
+            message.extend_from_slice(caveat.as_bytes());
+        }
+        message
+    }
+
     pub fn encode(&self) -> String {
         let mut binary = Vec::with_capacity(TOKEN_BINARY_BYTES_MAX);
         encode_header(&self.claims, &mut binary);
@@ -375,6 +410,12 @@ pub enum Caveat<'a> {
     RateRps(u32),
     Tenant(&'a str),
     BudgetBytes(u64),
+    /// A signature for third parties ([`SIG_ED25519`], [`SIG_ML_DSA`]):
+    /// restricts nothing.
+    Signature {
+        alg: &'a str,
+        value: &'a str,
+    },
 }
 
 impl<'a> Caveat<'a> {
@@ -405,6 +446,7 @@ impl<'a> Caveat<'a> {
             "rate.rps" => Caveat::RateRps(value.parse().map_err(|_| MALFORMED)?),
             "tenant" => Caveat::Tenant(value),
             "budget.bytes" => Caveat::BudgetBytes(number(value)?),
+            SIG_ED25519 | SIG_ML_DSA => Caveat::Signature { alg: key, value },
             "route" => return Err(MALFORMED),
             _ => return Err(TokenError::UnknownCaveat),
         })

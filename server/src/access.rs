@@ -2,58 +2,27 @@
 //! route uses (SPEC §6): 401 when the token is missing or not valid, 403 when it
 //! is valid but its scope or caveats do not allow the request.
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, PqMode, Profile};
+use crate::keys::{KeyStore, Keyring};
 use crate::reply::Reply;
 use crate::routes::Request;
 use crate::shard::Shard;
 use crate::verifier;
+use anyhow::Context as _;
+use base64::Engine as _;
 use ron_proto::ErrorCode;
 use ron_proto::token::{self, Claims, Token, TokenView};
 use ron_shards::passport::{self, Clock, Denial};
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use zeroize::Zeroizing;
 
 /// Names this node answers to in `aud` caveats and token audiences.
 pub const AUDIENCES: [&str; 1] = ["ron-node"];
 /// The audience of tokens this node mints.
 pub const AUDIENCE: &str = AUDIENCES[0];
-
-/// Root MAC keys by key id. Key bytes are wiped when dropped.
-pub struct Keyring {
-    keys: Vec<(u32, Zeroizing<[u8; 32]>)>,
-}
-
-impl Keyring {
-    pub fn root(&self, kid: u32) -> Option<&[u8; 32]> {
-        self.keys.iter().find(|(k, _)| *k == kid).map(|(_, key)| &**key)
-    }
-
-    /// The key new tokens are minted under: the newest.
-    pub fn current(&self) -> (u32, &[u8; 32]) {
-        let (kid, key) = self.keys.iter().max_by_key(|(k, _)| *k).expect("a keyring has a key");
-        (*kid, key)
-    }
-
-    fn generate(kid: u32) -> Result<Keyring, AccessError> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(&mut *key).map_err(|e| AccessError::Random(e.to_string()))?;
-        Ok(Keyring { keys: vec![(kid, key)] })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("key store {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("key file {0} is not a 32-byte key")]
-    BadKey(PathBuf),
-    #[error("no randomness: {0}")]
-    Random(String),
-}
 
 /// The admin token made at first start, if one was made.
 pub enum AdminToken {
@@ -65,93 +34,74 @@ pub enum AdminToken {
     Print(String),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AccessError + '_ {
-    move |source| AccessError::Io { path: path.to_owned(), source }
+/// Where keys live for this configuration (none with amnesia).
+pub fn key_store(config: &Config) -> KeyStore {
+    let dir = (config.profile != Profile::Micronode).then(|| config.data_dir.join("keys"));
+    KeyStore::new(dir)
 }
 
-/// Loads the root keys (creating them at first start) and makes the admin
-/// token when there is none.
-pub fn prepare(config: &Config) -> Result<(Keyring, AdminToken), AccessError> {
+/// Loads the keys (creating them at first start) and makes the admin token
+/// when there is none.
+pub fn prepare(config: &Config) -> anyhow::Result<(Keyring, AdminToken)> {
+    let keys = key_store(config).load(Shard::unix_now_s())?;
     if config.profile == Profile::Micronode {
-        let keys = Keyring::generate(1)?;
-        let token = mint_admin_token(&keys)?;
+        let token = mint_admin_token(&keys, 0, config.passport.pq_mode)?;
         return Ok((keys, AdminToken::Print(token)));
     }
-    let key_dir = config.data_dir.join("keys");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&key_dir)
-        .map_err(io_error(&key_dir))?;
-    let mut keys = Vec::new();
-    for entry in fs::read_dir(&key_dir).map_err(io_error(&key_dir))? {
-        let path = entry.map_err(io_error(&key_dir))?.path();
-        let Some(kid) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("root-"))
-            .and_then(|n| n.strip_suffix(".key"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let bytes = Zeroizing::new(fs::read(&path).map_err(io_error(&path))?);
-        let key: [u8; 32] =
-            bytes.as_slice().try_into().map_err(|_| AccessError::BadKey(path.clone()))?;
-        keys.push((kid, Zeroizing::new(key)));
-    }
-    let keys = if keys.is_empty() {
-        let keys = Keyring::generate(1)?;
-        let (kid, key) = keys.current();
-        write_secret(&key_dir.join(format!("root-{kid}.key")), key)?;
-        sync_dir(&key_dir)?;
-        tracing::info!(kid, dir = %key_dir.display(), "created root key");
-        keys
-    } else {
-        Keyring { keys }
-    };
     let token_path = config.data_dir.join("admin.token");
     if token_path.exists() {
         return Ok((keys, AdminToken::Existing(token_path)));
     }
-    let token = mint_admin_token(&keys)?;
-    write_secret(&token_path, token.as_bytes())?;
-    sync_dir(&config.data_dir)?;
+    write_admin_token(&config.data_dir, &mint_admin_token(&keys, 0, config.passport.pq_mode)?)?;
     Ok((keys, AdminToken::Written(token_path)))
 }
 
-/// A token with every scope, for the operator, the tests and the load
-/// generator. It does not expire; revoke it by epoch or key rotation.
-pub fn mint_admin_token(keys: &Keyring) -> Result<String, AccessError> {
-    let (kid, key) = keys.current();
+/// Writes `data_dir/admin.token` (0600) in place of any earlier one, durably.
+pub fn write_admin_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
+    let path = data_dir.join("admin.token");
+    let temporary = data_dir.join(".admin.token.tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))?;
+    fs::File::open(data_dir).and_then(|d| d.sync_all())?;
+    Ok(())
+}
+
+/// A token with every scope under the current key, in `epoch`, for the
+/// operator, the tests and the load generator. It does not expire; it ends
+/// with its key (rotation) or by revocation.
+pub fn mint_admin_token(keys: &Keyring, epoch: u64, pq_mode: PqMode) -> anyhow::Result<String> {
+    let key = keys.current();
     let mut token_id = [0u8; token::TOKEN_ID_BYTES];
-    getrandom::getrandom(&mut token_id).map_err(|e| AccessError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut token_id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let claims = Claims {
-        kid,
+        kid: key.kid,
         token_id,
-        epoch: 0,
+        epoch,
         issued_at: Shard::unix_now_s(),
         subject: "admin".to_owned(),
         audience: AUDIENCE.to_owned(),
     };
     let scopes = format!("scope={}", token::scope::ALL.join(","));
-    let token = Token::mint(key, claims, &[&scopes]).expect("the admin token is well-formed");
+    let mut token =
+        Token::mint(key.root(), claims, &[&scopes]).expect("the admin token is well-formed");
+    if matches!(pq_mode, PqMode::Require | PqMode::Enforce) {
+        // Signed like every token these modes issue, so `enforce` takes it.
+        let sig = key.sign_ed25519(&token.signed_message());
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
+        token.attenuate(&format!("{}={sig}", token::SIG_ED25519)).expect("a signature fits");
+        let attestation = crate::pq::attest_alone(key, &token.signed_message())?;
+        let caveat = format!("{}={}", token::SIG_ML_DSA, attestation.caveat_value());
+        token.attenuate(&caveat).expect("the PQ caveat fits");
+    }
     Ok(token.encode())
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), AccessError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_error(path))?;
-    file.write_all(bytes).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), AccessError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
 /// What a request does, for the `account`, `asset` and `amount_max`

@@ -7,7 +7,9 @@
 //! calls of one side and the answers to the other side's calls always fit:
 //! sending never waits on a full channel, and two shards cannot deadlock.
 
+use crate::keys::Keyring;
 use crate::metrics::ShardMetrics;
+use crate::pq::SignedBatch;
 use crate::shard::Shard;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
@@ -18,11 +20,18 @@ use ron_shards::wallet::{Funds, Rejection, Reserved};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A request one shard runs for another.
 #[derive(Debug)]
 pub enum ShardCall {
+    /// Use these keys from now on (a rotation), unless newer ones are here.
+    SetKeys(Arc<Keyring>),
+    /// A signed ML-DSA batch of this shard's, for third parties.
+    PqBatch {
+        batch: u64,
+    },
     /// Answer once the log through `seq`, a revocation, is applied here.
     RevocationApplied {
         seq: u64,
@@ -65,6 +74,7 @@ pub enum ShardCall {
 
 #[derive(Debug)]
 pub enum ShardAnswer {
+    PqBatch(Option<Box<SignedBatch>>),
     /// How long after it was durable the revocation was applied here.
     RevocationApplied {
         lag: Option<Duration>,
@@ -257,6 +267,14 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
             ShardAnswer::Owner { shard: shard.id }
         }
         ShardCall::Metrics => ShardAnswer::Metrics(Box::new(shard.metrics_snapshot())),
+        ShardCall::SetKeys(keys) => {
+            let mut mine = shard.keys.borrow_mut();
+            if keys.current().kid > mine.current().kid {
+                *mine = keys;
+            }
+            ShardAnswer::Done
+        }
+        ShardCall::PqBatch { batch } => ShardAnswer::PqBatch(shard.pq.batch(batch).map(Box::new)),
         ShardCall::RevocationApplied { seq } => {
             crate::ledger::applied_through(shard, seq).await;
             ShardAnswer::RevocationApplied { lag: shard.passport.borrow().lag(seq) }

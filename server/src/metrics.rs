@@ -142,6 +142,9 @@ pub struct PassportMetrics {
     pub cache_misses: u64,
     /// Tokens in the verify caches (filled in at scrape).
     pub cache_entries: u64,
+    /// Signing one ML-DSA batch (tree and signature), and its tokens.
+    pub pq_batch_sign: LatencyHistogram,
+    pub pq_batch_tokens: CountHistogram,
 }
 
 impl PassportMetrics {
@@ -159,6 +162,8 @@ impl PassportMetrics {
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
         self.cache_entries += other.cache_entries;
+        self.pq_batch_sign.add(&other.pq_batch_sign);
+        self.pq_batch_tokens.add(&other.pq_batch_tokens);
     }
 
     fn render(&self, out: &mut String) {
@@ -174,6 +179,11 @@ impl PassportMetrics {
                 &self.verify_latency,
             ),
             (
+                "passport_pq_batch_sign_seconds",
+                "Signing one batch of issued tokens with ML-DSA-65 (tree and signature).",
+                &self.pq_batch_sign,
+            ),
+            (
                 "passport_revocation_propagation_seconds",
                 "From a revocation being durable to the last shard refusing it.",
                 &self.revocation_propagation,
@@ -183,6 +193,8 @@ impl PassportMetrics {
             header(out, name, "histogram", help);
             histogram_lines(out, name, None, histogram);
         }
+        header(out, "passport_pq_batch_tokens", "histogram", "Tokens per ML-DSA signed batch.");
+        count_histogram_lines(out, "passport_pq_batch_tokens", &self.pq_batch_tokens);
         header(out, "svc_passport_rejects_total", "counter", "Tokens refused, by reason.");
         for (reason, count) in &self.rejects {
             let _ = writeln!(out, "svc_passport_rejects_total{{reason=\"{reason}\"}} {count}");

@@ -4,6 +4,7 @@
 use crate::access::{self, AdminToken};
 use crate::committer::{self, CommitterLink, CommitterStart};
 use crate::config::{Config, Layout};
+use crate::keys::Keyring;
 use crate::log::{self, Recovered};
 use crate::mesh;
 use crate::shard::{self, ShardStart};
@@ -23,7 +24,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long binding a port that is still in use is retried at start.
@@ -47,6 +48,9 @@ pub struct NodeShared {
     pub shards: Vec<ShardStatus>,
     pub topology_json: &'static [u8],
     pub version_json: &'static [u8],
+    /// The passport's keys as last rotated; each shard holds a copy it
+    /// replaces when a rotation is broadcast.
+    pub keys: Mutex<Arc<Keyring>>,
 }
 
 pub struct ShardStatus {
@@ -206,7 +210,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         git: env!("RON_GIT_REVISION"),
         profile: config.profile.as_str(),
         shards: shard_count,
-        features: &["socket-ring", "passport-mac"],
+        features: &["socket-ring", "passport-mac", "passport-ed25519", "passport-ml-dsa-65"],
     };
     let shared = Arc::new(NodeShared {
         draining: AtomicBool::new(false),
@@ -222,13 +226,14 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
             .collect(),
         topology_json: leak_json(&topology),
         version_json: leak_json(&version),
+        keys: Mutex::new(Arc::new(keys)),
     });
     let (recovered, revocations, shard_states) = recover_ledger(&config, &shared, shard_count)?;
     shared.ledger_durable_seq.store(recovered.state.accumulator.len(), Ordering::Release);
     let applied = (recovered.state.accumulator.len(), recovered.state.root());
     let mut shard_states = shard_states.into_iter();
     let config = Arc::new(config);
-    let keys = Arc::new(keys);
+    let keys = shared.keys.lock().expect("not poisoned").clone();
     let ledger_inflight_max =
         (config.ledger.queue_capacity as usize / shard_count).max(LEDGER_INFLIGHT_PER_SHARD_MIN);
     let mut links = Vec::with_capacity(shard_count);

@@ -4,12 +4,15 @@
 
 use crate::access::AUDIENCES;
 use crate::committer::{LedgerAnswer, LedgerCall, Owned};
+use crate::config::PqMode;
 use crate::mesh::{ShardAnswer, ShardCall};
+use crate::pq;
 use crate::reply::{Handled, Reply};
 use crate::routes::{Params, Request};
 use crate::shard::Shard;
 use crate::verifier;
 use ron_proto::ErrorCode;
+use ron_proto::merkle;
 use ron_proto::revocation::{self, REASON_BYTES_MAX, Revocation};
 use ron_proto::token::{self, Caveat, Claims, Token, TokenError, TokenView};
 use ron_shards::passport::{self as decide, Clock};
@@ -42,22 +45,68 @@ struct IssueAnswer<'a> {
     alg: &'a str,
     exp: u64,
     caveats: &'a [String],
+    /// The Ed25519 signature (base64url) of the token as issued, also in its
+    /// `sig.ed25519` caveat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sig: Option<&'a str>,
 }
 
 fn bad(reason: &str, detail: impl std::fmt::Display) -> Handled {
     Handled::Now(Reply::error(ErrorCode::BadRequest, format!("{reason}: {detail}")))
 }
 
-/// `POST /v1/passport/issue`: mints a token with an expiry, its scopes and
-/// caveats under the current root key.
-pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let started = std::time::Instant::now();
-    let answer = mint(shard, request, params);
-    shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
-    answer
+/// Signatures a token may carry, as `accept_algs` names them.
+pub const ALG_ED25519: &str = "ed25519";
+pub const ALG_HYBRID: &str = "ed25519+ml-dsa-65";
+
+/// What an issued token carries besides its MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signing {
+    None,
+    Ed25519,
+    /// Ed25519 and a place in an ML-DSA-65 signed batch.
+    Hybrid,
 }
 
-fn mint(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+impl Signing {
+    fn alg(self) -> &'static str {
+        match self {
+            Signing::None => MAC_ALGORITHM,
+            Signing::Ed25519 => ALG_ED25519,
+            Signing::Hybrid => ALG_HYBRID,
+        }
+    }
+
+    /// Caveats it adds.
+    fn caveats(self) -> usize {
+        match self {
+            Signing::None => 0,
+            Signing::Ed25519 => 1,
+            Signing::Hybrid => 2,
+        }
+    }
+
+    /// The signing `pq_mode` and the client's `accept_algs` agree on:
+    /// `require` and `enforce` sign every token with the hybrid; otherwise
+    /// Ed25519 when asked for, else the MAC alone.
+    fn choose(pq_mode: PqMode, accept: Option<&[String]>) -> Option<Signing> {
+        let accepts = |alg: &str| accept.is_none_or(|algs| algs.iter().any(|a| a == alg));
+        match pq_mode {
+            PqMode::Require | PqMode::Enforce => accepts(ALG_HYBRID).then_some(Signing::Hybrid),
+            PqMode::Off | PqMode::Mirror => match accept {
+                None => Some(Signing::None),
+                Some(_) if accepts(ALG_ED25519) => Some(Signing::Ed25519),
+                Some(_) if accepts(MAC_ALGORITHM) => Some(Signing::None),
+                Some(_) => None,
+            },
+        }
+    }
+}
+
+/// `POST /v1/passport/issue`: mints a token with an expiry, its scopes and
+/// caveats under the current key, signed as `accept_algs` and `pq_mode` say.
+pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let started = std::time::Instant::now();
     let body: IssueBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
@@ -67,11 +116,12 @@ fn mint(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     if ttl_s == 0 || ttl_s > passport.ttl_max_s {
         return bad("ttl_too_long", format_args!("ttl_s must be 1..={}", passport.ttl_max_s));
     }
-    if let Some(algs) = &body.accept_algs
-        && !algs.iter().any(|a| a == MAC_ALGORITHM)
-    {
-        return bad("no_acceptable_alg", format_args!("this node issues {MAC_ALGORITHM} tokens"));
-    }
+    let Some(signing) = Signing::choose(passport.pq_mode, body.accept_algs.as_deref()) else {
+        return bad(
+            "no_acceptable_alg",
+            format_args!("pq_mode {:?} signs none of the accepted algorithms", passport.pq_mode),
+        );
+    };
     for (field, value) in [("subject_ref", &body.subject_ref), ("audience", &body.audience)] {
         if value.is_empty() || value.len() > NAME_BYTES_MAX {
             return bad(
@@ -90,23 +140,31 @@ fn mint(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let exp = now + ttl_s;
     let mut caveats = vec![format!("scope={}", body.scopes.join(",")), format!("exp={exp}")];
     caveats.extend(body.caveats);
-    if caveats.len() > passport.caveats_max {
+    if caveats.len() + signing.caveats() > passport.caveats_max {
         return bad("too_many_caveats", format_args!("at most {} caveats", passport.caveats_max));
     }
     for caveat in &caveats {
         match Caveat::parse(caveat) {
+            Ok(Caveat::Signature { .. }) => return bad("invalid_caveat", caveat),
             Ok(_) => {}
             Err(TokenError::UnknownCaveat) => return bad("unknown_caveat", caveat),
             Err(_) => return bad("invalid_caveat", caveat),
         }
     }
-    let (kid, key) = shard.keys.current();
+    if let Some(why) = &shard.keys.borrow().issuance_unavailable {
+        return Handled::Now(Reply::error(
+            ErrorCode::Unavailable,
+            format!("issuance is unavailable: {why}"),
+        ));
+    }
     let mut token_id = [0u8; token::TOKEN_ID_BYTES];
     if getrandom::getrandom(&mut token_id).is_err() {
         return Handled::Now(Reply::error(ErrorCode::Internal, "no randomness for a token id"));
     }
+    let keys = shard.keys.borrow().clone();
+    let key = keys.current();
     let claims = Claims {
-        kid,
+        kid: key.kid,
         token_id,
         epoch: shard.passport.borrow().revocations.current_epoch(),
         issued_at: now,
@@ -114,19 +172,50 @@ fn mint(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
         audience: body.audience,
     };
     let refs: Vec<&str> = caveats.iter().map(String::as_str).collect();
-    let token = match Token::mint(key, claims, &refs) {
-        Ok(token) => token.encode(),
+    let mut token = match Token::mint(key.root(), claims, &refs) {
+        Ok(token) => token,
         Err(error) => return bad("invalid_caveat", format_args!("{error:?}")),
     };
-    let answer = IssueAnswer {
-        token: &token,
-        token_id: hex(&token_id),
-        kid,
-        alg: MAC_ALGORITHM,
-        exp,
-        caveats: &caveats,
+    let sig = (signing != Signing::None).then(|| {
+        let sig = base64_url(&key.sign_ed25519(&token.signed_message()));
+        token.attenuate(&format!("{}={sig}", token::SIG_ED25519)).expect("a signature caveat fits");
+        sig
+    });
+    let mirror = passport.pq_mode == PqMode::Mirror;
+    let finish = move |shard: &Shard, token: Token| {
+        let text = token.encode();
+        let answer = IssueAnswer {
+            token: &text,
+            token_id: merkle::hex(&token_id),
+            kid: token.claims.kid,
+            alg: signing.alg(),
+            exp,
+            caveats: &caveats,
+            sig: sig.as_deref(),
+        };
+        let reply = Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"));
+        shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
+        reply
     };
-    Handled::Now(Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing")))
+    if signing != Signing::Hybrid && !mirror {
+        return Handled::Now(finish(shard, token));
+    }
+    // The ML-DSA batch: attached with `require`/`enforce`; with `mirror`
+    // signed and measured, not attached.
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        let attestation = pq::attest(&shard, pq::leaf(&token.signed_message())).await;
+        if signing == Signing::Hybrid {
+            let caveat = format!("{}={}", token::SIG_ML_DSA, attestation.caveat_value());
+            token.attenuate(&caveat).expect("the PQ caveat fits");
+        }
+        finish(&shard, token)
+    }))
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[derive(Deserialize)]
@@ -375,14 +464,6 @@ pub fn attenuate(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Ha
     ))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
@@ -533,4 +614,151 @@ fn from_hex(text: &str) -> Option<[u8; 16]> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// How long clients may keep `/v1/keys` (a rotation changes its ETag).
+const KEYS_MAX_AGE: &str = "public, max-age=300";
+
+/// `GET /v1/keys`: the JWKS of the public signing keys of every key id that
+/// still verifies, with an ETag; `If-None-Match` with it answers 304.
+pub fn keys(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let keys = shard.keys.borrow();
+    let (jwks, etag) = keys.jwks();
+    let matches = request.head.if_none_match.is_some_and(|span| {
+        let value = span.of(request.raw);
+        value == b"*"
+            || value.split(|b| *b == b',').any(|tag| {
+                let tag = tag.trim_ascii();
+                tag.strip_prefix(b"W/").unwrap_or(tag) == etag.as_bytes()
+            })
+    });
+    let mut reply = if matches {
+        Reply::new(304, crate::reply::ContentType::Json, crate::reply::Body::Empty)
+    } else {
+        Reply::json_owned(200, jwks.to_vec())
+    };
+    reply.add_header("ETag", etag.to_owned());
+    reply.add_header("Cache-Control", KEYS_MAX_AGE.to_owned());
+    Handled::Now(reply)
+}
+
+#[derive(Serialize)]
+struct RotateAnswer {
+    kid: u32,
+    /// Older key ids and the unix second each stops verifying.
+    retiring: Vec<Retiring>,
+    /// Where the new admin token was written, if anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Retiring {
+    kid: u32,
+    retire_at: u64,
+}
+
+/// `POST /admin/rotate`: a new key id for everything minted from now on;
+/// older ids verify until every token they minted has expired
+/// (`ttl_max_s` + `clock_skew_s`). A new admin token under the new id
+/// replaces `data_dir/admin.token`. Answers once every shard has the keys.
+pub fn rotate(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
+    let config = &shard.config;
+    let now = Shard::unix_now_s();
+    let retire_at = now + config.passport.ttl_max_s + config.passport.clock_skew_s;
+    // Key files are small and rotations rare: written here, on the shard.
+    let rotated = {
+        let mut canonical = shard.node.keys.lock().expect("not poisoned");
+        match crate::access::key_store(config).rotate(&canonical, retire_at) {
+            Ok(ring) => {
+                *canonical = std::sync::Arc::new(ring);
+                canonical.clone()
+            }
+            Err(error) => {
+                tracing::error!(%error, "key rotation failed; the old keys stay");
+                return Handled::Now(Reply::error(
+                    ErrorCode::Internal,
+                    format!("rotation failed: {error:#}"),
+                ));
+            }
+        }
+    };
+    let kid = rotated.current().kid;
+    tracing::info!(kid, "rotated the passport keys");
+    let admin_token_file = if config.amnesia() {
+        None
+    } else {
+        let epoch = shard.passport.borrow().revocations.current_epoch();
+        let written = crate::access::mint_admin_token(&rotated, epoch, config.passport.pq_mode)
+            .and_then(|token| crate::access::write_admin_token(&config.data_dir, &token));
+        match written {
+            Ok(()) => Some(config.data_dir.join("admin.token").display().to_string()),
+            Err(error) => {
+                tracing::error!(%error, "writing the new admin token failed");
+                None
+            }
+        }
+    };
+    let retiring = rotated
+        .kids()
+        .filter_map(|set| set.retire_at_s.map(|at| Retiring { kid: set.kid, retire_at: at }))
+        .collect();
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        for target in 0..shard.count {
+            match shard.mesh.call(&shard, target, ShardCall::SetKeys(rotated.clone())).await {
+                Ok(ShardAnswer::Done) => {}
+                Ok(other) => panic!("a key update answered with {other:?}"),
+                Err(error) => return crate::ops::mesh_failure(error),
+            }
+        }
+        let answer = RotateAnswer { kid, retiring, admin_token_file };
+        Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+    }))
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    alg: &'static str,
+    kid: u32,
+    shard: usize,
+    batch: u64,
+    size: u64,
+    /// The batch's Merkle root and its ML-DSA-65 signature, base64url; the
+    /// signed message is `pq::batch_message`.
+    root: String,
+    sig: String,
+}
+
+/// `GET /v1/passport/pq/{shard}.{batch}`: a signed batch, for a third party
+/// checking a token's `sig.ml-dsa-65` caveat.
+pub fn pq_batch(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+    let id = params.get(0).unwrap_or("");
+    let parsed = id
+        .split_once('.')
+        .and_then(|(s, b)| Some((s.parse::<usize>().ok()?, b.parse::<u64>().ok()?)));
+    let Some((owner, batch)) = parsed.filter(|(owner, _)| *owner < shard.count) else {
+        return Handled::Now(Reply::error(ErrorCode::NotFound, "no such batch"));
+    };
+    let shard = shard.clone();
+    Handled::Later(Box::pin(async move {
+        let found = match shard.mesh.call(&shard, owner, ShardCall::PqBatch { batch }).await {
+            Ok(ShardAnswer::PqBatch(found)) => found,
+            Ok(other) => panic!("a batch lookup answered with {other:?}"),
+            Err(error) => return crate::ops::mesh_failure(error),
+        };
+        let Some(signed) = found else {
+            return Reply::error(ErrorCode::NotFound, "no such batch (or no longer kept)");
+        };
+        let answer = BatchAnswer {
+            alg: "ML-DSA-65",
+            kid: signed.kid,
+            shard: owner,
+            batch: signed.batch,
+            size: signed.size,
+            root: base64_url(&signed.root),
+            sig: base64_url(&signed.signature),
+        };
+        Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
+    }))
 }

@@ -51,11 +51,22 @@ pub struct Reply {
     pub allow: Option<&'static str>,
     /// Close the connection after this answer.
     pub close: bool,
+    /// Further headers (`ETag`, `Cache-Control`, ...); boxed, as few
+    /// answers have any and every answer moves a `Reply`.
+    pub headers: Option<Box<Vec<(&'static str, String)>>>,
 }
 
 impl Reply {
     pub fn new(status: u16, content_type: ContentType, body: Body) -> Reply {
-        Reply { status, content_type, body, retry_after_s: None, allow: None, close: false }
+        Reply {
+            status,
+            content_type,
+            body,
+            retry_after_s: None,
+            allow: None,
+            close: false,
+            headers: None,
+        }
     }
 
     pub fn json_static(status: u16, body: &'static [u8]) -> Reply {
@@ -98,6 +109,10 @@ impl Reply {
     /// An error after which the connection cannot be trusted to stay in sync.
     pub fn fatal(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Reply {
         Reply { close: true, ..Reply::error(code, message) }
+    }
+
+    pub fn add_header(&mut self, name: &'static str, value: String) {
+        self.headers.get_or_insert_default().push((name, value));
     }
 
     pub fn error_code(&self) -> Option<ErrorCode> {
@@ -191,10 +206,19 @@ pub fn write_response(
     out.extend_from_slice(status_reason(reply.status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\nContent-Type: ");
-    out.extend_from_slice(reply.content_type.header().as_bytes());
-    out.extend_from_slice(b"\r\nContent-Length: ");
-    out.extend_from_slice(number.format(body.len()).as_bytes());
+    // A 304 describes the representation the client has: no body fields.
+    if reply.status != 304 {
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(reply.content_type.header().as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(number.format(body.len()).as_bytes());
+    }
+    for (name, value) in reply.headers.iter().flat_map(|h| h.iter()) {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+    }
     out.extend_from_slice(b"\r\nX-Corr-ID: ");
     out.extend_from_slice(corr_id.as_str().as_bytes());
     if let Some(seconds) = reply.retry_after_s {

@@ -105,6 +105,27 @@ pub const ROUTES: &[RouteSpec] = &[
         handler: passport::revoke,
     },
     RouteSpec {
+        method: Method::Get,
+        pattern: "/v1/passport/pq/{id}",
+        access: Access::Public,
+        shed: true,
+        handler: passport::pq_batch,
+    },
+    RouteSpec {
+        method: Method::Get,
+        pattern: "/v1/keys",
+        access: Access::Public,
+        shed: false,
+        handler: passport::keys,
+    },
+    RouteSpec {
+        method: Method::Post,
+        pattern: "/admin/rotate",
+        access: Access::Scope(scope::PASSPORT_ADMIN),
+        shed: true,
+        handler: passport::rotate,
+    },
+    RouteSpec {
         method: Method::Post,
         pattern: "/v1/passport/attenuate",
         access: Access::Authenticated,

@@ -2,14 +2,15 @@
 //! state and its metrics. Nothing here is shared with another core except
 //! through messages (the mesh) and a few read-mostly atomics in `NodeShared`.
 
-use crate::access::Keyring;
 use crate::committer::{self, CommitterStart, LedgerRequest, ToShard};
 use crate::config::Config;
 use crate::front::{Front, Mailbox};
+use crate::keys::Keyring;
 use crate::ledger::{self, Applied, LedgerLink};
 use crate::mesh::{self, Mesh, MeshBuilderFull};
 use crate::metrics::ShardMetrics;
 use crate::node::NodeShared;
+use crate::pq::PqSigner;
 use crate::reply::CorrId;
 use crate::socket_ring::SocketRing;
 use crate::verifier::{PassportState, VerifyCache};
@@ -35,7 +36,8 @@ pub struct Shard {
     pub count: usize,
     pub config: Arc<Config>,
     pub node: Arc<NodeShared>,
-    pub keys: Arc<Keyring>,
+    /// The passport's keys; replaced whole by a rotation.
+    pub keys: RefCell<Arc<Keyring>>,
     pub metrics: RefCell<ShardMetrics>,
     pub mesh: Mesh,
     pub ledger: LedgerLink,
@@ -44,6 +46,8 @@ pub struct Shard {
     pub wallet: RefCell<Wallet>,
     /// Revocations and the verify cache.
     pub passport: RefCell<PassportState>,
+    /// ML-DSA batch signatures of issued tokens.
+    pub pq: PqSigner,
     /// How far `balances` reflect the log.
     pub applied: Applied,
     pub view: ShardView,
@@ -241,13 +245,14 @@ pub async fn run(start: ShardStart) {
         count,
         config,
         node,
-        keys,
+        keys: RefCell::new(keys),
         metrics: RefCell::new(ShardMetrics::default()),
         mesh,
         ledger: ledger_link,
         balances: RefCell::new(balances),
         wallet: RefCell::new(wallet),
         passport: RefCell::new(PassportState::new(revocations, verify_cache)),
+        pq: PqSigner::new().expect("randomness for batch numbers"),
         applied: Applied::new(applied.0, applied.1),
         view: ShardView::new(view),
         queue,

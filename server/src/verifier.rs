@@ -10,6 +10,8 @@
 //! entry lives `verify_cache_ttl_ms`. Caveats are evaluated on every
 //! request, hit or miss: they depend on the request.
 
+use crate::config::PqMode;
+use crate::pq;
 use crate::shard::Shard;
 use ron_proto::revocation::{Revocation, Revoked};
 use ron_proto::token::{self, TOKEN_ID_BYTES, TokenError, TokenView};
@@ -178,6 +180,8 @@ pub enum Refusal {
     UnknownKid,
     BadTag,
     Revoked,
+    /// `pq_mode = "enforce"` and the token has no valid ML-DSA batch caveat.
+    PqRequired,
 }
 
 impl Refusal {
@@ -190,6 +194,7 @@ impl Refusal {
             Refusal::UnknownKid => "unknown_kid",
             Refusal::BadTag => "bad_tag",
             Refusal::Revoked => "revoked",
+            Refusal::PqRequired => "pq_required",
         }
     }
 
@@ -202,6 +207,7 @@ impl Refusal {
             Refusal::UnknownKid => "token signed with an unknown key",
             Refusal::BadTag => "token tag does not verify",
             Refusal::Revoked => "token revoked",
+            Refusal::PqRequired => "token lacks the ML-DSA signature pq_mode enforce requires",
         }
     }
 }
@@ -230,7 +236,7 @@ pub fn with_verified<R>(
         let policy_epoch = passport.revocations.current_epoch();
         if let Some(binary) = passport.cache.get(text, policy_epoch, Instant::now()) {
             let view = cached_view(binary, caveats_max).expect("cached tokens decode");
-            if shard.keys.root(view.kid).is_none() {
+            if shard.keys.borrow().root(view.kid, Shard::unix_now_s()).is_none() {
                 return Err(Refusal::UnknownKid);
             }
             if passport.refuses(&view) {
@@ -242,9 +248,15 @@ pub fn with_verified<R>(
     let mut scratch = shard.token_scratch.borrow_mut();
     token::decode(text, caveats_max, &mut scratch)?;
     let view = token::decode_binary(&scratch, caveats_max).expect("decoded just now");
-    let root = shard.keys.root(view.kid).ok_or(Refusal::UnknownKid)?;
-    if !view.verify_tag(root) {
-        return Err(Refusal::BadTag);
+    {
+        let keys = shard.keys.borrow();
+        let root = keys.root(view.kid, Shard::unix_now_s()).ok_or(Refusal::UnknownKid)?;
+        if !view.verify_tag(root) {
+            return Err(Refusal::BadTag);
+        }
+        if shard.config.passport.pq_mode == PqMode::Enforce && !pq::attested(&view, &keys) {
+            return Err(Refusal::PqRequired);
+        }
     }
     {
         let mut passport = shard.passport.borrow_mut();

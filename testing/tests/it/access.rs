@@ -187,7 +187,7 @@ fn issue_attenuate_and_verify_over_http() {
             "invalid_scope",
         ),
         (
-            r#"{"subject_ref":"e","audience":"ron-node","ttl_s":6,"scopes":["wallet.read"],"accept_algs":["ed25519"]}"#,
+            r#"{"subject_ref":"e","audience":"ron-node","ttl_s":6,"scopes":["wallet.read"],"accept_algs":["rsa"]}"#,
             "no_acceptable_alg",
         ),
     ] {

@@ -193,3 +193,261 @@ fn verify_batch_answers_in_order_and_has_a_limit() {
     assert!(node.metric("svc_passport_verify_latency_seconds_count") >= 515.0);
     assert!(node.metric("svc_passport_issue_latency_seconds_count") >= 1.0);
 }
+
+fn jwks(node: &TestNode) -> (simd_json::OwnedValue, String) {
+    let answer = get(node.listen, "/v1/keys", &[]).unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("Cache-Control"), Some("public, max-age=300"));
+    let etag = answer.header("ETag").unwrap().to_owned();
+    (answer.json(), etag)
+}
+
+/// The JWK of `kid` with algorithm `alg`, decoded (`x` or `pub`).
+fn public_key(jwks: &simd_json::OwnedValue, kid: u32, alg: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let key = jwks
+        .get_array("keys")
+        .unwrap()
+        .iter()
+        .find(|k| k.get_str("kid") == Some(&kid.to_string()) && k.get_str("alg") == Some(alg))
+        .unwrap_or_else(|| panic!("no {alg} key {kid} in {jwks:?}"));
+    let field = if alg == "EdDSA" { "x" } else { "pub" };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key.get_str(field).unwrap()).unwrap()
+}
+
+fn caveat<'a>(token: &'a ron_proto::token::TokenView<'a>, key: &str) -> Option<(usize, &'a str)> {
+    token
+        .caveats()
+        .enumerate()
+        .find_map(|(i, c)| c.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(|v| (i, v)))
+}
+
+#[test]
+fn keys_rotate_while_old_tokens_verify_until_they_retire() {
+    use std::os::unix::fs::PermissionsExt;
+    // Tokens live at most 2 s here, so the old key retires 2 s after rotating.
+    let mut node = TestNode::start(
+        NodeOptions::default()
+            .shards(2)
+            .config("[passport]\nttl_max_s = 2\nttl_default_s = 2\nclock_skew_s = 0"),
+    );
+    let keys_dir = node.data_dir.path().join("data/keys");
+    for name in ["root-1.key", "ed25519-1.key", "mldsa65-1.key"] {
+        let mode = std::fs::metadata(keys_dir.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    let (keys, etag) = jwks(&node);
+    assert_eq!(keys.get_array("keys").unwrap().len(), 2);
+    assert_eq!(public_key(&keys, 1, "EdDSA").len(), 32);
+    assert_eq!(public_key(&keys, 1, "ML-DSA-65").len(), 1952);
+    let cached = get(node.listen, "/v1/keys", &[("If-None-Match", &etag)]).unwrap();
+    assert_eq!(cached.status, 304);
+    assert_eq!(cached.header("ETag"), Some(etag.as_str()));
+    assert!(cached.body.is_empty());
+
+    let old_admin = node.admin_token.clone();
+    let body =
+        r#"{"subject_ref":"frank","audience":"ron-node","ttl_s":2,"scopes":["wallet.read"]}"#;
+    let old = post_json(node.listen, ISSUE, &node.admin(), body).json();
+    let old = old.get_str("token").unwrap().to_owned();
+    let rotated = post_json(node.listen, "/admin/rotate", &node.admin(), "{}");
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let rotated = rotated.json();
+    assert_eq!(rotated.get_u64("kid"), Some(2));
+    let retire_at = rotated.get_array("retiring").unwrap()[0].get_u64("retire_at").unwrap();
+    assert!(retire_at <= now_s() + 2);
+    // A new admin token under kid 2 replaced the file; the old one still works.
+    let new_admin = std::fs::read_to_string(node.data_dir.path().join("data/admin.token")).unwrap();
+    assert_ne!(new_admin, old_admin);
+    let (keys, new_etag) = jwks(&node);
+    assert_ne!(new_etag, etag);
+    assert_eq!(keys.get_array("keys").unwrap().len(), 4);
+    assert_eq!(get(node.listen, "/v1/keys", &[("If-None-Match", &etag)]).unwrap().status, 200);
+    let fresh = post_json(node.listen, ISSUE, &bearer(&new_admin), body).json();
+    assert_eq!(fresh.get_u64("kid"), Some(2));
+    let fresh = fresh.get_str("token").unwrap().to_owned();
+    for port in ports(&node) {
+        assert_eq!(status_with(port, &old), 200, "kid 1 verifies until it retires");
+        assert_eq!(status_with(port, &old_admin), 200);
+        assert_eq!(status_with(port, &fresh), 200);
+    }
+    // Past the retirement: kid 1 is refused everywhere, also after a restart
+    // (which removes its files); kid 2 goes on.
+    while now_s() < retire_at + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for port in ports(&node) {
+        assert_eq!(status_with(port, &old_admin), 401);
+        assert_eq!(verify_reason(port, &new_admin, &old_admin).as_deref(), Some("unknown_kid"));
+    }
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.spawn();
+    assert!(!keys_dir.join("root-1.key").exists());
+    assert_eq!(status_with(node.listen, &old_admin), 401);
+    assert_eq!(status_with(node.listen, &new_admin), 200);
+    assert_eq!(jwks(&node).0.get_array("keys").unwrap().len(), 2);
+}
+
+#[test]
+fn ed25519_signatures_verify_with_the_published_key() {
+    let node = TestNode::start(NodeOptions::default());
+    let issued = post_json(
+        node.listen,
+        ISSUE,
+        &node.admin(),
+        r#"{"subject_ref":"gina","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"],"accept_algs":["ed25519"]}"#,
+    );
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    let issued = issued.json();
+    assert_eq!(issued.get_str("alg"), Some("ed25519"));
+    let text = issued.get_str("token").unwrap().to_owned();
+    let mut scratch = Vec::new();
+    let view = ron_proto::token::decode(text.as_bytes(), 64, &mut scratch).unwrap();
+    let (at, value) = caveat(&view, ron_proto::token::SIG_ED25519).expect("a signature caveat");
+    assert_eq!(issued.get_str("sig"), Some(value));
+    use base64::Engine as _;
+    let signature: [u8; 64] =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).unwrap().try_into().unwrap();
+    let public: [u8; 32] = public_key(&jwks(&node).0, 1, "EdDSA").try_into().unwrap();
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+    let signature = ed25519_dalek::Signature::from_bytes(&signature);
+    assert!(public.verify_strict(&view.signed_message(at), &signature).is_ok());
+    assert!(public.verify_strict(&view.signed_message(at - 1), &signature).is_err());
+    // The token works; the MAC-only default and unknown algorithms.
+    assert_eq!(status_with(node.listen, &text), 200);
+    let plain = post_json(
+        node.listen,
+        ISSUE,
+        &node.admin(),
+        r#"{"subject_ref":"gina","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"]}"#,
+    );
+    assert_eq!(plain.json().get_str("alg"), Some("blake3-keyed"));
+    for algs in [r#"["rsa"]"#, r#"["ed25519+ml-dsa-65"]"#] {
+        let body = format!(
+            r#"{{"subject_ref":"g","audience":"ron-node","ttl_s":6,"scopes":["wallet.read"],"accept_algs":{algs}}}"#
+        );
+        let refused = post_json(node.listen, ISSUE, &node.admin(), &body);
+        assert_eq!(refused.status, 400, "{algs}");
+        assert!(refused.text().contains("no_acceptable_alg"));
+    }
+}
+
+/// Checks a token's `sig.ml-dsa-65` caveat as a third party would: the
+/// batch from `/v1/passport/pq`, its signature with the JWKS key.
+fn check_pq_caveat(node: &TestNode, text: &str) {
+    use base64::Engine as _;
+    use ml_dsa::signature::Verifier as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut scratch = Vec::new();
+    let view = ron_proto::token::decode(text.as_bytes(), 64, &mut scratch).unwrap();
+    let (at, value) = caveat(&view, ron_proto::token::SIG_ML_DSA).expect("a PQ caveat");
+    let attestation = ron_server::pq::Attestation::parse(value).unwrap();
+    let id = format!("{}.{}", attestation.shard, attestation.batch);
+    let batch = get(node.listen, &format!("/v1/passport/pq/{id}"), &[]).unwrap();
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let batch = batch.json();
+    let root: [u8; 32] = b64.decode(batch.get_str("root").unwrap()).unwrap().try_into().unwrap();
+    let leaf = ron_server::pq::leaf(&view.signed_message(at));
+    assert_eq!(
+        ron_proto::merkle::root_from_path(
+            attestation.index,
+            attestation.size,
+            &leaf,
+            &attestation.path
+        ),
+        Some(root)
+    );
+    let message = ron_server::pq::batch_message(
+        attestation.kid,
+        attestation.shard,
+        attestation.batch,
+        attestation.size,
+        &root,
+    );
+    let signature = b64.decode(batch.get_str("sig").unwrap()).unwrap();
+    let signature = ml_dsa::Signature::<ml_dsa::MlDsa65>::try_from(signature.as_slice()).unwrap();
+    let public = public_key(&jwks(node).0, attestation.kid, "ML-DSA-65");
+    let public =
+        ml_dsa::EncodedVerifyingKey::<ml_dsa::MlDsa65>::try_from(public.as_slice()).unwrap();
+    let public = ml_dsa::VerifyingKey::<ml_dsa::MlDsa65>::decode(&public);
+    assert!(public.verify(&message, &signature).is_ok());
+    assert!(public.verify(b"another message", &signature).is_err());
+}
+
+#[test]
+fn pq_require_attaches_batch_signatures_and_enforce_refuses_classic_tokens() {
+    let node = TestNode::start(NodeOptions::default().config("[passport]\npq_mode = \"require\""));
+    let body = r#"{"subject_ref":"hal","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"]}"#;
+    // Concurrent issues share batches.
+    let tokens: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                scope.spawn(|| {
+                    let issued = post_json(node.listen, ISSUE, &node.admin(), body);
+                    assert_eq!(issued.status, 200, "{}", issued.text());
+                    let issued = issued.json();
+                    assert_eq!(issued.get_str("alg"), Some("ed25519+ml-dsa-65"));
+                    issued.get_str("token").unwrap().to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for token in &tokens {
+        check_pq_caveat(&node, token);
+        assert_eq!(status_with(node.listen, token), 200);
+    }
+    let refused = post_json(
+        node.listen,
+        ISSUE,
+        &node.admin(),
+        r#"{"subject_ref":"hal","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"],"accept_algs":["ed25519"]}"#,
+    );
+    assert!(refused.text().contains("no_acceptable_alg"), "{}", refused.text());
+    assert!(node.metric("passport_pq_batch_sign_seconds_count") >= 1.0);
+    assert_eq!(get(node.listen, "/v1/passport/pq/0.1", &[]).unwrap().status, 404);
+
+    // enforce: the admin token (made at first start, with a batch of its
+    // own) and hybrid tokens pass; classic ones and forged caveats do not.
+    let mut node =
+        TestNode::start(NodeOptions::default().config("[passport]\npq_mode = \"enforce\""));
+    let hybrid = post_json(node.listen, ISSUE, &node.admin(), body);
+    assert_eq!(hybrid.status, 200, "{}", hybrid.text());
+    let hybrid = hybrid.json().get_str("token").unwrap().to_owned();
+    assert_eq!(status_with(node.listen, &hybrid), 200);
+    let classic = operator_token(&node, 0);
+    assert_eq!(status_with(node.listen, &classic), 401);
+    assert_eq!(verify_reason(node.listen, &hybrid, &classic).as_deref(), Some("pq_required"));
+    // A holder can append a caveat, but not one that checks out.
+    let mut scratch = Vec::new();
+    let view = ron_proto::token::decode(hybrid.as_bytes(), 64, &mut scratch).unwrap();
+    let (_, value) = caveat(&view, ron_proto::token::SIG_ML_DSA).unwrap();
+    let mut forged =
+        ron_proto::token::decode(classic.as_bytes(), 64, &mut Vec::new()).unwrap().to_token();
+    forged.attenuate(&format!("{}={value}", ron_proto::token::SIG_ML_DSA)).unwrap();
+    assert_eq!(status_with(node.listen, &forged.encode()), 401);
+    // And after a restart the attestations still check out (stateless).
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.spawn();
+    assert_eq!(status_with(node.listen, &hybrid), 200);
+    assert_eq!(status_with(node.listen, &classic), 401);
+}
+
+#[test]
+fn unreadable_signing_keys_stop_issuance_but_not_verification() {
+    let mut node = TestNode::start(NodeOptions::default());
+    let body = r#"{"subject_ref":"ivy","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"]}"#;
+    let before = post_json(node.listen, ISSUE, &node.admin(), body).json();
+    let before = before.get_str("token").unwrap().to_owned();
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    std::fs::write(node.data_dir.path().join("data/keys/ed25519-1.key"), b"damaged").unwrap();
+    node.spawn();
+    let ready = get(node.listen, "/readyz", &[]).unwrap();
+    assert_eq!(ready.status, 200);
+    let ready = ready.json();
+    assert_eq!(ready.get_str("issuance"), Some("unavailable"), "{ready:?}");
+    let refused = post_json(node.listen, ISSUE, &node.admin(), body);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(status_with(node.listen, &before), 200);
+    assert_eq!(status_with(node.listen, &node.admin_token), 200);
+}
