@@ -2,6 +2,7 @@
 //! and reports.
 
 pub mod engine;
+pub mod passport_workload;
 pub mod report;
 pub mod sweep;
 pub mod wallet_workload;

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use ron_bench::engine::{self, RunSpec};
 use ron_bench::parse_duration;
+use ron_bench::passport_workload::{self, PassportMix, PassportSpec};
 use ron_bench::report::RunReport;
 use ron_bench::sweep::{self, SweepSpec};
 use ron_bench::wallet_workload::{Mix, WalletSpec};
@@ -53,10 +54,18 @@ enum Command {
 struct Common {
     /// `get` (no token), `auth-get` (bearer token; a token implies it),
     /// `ledger-ingest` (POST /ingest, `--entries` Mint entries per request),
-    /// or a wallet mix: `wallet-setup` (fund the pool), `wallet-read`,
-    /// `wallet-write` (with `--replay-percent` for replays), `wallet-transfer`.
+    /// a wallet mix: `wallet-setup` (fund the pool), `wallet-read`,
+    /// `wallet-write` (with `--replay-percent` for replays), `wallet-transfer`;
+    /// or a passport mix: `passport-verify`, `passport-mix` (80 % issue,
+    /// 20 % verify), `passport-revoke` (verify with revocations).
     #[arg(long)]
     workload: Option<String>,
+    /// Passport mixes: `accept_algs` of the issues (e.g. `ed25519`).
+    #[arg(long)]
+    accept_algs: Option<String>,
+    /// `passport-revoke`: one revocation every this many requests.
+    #[arg(long, default_value_t = 100)]
+    revoke_every: u64,
     /// Entries per ledger-ingest request.
     #[arg(long, default_value_t = 16)]
     entries: usize,
@@ -106,7 +115,7 @@ struct Common {
 }
 
 impl Common {
-    fn workload(&self, shards: usize) -> anyhow::Result<WorkloadSpec> {
+    fn workload(&self, target: SocketAddr, shards: usize) -> anyhow::Result<WorkloadSpec> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(file)) => Some(
@@ -138,6 +147,17 @@ impl Common {
                     payers: self.payers,
                 }))
             }
+            (Some(name), token) if PassportMix::parse(name).is_some() => {
+                let token = token.ok_or_else(|| anyhow::anyhow!("{name} needs a token"))?;
+                let pool = PassportSpec::issue_pool(target, &token)?;
+                Ok(WorkloadSpec::Passport(PassportSpec {
+                    mix: PassportMix::parse(name).expect("checked"),
+                    token,
+                    pool,
+                    accept_algs: self.accept_algs.clone(),
+                    revoke_every: self.revoke_every,
+                }))
+            }
             (Some(other), _) => {
                 anyhow::bail!("unknown workload {other} (get, auth-get, ledger-ingest)")
             }
@@ -149,7 +169,7 @@ impl Common {
         Ok(RunSpec {
             target,
             shard_targets: shard_targets.clone(),
-            workload: self.workload(shard_targets.len().max(1))?,
+            workload: self.workload(target, shard_targets.len().max(1))?,
             rate,
             warmup: self.warmup,
             duration: self.duration,
@@ -198,6 +218,26 @@ fn shard_addresses(target: SocketAddr) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(ports)
 }
 
+/// The node's revocation propagation percentiles (bucket upper bounds).
+fn print_propagation(target: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(target)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: ron-load\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (count, found) = passport_workload::histogram_percentiles(
+        &response,
+        "passport_revocation_propagation_seconds",
+        &[0.5, 0.9, 0.99, 1.0],
+    );
+    let found: Vec<String> = found.iter().map(|(q, le)| format!("p{}<={le}s", q * 100.0)).collect();
+    println!(
+        "  revocation propagation (node, since start): {count} revocations, {}",
+        found.join(" ")
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run { target, rate, common } => {
@@ -206,6 +246,9 @@ fn main() -> anyhow::Result<()> {
             let report = RunReport::new(&spec, &result);
             print!("{}", report.summary());
             common.write_json(&report)?;
+            if matches!(&spec.workload, WorkloadSpec::Passport(p) if p.mix == PassportMix::Revoke) {
+                print_propagation(target)?;
+            }
         }
         Command::Sweep { targets, from, to, step, half_load_rounds, common } => {
             anyhow::ensure!(

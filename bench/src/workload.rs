@@ -26,6 +26,8 @@ pub enum WorkloadSpec {
     LedgerIngest { token: String, entries: usize },
     /// The wallet workloads (`crate::wallet_workload`).
     Wallet(crate::wallet_workload::WalletSpec),
+    /// The passport workloads (`crate::passport_workload`).
+    Passport(crate::passport_workload::PassportSpec),
 }
 
 impl WorkloadSpec {
@@ -35,6 +37,7 @@ impl WorkloadSpec {
             WorkloadSpec::AuthGet { .. } => "auth-get",
             WorkloadSpec::LedgerIngest { .. } => "ledger-ingest",
             WorkloadSpec::Wallet(spec) => spec.mix.name(),
+            WorkloadSpec::Passport(spec) => spec.mix.name(),
         }
     }
 
@@ -46,6 +49,7 @@ impl WorkloadSpec {
                 format!("POST /ingest ({entries} entries per request)")
             }
             WorkloadSpec::Wallet(spec) => spec.describe(),
+            WorkloadSpec::Passport(spec) => spec.describe(),
         }
     }
 
@@ -58,6 +62,7 @@ impl WorkloadSpec {
                 Box::new(LedgerIngest::new(token, *entries))
             }
             WorkloadSpec::Wallet(spec) => spec.build(thread, threads),
+            WorkloadSpec::Passport(spec) => spec.build(thread, threads),
         }
     }
 }

@@ -218,6 +218,11 @@ pub fn denied(denial: Denial) -> Reply {
     Reply::error(code, format!("token refused: {}", denial.reason()))
 }
 
+/// The bearer token of `request`, if it presents one.
+pub fn bearer<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
+    strip_bearer(request.head.authorization?.of(request.raw))
+}
+
 fn strip_bearer(header: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = header.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod log;
 pub mod logging;
 pub mod mesh;
+pub mod metering;
 pub mod metrics;
 pub mod node;
 pub mod ops;

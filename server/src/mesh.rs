@@ -8,6 +8,7 @@
 //! sending never waits on a full channel, and two shards cannot deadlock.
 
 use crate::keys::Keyring;
+use crate::metering::{MeterCall, Refused};
 use crate::metrics::ShardMetrics;
 use crate::pq::SignedBatch;
 use crate::shard::Shard;
@@ -28,6 +29,8 @@ use std::time::Duration;
 pub enum ShardCall {
     /// Use these keys from now on (a rotation), unless newer ones are here.
     SetKeys(Arc<Keyring>),
+    /// Count a request against a token id or tenant this shard owns.
+    Meter(MeterCall),
     /// A signed ML-DSA batch of this shard's, for third parties.
     PqBatch {
         batch: u64,
@@ -75,6 +78,7 @@ pub enum ShardCall {
 #[derive(Debug)]
 pub enum ShardAnswer {
     PqBatch(Option<Box<SignedBatch>>),
+    Metered(Result<(), Refused>),
     /// How long after it was durable the revocation was applied here.
     RevocationApplied {
         lag: Option<Duration>,
@@ -274,6 +278,7 @@ async fn serve(shard: &Rc<Shard>, call: ShardCall) -> ShardAnswer {
             }
             ShardAnswer::Done
         }
+        ShardCall::Meter(call) => ShardAnswer::Metered(crate::metering::count(shard, &call)),
         ShardCall::PqBatch { batch } => ShardAnswer::PqBatch(shard.pq.batch(batch).map(Box::new)),
         ShardCall::RevocationApplied { seq } => {
             crate::ledger::applied_through(shard, seq).await;

@@ -253,6 +253,16 @@ impl<'a> Params<'a> {
     pub fn get(&self, i: usize) -> Option<&'a str> {
         self.values[..self.count].get(i).copied()
     }
+
+    /// Parameters kept as owned strings (a request answered later).
+    pub fn from_values(values: &'a [String]) -> Params<'a> {
+        let mut params = Params::default();
+        for value in values.iter().take(PARAMS_MAX) {
+            params.values[params.count] = value;
+            params.count += 1;
+        }
+        params
+    }
 }
 
 fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Params<'a>> {
@@ -383,7 +393,10 @@ pub fn dispatch(shard: &Rc<Shard>, request: &Request<'_>) -> (usize, Handled) {
     {
         return (index, Handled::Now(reply));
     }
-    (index, (spec.handler)(shard, request, &params))
+    if spec.access == Access::Public {
+        return (index, (spec.handler)(shard, request, &params));
+    }
+    (index, crate::metering::meter_then(shard, request, &params, spec.handler))
 }
 
 #[cfg(test)]

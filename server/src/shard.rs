@@ -18,7 +18,7 @@ use crate::view::{self, ShardView, ViewWriter};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use ron_shards::balances::Balances;
-use ron_shards::passport::Revocations;
+use ron_shards::passport::{Meters, Revocations};
 use ron_shards::wallet::Wallet;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
@@ -48,6 +48,8 @@ pub struct Shard {
     pub passport: RefCell<PassportState>,
     /// ML-DSA batch signatures of issued tokens.
     pub pq: PqSigner,
+    /// Counts of the token ids and tenants this shard owns (`metering`).
+    pub meters: RefCell<Meters>,
     /// How far `balances` reflect the log.
     pub applied: Applied,
     pub view: ShardView,
@@ -253,6 +255,7 @@ pub async fn run(start: ShardStart) {
         wallet: RefCell::new(wallet),
         passport: RefCell::new(PassportState::new(revocations, verify_cache)),
         pq: PqSigner::new().expect("randomness for batch numbers"),
+        meters: RefCell::new(Meters::default()),
         applied: Applied::new(applied.0, applied.1),
         view: ShardView::new(view),
         queue,

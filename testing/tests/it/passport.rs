@@ -451,3 +451,117 @@ fn unreadable_signing_keys_stop_issuance_but_not_verification() {
     assert_eq!(status_with(node.listen, &before), 200);
     assert_eq!(status_with(node.listen, &node.admin_token), 200);
 }
+
+/// A token with every scope and `caveats`, minted with the root key.
+fn counted_token(node: &TestNode, id: u8, caveats: &[&str]) -> String {
+    let claims = Claims {
+        kid: 1,
+        token_id: [id; 16],
+        epoch: 0,
+        issued_at: now_s(),
+        subject: format!("counted-{id}"),
+        audience: "ron-node".into(),
+    };
+    let scopes = format!("scope={}", scope::ALL.join(","));
+    let mut all = vec![scopes.as_str()];
+    all.extend_from_slice(caveats);
+    Token::mint(&node.root_key(), claims, &all).unwrap().encode()
+}
+
+#[test]
+fn rate_budget_and_tenant_caveats_count_on_the_owner_across_ports() {
+    let node =
+        TestNode::start(NodeOptions::default().shards(2).config("[limits]\ntenant_rps_max = 3"));
+    let ports = ports(&node);
+    // rate.rps=2: one rate whichever port the requests come to.
+    let limited = counted_token(&node, 0x21, &["rate.rps=2"]);
+    let statuses: Vec<u16> =
+        (0..4).map(|i| status_with(ports[i % ports.len()], &limited)).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    let refused =
+        get(ports[1], "/v1/node/owner?key=k", &[("Authorization", &bearer(&limited))]).unwrap();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.code(), "BUSY");
+    assert!(refused.header("Retry-After").is_some());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(status_with(ports[2], &limited), 200, "refilled after a second");
+    let zero = counted_token(&node, 0x22, &["rate.rps=0"]);
+    assert_eq!(status_with(node.listen, &zero), 429);
+
+    // budget.bytes=130: request bodies (62 bytes here) count until spent.
+    let budgeted = counted_token(&node, 0x23, &["budget.bytes=130"]);
+    let verify = |port: SocketAddr, token: &str| {
+        let body = format!(r#"{{"token":"{}"}}"#, "x".repeat(50));
+        post_json(port, "/v1/passport/verify", &bearer(token), &body).status
+    };
+    assert_eq!(verify(ports[1], &budgeted), 200);
+    assert_eq!(verify(ports[2], &budgeted), 200);
+    let spent = post_json(ports[0], "/v1/passport/verify", &bearer(&budgeted), r#"{"token":"y"}"#);
+    assert_eq!(spent.status, 403, "{}", spent.text());
+    assert!(spent.text().contains("budget"));
+
+    // tenant: tokens of one tenant share tenant_rps_max = 3; another tenant
+    // has its own.
+    let acme: Vec<String> =
+        (0..3).map(|i| counted_token(&node, 0x30 + i, &["tenant=acme"])).collect();
+    let other = counted_token(&node, 0x40, &["tenant=other"]);
+    let mut passed = 0;
+    for i in 0..5 {
+        if status_with(ports[i % ports.len()], &acme[i % acme.len()]) == 200 {
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 3);
+    assert_eq!(status_with(node.listen, &acme[0]), 429);
+    assert_eq!(status_with(node.listen, &other), 200);
+    assert!(node.metric("svc_passport_rejects_total{reason=\"tenant_rate\"}") >= 1.0);
+    assert!(node.metric("svc_passport_rejects_total{reason=\"rate\"}") >= 2.0);
+    assert!(node.metric("svc_passport_rejects_total{reason=\"budget\"}") >= 1.0);
+}
+
+#[test]
+fn ingest_honours_the_passport_caveats() {
+    let node = TestNode::start(NodeOptions::default());
+    let mint = |id: u8, caveats: &[&str]| {
+        let claims = Claims {
+            kid: 1,
+            token_id: [id; 16],
+            epoch: 0,
+            issued_at: now_s(),
+            subject: "ingester".into(),
+            audience: "ron-node".into(),
+        };
+        Token::mint(&node.root_key(), claims, caveats).unwrap().encode()
+    };
+    let mut n = 0;
+    let mut ingest = |token: &str| {
+        n += 1;
+        let body = format!(
+            r#"{{"batch":[{{"id":"cav-{n}","kind":"Mint","account":"acct:z","asset":"roc","amount":"5"}}]}}"#
+        );
+        post_json(node.listen, "/ingest", &bearer(token), &body).status
+    };
+    let scope = "scope=ledger.ingest";
+    let later = format!("nbf={}", now_s() + 3600);
+    let past = format!("exp={}", now_s() - 3600);
+    for (id, (caveats, status)) in [
+        (vec![scope], 200),
+        (vec![scope, "route=/ingest", "method=POST", "ip=127.0.0.0/8"], 200),
+        (vec!["scope=wallet.read"], 403),
+        (vec![scope, "route=/v1"], 403),
+        (vec![scope, "method=GET"], 403),
+        (vec![scope, "ip=10.0.0.0/8"], 403),
+        (vec![scope, "aud=elsewhere"], 403),
+        (vec![scope, "account=acct:z"], 403),
+        (vec![scope, later.as_str()], 401),
+        (vec![scope, past.as_str()], 401),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(ingest(&mint(0x50 + id as u8, &caveats)), status, "{caveats:?}");
+    }
+    let limited = mint(0x70, &[scope, "rate.rps=1"]);
+    assert_eq!(ingest(&limited), 200);
+    assert_eq!(ingest(&limited), 429);
+}

@@ -1,0 +1,172 @@
+//! The counting caveats (`rate.rps`, `budget.bytes`, `tenant`), kept where
+//! the token id (or tenant) is owned, so that a token's rate is one rate
+//! whichever port its requests arrive on (SPEC §1.1, §6).
+//!
+//! `routes::dispatch` meters a request before its handler: when every count
+//! it touches lives on this shard the check is a map lookup here; otherwise
+//! the request is copied out of the connection's buffers and the handler
+//! runs once the owners have agreed (one mesh call per owner). Tokens
+//! without counting caveats cost one verify-cache lookup. Counts live in RAM:
+//! a restart refills buckets and forgets spent budgets.
+
+use crate::mesh::{ShardAnswer, ShardCall};
+use crate::reply::{Body, Handled, Reply};
+use crate::routes::{Handler, Params, Request};
+use crate::shard::Shard;
+use ron_proto::ErrorCode;
+use ron_shards::passport::{MeterKey, MeterSpec};
+use std::rc::Rc;
+
+/// What one owner shard is asked to count.
+#[derive(Clone, Debug)]
+pub struct MeterCall {
+    pub key: MeterKey,
+    pub rps: Option<u32>,
+    /// (spec, budget, bytes): spend this request's body bytes.
+    pub spend: Option<(MeterSpec, u64, u64)>,
+    /// A tenant's count (`tenant_rps_max`), not the token's own.
+    pub tenant: bool,
+}
+
+/// Why the owner refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Rate { retry_ms: u64 },
+    TenantRate { retry_ms: u64 },
+    Budget,
+}
+
+impl Refused {
+    fn reason(self) -> &'static str {
+        match self {
+            Refused::Rate { .. } => "rate",
+            Refused::TenantRate { .. } => "tenant_rate",
+            Refused::Budget => "budget",
+        }
+    }
+
+    fn reply(self) -> Reply {
+        let (mut reply, retry_ms) = match self {
+            Refused::Rate { retry_ms } => {
+                (Reply::error(ErrorCode::Busy, "the token is over its rate.rps"), retry_ms)
+            }
+            Refused::TenantRate { retry_ms } => {
+                (Reply::error(ErrorCode::Busy, "the tenant is over tenant_rps_max"), retry_ms)
+            }
+            Refused::Budget => {
+                return Reply::error(ErrorCode::Forbidden, "token refused: budget.bytes spent");
+            }
+        };
+        reply.retry_after_s = Some(retry_ms.div_ceil(1000).max(1) as u32);
+        reply
+    }
+}
+
+/// Counts `call` here (this shard owns its key).
+pub fn count(shard: &Shard, call: &MeterCall) -> Result<(), Refused> {
+    let now_ms = now_ms();
+    let mut meters = shard.meters.borrow_mut();
+    if let Some(rps) = call.rps {
+        if let Err(retry_ms) = meters.take(call.key.clone(), rps, now_ms) {
+            return Err(if call.tenant {
+                Refused::TenantRate { retry_ms }
+            } else {
+                Refused::Rate { retry_ms }
+            });
+        }
+    }
+    if let Some((spec, budget, bytes)) = &call.spend {
+        if !meters.spend(spec, *budget, *bytes, now_ms / 1000) {
+            return Err(Refused::Budget);
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The counts a request with a token of `spec` touches, by owner shard.
+fn plan(shard: &Shard, spec: MeterSpec, body_bytes: u64) -> Vec<(usize, MeterCall)> {
+    let mut calls = Vec::with_capacity(2);
+    if let Some(tenant) = &spec.tenant {
+        let rps = shard.config.limits.tenant_rps_max;
+        if rps > 0 {
+            let owner = ron_proto::routing::owner(tenant.as_bytes(), shard.count);
+            let key = MeterKey::Tenant(tenant.clone());
+            calls.push((owner, MeterCall { key, rps: Some(rps), spend: None, tenant: true }));
+        }
+    }
+    if spec.rps.is_some() || spec.budget_bytes.is_some() {
+        let owner = ron_proto::routing::owner(&spec.token_id, shard.count);
+        let key = MeterKey::Token(spec.token_id);
+        let spend = spec.budget_bytes.map(|budget| (spec.clone(), budget, body_bytes));
+        calls.push((owner, MeterCall { key, rps: spec.rps, spend, tenant: false }));
+    }
+    calls
+}
+
+/// Meters `request` and runs `handler` if its counts allow it.
+pub fn meter_then(
+    shard: &Rc<Shard>,
+    request: &Request<'_>,
+    params: &Params<'_>,
+    handler: Handler,
+) -> Handled {
+    let spec = crate::access::bearer(request).and_then(|text| {
+        crate::verifier::with_verified(shard, text, ron_shards::passport::meter_spec).ok().flatten()
+    });
+    let Some(spec) = spec else { return handler(shard, request, params) };
+    let calls = plan(shard, spec, request.body.len() as u64);
+    if calls.iter().all(|(owner, _)| *owner == shard.id) {
+        for (_, call) in &calls {
+            if let Err(refused) = count(shard, call) {
+                return refuse(shard, refused);
+            }
+        }
+        return handler(shard, request, params);
+    }
+    // Some count lives elsewhere: keep the request until the owners answer.
+    let shard = shard.clone();
+    let head = *request.head;
+    let raw = request.raw.to_vec();
+    let body = request.body.to_vec();
+    let (corr_id, socket, received_at) = (request.corr_id, request.socket, request.received_at);
+    let values: Vec<String> = (0..).map_while(|i| params.get(i)).map(str::to_owned).collect();
+    Handled::Later(Box::pin(async move {
+        for (owner, call) in calls {
+            let refused = match shard.mesh.call(&shard, owner, ShardCall::Meter(call)).await {
+                Ok(ShardAnswer::Metered(result)) => result.err(),
+                Ok(other) => panic!("a meter call answered with {other:?}"),
+                Err(error) => return crate::ops::mesh_failure(error),
+            };
+            if let Some(refused) = refused {
+                return match refuse(&shard, refused) {
+                    Handled::Now(reply) => reply,
+                    Handled::Later(future) => future.await,
+                };
+            }
+        }
+        let request = Request { head: &head, raw: &raw, body: &body, corr_id, socket, received_at };
+        let params = Params::from_values(&values);
+        match handler(&shard, &request, &params) {
+            // A synchronous answer may be in the shard's scratch buffer,
+            // which only answers given at once may use.
+            Handled::Now(mut reply) => {
+                if matches!(reply.body, Body::Scratch) {
+                    reply.body = Body::Owned(shard.scratch.borrow().clone());
+                }
+                reply
+            }
+            Handled::Later(future) => future.await,
+        }
+    }))
+}
+
+fn refuse(shard: &Shard, refused: Refused) -> Handled {
+    shard.metrics.borrow_mut().passport.reject(refused.reason());
+    Handled::Now(refused.reply())
+}
