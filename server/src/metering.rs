@@ -117,7 +117,17 @@ pub fn meter_then(
     handler: Handler,
 ) -> Handled {
     let spec = crate::access::bearer(request).and_then(|text| {
-        crate::verifier::with_verified(shard, text, ron_shards::passport::meter_spec).ok().flatten()
+        let cached = {
+            let passport = shard.passport.borrow();
+            let epoch = passport.revocations.current_epoch();
+            passport.cache.meter(text, epoch, std::time::Instant::now()).map(|m| m.cloned())
+        };
+        // Not cached: verify it now (which caches it for the handler).
+        cached.unwrap_or_else(|| {
+            crate::verifier::with_verified(shard, text, ron_shards::passport::meter_spec)
+                .ok()
+                .flatten()
+        })
     });
     let Some(spec) = spec else { return handler(shard, request, params) };
     let calls = plan(shard, spec, request.body.len() as u64);

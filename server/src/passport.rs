@@ -55,6 +55,28 @@ fn bad(reason: &str, detail: impl std::fmt::Display) -> Handled {
     Handled::Now(Reply::error(ErrorCode::BadRequest, format!("{reason}: {detail}")))
 }
 
+/// Token ids: BLAKE3 keyed with 32 random bytes drawn at start, over a
+/// counter — unpredictable without the key, and no system call per token.
+pub struct TokenIds {
+    key: zeroize::Zeroizing<[u8; 32]>,
+    counter: std::cell::Cell<u64>,
+}
+
+impl TokenIds {
+    pub fn new() -> anyhow::Result<TokenIds> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut *key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(TokenIds { key, counter: std::cell::Cell::new(0) })
+    }
+
+    pub fn next(&self) -> [u8; token::TOKEN_ID_BYTES] {
+        let n = self.counter.get();
+        self.counter.set(n + 1);
+        let hash = blake3::keyed_hash(&self.key, &n.to_le_bytes());
+        hash.as_bytes()[..token::TOKEN_ID_BYTES].try_into().expect("16 bytes")
+    }
+}
+
 /// Signatures a token may carry, as `accept_algs` names them.
 pub const ALG_ED25519: &str = "ed25519";
 pub const ALG_HYBRID: &str = "ed25519+ml-dsa-65";
@@ -157,10 +179,7 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
             format!("issuance is unavailable: {why}"),
         ));
     }
-    let mut token_id = [0u8; token::TOKEN_ID_BYTES];
-    if getrandom::getrandom(&mut token_id).is_err() {
-        return Handled::Now(Reply::error(ErrorCode::Internal, "no randomness for a token id"));
-    }
+    let token_id = shard.token_ids.next();
     let keys = shard.keys.borrow().clone();
     let key = keys.current();
     let claims = Claims {

@@ -50,6 +50,8 @@ pub struct Shard {
     pub pq: PqSigner,
     /// Counts of the token ids and tenants this shard owns (`metering`).
     pub meters: RefCell<Meters>,
+    /// Ids of the tokens this shard mints.
+    pub token_ids: crate::passport::TokenIds,
     /// How far `balances` reflect the log.
     pub applied: Applied,
     pub view: ShardView,
@@ -256,6 +258,7 @@ pub async fn run(start: ShardStart) {
         passport: RefCell::new(PassportState::new(revocations, verify_cache)),
         pq: PqSigner::new().expect("randomness for batch numbers"),
         meters: RefCell::new(Meters::default()),
+        token_ids: crate::passport::TokenIds::new().expect("randomness for token ids"),
         applied: Applied::new(applied.0, applied.1),
         view: ShardView::new(view),
         queue,

@@ -15,7 +15,7 @@ use crate::pq;
 use crate::shard::Shard;
 use ron_proto::revocation::{Revocation, Revoked};
 use ron_proto::token::{self, TOKEN_ID_BYTES, TokenError, TokenView};
-use ron_shards::passport::Revocations;
+use ron_shards::passport::{MeterSpec, Revocations, meter_spec};
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -68,6 +68,8 @@ struct Entry {
     subject: Box<str>,
     kid: u32,
     epoch: u64,
+    /// Its counting caveats, read once.
+    meter: Option<Box<MeterSpec>>,
 }
 
 /// Verified tokens by hash of their text.
@@ -111,6 +113,20 @@ impl VerifyCache {
         found.map(|e| &*e.binary)
     }
 
+    /// The counting caveats of a cached `text` (not counted as a lookup):
+    /// `None` if not cached, `Some(None)` if it has none.
+    pub fn meter(
+        &self,
+        text: &[u8],
+        policy_epoch: u64,
+        now: Instant,
+    ) -> Option<Option<&MeterSpec>> {
+        self.entries
+            .get(&self.key(text))
+            .filter(|e| *e.text == *text && e.policy_epoch == policy_epoch && now < e.expires)
+            .map(|e| e.meter.as_deref())
+    }
+
     /// Keeps a token whose tag (and signature) verified.
     pub fn insert(&mut self, text: &[u8], view: &TokenView<'_>, binary: &[u8], policy_epoch: u64) {
         if self.max == 0 || self.ttl.is_zero() {
@@ -130,6 +146,7 @@ impl VerifyCache {
             subject: view.subject.into(),
             kid: view.kid,
             epoch: view.epoch,
+            meter: meter_spec(view).map(Box::new),
         };
         if self.entries.insert(key, entry).is_none() {
             self.order.push_back(key);
@@ -168,7 +185,7 @@ impl VerifyCache {
 
 /// Decodes a cached binary token (verified when it was cached).
 pub fn cached_view(binary: &[u8], caveats_max: usize) -> Result<TokenView<'_>, TokenError> {
-    token::decode_binary(binary, caveats_max)
+    token::decode_decoded(binary, caveats_max)
 }
 
 /// Why a presented token is not a valid credential here.
