@@ -10,7 +10,8 @@
 # ron-node (tuning/reference-2c-ledger.toml: shard and committer on core 1)
 # on 127.0.0.1:8080 with its data dir in $DATA (admin.token there) and the
 # wallet pool funded (ron-load --workload wallet-setup); the generator runs
-# on core 0. Build first: cargo build --release.
+# on core 0. Every step's line goes to $LOG when set. Build first:
+# cargo build --release.
 set -euo pipefail
 rounds=${1:-2}
 from=${2:-20000}
@@ -28,6 +29,6 @@ for round in $(seq 1 "$rounds"); do
     "$load" sweep --target "$workload=127.0.0.1:8080" --workload "$workload" \
       --token-file "$token" --from "$from" --to "$to" --step "$step" \
       --duration 3s --warmup 1s --drain 1s --cores 0 --half-load-rounds 3 "${extra[@]}" \
-      | sed -n '/^summary/,$p'
+      | tee -a "${LOG:-/dev/null}" | sed -n '/^summary/,$p'
   done
 done

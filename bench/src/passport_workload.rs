@@ -4,6 +4,7 @@
 //!   tokens (the verify-only mix);
 //! * `passport-mix`: 80 % `POST /v1/passport/issue`, 20 % verify
 //!   (`--accept-algs ed25519` asks for Ed25519 signatures on the issues);
+//! * `passport-issue`: issues only (the cost of `pq_mode`);
 //! * `passport-revoke`: the verify mix with one revocation of a pool token
 //!   every `--revoke-every` requests; the run ends with the node's
 //!   `passport_revocation_propagation_seconds` percentiles.
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 pub enum PassportMix {
     Verify,
     IssueVerify,
+    Issue,
     Revoke,
 }
 
@@ -28,6 +30,7 @@ impl PassportMix {
         match name {
             "passport-verify" => Some(PassportMix::Verify),
             "passport-mix" => Some(PassportMix::IssueVerify),
+            "passport-issue" => Some(PassportMix::Issue),
             "passport-revoke" => Some(PassportMix::Revoke),
             _ => None,
         }
@@ -37,6 +40,7 @@ impl PassportMix {
         match self {
             PassportMix::Verify => "passport-verify",
             PassportMix::IssueVerify => "passport-mix",
+            PassportMix::Issue => "passport-issue",
             PassportMix::Revoke => "passport-revoke",
         }
     }
@@ -145,7 +149,11 @@ impl PassportLoad {
 impl Workload for PassportLoad {
     fn request(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
         self.body.clear();
-        let issue = self.spec.mix == PassportMix::IssueVerify && index % 5 != 0;
+        let issue = match self.spec.mix {
+            PassportMix::IssueVerify => index % 5 != 0,
+            PassportMix::Issue => true,
+            PassportMix::Verify | PassportMix::Revoke => false,
+        };
         let revoke = self.spec.mix == PassportMix::Revoke
             && self.spec.revoke_every > 0
             && index % self.spec.revoke_every == self.spec.revoke_every - 1;

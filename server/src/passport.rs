@@ -216,20 +216,16 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
         shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
         reply
     };
-    if signing != Signing::Hybrid && !mirror {
-        return Handled::Now(finish(shard, token));
-    }
     // The ML-DSA batch: attached with `require`/`enforce`; with `mirror`
     // signed and measured, not attached.
-    let shard = shard.clone();
-    Handled::Later(Box::pin(async move {
-        let attestation = pq::attest(&shard, pq::leaf(&token.signed_message())).await;
+    if signing == Signing::Hybrid || mirror {
+        let attestation = pq::attest(shard, pq::leaf(&token.signed_message()));
         if signing == Signing::Hybrid {
             let caveat = format!("{}={}", token::SIG_ML_DSA, attestation.caveat_value());
             token.attenuate(&caveat).expect("the PQ caveat fits");
         }
-        finish(&shard, token)
-    }))
+    }
+    Handled::Now(finish(shard, token))
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -742,9 +738,10 @@ struct BatchAnswer {
     kid: u32,
     shard: usize,
     batch: u64,
-    size: u64,
-    /// The batch's Merkle root and its ML-DSA-65 signature, base64url; the
-    /// signed message is `pq::batch_message`.
+    size: usize,
+    /// The batch's leaves (32 bytes each, concatenated), its Merkle root and
+    /// the ML-DSA-65 signature of `pq::batch_message`, base64url.
+    leaves: String,
     root: String,
     sig: String,
 }
@@ -774,7 +771,8 @@ pub fn pq_batch(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Hand
             kid: signed.kid,
             shard: owner,
             batch: signed.batch,
-            size: signed.size,
+            size: signed.leaves.len(),
+            leaves: base64_url(&signed.leaves.concat()),
             root: base64_url(&signed.root),
             sig: base64_url(&signed.signature),
         };

@@ -96,6 +96,7 @@ impl Shard {
             view_writes,
             view_write_failures,
         }];
+        (metrics.passport.pq_batch_sign, metrics.passport.pq_batch_tokens) = self.pq.stats();
         let passport = self.passport.borrow();
         (metrics.passport.cache_hits, metrics.passport.cache_misses) = passport.cache.counts();
         metrics.passport.cache_entries = passport.cache.len() as u64;
@@ -256,7 +257,7 @@ pub async fn run(start: ShardStart) {
         balances: RefCell::new(balances),
         wallet: RefCell::new(wallet),
         passport: RefCell::new(PassportState::new(revocations, verify_cache)),
-        pq: PqSigner::new().expect("randomness for batch numbers"),
+        pq: PqSigner::new(id).expect("starting the shard's ML-DSA signer"),
         meters: RefCell::new(Meters::default()),
         token_ids: crate::passport::TokenIds::new().expect("randomness for token ids"),
         applied: Applied::new(applied.0, applied.1),

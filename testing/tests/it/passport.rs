@@ -332,8 +332,10 @@ fn ed25519_signatures_verify_with_the_published_key() {
     }
 }
 
-/// Checks a token's `sig.ml-dsa-65` caveat as a third party would: the
-/// batch from `/v1/passport/pq`, its signature with the JWKS key.
+/// Checks a token's `sig.ml-dsa-65` caveat as a third party would: its
+/// batch from `/v1/passport/pq` (signed within milliseconds of issuance),
+/// the token's leaf in it, the root over the leaves, and the signature with
+/// the JWKS key, checked by another ML-DSA implementation than the node's.
 fn check_pq_caveat(node: &TestNode, text: &str) {
     use base64::Engine as _;
     use ml_dsa::signature::Verifier as _;
@@ -342,26 +344,33 @@ fn check_pq_caveat(node: &TestNode, text: &str) {
     let view = ron_proto::token::decode(text.as_bytes(), 64, &mut scratch).unwrap();
     let (at, value) = caveat(&view, ron_proto::token::SIG_ML_DSA).expect("a PQ caveat");
     let attestation = ron_server::pq::Attestation::parse(value).unwrap();
-    let id = format!("{}.{}", attestation.shard, attestation.batch);
-    let batch = get(node.listen, &format!("/v1/passport/pq/{id}"), &[]).unwrap();
+    let path = format!("/v1/passport/pq/{}.{}", attestation.shard, attestation.batch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let batch = loop {
+        let batch = get(node.listen, &path, &[]).unwrap();
+        if batch.status == 200 || std::time::Instant::now() > deadline {
+            break batch;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(batch.status, 200, "{}", batch.text());
     let batch = batch.json();
-    let root: [u8; 32] = b64.decode(batch.get_str("root").unwrap()).unwrap().try_into().unwrap();
+    let leaves = b64.decode(batch.get_str("leaves").unwrap()).unwrap();
+    let leaves: Vec<[u8; 32]> = leaves.chunks(32).map(|c| c.try_into().unwrap()).collect();
+    assert_eq!(batch.get_u64("size"), Some(leaves.len() as u64));
     let leaf = ron_server::pq::leaf(&view.signed_message(at));
-    assert_eq!(
-        ron_proto::merkle::root_from_path(
-            attestation.index,
-            attestation.size,
-            &leaf,
-            &attestation.path
-        ),
-        Some(root)
-    );
+    assert_eq!(leaves[attestation.index as usize], leaf, "the token's leaf is in its batch");
+    let mut tree = ron_shards::accumulator::Accumulator::new();
+    for leaf in &leaves {
+        tree.push(*leaf);
+    }
+    let root: [u8; 32] = b64.decode(batch.get_str("root").unwrap()).unwrap().try_into().unwrap();
+    assert_eq!(tree.root(), root);
     let message = ron_server::pq::batch_message(
         attestation.kid,
         attestation.shard,
         attestation.batch,
-        attestation.size,
+        leaves.len() as u64,
         &root,
     );
     let signature = b64.decode(batch.get_str("sig").unwrap()).unwrap();
