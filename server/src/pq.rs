@@ -259,6 +259,13 @@ async fn close_after_window(shard: Rc<Shard>) {
 }
 
 fn sign_batches(shard: usize, receiver: &Receiver<Closed>, shared: &Mutex<Shared>) {
+    // Signing takes only time the executors leave: a shard preempts it at
+    // once (SCHED_IDLE), so a signature never delays a request.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on this thread (pid 0) with a valid param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::warn!(shard, "the ML-DSA signer runs at normal priority (SCHED_IDLE refused)");
+    }
     while let Ok(closed) = receiver.recv() {
         let started = Instant::now();
         let mut tree = Accumulator::new();
