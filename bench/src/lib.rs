@@ -8,7 +8,47 @@ pub mod sweep;
 pub mod wallet_workload;
 pub mod workload;
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+/// One blocking HTTP/1.1 exchange (`Connection: close`), for setting a run
+/// up or reading the node after it: the body of a 2xx answer.
+pub fn fetch(
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(target)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: ron-load\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
+    }
+    if let Some(body) = json {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(json.unwrap_or(""));
+    stream.write_all(head.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no answer from {target}{path}"))?;
+    anyhow::ensure!(
+        response.starts_with(b"HTTP/1.1 2"),
+        "{path}: {}",
+        String::from_utf8_lossy(&response[..at.min(200)])
+    );
+    Ok(response[at + 4..].to_vec())
+}
 
 /// Parses `10s`, `500ms`, `2m` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -191,19 +191,7 @@ impl Common {
 
 /// The shard ports of the node at `target`, from `/v1/node/topology`.
 fn shard_addresses(target: SocketAddr) -> anyhow::Result<Vec<SocketAddr>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(target)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(
-        b"GET /v1/node/topology HTTP/1.1\r\nHost: ron-load\r\nConnection: close\r\n\r\n",
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let at = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no topology from {target}"))?;
-    let mut body = response[at + 4..].to_vec();
+    let mut body = ron_bench::fetch(target, "GET", "/v1/node/topology", None, None)?;
     let value = simd_json::to_owned_value(&mut body)?;
     use simd_json::prelude::*;
     let ports: Vec<SocketAddr> = value
@@ -220,11 +208,8 @@ fn shard_addresses(target: SocketAddr) -> anyhow::Result<Vec<SocketAddr>> {
 
 /// The node's revocation propagation percentiles (bucket upper bounds).
 fn print_propagation(target: SocketAddr) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(target)?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: ron-load\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let metrics = ron_bench::fetch(target, "GET", "/metrics", None, None)?;
+    let response = String::from_utf8_lossy(&metrics);
     let (count, found) = passport_workload::histogram_percentiles(
         &response,
         "passport_revocation_propagation_seconds",

@@ -86,7 +86,8 @@ impl PassportSpec {
             let body = format!(
                 r#"{{"subject_ref":"pool-{i}","audience":"ron-node","ttl_s":3600,"scopes":["wallet.read"]}}"#
             );
-            let mut answer = post(target, "/v1/passport/issue", token, &body)?;
+            let mut answer =
+                crate::fetch(target, "POST", "/v1/passport/issue", Some(token), Some(&body))?;
             let value = simd_json::to_owned_value(&mut answer)?;
             use simd_json::prelude::*;
             let token = value.get_str("token").ok_or_else(|| anyhow::anyhow!("no token"))?;
@@ -95,31 +96,6 @@ impl PassportSpec {
         }
         Ok(pool)
     }
-}
-
-/// One blocking `POST` with a bearer token; the answer's body (2xx only).
-pub fn post(target: SocketAddr, path: &str, token: &str, body: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(target)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: ron-load\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        token.trim(),
-        body.len()
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let at = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no answer from {target}{path}"))?;
-    anyhow::ensure!(
-        response.starts_with(b"HTTP/1.1 2"),
-        "{path}: {}",
-        String::from_utf8_lossy(&response[..at.min(200)])
-    );
-    Ok(response[at + 4..].to_vec())
 }
 
 struct PassportLoad {
