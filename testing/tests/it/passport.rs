@@ -481,13 +481,18 @@ fn counted_token(node: &TestNode, id: u8, caveats: &[&str]) -> String {
 #[test]
 fn rate_budget_and_tenant_caveats_count_on_the_owner_across_ports() {
     let node =
-        TestNode::start(NodeOptions::default().shards(2).config("[limits]\ntenant_rps_max = 3"));
+        TestNode::start(NodeOptions::default().shards(2).config("[limits]\ntenant_rps_max = 1"));
     let ports = ports(&node);
-    // rate.rps=2: one rate whichever port the requests come to.
-    let limited = counted_token(&node, 0x21, &["rate.rps=2"]);
+    // Buckets refill one request a second: a burst that took longer may
+    // see that many more pass.
+    let refills = |started: std::time::Instant| started.elapsed().as_secs() as usize;
+    // rate.rps=1: one rate whichever port the requests come to.
+    let limited = counted_token(&node, 0x21, &["rate.rps=1"]);
+    let started = std::time::Instant::now();
     let statuses: Vec<u16> =
-        (0..4).map(|i| status_with(ports[i % ports.len()], &limited)).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+        (0..3).map(|i| status_with(ports[i % ports.len()], &limited)).collect();
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!((1..=1 + refills(started)).contains(&passed), "{statuses:?}");
     let refused =
         get(ports[1], "/v1/node/owner?key=k", &[("Authorization", &bearer(&limited))]).unwrap();
     assert_eq!(refused.status, 429);
@@ -510,22 +515,17 @@ fn rate_budget_and_tenant_caveats_count_on_the_owner_across_ports() {
     assert_eq!(spent.status, 403, "{}", spent.text());
     assert!(spent.text().contains("budget"));
 
-    // tenant: tokens of one tenant share tenant_rps_max = 3; another tenant
+    // tenant: tokens of one tenant share tenant_rps_max = 1; another tenant
     // has its own.
     let acme: Vec<String> =
         (0..3).map(|i| counted_token(&node, 0x30 + i, &["tenant=acme"])).collect();
     let other = counted_token(&node, 0x40, &["tenant=other"]);
-    let mut passed = 0;
-    for i in 0..5 {
-        if status_with(ports[i % ports.len()], &acme[i % acme.len()]) == 200 {
-            passed += 1;
-        }
-    }
-    assert_eq!(passed, 3);
-    assert_eq!(status_with(node.listen, &acme[0]), 429);
+    let started = std::time::Instant::now();
+    let passed = (0..3).filter(|i| status_with(ports[i % ports.len()], &acme[*i]) == 200).count();
+    assert!((1..=1 + refills(started)).contains(&passed), "{passed} passed");
     assert_eq!(status_with(node.listen, &other), 200);
     assert!(node.metric("svc_passport_rejects_total{reason=\"tenant_rate\"}") >= 1.0);
-    assert!(node.metric("svc_passport_rejects_total{reason=\"rate\"}") >= 2.0);
+    assert!(node.metric("svc_passport_rejects_total{reason=\"rate\"}") >= 1.0);
     assert!(node.metric("svc_passport_rejects_total{reason=\"budget\"}") >= 1.0);
 }
 
