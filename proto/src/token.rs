@@ -49,6 +49,16 @@ pub const SIG_ML_DSA: &str = "sig.ml-dsa-65";
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+/// Base64url without padding, the encoding of tokens, their signature
+/// caveats and the published keys.
+pub fn to_base64url(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+pub fn from_base64url(text: &str) -> Option<Vec<u8>> {
+    BASE64.decode(text).ok()
+}
+
 /// Every scope of SPEC §6.
 pub mod scope {
     pub const WALLET_READ: &str = "wallet.read";
@@ -354,6 +364,13 @@ impl Token {
 
     pub fn caveats(&self) -> &[String] {
         &self.caveats
+    }
+
+    /// Appends a signature caveat `alg=value` of the token so far (an
+    /// issuing node's; see [`Token::signed_message`]).
+    pub fn attach_signature(&mut self, alg: &str, value: &str) {
+        debug_assert!(alg == SIG_ED25519 || alg == SIG_ML_DSA);
+        self.attenuate(&format!("{alg}={value}")).expect("signature caveats fit");
     }
 
     /// What a node signs for third parties: a domain tag, the header, and

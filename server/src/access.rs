@@ -8,14 +8,9 @@ use crate::reply::Reply;
 use crate::routes::Request;
 use crate::shard::Shard;
 use crate::verifier;
-use anyhow::Context as _;
-use base64::Engine as _;
 use ron_proto::ErrorCode;
 use ron_proto::token::{self, Claims, Token, TokenView};
 use ron_shards::passport::{self, Clock, Denial};
-use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -58,20 +53,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Keyring, AdminToken)> {
 
 /// Writes `data_dir/admin.token` (0600) in place of any earlier one, durably.
 pub fn write_admin_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
-    let path = data_dir.join("admin.token");
-    let temporary = data_dir.join(".admin.token.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    file.write_all(token.as_bytes())?;
-    file.sync_all()?;
-    fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))?;
-    fs::File::open(data_dir).and_then(|d| d.sync_all())?;
-    Ok(())
+    crate::keys::replace_file(data_dir, "admin.token", token.as_bytes())
 }
 
 /// A token with every scope under the current key, in `epoch`, for the
@@ -94,12 +76,8 @@ pub fn mint_admin_token(keys: &Keyring, epoch: u64, pq_mode: PqMode) -> anyhow::
         Token::mint(key.root(), claims, &[&scopes]).expect("the admin token is well-formed");
     if matches!(pq_mode, PqMode::Require | PqMode::Enforce) {
         // Signed like every token these modes issue, so `enforce` takes it.
-        let sig = key.sign_ed25519(&token.signed_message());
-        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
-        token.attenuate(&format!("{}={sig}", token::SIG_ED25519)).expect("a signature fits");
-        let attestation = crate::pq::attest_alone(key, &token.signed_message())?;
-        let caveat = format!("{}={}", token::SIG_ML_DSA, attestation.caveat_value());
-        token.attenuate(&caveat).expect("the PQ caveat fits");
+        key.attach_ed25519(&mut token);
+        crate::pq::attest_alone(key, &token.signed_message())?.attach(&mut token);
     }
     Ok(token.encode())
 }

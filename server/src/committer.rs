@@ -39,7 +39,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// Roots in one `/roots` page, at most.
 pub const ROOTS_PAGE_MAX: usize = 1000;
@@ -74,6 +74,21 @@ pub enum LedgerCall {
         to: u64,
     },
     Metrics,
+}
+
+impl LedgerCall {
+    /// An append of one log item (written by `encode`) that the shards in
+    /// `owned` apply once it is durable.
+    pub fn append_item(
+        encode: impl FnOnce(&mut Vec<u8>),
+        owned: Vec<(usize, Owned)>,
+    ) -> LedgerCall {
+        let mut entries = vec![0, 0];
+        encode(&mut entries);
+        let len = u16::try_from(entries.len() - 2).expect("items are at most ITEM_BYTES_MAX");
+        entries[..2].copy_from_slice(&len.to_le_bytes());
+        LedgerCall::Append { entries, count: 1, ids: Vec::new(), idem: None, owned }
+    }
 }
 
 #[derive(Debug)]
@@ -418,10 +433,6 @@ async fn appends_queued(committer: &Committer) -> bool {
     .await
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_memory: bool) {
     let mut record = RecordWriter::default();
     let mut batch: Vec<Pending> = Vec::new();
@@ -515,7 +526,7 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
         };
         // One time for the record and the published root, so that `/roots`
         // says the same before and after a restart.
-        let committed_ms = unix_ms();
+        let committed_ms = crate::shard::Shard::unix_now_ms();
         let sealed = record.seal(first_seq, committed_ms, previous_root, new_root);
         let result = match writer.as_mut() {
             Some(writer) => writer.append(sealed, first_seq).await.map(Some),

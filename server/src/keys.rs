@@ -20,17 +20,15 @@
 //! when the key set is dropped.
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use libcrux_ml_dsa::ml_dsa_65::{self, MLDSA65KeyPair};
+use ron_proto::token::{Token, to_base64url};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize as _;
 use zeroize::Zeroizing;
-
-const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// The keys of one key id.
 pub struct KeySet {
@@ -56,6 +54,14 @@ impl KeySet {
 
     pub fn sign_ed25519(&self, message: &[u8]) -> [u8; 64] {
         self.ed25519.sign(message).to_bytes()
+    }
+
+    /// Signs `token` as it is for third parties (its `sig.ed25519`
+    /// caveat); returns the signature, base64url.
+    pub fn attach_ed25519(&self, token: &mut Token) -> String {
+        let sig = to_base64url(&self.sign_ed25519(&token.signed_message()));
+        token.attach_signature(ron_proto::token::SIG_ED25519, &sig);
+        sig
     }
 
     pub fn ed25519_public(&self) -> [u8; 32] {
@@ -193,7 +199,7 @@ fn render_jwks(sets: &[KeySet]) -> Vec<u8> {
             alg: "EdDSA",
             usage: "sig",
             kid: set.kid.to_string(),
-            x: Some(BASE64.encode(set.ed25519_public())),
+            x: Some(to_base64url(&set.ed25519_public())),
             public: None,
             retire_at: set.retire_at_s,
         });
@@ -204,7 +210,7 @@ fn render_jwks(sets: &[KeySet]) -> Vec<u8> {
             usage: "sig",
             kid: set.kid.to_string(),
             x: None,
-            public: Some(BASE64.encode(set.ml_dsa_public())),
+            public: Some(to_base64url(&set.ml_dsa_public())),
             retire_at: set.retire_at_s,
         });
     }
@@ -215,6 +221,21 @@ fn render_jwks(sets: &[KeySet]) -> Vec<u8> {
 #[derive(Clone, Debug)]
 pub struct KeyStore {
     dir: Option<PathBuf>,
+}
+
+/// Writes `dir/name` (0600) in place of any earlier one, durably: a
+/// temporary file, synced, renamed over it, and the directory synced.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let mut file = io(
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary),
+        &temporary,
+    )?;
+    io(file.write_all(bytes), &temporary)?;
+    io(file.sync_all(), &temporary)?;
+    io(fs::rename(&temporary, &path), &path)?;
+    io(fs::File::open(dir).and_then(|d| d.sync_all()), dir)
 }
 
 fn io<T>(result: std::io::Result<T>, path: &Path) -> anyhow::Result<T> {
@@ -366,20 +387,8 @@ impl KeyStore {
     }
 
     fn write_retire(&self, kid: u32, at_s: u64) -> anyhow::Result<()> {
-        let path = self.path(&format!("retire-{kid}"));
-        let temporary = self.path(&format!(".retire-{kid}.tmp"));
-        let mut file = io(
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary),
-            &temporary,
-        )?;
-        io(file.write_all(at_s.to_string().as_bytes()), &temporary)?;
-        io(file.sync_all(), &temporary)?;
-        io(fs::rename(&temporary, &path), &path)
+        let dir = self.dir.as_ref().expect("a key directory");
+        replace_file(dir, &format!("retire-{kid}"), at_s.to_string().as_bytes())
     }
 
     fn remove(&self, kid: u32) -> anyhow::Result<()> {

@@ -64,7 +64,7 @@ impl Refused {
 
 /// Counts `call` here (this shard owns its key).
 pub fn count(shard: &Shard, call: &MeterCall) -> Result<(), Refused> {
-    let now_ms = now_ms();
+    let now_ms = Shard::unix_now_ms();
     let mut meters = shard.meters.borrow_mut();
     if let Some(rps) = call.rps {
         if let Err(retry_ms) = meters.take(call.key.clone(), rps, now_ms) {
@@ -76,17 +76,11 @@ pub fn count(shard: &Shard, call: &MeterCall) -> Result<(), Refused> {
         }
     }
     if let Some((spec, budget, bytes)) = &call.spend {
-        if !meters.spend(spec, *budget, *bytes, now_ms / 1000) {
+        if !meters.spend(spec, *budget, *bytes, now_ms) {
             return Err(Refused::Budget);
         }
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The counts a request with a token of `spec` touches, by owner shard.

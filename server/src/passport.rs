@@ -195,42 +195,28 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
         Ok(token) => token,
         Err(error) => return bad("invalid_caveat", format_args!("{error:?}")),
     };
-    let sig = (signing != Signing::None).then(|| {
-        let sig = base64_url(&key.sign_ed25519(&token.signed_message()));
-        token.attenuate(&format!("{}={sig}", token::SIG_ED25519)).expect("a signature caveat fits");
-        sig
-    });
-    let mirror = passport.pq_mode == PqMode::Mirror;
-    let finish = move |shard: &Shard, token: Token| {
-        let text = token.encode();
-        let answer = IssueAnswer {
-            token: &text,
-            token_id: merkle::hex(&token_id),
-            kid: token.claims.kid,
-            alg: signing.alg(),
-            exp,
-            caveats: &caveats,
-            sig: sig.as_deref(),
-        };
-        let reply = Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"));
-        shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
-        reply
-    };
+    let sig = (signing != Signing::None).then(|| key.attach_ed25519(&mut token));
     // The ML-DSA batch: attached with `require`/`enforce`; with `mirror`
     // signed and measured, not attached.
-    if signing == Signing::Hybrid || mirror {
+    if signing == Signing::Hybrid || passport.pq_mode == PqMode::Mirror {
         let attestation = pq::attest(shard, pq::leaf(&token.signed_message()));
         if signing == Signing::Hybrid {
-            let caveat = format!("{}={}", token::SIG_ML_DSA, attestation.caveat_value());
-            token.attenuate(&caveat).expect("the PQ caveat fits");
+            attestation.attach(&mut token);
         }
     }
-    Handled::Now(finish(shard, token))
-}
-
-fn base64_url(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let text = token.encode();
+    let answer = IssueAnswer {
+        token: &text,
+        token_id: merkle::hex(&token_id),
+        kid: key.kid,
+        alg: signing.alg(),
+        exp,
+        caveats: &caveats,
+        sig: sig.as_deref(),
+    };
+    let reply = Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"));
+    shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
+    Handled::Now(reply)
 }
 
 #[derive(Deserialize)]
@@ -533,7 +519,7 @@ pub fn revoke(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         return bad("invalid_field", format_args!("reason is at most {REASON_BYTES_MAX} bytes"));
     }
     let revoked = if let Some(text) = &body.token_id {
-        match from_hex(text) {
+        match ron_proto::wallet::from_hex16(text) {
             Some(id) => revocation::Revoked::TokenId(id),
             None => return bad("invalid_field", "token_id must be 32 hex digits"),
         }
@@ -553,17 +539,13 @@ pub fn revoke(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
     if shard.node.ledger_safe_mode.load(std::sync::atomic::Ordering::Acquire) {
         return Handled::Now(Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"));
     }
-    let revocation = Revocation { revoked, reason: body.reason, ts_ms: unix_ms() };
+    let revocation = Revocation { revoked, reason: body.reason, ts_ms: Shard::unix_now_ms() };
     let shard = shard.clone();
     Handled::Later(Box::pin(async move {
-        let mut entries = vec![0, 0];
-        revocation.encode(&mut entries);
-        let len = (entries.len() - 2) as u16;
-        entries[..2].copy_from_slice(&len.to_le_bytes());
         let owned = (0..shard.count)
             .map(|s| (s, Owned { revocations: vec![revocation.clone()], ..Owned::default() }))
             .collect();
-        let call = LedgerCall::Append { entries, count: 1, ids: Vec::new(), idem: None, owned };
+        let call = LedgerCall::append_item(|out| revocation.encode(out), owned);
         let seq = match shard.ledger.call(call).await {
             Ok(LedgerAnswer::Appended { seq_start, .. }) => seq_start,
             Ok(LedgerAnswer::Degraded { reason }) => {
@@ -592,43 +574,16 @@ pub fn revoke(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         }
         shard.metrics.borrow_mut().passport.revocation_propagation.record(slowest);
         let current_epoch = shard.passport.borrow().revocations.current_epoch();
-        let named = match &revocation.revoked {
-            revocation::Revoked::TokenId(_) => Revoked {
-                token_id: body.token_id.as_deref(),
-                subject_ref: None,
-                kid: None,
-                epoch: None,
-            },
-            revocation::Revoked::Subject(subject) => {
-                Revoked { token_id: None, subject_ref: Some(subject), kid: None, epoch: None }
-            }
-            revocation::Revoked::Kid(kid) => {
-                Revoked { token_id: None, subject_ref: None, kid: Some(*kid), epoch: None }
-            }
-            revocation::Revoked::Epoch(epoch) => {
-                Revoked { token_id: None, subject_ref: None, kid: None, epoch: Some(*epoch) }
-            }
+        // Exactly one was named (checked above): echo the request's.
+        let named = Revoked {
+            token_id: body.token_id.as_deref(),
+            subject_ref: body.subject_ref.as_deref(),
+            kid: body.kid,
+            epoch: body.epoch,
         };
         let answer = RevokeAnswer { current_epoch, revoked: named, seq };
         Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
     }))
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn from_hex(text: &str) -> Option<[u8; 16]> {
-    if text.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// How long clients may keep `/v1/keys` (a rotation changes its ETag).
@@ -772,9 +727,9 @@ pub fn pq_batch(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Hand
             shard: owner,
             batch: signed.batch,
             size: signed.leaves.len(),
-            leaves: base64_url(&signed.leaves.concat()),
-            root: base64_url(&signed.root),
-            sig: base64_url(&signed.signature),
+            leaves: token::to_base64url(&signed.leaves.concat()),
+            root: token::to_base64url(&signed.root),
+            sig: token::to_base64url(&signed.signature),
         };
         Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
     }))

@@ -29,9 +29,8 @@
 use crate::keys::{KeySet, Keyring};
 use crate::metrics::{CountHistogram, LatencyHistogram};
 use crate::shard::Shard;
-use base64::Engine as _;
 use ron_proto::merkle::{self, Hash};
-use ron_proto::token::TokenView;
+use ron_proto::token::{SIG_ML_DSA, Token, TokenView, from_base64url, to_base64url};
 use ron_shards::accumulator::Accumulator;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -46,7 +45,6 @@ pub const BATCH_MAX: usize = 1024;
 pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// Signed batches a shard keeps for `/v1/passport/pq`.
 const BATCHES_KEPT: usize = 4096;
-const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// A token's place in a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +57,11 @@ pub struct Attestation {
 }
 
 impl Attestation {
+    /// Gives `token` its `sig.ml-dsa-65` caveat.
+    pub fn attach(&self, token: &mut Token) {
+        token.attach_signature(SIG_ML_DSA, &self.caveat_value());
+    }
+
     /// The caveat's value.
     pub fn caveat_value(&self) -> String {
         format!(
@@ -67,7 +70,7 @@ impl Attestation {
             self.shard,
             self.batch,
             self.index,
-            BASE64.encode(self.mac)
+            to_base64url(&self.mac)
         )
     }
 
@@ -77,7 +80,7 @@ impl Attestation {
         let kid = u32::try_from(number()?).ok()?;
         let shard = usize::try_from(number()?).ok()?;
         let (batch, index) = (number()?, number()?);
-        let mac = BASE64.decode(parts.next()?).ok()?.try_into().ok()?;
+        let mac = from_base64url(parts.next()?)?.try_into().ok()?;
         if parts.next().is_some() || index as usize >= BATCH_MAX {
             return None;
         }
@@ -117,9 +120,7 @@ pub fn batch_message(kid: u32, shard: usize, batch: u64, size: u64, root: &Hash)
 /// kid, for the token as it was before the caveat).
 pub fn attested(view: &TokenView<'_>, keys: &Keyring) -> bool {
     for (before, caveat) in view.caveats().enumerate() {
-        let Some(value) = caveat
-            .strip_prefix(ron_proto::token::SIG_ML_DSA)
-            .and_then(|rest| rest.strip_prefix('='))
+        let Some(value) = caveat.strip_prefix(SIG_ML_DSA).and_then(|rest| rest.strip_prefix('='))
         else {
             continue;
         };
@@ -155,9 +156,18 @@ struct Shared {
     batch_tokens: CountHistogram,
 }
 
+impl Shared {
+    fn keep(&mut self, batch: SignedBatch) {
+        if self.signed.len() == BATCHES_KEPT {
+            self.signed.pop_front();
+        }
+        self.signed.push_back(batch);
+    }
+}
+
+/// A batch to sign: its leaves were MACed under `keys.current()`.
 struct Closed {
-    set: Arc<Keyring>,
-    kid: u32,
+    keys: Arc<Keyring>,
     batch: u64,
     leaves: Vec<Hash>,
 }
@@ -170,23 +180,27 @@ pub struct PqSigner {
     batch: Cell<u64>,
     open_keys: RefCell<Option<Arc<Keyring>>>,
     closer_running: Cell<bool>,
-    to_signer: Sender<Closed>,
+    /// `None` with `pq_mode = "off"`: no thread, and nothing is attested.
+    to_signer: Option<Sender<Closed>>,
     shared: Arc<Mutex<Shared>>,
 }
 
 impl PqSigner {
-    pub fn new(shard: usize) -> anyhow::Result<PqSigner> {
+    pub fn new(shard: usize, enabled: bool) -> anyhow::Result<PqSigner> {
         // Batch numbers start at random, so a restart does not reuse them.
         let mut start = [0u8; 8];
         getrandom::getrandom(&mut start).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let (to_signer, receiver) = std::sync::mpsc::channel();
-        {
+        let to_signer = if enabled {
+            let (to_signer, receiver) = std::sync::mpsc::channel();
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("pq-signer-{shard}"))
                 .spawn(move || sign_batches(shard, &receiver, &shared))?;
-        }
+            Some(to_signer)
+        } else {
+            None
+        };
         Ok(PqSigner {
             shard,
             open: RefCell::new(Vec::new()),
@@ -212,15 +226,36 @@ impl PqSigner {
 
     fn close(&self) {
         let leaves = std::mem::take(&mut *self.open.borrow_mut());
-        let Some(set) = self.open_keys.borrow_mut().take() else { return };
+        let Some(keys) = self.open_keys.borrow_mut().take() else { return };
         if leaves.is_empty() {
             return;
         }
         let batch = self.batch.get();
         self.batch.set(batch + 1);
-        let kid = set.current().kid;
+        let to_signer = self.to_signer.as_ref().expect("attested only with pq_mode on");
         // The thread outlives the shard's tasks; a send fails only at exit.
-        let _ = self.to_signer.send(Closed { set, kid, batch, leaves });
+        let _ = to_signer.send(Closed { keys, batch, leaves });
+    }
+
+    /// Puts `leaf` in the open batch, MACed under `keys`; a full batch, or
+    /// one under an older key (a rotation), is closed first.
+    fn add(&self, keys: Arc<Keyring>, leaf: Hash) -> Attestation {
+        let rotated =
+            self.open_keys.borrow().as_ref().is_some_and(|k| k.current().kid != keys.current().kid);
+        if rotated || self.open.borrow().len() == BATCH_MAX {
+            self.close();
+        }
+        let set = keys.current();
+        let index = {
+            let mut open = self.open.borrow_mut();
+            open.push(leaf);
+            open.len() as u64 - 1
+        };
+        let batch = self.batch.get();
+        let mac = leaf_mac(set, self.shard, batch, index, &leaf);
+        let attestation = Attestation { kid: set.kid, shard: self.shard, batch, index, mac };
+        self.open_keys.borrow_mut().get_or_insert(keys);
+        attestation
     }
 }
 
@@ -228,23 +263,7 @@ impl PqSigner {
 /// the batch is signed within `BATCH_WINDOW` plus one signature.
 pub fn attest(shard: &Rc<Shard>, leaf: Hash) -> Attestation {
     let signer = &shard.pq;
-    let keys = shard.keys.borrow().clone();
-    // A rotation closes the batch: all of a batch's leaves share a kid.
-    let rotated =
-        signer.open_keys.borrow().as_ref().is_some_and(|k| k.current().kid != keys.current().kid);
-    if rotated || signer.open.borrow().len() == BATCH_MAX {
-        signer.close();
-    }
-    let set = keys.current();
-    let index = {
-        let mut open = signer.open.borrow_mut();
-        open.push(leaf);
-        open.len() as u64 - 1
-    };
-    let batch = signer.batch.get();
-    let mac = leaf_mac(set, signer.shard, batch, index, &leaf);
-    let attestation = Attestation { kid: set.kid, shard: signer.shard, batch, index, mac };
-    signer.open_keys.borrow_mut().get_or_insert(keys);
+    let attestation = signer.add(shard.keys.borrow().clone(), leaf);
     if !signer.closer_running.replace(true) {
         let closer = glommio::spawn_local_into(close_after_window(shard.clone()), shard.queue);
         closer.expect("the queue exists").detach();
@@ -274,41 +293,73 @@ fn sign_batches(shard: usize, receiver: &Receiver<Closed>, shared: &Mutex<Shared
         }
         let root = tree.root();
         let size = closed.leaves.len() as u64;
-        let Some(set) = closed.set.set(closed.kid) else { continue };
-        let signature =
-            set.sign_ml_dsa(&batch_message(closed.kid, shard, closed.batch, size, &root));
+        let set = closed.keys.current();
+        let signature = set.sign_ml_dsa(&batch_message(set.kid, shard, closed.batch, size, &root));
         let mut shared = shared.lock().expect("not poisoned");
         shared.sign_latency.record(started.elapsed());
         shared.batch_tokens.record(size);
-        if shared.signed.len() == BATCHES_KEPT {
-            shared.signed.pop_front();
-        }
-        let batch = closed.batch;
-        shared.signed.push_back(SignedBatch {
-            kid: closed.kid,
-            batch,
-            leaves: closed.leaves,
-            root,
-            signature,
-        });
+        let (kid, batch, leaves) = (set.kid, closed.batch, closed.leaves);
+        shared.keep(SignedBatch { kid, batch, leaves, root, signature });
     }
 }
 
 /// Places a token in a batch of its own outside any shard (the admin token
-/// at start): its batch is not kept for `/v1/passport/pq`.
+/// at start). Nobody can fetch that batch, so it is not signed: the node
+/// checks the caveat by its MAC alone.
 pub fn attest_alone(set: &KeySet, message: &[u8]) -> anyhow::Result<Attestation> {
     let mut number = [0u8; 8];
     getrandom::getrandom(&mut number).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let batch = u64::from_le_bytes(number) >> 1;
-    let leaf = leaf(message);
-    let _signature = set.sign_ml_dsa(&batch_message(set.kid, 0, batch, 1, &leaf));
-    let mac = leaf_mac(set, 0, batch, 0, &leaf);
+    let mac = leaf_mac(set, 0, batch, 0, &leaf(message));
     Ok(Attestation { kid: set.kid, shard: 0, batch, index: 0, mac })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_close_at_their_bound_and_are_signed_off_the_caller() {
+        let keys = Arc::new(crate::keys::KeyStore::new(None).load(0).unwrap());
+        let signer = PqSigner::new(3, true).unwrap();
+        let first = signer.batch.get();
+        let placed: Vec<Attestation> =
+            (0..=BATCH_MAX).map(|i| signer.add(keys.clone(), leaf(&i.to_le_bytes()))).collect();
+        assert!(placed[..BATCH_MAX].iter().all(|a| a.batch == first));
+        assert_eq!(placed[BATCH_MAX - 1].index, BATCH_MAX as u64 - 1);
+        assert_eq!((placed[BATCH_MAX].batch, placed[BATCH_MAX].index), (first + 1, 0));
+        // The full batch went to the signer when the next leaf came.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let signed = loop {
+            if let Some(signed) = signer.batch(first) {
+                break signed;
+            }
+            assert!(Instant::now() < deadline, "the signer signs the closed batch");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(signed.leaves.len(), BATCH_MAX);
+        let set = keys.current();
+        let message = batch_message(set.kid, 3, first, BATCH_MAX as u64, &signed.root);
+        assert!(set.verify_ml_dsa(&message, &signed.signature));
+        assert!(signer.batch(first + 1).is_none(), "still open");
+    }
+
+    #[test]
+    fn a_shard_keeps_its_newest_batches() {
+        let mut shared = Shared::default();
+        for batch in 0..=BATCHES_KEPT as u64 {
+            let signature = Vec::new();
+            shared.keep(SignedBatch {
+                kid: 1,
+                batch,
+                leaves: Vec::new(),
+                root: [0; 32],
+                signature,
+            });
+        }
+        assert_eq!(shared.signed.len(), BATCHES_KEPT);
+        assert_eq!(shared.signed.front().map(|b| b.batch), Some(1));
+    }
 
     #[test]
     fn caveat_values_round_trip_and_fit() {

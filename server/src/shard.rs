@@ -113,6 +113,11 @@ impl Shard {
     pub fn unix_now_s() -> u64 {
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
+
+    /// Milliseconds since the epoch, for log items and counts.
+    pub fn unix_now_ms() -> u64 {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
 }
 
 /// The `Date` header, formatted once per second.
@@ -245,6 +250,8 @@ pub async fn run(start: ShardStart) {
         config.passport.verify_cache_entries_max as usize,
         Duration::from_millis(config.passport.verify_cache_ttl_ms),
     );
+    let pq = PqSigner::new(id, config.passport.pq_mode != crate::config::PqMode::Off)
+        .expect("starting the shard's ML-DSA signer");
     let shard = Rc::new(Shard {
         id,
         count,
@@ -257,7 +264,7 @@ pub async fn run(start: ShardStart) {
         balances: RefCell::new(balances),
         wallet: RefCell::new(wallet),
         passport: RefCell::new(PassportState::new(revocations, verify_cache)),
-        pq: PqSigner::new(id).expect("starting the shard's ML-DSA signer"),
+        pq,
         meters: RefCell::new(Meters::default()),
         token_ids: crate::passport::TokenIds::new().expect("randomness for token ids"),
         applied: Applied::new(applied.0, applied.1),

@@ -14,7 +14,7 @@ use crate::config::PqMode;
 use crate::pq;
 use crate::shard::Shard;
 use ron_proto::revocation::{Revocation, Revoked};
-use ron_proto::token::{self, TOKEN_ID_BYTES, TokenError, TokenView};
+use ron_proto::token::{self, CAVEATS_COUNT_MAX, TokenError, TokenView};
 use ron_shards::passport::{MeterSpec, Revocations, meter_spec};
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -64,10 +64,6 @@ struct Entry {
     binary: Box<[u8]>,
     policy_epoch: u64,
     expires: Instant,
-    token_id: [u8; TOKEN_ID_BYTES],
-    subject: Box<str>,
-    kid: u32,
-    epoch: u64,
     /// Its counting caveats, read once.
     meter: Option<Box<MeterSpec>>,
 }
@@ -101,13 +97,17 @@ impl VerifyCache {
         self.hasher.hash_one(text)
     }
 
+    /// The live entry of `text` for `policy_epoch`.
+    fn find(&self, text: &[u8], policy_epoch: u64, now: Instant) -> Option<&Entry> {
+        self.entries
+            .get(&self.key(text))
+            .filter(|e| *e.text == *text && e.policy_epoch == policy_epoch && now < e.expires)
+    }
+
     /// The verified binary form of `text`, if cached for `policy_epoch` and
     /// not expired. Counts a hit or a miss.
     pub fn get(&self, text: &[u8], policy_epoch: u64, now: Instant) -> Option<&[u8]> {
-        let found = self
-            .entries
-            .get(&self.key(text))
-            .filter(|e| *e.text == *text && e.policy_epoch == policy_epoch && now < e.expires);
+        let found = self.find(text, policy_epoch, now);
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.set(counter.get() + 1);
         found.map(|e| &*e.binary)
@@ -121,10 +121,7 @@ impl VerifyCache {
         policy_epoch: u64,
         now: Instant,
     ) -> Option<Option<&MeterSpec>> {
-        self.entries
-            .get(&self.key(text))
-            .filter(|e| *e.text == *text && e.policy_epoch == policy_epoch && now < e.expires)
-            .map(|e| e.meter.as_deref())
+        self.find(text, policy_epoch, now).map(|e| e.meter.as_deref())
     }
 
     /// Keeps a token whose tag (and signature) verified.
@@ -142,10 +139,6 @@ impl VerifyCache {
             binary: binary.into(),
             policy_epoch,
             expires: Instant::now() + self.ttl,
-            token_id: view.token_id,
-            subject: view.subject.into(),
-            kid: view.kid,
-            epoch: view.epoch,
             meter: meter_spec(view).map(Box::new),
         };
         if self.entries.insert(key, entry).is_none() {
@@ -157,12 +150,13 @@ impl VerifyCache {
     /// epoch than `policy_epoch`).
     pub fn drop_matching(&mut self, revoked: &Revoked, policy_epoch: u64) {
         self.entries.retain(|_, e| {
+            let view = cached_view(&e.binary, CAVEATS_COUNT_MAX).expect("cached tokens decode");
             e.policy_epoch == policy_epoch
                 && !match revoked {
-                    Revoked::TokenId(id) => e.token_id == *id,
-                    Revoked::Subject(subject) => *e.subject == **subject,
-                    Revoked::Kid(kid) => e.kid == *kid,
-                    Revoked::Epoch(epoch) => e.epoch <= *epoch,
+                    Revoked::TokenId(id) => view.token_id == *id,
+                    Revoked::Subject(subject) => view.subject == subject,
+                    Revoked::Kid(kid) => view.kid == *kid,
+                    Revoked::Epoch(epoch) => view.epoch <= *epoch,
                 }
         });
         let entries = &self.entries;
@@ -308,6 +302,24 @@ mod tests {
         token::decode(text.as_bytes(), 64, &mut scratch).unwrap();
         let view = token::decode_binary(&scratch, 64).unwrap();
         cache.insert(text.as_bytes(), &view, &scratch, 0);
+    }
+
+    #[test]
+    fn revocations_apply_and_recent_lags_are_kept() {
+        let mut state =
+            PassportState::new(Revocations::default(), VerifyCache::new(8, Duration::from_secs(1)));
+        for seq in 1..=LAGS_KEPT as u64 + 1 {
+            let revocation =
+                Revocation { revoked: Revoked::Kid(seq as u32), reason: String::new(), ts_ms: 0 };
+            state.apply(&revocation, seq, Duration::from_micros(seq));
+        }
+        assert_eq!(state.lag(1), None, "the oldest lag is forgotten");
+        assert_eq!(state.lag(2), Some(Duration::from_micros(2)));
+        assert_eq!(
+            state.lag(LAGS_KEPT as u64 + 1),
+            Some(Duration::from_micros(LAGS_KEPT as u64 + 1))
+        );
+        assert!(state.revocations.refuses(&[0; 16], "s", 1, 0), "every revocation still holds");
     }
 
     #[test]

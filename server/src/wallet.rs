@@ -24,7 +24,7 @@ use ron_shards::wallet::{Funds, Rejection, Reserved, parts, recorder};
 use serde::Deserialize;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The longest a hold may wait for its capture or release.
 pub const HOLD_TIMEOUT_S_MAX: u32 = 365 * 24 * 3600;
@@ -152,10 +152,6 @@ fn idempotency_key(request: &Request<'_>, body: Option<String>) -> Result<String
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A validated write, ready for its scope shard.
 struct Write {
     op: WalletOp,
@@ -189,7 +185,7 @@ impl Write {
             timeout_s: canonical.timeout_s,
             idem: Some(canonical.idem.to_owned()),
             txid,
-            ts_ms: now_ms(),
+            ts_ms: Shard::unix_now_ms(),
         };
         Write { op, scope_shard, route_scope }
     }
@@ -272,7 +268,7 @@ fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
     let shard = shard.clone();
     let Write { op, scope_shard, route_scope } = write;
     Handled::Later(Box::pin(async move {
-        let call = ShardCall::WalletReserve { op: Box::new(op), now_ms: now_ms() };
+        let call = ShardCall::WalletReserve { op: Box::new(op), now_ms: Shard::unix_now_ms() };
         let op = match shard.mesh.call(&shard, scope_shard, call).await {
             Ok(ShardAnswer::WalletReserved(Ok(Reserved::Replay(txid)))) => {
                 shard.metrics.borrow_mut().wallet_idem_replays += 1;
@@ -308,17 +304,11 @@ fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
 }
 
 async fn commit(shard: &Rc<Shard>, op: WalletOp, scope_shard: usize) -> Reply {
-    let mut encoded = Vec::with_capacity(2 + wallet::WALLET_OP_BYTES_MAX);
-    encoded.extend_from_slice(&[0, 0]);
-    op.encode(&mut encoded);
-    let len = (encoded.len() - 2) as u16;
-    encoded[..2].copy_from_slice(&len.to_le_bytes());
     let owned = parts(&op, shard.count)
         .into_iter()
         .map(|part| (part, Owned { wallet: vec![op.clone()], ..Owned::default() }))
         .collect();
-    let call =
-        LedgerCall::Append { entries: encoded, count: 1, ids: Vec::new(), idem: None, owned };
+    let call = LedgerCall::append_item(|out| op.encode(out), owned);
     match shard.ledger.call(call).await {
         Ok(LedgerAnswer::Appended { seq_start, root, .. }) => {
             let placement = Placement { seq: seq_start, root };
@@ -371,7 +361,8 @@ pub async fn expire_holds(shard: Rc<Shard>) {
         if shard.node.ledger_safe_mode.load(Ordering::Acquire) {
             continue;
         }
-        let due = shard.wallet.borrow_mut().due_expiries(now_ms(), EXPIRIES_PER_TICK_MAX);
+        let due =
+            shard.wallet.borrow_mut().due_expiries(Shard::unix_now_ms(), EXPIRIES_PER_TICK_MAX);
         for op in due {
             let reply = commit(&shard, op, shard.id).await;
             if reply.status != 200 {

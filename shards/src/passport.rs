@@ -295,24 +295,55 @@ pub enum MeterKey {
 }
 
 /// Request counts of the token ids and tenants a shard owns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Meters {
     buckets: std::collections::HashMap<MeterKey, Bucket>,
     /// Body bytes spent by token id, and until when it matters.
     spent: std::collections::HashMap<[u8; TOKEN_ID_BYTES], (u64, u64)>,
+    /// Past this many buckets (or budgets), idle buckets and budgets of
+    /// expired tokens are swept, at most once a second: a soft bound, so
+    /// that a full table costs one scan a second, not one per request.
+    max: usize,
+    swept_ms: u64,
 }
 
 /// Buckets and budgets kept before idle ones are swept.
 const METERS_MAX: usize = 1 << 20;
 
+impl Default for Meters {
+    fn default() -> Meters {
+        Meters::with_max(METERS_MAX)
+    }
+}
+
 impl Meters {
+    pub fn with_max(max: usize) -> Meters {
+        Meters { buckets: Default::default(), spent: Default::default(), max, swept_ms: 0 }
+    }
+
+    fn sweep_due(&mut self, len: usize, now_ms: u64) -> bool {
+        let due = len >= self.max && now_ms.saturating_sub(self.swept_ms) >= 1000;
+        if due {
+            self.swept_ms = now_ms;
+        }
+        due
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len() + self.spent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Takes one request from `key`'s bucket of `rps`; refuses with the
     /// milliseconds until one is there.
     pub fn take(&mut self, key: MeterKey, rps: u32, now_ms: u64) -> Result<(), u64> {
         if rps == 0 {
             return Err(1000);
         }
-        if self.buckets.len() >= METERS_MAX {
+        if self.sweep_due(self.buckets.len(), now_ms) {
             // A bucket idle for a second is full again: forget it.
             self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < 1000);
         }
@@ -331,8 +362,9 @@ impl Meters {
 
     /// Spends `bytes` of `token_id`'s budget; false (and nothing spent) if
     /// that would go past it.
-    pub fn spend(&mut self, spec: &MeterSpec, budget: u64, bytes: u64, now_s: u64) -> bool {
-        if self.spent.len() >= METERS_MAX {
+    pub fn spend(&mut self, spec: &MeterSpec, budget: u64, bytes: u64, now_ms: u64) -> bool {
+        if self.sweep_due(self.spent.len(), now_ms) {
+            let now_s = now_ms / 1000;
             self.spent.retain(|_, (_, until)| *until > now_s);
         }
         let until = spec.exp.unwrap_or(u64::MAX);
@@ -530,6 +562,33 @@ mod tests {
         assert!(!meters.spend(&spec, 100, 41, 0), "past the budget: nothing spent");
         assert!(meters.spend(&spec, 100, 40, 0));
         assert!(!meters.spend(&spec, 100, 1, 0));
+    }
+
+    #[test]
+    fn full_meters_sweep_idle_buckets_and_expired_budgets_once_a_second() {
+        let mut meters = Meters::with_max(2);
+        let token = |i: u8| MeterKey::Token([i; 16]);
+        assert!(meters.take(token(1), 5, 1_000).is_ok());
+        assert!(meters.take(token(2), 5, 1_000).is_ok());
+        // At the bound, but the first sweep may run: both are busy (taken
+        // 0.5 s ago), so both stay, and the third joins them.
+        assert!(meters.take(token(3), 5, 1_500).is_ok());
+        assert_eq!(meters.len(), 3);
+        // Within the second after a sweep, none runs.
+        assert!(meters.take(token(4), 5, 2_400).is_ok());
+        assert_eq!(meters.len(), 4);
+        // A second later the idle ones go (1 and 2 idle 1.6 s, 3 idle 1.1 s).
+        assert!(meters.take(token(5), 5, 2_600).is_ok());
+        assert_eq!(meters.len(), 2, "4 (0.2 s) and 5 stay");
+        let spec = |i: u8, exp: u64| MeterSpec {
+            token_id: [i; 16],
+            exp: Some(exp),
+            ..MeterSpec::default()
+        };
+        let mut budgets = Meters::with_max(1);
+        assert!(budgets.spend(&spec(1, 5), 10, 1, 1_000));
+        assert!(budgets.spend(&spec(2, 50), 10, 1, 6_000), "sweeps the expired first");
+        assert_eq!(budgets.len(), 1);
     }
 
     #[test]

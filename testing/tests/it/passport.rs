@@ -290,7 +290,7 @@ fn keys_rotate_while_old_tokens_verify_until_they_retire() {
 
 #[test]
 fn ed25519_signatures_verify_with_the_published_key() {
-    let node = TestNode::start(NodeOptions::default());
+    let node = TestNode::start(NodeOptions::default().config("[passport]\ncaveats_max = 4"));
     let issued = post_json(
         node.listen,
         ISSUE,
@@ -322,6 +322,19 @@ fn ed25519_signatures_verify_with_the_published_key() {
         r#"{"subject_ref":"gina","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"]}"#,
     );
     assert_eq!(plain.json().get_str("alg"), Some("blake3-keyed"));
+    // The signature caveat counts: scope, exp, 1 more and the signature fit
+    // in 4; 2 more do not, though they would without a signature.
+    let with = |caveats: &str, algs: &str| {
+        let body = format!(
+            r#"{{"subject_ref":"g","audience":"ron-node","ttl_s":6,"scopes":["wallet.read"],"caveats":[{caveats}],"accept_algs":[{algs}]}}"#
+        );
+        post_json(node.listen, ISSUE, &node.admin(), &body)
+    };
+    assert_eq!(with(r#""method=GET""#, r#""ed25519""#).status, 200);
+    assert_eq!(with(r#""method=GET","aud=ron-node""#, r#""blake3-keyed""#).status, 200);
+    let over = with(r#""method=GET","aud=ron-node""#, r#""ed25519""#);
+    assert_eq!(over.status, 400);
+    assert!(over.text().contains("too_many_caveats"), "{}", over.text());
     for algs in [r#"["rsa"]"#, r#"["ed25519+ml-dsa-65"]"#] {
         let body = format!(
             r#"{{"subject_ref":"g","audience":"ron-node","ttl_s":6,"scopes":["wallet.read"],"accept_algs":{algs}}}"#
