@@ -3,7 +3,8 @@
 //! `cargo test -p ron-bench --benches` runs each once as a test.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ron_proto::ledger::{self, Entry, EntryKind, RecordRead, RecordWriter};
+use ron_proto::ledger::{Entry, EntryKind};
+use ron_proto::log::{self as ledger, RecordRead, RecordWriter};
 use ron_proto::merkle;
 use ron_shards::accumulator::Accumulator;
 use std::hint::black_box;

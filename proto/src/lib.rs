@@ -6,10 +6,12 @@
 //! "incomplete" or a typed error.
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod error;
 pub mod fuzz;
 pub mod http;
 pub mod ledger;
+pub mod log;
 pub mod merkle;
 pub mod revocation;
 pub mod routing;

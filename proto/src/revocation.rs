@@ -11,7 +11,7 @@
 //! | reason_len u16 | reason | ts_ms u64
 //! ```
 
-use crate::ledger::{DecodeError, Reader};
+use crate::log::{DecodeError, ITEM_BYTES_MAX, Reader};
 use crate::token::{NAME_BYTES_MAX, TOKEN_ID_BYTES};
 
 /// The first byte of a revocation in a record body.
@@ -20,6 +20,7 @@ pub const REVOCATION_CODE: u8 = 0x30;
 pub const REASON_BYTES_MAX: usize = 256;
 /// The largest encoded revocation.
 pub const REVOCATION_BYTES_MAX: usize = 2 + 2 + NAME_BYTES_MAX + 2 + REASON_BYTES_MAX + 8;
+const _: () = assert!(REVOCATION_BYTES_MAX <= ITEM_BYTES_MAX, "a revocation is one log item");
 
 /// What a revocation refuses from now on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

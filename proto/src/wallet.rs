@@ -12,7 +12,7 @@
 //! txid [16] | ts_ms u64
 //! ```
 
-use crate::ledger::{DecodeError, Reader};
+use crate::log::{DecodeError, ITEM_BYTES_MAX, Reader};
 
 /// The first byte of a wallet operation in a record body.
 pub const WALLET_OP_CODE: u8 = 0x20;
@@ -37,6 +37,7 @@ pub const WALLET_OP_BYTES_MAX: usize = 3
     + IDEMPOTENCY_KEY_BYTES_MAX
     + 16
     + 8;
+const _: () = assert!(WALLET_OP_BYTES_MAX <= ITEM_BYTES_MAX, "an operation is one log item");
 
 /// A transaction id: the first 16 bytes of BLAKE3 of the canonical request.
 pub type TxId = [u8; 16];

@@ -55,6 +55,8 @@ pub struct Config {
     pub passport: Passport,
     pub index: Index,
     pub rewarder: Rewarder,
+    pub workers: Workers,
+    pub services: Services,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -171,6 +173,28 @@ pub struct Index {
     pub hops_max: u32,
 }
 
+/// The worker threads for CPU work off the request path (`crate::workers`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workers {
+    /// Threads at normal priority (view writes); 0: one per shard.
+    pub normal_threads: u32,
+    /// Threads at SCHED_IDLE (signatures); 0: one per shard.
+    pub idle_threads: u32,
+    /// Jobs waiting per lane, at most; more are refused.
+    pub queue_max: u32,
+    /// Cores to pin the threads to (round robin); empty: not pinned.
+    pub cores: Vec<usize>,
+}
+
+/// Which services run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    /// Services that are off by default to turn on (by name).
+    pub enable: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Rewarder {
@@ -195,6 +219,8 @@ impl Default for Config {
             passport: Passport::default(),
             index: Index::default(),
             rewarder: Rewarder::default(),
+            workers: Workers::default(),
+            services: Services::default(),
         }
     }
 }
@@ -302,6 +328,12 @@ impl Default for Index {
     }
 }
 
+impl Default for Workers {
+    fn default() -> Workers {
+        Workers { normal_threads: 0, idle_threads: 0, queue_max: 4096, cores: Vec::new() }
+    }
+}
+
 impl Default for Rewarder {
     fn default() -> Rewarder {
         Rewarder {
@@ -319,8 +351,10 @@ impl Default for Rewarder {
 pub struct ConfigError(pub String);
 
 /// The sections a `RON_<SECTION>_<FIELD>` variable may address.
-const SECTIONS: [&str; 8] =
-    ["cores", "executor", "limits", "ledger", "wallet", "passport", "index", "rewarder"];
+const SECTIONS: [&str; 10] = [
+    "cores", "executor", "limits", "ledger", "wallet", "passport", "index", "rewarder", "workers",
+    "services",
+];
 const TOP_LEVEL: [&str; 4] = ["profile", "listen", "shard_port_base", "data_dir"];
 
 /// Command-line overrides, applied last.
@@ -421,12 +455,22 @@ impl Config {
             "ledger.batch_entries_max",
             self.ledger.batch_entries_max,
             1,
-            ron_proto::ledger::RECORD_ENTRIES_MAX as u32,
+            ron_proto::log::RECORD_ENTRIES_MAX as u32,
         )?;
         range("ledger.queue_capacity", self.ledger.queue_capacity, 1, 1 << 24)?;
         range("ledger.segment_bytes", self.ledger.segment_bytes, 1 << 16, 1 << 40)?;
         range("ledger.checkpoint_every", self.ledger.checkpoint_every, 1, 1 << 40)?;
         range("ledger.view_write_ms", self.ledger.view_write_ms, 10, 3_600_000)?;
+        range("workers.normal_threads", self.workers.normal_threads, 0, 1024)?;
+        range("workers.idle_threads", self.workers.idle_threads, 0, 1024)?;
+        range("workers.queue_max", self.workers.queue_max, 1, 1 << 20)?;
+        for core in &self.workers.cores {
+            if *core >= online_cores {
+                return Err(ConfigError(format!(
+                    "field `workers.cores`: core {core} is not online (this host has {online_cores})"
+                )));
+            }
+        }
         if self.wallet.amount_per_op_max.parse::<u128>().map_or(true, |v| v == 0) {
             return Err(ConfigError(
                 "field `wallet.amount_per_op_max`: must be a positive u128 in decimal".into(),
@@ -483,6 +527,19 @@ impl Config {
             )));
         }
         Ok(Layout { shards, committer })
+    }
+}
+
+impl Config {
+    /// The worker threads this config asks for on `shards` shards.
+    pub fn workers_layout(&self, shards: usize) -> crate::workers::WorkersLayout {
+        let or_per_shard = |threads: u32| if threads == 0 { shards } else { threads as usize };
+        crate::workers::WorkersLayout {
+            normal_threads: or_per_shard(self.workers.normal_threads),
+            idle_threads: or_per_shard(self.workers.idle_threads),
+            queue_max: self.workers.queue_max as usize,
+            cores: self.workers.cores.clone(),
+        }
     }
 }
 

@@ -3,29 +3,23 @@
 //! Architecture invariant: this is the only crate that touches glommio,
 //! io_uring, sockets, files or LMDB. It turns bytes into shard inputs and shard
 //! outputs into bytes, messages and log writes.
+//!
+//! Layers, each using only those before it: the base (`config`, `limits`,
+//! `clock`, `metrics`, `retry`, `workers`, `logging`, `check_host`), `log`,
+//! `core`, `http`, `service` (the boundary), `services` (one folder each),
+//! `node` (start and stop).
 
-pub mod access;
 pub mod check_host;
-pub mod committer;
+pub mod clock;
 pub mod config;
-pub mod disk_ring;
-pub mod front;
-pub mod keys;
-pub mod ledger;
+pub mod core;
+pub mod http;
 pub mod limits;
 pub mod log;
 pub mod logging;
-pub mod mesh;
-pub mod metering;
 pub mod metrics;
 pub mod node;
-pub mod ops;
-pub mod passport;
-pub mod pq;
-pub mod reply;
-pub mod routes;
-pub mod shard;
-pub mod socket_ring;
-pub mod verifier;
-pub mod view;
-pub mod wallet;
+pub mod retry;
+pub mod service;
+pub mod services;
+pub mod workers;

@@ -30,3 +30,14 @@ pub const SWEEP_INTERVAL_MIN: Duration = Duration::from_millis(5);
 pub const ROUTING_KEY_BYTES_MAX: usize = 256;
 /// Accepted `X-Corr-ID` values, in bytes; longer ones are replaced.
 pub const CORR_ID_BYTES_MAX: usize = 64;
+
+/// Giving back a reservation whose request did not commit (ledger and
+/// wallet): a busy owner is asked again, at most this often. Worst case
+/// about 1.5 s of waiting; one that still refuses is logged, and its
+/// reservation stays until a restart (issue 15 gives reservations a
+/// deadline).
+pub const RELEASE_RETRY: crate::retry::Retry = crate::retry::Retry {
+    attempts_max: 40,
+    backoff_first: std::time::Duration::from_micros(200),
+    backoff_max: std::time::Duration::from_millis(50),
+};

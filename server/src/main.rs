@@ -2,9 +2,9 @@
 //! environment and flags; `ron-node check-host` reports on the host.
 
 use clap::{Parser, Subcommand};
-use ron_server::access::AdminToken;
 use ron_server::config::{Config, Overrides};
 use ron_server::node::{self, NodeHandle};
+use ron_server::services::passport::{Passport, access::AdminToken};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,7 +93,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match &handle.admin_token {
+    let passport = handle.service::<Passport>().expect("the passport always runs");
+    match &passport.admin_token {
         AdminToken::Print(token) => println!("RON_ADMIN_TOKEN={token}"),
         AdminToken::Written(path) => {
             tracing::info!(path = %path.display(), "wrote the admin token")

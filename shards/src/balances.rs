@@ -101,9 +101,9 @@ impl Balances {
         slot.account.balance = balance;
     }
 
-    /// The slot of `item`'s account, made if new.
-    fn slot(&mut self, item: &Item) -> &mut Slot {
-        account_key(&item.account, &item.asset, &mut self.key);
+    /// The slot of (account, asset), made if new.
+    fn slot(&mut self, account: &str, asset: &str) -> &mut Slot {
+        account_key(account, asset, &mut self.key);
         if !self.accounts.contains_key(self.key.as_slice()) {
             self.accounts.insert(self.key.as_slice().into(), Slot::default());
         }
@@ -165,33 +165,62 @@ impl Balances {
 
     /// Applies durable `items` whose debits were reserved.
     pub fn apply(&mut self, items: &[Item]) {
-        self.release(items);
-        self.replay(items);
+        for item in items {
+            self.apply_entry(&item.account, &item.asset, item.kind, item.amount);
+        }
+    }
+
+    /// Applies one durable entry whose debit was reserved: the reservation
+    /// becomes the debit.
+    pub fn apply_entry(&mut self, account: &str, asset: &str, kind: EntryKind, amount: u128) {
+        if debits(kind) {
+            let slot = self.slot(account, asset);
+            slot.account.reserved =
+                slot.account.reserved.checked_sub(amount).expect("a durable debit was reserved");
+        }
+        let short = self.replay_entry(account, asset, kind, amount);
+        assert!(!short, "a reserved debit finds its balance");
     }
 
     /// Applies durable `items` read back from the log. Returns how many
     /// debits found too little (never expected: the log is only written
     /// after a reservation); those balances stop at zero.
     pub fn replay(&mut self, items: &[Item]) -> u64 {
-        let mut short = 0;
-        for item in items {
-            let slot = self.slot(item);
-            let account = &mut slot.account;
-            if debits(item.kind) {
-                match account.balance.checked_sub(item.amount) {
-                    Some(left) => account.balance = left,
-                    None => {
-                        short += 1;
-                        account.balance = 0;
-                    }
+        let short = items
+            .iter()
+            .filter(|item| self.replay_entry(&item.account, &item.asset, item.kind, item.amount));
+        short.count() as u64
+    }
+
+    /// Applies one entry read back from the log; true if it is a debit that
+    /// found too little.
+    pub fn replay_entry(
+        &mut self,
+        account: &str,
+        asset: &str,
+        kind: EntryKind,
+        amount: u128,
+    ) -> bool {
+        let slot = self.slot(account, asset);
+        let balance = &mut slot.account.balance;
+        let short = if debits(kind) {
+            match balance.checked_sub(amount) {
+                Some(left) => {
+                    *balance = left;
+                    false
                 }
-            } else {
-                account.balance = account.balance.saturating_add(item.amount);
+                None => {
+                    *balance = 0;
+                    true
+                }
             }
-            if !slot.dirty {
-                slot.dirty = true;
-                self.dirty.push(self.key.as_slice().into());
-            }
+        } else {
+            *balance = balance.saturating_add(amount);
+            false
+        };
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(self.key.as_slice().into());
         }
         short
     }

@@ -12,8 +12,14 @@
 //! record's owner, which is the payer whenever there is one), committed to
 //! the log, then applied by every shard with a part, in log order. A credit
 //! cannot fail, so no other shard needs to agree first. Applying is the same
-//! whether the operation comes from the live stream (its reservation is
-//! released) or from the log at start (nothing was reserved).
+//! whether the operation comes from the live stream or from the log at
+//! start: the scope shard knows from its own idempotency record whether it
+//! reserved the operation (the record is pending with the operation's
+//! txid), and turns that reservation into the debit.
+//!
+//! What changed since the last view write is handed out as values
+//! ([`Changes`], [`Wallet::take_new_receipts`]); how a view stores them is
+//! the server's business.
 
 use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, hold_route};
 
@@ -63,14 +69,6 @@ fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
     (key, at + asset.len())
 }
 
-/// The operation and placement of a receipt as a view stores it.
-pub fn decode_stored_receipt(bytes: &[u8]) -> Option<(WalletOp, Placement)> {
-    let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let root: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
-    let op = WalletOp::decode(bytes.get(40..)?).ok()?;
-    Some((op, Placement { seq, root }))
-}
-
 /// An idempotency record's slot: 16 bytes of BLAKE3 over the scope
 /// account and the key (fixed size: a record costs no string allocations).
 pub type IdemSlot = [u8; 16];
@@ -86,17 +84,45 @@ enum Dirty {
     Idem(IdemSlot),
 }
 
+/// The (account, asset) of a balance, as the wallet keys it in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FundsKey(Box<[u8]>);
+
+impl FundsKey {
+    fn split(&self) -> (&str, &str) {
+        let at = self.0.iter().position(|b| *b == 0).expect("keys hold a separator");
+        let text = |bytes| std::str::from_utf8(bytes).expect("keys are made of strings");
+        (text(&self.0[..at]), text(&self.0[at + 1..]))
+    }
+
+    pub fn account(&self) -> &str {
+        self.split().0
+    }
+
+    pub fn asset(&self) -> &str {
+        self.split().1
+    }
+}
+
 /// What changed since the last view write: each value as it is now (`None`:
-/// gone). Keys and values are in the view's own encodings.
+/// gone).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub funds: Vec<(Box<[u8]>, u128)>,
+    pub funds: Vec<(FundsKey, u128)>,
     pub nonces: Vec<(String, u64)>,
-    pub holds: Vec<(HoldId, Option<Vec<u8>>)>,
+    pub holds: Vec<(HoldId, Option<Hold>)>,
     pub idem: Vec<(IdemSlot, Option<IdemRecord>)>,
 }
 
-/// A committed idempotency record as the view keeps it.
+/// A committed receipt: the operation (its log encoding) and where it went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub txid: TxId,
+    pub placement: Placement,
+    pub op: Box<[u8]>,
+}
+
+/// A committed idempotency record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdemRecord {
     pub txid: TxId,
@@ -112,38 +138,6 @@ impl Changes {
             && self.holds.is_empty()
             && self.idem.is_empty()
     }
-}
-
-fn encode_hold(hold: &Hold) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + hold.from.len() + hold.to.len());
-    for text in [&hold.from, &hold.to, &hold.asset] {
-        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-    out.extend_from_slice(&hold.amount.to_le_bytes());
-    out.extend_from_slice(&hold.expires_ms.unwrap_or(u64::MAX).to_le_bytes());
-    out
-}
-
-fn decode_hold(bytes: &[u8]) -> Option<Hold> {
-    let mut at = 0usize;
-    let mut text = || -> Option<String> {
-        let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
-        let value = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?.to_owned();
-        at += 2 + len;
-        Some(value)
-    };
-    let (from, to, asset) = (text()?, text()?, text()?);
-    let amount = u128::from_le_bytes(bytes.get(at..at + 16)?.try_into().ok()?);
-    let expires = u64::from_le_bytes(bytes.get(at + 16..at + 24)?.try_into().ok()?);
-    (bytes.len() == at + 24).then_some(Hold {
-        from,
-        to,
-        asset,
-        amount,
-        expires_ms: (expires != u64::MAX).then_some(expires),
-        resolving: false,
-    })
 }
 
 /// A domain rejection.
@@ -318,7 +312,7 @@ impl Wallet {
             let slot = self.funds.get_mut(&key).expect("dirty funds have slots");
             slot.dirty = false;
             let balance = slot.funds.balance;
-            changes.funds.push((key, balance));
+            changes.funds.push((FundsKey(key), balance));
         }
         for account in std::mem::take(&mut self.dirty_nonces) {
             let nonce = self.nonces.get_mut(&account).expect("dirty nonces exist");
@@ -327,7 +321,7 @@ impl Wallet {
         }
         for dirty in std::mem::take(&mut self.dirty) {
             match dirty {
-                Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).map(encode_hold))),
+                Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).cloned())),
                 Dirty::Idem(slot) => {
                     let record = match self.idem.get(&slot) {
                         Some(Idem::Done(txid, expires_ms)) => Some(IdemRecord {
@@ -345,9 +339,10 @@ impl Wallet {
     }
 
     /// Loads state the view kept (at start, before any replay).
-    pub fn load_funds(&mut self, key: &[u8], balance: u128) {
-        self.funds
-            .insert(key.into(), FundsSlot { funds: Funds { balance, reserved: 0 }, dirty: false });
+    pub fn load_funds(&mut self, account: &str, asset: &str, balance: u128) {
+        let (key, len) = funds_key(account, asset);
+        let slot = FundsSlot { funds: Funds { balance, reserved: 0 }, dirty: false };
+        self.funds.insert(key[..len].into(), slot);
     }
 
     pub fn load_nonce(&mut self, account: &str, nonce: u64) {
@@ -355,14 +350,12 @@ impl Wallet {
         self.nonces.insert(account.to_owned(), loaded);
     }
 
-    /// False if the bytes are not a hold.
-    pub fn load_hold(&mut self, id: HoldId, bytes: &[u8]) -> bool {
-        let Some(hold) = decode_hold(bytes) else { return false };
+    pub fn load_hold(&mut self, id: HoldId, hold: Hold) {
+        assert!(!hold.resolving, "a kept hold is not being resolved");
         if let Some(at) = hold.expires_ms {
             self.expiries.insert((at, id));
         }
         self.holds.insert(id, hold);
-        true
     }
 
     pub fn load_idem(&mut self, slot: IdemSlot, record: IdemRecord) {
@@ -384,19 +377,14 @@ impl Wallet {
         self.receipts_kept_through = seq;
     }
 
-    /// The receipts added since the last call, as (txid, stored bytes: the
-    /// encoded operation, its seq and root), to be written to the view.
-    pub fn take_new_receipts(&mut self) -> Vec<(TxId, Vec<u8>)> {
+    /// The receipts added since the last call, to be written to the view.
+    pub fn take_new_receipts(&mut self) -> Vec<Receipt> {
         let txids = std::mem::take(&mut self.new_receipts);
         txids
             .into_iter()
             .filter_map(|txid| {
                 let stored = self.receipts.get(&txid)?;
-                let mut bytes = Vec::with_capacity(stored.op.len() + 40);
-                bytes.extend_from_slice(&stored.placement.seq.to_le_bytes());
-                bytes.extend_from_slice(&stored.placement.root);
-                bytes.extend_from_slice(&stored.op);
-                Some((txid, bytes))
+                Some(Receipt { txid, placement: stored.placement, op: stored.op.clone() })
             })
             .collect()
     }
@@ -566,14 +554,24 @@ impl Wallet {
         funds.balance = funds.balance.checked_add(amount).expect("credits were checked");
     }
 
-    /// Applies this shard's parts of a committed `op`. `live` when it comes
-    /// from the stream after this shard reserved it; not when it is read
-    /// back from the log at start.
-    pub fn apply(&mut self, op: &WalletOp, placement: Placement, live: bool) {
+    /// Whether this shard reserved `op` (it is the scope shard and its
+    /// record of the key is pending with `op`'s txid).
+    fn reserved(&self, op: &WalletOp) -> bool {
+        let scope = scope_account(op);
+        let Some(key) = &op.idem else { return false };
+        self.owns(scope)
+            && matches!(self.idem.get(&idem_slot(scope, key)), Some(Idem::Pending(txid)) if *txid == op.txid)
+    }
+
+    /// Applies this shard's parts of a committed `op`, placed at
+    /// `placement`: the same for an operation from the live stream and one
+    /// read back from the log at start.
+    pub fn apply(&mut self, op: &WalletOp, placement: Placement) {
         let from_here = op.from.as_deref().is_some_and(|a| self.owns(a));
         let to_here = op.to.as_deref().is_some_and(|a| self.owns(a));
         if from_here {
-            self.apply_payer(op, live);
+            let reserved = self.reserved(op);
+            self.apply_payer(op, reserved);
         }
         if to_here {
             match op.kind {
@@ -610,7 +608,9 @@ impl Wallet {
         }
     }
 
-    fn apply_payer(&mut self, op: &WalletOp, live: bool) {
+    /// The payer's part; `reserved`: the debit was reserved here, and the
+    /// reservation becomes the debit.
+    fn apply_payer(&mut self, op: &WalletOp, reserved: bool) {
         let from = op.from.clone().expect("a payer");
         if let Some(nonce) = op.nonce {
             let entry = self.nonces.entry(from.clone()).or_default();
@@ -625,8 +625,9 @@ impl Wallet {
         match op.kind {
             OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
                 let funds = self.committed_funds_mut(&from, &op.asset);
-                if live {
-                    funds.reserved -= op.amount;
+                if reserved {
+                    funds.reserved =
+                        funds.reserved.checked_sub(op.amount).expect("a reservation covers it");
                 }
                 funds.balance = funds.balance.checked_sub(op.amount).expect("debits were reserved");
                 if op.kind == OpKind::Hold {
@@ -792,11 +793,11 @@ mod tests {
         }
 
         /// Commits: every shard with a part applies, in order.
-        fn commit(&mut self, op: &WalletOp, scope: usize) {
+        fn commit(&mut self, op: &WalletOp) {
             self.seq += 1;
             let placement = Placement { seq: self.seq, root: [self.seq as u8; 32] };
             for shard in parts(op, self.shards.len()) {
-                self.shards[shard].apply(op, placement, shard == scope);
+                self.shards[shard].apply(op, placement);
             }
             self.log.push((op.clone(), placement));
         }
@@ -876,7 +877,7 @@ mod tests {
                     for op in node.shards[shard].due_expiries(now, 16) {
                         let hold = model.holds.remove(&op.hold_id.unwrap()).unwrap();
                         *model.balances.entry(hold.0).or_default() += hold.2;
-                        node.commit(&op, shard);
+                        node.commit(&op);
                     }
                 }
                 continue;
@@ -955,7 +956,7 @@ mod tests {
                         node.shards[scope].release(&op);
                         continue;
                     }
-                    node.commit(&op, scope);
+                    node.commit(&op);
                     if let Some(payer) = &payer {
                         model.nonces.insert(payer.clone(), nonce.unwrap());
                     }
@@ -1035,7 +1036,7 @@ mod tests {
         let mut fresh = Node::new(shard_count);
         for (op, placement) in &node.log {
             for shard in parts(op, shard_count) {
-                fresh.shards[shard].apply(op, *placement, false);
+                fresh.shards[shard].apply(op, *placement);
             }
         }
         for account in ACCOUNTS {
@@ -1054,14 +1055,14 @@ mod tests {
         for (shard, wallet) in node.shards.iter_mut().zip(&mut loaded) {
             let changes = shard.take_changes();
             for (key, balance) in &changes.funds {
-                wallet.load_funds(key, *balance);
+                wallet.load_funds(key.account(), key.asset(), *balance);
             }
             for (account, nonce) in &changes.nonces {
                 wallet.load_nonce(account, *nonce);
             }
             for (id, hold) in &changes.holds {
-                if let Some(bytes) = hold {
-                    prop_assert!(wallet.load_hold(*id, bytes));
+                if let Some(hold) = hold {
+                    wallet.load_hold(*id, hold.clone());
                 }
             }
             for (slot, record) in &changes.idem {
@@ -1122,7 +1123,7 @@ mod tests {
         let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
         let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
-        wallet.apply(&op, Placement { seq: 1, root: [1; 32] }, true);
+        wallet.apply(&op, Placement { seq: 1, root: [1; 32] });
         let too_much = request(OpKind::Burn, Some("alice"), None, 11, Some(1), None, "b1", 0);
         assert!(matches!(
             wallet.reserve(&too_much, 0),
@@ -1148,12 +1149,13 @@ mod tests {
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
         let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
         let placement = Placement { seq: 5, root: [9; 32] };
-        wallet.apply(&op, placement, true);
+        wallet.apply(&op, placement);
         let expected = ron_proto::wallet::receipt(&op, &placement);
         let taken = wallet.take_new_receipts();
         assert_eq!(taken.len(), 1);
-        let (stored, at) = decode_stored_receipt(&taken[0].1).unwrap();
-        assert_eq!(ron_proto::wallet::receipt(&stored, &at), expected);
+        let stored = WalletOp::decode(&taken[0].op).unwrap();
+        assert_eq!((taken[0].txid, taken[0].placement), (op.txid, placement));
+        assert_eq!(ron_proto::wallet::receipt(&stored, &taken[0].placement), expected);
         assert!(wallet.take_new_receipts().is_empty());
         assert_eq!(wallet.receipt(&op.txid), Some(expected));
         wallet.forget_receipts(&[op.txid]);
@@ -1161,7 +1163,7 @@ mod tests {
         // Replayed at start with the view holding everything up to seq 5.
         let mut restarted = Wallet::new(0, 1, TTL_MS, 10);
         restarted.set_receipts_kept_through(5);
-        restarted.apply(&op, placement, false);
+        restarted.apply(&op, placement);
         assert_eq!(restarted.receipts_len(), 0);
         assert_eq!(restarted.funds("alice", "roc").balance, 10);
     }
@@ -1173,7 +1175,7 @@ mod tests {
             let issue =
                 request(OpKind::Issue, None, Some("alice"), 1, None, None, &format!("k{n}"), at);
             let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, at) else { panic!() };
-            wallet.apply(&op, Placement { seq: n, root: [0; 32] }, true);
+            wallet.apply(&op, Placement { seq: n, root: [0; 32] });
         }
         assert_eq!(wallet.idem_len(), 2);
         // k1 fell out (bound): the same request is new again.

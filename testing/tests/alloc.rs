@@ -2,8 +2,8 @@
 //! process of its own: a node runs in-process with one shard, and one client
 //! thread that allocates nothing while it measures.
 
-use ron_server::access::AdminToken;
 use ron_server::config::{Config, Overrides};
+use ron_server::services::passport::{Passport, access::AdminToken};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -102,7 +102,10 @@ fn hot_gets_allocate_less_than_twice_per_request() {
     let overrides = Overrides { amnesia: true, ..Overrides::default() };
     let config = Config::load(Some(&text), std::iter::empty(), &overrides, 2).unwrap();
     let node = ron_server::node::start(config).unwrap();
-    let AdminToken::Print(token) = &node.admin_token else { panic!("amnesia prints its token") };
+    let passport = node.service::<Passport>().expect("the passport runs");
+    let AdminToken::Print(token) = &passport.admin_token else {
+        panic!("amnesia prints its token")
+    };
 
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_nodelay(true).unwrap();

@@ -356,7 +356,7 @@ fn check_pq_caveat(node: &TestNode, text: &str) {
     let mut scratch = Vec::new();
     let view = ron_proto::token::decode(text.as_bytes(), 64, &mut scratch).unwrap();
     let (at, value) = caveat(&view, ron_proto::token::SIG_ML_DSA).expect("a PQ caveat");
-    let attestation = ron_server::pq::Attestation::parse(value).unwrap();
+    let attestation = ron_proto::attestation::Attestation::parse(value).unwrap();
     let path = format!("/v1/passport/pq/{}.{}", attestation.shard, attestation.batch);
     // The signer runs at idle priority: on a busy machine it can lag.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -372,7 +372,7 @@ fn check_pq_caveat(node: &TestNode, text: &str) {
     let leaves = b64.decode(batch.get_str("leaves").unwrap()).unwrap();
     let leaves: Vec<[u8; 32]> = leaves.chunks(32).map(|c| c.try_into().unwrap()).collect();
     assert_eq!(batch.get_u64("size"), Some(leaves.len() as u64));
-    let leaf = ron_server::pq::leaf(&view.signed_message(at));
+    let leaf = ron_proto::attestation::leaf(&view.signed_message(at));
     assert_eq!(leaves[attestation.index as usize], leaf, "the token's leaf is in its batch");
     let mut tree = ron_shards::accumulator::Accumulator::new();
     for leaf in &leaves {
@@ -380,7 +380,7 @@ fn check_pq_caveat(node: &TestNode, text: &str) {
     }
     let root: [u8; 32] = b64.decode(batch.get_str("root").unwrap()).unwrap().try_into().unwrap();
     assert_eq!(tree.root(), root);
-    let message = ron_server::pq::batch_message(
+    let message = ron_proto::attestation::batch_message(
         attestation.kid,
         attestation.shard,
         attestation.batch,

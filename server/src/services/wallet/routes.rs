@@ -1,30 +1,41 @@
-//! The wallet routes (SPEC §5): paths and fields of the original
-//! svc-wallet, on the shard state machine of `ron_shards::wallet`.
-//!
-//! A write is validated here (stateless rules, the token's caveats), then
-//! reserved on its scope shard (the owner of `from`, or of `to` for an
-//! issue; for a capture or release, the shard its hold id routes to), then
-//! committed to the log as one wallet operation, and applied by every shard
-//! with a part before the committer answers. The receipt leaves only then.
+//! The wallet's routes (SPEC §5): issue, transfer, burn, hold, capture,
+//! release, balance and receipts.
 
-use crate::access::{self, Facts};
-use crate::committer::{LedgerAnswer, LedgerCall, Owned};
-use crate::ledger::Amount;
-use crate::mesh::{MeshError, ShardAnswer, ShardCall};
-use crate::reply::{Handled, Reply};
-use crate::routes::{Params, Request};
-use crate::shard::Shard;
+use super::{Answer, Call, Wallet};
+use crate::clock::unix_now_ms;
+use crate::core::mesh::MeshError;
+use crate::http::reply::{degraded, link_failure, mesh_failure};
+use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
+use crate::limits::RELEASE_RETRY;
+use crate::log::LogAnswer;
+use crate::retry::Outcome;
+use crate::service::Service;
+use crate::services::passport::access::{Facts, Presented};
 use ron_proto::ErrorCode;
+use ron_proto::http::Method;
 use ron_proto::token::scope;
 use ron_proto::wallet::{
     self, CanonicalRequest, HoldId, OpKind, Placement, WalletOp, hold_route, valid_account,
     valid_idempotency_key, valid_memo,
 };
-use ron_shards::wallet::{Funds, Rejection, Reserved, parts, recorder};
+use ron_shards::wallet::{Funds, Rejection, Reserved, recorder};
 use serde::Deserialize;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+
+/// Adds the wallet's routes.
+pub fn add(wallet: &Rc<Wallet>, table: &mut RouteTable) {
+    use Access::ScopeWithFacts as Facts;
+    use scope::{WALLET_BURN, WALLET_ISSUE, WALLET_READ, WALLET_TRANSFER};
+    let w = wallet;
+    table.add(w, Method::Get, "/v1/balance", Facts(WALLET_READ), Shed::Yes, balance);
+    table.add(w, Method::Post, "/v1/issue", Facts(WALLET_ISSUE), Shed::Yes, issue);
+    table.add(w, Method::Post, "/v1/transfer", Facts(WALLET_TRANSFER), Shed::Yes, transfer);
+    table.add(w, Method::Post, "/v1/burn", Facts(WALLET_BURN), Shed::Yes, burn);
+    table.add(w, Method::Post, "/v1/hold", Facts(WALLET_TRANSFER), Shed::Yes, hold);
+    table.add(w, Method::Post, "/v1/capture", Facts(WALLET_TRANSFER), Shed::Yes, capture);
+    table.add(w, Method::Post, "/v1/release", Facts(WALLET_TRANSFER), Shed::Yes, release_hold);
+    table.add(w, Method::Get, "/v1/tx/{txid}", Facts(WALLET_READ), Shed::Yes, tx);
+}
 
 /// The longest a hold may wait for its capture or release.
 pub const HOLD_TIMEOUT_S_MAX: u32 = 365 * 24 * 3600;
@@ -104,17 +115,17 @@ fn account(name: &str, value: &str) -> Result<(), Reply> {
     }
 }
 
-fn asset(shard: &Shard, value: &str) -> Result<(), Reply> {
-    if shard.config.wallet.assets.iter().any(|a| a == value) {
+fn asset(wallet: &Wallet, value: &str) -> Result<(), Reply> {
+    if wallet.core.config.wallet.assets.iter().any(|a| a == value) {
         Ok(())
     } else {
         Err(bad(format!("unknown asset {value:?}")))
     }
 }
 
-fn amount(shard: &Shard, value: Amount) -> Result<u128, Reply> {
+fn amount(wallet: &Wallet, value: Amount) -> Result<u128, Reply> {
     let amount = value.value().map_err(|why| bad(format!("amount_minor: {why}")))?;
-    let max = shard.config.wallet.amount_per_op_max.parse::<u128>().expect("checked at start");
+    let max = wallet.core.config.wallet.amount_per_op_max.parse::<u128>().expect("checked at start");
     if amount > max {
         return Err(Reply::error(
             ErrorCode::LimitsExceeded,
@@ -160,7 +171,7 @@ struct Write {
 }
 
 impl Write {
-    fn new(shard: &Shard, canonical: CanonicalRequest<'_>, route_scope: &'static str) -> Write {
+    fn new(wallet: &Wallet, canonical: CanonicalRequest<'_>, route_scope: &'static str) -> Write {
         let txid = canonical.txid();
         let hold_id = match canonical.kind {
             OpKind::Hold => {
@@ -170,9 +181,9 @@ impl Write {
         };
         let scope_shard = match (canonical.kind, hold_id) {
             (OpKind::Capture | OpKind::Release, Some(id)) => {
-                ron_proto::routing::owner_of_route(hold_route(&id), shard.count)
+                ron_proto::routing::owner_of_route(hold_route(&id), wallet.core.count)
             }
-            _ => ron_proto::routing::owner(canonical.idem_owner.as_bytes(), shard.count),
+            _ => wallet.core.owner(canonical.idem_owner.as_bytes()),
         };
         let op = WalletOp {
             kind: canonical.kind,
@@ -185,7 +196,7 @@ impl Write {
             timeout_s: canonical.timeout_s,
             idem: Some(canonical.idem.to_owned()),
             txid,
-            ts_ms: Shard::unix_now_ms(),
+            ts_ms: unix_now_ms(),
         };
         Write { op, scope_shard, route_scope }
     }
@@ -199,18 +210,9 @@ fn acting_account(op: &WalletOp) -> Option<&str> {
     }
 }
 
-fn authorize(
-    shard: &Shard,
-    request: &Request<'_>,
-    route_scope: &str,
-    op: &WalletOp,
-) -> Result<(), Reply> {
-    let facts = Facts {
-        account: acting_account(op),
-        asset: Some(op.asset.as_str()),
-        amount: Some(op.amount),
-    };
-    access::authorize(shard, request, request.path(), Some(route_scope), facts)
+/// What a write is about, for the token's caveats.
+fn facts(op: &WalletOp) -> Facts<'_> {
+    Facts { account: acting_account(op), asset: Some(op.asset.as_str()), amount: Some(op.amount) }
 }
 
 fn rejection(rejection: Rejection) -> Reply {
@@ -245,13 +247,13 @@ fn rejection(rejection: Rejection) -> Reply {
 
 /// Validates the caveats (for captures and releases, once the hold is
 /// known), reserves on the scope shard, commits, and answers the receipt.
-fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
-    if shard.node.ledger_safe_mode.load(Ordering::Acquire) {
-        return Handled::Now(Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"));
+fn submit(wallet: &Rc<Wallet>, request: &Request<'_>, write: Write) -> Handled {
+    if wallet.core.log.in_safe_mode() {
+        return Handled::Now(degraded(None));
     }
     let names_hold_only = matches!(write.op.kind, OpKind::Capture | OpKind::Release);
     if !names_hold_only {
-        if let Err(reply) = authorize(shard, request, write.route_scope, &write.op) {
+        if let Err(reply) = wallet.passport.authorize(request, write.route_scope, facts(&write.op)) {
             return Handled::Now(reply);
         }
     }
@@ -265,117 +267,76 @@ fn submit(shard: &Rc<Shard>, request: &Request<'_>, write: Write) -> Handled {
             request.socket,
         )
     });
-    let shard = shard.clone();
+    let wallet = wallet.clone();
     let Write { op, scope_shard, route_scope } = write;
     Handled::Later(Box::pin(async move {
-        let call = ShardCall::WalletReserve { op: Box::new(op), now_ms: Shard::unix_now_ms() };
-        let op = match shard.mesh.call(&shard, scope_shard, call).await {
-            Ok(ShardAnswer::WalletReserved(Ok(Reserved::Replay(txid)))) => {
-                shard.metrics.borrow_mut().wallet_idem_replays += 1;
-                return match committed(&shard, txid).await {
+        let call = Call::Reserve { op: Box::new(op), now_ms: unix_now_ms() };
+        let op = match wallet.call(scope_shard, call).await {
+            Ok(Answer::Reserved(Ok(Reserved::Replay(txid)))) => {
+                wallet.metrics.borrow_mut().idem_replays += 1;
+                return match committed(&wallet, txid).await {
                     Ok((op, placement)) => Reply::json_owned(200, wallet::receipt(&op, &placement)),
                     Err(reply) => reply,
                 };
             }
-            Ok(ShardAnswer::WalletReserved(Ok(Reserved::Commit(op)))) => op,
-            Ok(ShardAnswer::WalletReserved(Err(refused))) => return rejection(refused),
+            Ok(Answer::Reserved(Ok(Reserved::Commit(op)))) => op,
+            Ok(Answer::Reserved(Err(refused))) => return rejection(refused),
             Ok(other) => panic!("a wallet reservation answered with {other:?}"),
-            Err(error) => return crate::ops::mesh_failure(error),
+            Err(error) => return mesh_failure(error),
         };
         if let Some((authorization, method, path, socket)) = hold_check {
-            let presented = access::Presented {
+            let presented = Presented {
                 authorization: authorization.as_deref(),
                 method,
                 path: &path,
                 socket,
             };
-            let facts = Facts {
-                account: acting_account(&op),
-                asset: Some(op.asset.as_str()),
-                amount: Some(op.amount),
-            };
-            if let Err(reply) = presented.authorize(&shard, Some(route_scope), facts) {
-                release(&shard, scope_shard, &op).await;
+            let checked = wallet.passport.authorize_presented(&presented, Some(route_scope), facts(&op));
+            if let Err(reply) = checked {
+                release(&wallet, scope_shard, &op).await;
                 return reply;
             }
         }
-        commit(&shard, op, scope_shard).await
+        commit(&wallet, op, scope_shard).await
     }))
 }
 
-async fn commit(shard: &Rc<Shard>, op: WalletOp, scope_shard: usize) -> Reply {
-    let owned = parts(&op, shard.count)
-        .into_iter()
-        .map(|part| (part, Owned { wallet: vec![op.clone()], ..Owned::default() }))
-        .collect();
-    let call = LedgerCall::append_item(|out| op.encode(out), owned);
-    match shard.ledger.call(call).await {
-        Ok(LedgerAnswer::Appended { seq_start, root, .. }) => {
+/// Commits a reserved operation and answers its receipt; a write that does
+/// not commit gives its reservation back.
+pub(super) async fn commit(wallet: &Rc<Wallet>, op: WalletOp, scope_shard: usize) -> Reply {
+    match wallet.append(&op).await {
+        Ok(LogAnswer::Appended { seq_start, root, .. }) => {
             let placement = Placement { seq: seq_start, root };
             Reply::json_owned(200, wallet::receipt(&op, &placement))
         }
-        Ok(LedgerAnswer::Degraded { reason }) => {
-            release(shard, scope_shard, &op).await;
-            Reply::error(ErrorCode::Degraded, format!("the ledger is in safe mode: {reason}"))
+        Ok(LogAnswer::Degraded { reason }) => {
+            release(wallet, scope_shard, &op).await;
+            degraded(Some(&reason))
         }
         Ok(other) => panic!("a wallet append answered with {other:?}"),
         Err(error) => {
-            release(shard, scope_shard, &op).await;
-            crate::ledger::link_failure(error)
+            release(wallet, scope_shard, &op).await;
+            link_failure(error)
         }
     }
 }
 
-/// Gives back a reservation; a busy shard is asked again, a bounded
-/// number of times.
-async fn release(shard: &Rc<Shard>, scope_shard: usize, op: &WalletOp) {
-    for _ in 0..RELEASE_ATTEMPTS_MAX {
-        let call = ShardCall::WalletRelease { op: Box::new(op.clone()) };
-        match shard.mesh.call(shard, scope_shard, call).await {
-            Ok(ShardAnswer::Done) => return,
-            Ok(other) => panic!("a wallet release answered with {other:?}"),
-            Err(MeshError::Busy) => glommio::timer::sleep(RELEASE_RETRY).await,
-            Err(error) => {
-                tracing::error!(scope_shard, ?error, "a wallet reservation was not released");
-                return;
-            }
-        }
-    }
-    tracing::error!(scope_shard, "a wallet reservation was not released: the shard stayed busy");
-}
-
-const RELEASE_RETRY: Duration = Duration::from_micros(200);
-
-/// How often a shard looks for holds past their timeout.
-const EXPIRY_TICK: Duration = Duration::from_millis(100);
-/// Expiries one shard commits per tick, at most.
-const EXPIRIES_PER_TICK_MAX: usize = 256;
-
-/// Commits the expiry of every hold this shard owns once its timeout has
-/// passed, whether or not anyone calls: each is an operation in the log
-/// like any write (SPEC §5), and a restart that finds a hold past its
-/// timeout expires it at the first tick.
-pub async fn expire_holds(shard: Rc<Shard>) {
-    while !shard.ledger.is_stopped() {
-        glommio::timer::sleep(EXPIRY_TICK).await;
-        if shard.node.ledger_safe_mode.load(Ordering::Acquire) {
-            continue;
-        }
-        let due =
-            shard.wallet.borrow_mut().due_expiries(Shard::unix_now_ms(), EXPIRIES_PER_TICK_MAX);
-        for op in due {
-            let reply = commit(&shard, op, shard.id).await;
-            if reply.status != 200 {
-                tracing::warn!(
-                    shard = shard.id,
-                    status = reply.status,
-                    "a hold expiry did not commit"
-                );
-            }
+/// Gives back a reservation; a busy shard is asked again (`RELEASE_RETRY`).
+async fn release(wallet: &Rc<Wallet>, scope_shard: usize, op: &WalletOp) {
+    let outcome = RELEASE_RETRY
+        .run(
+            || wallet.call(scope_shard, Call::Release { op: Box::new(op.clone()) }),
+            |error| *error == MeshError::Busy,
+        )
+        .await;
+    match outcome {
+        Outcome::Done(Answer::Done) => {}
+        Outcome::Done(other) => panic!("a wallet release answered with {other:?}"),
+        Outcome::Failed(error) | Outcome::GaveUp(error) => {
+            tracing::error!(scope_shard, ?error, "a wallet reservation was not released");
         }
     }
 }
-const RELEASE_ATTEMPTS_MAX: u32 = 10_000;
 
 macro_rules! body {
     ($request:expr, $ty:ty) => {
@@ -410,7 +371,7 @@ struct Payment {
 
 /// Validates a payment (issue, transfer, burn, hold) and submits it.
 fn payment(
-    shard: &Rc<Shard>,
+    wallet: &Rc<Wallet>,
     request: &Request<'_>,
     payment: Payment,
     route_scope: &'static str,
@@ -423,8 +384,8 @@ fn payment(
     if payment.from.is_some() && payment.from == payment.to {
         return Handled::Now(bad("from and to must differ"));
     }
-    check!(asset(shard, &payment.asset));
-    let amount = check!(amount(shard, payment.amount_minor));
+    check!(asset(wallet, &payment.asset));
+    let amount = check!(amount(wallet, payment.amount_minor));
     let nonce = match payment.nonce {
         Some(value) => Some(check!(nonce(value))),
         None => None,
@@ -452,11 +413,11 @@ fn payment(
         idem_owner: payer,
         idem: &key,
     };
-    submit(shard, request, Write::new(shard, canonical, route_scope))
+    submit(wallet, request, Write::new(wallet, canonical, route_scope))
 }
 
 /// `POST /v1/issue`.
-pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn issue(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, IssueBody);
     let payment_of = Payment {
         kind: OpKind::Issue,
@@ -469,11 +430,11 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
         memo: b.memo,
         idempotency_key: b.idempotency_key,
     };
-    payment(shard, request, payment_of, scope::WALLET_ISSUE)
+    payment(wallet, request, payment_of, scope::WALLET_ISSUE)
 }
 
 /// `POST /v1/transfer`.
-pub fn transfer(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn transfer(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, TransferBody);
     let payment_of = Payment {
         kind: OpKind::Transfer,
@@ -486,11 +447,11 @@ pub fn transfer(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Han
         memo: b.memo,
         idempotency_key: b.idempotency_key,
     };
-    payment(shard, request, payment_of, scope::WALLET_TRANSFER)
+    payment(wallet, request, payment_of, scope::WALLET_TRANSFER)
 }
 
 /// `POST /v1/burn`.
-pub fn burn(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn burn(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, BurnBody);
     let payment_of = Payment {
         kind: OpKind::Burn,
@@ -503,11 +464,11 @@ pub fn burn(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled
         memo: b.memo,
         idempotency_key: b.idempotency_key,
     };
-    payment(shard, request, payment_of, scope::WALLET_BURN)
+    payment(wallet, request, payment_of, scope::WALLET_BURN)
 }
 
 /// `POST /v1/hold`.
-pub fn hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn hold(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, HoldBody);
     let payment_of = Payment {
         kind: OpKind::Hold,
@@ -520,7 +481,7 @@ pub fn hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled
         memo: b.memo,
         idempotency_key: b.idempotency_key,
     };
-    payment(shard, request, payment_of, scope::WALLET_TRANSFER)
+    payment(wallet, request, payment_of, scope::WALLET_TRANSFER)
 }
 
 fn hold_id(text: &str) -> Result<HoldId, Reply> {
@@ -530,7 +491,7 @@ fn hold_id(text: &str) -> Result<HoldId, Reply> {
 /// Validates a capture or release, which names only its hold, and submits
 /// it.
 fn resolution(
-    shard: &Rc<Shard>,
+    wallet: &Rc<Wallet>,
     request: &Request<'_>,
     kind: OpKind,
     hold_text: &str,
@@ -540,7 +501,7 @@ fn resolution(
 ) -> Handled {
     let id = check!(hold_id(hold_text));
     let amount = match amount_minor {
-        Some(value) => Some(check!(amount(shard, value))),
+        Some(value) => Some(check!(amount(wallet, value))),
         None => None,
     };
     let nonce = check!(nonce(nonce_value));
@@ -561,15 +522,15 @@ fn resolution(
         idem_owner: &owner,
         idem: &key,
     };
-    submit(shard, request, Write::new(shard, canonical, scope::WALLET_TRANSFER))
+    submit(wallet, request, Write::new(wallet, canonical, scope::WALLET_TRANSFER))
 }
 
 /// `POST /v1/capture`: all of the hold, or `amount_minor` of it (the rest
 /// returns to `from`).
-pub fn capture(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn capture(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, CaptureBody);
     resolution(
-        shard,
+        wallet,
         request,
         OpKind::Capture,
         &b.hold_id,
@@ -580,9 +541,9 @@ pub fn capture(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Hand
 }
 
 /// `POST /v1/release`.
-pub fn release_hold(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn release_hold(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, ReleaseBody);
-    resolution(shard, request, OpKind::Release, &b.hold_id, None, b.nonce, b.idempotency_key)
+    resolution(wallet, request, OpKind::Release, &b.hold_id, None, b.nonce, b.idempotency_key)
 }
 
 /// `{account, asset, amount_minor, as_of_seq}`. Accounts and assets were
@@ -602,24 +563,25 @@ fn write_balance(out: &mut Vec<u8>, account: &str, asset: &str, funds: Funds, as
 
 /// `GET /v1/balance?account=&asset=`: from the owner, once it has applied
 /// everything durable.
-pub fn balance(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+fn balance(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let (account_id, asset_name) = match (request.query("account"), request.query("asset")) {
         (Ok(Some(a)), Ok(Some(b))) => (a, b),
         (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
         _ => return Handled::Now(bad("account and asset are required")),
     };
     check!(account("account", &account_id));
-    check!(asset(shard, &asset_name));
+    check!(asset(wallet, &asset_name));
     let facts = Facts { account: Some(&account_id), asset: Some(&asset_name), amount: None };
-    check!(access::authorize(shard, request, request.path(), Some(scope::WALLET_READ), facts));
-    let owner = ron_proto::routing::owner(account_id.as_bytes(), shard.count);
+    check!(wallet.passport.authorize(request, scope::WALLET_READ, facts));
+    let core = &wallet.core;
+    let owner = core.owner(account_id.as_bytes());
     // Owned here and caught up (the usual case): answer at once, from the
     // shard's scratch buffer (a hot read allocates nothing).
-    if owner == shard.id && crate::ledger::is_caught_up(shard) {
-        let funds = shard.wallet.borrow().funds(&account_id, &asset_name);
-        let mut scratch = shard.scratch.borrow_mut();
+    if owner == core.id && core.log.is_caught_up() {
+        let funds = wallet.state.borrow().funds(&account_id, &asset_name);
+        let mut scratch = core.scratch.borrow_mut();
         scratch.clear();
-        write_balance(&mut scratch, &account_id, &asset_name, funds, shard.applied.seq());
+        write_balance(&mut scratch, &account_id, &asset_name, funds, core.log.applied.seq());
         return Handled::Now(Reply::json_scratch(200));
     }
     let answer = |account: &str, asset: &str, funds: Funds, as_of_seq: u64| {
@@ -628,58 +590,57 @@ pub fn balance(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Hand
         Reply::json_owned(200, body)
     };
     let (account_id, asset_name) = (account_id.into_owned(), asset_name.into_owned());
-    let shard = shard.clone();
+    let wallet = wallet.clone();
     Handled::Later(Box::pin(async move {
-        let call =
-            ShardCall::WalletBalance { account: account_id.clone(), asset: asset_name.clone() };
-        match shard.mesh.call(&shard, owner, call).await {
-            Ok(ShardAnswer::WalletBalance { funds, as_of_seq }) => {
+        let call = Call::Balance { account: account_id.clone(), asset: asset_name.clone() };
+        match wallet.call(owner, call).await {
+            Ok(Answer::Balance { funds, as_of_seq }) => {
                 answer(&account_id, &asset_name, funds, as_of_seq)
             }
             Ok(other) => panic!("a wallet balance answered with {other:?}"),
-            Err(error) => crate::ops::mesh_failure(error),
+            Err(error) => mesh_failure(error),
         }
     }))
 }
 
 /// The committed operation of `txid` and where it went, from the shard
 /// that keeps its receipt.
-async fn committed(shard: &Rc<Shard>, txid: wallet::TxId) -> Result<(WalletOp, Placement), Reply> {
-    let keeper = recorder(&txid, shard.count);
-    match shard.mesh.call(shard, keeper, ShardCall::WalletReceipt { txid }).await {
-        Ok(ShardAnswer::WalletReceipt(Some(found))) => Ok(*found),
-        Ok(ShardAnswer::WalletReceipt(None)) => {
+async fn committed(wallet: &Rc<Wallet>, txid: wallet::TxId) -> Result<(WalletOp, Placement), Reply> {
+    let keeper = recorder(&txid, wallet.core.count);
+    match wallet.call(keeper, Call::Receipt { txid }).await {
+        Ok(Answer::Receipt(Some(found))) => Ok(*found),
+        Ok(Answer::Receipt(None)) => {
             Err(Reply::error(ErrorCode::NotFound, "no transaction with that id"))
         }
         Ok(other) => panic!("a receipt lookup answered with {other:?}"),
-        Err(error) => Err(crate::ops::mesh_failure(error)),
+        Err(error) => Err(mesh_failure(error)),
     }
 }
 
 /// `GET /v1/tx/{txid}`: the receipt, from the shard that keeps it.
 /// A token restricted to an account may read receipts that account is
 /// `from` or `to` of; it is checked once the receipt is found.
-pub fn tx(shard: &Rc<Shard>, request: &Request<'_>, params: &Params<'_>) -> Handled {
+fn tx(wallet: &Rc<Wallet>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     let Some(txid) = params.get(0).and_then(wallet::parse_txid) else {
         return Handled::Now(bad("txid must be tx_ and 32 hex digits"));
     };
     let authorization = request.head.authorization.map(|span| span.of(request.raw).to_vec());
     let (method, path, socket) =
         (request.head.method.as_str(), request.path().to_owned(), request.socket);
-    let shard = shard.clone();
+    let wallet = wallet.clone();
     Handled::Later(Box::pin(async move {
-        let presented = access::Presented {
+        let presented = Presented {
             authorization: authorization.as_deref(),
             method,
             path: &path,
             socket,
         };
-        let (op, placement) = match committed(&shard, txid).await {
+        let (op, placement) = match committed(&wallet, txid).await {
             Ok(found) => found,
             Err(reply) => {
                 // Who is not authenticated learns nothing, not even whether
                 // the transaction exists.
-                let check = presented.authorize(&shard, Some(scope::WALLET_READ), Facts::default());
+                let check = wallet.passport.authorize_presented(&presented, Some(scope::WALLET_READ), Facts::default());
                 return match check {
                     Err(refused) if refused.status == 401 => refused,
                     _ => reply,
@@ -690,7 +651,7 @@ pub fn tx(shard: &Rc<Shard>, request: &Request<'_>, params: &Params<'_>) -> Hand
         for account in [op.from.as_deref(), op.to.as_deref()].into_iter().flatten() {
             let facts =
                 Facts { account: Some(account), asset: Some(op.asset.as_str()), amount: None };
-            verdict = presented.authorize(&shard, Some(scope::WALLET_READ), facts);
+            verdict = wallet.passport.authorize_presented(&presented, Some(scope::WALLET_READ), facts);
             if verdict.is_ok() {
                 break;
             }

@@ -1,6 +1,8 @@
 //! What a handler answers, and how an answer becomes HTTP/1.1 bytes.
 
+use crate::core::mesh::MeshError;
 use crate::limits::CORR_ID_BYTES_MAX;
+use crate::log::LinkError;
 use ron_proto::ErrorCode;
 use ron_proto::error::{Reason, status_reason, write_envelope};
 use std::borrow::Cow;
@@ -120,6 +122,37 @@ impl Reply {
             Body::Error { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+/// The answer to a cross-shard call that failed.
+pub fn mesh_failure(error: MeshError) -> Reply {
+    match error {
+        MeshError::Busy => Reply::error(ErrorCode::Busy, "too many calls to the owner shard"),
+        MeshError::Closed => Reply::error(ErrorCode::Unavailable, "the owner shard has stopped"),
+        MeshError::TimedOut => {
+            Reply::error(ErrorCode::Unavailable, "the owner shard did not answer in time")
+        }
+    }
+}
+
+/// The answer to a call to the committer that failed.
+pub fn link_failure(error: LinkError) -> Reply {
+    match error {
+        LinkError::Busy => Reply::error(ErrorCode::Busy, "too many ledger calls in flight"),
+        LinkError::Closed => {
+            Reply::error(ErrorCode::Unavailable, "the ledger committer has stopped")
+        }
+    }
+}
+
+/// The answer to a write while the log is in safe mode.
+pub fn degraded(reason: Option<&str>) -> Reply {
+    match reason {
+        Some(reason) => {
+            Reply::error(ErrorCode::Degraded, format!("the ledger is in safe mode: {reason}"))
+        }
+        None => Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"),
     }
 }
 

@@ -2,15 +2,14 @@
 //! route uses (SPEC §6): 401 when the token is missing or not valid, 403 when it
 //! is valid but its scope or caveats do not allow the request.
 
+use super::Passport;
+use super::keys::{KeyStore, Keyring};
+use crate::clock::unix_now_s;
 use crate::config::{Config, PqMode, Profile};
-use crate::keys::{KeyStore, Keyring};
-use crate::reply::Reply;
-use crate::routes::Request;
-use crate::shard::Shard;
-use crate::verifier;
+use crate::http::{Reply, Request};
 use ron_proto::ErrorCode;
 use ron_proto::token::{self, Claims, Token, TokenView};
-use ron_shards::passport::{self, Clock, Denial};
+use ron_shards::passport::{self as rules, Clock, Denial};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,7 +37,7 @@ pub fn key_store(config: &Config) -> KeyStore {
 /// Loads the keys (creating them at first start) and makes the admin token
 /// when there is none.
 pub fn prepare(config: &Config) -> anyhow::Result<(Keyring, AdminToken)> {
-    let keys = key_store(config).load(Shard::unix_now_s())?;
+    let keys = key_store(config).load(unix_now_s())?;
     if config.profile == Profile::Micronode {
         let token = mint_admin_token(&keys, 0, config.passport.pq_mode)?;
         return Ok((keys, AdminToken::Print(token)));
@@ -53,7 +52,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Keyring, AdminToken)> {
 
 /// Writes `data_dir/admin.token` (0600) in place of any earlier one, durably.
 pub fn write_admin_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
-    crate::keys::replace_file(data_dir, "admin.token", token.as_bytes())
+    super::keys::replace_file(data_dir, "admin.token", token.as_bytes())
 }
 
 /// A token with every scope under the current key, in `epoch`, for the
@@ -67,7 +66,7 @@ pub fn mint_admin_token(keys: &Keyring, epoch: u64, pq_mode: PqMode) -> anyhow::
         kid: key.kid,
         token_id,
         epoch,
-        issued_at: Shard::unix_now_s(),
+        issued_at: unix_now_s(),
         subject: "admin".to_owned(),
         audience: AUDIENCE.to_owned(),
     };
@@ -77,7 +76,7 @@ pub fn mint_admin_token(keys: &Keyring, epoch: u64, pq_mode: PqMode) -> anyhow::
     if matches!(pq_mode, PqMode::Require | PqMode::Enforce) {
         // Signed like every token these modes issue, so `enforce` takes it.
         key.attach_ed25519(&mut token);
-        crate::pq::attest_alone(key, &token.signed_message())?.attach(&mut token);
+        super::pq::attest_alone(key, &token.signed_message())?.attach(&mut token);
     }
     Ok(token.encode())
 }
@@ -91,27 +90,20 @@ pub struct Facts<'a> {
     pub amount: Option<u128>,
 }
 
-/// Checks the request's bearer token: its tag under its root key, then its
-/// caveats. `scope` is the scope the route needs, or `None` when any valid
-/// token will do.
-pub fn authorize(
-    shard: &Shard,
-    request: &Request<'_>,
-    path: &str,
-    scope: Option<&str>,
-    facts: Facts<'_>,
-) -> Result<(), Reply> {
-    let presented = Presented {
-        authorization: request.head.authorization.map(|span| span.of(request.raw)),
-        method: request.head.method.as_str(),
-        path,
-        socket: request.socket,
-    };
-    presented.authorize(shard, scope, facts)
+impl<'a> Presented<'a> {
+    /// What `request` presents, for a request to `path`.
+    pub fn of(request: &Request<'a>, path: &'a str) -> Presented<'a> {
+        Presented {
+            authorization: request.head.authorization.map(|span| span.of(request.raw)),
+            method: request.head.method.as_str(),
+            path,
+            socket: request.socket,
+        }
+    }
 }
 
 /// What a request presents to authorization, apart from its facts: kept
-/// by a handler that can only name the facts later (`Presented::owned`).
+/// by a handler that can only name the facts later.
 #[derive(Clone, Copy, Debug)]
 pub struct Presented<'a> {
     pub authorization: Option<&'a [u8]>,
@@ -120,19 +112,11 @@ pub struct Presented<'a> {
     pub socket: std::os::fd::RawFd,
 }
 
-impl Presented<'_> {
-    pub fn authorize(
-        &self,
-        shard: &Shard,
-        scope: Option<&str>,
-        facts: Facts<'_>,
-    ) -> Result<(), Reply> {
-        authorize_presented(shard, self, scope, facts)
-    }
-}
-
-fn authorize_presented(
-    shard: &Shard,
+/// Checks what a request presents: its bearer token's tag under its root
+/// key, then its caveats. `scope` is the scope the route needs, or `None`
+/// when any valid token will do.
+pub fn authorize(
+    passport: &Passport,
     presented: &Presented<'_>,
     scope: Option<&str>,
     facts: Facts<'_>,
@@ -145,17 +129,17 @@ fn authorize_presented(
     };
     let started = Instant::now();
     let decided =
-        verifier::with_verified(shard, text, |view| decide(shard, view, presented, scope, facts));
-    let mut metrics = shard.metrics.borrow_mut();
-    metrics.passport.verify_latency.record(started.elapsed());
+        passport.with_verified(text, |view| decide(passport, view, presented, scope, facts));
+    let mut metrics = passport.metrics.borrow_mut();
+    metrics.verify_latency.record(started.elapsed());
     match decided {
         Ok(Ok(())) => Ok(()),
         Ok(Err(denial)) => {
-            metrics.passport.reject(denial.reason());
+            metrics.reject(denial.reason());
             Err(denied(denial))
         }
         Err(refusal) => {
-            metrics.passport.reject(refusal.reason());
+            metrics.reject(refusal.reason());
             Err(Reply::error(ErrorCode::Unauthorized, refusal.message()))
         }
     }
@@ -163,18 +147,18 @@ fn authorize_presented(
 
 /// The caveats of a verified token against the request.
 fn decide(
-    shard: &Shard,
+    passport: &Passport,
     view: &TokenView<'_>,
     presented: &Presented<'_>,
     scope: Option<&str>,
     facts: Facts<'_>,
 ) -> Result<(), Denial> {
     let peer_ip = if view.caveats().any(|c| c.starts_with("ip=")) {
-        crate::socket_ring::peer_address(presented.socket).map(|a| a.ip())
+        crate::http::socket_ring::peer_address(presented.socket).map(|a| a.ip())
     } else {
         None
     };
-    let asked = passport::Request {
+    let asked = rules::Request {
         method: presented.method,
         path: presented.path,
         scope,
@@ -185,8 +169,8 @@ fn decide(
         amount: facts.amount,
     };
     let clock =
-        Clock { now_s: Shard::unix_now_s(), clock_skew_s: shard.config.passport.clock_skew_s };
-    passport::authorize(view, &asked, clock)
+        Clock { now_s: unix_now_s(), clock_skew_s: passport.config().clock_skew_s };
+    rules::authorize(view, &asked, clock)
 }
 
 /// The answer to a denied request.

@@ -2,17 +2,19 @@
 //! the token id (or tenant) is owned, so that a token's rate is one rate
 //! whichever port its requests arrive on (SPEC §1.1, §6).
 //!
-//! `routes::dispatch` meters a request before its handler: when every count
+//! The gate (`Passport::admit`) meters a request before its handler: when every count
 //! it touches lives on this shard the check is a map lookup here; otherwise
 //! the request is copied out of the connection's buffers and the handler
 //! runs once the owners have agreed (one mesh call per owner). Tokens
 //! without counting caveats cost one verify-cache lookup. Counts live in RAM:
 //! a restart refills buckets and forgets spent budgets.
 
-use crate::mesh::{ShardAnswer, ShardCall};
-use crate::reply::{Body, Handled, Reply};
-use crate::routes::{Handler, Params, Request};
-use crate::shard::Shard;
+use super::{Answer, Call, Passport};
+use crate::clock::unix_now_ms;
+use crate::http::reply::{Body, mesh_failure};
+use crate::http::routes::Handler;
+use crate::http::{Handled, Params, Reply, Request};
+use crate::service::Service;
 use ron_proto::ErrorCode;
 use ron_shards::passport::{MeterKey, MeterSpec};
 use std::rc::Rc;
@@ -63,9 +65,9 @@ impl Refused {
 }
 
 /// Counts `call` here (this shard owns its key).
-pub fn count(shard: &Shard, call: &MeterCall) -> Result<(), Refused> {
-    let now_ms = Shard::unix_now_ms();
-    let mut meters = shard.meters.borrow_mut();
+pub fn count(passport: &Passport, call: &MeterCall) -> Result<(), Refused> {
+    let now_ms = unix_now_ms();
+    let mut meters = passport.meters.borrow_mut();
     if let Some(rps) = call.rps {
         if let Err(retry_ms) = meters.take(call.key.clone(), rps, now_ms) {
             return Err(if call.tenant {
@@ -84,18 +86,19 @@ pub fn count(shard: &Shard, call: &MeterCall) -> Result<(), Refused> {
 }
 
 /// The counts a request with a token of `spec` touches, by owner shard.
-fn plan(shard: &Shard, spec: MeterSpec, body_bytes: u64) -> Vec<(usize, MeterCall)> {
+fn plan(passport: &Passport, spec: MeterSpec, body_bytes: u64) -> Vec<(usize, MeterCall)> {
+    let core = &passport.core;
     let mut calls = Vec::with_capacity(2);
     if let Some(tenant) = &spec.tenant {
-        let rps = shard.config.limits.tenant_rps_max;
+        let rps = core.config.limits.tenant_rps_max;
         if rps > 0 {
-            let owner = ron_proto::routing::owner(tenant.as_bytes(), shard.count);
+            let owner = core.owner(tenant.as_bytes());
             let key = MeterKey::Tenant(tenant.clone());
             calls.push((owner, MeterCall { key, rps: Some(rps), spend: None, tenant: true }));
         }
     }
     if spec.rps.is_some() || spec.budget_bytes.is_some() {
-        let owner = ron_proto::routing::owner(&spec.token_id, shard.count);
+        let owner = core.owner(&spec.token_id);
         let key = MeterKey::Token(spec.token_id);
         let spend = spec.budget_bytes.map(|budget| (spec.clone(), budget, body_bytes));
         calls.push((owner, MeterCall { key, rps: spec.rps, spend, tenant: false }));
@@ -105,36 +108,36 @@ fn plan(shard: &Shard, spec: MeterSpec, body_bytes: u64) -> Vec<(usize, MeterCal
 
 /// Meters `request` and runs `handler` if its counts allow it.
 pub fn meter_then(
-    shard: &Rc<Shard>,
+    passport: &Rc<Passport>,
     request: &Request<'_>,
     params: &Params<'_>,
-    handler: Handler,
+    handler: &Handler,
 ) -> Handled {
-    let spec = crate::access::bearer(request).and_then(|text| {
+    let spec = super::access::bearer(request).and_then(|text| {
         let cached = {
-            let passport = shard.passport.borrow();
-            let epoch = passport.revocations.current_epoch();
-            passport.cache.meter(text, epoch, std::time::Instant::now()).map(|m| m.cloned())
+            let state = passport.state.borrow();
+            let epoch = state.revocations.current_epoch();
+            state.cache.meter(text, epoch, std::time::Instant::now()).map(|m| m.cloned())
         };
         // Not cached: verify it now (which caches it for the handler).
         cached.unwrap_or_else(|| {
-            crate::verifier::with_verified(shard, text, ron_shards::passport::meter_spec)
-                .ok()
-                .flatten()
+            passport.with_verified(text, ron_shards::passport::meter_spec).ok().flatten()
         })
     });
-    let Some(spec) = spec else { return handler(shard, request, params) };
-    let calls = plan(shard, spec, request.body.len() as u64);
-    if calls.iter().all(|(owner, _)| *owner == shard.id) {
+    let Some(spec) = spec else { return handler(request, params) };
+    let calls = plan(passport, spec, request.body.len() as u64);
+    let me = passport.core.id;
+    if calls.iter().all(|(owner, _)| *owner == me) {
         for (_, call) in &calls {
-            if let Err(refused) = count(shard, call) {
-                return refuse(shard, refused);
+            if let Err(refused) = count(passport, call) {
+                return Handled::Now(refuse(passport, refused));
             }
         }
-        return handler(shard, request, params);
+        return handler(request, params);
     }
     // Some count lives elsewhere: keep the request until the owners answer.
-    let shard = shard.clone();
+    let passport = passport.clone();
+    let handler = handler.clone();
     let head = *request.head;
     let raw = request.raw.to_vec();
     let body = request.body.to_vec();
@@ -142,26 +145,23 @@ pub fn meter_then(
     let values: Vec<String> = (0..).map_while(|i| params.get(i)).map(str::to_owned).collect();
     Handled::Later(Box::pin(async move {
         for (owner, call) in calls {
-            let refused = match shard.mesh.call(&shard, owner, ShardCall::Meter(call)).await {
-                Ok(ShardAnswer::Metered(result)) => result.err(),
+            let refused = match passport.call(owner, Call::Meter(call)).await {
+                Ok(Answer::Metered(result)) => result.err(),
                 Ok(other) => panic!("a meter call answered with {other:?}"),
-                Err(error) => return crate::ops::mesh_failure(error),
+                Err(error) => return mesh_failure(error),
             };
             if let Some(refused) = refused {
-                return match refuse(&shard, refused) {
-                    Handled::Now(reply) => reply,
-                    Handled::Later(future) => future.await,
-                };
+                return refuse(&passport, refused);
             }
         }
         let request = Request { head: &head, raw: &raw, body: &body, corr_id, socket, received_at };
         let params = Params::from_values(&values);
-        match handler(&shard, &request, &params) {
+        match handler(&request, &params) {
             // A synchronous answer may be in the shard's scratch buffer,
             // which only answers given at once may use.
             Handled::Now(mut reply) => {
                 if matches!(reply.body, Body::Scratch) {
-                    reply.body = Body::Owned(shard.scratch.borrow().clone());
+                    reply.body = Body::Owned(passport.core.scratch.borrow().clone());
                 }
                 reply
             }
@@ -170,7 +170,7 @@ pub fn meter_then(
     }))
 }
 
-fn refuse(shard: &Shard, refused: Refused) -> Handled {
-    shard.metrics.borrow_mut().passport.reject(refused.reason());
-    Handled::Now(refused.reply())
+fn refuse(passport: &Passport, refused: Refused) -> Reply {
+    passport.metrics.borrow_mut().reject(refused.reason());
+    refused.reply()
 }

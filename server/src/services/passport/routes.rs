@@ -1,17 +1,16 @@
-//! Passport routes that need nothing beyond the token format and verifier:
-//! issue, verify and attenuate. Revocation, rotation, signatures and the
-//! verify cache build on these.
+//! The passport's routes: issue, verify (one or a batch), attenuate,
+//! revoke, rotate, the JWKS and the ML-DSA batches.
 
-use crate::access::AUDIENCES;
-use crate::committer::{LedgerAnswer, LedgerCall, Owned};
+use super::access::AUDIENCES;
+use super::{Answer, Call, Passport, verifier};
+use crate::clock::{unix_now_ms, unix_now_s};
 use crate::config::PqMode;
-use crate::mesh::{ShardAnswer, ShardCall};
-use crate::pq;
-use crate::reply::{Handled, Reply};
-use crate::routes::{Params, Request};
-use crate::shard::Shard;
-use crate::verifier;
+use crate::http::reply::{degraded, link_failure, mesh_failure};
+use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
+use crate::log::{Append, LogAnswer, LogCall};
+use crate::service::Service;
 use ron_proto::ErrorCode;
+use ron_proto::http::Method;
 use ron_proto::merkle;
 use ron_proto::revocation::{self, REASON_BYTES_MAX, Revocation};
 use ron_proto::token::{self, Caveat, Claims, Token, TokenError, TokenView};
@@ -77,6 +76,21 @@ impl TokenIds {
     }
 }
 
+/// Adds the passport's routes.
+pub fn add(passport: &Rc<Passport>, table: &mut RouteTable) {
+    use Access::{Authenticated, Public, Scope};
+    use ron_proto::token::scope::{PASSPORT_ADMIN, PASSPORT_ISSUE};
+    let p = passport;
+    table.add(p, Method::Post, "/v1/passport/verify", Authenticated, Shed::Yes, verify);
+    table.add(p, Method::Post, "/v1/passport/verify_batch", Authenticated, Shed::Yes, verify_batch);
+    table.add(p, Method::Post, "/v1/passport/revoke", Scope(PASSPORT_ADMIN), Shed::Yes, revoke);
+    table.add(p, Method::Get, "/v1/passport/pq/{id}", Public, Shed::Yes, pq_batch);
+    table.add(p, Method::Get, "/v1/keys", Public, Shed::No, keys);
+    table.add(p, Method::Post, "/admin/rotate", Scope(PASSPORT_ADMIN), Shed::Yes, rotate);
+    table.add(p, Method::Post, "/v1/passport/attenuate", Authenticated, Shed::Yes, attenuate);
+    table.add(p, Method::Post, "/v1/passport/issue", Scope(PASSPORT_ISSUE), Shed::Yes, issue);
+}
+
 /// Signatures a token may carry, as `accept_algs` names them.
 pub const ALG_ED25519: &str = "ed25519";
 pub const ALG_HYBRID: &str = "ed25519+ml-dsa-65";
@@ -127,21 +141,21 @@ impl Signing {
 
 /// `POST /v1/passport/issue`: mints a token with an expiry, its scopes and
 /// caveats under the current key, signed as `accept_algs` and `pq_mode` say.
-pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+pub fn issue(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let started = std::time::Instant::now();
     let body: IssueBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    let passport = &shard.config.passport;
-    let ttl_s = body.ttl_s.unwrap_or(passport.ttl_default_s);
-    if ttl_s == 0 || ttl_s > passport.ttl_max_s {
-        return bad("ttl_too_long", format_args!("ttl_s must be 1..={}", passport.ttl_max_s));
+    let config = passport.config();
+    let ttl_s = body.ttl_s.unwrap_or(config.ttl_default_s);
+    if ttl_s == 0 || ttl_s > config.ttl_max_s {
+        return bad("ttl_too_long", format_args!("ttl_s must be 1..={}", config.ttl_max_s));
     }
-    let Some(signing) = Signing::choose(passport.pq_mode, body.accept_algs.as_deref()) else {
+    let Some(signing) = Signing::choose(config.pq_mode, body.accept_algs.as_deref()) else {
         return bad(
             "no_acceptable_alg",
-            format_args!("pq_mode {:?} signs none of the accepted algorithms", passport.pq_mode),
+            format_args!("pq_mode {:?} signs none of the accepted algorithms", config.pq_mode),
         );
     };
     for (field, value) in [("subject_ref", &body.subject_ref), ("audience", &body.audience)] {
@@ -158,12 +172,12 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
     if let Some(unknown) = body.scopes.iter().find(|s| !token::scope::ALL.contains(&s.as_str())) {
         return bad("invalid_scope", format_args!("unknown scope {unknown}"));
     }
-    let now = Shard::unix_now_s();
+    let now = unix_now_s();
     let exp = now + ttl_s;
     let mut caveats = vec![format!("scope={}", body.scopes.join(",")), format!("exp={exp}")];
     caveats.extend(body.caveats);
-    if caveats.len() + signing.caveats() > passport.caveats_max {
-        return bad("too_many_caveats", format_args!("at most {} caveats", passport.caveats_max));
+    if caveats.len() + signing.caveats() > config.caveats_max {
+        return bad("too_many_caveats", format_args!("at most {} caveats", config.caveats_max));
     }
     for caveat in &caveats {
         match Caveat::parse(caveat) {
@@ -173,19 +187,19 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
             Err(_) => return bad("invalid_caveat", caveat),
         }
     }
-    if let Some(why) = &shard.keys.borrow().issuance_unavailable {
+    if let Some(why) = &passport.keys.borrow().issuance_unavailable {
         return Handled::Now(Reply::error(
             ErrorCode::Unavailable,
             format!("issuance is unavailable: {why}"),
         ));
     }
-    let token_id = shard.token_ids.next();
-    let keys = shard.keys.borrow().clone();
+    let token_id = passport.token_ids.next();
+    let keys = passport.keys.borrow().clone();
     let key = keys.current();
     let claims = Claims {
         kid: key.kid,
         token_id,
-        epoch: shard.passport.borrow().revocations.current_epoch(),
+        epoch: passport.state.borrow().revocations.current_epoch(),
         issued_at: now,
         subject: body.subject_ref,
         audience: body.audience,
@@ -198,8 +212,14 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
     let sig = (signing != Signing::None).then(|| key.attach_ed25519(&mut token));
     // The ML-DSA batch: attached with `require`/`enforce`; with `mirror`
     // signed and measured, not attached.
-    if signing == Signing::Hybrid || passport.pq_mode == PqMode::Mirror {
-        let attestation = pq::attest(shard, pq::leaf(&token.signed_message()));
+    if signing == Signing::Hybrid || config.pq_mode == PqMode::Mirror {
+        let leaf = ron_proto::attestation::leaf(&token.signed_message());
+        let Ok(attestation) = passport.attest(leaf) else {
+            let mut reply =
+                Reply::error(ErrorCode::Busy, "the ML-DSA signers are behind; retry shortly");
+            reply.retry_after_s = Some(1);
+            return Handled::Now(reply);
+        };
         if signing == Signing::Hybrid {
             attestation.attach(&mut token);
         }
@@ -215,7 +235,7 @@ pub fn issue(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handle
         sig: sig.as_deref(),
     };
     let reply = Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"));
-    shard.metrics.borrow_mut().passport.issue_latency.record(started.elapsed());
+    passport.metrics.borrow_mut().issue_latency.record(started.elapsed());
     Handled::Now(reply)
 }
 
@@ -318,10 +338,10 @@ impl VerifyContext {
 }
 
 /// Verifies one token in a context and appends its answer (JSON) to `out`.
-fn verify_one(shard: &Shard, text: &str, context: &Context<'_>, out: &mut Vec<u8>) {
+fn verify_one(passport: &Passport, text: &str, context: &Context<'_>, out: &mut Vec<u8>) {
     let started = std::time::Instant::now();
     let clock =
-        Clock { now_s: Shard::unix_now_s(), clock_skew_s: shard.config.passport.clock_skew_s };
+        Clock { now_s: unix_now_s(), clock_skew_s: passport.config().clock_skew_s };
     let asked = decide::Request {
         method: context.method,
         path: context.route,
@@ -332,7 +352,7 @@ fn verify_one(shard: &Shard, text: &str, context: &Context<'_>, out: &mut Vec<u8
         asset: context.asset,
         amount: context.amount,
     };
-    let verified = verifier::with_verified(shard, text.as_bytes(), |view| {
+    let verified = passport.with_verified(text.as_bytes(), |view| {
         let reason = decide::authorize(view, &asked, clock).err().map(|d| d.reason());
         let answer = VerifyAnswer { ok: reason.is_none(), reason, parsed: Some(parsed(view)) };
         simd_json::to_writer(&mut *out, &answer).expect("serializing");
@@ -343,7 +363,7 @@ fn verify_one(shard: &Shard, text: &str, context: &Context<'_>, out: &mut Vec<u8
         Err(refusal) => {
             // Say what the token claims when it decodes at all.
             let mut scratch = Vec::new();
-            let caveats_max = shard.config.passport.caveats_max;
+            let caveats_max = passport.config().caveats_max;
             let parsed = token::decode(text.as_bytes(), caveats_max, &mut scratch)
                 .ok()
                 .map(|view| parsed(&view));
@@ -352,16 +372,16 @@ fn verify_one(shard: &Shard, text: &str, context: &Context<'_>, out: &mut Vec<u8
             Some(refusal.reason())
         }
     };
-    let mut metrics = shard.metrics.borrow_mut();
-    metrics.passport.verify_latency.record(started.elapsed());
+    let mut metrics = passport.metrics.borrow_mut();
+    metrics.verify_latency.record(started.elapsed());
     if let Some(reason) = reason {
-        metrics.passport.reject(reason);
+        metrics.reject(reason);
     }
 }
 
 /// `POST /v1/passport/verify`: would this token be accepted, in this context?
 /// Answers 200 with `ok` and a reason; 400 only for a malformed request.
-pub fn verify(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+pub fn verify(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let body: VerifyBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
@@ -372,7 +392,7 @@ pub fn verify(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
         Err(why) => return bad("invalid_field", why),
     };
     let mut out = Vec::with_capacity(512);
-    verify_one(shard, &body.token, &context, &mut out);
+    verify_one(passport, &body.token, &context, &mut out);
     Handled::Now(Reply::json_owned(200, out))
 }
 
@@ -388,7 +408,7 @@ struct VerifyBatchBody {
 
 /// `POST /v1/passport/verify_batch`: `{tokens[], context?}` → `{results[]}`,
 /// one `/verify` answer per token, in order.
-pub fn verify_batch(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+pub fn verify_batch(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let body: VerifyBatchBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
@@ -410,7 +430,7 @@ pub fn verify_batch(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) ->
         if i > 0 {
             out.push(b',');
         }
-        verify_one(shard, text, &context, &mut out);
+        verify_one(passport, text, &context, &mut out);
     }
     out.extend_from_slice(b"]}");
     Handled::Now(Reply::json_owned(200, out))
@@ -430,13 +450,13 @@ struct AttenuateAnswer<'a> {
 
 /// `POST /v1/passport/attenuate`: appends caveats. The node checks the token
 /// is one of its own first, so a typo fails here rather than at first use.
-pub fn attenuate(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+pub fn attenuate(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let body: AttenuateBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    let caveats_max = shard.config.passport.caveats_max;
-    let mut token = match verifier::with_verified(shard, body.token.as_bytes(), |v| v.to_token()) {
+    let caveats_max = passport.config().caveats_max;
+    let mut token = match passport.with_verified(body.token.as_bytes(), |v| v.to_token()) {
         Ok(token) => token,
         Err(verifier::Refusal::TooLarge) => {
             return bad("too_many_caveats", "the token is already at its limit");
@@ -501,7 +521,7 @@ struct Revoked<'a> {
 /// commits a revocation to the log; every shard applies it from the
 /// committed stream. Answers once every shard refuses what it revokes, with
 /// `{current_epoch, revoked, seq}`.
-pub fn revoke(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+pub fn revoke(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let body: RevokeBody = match request.json() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
@@ -536,44 +556,37 @@ pub fn revoke(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handl
     } else {
         revocation::Revoked::Epoch(body.epoch.expect("one was named"))
     };
-    if shard.node.ledger_safe_mode.load(std::sync::atomic::Ordering::Acquire) {
-        return Handled::Now(Reply::error(ErrorCode::Degraded, "the ledger is in safe mode"));
+    if passport.core.log.in_safe_mode() {
+        return Handled::Now(degraded(None));
     }
-    let revocation = Revocation { revoked, reason: body.reason, ts_ms: Shard::unix_now_ms() };
-    let shard = shard.clone();
+    let revocation = Revocation { revoked, reason: body.reason, ts_ms: unix_now_ms() };
+    let passport = passport.clone();
     Handled::Later(Box::pin(async move {
-        let owned = (0..shard.count)
-            .map(|s| (s, Owned { revocations: vec![revocation.clone()], ..Owned::default() }))
-            .collect();
-        let call = LedgerCall::append_item(|out| revocation.encode(out), owned);
-        let seq = match shard.ledger.call(call).await {
-            Ok(LedgerAnswer::Appended { seq_start, .. }) => seq_start,
-            Ok(LedgerAnswer::Degraded { reason }) => {
-                return Reply::error(
-                    ErrorCode::Degraded,
-                    format!("the ledger is in safe mode: {reason}"),
-                );
-            }
+        let count = passport.core.count;
+        // Every shard applies every revocation.
+        let append = Append::item(|out| revocation.encode(out), 0..count);
+        let seq = match passport.core.log.call(LogCall::Append(append)).await {
+            Ok(LogAnswer::Appended { seq_start, .. }) => seq_start,
+            Ok(LogAnswer::Degraded { reason }) => return degraded(Some(&reason)),
             Ok(other) => panic!("a revocation append answered with {other:?}"),
-            Err(error) => return crate::ledger::link_failure(error),
+            Err(error) => return link_failure(error),
         };
         // Durable: answer once every shard has applied it.
         let mut slowest = std::time::Duration::ZERO;
-        for target in 0..shard.count {
-            let call = ShardCall::RevocationApplied { seq };
-            match shard.mesh.call(&shard, target, call).await {
-                Ok(ShardAnswer::RevocationApplied { lag }) => {
+        for target in 0..count {
+            match passport.call(target, Call::RevocationApplied { seq }).await {
+                Ok(Answer::RevocationApplied { lag }) => {
                     slowest = slowest.max(lag.unwrap_or_default());
                 }
                 Ok(other) => panic!("a revocation check answered with {other:?}"),
                 Err(error) => {
                     tracing::warn!(target, ?error, seq, "a shard did not confirm a revocation");
-                    return crate::ops::mesh_failure(error);
+                    return mesh_failure(error);
                 }
             }
         }
-        shard.metrics.borrow_mut().passport.revocation_propagation.record(slowest);
-        let current_epoch = shard.passport.borrow().revocations.current_epoch();
+        passport.metrics.borrow_mut().revocation_propagation.record(slowest);
+        let current_epoch = passport.state.borrow().revocations.current_epoch();
         // Exactly one was named (checked above): echo the request's.
         let named = Revoked {
             token_id: body.token_id.as_deref(),
@@ -591,8 +604,8 @@ const KEYS_MAX_AGE: &str = "public, max-age=300";
 
 /// `GET /v1/keys`: the JWKS of the public signing keys of every key id that
 /// still verifies, with an ETag; `If-None-Match` with it answers 304.
-pub fn keys(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let keys = shard.keys.borrow();
+pub fn keys(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let keys = passport.keys.borrow();
     let (jwks, etag) = keys.jwks();
     let matches = request.head.if_none_match.is_some_and(|span| {
         let value = span.of(request.raw);
@@ -603,7 +616,7 @@ pub fn keys(shard: &Rc<Shard>, request: &Request<'_>, _: &Params<'_>) -> Handled
             })
     });
     let mut reply = if matches {
-        Reply::new(304, crate::reply::ContentType::Json, crate::reply::Body::Empty)
+        Reply::new(304, crate::http::reply::ContentType::Json, crate::http::reply::Body::Empty)
     } else {
         Reply::json_owned(200, jwks.to_vec())
     };
@@ -632,14 +645,14 @@ struct Retiring {
 /// older ids verify until every token they minted has expired
 /// (`ttl_max_s` + `clock_skew_s`). A new admin token under the new id
 /// replaces `data_dir/admin.token`. Answers once every shard has the keys.
-pub fn rotate(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
-    let config = &shard.config;
-    let now = Shard::unix_now_s();
+pub fn rotate(passport: &Rc<Passport>, _: &Request<'_>, _: &Params<'_>) -> Handled {
+    let config = &passport.core.config;
+    let now = unix_now_s();
     let retire_at = now + config.passport.ttl_max_s + config.passport.clock_skew_s;
     // Key files are small and rotations rare: written here, on the shard.
     let rotated = {
-        let mut canonical = shard.node.keys.lock().expect("not poisoned");
-        match crate::access::key_store(config).rotate(&canonical, retire_at) {
+        let mut canonical = passport.shared.keys.lock().expect("not poisoned");
+        match super::access::key_store(config).rotate(&canonical, retire_at) {
             Ok(ring) => {
                 *canonical = std::sync::Arc::new(ring);
                 canonical.clone()
@@ -658,9 +671,9 @@ pub fn rotate(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
     let admin_token_file = if config.amnesia() {
         None
     } else {
-        let epoch = shard.passport.borrow().revocations.current_epoch();
-        let written = crate::access::mint_admin_token(&rotated, epoch, config.passport.pq_mode)
-            .and_then(|token| crate::access::write_admin_token(&config.data_dir, &token));
+        let epoch = passport.state.borrow().revocations.current_epoch();
+        let written = super::access::mint_admin_token(&rotated, epoch, config.passport.pq_mode)
+            .and_then(|token| super::access::write_admin_token(&config.data_dir, &token));
         match written {
             Ok(()) => Some(config.data_dir.join("admin.token").display().to_string()),
             Err(error) => {
@@ -673,13 +686,13 @@ pub fn rotate(shard: &Rc<Shard>, _: &Request<'_>, _: &Params<'_>) -> Handled {
         .kids()
         .filter_map(|set| set.retire_at_s.map(|at| Retiring { kid: set.kid, retire_at: at }))
         .collect();
-    let shard = shard.clone();
+    let passport = passport.clone();
     Handled::Later(Box::pin(async move {
-        for target in 0..shard.count {
-            match shard.mesh.call(&shard, target, ShardCall::SetKeys(rotated.clone())).await {
-                Ok(ShardAnswer::Done) => {}
+        for target in 0..passport.core.count {
+            match passport.call(target, Call::SetKeys(rotated.clone())).await {
+                Ok(Answer::Done) => {}
                 Ok(other) => panic!("a key update answered with {other:?}"),
-                Err(error) => return crate::ops::mesh_failure(error),
+                Err(error) => return mesh_failure(error),
             }
         }
         let answer = RotateAnswer { kid, retiring, admin_token_file };
@@ -695,7 +708,7 @@ struct BatchAnswer {
     batch: u64,
     size: usize,
     /// The batch's leaves (32 bytes each, concatenated), its Merkle root and
-    /// the ML-DSA-65 signature of `pq::batch_message`, base64url.
+    /// the ML-DSA-65 signature of `attestation::batch_message`, base64url.
     leaves: String,
     root: String,
     sig: String,
@@ -703,20 +716,20 @@ struct BatchAnswer {
 
 /// `GET /v1/passport/pq/{shard}.{batch}`: a signed batch, for a third party
 /// checking a token's `sig.ml-dsa-65` caveat.
-pub fn pq_batch(shard: &Rc<Shard>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+pub fn pq_batch(passport: &Rc<Passport>, _: &Request<'_>, params: &Params<'_>) -> Handled {
     let id = params.get(0).unwrap_or("");
     let parsed = id
         .split_once('.')
         .and_then(|(s, b)| Some((s.parse::<usize>().ok()?, b.parse::<u64>().ok()?)));
-    let Some((owner, batch)) = parsed.filter(|(owner, _)| *owner < shard.count) else {
+    let Some((owner, batch)) = parsed.filter(|(owner, _)| *owner < passport.core.count) else {
         return Handled::Now(Reply::error(ErrorCode::NotFound, "no such batch"));
     };
-    let shard = shard.clone();
+    let passport = passport.clone();
     Handled::Later(Box::pin(async move {
-        let found = match shard.mesh.call(&shard, owner, ShardCall::PqBatch { batch }).await {
-            Ok(ShardAnswer::PqBatch(found)) => found,
+        let found = match passport.call(owner, Call::PqBatch { batch }).await {
+            Ok(Answer::PqBatch(found)) => found,
             Ok(other) => panic!("a batch lookup answered with {other:?}"),
-            Err(error) => return crate::ops::mesh_failure(error),
+            Err(error) => return mesh_failure(error),
         };
         let Some(signed) = found else {
             return Reply::error(ErrorCode::NotFound, "no such batch (or no longer kept)");

@@ -10,9 +10,6 @@
 //! entry lives `verify_cache_ttl_ms`. Caveats are evaluated on every
 //! request, hit or miss: they depend on the request.
 
-use crate::config::PqMode;
-use crate::pq;
-use crate::shard::Shard;
 use ron_proto::revocation::{Revocation, Revoked};
 use ron_proto::token::{self, CAVEATS_COUNT_MAX, TokenError, TokenView};
 use ron_shards::passport::{MeterSpec, Revocations, meter_spec};
@@ -231,53 +228,6 @@ impl From<TokenError> for Refusal {
             TokenError::Malformed(why) => Refusal::Malformed(why),
         }
     }
-}
-
-/// Verifies `text` as a credential of this node (the cache, or decoding,
-/// the key, the tag; then revocations), and hands the decoded token to
-/// `then` for its caveats.
-pub fn with_verified<R>(
-    shard: &Shard,
-    text: &[u8],
-    then: impl FnOnce(&TokenView<'_>) -> R,
-) -> Result<R, Refusal> {
-    let caveats_max = shard.config.passport.caveats_max;
-    {
-        let passport = shard.passport.borrow();
-        let policy_epoch = passport.revocations.current_epoch();
-        if let Some(binary) = passport.cache.get(text, policy_epoch, Instant::now()) {
-            let view = cached_view(binary, caveats_max).expect("cached tokens decode");
-            if shard.keys.borrow().root(view.kid, Shard::unix_now_s()).is_none() {
-                return Err(Refusal::UnknownKid);
-            }
-            if passport.refuses(&view) {
-                return Err(Refusal::Revoked);
-            }
-            return Ok(then(&view));
-        }
-    }
-    let mut scratch = shard.token_scratch.borrow_mut();
-    token::decode(text, caveats_max, &mut scratch)?;
-    let view = token::decode_binary(&scratch, caveats_max).expect("decoded just now");
-    {
-        let keys = shard.keys.borrow();
-        let root = keys.root(view.kid, Shard::unix_now_s()).ok_or(Refusal::UnknownKid)?;
-        if !view.verify_tag(root) {
-            return Err(Refusal::BadTag);
-        }
-        if shard.config.passport.pq_mode == PqMode::Enforce && !pq::attested(&view, &keys) {
-            return Err(Refusal::PqRequired);
-        }
-    }
-    {
-        let mut passport = shard.passport.borrow_mut();
-        if passport.refuses(&view) {
-            return Err(Refusal::Revoked);
-        }
-        let policy_epoch = passport.revocations.current_epoch();
-        passport.cache.insert(text, &view, &scratch, policy_epoch);
-    }
-    Ok(then(&view))
 }
 
 #[cfg(test)]

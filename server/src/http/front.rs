@@ -13,13 +13,13 @@
 //! straight into its output while nothing is waiting before them; otherwise
 //! they queue behind the answers that tasks have not finished yet.
 
+use super::reply::{self, CorrId, Handled, Reply, write_response};
+use super::routes::{Request, RouteTable};
+use super::socket_ring::{self, Completion, Op, SocketRing};
+use crate::core::Core;
 use crate::limits::{
     CONNECTION_BUFFER_BYTES, LINGER, OUTPUT_BYTES_MAX, SWEEP_INTERVAL_MAX, SWEEP_INTERVAL_MIN,
 };
-use crate::reply::{self, CorrId, Handled, Reply, write_response};
-use crate::routes::{self, Request};
-use crate::shard::Shard;
-use crate::socket_ring::{self, Completion, Op, SocketRing};
 use glommio::io::BufferedFile;
 use ron_proto::ErrorCode;
 use ron_proto::http::{
@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Answers finished by tasks, waiting for the front to put them in order.
 #[derive(Default)]
@@ -141,7 +141,11 @@ struct FrontLimits {
 }
 
 pub struct Front {
-    shard: Rc<Shard>,
+    core: Rc<Core>,
+    routes: Rc<RouteTable>,
+    mailbox: Rc<Mailbox>,
+    date: Rc<RefCell<HttpDate>>,
+    corr_counter: u64,
     ring: SocketRing,
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
@@ -271,11 +275,12 @@ impl Park {
 
 impl Front {
     pub fn new(
-        shard: Rc<Shard>,
+        core: Rc<Core>,
+        routes: Rc<RouteTable>,
         mut ring: SocketRing,
         sockets: Vec<OwnedFd>,
     ) -> std::io::Result<Front> {
-        let config = &shard.config.limits;
+        let config = &core.config.limits;
         let timeouts =
             [config.header_read_timeout_ms, config.request_timeout_ms, config.idle_timeout_ms];
         let shortest = Duration::from_millis(*timeouts.iter().min().expect("three timeouts"));
@@ -291,7 +296,7 @@ impl Front {
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
             connections_max: config.connections_per_shard_max,
             pipeline_depth_max: config.pipeline_depth_max as usize,
-            idle_turns_before_park: shard.config.executor.idle_turns_before_park,
+            idle_turns_before_park: core.config.executor.idle_turns_before_park,
             sweep_interval: (shortest / 4).clamp(SWEEP_INTERVAL_MIN, SWEEP_INTERVAL_MAX),
         };
         let mut listeners = Vec::with_capacity(sockets.len());
@@ -299,7 +304,7 @@ impl Front {
             ring.accept(socket.as_raw_fd(), index as u32)?;
             listeners.push(Listener { socket: Some(socket), armed: true });
         }
-        let park_timeout = Duration::from_micros(shard.config.executor.park_timeout_us);
+        let park_timeout = Duration::from_micros(core.config.executor.park_timeout_us);
         // SAFETY: `dup` returns a new descriptor that the BufferedFile owns.
         let eventfd = unsafe { libc::dup(ring.eventfd()) };
         if eventfd < 0 {
@@ -308,7 +313,11 @@ impl Front {
         // SAFETY: a fresh descriptor owned by nobody else.
         let eventfd = Rc::new(unsafe { BufferedFile::from_raw_fd(eventfd) });
         Ok(Front {
-            shard,
+            core,
+            routes,
+            mailbox: Rc::new(Mailbox::default()),
+            date: Rc::new(RefCell::new(HttpDate::new())),
+            corr_counter: 0,
             ring,
             listeners,
             conns: Vec::new(),
@@ -352,7 +361,7 @@ impl Front {
             }
             if self.open > 0 || self.drain_started.is_some() {
                 if let Err(error) = self.ring.arm_timeout(self.limits.sweep_interval) {
-                    tracing::error!(shard = self.shard.id, %error, "arming the sweep timer");
+                    tracing::error!(shard = self.core.id, %error, "arming the sweep timer");
                 }
                 if !self.ring_is_quiet() {
                     continue;
@@ -361,14 +370,14 @@ impl Front {
             if !self.ring.prepare_park() {
                 continue;
             }
-            self.shard.metrics.borrow_mut().parks += 1;
-            let timeout = if self.open > 0 || self.shard.inflight.get() > 0 {
+            self.core.metrics.borrow_mut().parks += 1;
+            let timeout = if self.open > 0 || self.core.inflight.get() > 0 {
                 self.park.timeout
             } else {
                 IDLE_PARK_TIMEOUT.max(self.park.timeout)
             };
-            if self.park.wait(&self.shard.mailbox, timeout).await == Woken::Guard {
-                self.shard.metrics.borrow_mut().park_timeouts += 1;
+            if self.park.wait(&self.mailbox, timeout).await == Woken::Guard {
+                self.core.metrics.borrow_mut().park_timeouts += 1;
             }
             self.ring.after_park();
             idle_turns = 0;
@@ -378,7 +387,7 @@ impl Front {
     /// Submits queued entries; false if that already produced completions.
     fn ring_is_quiet(&mut self) -> bool {
         if let Err(error) = self.ring.submit_and_reap(&mut self.completions) {
-            tracing::error!(shard = self.shard.id, %error, "socket ring");
+            tracing::error!(shard = self.core.id, %error, "socket ring");
         }
         if self.completions.is_empty() {
             return true;
@@ -390,17 +399,22 @@ impl Front {
 
     fn turn(&mut self) -> bool {
         if let Err(error) = self.ring.submit_and_reap(&mut self.completions) {
-            tracing::error!(shard = self.shard.id, %error, "socket ring");
+            tracing::error!(shard = self.core.id, %error, "socket ring");
         }
         let now = Instant::now();
         if now.duration_since(self.last_sweep) >= self.limits.sweep_interval {
-            self.shard.date.borrow_mut().refresh();
+            self.date.borrow_mut().refresh();
             self.sweep(now);
         }
         let mut worked = !self.completions.is_empty();
         self.take_completions(now);
+        if self.core.returns.inbox().has_results() {
+            // Worker results wake the tasks that wait for them.
+            self.core.returns.deliver();
+            worked = true;
+        }
         worked |= self.take_mailbox(now);
-        if self.shard.node.draining.load(Ordering::Relaxed) && self.drain_started.is_none() {
+        if self.core.node.draining.load(Ordering::Relaxed) && self.drain_started.is_none() {
             self.start_drain(now);
             worked = true;
         }
@@ -411,7 +425,7 @@ impl Front {
     fn drained(&self) -> bool {
         self.drain_started.is_some()
             && self.open == 0
-            && self.shard.inflight.get() == 0
+            && self.core.inflight.get() == 0
             && self.listeners.iter().all(|l| !l.armed)
     }
 
@@ -440,21 +454,21 @@ impl Front {
             if self.drain_started.is_some() {
                 listener.socket = None;
             } else if let Err(error) = self.ring.accept(socket, index) {
-                tracing::error!(shard = self.shard.id, %error, "re-arming accept");
+                tracing::error!(shard = self.core.id, %error, "re-arming accept");
             } else {
                 listener.armed = true;
             }
         }
         if completion.result < 0 {
             if completion.result != -libc::ECANCELED {
-                tracing::warn!(shard = self.shard.id, errno = -completion.result, "accept failed");
+                tracing::warn!(shard = self.core.id, errno = -completion.result, "accept failed");
             }
             return;
         }
         // SAFETY: a successful accept returns a new descriptor that we own.
         let socket = unsafe { OwnedFd::from_raw_fd(completion.result) };
         if self.drain_started.is_some() || self.open >= self.limits.connections_max {
-            let mut metrics = self.shard.metrics.borrow_mut();
+            let mut metrics = self.core.metrics.borrow_mut();
             metrics.connections_refused += 1;
             metrics.rejected[ErrorCode::Busy.index()] += 1;
             return;
@@ -467,7 +481,7 @@ impl Front {
             }
         };
         if let Err(error) = self.ring.recv(socket.as_raw_fd(), slot) {
-            tracing::error!(shard = self.shard.id, %error, "arming receive");
+            tracing::error!(shard = self.core.id, %error, "arming receive");
             self.free.push(slot);
             return;
         }
@@ -493,7 +507,7 @@ impl Front {
             dirty: false,
         });
         self.open += 1;
-        let mut metrics = self.shard.metrics.borrow_mut();
+        let mut metrics = self.core.metrics.borrow_mut();
         metrics.connections_accepted += 1;
         metrics.connections_open += 1;
     }
@@ -553,7 +567,7 @@ impl Front {
         match self.ring.recv(conn.socket.as_raw_fd(), slot) {
             Ok(()) => conn.recv_armed = true,
             Err(error) => {
-                tracing::error!(shard = self.shard.id, %error, "re-arming receive");
+                tracing::error!(shard = self.core.id, %error, "re-arming receive");
                 self.kill(slot);
             }
         }
@@ -680,7 +694,7 @@ impl Front {
         let corr_id = head
             .corr_id
             .and_then(|span| CorrId::from_client(span.of(input)))
-            .unwrap_or_else(|| self.shard.next_corr_id());
+            .unwrap_or_else(|| next_corr_id(&mut self.corr_counter, self.core.id));
         let mut body: &[u8] = if body_bytes == usize::MAX {
             &conn.body
         } else {
@@ -697,7 +711,7 @@ impl Front {
             let cap = http::gunzip_bytes_max(body.len(), &self.limits.http);
             if let Err(error) = http::gunzip(body, &mut self.inflated, cap) {
                 let reply = body_error_reply(error);
-                self.answer_now(slot, routes::UNMATCHED, reply, &corr_id, framing(keep_alive), now);
+                self.answer_now(slot, self.routes.len(), reply, &corr_id, framing(keep_alive), now);
                 return;
             }
             body = &self.inflated;
@@ -710,7 +724,7 @@ impl Front {
             socket: conn.socket.as_raw_fd(),
             received_at: now,
         };
-        let (route, handled) = routes::dispatch(&self.shard, &request);
+        let (route, handled) = self.routes.dispatch(&self.core, &request);
         match handled {
             Handled::Now(reply) => {
                 keep_alive &= !reply.close;
@@ -725,7 +739,9 @@ impl Front {
                     conn.phase = Phase::Closing;
                 }
                 spawn_later(
-                    &self.shard,
+                    &self.core,
+                    &self.mailbox,
+                    &self.date,
                     future,
                     Later {
                         slot,
@@ -755,8 +771,8 @@ impl Front {
         let conn = self.conns[slot as usize].as_mut().expect("a live slot");
         let seq = conn.next_seq;
         conn.next_seq += 1;
-        let scratch = self.shard.scratch.borrow();
-        let date = self.shard.date.borrow();
+        let scratch = self.core.scratch.borrow();
+        let date = self.date.borrow();
         if conn.waiting.is_empty() {
             write_response(
                 &mut conn.output,
@@ -781,7 +797,7 @@ impl Front {
             conn.waiting.push_back(Waiting { seq, bytes: Some(bytes), close: !framing.keep_alive });
         }
         drop((scratch, date));
-        record(&self.shard, route, &reply, now);
+        record(&self.core, route, &reply, now);
         mark_dirty(&mut self.dirty, conn, slot);
         if !framing.keep_alive || reply.close {
             self.begin_close(slot);
@@ -790,15 +806,15 @@ impl Front {
 
     /// Answers an error that ends the connection (the stream is out of sync).
     fn fail(&mut self, slot: u32, reply: Reply) {
-        let corr_id = self.shard.next_corr_id();
+        let corr_id = next_corr_id(&mut self.corr_counter, self.core.id);
         let framing = reply::Framing { keep_alive: false, http10: false, head_only: false };
         let now = Instant::now();
-        self.answer_now(slot, routes::UNMATCHED, reply, &corr_id, framing, now);
+        self.answer_now(slot, self.routes.len(), reply, &corr_id, framing, now);
     }
 
     fn take_mailbox(&mut self, now: Instant) -> bool {
-        let mut finished = std::mem::take(&mut *self.shard.mailbox.finished.borrow_mut());
-        self.shard.mailbox.rung.set(false);
+        let mut finished = std::mem::take(&mut *self.mailbox.finished.borrow_mut());
+        self.mailbox.rung.set(false);
         let any = !finished.is_empty();
         for done in finished.drain(..) {
             let Some(conn) = self.conns[done.slot as usize].as_mut() else { continue };
@@ -825,7 +841,7 @@ impl Front {
             }
         }
         // Keep the allocation for the next turn.
-        let mut slot = self.shard.mailbox.finished.borrow_mut();
+        let mut slot = self.mailbox.finished.borrow_mut();
         if slot.is_empty() {
             *slot = finished;
         }
@@ -856,7 +872,7 @@ impl Front {
                 match queued {
                     Ok(()) => conn.send_inflight = true,
                     Err(error) => {
-                        tracing::error!(shard = self.shard.id, %error, "queueing a send");
+                        tracing::error!(shard = self.core.id, %error, "queueing a send");
                         self.kill(slot);
                     }
                 }
@@ -909,7 +925,7 @@ impl Front {
         self.conns[slot as usize] = None;
         self.free.push(slot);
         self.open -= 1;
-        self.shard.metrics.borrow_mut().connections_open -= 1;
+        self.core.metrics.borrow_mut().connections_open -= 1;
     }
 
     /// Header, body, idle and linger deadlines.
@@ -971,12 +987,12 @@ impl Front {
 
     fn start_drain(&mut self, now: Instant) {
         self.drain_started = Some(now);
-        tracing::info!(shard = self.shard.id, open = self.open, "draining");
+        tracing::info!(shard = self.core.id, open = self.open, "draining");
         for (index, listener) in self.listeners.iter().enumerate() {
             if listener.armed
                 && let Err(error) = self.ring.cancel(Op::Accept(index as u32))
             {
-                tracing::error!(shard = self.shard.id, %error, "cancelling accept");
+                tracing::error!(shard = self.core.id, %error, "cancelling accept");
             }
         }
         for slot in 0..self.conns.len() as u32 {
@@ -1038,8 +1054,14 @@ fn body_error_reply(error: BodyError) -> Reply {
     }
 }
 
+/// A correlation id for a request that brought none.
+fn next_corr_id(counter: &mut u64, shard: usize) -> CorrId {
+    *counter += 1;
+    CorrId::generate(shard, *counter - 1)
+}
+
 /// Counts an answer in the shard's metrics.
-fn record(shard: &Shard, route: usize, reply: &Reply, received_at: Instant) {
+fn record(shard: &Core, route: usize, reply: &Reply, received_at: Instant) {
     let mut metrics = shard.metrics.borrow_mut();
     metrics.request_latency[route].record(received_at.elapsed());
     if let Some(code) = reply.error_code() {
@@ -1058,19 +1080,24 @@ struct Later {
     received_at: Instant,
 }
 
-fn spawn_later(shard: &Rc<Shard>, future: Pin<Box<dyn Future<Output = Reply>>>, later: Later) {
-    shard.inflight.set(shard.inflight.get() + 1);
-    shard.metrics.borrow_mut().inflight[later.route] += 1;
-    let task_shard = shard.clone();
+fn spawn_later(
+    core: &Rc<Core>,
+    mailbox: &Rc<Mailbox>,
+    date: &Rc<RefCell<HttpDate>>,
+    future: Pin<Box<dyn Future<Output = Reply>>>,
+    later: Later,
+) {
+    core.inflight.set(core.inflight.get() + 1);
+    core.metrics.borrow_mut().inflight[later.route] += 1;
+    let (shard, mailbox, date) = (core.clone(), mailbox.clone(), date.clone());
     let task = async move {
-        let shard = task_shard;
         let reply = future.await;
         shard.inflight.set(shard.inflight.get() - 1);
         shard.note_load();
         shard.metrics.borrow_mut().inflight[later.route] -= 1;
         assert!(!matches!(reply.body, reply::Body::Scratch), "answers from tasks own their bodies");
         let mut bytes = Vec::with_capacity(256);
-        let date = shard.date.borrow();
+        let date = date.borrow();
         write_response(
             &mut bytes,
             &reply,
@@ -1083,7 +1110,7 @@ fn spawn_later(shard: &Rc<Shard>, future: Pin<Box<dyn Future<Output = Reply>>>, 
         drop(date);
         record(&shard, later.route, &reply, later.received_at);
         let close = reply.close || !later.framing.keep_alive;
-        shard.mailbox.post(Finished {
+        mailbox.post(Finished {
             slot: later.slot,
             generation: later.generation,
             seq: later.seq,
@@ -1091,5 +1118,35 @@ fn spawn_later(shard: &Rc<Shard>, future: Pin<Box<dyn Future<Output = Reply>>>, 
             close,
         });
     };
-    glommio::spawn_local_into(task, shard.queue).expect("the shard's queue exists").detach();
+    core.spawn(task);
+}
+
+/// The `Date` header, formatted once per second.
+pub struct HttpDate {
+    text: [u8; 29],
+    second: u64,
+}
+
+impl HttpDate {
+    fn new() -> HttpDate {
+        let mut date = HttpDate { text: [b' '; 29], second: u64::MAX };
+        date.refresh();
+        date
+    }
+
+    pub fn refresh(&mut self) {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == self.text.len() {
+                self.text.copy_from_slice(text.as_bytes());
+            }
+            self.second = second;
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.text
+    }
 }

@@ -1,0 +1,355 @@
+//! The route table and the one dispatch step every request goes through:
+//! match, shed, authorize and meter (the gate), handle.
+//!
+//! Each service adds its routes at start (`crate::service::Service::routes`);
+//! every shard builds the same table, in registry order, so a route's slot
+//! (its metrics label) is the same everywhere.
+
+use crate::core::Core;
+use crate::http::reply::{CorrId, Handled, Reply};
+use ron_proto::ErrorCode;
+use ron_proto::http::{Head, Method, query_param};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Ops routes: no token.
+    Public,
+    /// Any valid token; scope caveats are not consulted.
+    Authenticated,
+    /// A valid token whose caveats allow this scope.
+    Scope(&'static str),
+    /// The same, checked by the handler once it knows the account, asset
+    /// and amount the request is about.
+    ScopeWithFacts(&'static str),
+}
+
+/// Whether a route is refused with 429 while the shard is over
+/// `inflight_per_shard_max`. Ops routes are not, so an overloaded node can
+/// still be watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    Yes,
+    No,
+}
+
+pub type Handler = Rc<dyn Fn(&Request<'_>, &Params<'_>) -> Handled>;
+
+pub struct Route {
+    pub method: Method,
+    /// Literal segments and `{name}` parameters.
+    pub pattern: &'static str,
+    pub access: Access,
+    pub shed: Shed,
+    pub handler: Handler,
+}
+
+/// What stands between a protected route and its handler: the passport's
+/// token check and its counting caveats.
+pub trait Gate {
+    /// Checks the request's token for `access` (a `ScopeWithFacts` route's
+    /// handler checks it itself), counts it, and runs `handler` if both
+    /// allow it.
+    fn admit(
+        &self,
+        request: &Request<'_>,
+        path: &str,
+        params: &Params<'_>,
+        access: Access,
+        handler: &Handler,
+    ) -> Handled;
+}
+
+/// Every route of a shard.
+#[derive(Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    gate: Option<Rc<dyn Gate>>,
+}
+
+impl RouteTable {
+    /// Adds a route answered by `handler` on `service`.
+    pub fn add<S: 'static>(
+        &mut self,
+        service: &Rc<S>,
+        method: Method,
+        pattern: &'static str,
+        access: Access,
+        shed: Shed,
+        handler: fn(&Rc<S>, &Request<'_>, &Params<'_>) -> Handled,
+    ) {
+        assert!(
+            !self.routes.iter().any(|r| r.method == method && r.pattern == pattern),
+            "{} {pattern} is routed twice",
+            method.as_str()
+        );
+        let service = service.clone();
+        let handler: Handler = Rc::new(move |request, params| handler(&service, request, params));
+        self.routes.push(Route { method, pattern, access, shed, handler });
+    }
+
+    /// Sets who checks protected routes.
+    pub fn set_gate(&mut self, gate: Rc<dyn Gate>) {
+        assert!(self.gate.is_none(), "one gate per node");
+        self.gate = Some(gate);
+    }
+
+    /// Checks the table is complete: a protected route needs a gate.
+    pub fn check(&self) {
+        if let Some(route) = self.routes.iter().find(|r| r.access != Access::Public) {
+            assert!(
+                self.gate.is_some(),
+                "{} needs a token but no service checks tokens",
+                route.pattern
+            );
+        }
+    }
+
+    /// The routes' patterns, in slot order.
+    pub fn labels(&self) -> Vec<&'static str> {
+        self.routes.iter().map(|r| r.pattern).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Finds the route of `method path`. HEAD is served by GET routes.
+    pub fn lookup<'a>(&self, method: Method, path: &'a str) -> Result<(usize, Params<'a>), Miss> {
+        let wanted = if method == Method::Head { Method::Get } else { method };
+        let mut allow = None;
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(params) = match_pattern(route.pattern, path) {
+                if route.method == wanted {
+                    return Ok((i, params));
+                }
+                allow.get_or_insert(match route.method {
+                    Method::Get => "GET, HEAD",
+                    other => other.as_str(),
+                });
+            }
+        }
+        Err(allow.map_or(Miss::NotFound, Miss::MethodNotAllowed))
+    }
+
+    /// Matches, sheds, authorizes and hands the request to its handler.
+    /// Returns the route's metrics slot (the table's length for a request
+    /// that matched none) with the answer.
+    pub fn dispatch(&self, core: &Core, request: &Request<'_>) -> (usize, Handled) {
+        let unmatched = self.routes.len();
+        let Ok(path) = std::str::from_utf8(request.head.path.of(request.raw)) else {
+            return (
+                unmatched,
+                Handled::Now(Reply::error(ErrorCode::BadRequest, "the path is not UTF-8")),
+            );
+        };
+        let (index, params) = match self.lookup(request.head.method, path) {
+            Ok(found) => found,
+            Err(Miss::NotFound) => {
+                return (
+                    unmatched,
+                    Handled::Now(Reply::error(ErrorCode::NotFound, "no such route")),
+                );
+            }
+            Err(Miss::MethodNotAllowed(allow)) => {
+                let mut reply =
+                    Reply::error(ErrorCode::MethodNotAllowed, "method not allowed on this route");
+                reply.allow = Some(allow);
+                return (unmatched, Handled::Now(reply));
+            }
+        };
+        let route = &self.routes[index];
+        if route.shed == Shed::Yes && !core.admit() {
+            core.metrics.borrow_mut().busy_rejections[index] += 1;
+            return (
+                index,
+                Handled::Now(Reply::error(
+                    ErrorCode::Busy,
+                    "the shard is over its in-flight limit",
+                )),
+            );
+        }
+        if route.access == Access::Public {
+            return (index, (route.handler)(request, &params));
+        }
+        let gate = self.gate.as_ref().expect("checked at start");
+        (index, gate.admit(request, path, &params, route.access, &route.handler))
+    }
+}
+
+const PARAMS_MAX: usize = 4;
+
+/// Path parameters of a matched route, in pattern order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Params<'a> {
+    values: [&'a str; PARAMS_MAX],
+    count: usize,
+}
+
+impl<'a> Params<'a> {
+    pub fn get(&self, i: usize) -> Option<&'a str> {
+        self.values[..self.count].get(i).copied()
+    }
+
+    /// Parameters kept as owned strings (a request answered later).
+    pub fn from_values(values: &'a [String]) -> Params<'a> {
+        let mut params = Params::default();
+        for value in values.iter().take(PARAMS_MAX) {
+            params.values[params.count] = value;
+            params.count += 1;
+        }
+        params
+    }
+}
+
+fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Params<'a>> {
+    let mut params = Params::default();
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(params),
+            (Some(expected), Some(actual)) => {
+                if expected.starts_with('{') {
+                    if actual.is_empty() || params.count == PARAMS_MAX {
+                        return None;
+                    }
+                    params.values[params.count] = actual;
+                    params.count += 1;
+                } else if expected != actual {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Miss {
+    NotFound,
+    MethodNotAllowed(&'static str),
+}
+
+/// One complete request, borrowed from the connection's buffers.
+pub struct Request<'a> {
+    pub head: &'a Head,
+    /// The buffer `head`'s spans index into.
+    pub raw: &'a [u8],
+    pub body: &'a [u8],
+    pub corr_id: CorrId,
+    pub socket: RawFd,
+    pub received_at: Instant,
+}
+
+impl Request<'_> {
+    pub fn path(&self) -> &str {
+        // Checked by `dispatch` before any handler runs.
+        std::str::from_utf8(self.head.path.of(self.raw)).expect("dispatch checked the path")
+    }
+
+    /// A query parameter, percent-decoded; a bad encoding is a 400.
+    pub fn query(&self, name: &str) -> Result<Option<Cow<'_, str>>, Reply> {
+        let Some(query) = self.head.query else { return Ok(None) };
+        query_param(query.of(self.raw), name).map_err(|_| {
+            Reply::error(
+                ErrorCode::BadRequest,
+                format!("query parameter {name} is not valid UTF-8"),
+            )
+        })
+    }
+
+    /// The JSON body as `T`: 415 unless it says JSON, 400 if it does not parse.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Reply> {
+        if self.head.media_type != ron_proto::http::MediaType::Json {
+            return Err(Reply::error(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be application/json",
+            ));
+        }
+        let mut bytes = self.body.to_vec();
+        simd_json::serde::from_slice(&mut bytes)
+            .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+    }
+}
+
+/// An amount: a u128 as a decimal string, or a JSON integer.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Text(String),
+    Number(u64),
+}
+
+impl Amount {
+    /// The amount, which must be positive.
+    pub fn value(self) -> Result<u128, String> {
+        let amount = match self {
+            Amount::Number(n) => u128::from(n),
+            Amount::Text(text) => {
+                if text.is_empty() || text.len() > 39 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("amount must be a decimal u128".to_owned());
+                }
+                text.parse::<u128>().map_err(|_| "amount must be a decimal u128".to_owned())?
+            }
+        };
+        if amount == 0 {
+            return Err("amount must be positive".to_owned());
+        }
+        Ok(amount)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let mut table = RouteTable::default();
+        let service = Rc::new(());
+        let handler = |_: &Rc<()>, _: &Request<'_>, _: &Params<'_>| {
+            Handled::Now(Reply::json_static(200, b"{}"))
+        };
+        table.add(&service, Method::Get, "/healthz", Access::Public, Shed::No, handler);
+        table.add(&service, Method::Get, "/v1/tx/{txid}", Access::Public, Shed::Yes, handler);
+        table
+    }
+
+    #[test]
+    fn lookup_matches_literals_params_and_methods() {
+        let table = table();
+        let (i, _) = table.lookup(Method::Get, "/healthz").unwrap();
+        assert_eq!(table.labels()[i], "/healthz");
+        let (i, _) = table.lookup(Method::Head, "/healthz").unwrap();
+        assert_eq!(table.labels()[i], "/healthz");
+        assert_eq!(
+            table.lookup(Method::Post, "/healthz").unwrap_err(),
+            Miss::MethodNotAllowed("GET, HEAD")
+        );
+        assert_eq!(table.lookup(Method::Get, "/healthz/x").unwrap_err(), Miss::NotFound);
+        assert_eq!(table.lookup(Method::Get, "/nope").unwrap_err(), Miss::NotFound);
+        let (_, params) = table.lookup(Method::Get, "/v1/tx/tx_abc").unwrap();
+        assert_eq!(params.get(0), Some("tx_abc"));
+        assert!(match_pattern("/v1/tx/{txid}", "/v1/tx/").is_none());
+        assert!(match_pattern("/v1/tx/{txid}", "/v1/tx/a/b").is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "routed twice")]
+    fn a_route_is_added_once() {
+        let mut table = table();
+        let service = Rc::new(());
+        table.add(&service, Method::Get, "/healthz", Access::Public, Shed::No, |_, _, _| {
+            Handled::Now(Reply::json_static(200, b"{}"))
+        });
+    }
+}

@@ -1,0 +1,442 @@
+//! The log on disk (SPEC §4.1): segment files under
+//! `data_dir/log/`, named by the sequence number of their first entry, each
+//! preallocated to `ledger.segment_bytes` and filled with records
+//! (`ron_proto::log`) at 4 KiB boundaries.
+//!
+//! Recovery runs once at start, before any executor, with plain blocking
+//! reads: every record's checksum and the root chain are verified and the
+//! log's state (tree, roots, unique keys, idempotency marks) is rebuilt. A torn or zero-filled **last** record was never
+//! acknowledged (acknowledgement waits for its sync), so it is zeroed on disk
+//! and logged. An invalid record with a valid one after it is corruption: the
+//! node starts in safe mode with an error naming segment and offset.
+//!
+//! Appending runs on the committer executor through its own io_uring
+//! (`super::disk_ring`), with O_DIRECT and aligned buffers.
+
+use super::disk_ring::{AlignedBuffer, DiskRing};
+use ron_proto::log::{self, RecordHeader, RecordRead};
+use ron_proto::merkle::{self, Hash};
+use ron_shards::accumulator::Accumulator;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// One published root: the tree over the first `seq` entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootItem {
+    pub seq: u64,
+    pub root: Hash,
+    pub committed_ms: u64,
+}
+
+/// A unique or idempotency key: 16 bytes of a BLAKE3 hash.
+pub type IdKey = [u8; 16];
+
+/// The key of an id (16 bytes of its BLAKE3 hash).
+pub fn id_key(id: &str) -> IdKey {
+    let hash = blake3::hash(id.as_bytes());
+    hash.as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// What the log holds: the tree, the roots of every batch, every unique key
+/// ever committed (entry ids), and what each idempotency key committed.
+#[derive(Default)]
+pub struct LogState {
+    pub accumulator: Accumulator,
+    pub roots: Vec<RootItem>,
+    pub unique: HashSet<IdKey>,
+    /// What each append with an idempotency key committed.
+    pub idem: HashMap<IdKey, Placed>,
+}
+
+/// Where one append's items went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub seq_start: u64,
+    pub seq_end: u64,
+    pub root: Hash,
+}
+
+impl LogState {
+    pub fn next_seq(&self) -> u64 {
+        self.accumulator.len() + 1
+    }
+
+    pub fn root(&self) -> Hash {
+        self.accumulator.root()
+    }
+
+    /// Applies a record read back from disk; an error says why it does not
+    /// continue the chain.
+    fn apply(
+        &mut self,
+        header: &RecordHeader,
+        body: &[u8],
+        reader: &mut dyn LogReader,
+    ) -> Result<(), String> {
+        if header.first_seq != self.next_seq() {
+            return Err(format!(
+                "sequence gap: record starts at {}, expected {}",
+                header.first_seq,
+                self.next_seq()
+            ));
+        }
+        if header.previous_root != self.root() {
+            return Err("previous root does not match the chain".to_owned());
+        }
+        let before = self.accumulator.len();
+        let (body, marks) =
+            log::split_body(body, header.count).map_err(|e| format!("record body: {e}"))?;
+        let mut items = Vec::with_capacity(header.count as usize);
+        for encoded in log::body_entries(body) {
+            let encoded = encoded.map_err(|e| format!("item framing: {e}"))?;
+            reader.check(encoded).map_err(|e| format!("item: {e}"))?;
+            self.accumulator.push(merkle::leaf_hash(encoded));
+            items.push(encoded);
+        }
+        let count = self.accumulator.len() - before;
+        if count != u64::from(header.count) || self.root() != header.new_root {
+            self.accumulator.truncate(before);
+            return Err("item count or new root does not match the items".to_owned());
+        }
+        for (seq, item) in (header.first_seq..).zip(items) {
+            self.unique.extend(reader.unique_key(item));
+            reader.visit(seq, &header.new_root, item);
+        }
+        for mark in marks {
+            let seq_start = header.first_seq + u64::from(mark.first);
+            let seq_end = seq_start + u64::from(mark.count) - 1;
+            self.idem.insert(mark.key, Placed { seq_start, seq_end, root: header.new_root });
+        }
+        self.roots.push(RootItem {
+            seq: header.last_seq(),
+            root: header.new_root,
+            committed_ms: header.committed_ms,
+        });
+        Ok(())
+    }
+}
+
+/// Where the next record goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tail {
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+pub struct Recovered {
+    pub state: LogState,
+    /// `None` when the log is empty.
+    pub tail: Option<Tail>,
+    /// What was truncated, for the log.
+    pub truncated: Option<String>,
+    /// Why the node must start in safe mode.
+    pub corruption: Option<String>,
+    pub records: u64,
+    pub took: Duration,
+}
+
+impl Recovered {
+    /// The state of a node that keeps nothing on disk.
+    pub fn empty() -> Recovered {
+        Recovered {
+            state: LogState::default(),
+            tail: None,
+            truncated: None,
+            corruption: None,
+            records: 0,
+            took: Duration::ZERO,
+        }
+    }
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// The segments of `dir`, oldest first.
+pub fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                if path.to_str().is_some_and(|p| p.ends_with(SEGMENT_SUFFIX)) {
+                    paths.push(path);
+                }
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+fn read_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut bytes[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
+}
+
+/// Reads the record at `offset`: its bytes (header, body) when the header
+/// looks like one, else just the header's bytes.
+fn read_record_bytes(file: &std::fs::File, offset: u64) -> io::Result<Vec<u8>> {
+    let header = read_at(file, offset, log::RECORD_HEADER_BYTES)?;
+    match log::record_len(&header) {
+        Some(len) => read_at(file, offset, len),
+        None => Ok(header),
+    }
+}
+
+/// The first record boundary at or after `from` in `path` where a valid
+/// record starts.
+fn valid_record_from(path: &Path, from: u64) -> io::Result<Option<u64>> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut offset = from;
+    while offset < len {
+        let bytes = read_record_bytes(&file, offset)?;
+        if matches!(log::read_record(&bytes), RecordRead::Record(..)) {
+            return Ok(Some(offset));
+        }
+        offset += log::RECORD_ALIGN_BYTES as u64;
+    }
+    Ok(None)
+}
+
+/// What recovery asks of the services whose items the log holds: the log
+/// itself never looks inside an item.
+pub trait LogReader {
+    /// Whether `item` decodes; a record with an item that does not is
+    /// corruption.
+    fn check(&mut self, item: &[u8]) -> Result<(), String>;
+    /// The unique key an item was appended with (an entry's id), if any.
+    fn unique_key(&mut self, item: &[u8]) -> Option<IdKey>;
+    /// Sees every item of the valid log with its sequence number and the
+    /// root after its record, in order.
+    fn visit(&mut self, seq: u64, root: &Hash, item: &[u8]);
+}
+
+/// Scans the log in `dir`, repairs a torn tail, and rebuilds the state,
+/// handing every item to `reader`.
+pub fn recover(dir: &Path, reader: &mut dyn LogReader) -> io::Result<Recovered> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir)?;
+    let paths = segments(dir)?;
+    let mut state = LogState::default();
+    let mut tail = None;
+    let mut truncated = None;
+    let mut corruption = None;
+    let mut records = 0;
+    'segments: for (index, path) in paths.iter().enumerate() {
+        let file = std::fs::File::open(path)?;
+        let mut offset = 0u64;
+        loop {
+            let place = format!("segment {} offset {offset}", path.display());
+            let bytes = read_record_bytes(&file, offset)?;
+            let why = match log::read_record(&bytes) {
+                RecordRead::Record(header, body) => {
+                    if let Err(why) = state.apply(&header, body, reader) {
+                        corruption = Some(format!("{place}: {why}"));
+                        break 'segments;
+                    }
+                    records += 1;
+                    offset += header.padded_bytes() as u64;
+                    tail = Some(Tail { path: path.clone(), offset });
+                    continue;
+                }
+                RecordRead::End => {
+                    if offset == 0 {
+                        // An empty segment: the next record may go here.
+                        tail = Some(Tail { path: path.clone(), offset });
+                    }
+                    continue 'segments;
+                }
+                RecordRead::Invalid(why) => why,
+                RecordRead::Short => "truncated record",
+            };
+            // Torn (never acknowledged) if nothing valid follows it.
+            let mut valid_after = valid_record_from(path, offset + log::RECORD_ALIGN_BYTES as u64)?
+                .map(|at| (path.clone(), at));
+            for later in &paths[index + 1..] {
+                if valid_after.is_some() {
+                    break;
+                }
+                valid_after = valid_record_from(later, 0)?.map(|at| (later.clone(), at));
+            }
+            if let Some((later, at)) = valid_after {
+                corruption = Some(format!(
+                    "{place}: {why}, and a valid record follows at segment {} offset {at}",
+                    later.display()
+                ));
+                break 'segments;
+            }
+            let zeroed = zero_from(path, offset)?;
+            for later in &paths[index + 1..] {
+                std::fs::remove_file(later)?;
+            }
+            sync_dir(dir)?;
+            truncated = Some(format!("{place}: {why} ({zeroed} bytes zeroed, never acknowledged)"));
+            tail = Some(Tail { path: path.clone(), offset });
+            break 'segments;
+        }
+    }
+    Ok(Recovered { state, tail, truncated, corruption, records, took: started.elapsed() })
+}
+
+/// Zeroes `path` from `offset` to its last non-zero byte, syncs, and returns
+/// how many bytes were zeroed.
+fn zero_from(path: &Path, offset: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut end = offset;
+    let mut at = offset;
+    loop {
+        let chunk = read_at(&file, at, CHUNK)?;
+        if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+            end = at + last as u64 + 1;
+        }
+        if chunk.len() < CHUNK {
+            break;
+        }
+        at += CHUNK as u64;
+    }
+    let zeros = vec![0u8; CHUNK];
+    let mut at = offset;
+    while at < end {
+        let len = ((end - at) as usize).min(CHUNK);
+        file.write_all_at(&zeros[..len], at)?;
+        at += len as u64;
+    }
+    if end > offset {
+        file.sync_data()?;
+    }
+    Ok(end - offset)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Appends records on the committer executor, through its own io_uring
+/// (`crate::disk_ring`).
+pub struct LogWriter {
+    dir: PathBuf,
+    file: Option<OwnedFd>,
+    offset: u64,
+    segment_bytes: u64,
+    fsync: bool,
+    ring: DiskRing,
+    buffer: AlignedBuffer,
+}
+
+/// How long the parts of one append took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendTimes {
+    pub write: Duration,
+    pub sync: Duration,
+}
+
+/// Opens a segment for direct I/O where the filesystem has it (tmpfs does
+/// not; there the page cache is the medium anyway).
+fn open_segment(path: &Path, create: bool) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .custom_flags(flags)
+            .open(path)
+    };
+    match open(libc::O_DIRECT) {
+        Ok(file) => Ok(file.into()),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            if create {
+                // The failed open may have created it.
+                match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                    _ => {}
+                }
+            }
+            Ok(open(0)?.into())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+impl LogWriter {
+    pub async fn open(
+        dir: &Path,
+        tail: Option<Tail>,
+        segment_bytes: u64,
+        fsync: bool,
+    ) -> io::Result<LogWriter> {
+        let mut writer = LogWriter {
+            dir: dir.to_owned(),
+            file: None,
+            offset: 0,
+            segment_bytes,
+            fsync,
+            ring: DiskRing::new()?,
+            buffer: AlignedBuffer::default(),
+        };
+        if let Some(tail) = tail {
+            writer.file = Some(open_segment(&tail.path, false)?);
+            writer.offset = tail.offset;
+        }
+        Ok(writer)
+    }
+
+    /// Writes one sealed record whose first entry is `first_seq` and makes it
+    /// durable (unless `ledger.fsync` is off).
+    pub async fn append(&mut self, record: &[u8], first_seq: u64) -> io::Result<AppendTimes> {
+        assert_eq!(record.len() % log::RECORD_ALIGN_BYTES, 0);
+        let len = record.len() as u64;
+        if self.file.is_none() || (self.offset > 0 && self.offset + len > self.segment_bytes) {
+            self.roll(first_seq, len).await?;
+        }
+        let fd = self.file.as_ref().expect("a segment is open").as_raw_fd();
+        let started = Instant::now();
+        self.buffer.fill(record);
+        self.ring.write_at(fd, &self.buffer, self.offset).await?;
+        let write = started.elapsed();
+        let synced = Instant::now();
+        if self.fsync {
+            self.ring.sync(fd, false).await?;
+        }
+        self.offset += len;
+        Ok(AppendTimes { write, sync: synced.elapsed() })
+    }
+
+    /// Starts a new segment for a record starting at `first_seq`.
+    async fn roll(&mut self, first_seq: u64, len: u64) -> io::Result<()> {
+        self.file.take();
+        let path = self.dir.join(segment_name(first_seq));
+        let file = open_segment(&path, true)?;
+        self.ring.allocate(file.as_raw_fd(), self.segment_bytes.max(len)).await?;
+        if self.fsync {
+            self.ring.sync(file.as_raw_fd(), false).await?;
+            let dir = std::fs::File::open(&self.dir)?;
+            self.ring.sync(dir.as_raw_fd(), true).await?;
+        }
+        self.file = Some(file);
+        self.offset = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,622 @@
+//! The service boundary: everything a service plugs into the node, declared
+//! in one place ([`Service`]), and the registry that turns the node's list
+//! of services (`crate::services`) into the route table, the mesh's
+//! call handling, the log's apply and replay, the views and `/metrics`.
+//!
+//! Why a trait: a service's calls are typed on both ends (`Call` and
+//! `Answer`, checked by the compiler), and most hooks have a default, so a
+//! small service writes only what it uses. The registry erases the types
+//! once (`Entry` before the executors start, `Running` on a shard); nothing
+//! else in the node names a service.
+//!
+//! A service lives in its own folder under `services/` and is added by one
+//! line in `services.rs`. Services start in that order on every shard (a
+//! service may use the ones before it, [`Started::get`]) and stop in
+//! reverse.
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::core::mesh::{MeshError, Payload};
+use crate::http::RouteTable;
+use crate::log::view::{ServiceView, ViewChanges, ViewLayout, ViewSource};
+use crate::log::{Committed, IdKey, Item};
+use crate::metrics::{MetricsPart, MetricsSource};
+use std::any::{Any, TypeId};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a shard's state is made.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardAt<'a> {
+    pub shard: usize,
+    pub shard_count: usize,
+    pub config: &'a Config,
+}
+
+/// What a service needs to start on a shard.
+pub struct Starting<'a, S: Service> {
+    pub core: &'a Rc<Core>,
+    pub shared: Arc<S::Shared>,
+    pub state: S::State,
+    /// The services registered before this one, started on this shard.
+    pub started: &'a Started,
+    /// The service's tables in this shard's view (none in amnesia mode).
+    pub view: Option<ServiceView>,
+}
+
+/// Everything a service plugs into the node.
+pub trait Service: Sized + 'static {
+    /// Its name: logs, view tables (`<name>.<table>`), `services.enable`.
+    const NAME: &'static str;
+    /// First bytes of the log items it writes; no two services share one.
+    const LOG_CODES: &'static [u8] = &[];
+    /// Its tables in each shard's LMDB view.
+    const TABLES: &'static [&'static str] = &[];
+    /// Changed when its tables' encoding changes: a view written with
+    /// another version is rebuilt from the log.
+    const VIEW_VERSION: u32 = 1;
+    /// Off unless the config's `services.enable` names it.
+    const ENABLED_BY_DEFAULT: bool = true;
+    /// How often `tick` runs on every shard, if at all.
+    const TICK: Option<Duration> = None;
+
+    /// Node-wide state, made once on the main thread before the shards
+    /// start (the passport's keys, say).
+    type Shared: Send + Sync + 'static;
+    /// One shard's part, made before its executor starts: loaded from the
+    /// view, then the log after it replayed into it.
+    type State: Send + 'static;
+    /// Calls one shard makes to another (`Service::call`), and answers.
+    type Call: Send + std::fmt::Debug + 'static;
+    type Answer: Send + std::fmt::Debug + 'static;
+
+    fn prepare(config: &Config) -> anyhow::Result<Self::Shared>;
+
+    /// An empty state for shard `at`.
+    fn state(shared: &Self::Shared, at: ShardAt<'_>) -> Self::State;
+
+    /// Loads what the shard's view kept; the view reflects the log through
+    /// `through_seq`, and the log after it is replayed next.
+    fn load(
+        _state: &mut Self::State,
+        _view: &ServiceView,
+        _through_seq: u64,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Whether an item of this service decodes: recovery treats a record
+    /// holding one that does not as corruption.
+    fn check(_item: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The unique key an item was appended with (`Append::unique`), which
+    /// the log must know again after a restart.
+    fn unique_key(_item: &[u8]) -> Option<IdKey> {
+        None
+    }
+
+    /// Applies a recovered item to the states of the shards with a part in
+    /// it (those whose view is behind it).
+    fn replay(_states: &mut Replaying<'_, Self::State>, _item: Item<'_>) {}
+
+    /// Starts the service on one shard.
+    fn start(start: Starting<'_, Self>) -> Rc<Self>;
+
+    /// The shard it runs on.
+    fn core(&self) -> &Rc<Core>;
+
+    fn routes(self: &Rc<Self>, _routes: &mut RouteTable) {}
+
+    /// Serves a call from another shard (or this one).
+    fn serve(self: Rc<Self>, call: Self::Call) -> impl Future<Output = Self::Answer> + 'static;
+
+    /// Applies a durable item of this service that this shard has a part
+    /// in; items come in log order, before anyone hears of them.
+    fn apply(&self, _item: Item<'_>) {}
+
+    /// Puts what changed since the last save into the view write that
+    /// reaches `through_seq`.
+    fn save(&self, _changes: &mut ViewChanges, _through_seq: u64) {}
+
+    /// The view write reaching `through_seq` is committed.
+    fn saved(&self, _through_seq: u64) {}
+
+    /// Its metrics on this shard, if it has any (the same answer on every
+    /// shard).
+    fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
+        None
+    }
+
+    /// Runs every `TICK` until the log stops.
+    fn tick(self: Rc<Self>) -> impl Future<Output = ()> + 'static {
+        async {}
+    }
+
+    /// The shard is stopping (services stop in reverse order).
+    fn stop(&self) {}
+
+    /// Runs `call` on shard `target`'s instance of this service: in place
+    /// when that is this shard, else over the mesh.
+    fn call(
+        self: &Rc<Self>,
+        target: usize,
+        call: Self::Call,
+    ) -> impl Future<Output = Result<Self::Answer, MeshError>> + 'static {
+        let me = self.clone();
+        async move {
+            let core = me.core().clone();
+            if target == core.id {
+                return Ok(Self::serve(me, call).await);
+            }
+            let answer = core.mesh.call(target, TypeId::of::<Self>(), Box::new(call)).await?;
+            Ok(*answer.downcast::<Self::Answer>().expect("a service answers its own calls"))
+        }
+    }
+}
+
+/// The states of one service on every shard, during replay at start.
+pub struct Replaying<'a, State> {
+    states: &'a mut [Box<dyn Any + Send>],
+    wants: &'a dyn Fn(usize) -> bool,
+    _state: PhantomData<State>,
+}
+
+impl<State: 'static> Replaying<'_, State> {
+    pub fn shard_count(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Shard `shard`'s state, if it replays this item (its view does not
+    /// hold it yet).
+    pub fn get(&mut self, shard: usize) -> Option<&mut State> {
+        if !(self.wants)(shard) {
+            return None;
+        }
+        Some(self.states[shard].downcast_mut::<State>().expect("a service's own state"))
+    }
+}
+
+/// The services started so far on a shard.
+#[derive(Default)]
+pub struct Started {
+    services: Vec<(TypeId, Rc<dyn Any>)>,
+}
+
+impl Started {
+    /// The running `S`: a service may use those registered before it.
+    pub fn get<S: Service>(&self) -> Rc<S> {
+        let found = self.services.iter().find(|(id, _)| *id == TypeId::of::<S>());
+        let (_, service) = found
+            .unwrap_or_else(|| panic!("{} is used before it starts: register it earlier", S::NAME));
+        service.clone().downcast::<S>().expect("registered by its type")
+    }
+}
+
+/// A service before the executors start, its types erased.
+trait Entry: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn log_codes(&self) -> &'static [u8];
+    fn enabled_by_default(&self) -> bool;
+    fn add_tables(&self, layout: &mut ViewLayout) -> usize;
+    fn prepare(&self, config: &Config) -> anyhow::Result<Arc<dyn Any + Send + Sync>>;
+    fn state(&self, shared: &(dyn Any + Send + Sync), at: ShardAt<'_>) -> Box<dyn Any + Send>;
+    fn load(
+        &self,
+        state: &mut Box<dyn Any + Send>,
+        view: &ServiceView,
+        through_seq: u64,
+    ) -> anyhow::Result<()>;
+    fn check(&self, item: &[u8]) -> Result<(), String>;
+    fn unique_key(&self, item: &[u8]) -> Option<IdKey>;
+    fn replay(
+        &self,
+        states: &mut [Box<dyn Any + Send>],
+        wants: &dyn Fn(usize) -> bool,
+        item: Item<'_>,
+    );
+    fn start(
+        &self,
+        core: &Rc<Core>,
+        shared: Arc<dyn Any + Send + Sync>,
+        state: Box<dyn Any + Send>,
+        started: &Started,
+        view: Option<ServiceView>,
+    ) -> (Rc<dyn Running>, Rc<dyn Any>);
+}
+
+struct Of<S>(PhantomData<fn() -> S>);
+
+impl<S: Service> Entry for Of<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn log_codes(&self) -> &'static [u8] {
+        S::LOG_CODES
+    }
+
+    fn enabled_by_default(&self) -> bool {
+        S::ENABLED_BY_DEFAULT
+    }
+
+    fn add_tables(&self, layout: &mut ViewLayout) -> usize {
+        layout.add(S::NAME, S::VIEW_VERSION, S::TABLES)
+    }
+
+    fn prepare(&self, config: &Config) -> anyhow::Result<Arc<dyn Any + Send + Sync>> {
+        Ok(Arc::new(S::prepare(config)?))
+    }
+
+    fn state(&self, shared: &(dyn Any + Send + Sync), at: ShardAt<'_>) -> Box<dyn Any + Send> {
+        let shared = shared.downcast_ref::<S::Shared>().expect("a service's own shared state");
+        Box::new(S::state(shared, at))
+    }
+
+    fn load(
+        &self,
+        state: &mut Box<dyn Any + Send>,
+        view: &ServiceView,
+        through_seq: u64,
+    ) -> anyhow::Result<()> {
+        let state = state.downcast_mut::<S::State>().expect("a service's own state");
+        S::load(state, view, through_seq)
+    }
+
+    fn check(&self, item: &[u8]) -> Result<(), String> {
+        S::check(item)
+    }
+
+    fn unique_key(&self, item: &[u8]) -> Option<IdKey> {
+        S::unique_key(item)
+    }
+
+    fn replay(
+        &self,
+        states: &mut [Box<dyn Any + Send>],
+        wants: &dyn Fn(usize) -> bool,
+        item: Item<'_>,
+    ) {
+        S::replay(&mut Replaying { states, wants, _state: PhantomData }, item);
+    }
+
+    fn start(
+        &self,
+        core: &Rc<Core>,
+        shared: Arc<dyn Any + Send + Sync>,
+        state: Box<dyn Any + Send>,
+        started: &Started,
+        view: Option<ServiceView>,
+    ) -> (Rc<dyn Running>, Rc<dyn Any>) {
+        let shared = shared.downcast::<S::Shared>().expect("a service's own shared state");
+        let state = *state.downcast::<S::State>().expect("a service's own state");
+        let service = S::start(Starting { core, shared, state, started, view });
+        (service.clone(), service)
+    }
+}
+
+/// A service running on a shard, its types erased.
+trait Running {
+    fn service_type(&self) -> TypeId;
+    fn serve(self: Rc<Self>, call: Payload) -> Pin<Box<dyn Future<Output = Payload>>>;
+    fn routes(self: Rc<Self>, routes: &mut RouteTable);
+    fn apply(&self, item: Item<'_>);
+    fn save(&self, changes: &mut ViewChanges, through_seq: u64);
+    fn saved(&self, through_seq: u64);
+    fn metrics(&self) -> Option<Box<dyn MetricsPart>>;
+    fn tick_every(&self) -> Option<Duration>;
+    fn tick(self: Rc<Self>) -> Pin<Box<dyn Future<Output = ()>>>;
+    fn stop(&self);
+}
+
+impl<S: Service> Running for S {
+    fn service_type(&self) -> TypeId {
+        TypeId::of::<S>()
+    }
+
+    fn serve(self: Rc<Self>, call: Payload) -> Pin<Box<dyn Future<Output = Payload>>> {
+        let call = *call.downcast::<S::Call>().expect("calls reach their own service");
+        Box::pin(async move { Box::new(S::serve(self, call).await) as Payload })
+    }
+
+    fn routes(self: Rc<Self>, routes: &mut RouteTable) {
+        Service::routes(&self, routes);
+    }
+
+    fn apply(&self, item: Item<'_>) {
+        Service::apply(self, item);
+    }
+
+    fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
+        Service::save(self, changes, through_seq);
+    }
+
+    fn saved(&self, through_seq: u64) {
+        Service::saved(self, through_seq);
+    }
+
+    fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
+        Service::metrics(self)
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        S::TICK
+    }
+
+    fn tick(self: Rc<Self>) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(Service::tick(self))
+    }
+
+    fn stop(&self) {
+        Service::stop(self);
+    }
+}
+
+/// The node's services, in start order.
+#[derive(Default)]
+pub struct Registry {
+    entries: Vec<Box<dyn Entry>>,
+}
+
+impl Registry {
+    /// Adds `S` after the services added so far.
+    pub fn add<S: Service>(&mut self) {
+        assert!(
+            !self.entries.iter().any(|e| e.name() == S::NAME),
+            "two services are named {}",
+            S::NAME
+        );
+        for code in S::LOG_CODES {
+            let taken = self.entries.iter().find(|e| e.log_codes().contains(code));
+            if let Some(other) = taken {
+                panic!("{} and {} both claim log item code {code:#04x}", other.name(), S::NAME);
+            }
+        }
+        self.entries.push(Box::new(Of::<S>(PhantomData)));
+    }
+
+    /// The services this config runs: those on by default and those
+    /// `services.enable` names. An unknown name is an error.
+    pub fn enabled(mut self, config: &Config) -> anyhow::Result<Registry> {
+        for name in &config.services.enable {
+            anyhow::ensure!(
+                self.entries.iter().any(|e| e.name() == name),
+                "config: field `services.enable`: no service is named {name:?}"
+            );
+        }
+        self.entries.retain(|e| {
+            e.enabled_by_default() || config.services.enable.iter().any(|n| n == e.name())
+        });
+        Ok(self)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.name()).collect()
+    }
+
+    /// The tables of every service, and where each service's start.
+    pub fn view_layout(&self) -> (ViewLayout, Vec<usize>) {
+        let mut layout = ViewLayout::default();
+        let bases = self.entries.iter().map(|e| e.add_tables(&mut layout)).collect();
+        (layout, bases)
+    }
+
+    /// Every service's node-wide state.
+    pub fn prepare(&self, config: &Config) -> anyhow::Result<Vec<Arc<dyn Any + Send + Sync>>> {
+        self.entries
+            .iter()
+            .map(|e| {
+                e.prepare(config).map_err(|error| error.context(format!("preparing {}", e.name())))
+            })
+            .collect()
+    }
+
+    /// The index of the service whose items start with `code`.
+    fn by_code(&self, code: u8) -> Option<usize> {
+        self.entries.iter().position(|e| e.log_codes().contains(&code))
+    }
+}
+
+/// Every service's state of every shard, before the executors start.
+pub struct States {
+    /// By service, then by shard.
+    states: Vec<Vec<Box<dyn Any + Send>>>,
+}
+
+impl States {
+    /// Empty states of `shard_count` shards.
+    pub fn new(
+        registry: &Registry,
+        shared: &[Arc<dyn Any + Send + Sync>],
+        config: &Config,
+        shard_count: usize,
+    ) -> States {
+        let states = registry
+            .entries
+            .iter()
+            .zip(shared)
+            .map(|(entry, shared)| {
+                (0..shard_count)
+                    .map(|shard| entry.state(&**shared, ShardAt { shard, shard_count, config }))
+                    .collect()
+            })
+            .collect();
+        States { states }
+    }
+
+    /// Puts shard `shard` of every service back to empty.
+    pub fn reset(
+        &mut self,
+        registry: &Registry,
+        shared: &[Arc<dyn Any + Send + Sync>],
+        config: &Config,
+        shard: usize,
+    ) {
+        let shard_count = self.states[0].len();
+        for ((entry, shared), states) in registry.entries.iter().zip(shared).zip(&mut self.states) {
+            states[shard] = entry.state(&**shared, ShardAt { shard, shard_count, config });
+        }
+    }
+
+    /// Loads shard `shard`'s view, which reflects the log through
+    /// `through_seq`, into every service's state.
+    pub fn load(
+        &mut self,
+        registry: &Registry,
+        bases: &[usize],
+        shard: usize,
+        store: &Arc<crate::log::view::ViewStore>,
+        through_seq: u64,
+    ) -> anyhow::Result<()> {
+        for ((entry, base), states) in registry.entries.iter().zip(bases).zip(&mut self.states) {
+            let view = ServiceView::new(store.clone(), *base);
+            entry
+                .load(&mut states[shard], &view, through_seq)
+                .map_err(|error| error.context(format!("loading {}'s view", entry.name())))?;
+        }
+        Ok(())
+    }
+
+    /// Shard `shard`'s states, one per service, to move to its executor.
+    pub fn take_shard(&mut self, shard: usize) -> Vec<Box<dyn Any + Send>> {
+        self.states
+            .iter_mut()
+            .map(|states| std::mem::replace(&mut states[shard], Box::new(())))
+            .collect()
+    }
+}
+
+/// Hands recovered items to their services: implements the log's reader.
+pub struct Replayer<'a> {
+    pub registry: &'a Registry,
+    pub states: &'a mut States,
+    /// Whether shard `i` replays item `seq` (its view is behind it).
+    pub wants: &'a dyn Fn(usize, u64) -> bool,
+}
+
+impl crate::log::segments::LogReader for Replayer<'_> {
+    fn check(&mut self, item: &[u8]) -> Result<(), String> {
+        let code = *item.first().ok_or("an empty item")?;
+        let index = self
+            .registry
+            .by_code(code)
+            .ok_or_else(|| format!("no service writes items of code {code:#04x}"))?;
+        self.registry.entries[index].check(item)
+    }
+
+    fn unique_key(&mut self, item: &[u8]) -> Option<IdKey> {
+        let index = self.registry.by_code(item[0]).expect("checked");
+        self.registry.entries[index].unique_key(item)
+    }
+
+    fn visit(&mut self, seq: u64, root: &ron_proto::merkle::Hash, item: &[u8]) {
+        let index = self.registry.by_code(item[0]).expect("checked");
+        let wants = |shard: usize| (self.wants)(shard, seq);
+        let item = Item { seq, root, bytes: item, durable_at: None };
+        self.registry.entries[index].replay(&mut self.states.states[index], &wants, item);
+    }
+}
+
+/// The services running on one shard, in start order.
+pub struct ShardServices {
+    running: Vec<Rc<dyn Running>>,
+    /// The service of each item code (an index into `running`).
+    by_code: [Option<u8>; 256],
+    /// Each service's first view table.
+    bases: Vec<usize>,
+}
+
+impl ShardServices {
+    /// Starts every service on this shard, in order, and fills the route
+    /// table.
+    pub fn start(
+        registry: &Registry,
+        core: &Rc<Core>,
+        shared: Vec<Arc<dyn Any + Send + Sync>>,
+        states: Vec<Box<dyn Any + Send>>,
+        bases: Vec<usize>,
+        routes: &mut RouteTable,
+    ) -> Rc<ShardServices> {
+        let mut started = Started::default();
+        let mut running = Vec::with_capacity(registry.entries.len());
+        let store = core.view.store().cloned();
+        let parts = registry.entries.iter().zip(shared).zip(states).zip(&bases);
+        for (((entry, shared), state), base) in parts {
+            let view = store.as_ref().map(|store| ServiceView::new(store.clone(), *base));
+            let (service, any) = entry.start(core, shared, state, &started, view);
+            started.services.push((service.service_type(), any));
+            service.clone().routes(routes);
+            running.push(service);
+        }
+        routes.check();
+        let mut by_code = [None; 256];
+        for (index, entry) in registry.entries.iter().enumerate() {
+            for code in entry.log_codes() {
+                by_code[usize::from(*code)] = Some(index as u8);
+            }
+        }
+        let services = Rc::new(ShardServices { running, by_code, bases });
+        core.add_metrics_source(services.clone());
+        for service in &services.running {
+            if let Some(every) = service.tick_every() {
+                let (core, service) = (core.clone(), service.clone());
+                core.clone().spawn(async move {
+                    while !core.log.is_stopped() {
+                        glommio::timer::sleep(every).await;
+                        service.clone().tick().await;
+                    }
+                });
+            }
+        }
+        services
+    }
+
+    /// Serves a call from another shard.
+    pub fn serve(&self, service: TypeId, call: Payload) -> Pin<Box<dyn Future<Output = Payload>>> {
+        let running = self.running.iter().find(|s| s.service_type() == service);
+        running.expect("calls reach a service this shard runs").clone().serve(call)
+    }
+
+    /// Applies this shard's items of a durable batch, in log order.
+    pub fn apply(&self, committed: &Committed) {
+        for item in committed.items() {
+            let code = item.bytes[0];
+            let index = self.by_code[usize::from(code)]
+                .unwrap_or_else(|| panic!("a committed item of unknown code {code:#04x}"));
+            self.running[usize::from(index)].apply(item);
+        }
+    }
+
+    /// The shard is stopping: services stop in reverse order.
+    pub fn stop(&self) {
+        for service in self.running.iter().rev() {
+            service.stop();
+        }
+    }
+}
+
+impl ViewSource for ShardServices {
+    fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
+        for (service, base) in self.running.iter().zip(&self.bases) {
+            changes.set_base(*base);
+            service.save(changes, through_seq);
+        }
+    }
+
+    fn saved(&self, through_seq: u64) {
+        for service in &self.running {
+            service.saved(through_seq);
+        }
+    }
+}
+
+impl MetricsSource for ShardServices {
+    fn snapshot(&self, out: &mut Vec<Box<dyn MetricsPart>>) {
+        out.extend(self.running.iter().filter_map(|s| s.metrics()));
+    }
+}

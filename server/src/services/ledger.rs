@@ -1,0 +1,155 @@
+//! The ledger service (SPEC §4): batches of entries ingested into the log
+//! (`POST /ingest`), the roots and proofs of the log's Merkle tree, and the
+//! balances of the accounts each shard owns.
+//!
+//! An entry's owner (the shard its account routes to) reserves its debit
+//! before the append and applies it once durable; a request that does not
+//! commit releases what its owners reserved. Balances live in the owner's
+//! view (`ledger.balances`: `balances::account_key` → u128 LE).
+//!
+//! Log items: entries (`ron_proto::ledger`, codes 1..=7, their kinds); an
+//! entry's id is its unique key in the log.
+
+pub mod routes;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::http::RouteTable;
+use crate::log::view::{ServiceView, ViewChanges};
+use crate::log::{IdKey, Item, id_key};
+use crate::service::{Replaying, Service, ShardAt, Starting};
+use anyhow::Context as _;
+use ron_proto::error::Reason;
+use ron_proto::ledger::{ENTRY_CODES, EntryRef};
+use ron_shards::balances::{Account, Balances, Item as Debit};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The ledger on one shard: the balances of the accounts it owns.
+pub struct Ledger {
+    core: Rc<Core>,
+    balances: RefCell<Balances>,
+}
+
+#[derive(Debug)]
+pub enum Call {
+    /// Reserve the debits of these items (all owned by the callee).
+    Reserve { items: Vec<Debit> },
+    /// Give back what `Reserve` took (the request did not commit).
+    Release { items: Vec<Debit> },
+    Balance { account: String, asset: String },
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Reserved(Result<(), Vec<Reason>>),
+    Done,
+    Balance(Account),
+}
+
+/// The view table of balances.
+const BALANCES: usize = 0;
+
+impl Service for Ledger {
+    const NAME: &'static str = "ledger";
+    const LOG_CODES: &'static [u8] = &ENTRY_CODES;
+    const TABLES: &'static [&'static str] = &["balances"];
+    type Shared = ();
+    type State = Balances;
+    type Call = Call;
+    type Answer = Answer;
+
+    fn prepare(_: &Config) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn state(_: &(), _: ShardAt<'_>) -> Balances {
+        Balances::default()
+    }
+
+    fn load(balances: &mut Balances, view: &ServiceView, _: u64) -> anyhow::Result<()> {
+        view.each(BALANCES, |key, value| {
+            let value: [u8; 16] = value.try_into().context("a balance is not 16 bytes")?;
+            balances.load(key, u128::from_le_bytes(value));
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn check(item: &[u8]) -> Result<(), String> {
+        EntryRef::decode(item).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn unique_key(item: &[u8]) -> Option<IdKey> {
+        EntryRef::decode(item).ok().map(|entry| id_key(entry.id))
+    }
+
+    fn replay(states: &mut Replaying<'_, Balances>, item: Item<'_>) {
+        let entry = EntryRef::decode(item.bytes).expect("checked");
+        let owner = ron_proto::routing::owner(entry.account.as_bytes(), states.shard_count());
+        if let Some(balances) = states.get(owner) {
+            let asset = entry.asset.unwrap_or_default();
+            if balances.replay_entry(entry.account, asset, entry.kind, entry.amount) {
+                // Never expected: the log is only written after a reservation.
+                tracing::error!(seq = item.seq, "the log holds a debit beyond its balance (stopped at zero)");
+            }
+        }
+    }
+
+    fn start(start: Starting<'_, Ledger>) -> Rc<Ledger> {
+        Rc::new(Ledger { core: start.core.clone(), balances: RefCell::new(start.state) })
+    }
+
+    fn core(&self) -> &Rc<Core> {
+        &self.core
+    }
+
+    fn routes(self: &Rc<Self>, table: &mut RouteTable) {
+        routes::add(self, table);
+    }
+
+    async fn serve(self: Rc<Self>, call: Call) -> Answer {
+        match call {
+            Call::Reserve { items } => {
+                self.assert_owned(&items);
+                Answer::Reserved(self.balances.borrow_mut().reserve(&items))
+            }
+            Call::Release { items } => {
+                self.assert_owned(&items);
+                self.balances.borrow_mut().release(&items);
+                Answer::Done
+            }
+            Call::Balance { account, asset } => {
+                self.core.log.caught_up().await;
+                Answer::Balance(self.balances.borrow().account(&account, &asset))
+            }
+        }
+    }
+
+    fn apply(&self, item: Item<'_>) {
+        let entry = EntryRef::decode(item.bytes).expect("committed items decode");
+        debug_assert_eq!(self.core.owner(entry.account.as_bytes()), self.core.id);
+        let asset = entry.asset.unwrap_or_default();
+        self.balances.borrow_mut().apply_entry(entry.account, asset, entry.kind, entry.amount);
+    }
+
+    fn save(&self, changes: &mut ViewChanges, _: u64) {
+        for (key, balance) in self.balances.borrow_mut().take_dirty() {
+            if balance == 0 {
+                changes.delete(BALANCES, &key);
+            } else {
+                changes.put(BALANCES, &key, &balance.to_le_bytes());
+            }
+        }
+    }
+}
+
+impl Ledger {
+    /// Accounts reach only their owner; anything else is a routing bug.
+    fn assert_owned(&self, items: &[Debit]) {
+        for item in items {
+            let owner = self.core.owner(item.account.as_bytes());
+            assert_eq!(owner, self.core.id, "account {} reached shard {}", item.account, self.core.id);
+        }
+    }
+}

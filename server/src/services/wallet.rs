@@ -1,0 +1,242 @@
+//! The wallet (SPEC §5): paths and fields of the original svc-wallet, on
+//! the shard state machine of `ron_shards::wallet`.
+//!
+//! A write is validated by its route (stateless rules, the token's
+//! caveats), then reserved on its scope shard (the owner of `from`, or of
+//! `to` for an issue; for a capture or release, the shard its hold id
+//! routes to), then committed to the log as one wallet operation, and
+//! applied by every shard with a part before the committer answers. The
+//! receipt leaves only then. A tick commits the expiry of holds past their
+//! timeout.
+//!
+//! Log items: wallet operations (`ron_proto::wallet`, code 0x20). View
+//! tables: receipts, funds, nonces, holds and idempotency records
+//! (`view`).
+
+pub mod routes;
+pub mod view;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::http::RouteTable;
+use crate::log::view::{ServiceView, ViewChanges};
+use crate::log::{Item, LogAnswer, LogCall};
+use crate::metrics::{MetricsPart, simple_lines};
+use crate::service::{Replaying, Service, ShardAt, Starting};
+use ron_proto::wallet::{Placement, TxId, WALLET_OP_CODE, WalletOp};
+use ron_shards::wallet::{self as state, Funds, Rejection, Reserved, parts};
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::passport::Passport;
+
+/// Expiries one shard commits per tick, at most.
+const EXPIRIES_PER_TICK_MAX: usize = 256;
+
+/// The wallet on one shard: the state of the accounts, holds, keys and
+/// receipts it owns.
+pub struct Wallet {
+    core: Rc<Core>,
+    passport: Rc<Passport>,
+    state: RefCell<state::Wallet>,
+    /// The wallet's tables in the view (none in amnesia mode).
+    view: Option<ServiceView>,
+    /// Receipts handed to the view with the write that reaches each seq:
+    /// forgotten from memory once that write is committed.
+    flushing: RefCell<VecDeque<(u64, Vec<TxId>)>>,
+    metrics: RefCell<WalletMetrics>,
+}
+
+#[derive(Debug)]
+pub enum Call {
+    /// Check and reserve a write on its scope shard.
+    Reserve { op: Box<WalletOp>, now_ms: u64 },
+    /// The write did not commit: give back what it reserved.
+    Release { op: Box<WalletOp> },
+    Balance { account: String, asset: String },
+    Receipt { txid: TxId },
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Reserved(Result<Reserved, Rejection>),
+    Done,
+    Balance { funds: Funds, as_of_seq: u64 },
+    /// The committed operation behind a receipt, and where it went.
+    Receipt(Option<Box<(WalletOp, Placement)>>),
+}
+
+impl Service for Wallet {
+    const NAME: &'static str = "wallet";
+    const LOG_CODES: &'static [u8] = &[WALLET_OP_CODE];
+    const TABLES: &'static [&'static str] = view::TABLES;
+    /// How often a shard looks for holds past their timeout.
+    const TICK: Option<Duration> = Some(Duration::from_millis(100));
+    type Shared = ();
+    type State = state::Wallet;
+    type Call = Call;
+    type Answer = Answer;
+
+    fn prepare(_: &Config) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn state(_: &(), at: ShardAt<'_>) -> state::Wallet {
+        let config = &at.config.wallet;
+        let ttl_ms = config.idempotency_ttl_s.saturating_mul(1000);
+        state::Wallet::new(at.shard, at.shard_count, ttl_ms, config.idempotency_keys_max as usize)
+    }
+
+    fn load(wallet: &mut state::Wallet, view: &ServiceView, through_seq: u64) -> anyhow::Result<()> {
+        view::load(wallet, view)?;
+        // Receipts up to the view's seq are read from the view when asked for.
+        wallet.set_receipts_kept_through(through_seq);
+        Ok(())
+    }
+
+    fn check(item: &[u8]) -> Result<(), String> {
+        WalletOp::decode(item).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn replay(states: &mut Replaying<'_, state::Wallet>, item: Item<'_>) {
+        let op = WalletOp::decode(item.bytes).expect("checked");
+        let placement = Placement { seq: item.seq, root: *item.root };
+        for shard in parts(&op, states.shard_count()) {
+            if let Some(wallet) = states.get(shard) {
+                wallet.apply(&op, placement);
+            }
+        }
+    }
+
+    fn start(start: Starting<'_, Wallet>) -> Rc<Wallet> {
+        Rc::new(Wallet {
+            core: start.core.clone(),
+            passport: start.started.get::<Passport>(),
+            state: RefCell::new(start.state),
+            view: start.view,
+            flushing: RefCell::new(VecDeque::new()),
+            metrics: RefCell::new(WalletMetrics::default()),
+        })
+    }
+
+    fn core(&self) -> &Rc<Core> {
+        &self.core
+    }
+
+    fn routes(self: &Rc<Self>, table: &mut RouteTable) {
+        routes::add(self, table);
+    }
+
+    async fn serve(self: Rc<Self>, call: Call) -> Answer {
+        match call {
+            Call::Reserve { op, now_ms } => {
+                Answer::Reserved(self.state.borrow_mut().reserve(&op, now_ms))
+            }
+            Call::Release { op } => {
+                self.state.borrow_mut().release(&op);
+                Answer::Done
+            }
+            Call::Balance { account, asset } => {
+                self.core.log.caught_up().await;
+                let funds = self.state.borrow().funds(&account, &asset);
+                Answer::Balance { funds, as_of_seq: self.core.log.applied.seq() }
+            }
+            Call::Receipt { txid } => {
+                self.core.log.caught_up().await;
+                let kept = self.state.borrow().committed(&txid);
+                let found = kept.or_else(|| view::receipt(self.view.as_ref()?, &txid));
+                Answer::Receipt(found.map(Box::new))
+            }
+        }
+    }
+
+    fn apply(&self, item: Item<'_>) {
+        let op = WalletOp::decode(item.bytes).expect("committed items decode");
+        let placement = Placement { seq: item.seq, root: *item.root };
+        self.state.borrow_mut().apply(&op, placement);
+    }
+
+    fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
+        let mut state = self.state.borrow_mut();
+        let receipts = state.take_new_receipts();
+        view::save(changes, state.take_changes(), &receipts);
+        let txids = receipts.into_iter().map(|r| r.txid).collect();
+        self.flushing.borrow_mut().push_back((through_seq, txids));
+    }
+
+    fn saved(&self, through_seq: u64) {
+        // Receipts the write committed now live in the view only.
+        let mut flushing = self.flushing.borrow_mut();
+        while flushing.front().is_some_and(|(seq, _)| *seq <= through_seq) {
+            let (_, txids) = flushing.pop_front().expect("not empty");
+            self.state.borrow_mut().forget_receipts(&txids);
+        }
+    }
+
+    fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
+        Some(Box::new(self.metrics.borrow().clone()))
+    }
+
+    /// Commits the expiry of every hold this shard owns once its timeout
+    /// has passed, whether or not anyone calls: each is an operation in the
+    /// log like any write (SPEC §5), and a restart that finds a hold past
+    /// its timeout expires it at the first tick.
+    async fn tick(self: Rc<Self>) {
+        if self.core.log.in_safe_mode() {
+            return;
+        }
+        let now_ms = crate::clock::unix_now_ms();
+        let due = self.state.borrow_mut().due_expiries(now_ms, EXPIRIES_PER_TICK_MAX);
+        for op in due {
+            let reply = routes::commit(&self, op, self.core.id).await;
+            if reply.status != 200 {
+                let status = reply.status;
+                tracing::warn!(shard = self.core.id, status, "a hold expiry did not commit");
+            }
+        }
+    }
+}
+
+/// What the wallet counts on a shard.
+#[derive(Clone, Debug, Default)]
+pub struct WalletMetrics {
+    /// Writes answered with their stored receipt.
+    pub idem_replays: u64,
+}
+
+impl MetricsPart for WalletMetrics {
+    fn merge(&mut self, other: &dyn MetricsPart) {
+        let other: &WalletMetrics = other.as_any().downcast_ref().expect("the wallet's metrics");
+        self.idem_replays += other.idem_replays;
+    }
+
+    fn render(&self, out: &mut String) {
+        simple_lines(
+            out,
+            &[(
+                "wallet_idem_replays_total",
+                "counter",
+                "Wallet writes answered with the stored receipt of the same request.",
+                self.idem_replays as f64,
+            )],
+        );
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Used by the routes: the log's answer to an append.
+type Appended = Result<LogAnswer, crate::log::LinkError>;
+
+impl Wallet {
+    async fn append(&self, op: &WalletOp) -> Appended {
+        let shards = parts(op, self.core.count);
+        let append = crate::log::Append::item(|out| op.encode(out), shards);
+        self.core.log.call(LogCall::Append(append)).await
+    }
+}

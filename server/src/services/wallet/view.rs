@@ -1,0 +1,177 @@
+//! How the wallet keeps its state in a shard's view: one table per kind of
+//! state, each with its own encoding (little-endian numbers):
+//!
+//! ```text
+//! receipts  txid [16]            → seq u64 | root [32] | the operation's log encoding
+//! funds     account | 0 | asset  → balance u128
+//! nonces    account              → nonce u64
+//! holds     hold id [16]         → (len u16 | from) (len u16 | to) (len u16 | asset)
+//!                                  amount u128 | expires_ms u64 (u64::MAX: never)
+//! idem      slot [16]            → txid [16] | expires_ms u64 | resolution u8
+//! ```
+
+use crate::log::view::{ServiceView, ViewChanges};
+use anyhow::Context as _;
+use ron_proto::wallet::{Placement, TxId, WalletOp};
+use ron_shards::wallet::{Changes, Hold, IdemRecord, Receipt, Wallet};
+
+/// The wallet's tables, in `Service::TABLES` order.
+pub const TABLES: &[&str] = &["receipts", "funds", "nonces", "holds", "idem"];
+const RECEIPTS: usize = 0;
+const FUNDS: usize = 1;
+const NONCES: usize = 2;
+const HOLDS: usize = 3;
+const IDEM: usize = 4;
+const IDEM_RECORD_BYTES: usize = 16 + 8 + 1;
+
+/// Puts what changed into a view write.
+pub fn save(changes: &mut ViewChanges, state: Changes, receipts: &[Receipt]) {
+    for receipt in receipts {
+        let mut value = Vec::with_capacity(40 + receipt.op.len());
+        value.extend_from_slice(&receipt.placement.seq.to_le_bytes());
+        value.extend_from_slice(&receipt.placement.root);
+        value.extend_from_slice(&receipt.op);
+        changes.put(RECEIPTS, &receipt.txid, &value);
+    }
+    let mut key = Vec::new();
+    for (funds, balance) in &state.funds {
+        key.clear();
+        key.extend_from_slice(funds.account().as_bytes());
+        key.push(0);
+        key.extend_from_slice(funds.asset().as_bytes());
+        if *balance == 0 {
+            changes.delete(FUNDS, &key);
+        } else {
+            changes.put(FUNDS, &key, &balance.to_le_bytes());
+        }
+    }
+    for (account, nonce) in &state.nonces {
+        changes.put(NONCES, account.as_bytes(), &nonce.to_le_bytes());
+    }
+    for (id, hold) in &state.holds {
+        match hold {
+            Some(hold) => changes.put(HOLDS, id, &encode_hold(hold)),
+            None => changes.delete(HOLDS, id),
+        }
+    }
+    for (slot, record) in &state.idem {
+        match record {
+            Some(record) => {
+                let mut value = [0u8; IDEM_RECORD_BYTES];
+                value[..16].copy_from_slice(&record.txid);
+                value[16..24].copy_from_slice(&record.expires_ms.to_le_bytes());
+                value[24] = u8::from(record.resolution);
+                changes.put(IDEM, slot, &value);
+            }
+            None => changes.delete(IDEM, slot),
+        }
+    }
+}
+
+/// Loads the wallet state a view kept.
+pub fn load(wallet: &mut Wallet, view: &ServiceView) -> anyhow::Result<()> {
+    view.each(FUNDS, |key, value| {
+        let at = key.iter().position(|b| *b == 0).context("a funds key without its separator")?;
+        let account = std::str::from_utf8(&key[..at]).context("a funds key's account")?;
+        let asset = std::str::from_utf8(&key[at + 1..]).context("a funds key's asset")?;
+        let value: [u8; 16] = value.try_into().context("a wallet balance is not 16 bytes")?;
+        wallet.load_funds(account, asset, u128::from_le_bytes(value));
+        Ok(())
+    })?;
+    view.each(NONCES, |key, value| {
+        let account = std::str::from_utf8(key).context("a nonce's account")?;
+        let value: [u8; 8] = value.try_into().context("a nonce is not 8 bytes")?;
+        wallet.load_nonce(account, u64::from_le_bytes(value));
+        Ok(())
+    })?;
+    view.each(HOLDS, |key, value| {
+        let id: [u8; 16] = key.try_into().context("a hold id is not 16 bytes")?;
+        wallet.load_hold(id, decode_hold(value).context("a hold in the view does not decode")?);
+        Ok(())
+    })?;
+    view.each(IDEM, |key, value| {
+        let slot: [u8; 16] = key.try_into().context("an idempotency slot is not 16 bytes")?;
+        anyhow::ensure!(value.len() == IDEM_RECORD_BYTES, "an idempotency record's size");
+        let record = IdemRecord {
+            txid: value[..16].try_into().expect("16 bytes"),
+            expires_ms: u64::from_le_bytes(value[16..24].try_into().expect("8 bytes")),
+            resolution: value[24] == 1,
+        };
+        wallet.load_idem(slot, record);
+        Ok(())
+    })?;
+    wallet.finish_load();
+    Ok(())
+}
+
+/// A receipt the view keeps (a short LMDB read; `None` if absent, or on a
+/// read error, which is logged).
+pub fn receipt(view: &ServiceView, txid: &TxId) -> Option<(WalletOp, Placement)> {
+    let stored = match view.get(RECEIPTS, txid) {
+        Ok(stored) => stored?,
+        Err(error) => {
+            tracing::error!(%error, "reading a receipt from the view");
+            return None;
+        }
+    };
+    let seq = u64::from_le_bytes(stored.get(..8)?.try_into().ok()?);
+    let root: [u8; 32] = stored.get(8..40)?.try_into().ok()?;
+    let op = WalletOp::decode(stored.get(40..)?).ok()?;
+    Some((op, Placement { seq, root }))
+}
+
+fn encode_hold(hold: &Hold) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + hold.from.len() + hold.to.len());
+    for text in [&hold.from, &hold.to, &hold.asset] {
+        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(&hold.amount.to_le_bytes());
+    out.extend_from_slice(&hold.expires_ms.unwrap_or(u64::MAX).to_le_bytes());
+    out
+}
+
+fn decode_hold(bytes: &[u8]) -> Option<Hold> {
+    let mut at = 0usize;
+    let mut text = || -> Option<String> {
+        let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
+        let value = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?.to_owned();
+        at += 2 + len;
+        Some(value)
+    };
+    let (from, to, asset) = (text()?, text()?, text()?);
+    let amount = u128::from_le_bytes(bytes.get(at..at + 16)?.try_into().ok()?);
+    let expires = u64::from_le_bytes(bytes.get(at + 16..at + 24)?.try_into().ok()?);
+    (bytes.len() == at + 24).then_some(Hold {
+        from,
+        to,
+        asset,
+        amount,
+        expires_ms: (expires != u64::MAX).then_some(expires),
+        resolving: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_round_trip_and_refuse_cuts() {
+        let hold = Hold {
+            from: "alice".into(),
+            to: "bob".into(),
+            asset: "roc".into(),
+            amount: 7,
+            expires_ms: Some(99),
+            resolving: false,
+        };
+        let bytes = encode_hold(&hold);
+        assert_eq!(decode_hold(&bytes), Some(hold.clone()));
+        let never = Hold { expires_ms: None, ..hold };
+        assert_eq!(decode_hold(&encode_hold(&never)), Some(never));
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_hold(&bytes[..cut]), None, "cut at {cut}");
+        }
+    }
+}
