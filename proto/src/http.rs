@@ -268,6 +268,123 @@ pub fn decode_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HeadErro
     Ok(Some(head))
 }
 
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body: an answer to HEAD, a 204 or 304, or `Content-Length: 0`.
+    Empty,
+    Length(usize),
+    Chunked,
+    /// Neither length nor chunking: the body ends when the peer closes.
+    UntilClose,
+}
+
+/// A decoded response head. Header names and values are spans into the
+/// decoded buffer (see [`decode_response_head`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub http10: bool,
+    /// Bytes of the head including the blank line.
+    pub head_bytes: usize,
+    pub framing: ResponseFraming,
+    /// Whether the connection may carry another request after this answer.
+    pub keep_alive: bool,
+}
+
+impl ResponseHead {
+    /// An interim answer (`100 Continue` and the like): another head follows.
+    pub fn interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Decodes a response head from the start of `buf`, with the same limits as
+/// a request head; `Ok(None)` means more bytes are needed. `head_request`
+/// says the request was HEAD (whose answer has no body whatever it says).
+/// Header names and values go to `headers` as spans into `buf`, at most
+/// [`HEADERS_COUNT_MAX`] of them.
+pub fn decode_response_head(
+    buf: &[u8],
+    limits: &Limits,
+    head_request: bool,
+    headers: &mut Vec<(Span, Span)>,
+) -> Result<Option<ResponseHead>, HeadError> {
+    headers.clear();
+    let mut parsed = [httparse::EMPTY_HEADER; HEADERS_COUNT_MAX];
+    let mut response = httparse::Response::new(&mut parsed);
+    let head_bytes = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.header_bytes_max {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Invalid("malformed response head")),
+    };
+    if head_bytes > limits.header_bytes_max {
+        return Err(HeadError::TooLarge);
+    }
+    let status = response.code.expect("a complete head has a status");
+    let http10 = response.version == Some(0);
+    if status == 101 {
+        return Err(HeadError::Invalid("unrequested protocol switch"));
+    }
+    // `close` wins over `keep-alive` wherever each appears.
+    let (mut close, mut keep_alive_asked) = (false, false);
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    for header in response.headers.iter() {
+        let name = header.name;
+        let value = trim(header.value);
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = parse_content_length(value)?;
+            if content_length.is_some_and(|seen| seen != length) {
+                return Err(HeadError::Invalid("conflicting content-length"));
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::Invalid("unsupported transfer-encoding"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|b| *b == b',').map(trim) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_asked |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.push((Span::within(buf, name.as_bytes()), Span::within(buf, value)));
+    }
+    let mut keep_alive = !close && (!http10 || keep_alive_asked);
+    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = match (content_length, chunked) {
+        _ if no_body => ResponseFraming::Empty,
+        (Some(_), true) => {
+            // RFC 9112 §6.3 lets chunked win, but a peer that sends both is
+            // either broken or smuggling; do not guess which.
+            return Err(HeadError::Invalid("both content-length and chunked"));
+        }
+        (None, true) if http10 => return Err(HeadError::Invalid("chunked body on HTTP/1.0")),
+        (None, true) => ResponseFraming::Chunked,
+        (Some(0), false) => ResponseFraming::Empty,
+        (Some(length), false) if length > limits.body_bytes_max => {
+            return Err(HeadError::BodyTooLarge);
+        }
+        (Some(length), false) => ResponseFraming::Length(length),
+        (None, false) => {
+            keep_alive = false;
+            ResponseFraming::UntilClose
+        }
+    };
+    assert!(headers.len() <= HEADERS_COUNT_MAX);
+    assert!(head_bytes <= buf.len());
+    Ok(Some(ResponseHead { status, http10, head_bytes, framing, keep_alive }))
+}
+
 fn parse_content_length(value: &[u8]) -> Result<usize, HeadError> {
     const DIGITS_MAX: usize = 15;
     if value.is_empty() || value.len() > DIGITS_MAX || !value.iter().all(u8::is_ascii_digit) {
@@ -561,6 +678,146 @@ mod tests {
             ChunkedDecoder::new(8).decode(b"zz\r\n", &mut out),
             Err(BodyError::Invalid(_))
         ));
+    }
+
+    fn response(text: &str, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
+        decode_response_head(text.as_bytes(), &LIMITS, head_request, &mut Vec::new())
+    }
+
+    #[test]
+    fn response_heads() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Thing:  a b \r\n\r\nhello";
+        let mut headers = Vec::new();
+        let h =
+            decode_response_head(text.as_bytes(), &LIMITS, false, &mut headers).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.framing, ResponseFraming::Length(5));
+        assert!(h.keep_alive && !h.http10 && !h.interim());
+        assert_eq!(&text[h.head_bytes..], "hello");
+        let pairs: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (name.of(text.as_bytes()), value.of(text.as_bytes())))
+            .collect();
+        assert_eq!(pairs, [(&b"Content-Length"[..], &b"5"[..]), (b"X-Thing", b"a b")]);
+
+        let chunked = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false);
+        assert_eq!(chunked.unwrap().unwrap().framing, ResponseFraming::Chunked);
+        // No length, no chunking: the body runs to the close.
+        let h = response("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.framing, h.keep_alive), (ResponseFraming::UntilClose, false));
+        // Answers that never have a body, whatever they say.
+        for (text, head_request) in [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true),
+            ("HTTP/1.1 204 No Content\r\n\r\n", false),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false),
+        ] {
+            let h = response(text, head_request).unwrap().unwrap();
+            assert_eq!((h.framing, h.keep_alive), (ResponseFraming::Empty, true), "{text}");
+        }
+        let interim = response("HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().unwrap();
+        assert!(interim.interim());
+        assert!(response("HTTP/1.1 200 OK\r\nContent-Le", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn response_connection_semantics() {
+        let keep = |text: &str| response(text, false).unwrap().unwrap().keep_alive;
+        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(keep("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn response_limits_and_errors() {
+        let long = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n", "a".repeat(2000));
+        assert_eq!(response(&long, false).unwrap_err(), HeadError::TooLarge);
+        let complete_long = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "a".repeat(1100));
+        assert_eq!(response(&complete_long, false).unwrap_err(), HeadError::TooLarge);
+        let many: String = (0..70).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        let limits = Limits { header_bytes_max: 1 << 20, ..LIMITS };
+        let result = decode_response_head(text.as_bytes(), &limits, false, &mut Vec::new());
+        assert_eq!(result.unwrap_err(), HeadError::TooLarge);
+        assert_eq!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", false).unwrap_err(),
+            HeadError::BodyTooLarge
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+            "SMTP ready\r\n\r\n",
+        ] {
+            assert!(matches!(response(bad, false).unwrap_err(), HeadError::Invalid(_)), "{bad}");
+        }
+    }
+
+    /// A short fixed-seed stand-in for a fuzz target of the response decoder
+    /// (`proto/fuzz` has none yet): mutated responses, decoded the way the
+    /// client does, must keep every limit and never panic. The seed comes
+    /// from `RON_FUZZ_SEED` when set.
+    #[test]
+    fn response_decoder_survives_mutations() {
+        let seeds: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.0 404 Not Found\r\nX-A: b\r\n\r\nuntil close",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        ];
+        let seed =
+            std::env::var("RON_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+        let mut state = seed;
+        let mut next = move || {
+            // SplitMix64.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut headers = Vec::new();
+        let mut body = Vec::new();
+        for i in 0..20_000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 8) {
+                let at = (next() as usize) % (input.len() + 1);
+                match next() % 3 {
+                    0 if at < input.len() => input[at] ^= 1 << (next() % 8),
+                    1 => input.insert(at, next() as u8),
+                    _ if at < input.len() => {
+                        input.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            let Ok(Some(head)) = decode_response_head(&input, &LIMITS, false, &mut headers) else {
+                continue;
+            };
+            assert!(head.head_bytes <= LIMITS.header_bytes_max, "seed {seed}");
+            assert!(headers.iter().all(
+                |(n, v)| n.end as usize <= head.head_bytes && v.end as usize <= head.head_bytes
+            ));
+            let rest = &input[head.head_bytes..];
+            match head.framing {
+                ResponseFraming::Length(n) => assert!(n <= LIMITS.body_bytes_max, "seed {seed}"),
+                ResponseFraming::Chunked => {
+                    body.clear();
+                    if let Ok(Some(used)) =
+                        ChunkedDecoder::new(LIMITS.body_bytes_max).decode(rest, &mut body)
+                    {
+                        assert!(used <= rest.len() && body.len() <= LIMITS.body_bytes_max);
+                    }
+                }
+                ResponseFraming::Empty | ResponseFraming::UntilClose => {}
+            }
+        }
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

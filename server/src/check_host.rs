@@ -2,7 +2,7 @@
 //! the commands that would improve it.
 
 use crate::config::Config;
-use crate::node::online_cores;
+use crate::config::online_cores;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,16 @@ pub fn report(config: &Config) {
         }
         Err(error) => println!("fdatasync probe failed: {error}"),
     }
+
+    let shards = config.layout(online_cores()).map_or(1, |l| l.shards.len());
+    println!("memory budget, worst cases, {shards} shard(s):");
+    for line in crate::limits::memory_budget(config, shards) {
+        let scope = if line.per_node { "per node " } else { "per shard" };
+        let mib = line.bytes as f64 / f64::from(1 << 20);
+        println!("  {mib:>10.1} MiB {scope}  {}: {}", line.consumer, line.why);
+    }
+    let total = crate::limits::memory_budget_total(config, shards) as f64 / f64::from(1 << 20);
+    println!("  {total:>10.1} MiB in all");
 
     if advice.is_empty() {
         println!("nothing to change");

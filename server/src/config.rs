@@ -156,6 +156,8 @@ pub struct Passport {
     pub caveats_max: usize,
     pub verify_cache_ttl_ms: u64,
     pub verify_cache_entries_max: u32,
+    /// Bytes of tokens (text and decoded) one shard's verify cache keeps.
+    pub verify_cache_bytes_max: u64,
     pub pq_mode: PqMode,
 }
 
@@ -307,6 +309,7 @@ impl Default for Passport {
             caveats_max: 64,
             verify_cache_ttl_ms: 2000,
             verify_cache_entries_max: 65_536,
+            verify_cache_bytes_max: 64 << 20,
             pq_mode: PqMode::Off,
         }
     }
@@ -450,6 +453,7 @@ impl Config {
             ron_proto::token::CAVEATS_COUNT_MAX,
         )?;
         range("passport.ttl_max_s", self.passport.ttl_max_s, 1, 10 * 365 * 86_400)?;
+        range("passport.verify_cache_bytes_max", self.passport.verify_cache_bytes_max, 0, 1 << 40)?;
         range("passport.ttl_default_s", self.passport.ttl_default_s, 1, self.passport.ttl_max_s)?;
         range(
             "ledger.batch_entries_max",
@@ -541,6 +545,11 @@ impl Config {
             cores: self.workers.cores.clone(),
         }
     }
+}
+
+/// The cores this process may run on.
+pub fn online_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Which core runs what.

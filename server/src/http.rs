@@ -7,6 +7,7 @@
 //! the table; a service that checks tokens installs itself as the table's
 //! gate.
 
+pub mod client;
 pub mod front;
 pub mod reply;
 pub mod routes;

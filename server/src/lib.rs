@@ -23,3 +23,6 @@ pub mod retry;
 pub mod service;
 pub mod services;
 pub mod workers;
+
+#[cfg(test)]
+mod layers;

@@ -1,18 +1,26 @@
-//! Internal bounds that are not configuration, and the memory budget.
+//! Every internal bound of the node (the operator's are in `config`), and
+//! the memory budget: one line per consumer, its worst case in bytes,
+//! computed from the config ([`memory_budget`]; `ron-node check-host`
+//! prints it).
 //!
-//! Per shard, worst case (defaults in brackets):
-//! * provided receive buffers: `executor.recv_buffers × recv_buffer_bytes` [1024 × 4 KiB = 4 MiB]
-//! * socket ring: `socket_ring_entries` SQEs (64 B) + 4× CQEs (16 B) [1024: 128 KiB]
-//! * per connection: input up to `header_max_bytes + body_max_bytes + CHUNK_FRAMING_BYTES_MAX`
-//!   while a request is being received, output up to [`OUTPUT_BYTES_MAX`] plus one more
-//!   response, and `pipeline_depth_max` parked responses; idle connections keep
-//!   [`CONNECTION_BUFFER_BYTES`] each for input and output.
-//!   [4096 connections × 8 KiB idle = 32 MiB; the worst case of every connection mid-body at
-//!   once is 4096 × ~2 MiB, which is why `connections_per_shard_max` is a config knob.]
-//! * metrics: one latency histogram per route (~30 KiB each) [~12 routes: 360 KiB].
-//! * glommio: `executor.io_memory_kib` of locked memory [512 KiB].
+//! Wire-format limits (token, entry, operation sizes) live with their
+//! formats in `ron_proto`, which checks every length against them before
+//! allocating.
 
+use crate::config::Config;
+use crate::retry::Retry;
 use std::time::Duration;
+
+// ---- The node ----
+
+/// How long binding a port that is still in use is retried at start.
+pub const BIND_RETRY: Duration = Duration::from_secs(3);
+/// Pending connections per listening socket.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// How long `node::start` waits for every shard to serve.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---- HTTP ----
 
 /// Initial and resting capacity of a connection's input and output buffers.
 pub const CONNECTION_BUFFER_BYTES: usize = 4096;
@@ -26,18 +34,334 @@ pub const LINGER: Duration = Duration::from_millis(1000);
 pub const SWEEP_INTERVAL_MAX: Duration = Duration::from_millis(250);
 /// ...and at most this often.
 pub const SWEEP_INTERVAL_MIN: Duration = Duration::from_millis(5);
+const _: () = assert!(SWEEP_INTERVAL_MIN.as_millis() < SWEEP_INTERVAL_MAX.as_millis());
+/// Path parameters of one route pattern.
+pub const ROUTE_PARAMS_MAX: usize = 4;
 /// Keys given to `/v1/node/owner`, in bytes.
 pub const ROUTING_KEY_BYTES_MAX: usize = 256;
 /// Accepted `X-Corr-ID` values, in bytes; longer ones are replaced.
 pub const CORR_ID_BYTES_MAX: usize = 64;
+
+// ---- Outbound HTTP (`http::client`) ----
+
+/// A connect that takes longer fails with `ClientError::Connect` (kind
+/// `TimedOut`), whatever the request's deadline: a peer that does not
+/// answer a SYN in this long is down or unreachable.
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle keep-alive connections kept per peer: enough for the few calls a
+/// lookup has in flight to one peer (`index.alpha` plus a hedge).
+pub const CLIENT_IDLE_PER_PEER_MAX: usize = 4;
+/// Peers whose idle connections are kept.
+pub const CLIENT_PEERS_MAX: usize = 64;
+/// Outbound connections open at once per shard, idle ones included. An
+/// idle connection is closed to make room for a new one when all are open.
+pub const CLIENT_CONNECTIONS_MAX: usize = 128;
+/// An idle connection is closed after this long. Shorter than the server's
+/// default `idle_timeout_ms` (60 s), so that between two ron-nodes the
+/// client normally closes first and seldom sends on a connection the peer
+/// is closing.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A request that fails on a reused connection before any byte of its
+/// answer arrived (the peer closed the idle connection as we sent on it) is
+/// sent again on a new connection this many times, if its method is
+/// idempotent.
+pub const CLIENT_STALE_RETRIES_MAX: u32 = 1;
+/// Slots per allowed connection: a closed connection holds its slot until
+/// the ring is done with it, so the slots of `connections_max` live ones
+/// and as many dying ones are bounded together.
+pub const CLIENT_SLOTS_PER_CONNECTION: usize = 2;
+
+const _: () = assert!(CLIENT_IDLE_PER_PEER_MAX <= CLIENT_CONNECTIONS_MAX);
+const _: () = assert!(CLIENT_CONNECTIONS_MAX * CLIENT_SLOTS_PER_CONNECTION <= u32::MAX as usize);
+
+// ---- The log ----
+
+/// Calls one shard may have in flight to the committer, at least (the rest
+/// of `ledger.queue_capacity` is shared out between the shards).
+pub const LOG_INFLIGHT_PER_SHARD_MIN: usize = 64;
+/// Roots in one `/roots` page.
+pub const ROOTS_PAGE_MAX: usize = 1000;
+/// Address space reserved per shard view; the file grows only with what it
+/// holds.
+pub const VIEW_MAP_BYTES: usize = 32 << 30;
+/// Tables in one view (LMDB's named databases, the meta included).
+pub const VIEW_TABLES_MAX: usize = 64;
+/// How often a shard looks at whether its view is due.
+pub const VIEW_TICK: Duration = Duration::from_millis(100);
+/// How often a shard unmaps the pages of its view that reads mapped.
+pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
+const _: () = assert!(VIEW_TICK.as_millis() <= VIEW_DROP_PAGES_EVERY.as_millis());
 
 /// Giving back a reservation whose request did not commit (ledger and
 /// wallet): a busy owner is asked again, at most this often. Worst case
 /// about 1.5 s of waiting; one that still refuses is logged, and its
 /// reservation stays until a restart (issue 15 gives reservations a
 /// deadline).
-pub const RELEASE_RETRY: crate::retry::Retry = crate::retry::Retry {
+pub const RELEASE_RETRY: Retry = Retry {
     attempts_max: 40,
-    backoff_first: std::time::Duration::from_micros(200),
-    backoff_max: std::time::Duration::from_millis(50),
+    backoff_first: Duration::from_micros(200),
+    backoff_max: Duration::from_millis(50),
 };
+
+// ---- The passport ----
+
+/// Tokens in one `/v1/passport/verify_batch`.
+pub const VERIFY_BATCH_MAX: usize = 512;
+/// Recent revocations a shard remembers its apply lag for.
+pub const REVOCATION_LAGS_KEPT: usize = 1024;
+/// How long an ML-DSA batch stays open after its first leaf.
+pub const PQ_BATCH_WINDOW: Duration = Duration::from_millis(1);
+/// Signed batches a shard keeps for `/v1/passport/pq`.
+pub const PQ_BATCHES_KEPT: usize = 4096;
+/// Closed batches a shard keeps while the workers have no room for them;
+/// signed issuance answers 429 while it is full.
+pub const PQ_BACKLOG_MAX: usize = 64;
+/// A shard sweeps idle rate buckets and spent budgets once it counts this
+/// many, at most once a second (`ron_shards::passport::Meters`).
+pub const METERS_SWEEP_AFTER: usize = 1 << 20;
+
+// ---- The wallet ----
+
+/// The longest a hold may wait for its capture or release.
+pub const HOLD_TIMEOUT_S_MAX: u32 = 365 * 24 * 3600;
+/// How often a shard looks for holds past their timeout...
+pub const HOLD_EXPIRY_TICK: Duration = Duration::from_millis(100);
+/// ... and how many it expires per look.
+pub const EXPIRIES_PER_TICK_MAX: usize = 256;
+
+// ---- The ledger ----
+
+/// `idem_id`s of `/ingest`, in bytes.
+pub const INGEST_IDEM_ID_BYTES_MAX: usize = 128;
+
+// ---- The memory budget ----
+
+/// One consumer of memory and its worst case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetLine {
+    pub consumer: &'static str,
+    /// Bytes, per shard or for the whole node (`per_node`).
+    pub bytes: u64,
+    pub per_node: bool,
+    /// How the worst case comes about.
+    pub why: &'static str,
+}
+
+/// Sizes of things the budget counts that are not bounds themselves.
+mod sizes {
+    /// A latency histogram (hdrhistogram, 1 ns to 60 s, 2 significant
+    /// figures): its counts array (checked by a test).
+    pub const LATENCY_HISTOGRAM_BYTES: u64 = 3_840 * 8;
+    /// A mesh envelope (type id, call id, a boxed call) in a channel.
+    pub const MESH_ENVELOPE_BYTES: u64 = 48;
+    /// A signed ML-DSA-65 batch at its largest: 1024 leaves and a signature.
+    pub const PQ_BATCH_BYTES: u64 = 1024 * 32 + 3309 + 64;
+    /// A verify-cache entry beside its token's text and binary form.
+    pub const VERIFY_CACHE_ENTRY_BYTES: u64 = 96;
+    /// A rate bucket or budget (`ron_shards::passport::Meters`).
+    pub const METER_BYTES: u64 = 64;
+    /// A wallet idempotency record (slot, record, expiry order).
+    pub const IDEM_RECORD_BYTES: u64 = 80;
+}
+
+/// The worst case of every bounded consumer, for `config` on `shards`
+/// shards. What grows with the data itself (accounts, holds, log entries)
+/// is not here: ARCHITECTURE.md gives its cost per item.
+pub fn memory_budget(config: &Config, shards: usize) -> Vec<BudgetLine> {
+    let e = &config.executor;
+    let l = &config.limits;
+    let connections = u64::from(l.connections_per_shard_max);
+    let request_bytes =
+        (l.header_max_bytes + l.body_max_bytes + ron_proto::http::CHUNK_FRAMING_BYTES_MAX) as u64;
+    let routes = 40;
+    let line = |consumer, bytes: u64, per_node, why| BudgetLine { consumer, bytes, per_node, why };
+    let workers = config.workers_layout(shards);
+    let pq_on = config.passport.pq_mode != crate::config::PqMode::Off;
+    vec![
+        line(
+            "socket ring: provided receive buffers",
+            u64::from(e.recv_buffers) * e.recv_buffer_bytes as u64,
+            false,
+            "executor.recv_buffers × recv_buffer_bytes",
+        ),
+        line(
+            "socket ring: submission and completion queues",
+            u64::from(e.socket_ring_entries) * (64 + 4 * 16),
+            false,
+            "socket_ring_entries × (64 B SQE + 4 × 16 B CQE)",
+        ),
+        line(
+            "glommio: registered I/O memory",
+            e.io_memory_kib as u64 * 1024,
+            false,
+            "executor.io_memory_kib (locked; the committer's executor has as much)",
+        ),
+        line(
+            "connections at rest",
+            connections * 2 * CONNECTION_BUFFER_BYTES as u64,
+            false,
+            "connections_per_shard_max × input and output buffers",
+        ),
+        line(
+            "requests being received",
+            connections * request_bytes,
+            false,
+            "connections_per_shard_max × (head + body + chunk framing): every connection \
+             mid-body at once; no shard-wide bound yet",
+        ),
+        line(
+            "a gzip body being inflated",
+            (l.body_max_bytes * l.decompress_ratio_max) as u64,
+            false,
+            "body_max_bytes × decompress_ratio_max, one request at a time",
+        ),
+        line(
+            "answers queued on connections",
+            connections * (OUTPUT_BYTES_MAX + l.body_max_bytes) as u64,
+            false,
+            "connections_per_shard_max × (output cap + one more answer): clients that pipeline \
+             without reading; no shard-wide bound yet",
+        ),
+        line(
+            "requests answered by tasks",
+            u64::from(l.inflight_per_shard_max) * request_bytes,
+            false,
+            "inflight_per_shard_max × a request copied for a later answer (metering)",
+        ),
+        line(
+            "mesh channels",
+            shards as u64
+                * 2
+                * 2
+                * u64::from(l.mesh_inflight_per_target_max)
+                * sizes::MESH_ENVELOPE_BYTES,
+            false,
+            "to and from each shard, twice mesh_inflight_per_target_max envelopes",
+        ),
+        line(
+            "appends waiting for the committer",
+            u64::from(l.inflight_per_shard_max) * l.body_max_bytes as u64,
+            false,
+            "inflight_per_shard_max × an append as large as a body",
+        ),
+        line(
+            "the committer's record buffers",
+            2 * u64::from(config.ledger.batch_entries_max)
+                * (2 + ron_proto::log::ITEM_BYTES_MAX as u64),
+            true,
+            "the record being sealed and its aligned copy: batch_entries_max × (2 + 1024)",
+        ),
+        line(
+            "outbound connections",
+            (CLIENT_CONNECTIONS_MAX * CLIENT_SLOTS_PER_CONNECTION) as u64
+                * 2
+                * CONNECTION_BUFFER_BYTES as u64
+                + CLIENT_CONNECTIONS_MAX as u64 * (request_bytes + l.body_max_bytes as u64),
+            false,
+            "CLIENT_CONNECTIONS_MAX × (an answer's head, body and framing + its decoded body), \
+             and every slot's resting buffers",
+        ),
+        line(
+            "metrics histograms",
+            (routes + 8) * sizes::LATENCY_HISTOGRAM_BYTES,
+            false,
+            "one latency histogram per route (~40) and per series (~8)",
+        ),
+        line(
+            "verify cache",
+            config.passport.verify_cache_bytes_max
+                + u64::from(config.passport.verify_cache_entries_max)
+                    * sizes::VERIFY_CACHE_ENTRY_BYTES,
+            false,
+            "verify_cache_bytes_max of tokens + verify_cache_entries_max entries",
+        ),
+        line(
+            "rate buckets and budgets",
+            METERS_SWEEP_AFTER as u64 * sizes::METER_BYTES,
+            false,
+            "METERS_SWEEP_AFTER entries before a sweep (idle ones go within a second)",
+        ),
+        line(
+            "ML-DSA signed batches",
+            if pq_on {
+                (PQ_BATCHES_KEPT + PQ_BACKLOG_MAX) as u64 * sizes::PQ_BATCH_BYTES
+            } else {
+                0
+            },
+            false,
+            "PQ_BATCHES_KEPT + PQ_BACKLOG_MAX batches of 1024 leaves (none with pq_mode off)",
+        ),
+        line(
+            "revocation lags",
+            REVOCATION_LAGS_KEPT as u64 * 16,
+            false,
+            "REVOCATION_LAGS_KEPT × (seq, lag)",
+        ),
+        line(
+            "wallet idempotency records",
+            u64::from(config.wallet.idempotency_keys_max) * sizes::IDEM_RECORD_BYTES,
+            false,
+            "wallet.idempotency_keys_max records",
+        ),
+        line(
+            "worker queues",
+            2 * workers.queue_max as u64 * 128,
+            true,
+            "two lanes × workers.queue_max jobs (a job's data is counted by its consumer)",
+        ),
+    ]
+}
+
+/// The whole node's worst case for `shards` shards.
+pub fn memory_budget_total(config: &Config, shards: usize) -> u64 {
+    memory_budget(config, shards)
+        .iter()
+        .map(|line| if line.per_node { line.bytes } else { line.bytes * shards as u64 })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget of the embedded defaults on one shard, and the ceiling it
+    /// must stay under. The two lines without a shard-wide bound
+    /// (connections mid-body, unread answers) dominate it: see
+    /// ARCHITECTURE.md.
+    const DEFAULTS_CEILING_BYTES: u64 = 24 << 30;
+
+    #[test]
+    fn the_defaults_stay_under_their_ceiling() {
+        let config = Config::default();
+        let total = memory_budget_total(&config, 1);
+        assert!(total <= DEFAULTS_CEILING_BYTES, "{total} bytes");
+        // Without the two unbounded connection lines, the rest is small.
+        let bounded: u64 = memory_budget(&config, 1)
+            .iter()
+            .filter(|l| !l.why.contains("no shard-wide bound"))
+            .map(|l| l.bytes)
+            .sum();
+        assert!(bounded <= 4 << 30, "{bounded} bytes");
+    }
+
+    #[test]
+    fn the_histogram_size_is_what_the_budget_says() {
+        let histogram =
+            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).unwrap();
+        assert_eq!(histogram.distinct_values() as u64 * 8, sizes::LATENCY_HISTOGRAM_BYTES);
+    }
+
+    #[test]
+    fn every_line_grows_with_its_knob() {
+        let mut config = Config::default();
+        let before = memory_budget(&config, 1);
+        config.limits.connections_per_shard_max *= 2;
+        config.passport.verify_cache_bytes_max *= 2;
+        let after = memory_budget(&config, 1);
+        for (b, a) in before.iter().zip(&after) {
+            if b.why.starts_with("connections_per_shard_max") || b.consumer == "verify cache" {
+                assert!(a.bytes > b.bytes, "{}", b.consumer);
+            }
+        }
+    }
+}

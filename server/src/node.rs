@@ -7,6 +7,7 @@ pub mod shard;
 
 use crate::config::{Config, Layout};
 use crate::core::{NodeShared, ShardStatus};
+use crate::limits::{BIND_RETRY, LISTEN_BACKLOG, LOG_INFLIGHT_PER_SHARD_MIN, START_TIMEOUT};
 use crate::log::LogShared;
 use crate::log::committer::{self, CommitterLink, CommitterStart};
 use crate::service::{Registry, Service};
@@ -23,13 +24,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// How long binding a port that is still in use is retried at start.
-const BIND_RETRY: Duration = Duration::from_secs(3);
-/// Pending connections per listening socket.
-const LISTEN_BACKLOG: i32 = 4096;
-/// How long `start` waits for every shard to serve.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize)]
 struct Topology<'a> {
@@ -112,8 +106,7 @@ impl NodeHandle {
 
 /// Starts a node on `config` and returns once every shard serves.
 pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
-    let online = online_cores();
-    let layout = config.layout(online).context("core layout")?;
+    let layout = config.layout(online_cores()).context("core layout")?;
     raise_memlock(&config, &layout);
     let data_dir_lock = lock_data_dir(&config)?;
     let registry = Arc::new(crate::services::registry().enabled(&config)?);
@@ -123,10 +116,8 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .map(|i| bind_shard_listeners(&config, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let recovery = recover::recover(&config, &registry, &services, shard_count)?;
-    let mut states = recovery.states;
-    let recovered = recovery.recovered;
-    let log = Arc::new(LogShared::new(recovered.state.accumulator.len()));
-    if let Some(corruption) = &recovered.corruption {
+    let log = Arc::new(LogShared::new(recovery.recovered.state.accumulator.len()));
+    if let Some(corruption) = &recovery.recovered.corruption {
         log.enter_safe_mode(corruption);
     }
     let shared = Arc::new(NodeShared {
@@ -136,66 +127,19 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topology_json: leak_json(&topology(&config, &layout)),
         version_json: leak_json(&version(&config, &registry, shard_count)),
     });
-    let applied = (recovered.state.accumulator.len(), recovered.state.root());
     let config = Arc::new(config);
     let workers = Workers::start(&config.workers_layout(shard_count))
         .context("starting the worker threads")?;
-    let log_inflight_max =
-        (config.ledger.queue_capacity as usize / shard_count).max(LOG_INFLIGHT_PER_SHARD_MIN);
-    let mut links = Vec::with_capacity(shard_count);
-    let mut shard_ends = Vec::with_capacity(shard_count);
-    for _ in 0..shard_count {
-        let (call_sender, call_receiver) = shared_channel::new_bounded(log_inflight_max);
-        let (answer_sender, answer_receiver) = shared_channel::new_bounded(log_inflight_max);
-        links.push(CommitterLink { calls: call_receiver, answers: answer_sender });
-        shard_ends.push((call_sender, answer_receiver));
-    }
-    let mut committer_start =
-        Some(CommitterStart { config: config.clone(), shared: log.clone(), recovered, links });
-    // A committer that shares a shard's core runs on that shard's executor.
-    let host = layout.shards.iter().position(|core| *core == layout.committer);
-    let mut executors = Vec::with_capacity(shard_count + 1);
-    if host.is_none() {
-        let start = committer_start.take().expect("not handed out yet");
-        let committer = executor_builder(&config, layout.committer, "committer")
-            .spawn(move || committer::run(start))
-            .map_err(|e| {
-                anyhow::anyhow!("starting the committer on core {}: {e}", layout.committer)
-            })?;
-        executors.push(committer);
-    }
-    let mesh = crate::core::mesh::builder(shard_count, config.limits.mesh_inflight_per_target_max);
-    let mut views = recovery.views.into_iter();
-    for (id, ((core, listeners), (log_calls, log_answers))) in
-        layout.shards.iter().zip(listeners).zip(shard_ends).enumerate()
-    {
-        let start = ShardStart {
-            id,
-            count: shard_count,
-            config: config.clone(),
-            node: shared.clone(),
-            log: log.clone(),
-            registry: registry.clone(),
-            shared: services.clone(),
-            states: states.take_shard(id),
-            listeners,
-            mesh: mesh.clone(),
-            log_calls,
-            log_answers,
-            log_inflight_max,
-            committer: if host == Some(id) { committer_start.take() } else { None },
-            applied,
-            view: views.next().expect("one view per shard"),
-            workers: workers.workers().clone(),
-        };
-        let handle = executor_builder(&config, *core, &format!("shard-{id}"))
-            .spin_before_park(Duration::from_micros(config.executor.spin_before_park_us))
-            .spawn(move || shard::run(start))
-            .map_err(|e| {
-                anyhow::anyhow!("starting the executor of shard {id} on core {core}: {e}")
-            })?;
-        executors.push(handle);
-    }
+    let launch = Launch {
+        config: config.clone(),
+        layout: layout.clone(),
+        node: shared.clone(),
+        log,
+        registry: registry.clone(),
+        services: services.clone(),
+        workers: workers.workers().clone(),
+    };
+    let executors = launch.executors(recovery, listeners)?;
     let deadline = Instant::now() + START_TIMEOUT;
     while shared.shards.iter().any(|s| !s.serving.load(Ordering::Acquire)) {
         anyhow::ensure!(Instant::now() < deadline, "shards did not start within {START_TIMEOUT:?}");
@@ -217,6 +161,90 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         workers: Some(workers),
         _data_dir_lock: data_dir_lock,
     })
+}
+
+/// What every executor is started with.
+struct Launch {
+    config: Arc<Config>,
+    layout: Layout,
+    node: Arc<NodeShared>,
+    log: Arc<LogShared>,
+    registry: Arc<Registry>,
+    services: Vec<Arc<dyn Any + Send + Sync>>,
+    workers: Workers,
+}
+
+impl Launch {
+    /// Starts the committer (on its own core, or hosted by the shard on
+    /// its core) and one executor per shard.
+    fn executors(
+        &self,
+        recovery: recover::Recovery,
+        listeners: Vec<Vec<OwnedFd>>,
+    ) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
+        let (config, layout) = (&self.config, &self.layout);
+        let shard_count = layout.shards.len();
+        let applied = (recovery.recovered.state.accumulator.len(), recovery.recovered.state.root());
+        let log_inflight_max =
+            (config.ledger.queue_capacity as usize / shard_count).max(LOG_INFLIGHT_PER_SHARD_MIN);
+        let mut links = Vec::with_capacity(shard_count);
+        let mut shard_ends = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let (call_sender, call_receiver) = shared_channel::new_bounded(log_inflight_max);
+            let (answer_sender, answer_receiver) = shared_channel::new_bounded(log_inflight_max);
+            links.push(CommitterLink { calls: call_receiver, answers: answer_sender });
+            shard_ends.push((call_sender, answer_receiver));
+        }
+        let (recovered, mut states) = (recovery.recovered, recovery.states);
+        let shared = self.log.clone();
+        let mut committer =
+            Some(CommitterStart { config: config.clone(), shared, recovered, links });
+        // A committer that shares a shard's core runs on that shard's executor.
+        let host = layout.shards.iter().position(|core| *core == layout.committer);
+        let mut executors = Vec::with_capacity(shard_count + 1);
+        if host.is_none() {
+            let start = committer.take().expect("not handed out yet");
+            let handle = executor_builder(config, layout.committer, "committer")
+                .spawn(move || committer::run(start))
+                .map_err(|e| {
+                    anyhow::anyhow!("starting the committer on core {}: {e}", layout.committer)
+                })?;
+            executors.push(handle);
+        }
+        let mesh =
+            crate::core::mesh::builder(shard_count, config.limits.mesh_inflight_per_target_max);
+        let mut views = recovery.views.into_iter();
+        let parts = layout.shards.iter().zip(listeners).zip(shard_ends).enumerate();
+        for (id, ((core, listeners), (log_calls, log_answers))) in parts {
+            let start = ShardStart {
+                id,
+                count: shard_count,
+                config: config.clone(),
+                node: self.node.clone(),
+                log: self.log.clone(),
+                registry: self.registry.clone(),
+                shared: self.services.clone(),
+                states: states.take_shard(id),
+                listeners,
+                mesh: mesh.clone(),
+                log_calls,
+                log_answers,
+                log_inflight_max,
+                committer: if host == Some(id) { committer.take() } else { None },
+                applied,
+                view: views.next().expect("one view per shard"),
+                workers: self.workers.clone(),
+            };
+            let handle = executor_builder(config, *core, &format!("shard-{id}"))
+                .spin_before_park(Duration::from_micros(config.executor.spin_before_park_us))
+                .spawn(move || shard::run(start))
+                .map_err(|e| {
+                    anyhow::anyhow!("starting the executor of shard {id} on core {core}: {e}")
+                })?;
+            executors.push(handle);
+        }
+        Ok(executors)
+    }
 }
 
 /// An executor pinned to `core`, with the config's glommio settings.
@@ -282,9 +310,6 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     Ok(Some(file))
 }
 
-/// Calls one shard may have in flight to the committer, at least.
-const LOG_INFLIGHT_PER_SHARD_MIN: usize = 64;
-
 /// Shard `i` accepts on the shared address (SO_REUSEPORT) and on its own port.
 fn bind_shard_listeners(config: &Config, i: usize) -> anyhow::Result<Vec<OwnedFd>> {
     let mut sockets = vec![listen_on(config.listen, true)?];
@@ -323,9 +348,7 @@ fn listen_on(address: SocketAddr, shared: bool) -> anyhow::Result<OwnedFd> {
     Ok(socket.into())
 }
 
-pub fn online_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+pub use crate::config::online_cores;
 
 /// glommio registers `io_memory` with each executor's rings as locked memory.
 /// Raise the soft limit toward the hard one when the executors need more.

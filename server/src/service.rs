@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::core::mesh::{MeshError, Payload};
 use crate::http::RouteTable;
+use crate::http::client::Client;
 use crate::log::view::{ServiceView, ViewChanges, ViewLayout, ViewSource};
 use crate::log::{Committed, IdKey, Item};
 use crate::metrics::{MetricsPart, MetricsSource};
@@ -46,6 +47,8 @@ pub struct Starting<'a, S: Service> {
     pub started: &'a Started,
     /// The service's tables in this shard's view (none in amnesia mode).
     pub view: Option<ServiceView>,
+    /// Outbound HTTP connections to peers, on the shard's ring.
+    pub client: &'a Rc<Client>,
 }
 
 /// Everything a service plugs into the node.
@@ -220,14 +223,17 @@ trait Entry: Send + Sync {
         wants: &dyn Fn(usize) -> bool,
         item: Item<'_>,
     );
-    fn start(
-        &self,
-        core: &Rc<Core>,
-        shared: Arc<dyn Any + Send + Sync>,
-        state: Box<dyn Any + Send>,
-        started: &Started,
-        view: Option<ServiceView>,
-    ) -> (Rc<dyn Running>, Rc<dyn Any>);
+    fn start(&self, start: Erased<'_>) -> (Rc<dyn Running>, Rc<dyn Any>);
+}
+
+/// What `Entry::start` gets: `Starting` with its types erased.
+struct Erased<'a> {
+    core: &'a Rc<Core>,
+    shared: Arc<dyn Any + Send + Sync>,
+    state: Box<dyn Any + Send>,
+    started: &'a Started,
+    view: Option<ServiceView>,
+    client: &'a Rc<Client>,
 }
 
 struct Of<S>(PhantomData<fn() -> S>);
@@ -285,17 +291,11 @@ impl<S: Service> Entry for Of<S> {
         S::replay(&mut Replaying { states, wants, _state: PhantomData }, item);
     }
 
-    fn start(
-        &self,
-        core: &Rc<Core>,
-        shared: Arc<dyn Any + Send + Sync>,
-        state: Box<dyn Any + Send>,
-        started: &Started,
-        view: Option<ServiceView>,
-    ) -> (Rc<dyn Running>, Rc<dyn Any>) {
+    fn start(&self, start: Erased<'_>) -> (Rc<dyn Running>, Rc<dyn Any>) {
+        let Erased { core, shared, state, started, view, client } = start;
         let shared = shared.downcast::<S::Shared>().expect("a service's own shared state");
         let state = *state.downcast::<S::State>().expect("a service's own state");
-        let service = S::start(Starting { core, shared, state, started, view });
+        let service = S::start(Starting { core, shared, state, started, view, client });
         (service.clone(), service)
     }
 }
@@ -537,6 +537,7 @@ impl ShardServices {
     pub fn start(
         registry: &Registry,
         core: &Rc<Core>,
+        client: &Rc<Client>,
         shared: Vec<Arc<dyn Any + Send + Sync>>,
         states: Vec<Box<dyn Any + Send>>,
         bases: Vec<usize>,
@@ -548,7 +549,8 @@ impl ShardServices {
         let parts = registry.entries.iter().zip(shared).zip(states).zip(&bases);
         for (((entry, shared), state), base) in parts {
             let view = store.as_ref().map(|store| ServiceView::new(store.clone(), *base));
-            let (service, any) = entry.start(core, shared, state, &started, view);
+            let erased = Erased { core, shared, state, started: &started, view, client };
+            let (service, any) = entry.start(erased);
             started.services.push((service.service_type(), any));
             service.clone().routes(routes);
             running.push(service);

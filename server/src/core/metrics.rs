@@ -94,6 +94,13 @@ impl CoreMetrics {
     }
 
     fn render(&self, out: &mut String) {
+        self.render_requests(out);
+        self.render_front(out);
+        self.render_log(out);
+    }
+
+    /// Requests by route and by outcome, and the timer probe.
+    fn render_requests(&self, out: &mut String) {
         header(
             out,
             "request_latency_seconds",
@@ -134,6 +141,10 @@ impl CoreMetrics {
         for (label, count) in self.route_labels.iter().zip(&self.inflight) {
             let _ = writeln!(out, "inflight_requests{{route=\"{label}\"}} {count}");
         }
+    }
+
+    /// Connections, the ring and the mesh.
+    fn render_front(&self, out: &mut String) {
         simple_lines(
             out,
             &[
@@ -175,6 +186,10 @@ impl CoreMetrics {
                 ),
             ],
         );
+    }
+
+    /// How far each shard applied the log and wrote its view.
+    fn render_log(&self, out: &mut String) {
         let mut shards = self.log_shards.clone();
         shards.sort_by_key(|g| g.shard);
         type Gauge = fn(&LogShardGauges) -> u64;

@@ -9,10 +9,16 @@
 //! the queue run and glommio keeps polling its own rings; idle for a few turns,
 //! it parks on the ring's eventfd through glommio.
 //!
+//! The front also drives the shard's outbound connections (`client`): each
+//! turn it hands the operations that tasks queued on the client to the ring
+//! and routes the completions of client operations back to it. Both count
+//! as work, and a task that queues an operation wakes a parked front.
+//!
 //! A connection's answers leave in request order: synchronous answers go
 //! straight into its output while nothing is waiting before them; otherwise
 //! they queue behind the answers that tasks have not finished yet.
 
+use super::client::Client;
 use super::reply::{self, CorrId, Handled, Reply, write_response};
 use super::routes::{Request, RouteTable};
 use super::socket_ring::{self, Completion, Op, SocketRing};
@@ -147,6 +153,8 @@ pub struct Front {
     date: Rc<RefCell<HttpDate>>,
     corr_counter: u64,
     ring: SocketRing,
+    /// Outbound connections; their operations go through this ring too.
+    client: Rc<Client>,
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
@@ -164,8 +172,8 @@ pub struct Front {
 }
 
 /// What the front awaits when idle (the ring's eventfd, read through glommio,
-/// or the mailbox), and the guard timer that keeps the shard from sleeping
-/// while the front is runnable.
+/// the mailbox, or the client's queue), and the guard timer that keeps the
+/// shard from sleeping while the front is runnable.
 ///
 /// The guard works around a glommio 0.9 scheduler race, reproduced on this
 /// machine with an instrumented copy of glommio: the executor's loop polls
@@ -200,6 +208,7 @@ const IDLE_PARK_TIMEOUT: Duration = Duration::from_millis(100);
 enum Woken {
     Ring,
     Mailbox,
+    Client,
     Guard,
 }
 
@@ -243,6 +252,7 @@ impl Park {
     fn wait<'a>(
         &'a mut self,
         mailbox: &'a Mailbox,
+        client: &'a Client,
         timeout: Duration,
     ) -> impl Future<Output = Woken> + 'a {
         std::future::poll_fn(move |cx: &mut Context<'_>| {
@@ -250,6 +260,10 @@ impl Park {
                 return Poll::Ready(Woken::Mailbox);
             }
             *mailbox.waker.borrow_mut() = Some(cx.waker().clone());
+            // Cleared by the turn that submits what was queued.
+            if client.poll_queued(cx) {
+                return Poll::Ready(Woken::Client);
+            }
             let eventfd = self.eventfd.clone();
             let read = self.read.get_or_insert_with(|| {
                 Box::pin(async move {
@@ -278,6 +292,7 @@ impl Front {
         core: Rc<Core>,
         routes: Rc<RouteTable>,
         mut ring: SocketRing,
+        client: Rc<Client>,
         sockets: Vec<OwnedFd>,
     ) -> std::io::Result<Front> {
         let config = &core.config.limits;
@@ -319,6 +334,7 @@ impl Front {
             date: Rc::new(RefCell::new(HttpDate::new())),
             corr_counter: 0,
             ring,
+            client,
             listeners,
             conns: Vec::new(),
             free: Vec::new(),
@@ -359,7 +375,7 @@ impl Front {
                 self.park.yield_now().await;
                 continue;
             }
-            if self.open > 0 || self.drain_started.is_some() {
+            if self.open > 0 || self.drain_started.is_some() || self.client.busy() {
                 if let Err(error) = self.ring.arm_timeout(self.limits.sweep_interval) {
                     tracing::error!(shard = self.core.id, %error, "arming the sweep timer");
                 }
@@ -371,12 +387,12 @@ impl Front {
                 continue;
             }
             self.core.metrics.borrow_mut().parks += 1;
-            let timeout = if self.open > 0 || self.core.inflight.get() > 0 {
+            let timeout = if self.open > 0 || self.core.inflight.get() > 0 || self.client.busy() {
                 self.park.timeout
             } else {
                 IDLE_PARK_TIMEOUT.max(self.park.timeout)
             };
-            if self.park.wait(&self.mailbox, timeout).await == Woken::Guard {
+            if self.park.wait(&self.mailbox, &self.client, timeout).await == Woken::Guard {
                 self.core.metrics.borrow_mut().park_timeouts += 1;
             }
             self.ring.after_park();
@@ -418,15 +434,25 @@ impl Front {
             self.start_drain(now);
             worked = true;
         }
+        // After the completions and the mailbox, which queue client work too.
+        worked |= self.client.submit(&mut self.ring);
         worked |= self.flush();
         worked
     }
 
+    /// Drained once every connection is closed, every task has answered,
+    /// and then the client is stopped and the ring is done with its memory.
     fn drained(&self) -> bool {
-        self.drain_started.is_some()
+        let served = self.drain_started.is_some()
             && self.open == 0
             && self.core.inflight.get() == 0
-            && self.listeners.iter().all(|l| !l.armed)
+            && self.listeners.iter().all(|l| !l.armed);
+        if !served {
+            return false;
+        }
+        // Requests still being answered may call peers until here.
+        self.client.stop();
+        self.client.is_quiet()
     }
 
     fn take_completions(&mut self, now: Instant) {
@@ -442,6 +468,11 @@ impl Front {
             Op::Accept(index) => self.on_accept(index, completion, now),
             Op::Recv(slot) => self.on_recv(slot, completion, now),
             Op::Send(slot) => self.on_send(slot, completion.result, now),
+            Op::Connect(_)
+            | Op::ConnectTimeout(_)
+            | Op::ClientRecv(_)
+            | Op::ClientSend(_)
+            | Op::ClientCancel(_) => self.client.on_completion(&mut self.ring, completion),
             Op::Timeout | Op::Cancel => {}
         }
     }
@@ -931,6 +962,7 @@ impl Front {
     /// Header, body, idle and linger deadlines.
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
+        self.client.sweep(now);
         let drain_over = self
             .drain_started
             .is_some_and(|at| now.duration_since(at) >= self.limits.drain_timeout);

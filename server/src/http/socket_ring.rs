@@ -26,6 +26,15 @@ pub enum Op {
     Send(u32),
     Timeout,
     Cancel,
+    /// An outbound connect of the client's connection slot.
+    Connect(u32),
+    /// The timeout linked to that connect.
+    ConnectTimeout(u32),
+    /// The multishot receive of an outbound connection.
+    ClientRecv(u32),
+    ClientSend(u32),
+    /// The cancel of every request on an outbound connection being closed.
+    ClientCancel(u32),
 }
 
 const KIND_ACCEPT: u64 = 1;
@@ -33,6 +42,11 @@ const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 const KIND_TIMEOUT: u64 = 4;
 const KIND_CANCEL: u64 = 5;
+const KIND_CONNECT: u64 = 6;
+const KIND_CONNECT_TIMEOUT: u64 = 7;
+const KIND_CLIENT_RECV: u64 = 8;
+const KIND_CLIENT_SEND: u64 = 9;
+const KIND_CLIENT_CANCEL: u64 = 10;
 
 impl Op {
     fn user_data(self) -> u64 {
@@ -42,6 +56,11 @@ impl Op {
             Op::Send(i) => KIND_SEND << 56 | u64::from(i),
             Op::Timeout => KIND_TIMEOUT << 56,
             Op::Cancel => KIND_CANCEL << 56,
+            Op::Connect(i) => KIND_CONNECT << 56 | u64::from(i),
+            Op::ConnectTimeout(i) => KIND_CONNECT_TIMEOUT << 56 | u64::from(i),
+            Op::ClientRecv(i) => KIND_CLIENT_RECV << 56 | u64::from(i),
+            Op::ClientSend(i) => KIND_CLIENT_SEND << 56 | u64::from(i),
+            Op::ClientCancel(i) => KIND_CLIENT_CANCEL << 56 | u64::from(i),
         }
     }
 
@@ -53,6 +72,11 @@ impl Op {
             KIND_SEND => Op::Send(index),
             KIND_TIMEOUT => Op::Timeout,
             KIND_CANCEL => Op::Cancel,
+            KIND_CONNECT => Op::Connect(index),
+            KIND_CONNECT_TIMEOUT => Op::ConnectTimeout(index),
+            KIND_CLIENT_RECV => Op::ClientRecv(index),
+            KIND_CLIENT_SEND => Op::ClientSend(index),
+            KIND_CLIENT_CANCEL => Op::ClientCancel(index),
             kind => panic!("completion of unknown kind {kind}"),
         }
     }
@@ -217,9 +241,18 @@ impl SocketRing {
     }
 
     pub fn recv(&mut self, socket: RawFd, slot: u32) -> io::Result<()> {
+        self.recv_multi(socket, Op::Recv(slot))
+    }
+
+    /// A multishot receive for an outbound connection of the client.
+    pub fn client_recv(&mut self, socket: RawFd, slot: u32) -> io::Result<()> {
+        self.recv_multi(socket, Op::ClientRecv(slot))
+    }
+
+    fn recv_multi(&mut self, socket: RawFd, op: Op) -> io::Result<()> {
         let entry = opcode::RecvMulti::new(types::Fd(socket), BUFFER_GROUP)
             .build()
-            .user_data(Op::Recv(slot).user_data());
+            .user_data(op.user_data());
         self.push(entry)
     }
 
@@ -228,10 +261,74 @@ impl SocketRing {
     /// # Safety
     /// `bytes` must stay allocated and unmoved until the completion is reaped.
     pub unsafe fn send(&mut self, socket: RawFd, bytes: &[u8], slot: u32) -> io::Result<()> {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { self.send_op(socket, bytes, Op::Send(slot)) }
+    }
+
+    /// Sends `bytes` on an outbound connection of the client.
+    ///
+    /// # Safety
+    /// `bytes` must stay allocated and unmoved until the completion is reaped.
+    pub unsafe fn client_send(&mut self, socket: RawFd, bytes: &[u8], slot: u32) -> io::Result<()> {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { self.send_op(socket, bytes, Op::ClientSend(slot)) }
+    }
+
+    /// # Safety
+    /// `bytes` must stay allocated and unmoved until the completion is reaped.
+    unsafe fn send_op(&mut self, socket: RawFd, bytes: &[u8], op: Op) -> io::Result<()> {
         let entry = opcode::Send::new(types::Fd(socket), bytes.as_ptr(), bytes.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(Op::Send(slot).user_data());
+            .user_data(op.user_data());
+        self.push(entry)
+    }
+
+    /// Connects `socket` to `address`, linked to a timeout of `timeout`: if
+    /// it fires first, the connect completes with `-ECANCELED`. Two
+    /// completions follow, [`Op::Connect`] and [`Op::ConnectTimeout`].
+    ///
+    /// # Safety
+    /// `address` and `timeout` must stay allocated and unmoved until both
+    /// completions are reaped.
+    pub unsafe fn connect(
+        &mut self,
+        socket: RawFd,
+        address: &socket2::SockAddr,
+        timeout: &types::Timespec,
+        slot: u32,
+    ) -> io::Result<()> {
+        let connect = opcode::Connect::new(types::Fd(socket), address.as_ptr(), address.len())
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(Op::Connect(slot).user_data());
+        let timeout = opcode::LinkTimeout::new(timeout)
+            .build()
+            .user_data(Op::ConnectTimeout(slot).user_data());
+        // The pair must reach the kernel in one submission: a link whose
+        // second half arrives in a later one is not a link.
+        loop {
+            let free = {
+                let submission = self.ring.submission();
+                submission.capacity() - submission.len()
+            };
+            if free >= 2 {
+                break;
+            }
+            self.ring.submit()?;
+        }
+        self.push(connect)?;
+        self.push(timeout)
+    }
+
+    /// Cancels every request on `socket`, the outbound connection of
+    /// `slot` being closed. The cancel's own completion is
+    /// [`Op::ClientCancel`]; the socket must stay open until it is reaped,
+    /// or the cancel could match a new socket given the same number.
+    pub fn cancel_socket(&mut self, socket: RawFd, slot: u32) -> io::Result<()> {
+        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(socket)).all())
+            .build()
+            .user_data(Op::ClientCancel(slot).user_data());
         self.push(entry)
     }
 

@@ -26,6 +26,7 @@ use super::segments::{IdKey, LogState, LogWriter, Placed, Recovered, RootItem};
 use super::{LogShared, Part};
 use crate::clock::unix_now_ms;
 use crate::config::Config;
+use crate::limits::ROOTS_PAGE_MAX;
 use crate::metrics::{CountHistogram, LatencyHistogram, count_histogram_lines, histogram_lines};
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
@@ -39,9 +40,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::Instant;
-
-/// Roots in one `/roots` page, at most.
-pub const ROOTS_PAGE_MAX: usize = 1000;
 
 /// One append: items committed atomically, in order.
 #[derive(Debug)]

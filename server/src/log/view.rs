@@ -16,6 +16,7 @@
 //! otherwise it is cleared and rebuilt from the log.
 
 use super::LogLink;
+use crate::limits::{VIEW_DROP_PAGES_EVERY, VIEW_MAP_BYTES, VIEW_TABLES_MAX, VIEW_TICK};
 use crate::workers::{Job, Lane, Workers};
 use anyhow::Context as _;
 use heed::types::Bytes;
@@ -28,17 +29,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Address space reserved per view; the file grows only with what it holds.
-const VIEW_MAP_BYTES: usize = 32 << 30;
 const META_KEY: &[u8] = b"meta";
-/// How often an idle view unmaps the pages reads have mapped.
-pub const DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
 /// 5: tables named by service, and a signature of their layout in the meta
 /// (older views are rebuilt).
 const META_VERSION: u8 = 5;
 const META_BYTES: usize = 1 + 8 + 32 + 4 + 4 + 32;
-/// Tables in one view, at most (LMDB's named databases, the meta included).
-pub const VIEW_TABLES_MAX: usize = 64;
 
 /// The directory of shard `shard`'s view.
 pub fn view_dir(data_dir: &Path, shard: usize) -> PathBuf {
@@ -368,9 +363,6 @@ pub trait ViewSource {
     fn saved(&self, through_seq: u64);
 }
 
-/// How often a shard looks at whether its view is due.
-const VIEW_TICK: Duration = Duration::from_millis(100);
-
 /// When a view is written.
 #[derive(Clone, Copy, Debug)]
 pub struct ViewSchedule {
@@ -523,7 +515,7 @@ pub async fn keep(view: Rc<ShardView>, link: Rc<LogLink>, source: Rc<dyn ViewSou
     while !link.is_stopped() {
         glommio::timer::sleep(VIEW_TICK).await;
         view.write_due(&link, &*source, false);
-        if last_drop.elapsed() >= DROP_PAGES_EVERY {
+        if last_drop.elapsed() >= VIEW_DROP_PAGES_EVERY {
             last_drop = Instant::now();
             if let Some(store) = &view.store {
                 // Receipt reads map pages too, with or without writes.

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::core::mesh::{self, Mesh, MeshBuilderFull};
 use crate::core::{Core, CoreParts, NodeShared, REQUEST_QUEUE_LATENCY};
 use crate::http::RouteTable;
+use crate::http::client::{Client, ClientLimits};
 use crate::http::front::Front;
 use crate::http::socket_ring::SocketRing;
 use crate::log::committer::{self, CommitterStart, LogRequest, ToShard};
@@ -86,7 +87,7 @@ pub async fn run(start: ShardStart) {
     assert_eq!(senders.peer_id(), start.id, "mesh order follows shard order");
     let log_calls = start.log_calls.connect().await;
     let log_answers = start.log_answers.connect().await;
-    let config = start.config;
+    let config = start.config.clone();
     let executor_config = &config.executor;
     let ring = SocketRing::new(
         executor_config.socket_ring_entries,
@@ -95,50 +96,35 @@ pub async fn run(start: ShardStart) {
     )
     .expect("creating the shard's socket ring");
     start.node.shards[start.id].set_wake(ring.eventfd());
-    let inbox = Arc::new(Inbox::default());
-    inbox.set_doorbell(ring.eventfd());
+    let client = Rc::new(Client::new(ClientLimits::from_config(&config)));
     let timeout = Duration::from_millis(config.limits.request_timeout_ms);
     let inflight_max = config.limits.mesh_inflight_per_target_max;
     let mesh = Rc::new(Mesh::new(senders, start.count, inflight_max, timeout));
     let applied = Applied::new(start.applied.0, start.applied.1);
-    let log = Rc::new(LogLink::new(start.log, applied, log_calls, start.log_inflight_max));
-    let schedule = ViewSchedule {
-        shard: start.id,
-        shard_count: start.count,
-        items_max: config.ledger.checkpoint_every,
-        interval: Duration::from_millis(config.ledger.view_write_ms),
-    };
-    let (store, view_seq) = start.view.map_or((None, 0), |view| (Some(view.store), view.seq));
-    let view_workers = store.is_some().then(|| start.workers.clone());
-    let view = Rc::new(ShardView::new(store, view_workers, view_seq, schedule));
-    let core = Rc::new(Core::new(CoreParts {
-        id: start.id,
-        count: start.count,
-        config: config.clone(),
-        node: start.node.clone(),
-        mesh: mesh.clone(),
-        log: log.clone(),
-        view: view.clone(),
-        workers: start.workers,
-        returns: Returns::new(inbox),
+    let log = LogLink::new(start.log.clone(), applied, log_calls, start.log_inflight_max);
+    let view = start.view.map(|v| (v.store, v.seq));
+    let core = build_core(
+        &start.node,
+        &config,
+        view,
+        &start.workers,
         queue,
-    }));
+        ring.eventfd(),
+        mesh.clone(),
+        Rc::new(log),
+    );
+    core.add_metrics_source(client.clone());
     let mut routes = RouteTable::default();
     let (_, bases) = start.registry.view_layout();
-    let services = ShardServices::start(
-        &start.registry,
-        &core,
-        start.shared,
-        start.states,
-        bases,
-        &mut routes,
-    );
+    let (shared, states) = (start.shared, start.states);
+    let services =
+        ShardServices::start(&start.registry, &core, &client, shared, states, bases, &mut routes);
     core.set_routes(routes.labels());
     let serving = services.clone();
     let serve: mesh::Serve = Rc::new(move |service, call| serving.serve(service, call));
     mesh::spawn_receivers(mesh, receivers, serve, queue);
     let answers = {
-        let (log, services) = (log.clone(), services.clone());
+        let (log, services) = (core.log.clone(), services.clone());
         glommio::spawn_local_into(
             async move { crate::log::receive(&log, log_answers, |batch| services.apply(batch)).await },
             queue,
@@ -146,8 +132,8 @@ pub async fn run(start: ShardStart) {
         .expect("the queue exists")
     };
     let source: Rc<dyn ViewSource> = services.clone();
-    core.spawn(view::keep(view.clone(), log.clone(), source));
-    let front = Front::new(core.clone(), Rc::new(routes), ring, start.listeners)
+    core.spawn(view::keep(core.view.clone(), core.log.clone(), source));
+    let front = Front::new(core.clone(), Rc::new(routes), ring, client, start.listeners)
         .expect("arming the listeners");
     let probe_interval = Duration::from_millis(config.executor.timer_probe_interval_ms);
     if !probe_interval.is_zero() {
@@ -157,7 +143,7 @@ pub async fn run(start: ShardStart) {
     status.serving.store(true, Ordering::Release);
     tracing::info!(shard = start.id, services = ?start.registry.names(), "serving");
     glommio::spawn_local_into(front.run(), queue).expect("the queue exists").await;
-    log.close();
+    core.log.close();
     if let Some(committer) = committer {
         // It stops once every shard has closed its link.
         committer.await;
@@ -165,8 +151,48 @@ pub async fn run(start: ShardStart) {
     // Batches of other shards' requests keep coming until the committer
     // stops; then the view gets its last write.
     answers.await;
-    view::finish(&view, &log, &*services).await;
+    view::finish(&core.view, &core.log, &*services).await;
     services.stop();
     status.serving.store(false, Ordering::Release);
     tracing::info!(shard = start.id, "drained");
+}
+
+/// The shard's core: its view (written by the workers), its inbox for
+/// the workers' results (rung on the ring's `eventfd`), the mesh and the
+/// log link.
+#[allow(clippy::too_many_arguments)]
+fn build_core(
+    node: &Arc<NodeShared>,
+    config: &Arc<Config>,
+    view: Option<(Arc<crate::log::view::ViewStore>, u64)>,
+    workers: &Workers,
+    queue: glommio::TaskQueueHandle,
+    eventfd: std::os::fd::RawFd,
+    mesh: Rc<Mesh>,
+    log: Rc<LogLink>,
+) -> Rc<Core> {
+    let (id, count) = (mesh.me(), node.shards.len());
+    let inbox = Arc::new(Inbox::default());
+    inbox.set_doorbell(eventfd);
+    let schedule = ViewSchedule {
+        shard: id,
+        shard_count: count,
+        items_max: config.ledger.checkpoint_every,
+        interval: Duration::from_millis(config.ledger.view_write_ms),
+    };
+    let (store, seq) = view.map_or((None, 0), |(store, seq)| (Some(store), seq));
+    let view_workers = store.is_some().then(|| workers.clone());
+    let view = Rc::new(ShardView::new(store, view_workers, seq, schedule));
+    Rc::new(Core::new(CoreParts {
+        id,
+        count,
+        config: config.clone(),
+        node: node.clone(),
+        mesh,
+        log,
+        view,
+        workers: workers.clone(),
+        returns: Returns::new(inbox),
+        queue,
+    }))
 }

@@ -25,6 +25,7 @@ use crate::config::{Config, PqMode};
 use crate::core::Core;
 use crate::http::routes::{Gate, Handler};
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable};
+use crate::limits::PQ_BATCH_WINDOW;
 use crate::log::Item;
 use crate::metrics::MetricsPart;
 use crate::service::{Replaying, Service, ShardAt, Starting};
@@ -130,6 +131,7 @@ impl Service for Passport {
         let config = &core.config.passport;
         let cache = VerifyCache::new(
             config.verify_cache_entries_max as usize,
+            config.verify_cache_bytes_max as usize,
             Duration::from_millis(config.verify_cache_ttl_ms),
         );
         let signing = config.pq_mode != PqMode::Off;
@@ -310,7 +312,7 @@ impl Passport {
     }
 
     /// Puts `leaf` in this shard's open batch and answers its place at
-    /// once; the batch is signed within `pq::BATCH_WINDOW` plus one
+    /// once; the batch is signed within `PQ_BATCH_WINDOW` plus one
     /// signature, unless the workers are behind.
     fn attest(self: &Rc<Self>, leaf: Hash) -> Result<Attestation, Backlogged> {
         let attestation = self.pq.add(self.keys(), leaf)?;
@@ -320,7 +322,7 @@ impl Passport {
                 // Closes the batch after its window, and hands waiting
                 // batches to the workers until none waits.
                 loop {
-                    glommio::timer::sleep(pq::BATCH_WINDOW).await;
+                    glommio::timer::sleep(PQ_BATCH_WINDOW).await;
                     if !passport.pq.close() {
                         break;
                     }

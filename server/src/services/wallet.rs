@@ -19,6 +19,7 @@ pub mod view;
 use crate::config::Config;
 use crate::core::Core;
 use crate::http::RouteTable;
+use crate::limits::{EXPIRIES_PER_TICK_MAX, HOLD_EXPIRY_TICK};
 use crate::log::view::{ServiceView, ViewChanges};
 use crate::log::{Item, LogAnswer, LogCall};
 use crate::metrics::{MetricsPart, simple_lines};
@@ -32,9 +33,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::passport::Passport;
-
-/// Expiries one shard commits per tick, at most.
-const EXPIRIES_PER_TICK_MAX: usize = 256;
 
 /// The wallet on one shard: the state of the accounts, holds, keys and
 /// receipts it owns.
@@ -73,8 +71,7 @@ impl Service for Wallet {
     const NAME: &'static str = "wallet";
     const LOG_CODES: &'static [u8] = &[WALLET_OP_CODE];
     const TABLES: &'static [&'static str] = view::TABLES;
-    /// How often a shard looks for holds past their timeout.
-    const TICK: Option<Duration> = Some(Duration::from_millis(100));
+    const TICK: Option<Duration> = Some(HOLD_EXPIRY_TICK);
     type Shared = ();
     type State = state::Wallet;
     type Call = Call;

@@ -4,7 +4,7 @@
 use super::{Answer, Call, Ledger};
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
-use crate::limits::RELEASE_RETRY;
+use crate::limits::{INGEST_IDEM_ID_BYTES_MAX, RELEASE_RETRY};
 use crate::log::{Append, IdKey, LogAnswer, LogCall, Part, RootItem, id_key};
 use crate::retry::Outcome;
 use crate::service::Service;
@@ -100,9 +100,6 @@ fn conservation_violations(entries: &[Entry]) -> Vec<Reason> {
         .collect()
 }
 
-/// `idem_id`s, in bytes.
-const IDEM_ID_BYTES_MAX: usize = 128;
-
 /// A batch that passed every check, ready to commit.
 struct Batch {
     idem: Option<IdKey>,
@@ -130,10 +127,10 @@ fn ingest(ledger: &Rc<Ledger>, request: &Request<'_>, _: &Params<'_>) -> Handled
 fn validate(ledger: &Ledger, request: &Request<'_>) -> Result<Batch, Reply> {
     let body: IngestBody = request.json()?;
     let idem = match &body.idem_id {
-        Some(idem_id) if idem_id.is_empty() || idem_id.len() > IDEM_ID_BYTES_MAX => {
+        Some(idem_id) if idem_id.is_empty() || idem_id.len() > INGEST_IDEM_ID_BYTES_MAX => {
             return Err(Reply::error(
                 ErrorCode::BadRequest,
-                format!("idem_id must be 1..={IDEM_ID_BYTES_MAX} bytes"),
+                format!("idem_id must be 1..={INGEST_IDEM_ID_BYTES_MAX} bytes"),
             ));
         }
         Some(idem_id) => Some(id_key(&format!("idem:{idem_id}"))),

@@ -7,18 +7,19 @@
 //! leaf to it and gives the token, at once, a caveat naming its place and a
 //! MAC under the root key (this node checks a token's PQ caveat without
 //! keeping anything, and nobody without the root key can make one). The
-//! shard closes its open batch within [`BATCH_WINDOW`] (or at
+//! shard closes its open batch within `limits::PQ_BATCH_WINDOW` (or at
 //! [`BATCH_LEAVES_MAX`] leaves) and hands it to the workers' idle lane
 //! (`crate::workers`), where its Merkle tree is built and its root signed
 //! off the request path.
 //!
-//! Signed batches are kept in memory (the newest [`BATCHES_KEPT`] per
+//! Signed batches are kept in memory (the newest `limits::PQ_BATCHES_KEPT` per
 //! shard): after a restart, earlier batches cannot be fetched, though this
 //! node still accepts their tokens. Closed batches the workers had no room
-//! for wait in a backlog of at most [`BACKLOG_MAX`]; while it is full,
+//! for wait in a backlog of at most `limits::PQ_BACKLOG_MAX`; while it is full,
 //! issuing a signed token is refused (429).
 
 use super::keys::{KeySet, Keyring};
+use crate::limits::{PQ_BACKLOG_MAX, PQ_BATCHES_KEPT};
 use crate::metrics::{CountHistogram, LatencyHistogram};
 use crate::workers::{Job, Lane, Workers};
 use ron_proto::attestation::{Attestation, BATCH_LEAVES_MAX, batch_message, leaf};
@@ -28,14 +29,7 @@ use ron_shards::accumulator::Accumulator;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// How long a batch stays open after its first leaf.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
-/// Signed batches a shard keeps for `/v1/passport/pq`.
-pub const BATCHES_KEPT: usize = 4096;
-/// Closed batches a shard keeps while the workers have no room for them.
-pub const BACKLOG_MAX: usize = 64;
+use std::time::Instant;
 
 fn leaf_mac(set: &KeySet, shard: usize, batch: u64, index: u64, leaf: &Hash) -> [u8; 16] {
     let mut message = Vec::with_capacity(64);
@@ -90,7 +84,7 @@ struct Signed {
 
 impl Signed {
     fn keep(&mut self, batch: SignedBatch) {
-        if self.batches.len() == BATCHES_KEPT {
+        if self.batches.len() == PQ_BATCHES_KEPT {
             self.batches.pop_front();
         }
         self.batches.push_back(batch);
@@ -185,7 +179,7 @@ impl PqSigner {
     /// one under an older key (a rotation), is closed first. Refused while
     /// the backlog is full.
     pub fn add(&self, keys: Arc<Keyring>, leaf: Hash) -> Result<Attestation, Backlogged> {
-        if self.backlog.borrow().len() >= BACKLOG_MAX {
+        if self.backlog.borrow().len() >= PQ_BACKLOG_MAX {
             return Err(Backlogged);
         }
         let rotated =
@@ -240,6 +234,7 @@ pub fn attest_alone(set: &KeySet, message: &[u8]) -> anyhow::Result<Attestation>
 mod tests {
     use super::*;
     use crate::workers::WorkersLayout;
+    use std::time::Duration;
 
     fn workers(queue_max: usize) -> crate::workers::WorkerThreads {
         let layout = WorkersLayout { normal_threads: 1, idle_threads: 1, queue_max, cores: Vec::new() };
@@ -283,14 +278,14 @@ mod tests {
         let workers = threads.workers().clone();
         threads.stop();
         let signer = PqSigner::new(0, Some(workers)).unwrap();
-        for i in 0..BACKLOG_MAX {
+        for i in 0..PQ_BACKLOG_MAX {
             signer.add(keys.clone(), leaf(&i.to_le_bytes())).unwrap();
             assert!(signer.close(), "the batch waits");
         }
-        assert_eq!(signer.backlog.borrow().len(), BACKLOG_MAX);
+        assert_eq!(signer.backlog.borrow().len(), PQ_BACKLOG_MAX);
         assert_eq!(signer.add(keys.clone(), leaf(b"one more")), Err(Backlogged));
         // With room again, the backlog drains in order.
-        let threads = super::tests::workers(2 * BACKLOG_MAX);
+        let threads = super::tests::workers(2 * PQ_BACKLOG_MAX);
         let signer = PqSigner { workers: Some(threads.workers().clone()), ..signer };
         assert!(!signer.close(), "nothing waits once the workers took it");
         assert!(signer.add(keys, leaf(b"one more")).is_ok());
@@ -300,11 +295,11 @@ mod tests {
     #[test]
     fn a_shard_keeps_its_newest_batches() {
         let mut signed = Signed::default();
-        for batch in 0..=BATCHES_KEPT as u64 {
+        for batch in 0..=PQ_BATCHES_KEPT as u64 {
             let signature = Vec::new();
             signed.keep(SignedBatch { kid: 1, batch, leaves: Vec::new(), root: [0; 32], signature });
         }
-        assert_eq!(signed.batches.len(), BATCHES_KEPT);
+        assert_eq!(signed.batches.len(), PQ_BATCHES_KEPT);
         assert_eq!(signed.batches.front().map(|b| b.batch), Some(1));
     }
 }

@@ -7,6 +7,7 @@ use crate::clock::{unix_now_ms, unix_now_s};
 use crate::config::PqMode;
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
+use crate::limits::VERIFY_BATCH_MAX;
 use crate::log::{Append, LogAnswer, LogCall};
 use crate::service::Service;
 use ron_proto::ErrorCode;
@@ -147,78 +148,105 @@ pub fn issue(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> 
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    let config = passport.config();
+    let now = unix_now_s();
+    let (asked, caveats) = match check_issue(passport.config(), body, now) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    if let Some(why) = passport.issuance_unavailable() {
+        let why = format!("issuance is unavailable: {why}");
+        return Handled::Now(Reply::error(ErrorCode::Unavailable, why));
+    }
+    let reply = match mint(passport, asked, &caveats, now) {
+        Ok(reply) => reply,
+        Err(refused) => return Handled::Now(refused),
+    };
+    passport.metrics.borrow_mut().issue_latency.record(started.elapsed());
+    Handled::Now(reply)
+}
+
+/// What an issue request asks for, checked.
+struct Asked {
+    subject: String,
+    audience: String,
+    exp: u64,
+    signing: Signing,
+}
+
+/// The stateless checks of an issue request; its caveats, the scope and
+/// expiry first.
+fn check_issue(
+    config: &crate::config::Passport,
+    body: IssueBody,
+    now: u64,
+) -> Result<(Asked, Vec<String>), Handled> {
     let ttl_s = body.ttl_s.unwrap_or(config.ttl_default_s);
     if ttl_s == 0 || ttl_s > config.ttl_max_s {
-        return bad("ttl_too_long", format_args!("ttl_s must be 1..={}", config.ttl_max_s));
+        return Err(bad("ttl_too_long", format_args!("ttl_s must be 1..={}", config.ttl_max_s)));
     }
     let Some(signing) = Signing::choose(config.pq_mode, body.accept_algs.as_deref()) else {
-        return bad(
-            "no_acceptable_alg",
-            format_args!("pq_mode {:?} signs none of the accepted algorithms", config.pq_mode),
-        );
+        let why = format_args!("pq_mode {:?} signs none of the accepted algorithms", config.pq_mode);
+        return Err(bad("no_acceptable_alg", why));
     };
     for (field, value) in [("subject_ref", &body.subject_ref), ("audience", &body.audience)] {
         if value.is_empty() || value.len() > NAME_BYTES_MAX {
-            return bad(
-                "invalid_field",
-                format_args!("{field} must be 1..={NAME_BYTES_MAX} bytes"),
-            );
+            let why = format_args!("{field} must be 1..={NAME_BYTES_MAX} bytes");
+            return Err(bad("invalid_field", why));
         }
     }
     if body.scopes.is_empty() {
-        return bad("invalid_scope", "scopes must not be empty");
+        return Err(bad("invalid_scope", "scopes must not be empty"));
     }
     if let Some(unknown) = body.scopes.iter().find(|s| !token::scope::ALL.contains(&s.as_str())) {
-        return bad("invalid_scope", format_args!("unknown scope {unknown}"));
+        return Err(bad("invalid_scope", format_args!("unknown scope {unknown}")));
     }
-    let now = unix_now_s();
     let exp = now + ttl_s;
     let mut caveats = vec![format!("scope={}", body.scopes.join(",")), format!("exp={exp}")];
     caveats.extend(body.caveats);
     if caveats.len() + signing.caveats() > config.caveats_max {
-        return bad("too_many_caveats", format_args!("at most {} caveats", config.caveats_max));
+        let why = format_args!("at most {} caveats", config.caveats_max);
+        return Err(bad("too_many_caveats", why));
     }
     for caveat in &caveats {
         match Caveat::parse(caveat) {
-            Ok(Caveat::Signature { .. }) => return bad("invalid_caveat", caveat),
+            Ok(Caveat::Signature { .. }) => return Err(bad("invalid_caveat", caveat)),
             Ok(_) => {}
-            Err(TokenError::UnknownCaveat) => return bad("unknown_caveat", caveat),
-            Err(_) => return bad("invalid_caveat", caveat),
+            Err(TokenError::UnknownCaveat) => return Err(bad("unknown_caveat", caveat)),
+            Err(_) => return Err(bad("invalid_caveat", caveat)),
         }
     }
-    if let Some(why) = &passport.keys.borrow().issuance_unavailable {
-        return Handled::Now(Reply::error(
-            ErrorCode::Unavailable,
-            format!("issuance is unavailable: {why}"),
-        ));
-    }
+    let asked = Asked { subject: body.subject_ref, audience: body.audience, exp, signing };
+    Ok((asked, caveats))
+}
+
+/// Mints the token under the current key, signs it as asked, and answers.
+fn mint(passport: &Rc<Passport>, asked: Asked, caveats: &[String], now: u64) -> Result<Reply, Reply> {
     let token_id = passport.token_ids.next();
-    let keys = passport.keys.borrow().clone();
+    let keys = passport.keys();
     let key = keys.current();
     let claims = Claims {
         kid: key.kid,
         token_id,
         epoch: passport.state.borrow().revocations.current_epoch(),
         issued_at: now,
-        subject: body.subject_ref,
-        audience: body.audience,
+        subject: asked.subject,
+        audience: asked.audience,
     };
     let refs: Vec<&str> = caveats.iter().map(String::as_str).collect();
-    let mut token = match Token::mint(key.root(), claims, &refs) {
-        Ok(token) => token,
-        Err(error) => return bad("invalid_caveat", format_args!("{error:?}")),
-    };
+    let mut token = Token::mint(key.root(), claims, &refs).map_err(|error| {
+        Reply::error(ErrorCode::BadRequest, format!("invalid_caveat: {error:?}"))
+    })?;
+    let signing = asked.signing;
     let sig = (signing != Signing::None).then(|| key.attach_ed25519(&mut token));
     // The ML-DSA batch: attached with `require`/`enforce`; with `mirror`
     // signed and measured, not attached.
-    if signing == Signing::Hybrid || config.pq_mode == PqMode::Mirror {
+    if signing == Signing::Hybrid || passport.config().pq_mode == PqMode::Mirror {
         let leaf = ron_proto::attestation::leaf(&token.signed_message());
         let Ok(attestation) = passport.attest(leaf) else {
             let mut reply =
                 Reply::error(ErrorCode::Busy, "the ML-DSA signers are behind; retry shortly");
             reply.retry_after_s = Some(1);
-            return Handled::Now(reply);
+            return Err(reply);
         };
         if signing == Signing::Hybrid {
             attestation.attach(&mut token);
@@ -230,13 +258,11 @@ pub fn issue(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> 
         token_id: merkle::hex(&token_id),
         kid: key.kid,
         alg: signing.alg(),
-        exp,
-        caveats: &caveats,
+        exp: asked.exp,
+        caveats,
         sig: sig.as_deref(),
     };
-    let reply = Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"));
-    passport.metrics.borrow_mut().issue_latency.record(started.elapsed());
-    Handled::Now(reply)
+    Ok(Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing")))
 }
 
 #[derive(Deserialize)]
@@ -395,9 +421,6 @@ pub fn verify(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) ->
     verify_one(passport, &body.token, &context, &mut out);
     Handled::Now(Reply::json_owned(200, out))
 }
-
-/// Tokens in one `/v1/passport/verify_batch`, at most.
-pub const VERIFY_BATCH_MAX: usize = 512;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

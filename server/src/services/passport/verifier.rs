@@ -10,6 +10,7 @@
 //! entry lives `verify_cache_ttl_ms`. Caveats are evaluated on every
 //! request, hit or miss: they depend on the request.
 
+use crate::limits::REVOCATION_LAGS_KEPT;
 use ron_proto::revocation::{Revocation, Revoked};
 use ron_proto::token::{self, CAVEATS_COUNT_MAX, TokenError, TokenView};
 use ron_shards::passport::{MeterSpec, Revocations, meter_spec};
@@ -18,9 +19,6 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
-
-/// How many recent revocations a shard remembers its apply lag for.
-const LAGS_KEPT: usize = 1024;
 
 /// One shard's passport state.
 pub struct PassportState {
@@ -39,7 +37,7 @@ impl PassportState {
     pub fn apply(&mut self, revocation: &Revocation, seq: u64, lag: Duration) {
         self.revocations.apply(&revocation.revoked);
         self.cache.drop_matching(&revocation.revoked, self.revocations.current_epoch());
-        if self.lags.len() == LAGS_KEPT {
+        if self.lags.len() == REVOCATION_LAGS_KEPT {
             self.lags.pop_front();
         }
         self.lags.push_back((seq, lag));
@@ -69,21 +67,27 @@ struct Entry {
 pub struct VerifyCache {
     hasher: RandomState,
     entries: HashMap<u64, Entry>,
-    /// Keys in insertion order, for the bound (oldest go first).
+    /// Keys in insertion order, for the bounds (oldest go first).
     order: VecDeque<u64>,
     max: usize,
+    /// Bytes of token text and binary kept, and their bound.
+    bytes: usize,
+    bytes_max: usize,
     ttl: Duration,
     hits: Cell<u64>,
     misses: Cell<u64>,
 }
 
 impl VerifyCache {
-    pub fn new(max: usize, ttl: Duration) -> VerifyCache {
+    /// A cache of at most `max` tokens and `bytes_max` bytes of them.
+    pub fn new(max: usize, bytes_max: usize, ttl: Duration) -> VerifyCache {
         VerifyCache {
             hasher: RandomState::new(),
             entries: HashMap::new(),
             order: VecDeque::new(),
             max,
+            bytes: 0,
+            bytes_max,
             ttl,
             hits: Cell::new(0),
             misses: Cell::new(0),
@@ -127,9 +131,15 @@ impl VerifyCache {
             return;
         }
         let key = self.key(text);
-        while self.entries.len() >= self.max {
+        let size = text.len() + binary.len();
+        while self.entries.len() >= self.max || self.bytes + size > self.bytes_max {
             let Some(oldest) = self.order.pop_front() else { break };
-            self.entries.remove(&oldest);
+            if let Some(gone) = self.entries.remove(&oldest) {
+                self.bytes -= gone.text.len() + gone.binary.len();
+            }
+        }
+        if size > self.bytes_max {
+            return;
         }
         let entry = Entry {
             text: text.into(),
@@ -138,7 +148,10 @@ impl VerifyCache {
             expires: Instant::now() + self.ttl,
             meter: meter_spec(view).map(Box::new),
         };
-        if self.entries.insert(key, entry).is_none() {
+        self.bytes += size;
+        if let Some(replaced) = self.entries.insert(key, entry) {
+            self.bytes -= replaced.text.len() + replaced.binary.len();
+        } else {
             self.order.push_back(key);
         }
     }
@@ -158,6 +171,7 @@ impl VerifyCache {
         });
         let entries = &self.entries;
         self.order.retain(|key| entries.contains_key(key));
+        self.bytes = entries.values().map(|e| e.text.len() + e.binary.len()).sum();
     }
 
     pub fn len(&self) -> usize {
@@ -257,8 +271,11 @@ mod tests {
     #[test]
     fn revocations_apply_and_recent_lags_are_kept() {
         let mut state =
-            PassportState::new(Revocations::default(), VerifyCache::new(8, Duration::from_secs(1)));
-        for seq in 1..=LAGS_KEPT as u64 + 1 {
+            PassportState::new(
+                Revocations::default(),
+                VerifyCache::new(8, 1 << 20, Duration::from_secs(1)),
+            );
+        for seq in 1..=REVOCATION_LAGS_KEPT as u64 + 1 {
             let revocation =
                 Revocation { revoked: Revoked::Kid(seq as u32), reason: String::new(), ts_ms: 0 };
             state.apply(&revocation, seq, Duration::from_micros(seq));
@@ -266,8 +283,8 @@ mod tests {
         assert_eq!(state.lag(1), None, "the oldest lag is forgotten");
         assert_eq!(state.lag(2), Some(Duration::from_micros(2)));
         assert_eq!(
-            state.lag(LAGS_KEPT as u64 + 1),
-            Some(Duration::from_micros(LAGS_KEPT as u64 + 1))
+            state.lag(REVOCATION_LAGS_KEPT as u64 + 1),
+            Some(Duration::from_micros(REVOCATION_LAGS_KEPT as u64 + 1))
         );
         assert!(state.revocations.refuses(&[0; 16], "s", 1, 0), "every revocation still holds");
     }
@@ -275,7 +292,7 @@ mod tests {
     #[test]
     fn hits_misses_bound_ttl_epoch_and_revocation() {
         let now = Instant::now();
-        let mut cache = VerifyCache::new(2, Duration::from_secs(60));
+        let mut cache = VerifyCache::new(2, 1 << 20, Duration::from_secs(60));
         let (a, b, c) = (token(1, "alice"), token(2, "bob"), token(3, "carol"));
         assert!(cache.get(a.as_bytes(), 0, now).is_none());
         put(&mut cache, &a);
@@ -297,5 +314,31 @@ mod tests {
         cache.drop_matching(&Revoked::Epoch(0), 1);
         assert!(cache.is_empty());
         assert_eq!(cache.counts(), (2, 6));
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_bytes() {
+        let now = Instant::now();
+        let (a, b, c) = (token(1, "alice"), token(2, "bob"), token(3, "carol"));
+        let one = a.len() + {
+            let mut scratch = Vec::new();
+            token::decode(a.as_bytes(), 64, &mut scratch).unwrap();
+            scratch.len()
+        };
+        // Room for two tokens' bytes, however many entries.
+        let mut cache = VerifyCache::new(100, 2 * one + one / 2, Duration::from_secs(60));
+        put(&mut cache, &a);
+        put(&mut cache, &b);
+        put(&mut cache, &c);
+        assert_eq!(cache.len(), 2, "the oldest went to make room");
+        assert!(cache.get(a.as_bytes(), 0, now).is_none());
+        assert!(cache.get(c.as_bytes(), 0, now).is_some());
+        cache.drop_matching(&Revoked::Subject("carol".into()), 0);
+        put(&mut cache, &a);
+        assert_eq!(cache.len(), 2, "a dropped entry frees its bytes");
+        // A token larger than the whole bound is not kept.
+        let mut tiny = VerifyCache::new(100, one / 2, Duration::from_secs(60));
+        put(&mut tiny, &a);
+        assert!(tiny.is_empty());
     }
 }

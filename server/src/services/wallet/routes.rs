@@ -6,7 +6,7 @@ use crate::clock::unix_now_ms;
 use crate::core::mesh::MeshError;
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
-use crate::limits::RELEASE_RETRY;
+use crate::limits::{HOLD_TIMEOUT_S_MAX, RELEASE_RETRY};
 use crate::log::LogAnswer;
 use crate::retry::Outcome;
 use crate::service::Service;
@@ -36,9 +36,6 @@ pub fn add(wallet: &Rc<Wallet>, table: &mut RouteTable) {
     table.add(w, Method::Post, "/v1/release", Facts(WALLET_TRANSFER), Shed::Yes, release_hold);
     table.add(w, Method::Get, "/v1/tx/{txid}", Facts(WALLET_READ), Shed::Yes, tx);
 }
-
-/// The longest a hold may wait for its capture or release.
-pub const HOLD_TIMEOUT_S_MAX: u32 = 365 * 24 * 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
