@@ -26,4 +26,5 @@ services! {
     ops::Ops,
     ledger::Ledger,
     wallet::Wallet,
+    echo::Echo,
 }

@@ -2,6 +2,7 @@
 //! One integration binary, one module per area.
 
 mod access;
+mod echo;
 mod http;
 mod ledger;
 mod lifecycle;

@@ -1,0 +1,87 @@
+//! The echo service, which exists to show (and keep showing) that a service
+//! is a folder and one registry line: its route, its cross-shard call, its
+//! log item and its view table, through the real binary.
+
+use crate::http::key_of_shard;
+use ron_testing::{NodeOptions, TestNode, get, request};
+use simd_json::prelude::*;
+use std::time::Duration;
+
+fn put(node: &TestNode, port: std::net::SocketAddr, key: &str, value: &[u8]) -> u16 {
+    let auth = node.admin();
+    let response =
+        request(port, "PUT", &format!("/v1/echo/{key}"), &[("Authorization", &auth)], value)
+            .unwrap();
+    response.status
+}
+
+fn read(node: &TestNode, port: std::net::SocketAddr, key: &str) -> (u16, Vec<u8>) {
+    let auth = node.admin();
+    let response = get(port, &format!("/v1/echo/{key}"), &[("Authorization", &auth)]).unwrap();
+    (response.status, response.body)
+}
+
+#[test]
+fn echo_is_off_unless_enabled() {
+    let node = TestNode::start(NodeOptions::default().amnesia());
+    let auth = node.admin();
+    let missing = get(node.listen, "/v1/echo/k", &[("Authorization", &auth)]).unwrap();
+    assert_eq!(missing.status, 404);
+    let version = get(node.listen, "/version", &[]).unwrap().json();
+    let services = version.get_array("services").expect("services are listed");
+    assert!(!services.iter().any(|s| s.as_str() == Some("echo")));
+}
+
+#[test]
+fn echo_writes_through_the_log_reads_across_shards_and_survives_restarts() {
+    let options = NodeOptions::default()
+        .shards(2)
+        .config("[services]\nenable = [\"echo\"]\n[ledger]\nview_write_ms = 50\n");
+    let mut node = TestNode::start(options);
+    let version = get(node.listen, "/version", &[]).unwrap().json();
+    let services = version.get_array("services").expect("services are listed");
+    assert!(services.iter().any(|s| s.as_str() == Some("echo")));
+    // A key of every shard, written on one shard's port and read on another's:
+    // the write goes to the log, the owner applies it, the read is a mesh call.
+    let keys: Vec<String> = (0..2).map(|shard| key_of_shard(shard, 2)).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("value of {key}");
+        assert_eq!(put(&node, node.shard_address(i), key, value.as_bytes()), 200);
+        let other = node.shard_address((i + 1) % 2);
+        assert_eq!(read(&node, other, key), (200, value.into_bytes()));
+    }
+    assert_eq!(read(&node, node.listen, "nobody").0, 404);
+    // Limits: a key or value too long is refused and stores nothing.
+    let long_key = "k".repeat(65);
+    assert_eq!(put(&node, node.listen, &long_key, b"x"), 400);
+    assert_eq!(put(&node, node.listen, "big", &[b'x'; 513]), 413);
+    assert_eq!(read(&node, node.listen, "big").0, 404);
+    // Views are written, then a restart loads them; a second write after the
+    // last view write is replayed from the log.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(put(&node, node.listen, &keys[0], b"second"), 200);
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    assert_eq!(read(&node, node.listen, &keys[0]), (200, b"second".to_vec()));
+    for key in &keys[1..] {
+        assert_eq!(read(&node, node.listen, key), (200, format!("value of {key}").into_bytes()));
+    }
+    // The restart loaded both shards' views and replayed only the write
+    // after them, on the shard that owns its key.
+    let log = node.log();
+    let start = log.rfind("ledger log recovered").expect("a restart");
+    let view_seqs: Vec<u64> = log[start..]
+        .lines()
+        .filter(|l| l.contains("shard view loaded"))
+        .map(|l| {
+            let at = l.find("view_seq=").expect("view_seq") + "view_seq=".len();
+            l[at..].split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(view_seqs.len(), 2, "{log}");
+    assert!(
+        view_seqs.iter().all(|seq| *seq > 0),
+        "views were written before the kill: {view_seqs:?}"
+    );
+    assert_eq!(crate::ledger::tail_entries(&node, 2), vec![1, 0]);
+}
