@@ -129,6 +129,11 @@ pub const HOLD_EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// ... and how many it expires per look.
 pub const EXPIRIES_PER_TICK_MAX: usize = 256;
 
+// ---- Echo ----
+
+/// `/v1/echo-peer` waits this long for the peer's answer.
+pub const ECHO_PEER_DEADLINE: Duration = Duration::from_millis(500);
+
 // ---- The ledger ----
 
 /// `idem_id`s of `/ingest`, in bytes.

@@ -5,7 +5,9 @@
 //!
 //! `PUT /v1/echo/{key}` stores the body (at most [`VALUE_BYTES_MAX`]) under
 //! the key as a log item applied by the key's owner shard; `GET
-//! /v1/echo/{key}` reads it back from the owner, on any port.
+//! /v1/echo/{key}` reads it back from the owner, on any port; `GET
+//! /v1/echo-peer?addr=&path=` asks another node, through the shard's
+//! outbound connections.
 //!
 //! Log item (code [`ECHO_CODE`]): `code u8 | key_len u8 | key | value_len
 //! u16 | value`. View table `words`: key → value.
@@ -15,6 +17,7 @@ pub mod routes;
 use crate::config::Config;
 use crate::core::Core;
 use crate::http::RouteTable;
+use crate::http::client::Client;
 use crate::log::Item;
 use crate::log::view::{ServiceView, ViewChanges};
 use crate::service::{Replaying, Service, ShardAt, Starting};
@@ -51,6 +54,8 @@ impl Words {
 pub struct Echo {
     core: Rc<Core>,
     words: RefCell<Words>,
+    /// Outbound connections, for `/v1/echo-peer`.
+    client: Rc<Client>,
 }
 
 #[derive(Debug)]
@@ -135,7 +140,8 @@ impl Service for Echo {
     }
 
     fn start(start: Starting<'_, Echo>) -> Rc<Echo> {
-        Rc::new(Echo { core: start.core.clone(), words: RefCell::new(start.state) })
+        let (core, client) = (start.core.clone(), start.client.clone());
+        Rc::new(Echo { core, words: RefCell::new(start.state), client })
     }
 
     fn core(&self) -> &Rc<Core> {

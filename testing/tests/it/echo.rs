@@ -85,3 +85,75 @@ fn echo_writes_through_the_log_reads_across_shards_and_survives_restarts() {
     );
     assert_eq!(crate::ledger::tail_entries(&node, 2), vec![1, 0]);
 }
+
+/// A peer on loopback that accepts and then behaves as `behave` says, for
+/// at most `rounds` connections; it stops by itself.
+fn bad_peer(rounds: usize, behave: fn(&mut std::net::TcpStream)) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..rounds {
+            let Ok((mut stream, _)) = listener.accept() else { return };
+            behave(&mut stream);
+        }
+    });
+    address
+}
+
+fn ask_peer(node: &TestNode, peer: std::net::SocketAddr, path: &str) -> ron_testing::Response {
+    let auth = node.admin();
+    let url = format!("/v1/echo-peer?addr={peer}&path={path}");
+    get(node.listen, &url, &[("Authorization", &auth)]).unwrap()
+}
+
+#[test]
+fn outbound_connections_reach_a_second_node_and_survive_bad_peers() {
+    let node = TestNode::start(
+        NodeOptions::default().amnesia().config("[services]\nenable = [\"echo\"]\n"),
+    );
+    let second = TestNode::start(NodeOptions::default().amnesia());
+    // A real ron-node answers, twice on one kept connection.
+    for _ in 0..2 {
+        let answer = ask_peer(&node, second.listen, "/version");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let body = answer.json();
+        assert_eq!(body.get_u64("status"), Some(200));
+        assert!(body.get_str("body").unwrap().contains("\"name\":\"ron-node\""));
+    }
+    assert_eq!(node.metric("outbound_connects_total"), 1.0);
+    assert_eq!(node.metric("outbound_reuses_total"), 1.0);
+    // A peer that never answers: the deadline ends it.
+    let silent = bad_peer(1, |stream| {
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = std::io::Write::write_all(stream, b"");
+    });
+    let started = std::time::Instant::now();
+    let answer = ask_peer(&node, silent, "/");
+    assert_eq!(answer.status, 503);
+    assert!(answer.text().contains("timed_out"), "{}", answer.text());
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    // One that closes mid-answer.
+    let cut = bad_peer(1, |stream| {
+        let mut request = [0u8; 1024];
+        let _ = std::io::Read::read(stream, &mut request);
+        let _ =
+            std::io::Write::write_all(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    });
+    let answer = ask_peer(&node, cut, "/");
+    assert_eq!(answer.status, 503);
+    assert!(answer.text().contains("closed"), "{}", answer.text());
+    // One whose head is over the limit (`limits.header_max_bytes`, 16 KiB).
+    let huge = bad_peer(1, |stream| {
+        let mut request = [0u8; 1024];
+        let _ = std::io::Read::read(stream, &mut request);
+        let long = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\n\r\n", "x".repeat(20_000));
+        let _ = std::io::Write::write_all(stream, long.as_bytes());
+    });
+    let answer = ask_peer(&node, huge, "/");
+    assert_eq!(answer.status, 503);
+    assert!(answer.text().contains("too_large"), "{}", answer.text());
+    // The node still reaches the good peer afterwards.
+    assert_eq!(ask_peer(&node, second.listen, "/healthz").status, 200);
+    assert_eq!(node.metric("outbound_timeouts_total"), 1.0);
+    assert_eq!(node.metric("outbound_errors_total"), 2.0);
+}

@@ -1,7 +1,9 @@
 //! Echo's routes.
 
 use super::{Answer, Call, Echo, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::http::client::{ClientError, ClientRequest};
 use crate::http::reply::{degraded, link_failure, mesh_failure};
+use crate::limits::ECHO_PEER_DEADLINE;
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::log::{Append, LogAnswer, LogCall};
 use crate::service::Service;
@@ -14,6 +16,7 @@ pub fn add(echo: &Rc<Echo>, table: &mut RouteTable) {
     let any_token = Access::Authenticated;
     table.add(echo, Method::Put, "/v1/echo/{key}", any_token, Shed::Yes, put);
     table.add(echo, Method::Get, "/v1/echo/{key}", any_token, Shed::Yes, get);
+    table.add(echo, Method::Get, "/v1/echo-peer", any_token, Shed::Yes, peer);
 }
 
 fn key<'a>(params: &Params<'a>) -> Result<&'a str, Reply> {
@@ -66,6 +69,48 @@ fn get(echo: &Rc<Echo>, _: &Request<'_>, params: &Params<'_>) -> Handled {
             }
             Ok(Answer::Value(None)) => Reply::error(ErrorCode::NotFound, "no such key"),
             Err(error) => mesh_failure(error),
+        }
+    }))
+}
+
+/// `GET /v1/echo-peer?addr=HOST:PORT&path=/p`: a GET of `path` on another
+/// node, through the shard's outbound connections; answers
+/// `{"status", "body"}` of the peer's answer, or 503 naming why there was
+/// none.
+fn peer(echo: &Rc<Echo>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let (addr, path) = match (request.query("addr"), request.query("path")) {
+        (Ok(Some(addr)), Ok(path)) => (addr, path.map(|p| p.into_owned())),
+        (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
+        _ => return Handled::Now(Reply::error(ErrorCode::BadRequest, "addr is required")),
+    };
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return Handled::Now(Reply::error(ErrorCode::BadRequest, "addr must be HOST:PORT"));
+    };
+    let path = path.unwrap_or_else(|| "/healthz".to_owned());
+    let client = echo.client.clone();
+    Handled::Later(Box::pin(async move {
+        let asked = ClientRequest { method: Method::Get, path: &path, headers: &[], body: &[] };
+        match client.request(addr, asked, ECHO_PEER_DEADLINE).await {
+            Ok(answer) => {
+                #[derive(serde::Serialize)]
+                struct Peer<'a> {
+                    status: u16,
+                    body: &'a str,
+                }
+                let body = String::from_utf8_lossy(&answer.body);
+                let peer = Peer { status: answer.status, body: &body };
+                Reply::json_owned(200, simd_json::to_vec(&peer).expect("serializing"))
+            }
+            Err(error) => {
+                let why = match &error {
+                    ClientError::TimedOut => "timed_out",
+                    ClientError::Closed => "closed",
+                    ClientError::TooLarge => "too_large",
+                    ClientError::Connect(_) => "connect",
+                    _ => "failed",
+                };
+                Reply::error(ErrorCode::Unavailable, format!("peer {why}: {error}"))
+            }
         }
     }))
 }
