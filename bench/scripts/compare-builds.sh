@@ -8,7 +8,12 @@
 #   bench/scripts/compare-builds.sh BEFORE_BIN AFTER_BIN [ROUNDS=3] [WORKLOADS="wallet-read wallet-transfer"]
 #
 # Each round sweeps every workload (rates in READ_RATES / TRANSFER_RATES,
-# "from to step"). The two nodes share one set of keys (the first node's),
+# "from to step"). With FIXED="RATE …", each round instead runs every
+# workload at each fixed rate on both nodes, one after the other, and
+# reports the node's CPU time per answered request (from /proc), which is
+# far less noisy on a shared VM than where a sweep stops; at a rate past
+# the node's capacity, `ok/s` (2xx answers per second, the rest shed with
+# 429) is its throughput. The two nodes share one set of keys (the first node's),
 # so one admin token works on both; each gets its own data dir and funded
 # pool (wallet-setup). Output: every step's line, then a summary per round
 # with after/before of the max sustained rate. Build ron-load first
@@ -56,7 +61,48 @@ for port in 8080 8081; do
     --token-file "$token" --cores 0 --duration 3s --warmup 0s > /dev/null
 done
 echo "nodes: before=$before after=$after (data in $dir)"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+fixed() { # round workload rate
+  local round=$1 workload=$2 rate=$3 order=(0 1)
+  # Alternate which node goes first, round by round.
+  [ $((round % 2)) -eq 0 ] && order=(1 0)
+  for i in "${order[@]}"; do
+    local names=(before after)
+    local name=${names[$i]} port=$((8080 + i)) pid=${pids[$i]}
+    local t0; t0=$(cpu_ticks "$pid")
+    "$load" run --target "127.0.0.1:$port" --rate "$rate" --workload "$workload" \
+      --token-file "$token" --cores 0 --duration 5s --warmup 1s --drain 1s \
+      --json "$dir/fixed-$round-$workload-$rate-$name.json" > /dev/null
+    local t1; t1=$(cpu_ticks "$pid")
+    python3 - "$dir/fixed-$round-$workload-$rate-$name.json" "$name" "$((t1 - t0))" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+name, ticks, hz = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+answered = sum(run["statuses"].values())
+lat = run["latency"]
+# The node's CPU over warm-up, run and drain, per request answered in all.
+total = answered * (run["warmup_s"] + run["duration_s"]) / run["duration_s"]
+ok = sum(c for s, c in run["statuses"].items() if int(s) < 300) / run["duration_s"]
+print(f"  {name:<7} rate {run['target_rate']:.0f}/s achieved {run['achieved_rate']:.0f}/s ok {ok:.0f}/s "
+      f"p50 {lat['p50_us']:.0f} us p99 {lat['p99_us']:.0f} us late {run['late_sends']} "
+      f"errors {sum(c for s, c in run['statuses'].items() if int(s) >= 400)} "
+      f"cpu/request {ticks / hz / max(total, 1) * 1e6:.1f} us")
+PY
+  done
+}
+
 for round in $(seq 1 "$rounds"); do
+  if [ -n "${FIXED:-}" ]; then
+    for workload in $workloads; do
+      for rate in $FIXED; do
+        echo "== round $round $workload at $rate/s"
+        fixed "$round" "$workload" "$rate"
+      done
+    done
+    continue
+  fi
   for workload in $workloads; do
     case $workload in
       wallet-read) read -r from to step <<< "$read_rates" ;;

@@ -13,8 +13,14 @@ use std::time::Duration;
 
 // ---- The node ----
 
-/// How long binding a port that is still in use is retried at start.
-pub const BIND_RETRY: Duration = Duration::from_secs(3);
+/// Binding a port that is still in use at start: a node that just died may
+/// hold its ports for a moment (io_uring releases the files of pending
+/// requests after the process exits). About 3 s in all.
+pub const BIND_RETRY: Retry = Retry {
+    attempts_max: 40,
+    backoff_first: Duration::from_millis(20),
+    backoff_max: Duration::from_millis(100),
+};
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// How long `node::start` waits for every shard to serve.
@@ -35,6 +41,9 @@ pub const SWEEP_INTERVAL_MAX: Duration = Duration::from_millis(250);
 /// ...and at most this often.
 pub const SWEEP_INTERVAL_MIN: Duration = Duration::from_millis(5);
 const _: () = assert!(SWEEP_INTERVAL_MIN.as_millis() < SWEEP_INTERVAL_MAX.as_millis());
+/// How long an idle shard with no open connection parks between guard
+/// wake-ups (`http::front::Park`): an idle node wakes ten times a second.
+pub const IDLE_PARK_TIMEOUT: Duration = Duration::from_millis(100);
 /// Path parameters of one route pattern.
 pub const ROUTE_PARAMS_MAX: usize = 4;
 /// Keys given to `/v1/node/owner`, in bytes.
@@ -133,6 +142,9 @@ pub const EXPIRIES_PER_TICK_MAX: usize = 256;
 
 /// `/v1/echo-peer` waits this long for the peer's answer.
 pub const ECHO_PEER_DEADLINE: Duration = Duration::from_millis(500);
+/// `/v1/echo-hash` hashes at most this many times (a job of about a
+/// second here).
+pub const ECHO_HASH_ROUNDS_MAX: u32 = 1_000_000;
 
 // ---- The ledger ----
 

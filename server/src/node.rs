@@ -10,6 +10,7 @@ use crate::core::{NodeShared, ShardStatus};
 use crate::limits::{BIND_RETRY, LISTEN_BACKLOG, LOG_INFLIGHT_PER_SHARD_MIN, START_TIMEOUT};
 use crate::log::LogShared;
 use crate::log::committer::{self, CommitterLink, CommitterStart};
+use crate::retry::Outcome;
 use crate::service::{Registry, Service};
 use crate::workers::{WorkerThreads, Workers};
 use anyhow::Context as _;
@@ -332,16 +333,11 @@ fn listen_on(address: SocketAddr, shared: bool) -> anyhow::Result<OwnedFd> {
     // A node that just died may still hold its ports for a moment: io_uring
     // releases the files of pending requests (a multishot accept) after the
     // process has exited. A restart waits for that, briefly.
-    let deadline = Instant::now() + BIND_RETRY;
-    loop {
-        match socket.bind(&address.into()) {
-            Ok(()) => break,
-            Err(error)
-                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(error) => return Err(error).with_context(|| format!("binding {address}")),
+    let busy = |error: &std::io::Error| error.kind() == std::io::ErrorKind::AddrInUse;
+    match BIND_RETRY.run_blocking(|| socket.bind(&address.into()), busy) {
+        Outcome::Done(()) => {}
+        Outcome::Failed(error) | Outcome::GaveUp(error) => {
+            return Err(error).with_context(|| format!("binding {address}"));
         }
     }
     socket.listen(LISTEN_BACKLOG)?;

@@ -63,6 +63,29 @@ impl Retry {
     }
 }
 
+impl Retry {
+    /// `run` for a thread that may block (the main thread at start).
+    pub fn run_blocking<T, E>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, E>,
+        retryable: impl Fn(&E) -> bool,
+    ) -> Outcome<T, E> {
+        assert!(self.attempts_max >= 1 && self.backoff_first <= self.backoff_max);
+        let mut retry = 0;
+        loop {
+            match attempt() {
+                Ok(value) => return Outcome::Done(value),
+                Err(error) if !retryable(&error) => return Outcome::Failed(error),
+                Err(error) if retry + 1 >= self.attempts_max => return Outcome::GaveUp(error),
+                Err(_) => {
+                    std::thread::sleep(jitter(self.ceiling(retry)));
+                    retry += 1;
+                }
+            }
+        }
+    }
+}
+
 /// A wait drawn uniformly from zero to `ceiling` (xorshift, per thread:
 /// waits need spread, not secrecy).
 fn jitter(ceiling: Duration) -> Duration {
@@ -165,5 +188,20 @@ mod tests {
             (outcome, tries.get())
         });
         assert_eq!(outcome, (Outcome::Failed("closed"), 1));
+    }
+
+    #[test]
+    fn blocking_retries_follow_the_same_policy() {
+        let mut tries = 0;
+        let outcome = POLICY.run_blocking(
+            || {
+                tries += 1;
+                if tries < 2 { Err("busy") } else { Ok(tries) }
+            },
+            |_| true,
+        );
+        assert_eq!(outcome, Outcome::Done(2));
+        let outcome = POLICY.run_blocking(|| Err::<(), _>("busy"), |_| true);
+        assert_eq!(outcome, Outcome::GaveUp("busy"));
     }
 }

@@ -24,7 +24,8 @@ use super::routes::{Request, RouteTable};
 use super::socket_ring::{self, Completion, Op, SocketRing};
 use crate::core::Core;
 use crate::limits::{
-    CONNECTION_BUFFER_BYTES, LINGER, OUTPUT_BYTES_MAX, SWEEP_INTERVAL_MAX, SWEEP_INTERVAL_MIN,
+    CONNECTION_BUFFER_BYTES, IDLE_PARK_TIMEOUT, LINGER, OUTPUT_BYTES_MAX, SWEEP_INTERVAL_MAX,
+    SWEEP_INTERVAL_MIN,
 };
 use glommio::io::BufferedFile;
 use ron_proto::ErrorCode;
@@ -188,7 +189,7 @@ pub struct Front {
 /// yields or parks with connections open, so a stranded front runs again
 /// within `park_timeout`. Re-arming costs a timer-map update at most once per
 /// `park_timeout / 2` while busy. With no connection open the park waits up
-/// to `IDLE_PARK_TIMEOUT`, so an idle node wakes rarely.
+/// to `limits::IDLE_PARK_TIMEOUT`, so an idle node wakes rarely.
 struct Park {
     eventfd: Rc<BufferedFile>,
     read: Option<Pin<Box<dyn Future<Output = ()>>>>,
@@ -198,10 +199,6 @@ struct Park {
     guard_fired: bool,
     timeout: Duration,
 }
-
-/// How long an idle shard with no open connection parks between guard
-/// wake-ups.
-const IDLE_PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Why a park ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 
 use crate::core::Core;
 use crate::http::reply::{CorrId, Handled, Reply};
+use crate::limits::ROUTE_PARAMS_MAX;
 use ron_proto::ErrorCode;
 use ron_proto::http::{Head, Method, query_param};
 use serde::Deserialize;
@@ -186,12 +187,10 @@ impl RouteTable {
     }
 }
 
-const PARAMS_MAX: usize = 4;
-
 /// Path parameters of a matched route, in pattern order.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Params<'a> {
-    values: [&'a str; PARAMS_MAX],
+    values: [&'a str; ROUTE_PARAMS_MAX],
     count: usize,
 }
 
@@ -203,7 +202,7 @@ impl<'a> Params<'a> {
     /// Parameters kept as owned strings (a request answered later).
     pub fn from_values(values: &'a [String]) -> Params<'a> {
         let mut params = Params::default();
-        for value in values.iter().take(PARAMS_MAX) {
+        for value in values.iter().take(ROUTE_PARAMS_MAX) {
             params.values[params.count] = value;
             params.count += 1;
         }
@@ -220,7 +219,7 @@ fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Params<'a>> {
             (None, None) => return Some(params),
             (Some(expected), Some(actual)) => {
                 if expected.starts_with('{') {
-                    if actual.is_empty() || params.count == PARAMS_MAX {
+                    if actual.is_empty() || params.count == ROUTE_PARAMS_MAX {
                         return None;
                     }
                     params.values[params.count] = actual;

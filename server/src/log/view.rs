@@ -487,6 +487,22 @@ impl ShardView {
     }
 }
 
+impl ShardView {
+    /// Unmaps the pages that reads mapped (receipt reads map pages with or
+    /// without writes), on a worker: over the view's whole mapping the
+    /// call walks page tables for a while, which the shard does not wait
+    /// for. Skipped when a write is in flight (it drops them when done) or
+    /// the workers are full.
+    fn drop_pages_off_shard(&self) {
+        let (Some(store), Some(workers)) = (&self.store, &self.workers) else { return };
+        if self.stats.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let store = store.clone();
+        let _ = workers.submit(Lane::Normal, Job::new(move || store.drop_mapped_pages()));
+    }
+}
+
 /// The job that writes one view: runs on a worker thread.
 fn write_job(shard: usize, store: Arc<ViewStore>, stats: Arc<ViewStats>, write: ViewWrite) -> Job {
     Job::new(move || {
@@ -517,10 +533,7 @@ pub async fn keep(view: Rc<ShardView>, link: Rc<LogLink>, source: Rc<dyn ViewSou
         view.write_due(&link, &*source, false);
         if last_drop.elapsed() >= VIEW_DROP_PAGES_EVERY {
             last_drop = Instant::now();
-            if let Some(store) = &view.store {
-                // Receipt reads map pages too, with or without writes.
-                store.drop_mapped_pages();
-            }
+            view.drop_pages_off_shard();
         }
     }
 }

@@ -157,3 +157,47 @@ fn outbound_connections_reach_a_second_node_and_survive_bad_peers() {
     assert_eq!(node.metric("outbound_timeouts_total"), 1.0);
     assert_eq!(node.metric("outbound_errors_total"), 2.0);
 }
+
+#[test]
+fn worker_results_come_back_and_a_full_lane_answers_429() {
+    let node =
+        TestNode::start(NodeOptions::default().amnesia().config(
+            "[services]\nenable = [\"echo\"]\n[workers]\nidle_threads = 1\nqueue_max = 1\n",
+        ));
+    let body = vec![7u8; 1024];
+    let expected = {
+        let mut digest = *blake3::hash(&body).as_bytes();
+        for _ in 1..2 {
+            digest = *blake3::hash(&digest).as_bytes();
+        }
+        ron_proto::merkle::to_hex(&digest)
+    };
+    let auth = node.admin();
+    let answer =
+        request(node.listen, "POST", "/v1/echo-hash?rounds=2", &[("Authorization", &auth)], &body)
+            .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json().get_str("digest"), Some(expected.as_str()));
+    // Long jobs at once: one runs, one waits, the rest find the lane full.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let path = "/v1/echo-hash?rounds=300000";
+                    request(node.listen, "POST", path, &[("Authorization", &auth)], &body)
+                        .unwrap()
+                        .status
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|job| job.join().unwrap()).collect()
+    });
+    let done = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(done >= 1 && refused >= 1 && done + refused == 8, "{statuses:?}");
+    assert_eq!(node.metric("worker_refusals_total{lane=\"idle\"}"), refused as f64);
+    let too_many = "/v1/echo-hash?rounds=1000001";
+    let answer =
+        request(node.listen, "POST", too_many, &[("Authorization", &auth)], &body).unwrap();
+    assert_eq!(answer.status, 400);
+}

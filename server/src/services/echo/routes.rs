@@ -3,7 +3,8 @@
 use super::{Answer, Call, Echo, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::http::client::{ClientError, ClientRequest};
 use crate::http::reply::{degraded, link_failure, mesh_failure};
-use crate::limits::ECHO_PEER_DEADLINE;
+use crate::limits::{ECHO_HASH_ROUNDS_MAX, ECHO_PEER_DEADLINE};
+use crate::workers::Lane;
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::log::{Append, LogAnswer, LogCall};
 use crate::service::Service;
@@ -17,6 +18,7 @@ pub fn add(echo: &Rc<Echo>, table: &mut RouteTable) {
     table.add(echo, Method::Put, "/v1/echo/{key}", any_token, Shed::Yes, put);
     table.add(echo, Method::Get, "/v1/echo/{key}", any_token, Shed::Yes, get);
     table.add(echo, Method::Get, "/v1/echo-peer", any_token, Shed::Yes, peer);
+    table.add(echo, Method::Post, "/v1/echo-hash", any_token, Shed::Yes, hash);
 }
 
 fn key<'a>(params: &Params<'a>) -> Result<&'a str, Reply> {
@@ -111,6 +113,43 @@ fn peer(echo: &Rc<Echo>, request: &Request<'_>, _: &Params<'_>) -> Handled {
                 };
                 Reply::error(ErrorCode::Unavailable, format!("peer {why}: {error}"))
             }
+        }
+    }))
+}
+
+/// `POST /v1/echo-hash?rounds=N`: the body hashed N times over (BLAKE3),
+/// on the workers' idle lane; 429 when the lane is full.
+fn hash(echo: &Rc<Echo>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let rounds = match request.query("rounds").map(|r| r.map(|r| r.parse::<u32>())) {
+        Ok(None) => 1,
+        Ok(Some(Ok(rounds))) if (1..=ECHO_HASH_ROUNDS_MAX).contains(&rounds) => rounds,
+        Ok(Some(_)) => {
+            let why = format!("rounds must be 1..={ECHO_HASH_ROUNDS_MAX}");
+            return Handled::Now(Reply::error(ErrorCode::BadRequest, why));
+        }
+        Err(reply) => return Handled::Now(reply),
+    };
+    let body = request.body.to_vec();
+    let core = &echo.core;
+    let work = move || {
+        let mut digest = *blake3::hash(&body).as_bytes();
+        for _ in 1..rounds {
+            digest = *blake3::hash(&digest).as_bytes();
+        }
+        digest
+    };
+    let Ok(result) = core.returns.run(&core.workers, Lane::Idle, work) else {
+        let mut reply = Reply::error(ErrorCode::Busy, "the workers are full");
+        reply.retry_after_s = Some(1);
+        return Handled::Now(reply);
+    };
+    Handled::Later(Box::pin(async move {
+        match result.await {
+            Some(digest) => {
+                let body = format!("{{\"digest\":\"{}\"}}", ron_proto::merkle::to_hex(&digest));
+                Reply::json_owned(200, body.into_bytes())
+            }
+            None => Reply::error(ErrorCode::Unavailable, "the shard stopped"),
         }
     }))
 }
