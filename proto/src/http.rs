@@ -201,17 +201,8 @@ pub fn decode_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HeadErro
     for header in request.headers.iter() {
         let name = header.name;
         let value = trim(header.value);
-        if name.eq_ignore_ascii_case("content-length") {
-            let length = parse_content_length(value)?;
-            if content_length.is_some_and(|seen| seen != length) {
-                return Err(HeadError::Invalid("conflicting content-length"));
-            }
-            content_length = Some(length);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Invalid("unsupported transfer-encoding"));
-            }
-            chunked = true;
+        if framing_header(name, value, &mut content_length, &mut chunked)? {
+            // Content-Length or Transfer-Encoding, taken.
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|b| *b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -340,17 +331,8 @@ pub fn decode_response_head(
     for header in response.headers.iter() {
         let name = header.name;
         let value = trim(header.value);
-        if name.eq_ignore_ascii_case("content-length") {
-            let length = parse_content_length(value)?;
-            if content_length.is_some_and(|seen| seen != length) {
-                return Err(HeadError::Invalid("conflicting content-length"));
-            }
-            content_length = Some(length);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Invalid("unsupported transfer-encoding"));
-            }
-            chunked = true;
+        if framing_header(name, value, &mut content_length, &mut chunked)? {
+            // Content-Length or Transfer-Encoding, taken.
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|b| *b == b',').map(trim) {
                 close |= token.eq_ignore_ascii_case(b"close");
@@ -383,6 +365,33 @@ pub fn decode_response_head(
     assert!(headers.len() <= HEADERS_COUNT_MAX);
     assert!(head_bytes <= buf.len());
     Ok(Some(ResponseHead { status, http10, head_bytes, framing, keep_alive }))
+}
+
+/// Takes a `Content-Length` or `Transfer-Encoding` header (of a request
+/// or a response): true if `name` was one of them. Repeated lengths must
+/// agree; the only transfer coding is one `chunked`.
+fn framing_header(
+    name: &str,
+    value: &[u8],
+    content_length: &mut Option<usize>,
+    chunked: &mut bool,
+) -> Result<bool, HeadError> {
+    if name.eq_ignore_ascii_case("content-length") {
+        let length = parse_content_length(value)?;
+        if content_length.is_some_and(|seen| seen != length) {
+            return Err(HeadError::Invalid("conflicting content-length"));
+        }
+        *content_length = Some(length);
+        return Ok(true);
+    }
+    if name.eq_ignore_ascii_case("transfer-encoding") {
+        if *chunked || !value.eq_ignore_ascii_case(b"chunked") {
+            return Err(HeadError::Invalid("unsupported transfer-encoding"));
+        }
+        *chunked = true;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 fn parse_content_length(value: &[u8]) -> Result<usize, HeadError> {

@@ -143,51 +143,34 @@ mod tests {
         assert!(draws.windows(2).any(|w| w[0] != w[1]), "waits vary");
     }
 
-    #[test]
-    fn retries_until_done_or_capped_and_stops_at_a_final_error() {
-        let outcome = run(|| async {
+    /// Runs `POLICY` over attempts that fail with `errors[n]` (then succeed
+    /// with the attempt's number); returns the outcome and the attempts made.
+    fn attempts(
+        errors: &'static [&'static str],
+        final_error: Option<&'static str>,
+    ) -> (Outcome<usize, &'static str>, usize) {
+        run(move || async move {
             let tries = Cell::new(0);
             let outcome = POLICY
                 .run(
                     || {
                         tries.set(tries.get() + 1);
                         let n = tries.get();
-                        async move { if n < 3 { Err("busy") } else { Ok(n) } }
+                        async move { errors.get(n - 1).map_or(Ok(n), |e| Err(*e)) }
                     },
-                    |_| true,
+                    |e| Some(*e) != final_error,
                 )
                 .await;
             (outcome, tries.get())
-        });
-        assert_eq!(outcome, (Outcome::Done(3), 3));
-        let outcome = run(|| async {
-            let tries = Cell::new(0);
-            let outcome = POLICY
-                .run(
-                    || {
-                        tries.set(tries.get() + 1);
-                        async { Err::<(), _>("busy") }
-                    },
-                    |_| true,
-                )
-                .await;
-            (outcome, tries.get())
-        });
-        assert_eq!(outcome, (Outcome::GaveUp("busy"), 4), "the cap ends it");
-        let outcome = run(|| async {
-            let tries = Cell::new(0);
-            let outcome = POLICY
-                .run(
-                    || {
-                        tries.set(tries.get() + 1);
-                        async { Err::<(), _>("closed") }
-                    },
-                    |e| *e != "closed",
-                )
-                .await;
-            (outcome, tries.get())
-        });
-        assert_eq!(outcome, (Outcome::Failed("closed"), 1));
+        })
+    }
+
+    #[test]
+    fn retries_until_done_or_capped_and_stops_at_a_final_error() {
+        assert_eq!(attempts(&["busy", "busy"], None), (Outcome::Done(3), 3));
+        let always = &["busy"; 10];
+        assert_eq!(attempts(always, None), (Outcome::GaveUp("busy"), 4), "the cap ends it");
+        assert_eq!(attempts(&["closed"], Some("closed")), (Outcome::Failed("closed"), 1));
     }
 
     #[test]

@@ -622,3 +622,92 @@ impl MetricsSource for ShardServices {
         out.extend(self.running.iter().filter_map(|s| s.metrics()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service that declares only what it must, with `CODE` as its log
+    /// code.
+    struct Tiny<const CODE: u8>;
+
+    impl<const CODE: u8> Service for Tiny<CODE> {
+        const NAME: &'static str = if CODE == 1 { "tiny-one" } else { "tiny-other" };
+        const LOG_CODES: &'static [u8] = &[CODE];
+        const ENABLED_BY_DEFAULT: bool = CODE == 1;
+        type Shared = ();
+        type State = ();
+        type Call = ();
+        type Answer = ();
+
+        fn prepare(_: &Config) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn state(_: &(), _: ShardAt<'_>) {}
+
+        fn start(_: Starting<'_, Self>) -> Rc<Self> {
+            Rc::new(Tiny)
+        }
+
+        fn core(&self) -> &Rc<Core> {
+            unreachable!("never started in these tests")
+        }
+
+        async fn serve(self: Rc<Self>, _: ()) {}
+    }
+
+    #[test]
+    fn services_are_enabled_by_default_or_by_name_and_unknown_names_refused() {
+        let registry = || {
+            let mut registry = Registry::default();
+            registry.add::<Tiny<1>>();
+            registry.add::<Tiny<2>>();
+            registry
+        };
+        let mut config = Config::default();
+        assert_eq!(registry().enabled(&config).unwrap().names(), ["tiny-one"]);
+        config.services.enable = vec!["tiny-other".to_owned()];
+        assert_eq!(registry().enabled(&config).unwrap().names(), ["tiny-one", "tiny-other"]);
+        config.services.enable = vec!["nobody".to_owned()];
+        let error = registry().enabled(&config).err().expect("refused").to_string();
+        assert!(error.contains("services.enable") && error.contains("nobody"), "{error}");
+    }
+
+    #[test]
+    #[should_panic(expected = "both claim log item code 0x01")]
+    fn two_services_cannot_claim_one_log_code() {
+        struct Other;
+        impl Service for Other {
+            const NAME: &'static str = "other";
+            const LOG_CODES: &'static [u8] = &[1];
+            type Shared = ();
+            type State = ();
+            type Call = ();
+            type Answer = ();
+            fn prepare(_: &Config) -> anyhow::Result<()> {
+                Ok(())
+            }
+            fn state(_: &(), _: ShardAt<'_>) {}
+            fn start(_: Starting<'_, Self>) -> Rc<Self> {
+                Rc::new(Other)
+            }
+            fn core(&self) -> &Rc<Core> {
+                unreachable!("never started in these tests")
+            }
+            async fn serve(self: Rc<Self>, _: ()) {}
+        }
+        let mut registry = Registry::default();
+        registry.add::<Tiny<1>>();
+        registry.add::<Other>();
+    }
+
+    #[test]
+    fn the_node_s_services_claim_distinct_codes_and_tables() {
+        let registry = crate::services::registry();
+        assert_eq!(registry.names(), ["passport", "ops", "ledger", "wallet", "echo"]);
+        let (layout, bases) = registry.view_layout();
+        assert!(bases.windows(2).all(|w| w[0] <= w[1]));
+        assert_ne!(layout.signature(), ViewLayout::default().signature());
+    }
+}
