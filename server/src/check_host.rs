@@ -6,6 +6,47 @@ use crate::config::online_cores;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
+/// The CPU frequency governor and transparent huge pages.
+fn cpu_settings(cores: usize, advice: &mut Vec<String>) {
+    let governors: Vec<String> = (0..cores)
+        .filter_map(|c| {
+            std::fs::read_to_string(format!(
+                "/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"
+            ))
+            .ok()
+        })
+        .map(|g| g.trim().to_owned())
+        .collect();
+    if governors.is_empty() {
+        println!("cpu governor: not exposed (virtual machine or no cpufreq)");
+    } else {
+        println!("cpu governor: {}", governors.join(" "));
+        if governors.iter().any(|g| g != "performance") {
+            advice.push("cpupower frequency-set -g performance".into());
+        }
+    }
+
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    println!("transparent huge pages: {}", thp.trim());
+    if thp.contains("[always]") {
+        advice.push("echo madvise > /sys/kernel/mm/transparent_hugepage/enabled   # avoid compaction stalls".into());
+    }
+}
+
+/// The worst case of every bounded consumer of memory, for this config.
+fn print_budget(config: &Config) {
+    let shards = config.layout(online_cores()).map_or(1, |l| l.shards.len());
+    println!("memory budget, worst cases, {shards} shard(s):");
+    for line in crate::limits::memory_budget(config, shards) {
+        let scope = if line.per_node { "per node " } else { "per shard" };
+        let mib = line.bytes as f64 / f64::from(1 << 20);
+        println!("  {mib:>10.1} MiB {scope}  {}: {}", line.consumer, line.why);
+    }
+    let total = crate::limits::memory_budget_total(config, shards) as f64 / f64::from(1 << 20);
+    println!("  {total:>10.1} MiB in all");
+}
+
 /// fdatasync rounds for the latency probe.
 const FSYNC_ROUNDS: usize = 64;
 
@@ -51,30 +92,7 @@ pub fn report(config: &Config) {
         Err(error) => println!("cores: {cores} online; the configured layout is invalid: {error}"),
     }
 
-    let governors: Vec<String> = (0..cores)
-        .filter_map(|c| {
-            std::fs::read_to_string(format!(
-                "/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"
-            ))
-            .ok()
-        })
-        .map(|g| g.trim().to_owned())
-        .collect();
-    if governors.is_empty() {
-        println!("cpu governor: not exposed (virtual machine or no cpufreq)");
-    } else {
-        println!("cpu governor: {}", governors.join(" "));
-        if governors.iter().any(|g| g != "performance") {
-            advice.push("cpupower frequency-set -g performance".into());
-        }
-    }
-
-    let thp =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    println!("transparent huge pages: {}", thp.trim());
-    if thp.contains("[always]") {
-        advice.push("echo madvise > /sys/kernel/mm/transparent_hugepage/enabled   # avoid compaction stalls".into());
-    }
+    cpu_settings(cores, &mut advice);
 
     let dir = &config.data_dir;
     let _ = std::fs::create_dir_all(dir);
@@ -89,15 +107,7 @@ pub fn report(config: &Config) {
         Err(error) => println!("fdatasync probe failed: {error}"),
     }
 
-    let shards = config.layout(online_cores()).map_or(1, |l| l.shards.len());
-    println!("memory budget, worst cases, {shards} shard(s):");
-    for line in crate::limits::memory_budget(config, shards) {
-        let scope = if line.per_node { "per node " } else { "per shard" };
-        let mib = line.bytes as f64 / f64::from(1 << 20);
-        println!("  {mib:>10.1} MiB {scope}  {}: {}", line.consumer, line.why);
-    }
-    let total = crate::limits::memory_budget_total(config, shards) as f64 / f64::from(1 << 20);
-    println!("  {total:>10.1} MiB in all");
+    print_budget(config);
 
     if advice.is_empty() {
         println!("nothing to change");

@@ -405,19 +405,33 @@ impl Config {
     }
 
     fn validate(&self, online_cores: usize) -> Result<(), ConfigError> {
-        fn range<T: PartialOrd + std::fmt::Display>(
-            field: &str,
-            value: T,
-            low: T,
-            high: T,
-        ) -> Result<(), ConfigError> {
-            if value < low || value > high {
-                return Err(ConfigError(format!(
-                    "field `{field}`: {value} is outside {low}..={high}"
-                )));
-            }
-            Ok(())
+        self.validate_limits()?;
+        self.validate_executor()?;
+        self.validate_services(online_cores)?;
+        if self.wallet.amount_per_op_max.parse::<u128>().map_or(true, |v| v == 0) {
+            return Err(ConfigError(
+                "field `wallet.amount_per_op_max`: must be a positive u128 in decimal".into(),
+            ));
         }
+        if self.wallet.assets.is_empty() {
+            return Err(ConfigError("field `wallet.assets`: needs at least one asset".into()));
+        }
+        if self.listen.port() == 0 {
+            return Err(ConfigError("field `listen`: needs a fixed port (shards share it)".into()));
+        }
+        let layout = self.layout(online_cores)?;
+        if self.shard_port_base != 0 {
+            let last = u32::from(self.shard_port_base) + layout.shards.len() as u32 - 1;
+            if last > u32::from(u16::MAX) {
+                return Err(ConfigError(
+                    "field `shard_port_base`: shard ports run past 65535".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         range("limits.body_max_bytes", l.body_max_bytes, 1, 64 << 20)?;
         range("limits.header_max_bytes", l.header_max_bytes, 1024, 1 << 20)?;
@@ -430,6 +444,10 @@ impl Config {
         range("limits.drain_timeout_ms", l.drain_timeout_ms, 0, 3_600_000)?;
         range("limits.mesh_inflight_per_target_max", l.mesh_inflight_per_target_max, 1, 1 << 16)?;
         range("limits.pipeline_depth_max", l.pipeline_depth_max, 1, 1 << 16)?;
+        Ok(())
+    }
+
+    fn validate_executor(&self) -> Result<(), ConfigError> {
         let e = &self.executor;
         range("executor.io_memory_kib", e.io_memory_kib, 64, 1 << 20)?;
         range("executor.ring_depth", e.ring_depth, 1, 32_768)?;
@@ -446,6 +464,11 @@ impl Config {
         range("executor.idle_turns_before_park", e.idle_turns_before_park, 1, 1_000_000)?;
         range("executor.park_timeout_us", e.park_timeout_us, 100, 1_000_000)?;
         range("executor.timer_probe_interval_ms", e.timer_probe_interval_ms, 0, 3_600_000)?;
+        Ok(())
+    }
+
+    /// The sections of the services, the ledger's and the workers'.
+    fn validate_services(&self, online_cores: usize) -> Result<(), ConfigError> {
         range(
             "passport.caveats_max",
             self.passport.caveats_max,
@@ -473,26 +496,6 @@ impl Config {
                 return Err(ConfigError(format!(
                     "field `workers.cores`: core {core} is not online (this host has {online_cores})"
                 )));
-            }
-        }
-        if self.wallet.amount_per_op_max.parse::<u128>().map_or(true, |v| v == 0) {
-            return Err(ConfigError(
-                "field `wallet.amount_per_op_max`: must be a positive u128 in decimal".into(),
-            ));
-        }
-        if self.wallet.assets.is_empty() {
-            return Err(ConfigError("field `wallet.assets`: needs at least one asset".into()));
-        }
-        if self.listen.port() == 0 {
-            return Err(ConfigError("field `listen`: needs a fixed port (shards share it)".into()));
-        }
-        let layout = self.layout(online_cores)?;
-        if self.shard_port_base != 0 {
-            let last = u32::from(self.shard_port_base) + layout.shards.len() as u32 - 1;
-            if last > u32::from(u16::MAX) {
-                return Err(ConfigError(
-                    "field `shard_port_base`: shard ports run past 65535".into(),
-                ));
             }
         }
         Ok(())
@@ -545,6 +548,19 @@ impl Config {
             cores: self.workers.cores.clone(),
         }
     }
+}
+
+/// `value` within `low..=high`, or an error naming `field`.
+fn range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    low: T,
+    high: T,
+) -> Result<(), ConfigError> {
+    if value < low || value > high {
+        return Err(ConfigError(format!("field `{field}`: {value} is outside {low}..={high}")));
+    }
+    Ok(())
 }
 
 /// The cores this process may run on.

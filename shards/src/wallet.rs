@@ -442,31 +442,11 @@ impl Wallet {
                 Idem::Pending(_) => Err(Rejection::InFlight),
             };
         }
-        let mut op = request.clone();
-        let mut over_hold = false;
-        if let OpKind::Capture | OpKind::Release = op.kind {
-            // The request names only the hold; the rest is the hold's.
-            let hold_id = op.hold_id.expect("captures and releases name a hold");
-            let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
-            if hold.resolving {
-                return Err(Rejection::HoldResolved);
-            }
-            let amount = match op.kind {
-                OpKind::Release => 0,
-                // A capture without an amount takes the whole hold.
-                _ if op.amount == 0 => hold.amount,
-                _ => op.amount,
-            };
-            over_hold = amount > hold.amount;
-            op.from = Some(hold.from.clone());
-            op.to = Some(hold.to.clone());
-            op.asset = hold.asset.clone();
-            op.amount = amount;
-        }
+        let (op, over_hold) = self.completed(request)?;
         let scope = scope_account(&op).to_owned();
         assert!(self.owns(&scope), "a write is reserved on its scope shard");
-        let key = op.idem.clone().expect("writes carry an idempotency key");
-        let slot = idem_slot(&scope, &key);
+        let key = op.idem.as_deref().expect("writes carry an idempotency key");
+        let slot = idem_slot(&scope, key);
         match self.idem.get(&slot) {
             // The same request again: the txid covers the scope and the key.
             Some(Idem::Done(txid, _)) if *txid == op.txid => return Ok(Reserved::Replay(*txid)),
@@ -474,34 +454,7 @@ impl Wallet {
             Some(_) => return Err(Rejection::IdempotencyConflict),
             None => {}
         }
-        if let Some(got) = op.nonce {
-            let expected = self.nonces.get(&scope).map_or(0, |n| n.reserved) + 1;
-            if got != expected {
-                return Err(Rejection::NonceConflict { expected, got });
-            }
-        }
-        match op.kind {
-            OpKind::Issue => {
-                let to = op.to.as_deref().expect("an issue has a payee");
-                let funds = self.funds(to, &op.asset);
-                if funds.balance.checked_add(op.amount).is_none() {
-                    return Err(Rejection::LimitsExceeded("the balance would overflow"));
-                }
-            }
-            OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
-                let funds = self.funds(&scope, &op.asset);
-                let available = funds.balance - funds.reserved;
-                if op.amount > available {
-                    return Err(Rejection::InsufficientFunds { available, needed: op.amount });
-                }
-            }
-            OpKind::Capture | OpKind::Release => {
-                if over_hold {
-                    return Err(Rejection::LimitsExceeded("a capture above the hold"));
-                }
-            }
-            OpKind::Expire => unreachable!("expiries are made by the shard, not requested"),
-        }
+        self.check(&op, &scope, over_hold)?;
         // Reserve: nothing above can fail from here on.
         if let Some(nonce) = op.nonce {
             self.nonces.entry(scope.clone()).or_default().reserved = nonce;
@@ -517,6 +470,66 @@ impl Wallet {
         }
         self.idem.insert(slot, Idem::Pending(op.txid));
         Ok(Reserved::Commit(op))
+    }
+
+    /// The operation a request asks for: a capture or release names only
+    /// its hold, whose payer, payee, asset and amount it takes; and whether
+    /// it asks for more than the hold (refused after the key and nonce
+    /// checks, so a replay still finds its receipt).
+    fn completed(&self, request: &Request) -> Result<(WalletOp, bool), Rejection> {
+        let mut op = request.clone();
+        if let OpKind::Capture | OpKind::Release = op.kind {
+            let hold_id = op.hold_id.expect("captures and releases name a hold");
+            let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
+            if hold.resolving {
+                return Err(Rejection::HoldResolved);
+            }
+            let amount = match op.kind {
+                OpKind::Release => 0,
+                // A capture without an amount takes the whole hold.
+                _ if op.amount == 0 => hold.amount,
+                _ => op.amount,
+            };
+            let over_hold = amount > hold.amount;
+            op.from = Some(hold.from.clone());
+            op.to = Some(hold.to.clone());
+            op.asset = hold.asset.clone();
+            op.amount = amount;
+            return Ok((op, over_hold));
+        }
+        Ok((op, false))
+    }
+
+    /// The nonce and the funds `op` needs, on its scope shard.
+    fn check(&self, op: &WalletOp, scope: &str, over_hold: bool) -> Result<(), Rejection> {
+        if let Some(got) = op.nonce {
+            let expected = self.nonces.get(scope).map_or(0, |n| n.reserved) + 1;
+            if got != expected {
+                return Err(Rejection::NonceConflict { expected, got });
+            }
+        }
+        match op.kind {
+            OpKind::Issue => {
+                let to = op.to.as_deref().expect("an issue has a payee");
+                if self.funds(to, &op.asset).balance.checked_add(op.amount).is_none() {
+                    return Err(Rejection::LimitsExceeded("the balance would overflow"));
+                }
+            }
+            OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
+                let funds = self.funds(scope, &op.asset);
+                let available = funds.balance - funds.reserved;
+                if op.amount > available {
+                    return Err(Rejection::InsufficientFunds { available, needed: op.amount });
+                }
+            }
+            OpKind::Capture | OpKind::Release => {
+                if over_hold {
+                    return Err(Rejection::LimitsExceeded("a capture above the hold"));
+                }
+            }
+            OpKind::Expire => unreachable!("expiries are made by the shard, not requested"),
+        }
+        Ok(())
     }
 
     /// Gives back what `reserve` took for `op`, which did not commit.

@@ -139,10 +139,23 @@ pub async fn run(start: ShardStart) {
     if !probe_interval.is_zero() {
         core.spawn(timer_probe(core.clone(), probe_interval));
     }
-    let status = &start.node.shards[start.id];
-    status.serving.store(true, Ordering::Release);
     tracing::info!(shard = start.id, services = ?start.registry.names(), "serving");
-    glommio::spawn_local_into(front.run(), queue).expect("the queue exists").await;
+    serve_until_drained(&core, front, &services, committer, answers).await;
+}
+
+/// Serves until the node drains, then stops in order: the link to the
+/// committer, the committer (when hosted here), the committed stream, the
+/// view's last write, the services.
+async fn serve_until_drained(
+    core: &Rc<Core>,
+    front: Front,
+    services: &Rc<ShardServices>,
+    committer: Option<glommio::Task<()>>,
+    answers: glommio::Task<()>,
+) {
+    let status = &core.node.shards[core.id];
+    status.serving.store(true, Ordering::Release);
+    glommio::spawn_local_into(front.run(), core.queue).expect("the queue exists").await;
     core.log.close();
     if let Some(committer) = committer {
         // It stops once every shard has closed its link.
@@ -151,10 +164,10 @@ pub async fn run(start: ShardStart) {
     // Batches of other shards' requests keep coming until the committer
     // stops; then the view gets its last write.
     answers.await;
-    view::finish(&core.view, &core.log, &*services).await;
+    view::finish(&core.view, &core.log, &**services).await;
     services.stop();
     status.serving.store(false, Ordering::Release);
-    tracing::info!(shard = start.id, "drained");
+    tracing::info!(shard = core.id, "drained");
 }
 
 /// The shard's core: its view (written by the workers), its inbox for

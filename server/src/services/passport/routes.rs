@@ -549,35 +549,9 @@ pub fn revoke(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) ->
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    let named = [
-        body.token_id.is_some(),
-        body.subject_ref.is_some(),
-        body.kid.is_some(),
-        body.epoch.is_some(),
-    ];
-    if named.iter().filter(|n| **n).count() != 1 {
-        return bad("invalid_field", "name exactly one of token_id, subject_ref, kid, epoch");
-    }
-    if body.reason.len() > REASON_BYTES_MAX {
-        return bad("invalid_field", format_args!("reason is at most {REASON_BYTES_MAX} bytes"));
-    }
-    let revoked = if let Some(text) = &body.token_id {
-        match ron_proto::wallet::from_hex16(text) {
-            Some(id) => revocation::Revoked::TokenId(id),
-            None => return bad("invalid_field", "token_id must be 32 hex digits"),
-        }
-    } else if let Some(subject) = &body.subject_ref {
-        if subject.is_empty() || subject.len() > NAME_BYTES_MAX {
-            return bad(
-                "invalid_field",
-                format_args!("subject_ref must be 1..={NAME_BYTES_MAX} bytes"),
-            );
-        }
-        revocation::Revoked::Subject(subject.clone())
-    } else if let Some(kid) = body.kid {
-        revocation::Revoked::Kid(kid)
-    } else {
-        revocation::Revoked::Epoch(body.epoch.expect("one was named"))
+    let revoked = match revoked(&body) {
+        Ok(revoked) => revoked,
+        Err(refused) => return refused,
     };
     if passport.core.log.in_safe_mode() {
         return Handled::Now(degraded(None));
@@ -620,6 +594,40 @@ pub fn revoke(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) ->
         let answer = RevokeAnswer { current_epoch, revoked: named, seq };
         Reply::json_owned(200, simd_json::to_vec(&answer).expect("serializing"))
     }))
+}
+
+/// What a revoke request names: exactly one of token id, subject, kid or
+/// epoch, with a reason of at most `REASON_BYTES_MAX` bytes.
+fn revoked(body: &RevokeBody) -> Result<revocation::Revoked, Handled> {
+    let named = [
+        body.token_id.is_some(),
+        body.subject_ref.is_some(),
+        body.kid.is_some(),
+        body.epoch.is_some(),
+    ];
+    if named.iter().filter(|n| **n).count() != 1 {
+        return Err(bad("invalid_field", "name exactly one of token_id, subject_ref, kid, epoch"));
+    }
+    if body.reason.len() > REASON_BYTES_MAX {
+        let why = format_args!("reason is at most {REASON_BYTES_MAX} bytes");
+        return Err(bad("invalid_field", why));
+    }
+    if let Some(text) = &body.token_id {
+        let id = ron_proto::wallet::from_hex16(text)
+            .ok_or_else(|| bad("invalid_field", "token_id must be 32 hex digits"))?;
+        return Ok(revocation::Revoked::TokenId(id));
+    }
+    if let Some(subject) = &body.subject_ref {
+        if subject.is_empty() || subject.len() > NAME_BYTES_MAX {
+            let why = format_args!("subject_ref must be 1..={NAME_BYTES_MAX} bytes");
+            return Err(bad("invalid_field", why));
+        }
+        return Ok(revocation::Revoked::Subject(subject.clone()));
+    }
+    Ok(match body.kid {
+        Some(kid) => revocation::Revoked::Kid(kid),
+        None => revocation::Revoked::Epoch(body.epoch.expect("one was named")),
+    })
 }
 
 /// How long clients may keep `/v1/keys` (a rotation changes its ETag).
