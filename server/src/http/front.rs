@@ -617,6 +617,10 @@ impl Front {
         if conn.sent >= conn.sending.len() {
             conn.sending.clear();
             conn.sent = 0;
+            // A large answer's buffer is not kept by an idle connection.
+            if conn.sending.capacity() > 4 * CONNECTION_BUFFER_BYTES {
+                conn.sending = Vec::with_capacity(CONNECTION_BUFFER_BYTES);
+            }
         }
         mark_dirty(&mut self.dirty, conn, slot);
         // Output drained: requests held back by backpressure may go on.
@@ -699,6 +703,10 @@ impl Front {
             let conn = self.conns[slot as usize].as_mut().expect("a live slot");
             conn.consumed += request_bytes;
             conn.body.clear();
+            if conn.body.capacity() > 4 * CONNECTION_BUFFER_BYTES {
+                // A large chunked body's buffer is not kept either.
+                conn.body = Vec::new();
+            }
             conn.request = Progress::default();
             if conn.consumed < conn.input.len() {
                 conn.request.started = Some(now);
