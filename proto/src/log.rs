@@ -21,7 +21,8 @@
 //!
 //! An item's first byte says which service wrote it (ledger entries use
 //! their kind, 1..=7; `crate::wallet::WALLET_OP_CODE`;
-//! `crate::revocation::REVOCATION_CODE`). The log itself never looks inside
+//! `crate::revocation::REVOCATION_CODE`; 0x7E the test service echo's). The
+//! log itself never looks inside
 //! an item: each service decodes its own, and the node's registry refuses
 //! two services that claim one first byte.
 
@@ -38,7 +39,7 @@ pub const RECORD_VERSION: u16 = 1;
 pub const RECORD_HEADER_BYTES: usize = 4 + 2 + 2 + 8 + 4 + 4 + 8 + 32 + 32 + 32;
 const _: () = assert!(RECORD_HEADER_BYTES == 128);
 /// Entries in one record, at most (the upper bound of `ledger.batch_entries_max`).
-pub const RECORD_ENTRIES_MAX: usize = 65_536;
+pub const RECORD_ENTRIES_MAX: usize = 65_535;
 /// The largest record body.
 pub const RECORD_BODY_BYTES_MAX: usize =
     RECORD_ENTRIES_MAX * (2 + ITEM_BYTES_MAX) + 2 + RECORD_MARKS_MAX * (16 + 4 + 4);
@@ -141,8 +142,10 @@ pub const fn padded(len: usize) -> usize {
     len.div_ceil(RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES
 }
 
-/// Idempotency marks in one record, at most.
+/// Idempotency marks in one record, at most (one per append, so at most
+/// one per entry); their count is written as a u16.
 pub const RECORD_MARKS_MAX: usize = RECORD_ENTRIES_MAX;
+const _: () = assert!(RECORD_MARKS_MAX <= u16::MAX as usize);
 const MARK_BYTES: usize = 16 + 4 + 4;
 
 /// The entries `first..first + count` of a record were committed by one

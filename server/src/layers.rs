@@ -152,6 +152,17 @@ fn no_unit_uses_a_later_layer_and_none_form_a_cycle() {
         }
     }
     assert_eq!(cycle(&graph), None);
+    // A service uses only services that start before it.
+    let order = crate::services::registry().names();
+    let position = |unit: &str| {
+        unit.strip_prefix("services::").and_then(|name| order.iter().position(|n| *n == name))
+    };
+    for (unit, used) in &graph {
+        let Some(mine) = position(unit) else { continue };
+        for other in used.iter().filter_map(|u| position(u)) {
+            assert!(other < mine, "{unit} uses a service that starts after it");
+        }
+    }
     let core = &graph["core"];
     assert!(
         core.iter().all(|u| !u.starts_with("service")),

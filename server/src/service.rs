@@ -105,7 +105,8 @@ pub trait Service: Sized + 'static {
     }
 
     /// Applies a recovered item to the states of the shards with a part in
-    /// it (those whose view is behind it).
+    /// it: those whose view is behind it — or, for a service without view
+    /// tables (its state is in the log only), every shard, whatever its view.
     fn replay(_states: &mut Replaying<'_, Self::State>, _item: Item<'_>) {}
 
     /// Starts the service on one shard.
@@ -206,6 +207,8 @@ trait Entry: Send + Sync {
     fn name(&self) -> &'static str;
     fn log_codes(&self) -> &'static [u8];
     fn enabled_by_default(&self) -> bool;
+    /// Whether its state lives in the views (else only in the log).
+    fn has_tables(&self) -> bool;
     fn add_tables(&self, layout: &mut ViewLayout) -> usize;
     fn prepare(&self, config: &Config) -> anyhow::Result<Arc<dyn Any + Send + Sync>>;
     fn state(&self, shared: &(dyn Any + Send + Sync), at: ShardAt<'_>) -> Box<dyn Any + Send>;
@@ -249,6 +252,10 @@ impl<S: Service> Entry for Of<S> {
 
     fn enabled_by_default(&self) -> bool {
         S::ENABLED_BY_DEFAULT
+    }
+
+    fn has_tables(&self) -> bool {
+        !S::TABLES.is_empty()
     }
 
     fn add_tables(&self, layout: &mut ViewLayout) -> usize {
@@ -361,6 +368,9 @@ impl<S: Service> Running for S {
 #[derive(Default)]
 pub struct Registry {
     entries: Vec<Box<dyn Entry>>,
+    /// Services this config turned off: their items in the log are still
+    /// checked and their unique keys still known, but nothing applies them.
+    off: Vec<Box<dyn Entry>>,
 }
 
 impl Registry {
@@ -372,7 +382,7 @@ impl Registry {
             S::NAME
         );
         for code in S::LOG_CODES {
-            let taken = self.entries.iter().find(|e| e.log_codes().contains(code));
+            let taken = self.entries.iter().chain(&self.off).find(|e| e.log_codes().contains(code));
             if let Some(other) = taken {
                 panic!("{} and {} both claim log item code {code:#04x}", other.name(), S::NAME);
             }
@@ -382,17 +392,18 @@ impl Registry {
 
     /// The services this config runs: those on by default and those
     /// `services.enable` names. An unknown name is an error.
-    pub fn enabled(mut self, config: &Config) -> anyhow::Result<Registry> {
+    pub fn enabled(self, config: &Config) -> anyhow::Result<Registry> {
         for name in &config.services.enable {
             anyhow::ensure!(
                 self.entries.iter().any(|e| e.name() == name),
                 "config: field `services.enable`: no service is named {name:?}"
             );
         }
-        self.entries.retain(|e| {
+        let on = |e: &dyn Entry| {
             e.enabled_by_default() || config.services.enable.iter().any(|n| n == e.name())
-        });
-        Ok(self)
+        };
+        let (entries, off) = self.entries.into_iter().partition(|e| on(&**e));
+        Ok(Registry { entries, off })
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -416,9 +427,15 @@ impl Registry {
             .collect()
     }
 
-    /// The index of the service whose items start with `code`.
+    /// The index of the running service whose items start with `code`.
     fn by_code(&self, code: u8) -> Option<usize> {
         self.entries.iter().position(|e| e.log_codes().contains(&code))
+    }
+
+    /// The service, running or off, whose items start with `code`.
+    fn any_by_code(&self, code: u8) -> Option<&dyn Entry> {
+        let all = self.entries.iter().chain(&self.off);
+        all.map(|e| &**e).find(|e| e.log_codes().contains(&code))
     }
 }
 
@@ -497,28 +514,34 @@ pub struct Replayer<'a> {
     pub states: &'a mut States,
     /// Whether shard `i` replays item `seq` (its view is behind it).
     pub wants: &'a dyn Fn(usize, u64) -> bool,
+    /// Whether a service without view tables gets every item on every
+    /// shard (its state is in the log only): true on the first pass over
+    /// the log at start, false on a pass that rebuilds some shards' views.
+    pub tableless_get_all: bool,
 }
 
 impl crate::log::segments::LogReader for Replayer<'_> {
     fn check(&mut self, item: &[u8]) -> Result<(), String> {
         let code = *item.first().ok_or("an empty item")?;
-        let index = self
+        let entry = self
             .registry
-            .by_code(code)
+            .any_by_code(code)
             .ok_or_else(|| format!("no service writes items of code {code:#04x}"))?;
-        self.registry.entries[index].check(item)
+        entry.check(item)
     }
 
     fn unique_key(&mut self, item: &[u8]) -> Option<IdKey> {
-        let index = self.registry.by_code(item[0]).expect("checked");
-        self.registry.entries[index].unique_key(item)
+        self.registry.any_by_code(item[0]).expect("checked").unique_key(item)
     }
 
     fn visit(&mut self, seq: u64, root: &ron_proto::merkle::Hash, item: &[u8]) {
-        let index = self.registry.by_code(item[0]).expect("checked");
-        let wants = |shard: usize| (self.wants)(shard, seq);
+        // An item of a service that is off is known, and applied by nobody.
+        let Some(index) = self.registry.by_code(item[0]) else { return };
+        let entry = &self.registry.entries[index];
+        let every = !entry.has_tables() && self.tableless_get_all;
+        let wants = |shard: usize| (self.wants)(shard, seq) || every;
         let item = Item { seq, root, bytes: item, durable_at: None };
-        self.registry.entries[index].replay(&mut self.states.states[index], &wants, item);
+        entry.replay(&mut self.states.states[index], &wants, item);
     }
 }
 

@@ -14,7 +14,9 @@
 //! ([`Workers::submit`] gives it back), and the caller answers 429 or 503,
 //! or keeps it and tries later. A job that has a result posts it to its
 //! shard's [`Inbox`] and rings the shard's doorbell; the shard's front hands
-//! it to the task that waits for it ([`Returns`]).
+//! it to the task that waits for it ([`Returns`]). View writes and
+//! signatures have no result: they report through counters and a shared
+//! store.
 
 use futures_channel::oneshot;
 use std::any::Any;

@@ -5,9 +5,10 @@
 //! the account holds beyond earlier reservations. Credits of a request do
 //! not fund its own debits (they are not durable when it is checked).
 //!
-//! Accounts are keyed by `account_key` (the same bytes as in the shard's
-//! LMDB view). Every balance changed since the last `take_dirty` is marked,
-//! so that the view is written from what changed, not from a scan.
+//! Accounts are keyed by `account_key` in memory. Every balance changed
+//! since the last `take_dirty` is marked, so that the view is written from
+//! what changed, not from a scan; how the view stores it is the server's
+//! business.
 
 use ron_proto::error::Reason;
 use ron_proto::ledger::{Entry, EntryKind};
@@ -43,6 +44,20 @@ pub fn account_key(account: &str, asset: &str, out: &mut Vec<u8>) {
     out.push(account.len() as u8);
     out.extend_from_slice(account.as_bytes());
     out.extend_from_slice(asset.as_bytes());
+}
+
+/// The (account, asset) of a changed balance.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BalanceKey(Box<[u8]>);
+
+impl BalanceKey {
+    pub fn account(&self) -> &str {
+        split_account_key(&self.0).expect("keys are made by account_key").0
+    }
+
+    pub fn asset(&self) -> &str {
+        split_account_key(&self.0).expect("keys are made by account_key").1
+    }
 }
 
 /// The (account, asset) of a key made by `account_key`.
@@ -96,8 +111,9 @@ impl Balances {
     }
 
     /// Sets a balance read back from the shard's view (not marked dirty).
-    pub fn load(&mut self, key: &[u8], balance: u128) {
-        let slot = self.accounts.entry(key.into()).or_default();
+    pub fn load(&mut self, account: &str, asset: &str, balance: u128) {
+        account_key(account, asset, &mut self.key);
+        let slot = self.accounts.entry(self.key.as_slice().into()).or_default();
         slot.account.balance = balance;
     }
 
@@ -232,14 +248,14 @@ impl Balances {
 
     /// The balances changed since the last call, as (key, balance), and
     /// forgets that they changed.
-    pub fn take_dirty(&mut self) -> Vec<(Box<[u8]>, u128)> {
+    pub fn take_dirty(&mut self) -> Vec<(BalanceKey, u128)> {
         let keys = std::mem::take(&mut self.dirty);
         keys.into_iter()
             .map(|key| {
                 let slot = self.accounts.get_mut(&key).expect("dirty keys have slots");
                 slot.dirty = false;
                 let balance = slot.account.balance;
-                (key, balance)
+                (BalanceKey(key), balance)
             })
             .collect()
     }
@@ -280,8 +296,7 @@ mod tests {
         balances.replay(&[item(0, "a", EntryKind::Burn, 4)]);
         let mut dirty = balances.take_dirty();
         dirty.sort();
-        let names: Vec<_> =
-            dirty.iter().map(|(k, v)| (split_account_key(k).unwrap(), *v)).collect();
+        let names: Vec<_> = dirty.iter().map(|(k, v)| ((k.account(), k.asset()), *v)).collect();
         assert_eq!(names, [(("a", "roc"), 6), (("b", "roc"), 3)]);
         assert!(balances.take_dirty().is_empty());
         // A reservation alone is not a change of the balance.
@@ -289,7 +304,7 @@ mod tests {
         assert_eq!(balances.dirty_len(), 0);
         let mut loaded = Balances::default();
         for (key, balance) in &dirty {
-            loaded.load(key, *balance);
+            loaded.load(key.account(), key.asset(), *balance);
         }
         assert_eq!(loaded.account("a", "roc").balance, 6);
         assert_eq!(loaded.dirty_len(), 0);

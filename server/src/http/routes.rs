@@ -89,6 +89,11 @@ impl RouteTable {
             "{} {pattern} is routed twice",
             method.as_str()
         );
+        let params = pattern.split('/').filter(|segment| segment.starts_with('{')).count();
+        assert!(
+            params <= ROUTE_PARAMS_MAX,
+            "{pattern} has more than {ROUTE_PARAMS_MAX} parameters"
+        );
         let service = service.clone();
         let handler: Handler = Rc::new(move |request, params| handler(&service, request, params));
         self.routes.push(Route { method, pattern, access, shed, handler });

@@ -755,3 +755,47 @@ fn fan_out(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(items: &[&[u8]], parts: &[(u32, u32)]) -> Pending {
+        let mut bytes = Vec::new();
+        for item in items {
+            bytes.extend_from_slice(&(item.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(item);
+        }
+        let parts = parts.iter().map(|&(item, shard)| Part { item, shard }).collect();
+        let append = Append {
+            items: bytes,
+            count: items.len() as u32,
+            unique: Vec::new(),
+            idem: None,
+            parts,
+        };
+        Pending { shard: 0, id: 0, append, received: Instant::now() }
+    }
+
+    #[test]
+    fn every_shard_gets_its_items_in_log_order() {
+        let batch = [
+            // Parts listed out of order, one item with two shards.
+            append(&[b"a1", b"a2"], &[(1, 0), (0, 2), (0, 0)]),
+            append(&[b"b1"], &[(0, 1)]),
+            append(&[b"c1", b"c2", b"c3"], &[(2, 2), (0, 1)]),
+        ];
+        let sealed = Sealed { first_seq: 10, root: [7; 32], committed_ms: 0 };
+        let shards = fan_out(3, &batch, sealed, 15);
+        let seen = |shard: usize| -> Vec<(u64, Vec<u8>)> {
+            shards[shard].1.items().map(|item| (item.seq, item.bytes.to_vec())).collect()
+        };
+        assert_eq!(seen(0), [(10, b"a1".to_vec()), (11, b"a2".to_vec())]);
+        assert_eq!(seen(1), [(12, b"b1".to_vec()), (13, b"c1".to_vec())]);
+        assert_eq!(seen(2), [(10, b"a1".to_vec()), (15, b"c3".to_vec())]);
+        for (shard, committed) in &shards {
+            assert_eq!(committed.batch.last_seq, 15, "shard {shard}");
+            assert!(committed.items().all(|item| *item.root == [7; 32]));
+        }
+    }
+}

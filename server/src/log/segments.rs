@@ -91,12 +91,16 @@ impl LogState {
         let before = self.accumulator.len();
         let (body, marks) =
             log::split_body(body, header.count).map_err(|e| format!("record body: {e}"))?;
+        // Every item is read and checked before the tree takes any: a
+        // record that fails leaves the tree as it was.
         let mut items = Vec::with_capacity(header.count as usize);
         for encoded in log::body_entries(body) {
             let encoded = encoded.map_err(|e| format!("item framing: {e}"))?;
             reader.check(encoded).map_err(|e| format!("item: {e}"))?;
-            self.accumulator.push(merkle::leaf_hash(encoded));
             items.push(encoded);
+        }
+        for encoded in &items {
+            self.accumulator.push(merkle::leaf_hash(encoded));
         }
         let count = self.accumulator.len() - before;
         if count != u64::from(header.count) || self.root() != header.new_root {

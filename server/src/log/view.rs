@@ -121,9 +121,10 @@ pub struct ViewChanges {
 #[derive(Clone, Copy, Debug)]
 struct Change {
     table: u16,
-    key: (u32, u32),
+    /// (start, length) in `bytes`.
+    key: (usize, usize),
     /// `None`: delete the key.
-    value: Option<(u32, u32)>,
+    value: Option<(usize, usize)>,
 }
 
 impl ViewChanges {
@@ -132,10 +133,10 @@ impl ViewChanges {
         self.base = base;
     }
 
-    fn bytes(&mut self, bytes: &[u8]) -> (u32, u32) {
-        let start = self.bytes.len() as u32;
+    fn bytes(&mut self, bytes: &[u8]) -> (usize, usize) {
+        let start = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
-        (start, bytes.len() as u32)
+        (start, bytes.len())
     }
 
     /// Writes `value` at `key` of the service's `table` (its index in the
@@ -159,8 +160,8 @@ impl ViewChanges {
         self.changes.is_empty()
     }
 
-    fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
-        &self.bytes[start as usize..(start + len) as usize]
+    fn slice(&self, (start, len): (usize, usize)) -> &[u8] {
+        &self.bytes[start..start + len]
     }
 }
 

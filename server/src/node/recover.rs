@@ -44,7 +44,7 @@ pub fn recover(
         let views = (0..shard_count).map(|_| None).collect();
         return Ok(Recovery { recovered: Recovered::empty(), states, views });
     }
-    let (stores, metas) = open_views(config, registry, &mut states, shard_count)?;
+    let (stores, metas) = open_views(config, registry, shared, &mut states, shard_count)?;
     // Each shard replays the log after what its view holds.
     let from: Vec<u64> = metas.iter().map(|meta| meta.map_or(0, |m| m.applied_seq)).collect();
     let replayed: Vec<Cell<u64>> = (0..shard_count).map(|_| Cell::new(0)).collect();
@@ -54,7 +54,8 @@ pub fn recover(
         wanted
     };
     let dir = config.data_dir.join("log");
-    let mut replayer = Replayer { registry, states: &mut states, wants: &wants };
+    let mut replayer =
+        Replayer { registry, states: &mut states, wants: &wants, tableless_get_all: true };
     let recovered = segments::recover(&dir, &mut replayer)
         .with_context(|| format!("reading the log in {}", dir.display()))?;
     let stale = stale_views(&recovered, &metas);
@@ -71,7 +72,8 @@ pub fn recover(
             replayed[shard].set(replayed[shard].get() + u64::from(wanted));
             wanted
         };
-        let mut replayer = Replayer { registry, states: &mut states, wants: &wants };
+        let mut replayer =
+            Replayer { registry, states: &mut states, wants: &wants, tableless_get_all: false };
         segments::recover(&dir, &mut replayer)
             .with_context(|| format!("reading the log in {}", dir.display()))?;
     }
@@ -135,6 +137,7 @@ fn report(config: &Config, recovered: &Recovered) {
 fn open_views(
     config: &Config,
     registry: &Registry,
+    shared: &[Arc<dyn Any + Send + Sync>],
     states: &mut States,
     shard_count: usize,
 ) -> anyhow::Result<(Vec<ViewStore>, Vec<Option<ViewMeta>>)> {
@@ -158,9 +161,21 @@ fn open_views(
             Some(meta)
                 if meta.shard as usize == shard && meta.shard_count as usize == shard_count =>
             {
-                states.load(registry, &bases, shard, &store, meta.applied_seq)?;
-                store.drop_mapped_pages();
-                Some(meta)
+                match states.load(registry, &bases, shard, &store, meta.applied_seq) {
+                    Ok(()) => {
+                        store.drop_mapped_pages();
+                        Some(meta)
+                    }
+                    Err(error) => {
+                        // The log has everything: what it does not vouch
+                        // for is rebuilt from it.
+                        let error = format!("{error:#}");
+                        tracing::warn!(shard, %error, "a view does not load: rebuilding it");
+                        store.clear()?;
+                        states.reset(registry, shared, config, shard);
+                        None
+                    }
+                }
             }
             Some(meta) => {
                 tracing::info!(

@@ -10,7 +10,8 @@
 //! outbound connections.
 //!
 //! Log item (code [`ECHO_CODE`]): `code u8 | key_len u8 | key | value_len
-//! u16 | value`. View table `words`: key → value.
+//! u16 | value`. View table `words`: key → value. A test fixture: the
+//! number of words is not bounded, which a real service's state must be.
 
 pub mod routes;
 

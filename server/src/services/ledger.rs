@@ -47,8 +47,32 @@ pub enum Answer {
     Balance(Account),
 }
 
-/// The view table of balances.
+/// The view table of balances: `account_len u8 | account | asset` →
+/// balance u128 LE.
 const BALANCES: usize = 0;
+
+/// A balance's key in the view.
+fn balance_key(account: &str, asset: &str, out: &mut Vec<u8>) {
+    assert!(account.len() <= ron_proto::ledger::ACCOUNT_BYTES_MAX);
+    out.clear();
+    out.push(account.len() as u8);
+    out.extend_from_slice(account.as_bytes());
+    out.extend_from_slice(asset.as_bytes());
+}
+
+/// The (account, asset) of a balance's key in the view; `None` when the
+/// bytes are not one.
+fn split_balance_key(key: &[u8]) -> Option<(&str, &str)> {
+    let (&len, rest) = key.split_first()?;
+    let (account, asset) = rest.split_at_checked(usize::from(len))?;
+    let valid = |s: &[u8], max: usize| !s.is_empty() && s.len() <= max;
+    if !valid(account, ron_proto::ledger::ACCOUNT_BYTES_MAX)
+        || asset.len() > ron_proto::ledger::ASSET_BYTES_MAX
+    {
+        return None;
+    }
+    Some((std::str::from_utf8(account).ok()?, std::str::from_utf8(asset).ok()?))
+}
 
 impl Service for Ledger {
     const NAME: &'static str = "ledger";
@@ -69,8 +93,9 @@ impl Service for Ledger {
 
     fn load(balances: &mut Balances, view: &ServiceView, _: u64) -> anyhow::Result<()> {
         view.each(BALANCES, |key, value| {
+            let (account, asset) = split_balance_key(key).context("a balance's key")?;
             let value: [u8; 16] = value.try_into().context("a balance is not 16 bytes")?;
-            balances.load(key, u128::from_le_bytes(value));
+            balances.load(account, asset, u128::from_le_bytes(value));
             Ok(())
         })?;
         Ok(())
@@ -134,11 +159,13 @@ impl Service for Ledger {
     }
 
     fn save(&self, changes: &mut ViewChanges, _: u64) {
+        let mut view_key = Vec::new();
         for (key, balance) in self.balances.borrow_mut().take_dirty() {
+            balance_key(key.account(), key.asset(), &mut view_key);
             if balance == 0 {
-                changes.delete(BALANCES, &key);
+                changes.delete(BALANCES, &view_key);
             } else {
-                changes.put(BALANCES, &key, &balance.to_le_bytes());
+                changes.put(BALANCES, &view_key, &balance.to_le_bytes());
             }
         }
     }

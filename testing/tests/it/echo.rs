@@ -84,6 +84,23 @@ fn echo_writes_through_the_log_reads_across_shards_and_survives_restarts() {
         "views were written before the kill: {view_seqs:?}"
     );
     assert_eq!(crate::ledger::tail_entries(&node, 2), vec![1, 0]);
+    // Turned off, its items stay in the log, known and applied by nobody:
+    // the node starts and is ready, and the route is gone.
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.set_config("[ledger]\nview_write_ms = 50\n");
+    node.spawn();
+    assert_eq!(read(&node, node.listen, &keys[0]).0, 404);
+    assert!(!node.log().contains("safe mode"), "{}", node.log());
+    // Turned on again, its state comes back from the log (the views'
+    // table layout changed, so they are rebuilt).
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.set_config("[services]\nenable = [\"echo\"]\n");
+    node.spawn();
+    assert_eq!(read(&node, node.listen, &keys[0]), (200, b"second".to_vec()));
+    assert_eq!(
+        read(&node, node.listen, &keys[1]),
+        (200, format!("value of {}", keys[1]).into_bytes())
+    );
 }
 
 /// A peer on loopback that accepts and then behaves as `behave` says, for

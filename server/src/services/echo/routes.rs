@@ -17,7 +17,9 @@ pub fn add(echo: &Rc<Echo>, table: &mut RouteTable) {
     let any_token = Access::Authenticated;
     table.add(echo, Method::Put, "/v1/echo/{key}", any_token, Shed::Yes, put);
     table.add(echo, Method::Get, "/v1/echo/{key}", any_token, Shed::Yes, get);
-    table.add(echo, Method::Get, "/v1/echo-peer", any_token, Shed::Yes, peer);
+    // Reaching any address is an operator's tool (no open relay).
+    let admin = Access::Scope(ron_proto::token::scope::PASSPORT_ADMIN);
+    table.add(echo, Method::Get, "/v1/echo-peer", admin, Shed::Yes, peer);
     table.add(echo, Method::Post, "/v1/echo-hash", any_token, Shed::Yes, hash);
 }
 
@@ -45,8 +47,13 @@ fn put(echo: &Rc<Echo>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     Handled::Later(Box::pin(async move {
         match echo.core.log.call(LogCall::Append(append)).await {
             Ok(LogAnswer::Appended { seq_start, .. }) => {
-                let body = format!("{{\"key\":\"{key}\",\"seq\":{seq_start}}}");
-                Reply::json_owned(200, body.into_bytes())
+                #[derive(serde::Serialize)]
+                struct Stored<'a> {
+                    key: &'a str,
+                    seq: u64,
+                }
+                let stored = Stored { key: &key, seq: seq_start };
+                Reply::json_owned(200, simd_json::to_vec(&stored).expect("serializing"))
             }
             Ok(LogAnswer::Degraded { reason }) => degraded(Some(&reason)),
             Ok(other) => panic!("an echo append answered with {other:?}"),

@@ -74,12 +74,18 @@ pub fn load(wallet: &mut Wallet, view: &ServiceView) -> anyhow::Result<()> {
         let at = key.iter().position(|b| *b == 0).context("a funds key without its separator")?;
         let account = std::str::from_utf8(&key[..at]).context("a funds key's account")?;
         let asset = std::str::from_utf8(&key[at + 1..]).context("a funds key's asset")?;
+        anyhow::ensure!(
+            ron_proto::wallet::valid_account(account)
+                && asset.len() <= ron_proto::wallet::WALLET_ASSET_BYTES_MAX,
+            "a funds key out of the wallet's limits"
+        );
         let value: [u8; 16] = value.try_into().context("a wallet balance is not 16 bytes")?;
         wallet.load_funds(account, asset, u128::from_le_bytes(value));
         Ok(())
     })?;
     view.each(NONCES, |key, value| {
         let account = std::str::from_utf8(key).context("a nonce's account")?;
+        anyhow::ensure!(ron_proto::wallet::valid_account(account), "a nonce's account");
         let value: [u8; 8] = value.try_into().context("a nonce is not 8 bytes")?;
         wallet.load_nonce(account, u64::from_le_bytes(value));
         Ok(())
