@@ -25,10 +25,13 @@ pub enum ErrorCode {
     Internal,
     Unavailable,
     Degraded,
+    /// Something the request waited for (a peer, a lookup) did not answer
+    /// by its deadline.
+    Timeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -47,6 +50,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::Degraded,
+        ErrorCode::Timeout,
     ];
 
     /// The code as it appears in the envelope's `code` field.
@@ -70,6 +74,7 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Degraded => "DEGRADED",
+            ErrorCode::Timeout => "TIMEOUT",
         }
     }
 
@@ -94,6 +99,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Degraded => "degraded",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -116,6 +122,7 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable | ErrorCode::Degraded => 503,
+            ErrorCode::Timeout => 504,
         }
     }
 
@@ -127,6 +134,7 @@ impl ErrorCode {
                 | ErrorCode::Busy
                 | ErrorCode::Unavailable
                 | ErrorCode::Degraded
+                | ErrorCode::Timeout
         )
     }
 
@@ -159,6 +167,7 @@ pub const fn status_reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
 }
@@ -183,6 +192,61 @@ struct Envelope<'a> {
 pub struct Reason {
     pub idx: u32,
     pub reason: String,
+}
+
+/// How a family of routes writes its errors: the envelope of SPEC §3, or
+/// the original's where its clients expect that one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorStyle {
+    #[default]
+    Standard,
+    /// svc-index's `{"code": "<lowercase>", "message"}`.
+    Index,
+    /// svc-dht's `{"error": "<message>"}`.
+    Dht,
+}
+
+impl ErrorCode {
+    /// The code in svc-index's vocabulary.
+    pub const fn index_code(self) -> &'static str {
+        match self {
+            ErrorCode::Busy => "over_capacity",
+            ErrorCode::Unavailable | ErrorCode::Degraded => "upstream_unready",
+            ErrorCode::Timeout | ErrorCode::RequestTimeout => "timeout",
+            other => other.label(),
+        }
+    }
+}
+
+/// Appends an error body in `style` to `out`.
+pub fn write_error(
+    out: &mut Vec<u8>,
+    style: ErrorStyle,
+    code: ErrorCode,
+    message: &str,
+    corr_id: &str,
+    missing: &[String],
+    reasons: &[Reason],
+) {
+    #[derive(Serialize)]
+    struct Index<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Dht<'a> {
+        error: &'a str,
+    }
+    let written = match style {
+        ErrorStyle::Standard => {
+            return write_envelope(out, code, message, corr_id, missing, reasons);
+        }
+        ErrorStyle::Index => {
+            simd_json::to_writer(&mut *out, &Index { code: code.index_code(), message })
+        }
+        ErrorStyle::Dht => simd_json::to_writer(&mut *out, &Dht { error: message }),
+    };
+    written.expect("writing into a Vec cannot fail");
 }
 
 /// Appends the JSON error envelope of SPEC §3 to `out`.
@@ -216,6 +280,26 @@ mod tests {
         write_envelope(&mut out, ErrorCode::InsufficientFunds, "needs \"5\"", "c-1", &[], &[]);
         expect_test::expect![[r#"{"code":"INSUFFICIENT_FUNDS","http":409,"message":"needs \"5\"","retryable":false,"corr_id":"c-1"}"#]]
             .assert_eq(std::str::from_utf8(&out).unwrap());
+    }
+
+    #[test]
+    fn the_originals_styles_are_their_shapes() {
+        let mut out = Vec::new();
+        write_error(&mut out, ErrorStyle::Index, ErrorCode::Busy, "Over capacity", "c", &[], &[]);
+        assert_eq!(out, br#"{"code":"over_capacity","message":"Over capacity"}"#);
+        out.clear();
+        write_error(
+            &mut out,
+            ErrorStyle::Dht,
+            ErrorCode::BadRequest,
+            "invalid node URI",
+            "c",
+            &[],
+            &[],
+        );
+        assert_eq!(out, br#"{"error":"invalid node URI"}"#);
+        assert_eq!(ErrorCode::Timeout.http_status(), 504);
+        assert_eq!(ErrorCode::Unavailable.index_code(), "upstream_unready");
     }
 
     #[test]

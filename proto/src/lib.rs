@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod error;
 pub mod fuzz;
 pub mod http;
+pub mod index;
 pub mod ledger;
 pub mod log;
 pub mod merkle;

@@ -21,14 +21,15 @@
 //!
 //! An item's first byte says which service wrote it (ledger entries use
 //! their kind, 1..=7; `crate::wallet::WALLET_OP_CODE`;
-//! `crate::revocation::REVOCATION_CODE`; 0x7E the test service echo's). The
+//! `crate::revocation::REVOCATION_CODE`; the index's 0x40..=0x42, `crate::index`;
+//! 0x7E the test service echo's). The
 //! log itself never looks inside
 //! an item: each service decodes its own, and the node's registry refuses
 //! two services that claim one first byte.
 
 /// The largest item a record body frames. Each item format checks its
 /// own maximum against this one.
-pub const ITEM_BYTES_MAX: usize = 1024;
+pub const ITEM_BYTES_MAX: usize = 2048;
 
 /// Records start at multiples of this, and are padded to it.
 pub const RECORD_ALIGN_BYTES: usize = 4096;

@@ -4,7 +4,7 @@ use crate::core::mesh::MeshError;
 use crate::limits::CORR_ID_BYTES_MAX;
 use crate::log::LinkError;
 use ron_proto::ErrorCode;
-use ron_proto::error::{Reason, status_reason, write_envelope};
+use ron_proto::error::{ErrorStyle, Reason, status_reason, write_error};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::Write as _;
@@ -35,8 +35,10 @@ pub enum Body {
     /// answers only).
     Scratch,
     Owned(Vec<u8>),
-    /// The JSON error envelope, written with the request's correlation id.
+    /// The JSON error envelope, written with the request's correlation id
+    /// in its route's style.
     Error {
+        style: ErrorStyle,
         code: ErrorCode,
         message: Cow<'static, str>,
         missing: Vec<String>,
@@ -87,7 +89,13 @@ impl Reply {
         let mut reply = Reply::new(
             code.http_status(),
             ContentType::Json,
-            Body::Error { code, message: message.into(), missing: Vec::new(), reasons: Vec::new() },
+            Body::Error {
+                style: ErrorStyle::Standard,
+                code,
+                message: message.into(),
+                missing: Vec::new(),
+                reasons: Vec::new(),
+            },
         );
         if code.retryable() && code != ErrorCode::RequestTimeout {
             reply.retry_after_s = Some(1);
@@ -115,6 +123,14 @@ impl Reply {
 
     pub fn add_header(&mut self, name: &'static str, value: String) {
         self.headers.get_or_insert_default().push((name, value));
+    }
+
+    /// Writes an error body in `style` (a route's: see `Route::errors`).
+    pub fn styled(mut self, errors: ErrorStyle) -> Reply {
+        if let Body::Error { style, .. } = &mut self.body {
+            *style = errors;
+        }
+        self
     }
 
     pub fn error_code(&self) -> Option<ErrorCode> {
@@ -225,9 +241,9 @@ pub fn write_response(
         Body::Static(bytes) => bytes,
         Body::Scratch => scratch,
         Body::Owned(bytes) => bytes,
-        Body::Error { code, message, missing, reasons } => {
+        Body::Error { style, code, message, missing, reasons } => {
             error_body.clear();
-            write_envelope(error_body, *code, message, corr_id.as_str(), missing, reasons);
+            write_error(error_body, *style, *code, message, corr_id.as_str(), missing, reasons);
             error_body
         }
     };

@@ -9,6 +9,7 @@ use crate::core::Core;
 use crate::http::reply::{CorrId, Handled, Reply};
 use crate::limits::ROUTE_PARAMS_MAX;
 use ron_proto::ErrorCode;
+use ron_proto::error::ErrorStyle;
 use ron_proto::http::{Head, Method, query_param};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -47,7 +48,18 @@ pub struct Route {
     pub pattern: &'static str,
     pub access: Access,
     pub shed: Shed,
+    /// How its errors are written (gate refusals included).
+    pub errors: ErrorStyle,
     pub handler: Handler,
+}
+
+impl Route {
+    /// Writes the route's errors in `style` (an original's clients expect
+    /// its envelope).
+    pub fn errors(&mut self, style: ErrorStyle) -> &mut Route {
+        self.errors = style;
+        self
+    }
 }
 
 /// What stands between a protected route and its handler: the passport's
@@ -74,7 +86,8 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Adds a route answered by `handler` on `service`.
+    /// Adds a route answered by `handler` on `service`; its errors are in
+    /// the standard envelope unless `Route::errors` says otherwise.
     pub fn add<S: 'static>(
         &mut self,
         service: &Rc<S>,
@@ -83,7 +96,7 @@ impl RouteTable {
         access: Access,
         shed: Shed,
         handler: fn(&Rc<S>, &Request<'_>, &Params<'_>) -> Handled,
-    ) {
+    ) -> &mut Route {
         assert!(
             !self.routes.iter().any(|r| r.method == method && r.pattern == pattern),
             "{} {pattern} is routed twice",
@@ -96,7 +109,9 @@ impl RouteTable {
         );
         let service = service.clone();
         let handler: Handler = Rc::new(move |request, params| handler(&service, request, params));
-        self.routes.push(Route { method, pattern, access, shed, handler });
+        let errors = ErrorStyle::Standard;
+        self.routes.push(Route { method, pattern, access, shed, errors, handler });
+        self.routes.last_mut().expect("just pushed")
     }
 
     /// Sets who checks protected routes.
@@ -174,21 +189,27 @@ impl RouteTable {
             }
         };
         let route = &self.routes[index];
-        if route.shed == Shed::Yes && !core.admit() {
+        let handled = if route.shed == Shed::Yes && !core.admit() {
             core.metrics.borrow_mut().busy_rejections[index] += 1;
-            return (
-                index,
-                Handled::Now(Reply::error(
-                    ErrorCode::Busy,
-                    "the shard is over its in-flight limit",
-                )),
-            );
+            Handled::Now(Reply::error(ErrorCode::Busy, "the shard is over its in-flight limit"))
+        } else if route.access == Access::Public {
+            (route.handler)(request, &params)
+        } else {
+            let gate = self.gate.as_ref().expect("checked at start");
+            gate.admit(request, path, &params, route.access, &route.handler)
+        };
+        (index, styled(handled, route.errors))
+    }
+}
+
+/// The answer with its errors written in `style`.
+fn styled(handled: Handled, style: ErrorStyle) -> Handled {
+    match (handled, style) {
+        (handled, ErrorStyle::Standard) => handled,
+        (Handled::Now(reply), style) => Handled::Now(reply.styled(style)),
+        (Handled::Later(answer), style) => {
+            Handled::Later(Box::pin(async move { answer.await.styled(style) }))
         }
-        if route.access == Access::Public {
-            return (index, (route.handler)(request, &params));
-        }
-        let gate = self.gate.as_ref().expect("checked at start");
-        (index, gate.admit(request, path, &params, route.access, &route.handler))
     }
 }
 
