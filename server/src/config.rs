@@ -164,9 +164,21 @@ pub struct Passport {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Index {
+    /// Answers one shard's cache keeps.
     pub cache_entries_max: u32,
     pub cache_ttl_ms: u64,
+    /// How long a miss is remembered.
     pub negative_ttl_ms: u64,
+    /// Reads without a token (else `index.read`).
+    pub public_reads: bool,
+    /// TTL of a provider record that names none, and the most one may ask.
+    pub provider_ttl_default_s: u64,
+    pub provider_ttl_max_s: u64,
+    /// Provider records kept per cid.
+    pub providers_per_cid_max: u32,
+    /// Bytes of manifests the node keeps (the LMDB map, or RAM in amnesia).
+    pub objects_bytes_max: u64,
+    /// DHT peers to bootstrap from (multiaddrs with `/p2p/<peer id>`).
     pub peers: Vec<String>,
     pub alpha: u32,
     pub beta: u32,
@@ -321,6 +333,11 @@ impl Default for Index {
             cache_entries_max: 65_536,
             cache_ttl_ms: 5000,
             negative_ttl_ms: 1000,
+            public_reads: true,
+            provider_ttl_default_s: 600,
+            provider_ttl_max_s: 86_400,
+            providers_per_cid_max: 64,
+            objects_bytes_max: 256 << 20,
             peers: Vec::new(),
             alpha: 3,
             beta: 2,
@@ -488,6 +505,7 @@ impl Config {
         range("ledger.segment_bytes", self.ledger.segment_bytes, 1 << 16, 1 << 40)?;
         range("ledger.checkpoint_every", self.ledger.checkpoint_every, 1, 1 << 40)?;
         range("ledger.view_write_ms", self.ledger.view_write_ms, 10, 3_600_000)?;
+        self.validate_index()?;
         range("workers.normal_threads", self.workers.normal_threads, 0, 1024)?;
         range("workers.idle_threads", self.workers.idle_threads, 0, 1024)?;
         range("workers.queue_max", self.workers.queue_max, 1, 1 << 20)?;
@@ -498,6 +516,23 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn validate_index(&self) -> Result<(), ConfigError> {
+        let i = &self.index;
+        range("index.cache_entries_max", i.cache_entries_max, 1, 1 << 24)?;
+        range("index.cache_ttl_ms", i.cache_ttl_ms, 0, 3_600_000)?;
+        range("index.negative_ttl_ms", i.negative_ttl_ms, 0, 3_600_000)?;
+        range("index.provider_ttl_max_s", i.provider_ttl_max_s, 1, u64::from(u32::MAX))?;
+        range("index.provider_ttl_default_s", i.provider_ttl_default_s, 1, i.provider_ttl_max_s)?;
+        range("index.providers_per_cid_max", i.providers_per_cid_max, 1, 1024)?;
+        range("index.objects_bytes_max", i.objects_bytes_max, 1 << 20, 1 << 44)?;
+        range("index.alpha", i.alpha, 1, 32)?;
+        range("index.beta", i.beta, 0, 32)?;
+        range("index.hops_max", i.hops_max, 1, 64)?;
+        range("index.deadline_ms", i.deadline_ms, 1, 600_000)?;
+        range("index.hedge_after_ms", i.hedge_after_ms, 0, i.deadline_ms)?;
         Ok(())
     }
 

@@ -138,6 +138,17 @@ pub const HOLD_EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// ... and how many it expires per look.
 pub const EXPIRIES_PER_TICK_MAX: usize = 256;
 
+// ---- The index ----
+
+/// How often a shard drops dead provider records...
+pub const INDEX_PURGE_TICK: Duration = Duration::from_secs(1);
+/// ... and how many cids' records it looks through per tick.
+pub const INDEX_PURGE_PER_TICK: usize = 1024;
+/// `/providers` lists at most this many (the original's clamp).
+pub const INDEX_PROVIDERS_LIMIT_MAX: usize = 32;
+/// How long clients may keep an index answer (`Cache-Control`).
+pub const INDEX_ANSWER_MAX_AGE: &str = "public, max-age=5";
+
 // ---- Echo ----
 
 /// `/v1/echo-peer` waits this long for the peer's answer.

@@ -26,5 +26,6 @@ services! {
     ops::Ops,
     ledger::Ledger,
     wallet::Wallet,
+    index::Index,
     echo::Echo,
 }

@@ -6,5 +6,6 @@
 
 pub mod accumulator;
 pub mod balances;
+pub mod index;
 pub mod passport;
 pub mod wallet;

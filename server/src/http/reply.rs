@@ -15,6 +15,7 @@ pub enum ContentType {
     Json,
     Text,
     Prometheus,
+    Binary,
 }
 
 impl ContentType {
@@ -23,6 +24,7 @@ impl ContentType {
             ContentType::Json => "application/json",
             ContentType::Text => "text/plain; charset=utf-8",
             ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            ContentType::Binary => "application/octet-stream",
         }
     }
 }

@@ -293,6 +293,12 @@ impl Request<'_> {
         })
     }
 
+    /// Whether `If-None-Match` names `etag` (as sent in `ETag`, quotes
+    /// included), or is `*`: the client's copy is current.
+    pub fn if_none_match(&self, etag: &[u8]) -> bool {
+        etag_current(self.head.if_none_match.map(|span| span.of(self.raw)), etag)
+    }
+
     /// The JSON body as `T`: 415 unless it says JSON, 400 if it does not parse.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Reply> {
         if self.head.media_type != ron_proto::http::MediaType::Json {
@@ -305,6 +311,18 @@ impl Request<'_> {
         simd_json::serde::from_slice(&mut bytes)
             .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
     }
+}
+
+/// Whether an `If-None-Match` value names `etag` (quotes included) or is
+/// `*`.
+pub fn etag_current(if_none_match: Option<&[u8]>, etag: &[u8]) -> bool {
+    if_none_match.is_some_and(|value| {
+        value == b"*"
+            || value.split(|b| *b == b',').any(|tag| {
+                let tag = tag.trim_ascii();
+                tag.strip_prefix(b"W/").unwrap_or(tag) == etag
+            })
+    })
 }
 
 /// An amount: a u128 as a decimal string, or a JSON integer.

@@ -4,6 +4,7 @@
 mod access;
 mod echo;
 mod http;
+mod index;
 mod ledger;
 mod lifecycle;
 mod load;

@@ -638,15 +638,7 @@ const KEYS_MAX_AGE: &str = "public, max-age=300";
 pub fn keys(passport: &Rc<Passport>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let keys = passport.keys.borrow();
     let (jwks, etag) = keys.jwks();
-    let matches = request.head.if_none_match.is_some_and(|span| {
-        let value = span.of(request.raw);
-        value == b"*"
-            || value.split(|b| *b == b',').any(|tag| {
-                let tag = tag.trim_ascii();
-                tag.strip_prefix(b"W/").unwrap_or(tag) == etag.as_bytes()
-            })
-    });
-    let mut reply = if matches {
+    let mut reply = if request.if_none_match(etag.as_bytes()) {
         Reply::new(304, crate::http::reply::ContentType::Json, crate::http::reply::Body::Empty)
     } else {
         Reply::json_owned(200, jwks.to_vec())
