@@ -178,8 +178,16 @@ pub struct Index {
     pub providers_per_cid_max: u32,
     /// Bytes of manifests the node keeps (the LMDB map, or RAM in amnesia).
     pub objects_bytes_max: u64,
-    /// DHT peers to bootstrap from (multiaddrs with `/p2p/<peer id>`).
+    /// Where the DHT listens for peers (a multiaddr).
+    pub dht_listen: String,
+    /// This node's HTTP address as peers should use it; empty: `http://`
+    /// and `listen` (127.0.0.1 for an unspecified address).
+    pub advertise_url: String,
+    /// DHT peers to bootstrap from (multiaddrs).
     pub peers: Vec<String>,
+    /// Keys with Kademlia provider records the node keeps (its own and
+    /// others').
+    pub dht_keys_max: u32,
     pub alpha: u32,
     pub beta: u32,
     pub hedge_after_ms: u64,
@@ -240,6 +248,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The URL peers reach this node's HTTP front at.
+    pub fn advertise_url(&self) -> String {
+        if !self.index.advertise_url.is_empty() {
+            return self.index.advertise_url.clone();
+        }
+        let mut listen = self.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{listen}")
+    }
+
     /// The micronode profile: nothing touches the disk.
     pub fn amnesia(&self) -> bool {
         self.profile == Profile::Micronode
@@ -338,7 +358,10 @@ impl Default for Index {
             provider_ttl_max_s: 86_400,
             providers_per_cid_max: 64,
             objects_bytes_max: 256 << 20,
+            dht_listen: "/ip4/127.0.0.1/tcp/0".to_owned(),
+            advertise_url: String::new(),
             peers: Vec::new(),
+            dht_keys_max: 16_384,
             alpha: 3,
             beta: 2,
             hedge_after_ms: 150,
@@ -528,6 +551,10 @@ impl Config {
         range("index.provider_ttl_default_s", i.provider_ttl_default_s, 1, i.provider_ttl_max_s)?;
         range("index.providers_per_cid_max", i.providers_per_cid_max, 1, 1024)?;
         range("index.objects_bytes_max", i.objects_bytes_max, 1 << 20, 1 << 44)?;
+        range("index.dht_keys_max", i.dht_keys_max, 1, 1 << 22)?;
+        if !i.advertise_url.is_empty() && !ron_proto::index::valid_node_uri(&i.advertise_url) {
+            return Err(ConfigError("field `index.advertise_url`: not a URL".into()));
+        }
         range("index.alpha", i.alpha, 1, 32)?;
         range("index.beta", i.beta, 0, 32)?;
         range("index.hops_max", i.hops_max, 1, 64)?;

@@ -30,6 +30,9 @@ use std::time::Duration;
 /// switches queues at least this often while the queue is busy.
 pub const REQUEST_QUEUE_LATENCY: Duration = Duration::from_millis(1);
 
+/// Asks a service whether it keeps the node from being ready (why, if so).
+pub type Probe = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// What every shard may read about the node. Written at start, then only
 /// flags change.
 pub struct NodeShared {
@@ -38,6 +41,8 @@ pub struct NodeShared {
     pub shards: Vec<ShardStatus>,
     pub topology_json: &'static [u8],
     pub version_json: &'static [u8],
+    /// The services' readiness (`Service::not_ready`).
+    pub probes: Vec<Probe>,
 }
 
 pub struct ShardStatus {
@@ -85,6 +90,7 @@ impl NodeShared {
         if let Some(reason) = self.log.safe_mode_reason() {
             missing.push(format!("ledger in safe mode: {reason}"));
         }
+        missing.extend(self.probes.iter().filter_map(|probe| probe()));
         for (i, status) in self.shards.iter().enumerate() {
             if !status.serving.load(Ordering::Relaxed) {
                 missing.push(format!("shard {i} is not serving"));

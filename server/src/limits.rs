@@ -146,6 +146,15 @@ pub const INDEX_PURGE_TICK: Duration = Duration::from_secs(1);
 pub const INDEX_PURGE_PER_TICK: usize = 1024;
 /// `/providers` lists at most this many (the original's clamp).
 pub const INDEX_PROVIDERS_LIMIT_MAX: usize = 32;
+/// Commands queued for the DHT thread, at most (a shard's lookup past it
+/// answers 429).
+pub const DHT_COMMANDS_MAX: usize = 4096;
+/// Peers' HTTP addresses the DHT thread remembers (from identify).
+pub const DHT_PEER_URLS_MAX: usize = 4096;
+/// How long other nodes keep this node's Kademlia provider records...
+pub const DHT_PROVIDER_RECORD_TTL: Duration = Duration::from_secs(20 * 60);
+/// ... and how often it republishes them, well before they expire.
+pub const DHT_REPUBLISH: Duration = Duration::from_secs(10 * 60);
 /// How long clients may keep an index answer (`Cache-Control`).
 pub const INDEX_ANSWER_MAX_AGE: &str = "public, max-age=5";
 

@@ -54,6 +54,15 @@ impl LatencyHistogram {
     pub fn max_ns(&self) -> u64 {
         self.histogram.max()
     }
+
+    /// Values at most `le_ns` (a bucket of another unit's scale).
+    pub fn count_at_most_ns(&self, le_ns: u64) -> u64 {
+        self.histogram.count_between(0, le_ns)
+    }
+
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns
+    }
 }
 
 /// A histogram of counts (entries per batch, say), exported with

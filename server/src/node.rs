@@ -127,6 +127,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         shards: (0..shard_count).map(|_| ShardStatus::default()).collect(),
         topology_json: leak_json(&topology(&config, &layout)),
         version_json: leak_json(&version(&config, &registry, shard_count)),
+        probes: registry.probes(&services),
     });
     let config = Arc::new(config);
     let workers = Workers::start(&config.workers_layout(shard_count))

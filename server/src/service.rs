@@ -15,8 +15,8 @@
 //! reverse.
 
 use crate::config::Config;
-use crate::core::Core;
 use crate::core::mesh::{MeshError, Payload};
+use crate::core::{Core, Probe};
 use crate::http::RouteTable;
 use crate::http::client::Client;
 use crate::log::view::{ServiceView, ViewChanges, ViewLayout, ViewSource};
@@ -90,6 +90,12 @@ pub trait Service: Sized + 'static {
         _through_seq: u64,
     ) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    /// Why the service keeps the node from being ready, if it does (read
+    /// by `/readyz` from any shard).
+    fn not_ready(_shared: &Self::Shared) -> Option<String> {
+        None
     }
 
     /// Whether an item of this service decodes: recovery treats a record
@@ -218,6 +224,7 @@ trait Entry: Send + Sync {
         view: &ServiceView,
         through_seq: u64,
     ) -> anyhow::Result<()>;
+    fn probe(&self, shared: Arc<dyn Any + Send + Sync>) -> Probe;
     fn check(&self, item: &[u8]) -> Result<(), String>;
     fn unique_key(&self, item: &[u8]) -> Option<IdKey>;
     fn replay(
@@ -279,6 +286,11 @@ impl<S: Service> Entry for Of<S> {
     ) -> anyhow::Result<()> {
         let state = state.downcast_mut::<S::State>().expect("a service's own state");
         S::load(state, view, through_seq)
+    }
+
+    fn probe(&self, shared: Arc<dyn Any + Send + Sync>) -> Probe {
+        let shared = shared.downcast::<S::Shared>().expect("a service's own shared state");
+        Box::new(move || S::not_ready(&shared))
     }
 
     fn check(&self, item: &[u8]) -> Result<(), String> {
@@ -425,6 +437,11 @@ impl Registry {
                 e.prepare(config).map_err(|error| error.context(format!("preparing {}", e.name())))
             })
             .collect()
+    }
+
+    /// What `/readyz` asks each service (`Service::not_ready`).
+    pub fn probes(&self, shared: &[Arc<dyn Any + Send + Sync>]) -> Vec<Probe> {
+        self.entries.iter().zip(shared).map(|(e, shared)| e.probe(shared.clone())).collect()
     }
 
     /// The index of the running service whose items start with `code`.

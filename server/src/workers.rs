@@ -22,6 +22,7 @@ use futures_channel::oneshot;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -243,6 +244,32 @@ impl Inbox {
     }
 }
 
+/// Posts one result to a shard's inbox, from any thread.
+pub struct Poster<T> {
+    inbox: Option<Arc<Inbox>>,
+    id: u64,
+    _value: PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static> Poster<T> {
+    pub fn post(mut self, value: T) {
+        let inbox = self.inbox.take().expect("posted once");
+        inbox.post(self.id, Box::new(value));
+    }
+}
+
+impl<T> Drop for Poster<T> {
+    /// Dropped without a result: the waiting task hears `None`.
+    fn drop(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.post(self.id, Box::new(Gone));
+        }
+    }
+}
+
+/// What a poster dropped without a result posts.
+struct Gone;
+
 /// Why a job was not started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkersFull;
@@ -276,14 +303,30 @@ impl Returns {
         let inbox = self.inbox.clone();
         let job = Job::new(move || inbox.post(id, Box::new(work())));
         workers.submit(lane, job).map_err(|_| WorkersFull)?;
+        Ok(self.wait(id))
+    }
+
+    /// A result another thread will post (the index's DHT thread): the
+    /// poster to hand it, and what resolves to it (`None` if the poster is
+    /// dropped without posting, or the shard stops).
+    pub fn expect<T: Send + 'static>(
+        &self,
+    ) -> (Poster<T>, impl Future<Output = Option<T>> + 'static) {
+        let id = self.next_id.get();
+        let poster = Poster { inbox: Some(self.inbox.clone()), id, _value: PhantomData };
+        (poster, self.wait(id))
+    }
+
+    fn wait<T: Send + 'static>(&self, id: u64) -> impl Future<Output = Option<T>> + 'static {
         self.next_id.set(id + 1);
         let (sender, receiver) = oneshot::channel();
         self.waiting.borrow_mut().insert(id, sender);
-        Ok(async move {
-            // `None`: the shard stopped before the result came.
+        async move {
+            // `None`: the shard stopped before the result came, or the
+            // poster went away without one.
             let result = receiver.await.ok()?;
-            Some(*result.downcast::<T>().expect("a job's result has the job's type"))
-        })
+            result.downcast::<T>().ok().map(|value| *value)
+        }
     }
 
     /// Hands posted results to the tasks waiting for them.

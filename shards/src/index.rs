@@ -136,6 +136,17 @@ impl Index {
         self.providers.get(cid).map_or(&[], Vec::as_slice)
     }
 
+    /// Every cid with a live record, and when its last one expires.
+    pub fn live_cids(&self, now_ms: u64) -> Vec<(Cid, u64)> {
+        self.providers
+            .iter()
+            .filter_map(|(cid, list)| {
+                let last = list.iter().map(|p| p.expires_ms).max()?;
+                (last > now_ms).then_some((*cid, last))
+            })
+            .collect()
+    }
+
     /// Drops the records dead at `now_ms`, at most `max` cids' worth;
     /// returns the cids whose sets changed (their answers are stale).
     pub fn purge(&mut self, now_ms: u64, max: usize) -> Vec<Cid> {

@@ -1250,6 +1250,7 @@ mod tests {
             shards: vec![ShardStatus::default()],
             topology_json: b"{}",
             version_json: b"{}",
+            probes: Vec::new(),
         });
         let (senders, receivers) = mesh::builder(1, 1).join().await.expect("a mesh of one");
         let mesh = Rc::new(Mesh::new(senders, 1, 1, Duration::from_secs(1)));

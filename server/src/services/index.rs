@@ -16,6 +16,8 @@
 //!   a tick.
 
 pub mod cache;
+pub mod dht;
+pub mod fetch;
 pub mod objects;
 pub mod routes;
 pub mod view;
@@ -26,7 +28,11 @@ use crate::http::RouteTable;
 use crate::limits::{INDEX_PURGE_PER_TICK, INDEX_PURGE_TICK};
 use crate::log::Item;
 use crate::log::view::{ServiceView, ViewChanges};
-use crate::metrics::{LatencyHistogram, MetricsPart, header, histogram_lines, simple_lines};
+use crate::http::client::Client;
+use crate::metrics::{
+    CountHistogram, LatencyHistogram, MetricsPart, count_histogram_lines, header, histogram_lines,
+    simple_lines,
+};
 use crate::service::{Replaying, Service, ShardAt, Starting};
 use cache::AnswerCache;
 use objects::ObjectStore;
@@ -41,9 +47,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What every shard shares: the object store.
+/// What every shard shares: the object store and the DHT client.
 pub struct IndexShared {
     pub objects: ObjectStore,
+    pub dht: dht::Dht,
 }
 
 /// The index on one shard.
@@ -54,6 +61,8 @@ pub struct Index {
     generations: RefCell<Generations>,
     cache: RefCell<AnswerCache>,
     metrics: RefCell<IndexMetrics>,
+    /// Outbound connections, to other nodes.
+    client: Rc<Client>,
 }
 
 #[derive(Debug)]
@@ -88,7 +97,12 @@ impl Service for Index {
         } else {
             ObjectStore::open(&config.data_dir.join("index-objects"), bytes_max)?
         };
-        Ok(IndexShared { objects })
+        let dht = dht::Dht::start(config, config.advertise_url())?;
+        Ok(IndexShared { objects, dht })
+    }
+
+    fn not_ready(shared: &IndexShared) -> Option<String> {
+        shared.dht.not_ready()
     }
 
     fn state(_: &IndexShared, at: ShardAt<'_>) -> state::Index {
@@ -118,14 +132,21 @@ impl Service for Index {
             Duration::from_millis(config.cache_ttl_ms),
             Duration::from_millis(config.negative_ttl_ms),
         );
-        Rc::new(Index {
+        let index = Rc::new(Index {
             core: start.core.clone(),
             shared: start.shared,
             state: RefCell::new(start.state),
             generations: RefCell::new(Generations::default()),
             cache: RefCell::new(cache),
             metrics: RefCell::new(IndexMetrics::default()),
-        })
+            client: start.client.clone(),
+        });
+        // Announce again what this shard's records still provide.
+        let live = index.state.borrow().live_cids(crate::clock::unix_now_ms());
+        for (cid, until_ms) in live {
+            index.announce(cid, until_ms);
+        }
+        index
     }
 
     fn core(&self) -> &Rc<Core> {
@@ -155,6 +176,9 @@ impl Service for Index {
         let route = item.route();
         self.generations.borrow_mut().bump(route);
         if route.owner(self.core.count) == self.core.id {
+            if let IndexItem::Provider(record) = &item {
+                self.announce(record.cid, record.expires_ms);
+            }
             self.state.borrow_mut().apply(item, crate::clock::unix_now_ms());
         }
     }
@@ -197,6 +221,13 @@ impl Index {
     pub fn owner(&self, route: ron_proto::index::Route<'_>) -> usize {
         route.owner(self.core.count)
     }
+
+    /// Tells the DHT this node provides `cid` until `until_ms` (a full
+    /// queue drops it, counted: the next record of the cid, or a restart,
+    /// announces it again).
+    fn announce(&self, cid: Cid, until_ms: u64) {
+        let _ = self.shared.dht.send(dht::Command::Provide { cid, until_ms });
+    }
 }
 
 /// What the index counts on a shard.
@@ -217,6 +248,14 @@ pub struct IndexMetrics {
     /// fetched from a peer.
     pub integrity_fail_disk: u64,
     pub integrity_fail_peer: u64,
+    /// DHT lookups: their time, rounds, and those that timed out.
+    pub dht_lookup: LatencyHistogram,
+    pub dht_hops: CountHistogram,
+    pub dht_lookups_failed: u64,
+    /// Outcomes of hedged fetches (see `fetch`).
+    pub hedge_win: u64,
+    pub hedge_lose: u64,
+    pub hedge_tie: u64,
 }
 
 impl MetricsPart for IndexMetrics {
@@ -233,6 +272,12 @@ impl MetricsPart for IndexMetrics {
         self.kept.2 += other.kept.2;
         self.integrity_fail_disk += other.integrity_fail_disk;
         self.integrity_fail_peer += other.integrity_fail_peer;
+        self.dht_lookup.add(&other.dht_lookup);
+        self.dht_hops.add(&other.dht_hops);
+        self.dht_lookups_failed += other.dht_lookups_failed;
+        self.hedge_win += other.hedge_win;
+        self.hedge_lose += other.hedge_lose;
+        self.hedge_tie += other.hedge_tie;
     }
 
     fn render(&self, out: &mut String) {
@@ -244,6 +289,7 @@ impl MetricsPart for IndexMetrics {
         header(out, name, "counter", "Objects whose bytes did not hash to their cid, by where read.");
         let _ = writeln!(out, "{name}{{stage=\"disk\"}} {}", self.integrity_fail_disk);
         let _ = writeln!(out, "{name}{{stage=\"peer\"}} {}", self.integrity_fail_peer);
+        dht_lines(self, out);
         let lookups = self.cache_hits + self.cache_misses;
         let ratio = if lookups == 0 { 0.0 } else { self.cache_hits as f64 / lookups as f64 };
         simple_lines(
@@ -264,4 +310,28 @@ impl MetricsPart for IndexMetrics {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// The DHT's lines: lookup time in milliseconds (as the seed names it),
+/// rounds, and hedge outcomes.
+fn dht_lines(metrics: &IndexMetrics, out: &mut String) {
+    let name = "index_dht_lookup_ms";
+    header(out, name, "histogram", "DHT provider lookups, in milliseconds.");
+    for le in [1u64, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] {
+        let count = metrics.dht_lookup.count_at_most_ns(le * 1_000_000);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", metrics.dht_lookup.count());
+    let _ = writeln!(out, "{name}_sum {}", metrics.dht_lookup.sum_ns() as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", metrics.dht_lookup.count());
+    header(out, "index_dht_lookup_hops", "histogram", "Rounds of requests per DHT lookup.");
+    count_histogram_lines(out, "index_dht_lookup_hops", &metrics.dht_hops);
+    let name = "dht_hedged_requests_total";
+    header(out, name, "counter", "Hedged manifest fetches by outcome of the hedge (win, lose, tie).");
+    let _ = writeln!(out, "{name}{{result=\"win\"}} {}", metrics.hedge_win);
+    let _ = writeln!(out, "{name}{{result=\"lose\"}} {}", metrics.hedge_lose);
+    let _ = writeln!(out, "{name}{{result=\"tie\"}} {}", metrics.hedge_tie);
+    let name = "index_dht_lookups_failed_total";
+    header(out, name, "counter", "DHT lookups that timed out.");
+    let _ = writeln!(out, "{name} {}", metrics.dht_lookups_failed);
 }

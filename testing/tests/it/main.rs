@@ -5,6 +5,7 @@ mod access;
 mod echo;
 mod http;
 mod index;
+mod index_peers;
 mod ledger;
 mod lifecycle;
 mod load;

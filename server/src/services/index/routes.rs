@@ -4,6 +4,7 @@
 
 use super::cache::{Answer as Found, CacheKey, Listed, stamp};
 use super::objects::{PutError, Read};
+use super::fetch::{self, RemoteError};
 use super::{Answer, Call, Index};
 use crate::clock::unix_now_ms;
 use crate::http::reply::{Body, ContentType, degraded, link_failure, mesh_failure};
@@ -47,6 +48,35 @@ pub fn add(index: &Rc<Index>, table: &mut RouteTable) {
     table.add(i, Method::Post, "/dht/provide", write, Shed::Yes, provide).errors(dht);
     let find = "/dht/find_providers/{cid}";
     table.add(i, Method::Get, find, read, Shed::Yes, find_providers).errors(dht);
+    table.add(i, Method::Get, "/v1/index/dht", read, Shed::No, dht_status).errors(ix);
+}
+
+/// `GET /v1/index/dht`: this node's DHT identity and what it sees.
+fn dht_status(index: &Rc<Index>, _: &Request<'_>, _: &Params<'_>) -> Handled {
+    use std::sync::atomic::Ordering::Relaxed;
+    let status = &index.shared.dht.status;
+    #[derive(Serialize)]
+    struct Status<'a> {
+        peer_id: &'a str,
+        listen: &'a [String],
+        url: String,
+        routing_peers: u64,
+        connected: u64,
+        provided: u64,
+        ready: bool,
+    }
+    let peer_id = status.peer_id.lock().expect("not poisoned").clone();
+    let listen = status.listen_addrs.lock().expect("not poisoned").clone();
+    let body = Status {
+        peer_id: &peer_id,
+        listen: &listen,
+        url: index.core.config.advertise_url(),
+        routing_peers: status.routing_peers.load(Relaxed),
+        connected: status.connected.load(Relaxed),
+        provided: status.provided.load(Relaxed),
+        ready: index.shared.dht.not_ready().is_none(),
+    };
+    Handled::Now(Reply::json_owned(200, simd_json::to_vec(&body).expect("serializing")))
 }
 
 fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
@@ -224,8 +254,9 @@ fn provide(index: &Rc<Index>, request: &Request<'_>, _: &Params<'_>) -> Handled 
 
 /// What a resolve found, made afresh: the key's manifest (a name's site
 /// pointer; a cid's asset pointer, else the cid itself) and its live
-/// providers; cached on this shard.
-async fn resolve_afresh(index: &Rc<Index>, key: &Key) -> Result<Rc<Found>, Reply> {
+/// providers, from this node's records or else through the DHT (then with
+/// the manifest fetched and verified); cached on this shard.
+async fn resolve_afresh(index: &Rc<Index>, key: &Key, deadline: Instant) -> Result<Rc<Found>, Reply> {
     let stamp_key = stamp(&index.generations.borrow(), [Some(key.route()), None]);
     let manifest = match key {
         Key::Name(name) => match ask(index, key.route(), Call::Site { name: name.clone() }).await? {
@@ -240,8 +271,16 @@ async fn resolve_afresh(index: &Rc<Index>, key: &Key) -> Result<Rc<Found>, Reply
     let (found, until, stamp_manifest) = match manifest {
         Some(manifest) => {
             let stamp = stamp(&index.generations.borrow(), [Some(Route::Cid(&manifest)), None]);
-            let (listed, until) = live_providers(index, &manifest).await?;
-            (Found::new(Some(manifest), listed), until, stamp[0])
+            let found = providers_anywhere(index, &manifest, deadline, false).await?;
+            if found.remote && !found.listed.is_empty() {
+                match keep_manifest(index, manifest, &found.listed, deadline).await {
+                    // Nobody to fetch from (providers named by other URIs):
+                    // answered as found, unverified.
+                    Ok(_) | Err(RemoteError::NoCandidates) => {}
+                    Err(error) => return Err(remote_failure(error)),
+                }
+            }
+            (Found::new(Some(manifest), found.listed), found.until, stamp[0])
         }
         None => (Found::new(None, Vec::new()), None, None),
     };
@@ -250,6 +289,96 @@ async fn resolve_afresh(index: &Rc<Index>, key: &Key) -> Result<Rc<Found>, Reply
     let now = Instant::now();
     index.cache.borrow_mut().put(CacheKey::resolve(key), found.clone(), stamps, now, until);
     Ok(found)
+}
+
+/// Providers of a cid and where they came from.
+struct Providers {
+    listed: Vec<Listed>,
+    /// When the first of them expires (local records), if known.
+    until: Option<Instant>,
+    /// Found through the DHT.
+    remote: bool,
+    hops: u32,
+}
+
+/// The live providers of `cid`: this node's records, else (unless
+/// `local_only`) those of the nodes the DHT names.
+async fn providers_anywhere(
+    index: &Rc<Index>,
+    cid: &Cid,
+    deadline: Instant,
+    local_only: bool,
+) -> Result<Providers, Reply> {
+    let (listed, until) = live_providers(index, cid).await?;
+    if !listed.is_empty() || local_only {
+        return Ok(Providers { listed, until, remote: false, hops: 0 });
+    }
+    let remote = fetch::remote_providers(index, *cid, deadline).await.map_err(remote_failure)?;
+    Ok(Providers { listed: remote.listed, until: None, remote: true, hops: remote.hops })
+}
+
+/// Makes sure this node keeps the bytes of `manifest`: read locally, else
+/// fetched from `providers` (hedged, verified) and kept.
+async fn keep_manifest(
+    index: &Rc<Index>,
+    manifest: Cid,
+    providers: &[Listed],
+    deadline: Instant,
+) -> Result<Vec<u8>, RemoteError> {
+    if let Ok(Some(bytes)) = read_local(index, manifest).await {
+        return Ok(bytes);
+    }
+    let bytes = fetch::fetch_object(index, manifest, providers, deadline).await?;
+    let shared = index.shared.clone();
+    let copy = bytes.clone();
+    let store = move || {
+        if let Err(error) = shared.objects.put(&manifest, &copy) {
+            tracing::warn!(%error, "a fetched manifest was not kept");
+        }
+    };
+    // Kept in the background: the answer does not wait for the disk.
+    let core = &index.core;
+    if core.returns.run(&core.workers, Lane::Normal, store).is_err() {
+        tracing::warn!("the workers are full: a fetched manifest was not kept");
+    }
+    Ok(bytes)
+}
+
+/// The bytes of `cid` in this node's store, checked; `None` if missing
+/// (or corrupt, then counted).
+async fn read_local(index: &Rc<Index>, cid: Cid) -> Result<Option<Vec<u8>>, Reply> {
+    let shared = index.shared.clone();
+    let core = &index.core;
+    let Ok(read) = core.returns.run(&core.workers, Lane::Normal, move || shared.objects.get(&cid))
+    else {
+        return Err(workers_full());
+    };
+    match read.await {
+        Some(Ok(Read::Found(bytes))) => Ok(Some(bytes)),
+        Some(Ok(Read::Corrupt)) => {
+            index.metrics.borrow_mut().integrity_fail_disk += 1;
+            Ok(None)
+        }
+        Some(Ok(Read::Missing)) => Ok(None),
+        Some(Err(error)) => {
+            tracing::error!(%error, "reading an index object");
+            Err(Reply::error(ErrorCode::Internal, "Internal error"))
+        }
+        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
+    }
+}
+
+/// The answer when the network did not give one.
+fn remote_failure(error: RemoteError) -> Reply {
+    match error {
+        RemoteError::TimedOut => Reply::error(ErrorCode::Timeout, "lookup failed or timed out"),
+        RemoteError::Busy => workers_full(),
+        RemoteError::Stopped => Reply::error(ErrorCode::Unavailable, "Upstream not ready"),
+        RemoteError::NoGoodProvider => {
+            Reply::error(ErrorCode::Unavailable, "no provider served bytes that match the cid")
+        }
+        RemoteError::NoCandidates => Reply::error(ErrorCode::NotFound, "Not found"),
+    }
 }
 
 /// The live providers of `cid` from its owner, as answers list them, and
@@ -267,6 +396,12 @@ async fn live_providers(index: &Rc<Index>, cid: &Cid) -> Result<(Vec<Listed>, Op
         .map(|p| Listed { score: p.score(now_ms), id: p.node, region: None })
         .collect();
     Ok((listed, until))
+}
+
+/// Whether the request keeps to this node (`?local=true`: what peers ask
+/// each other, so a lookup never recurses).
+fn local_only(request: &Request<'_>) -> Result<bool, Reply> {
+    Ok(request.query("local")?.is_some_and(|value| value == "true" || value == "1"))
 }
 
 /// Whether the request asks to bypass the cache (`?fresh=true`).
@@ -295,10 +430,11 @@ fn resolve(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Han
     } else {
         index.cache.borrow_mut().misses += 1;
     }
+    let deadline = started + Duration::from_millis(index.core.config.index.deadline_ms);
     let index = index.clone();
     let if_none_match = request.head.if_none_match.map(|span| span.of(request.raw).to_vec());
     Handled::Later(Box::pin(async move {
-        let found = match resolve_afresh(&index, &key).await {
+        let found = match resolve_afresh(&index, &key, deadline).await {
             Ok(found) => found,
             Err(reply) => return reply,
         };
@@ -372,11 +508,15 @@ fn providers(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> H
         Err(reply) => return Handled::Now(reply),
     };
     let limit = limit.clamp(1, INDEX_PROVIDERS_LIMIT_MAX);
-    let fresh = match fresh(request) {
-        Ok(fresh) => fresh,
-        Err(reply) => return Handled::Now(reply),
+    let (fresh, local) = match (fresh(request), local_only(request)) {
+        (Ok(fresh), Ok(local)) => (fresh, local),
+        (Err(reply), _) | (_, Err(reply)) => return Handled::Now(reply),
     };
     let now = Instant::now();
+    let deadline = now + Duration::from_millis(index.core.config.index.deadline_ms);
+    // Peers asking for this node's own records bypass the cache, which
+    // may hold answers from the DHT.
+    let fresh = fresh || local;
     let cache_key = CacheKey::providers(&cid);
     if !fresh {
         let hit = index.cache.borrow_mut().get(&cache_key, &index.generations.borrow(), now);
@@ -392,12 +532,16 @@ fn providers(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> H
     let if_none_match = request.head.if_none_match.map(|span| span.of(request.raw).to_vec());
     Handled::Later(Box::pin(async move {
         let stamps = stamp(&index.generations.borrow(), [Some(Route::Cid(&cid)), None]);
-        let (listed, until) = match live_providers(&index, &cid).await {
+        let found = match providers_anywhere(&index, &cid, deadline, local).await {
             Ok(found) => found,
             Err(reply) => return reply,
         };
-        let found = Rc::new(Found::new(None, listed));
-        index.cache.borrow_mut().put(cache_key, found.clone(), stamps, Instant::now(), until);
+        let until = found.until;
+        let found = Rc::new(Found::new(None, found.listed));
+        if !local {
+            let now = Instant::now();
+            index.cache.borrow_mut().put(cache_key, found.clone(), stamps, now, until);
+        }
         let (mut reply, etag) = providers_reply(&cid, &found, limit);
         finish(&mut reply, &etag, if_none_match.as_deref());
         reply
@@ -427,17 +571,22 @@ fn providers_reply(cid: &Cid, found: &Found, limit: usize) -> (Reply, Cid) {
 }
 
 /// `GET /dht/find_providers/{cid}`: `{cid, elapsed_ms, hops, providers}`
-/// (the node URIs), svc-dht's keys in its order.
-fn find_providers(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+/// (the node URIs: this node's records, else the DHT's), svc-dht's keys
+/// in its order; 504 `{"error"}` at the deadline.
+fn find_providers(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     let Some(cid) = params.get(0).and_then(Cid::parse) else {
         return Handled::Now(bad("cid must be b3: and 64 lowercase hex digits"));
     };
+    let local = match local_only(request) {
+        Ok(local) => local,
+        Err(reply) => return Handled::Now(reply),
+    };
     let started = Instant::now();
+    let deadline = started + Duration::from_millis(index.core.config.index.deadline_ms);
     let index = index.clone();
     Handled::Later(Box::pin(async move {
-        let providers = match ask(&index, Route::Cid(&cid), Call::Providers { cid }).await {
-            Ok(Answer::Providers(providers)) => providers,
-            Ok(other) => panic!("a providers lookup answered with {other:?}"),
+        let found = match providers_anywhere(&index, &cid, deadline, local).await {
+            Ok(found) => found,
             Err(reply) => return reply,
         };
         #[derive(Serialize)]
@@ -450,8 +599,8 @@ fn find_providers(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Ha
         let body = FindBody {
             cid,
             elapsed_ms: started.elapsed().as_millis() as u64,
-            hops: 0,
-            providers: providers.into_iter().map(|p| p.node).collect(),
+            hops: found.hops,
+            providers: found.listed.into_iter().map(|p| p.id).collect(),
         };
         Reply::json_owned(200, simd_json::to_vec(&body).expect("serializing"))
     }))
@@ -492,35 +641,38 @@ fn workers_full() -> Reply {
     reply
 }
 
-/// `GET /v1/index/objects/{cid}`: the bytes, checked against the cid.
-fn get_object(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+/// `GET /v1/index/objects/{cid}`: the bytes, checked against the cid;
+/// not kept here, they are fetched from the cid's providers (unless
+/// `?local=true`) and kept.
+fn get_object(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     let cid = check!(Cid::normalize(params.get(0).unwrap_or_default()));
-    let shared = index.shared.clone();
-    let core = &index.core;
-    let Ok(read) = core.returns.run(&core.workers, Lane::Normal, move || shared.objects.get(&cid))
-    else {
-        return Handled::Now(workers_full());
+    let local = match local_only(request) {
+        Ok(local) => local,
+        Err(reply) => return Handled::Now(reply),
     };
+    let deadline = Instant::now() + Duration::from_millis(index.core.config.index.deadline_ms);
     let index = index.clone();
     Handled::Later(Box::pin(async move {
-        match read.await {
-            Some(Ok(Read::Found(bytes))) => {
-                let mut reply = Reply::new(200, ContentType::Binary, Body::Owned(bytes));
-                reply.add_header("ETag", quoted(&cid));
-                reply.add_header("Cache-Control", "public, max-age=31536000, immutable".to_owned());
-                reply
+        let bytes = match read_local(&index, cid).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) if local => return not_found(),
+            Ok(None) => {
+                let found = match providers_anywhere(&index, &cid, deadline, false).await {
+                    Ok(found) if found.listed.is_empty() => return not_found(),
+                    Ok(found) => found,
+                    Err(reply) => return reply,
+                };
+                match keep_manifest(&index, cid, &found.listed, deadline).await {
+                    Ok(bytes) => bytes,
+                    Err(RemoteError::NoCandidates) => return not_found(),
+                    Err(error) => return remote_failure(error),
+                }
             }
-            Some(Ok(Read::Corrupt)) => {
-                index.metrics.borrow_mut().integrity_fail_disk += 1;
-                not_found()
-            }
-            Some(Ok(Read::Missing)) => not_found(),
-            Some(Err(error)) => {
-                tracing::error!(%error, "reading an index object");
-                Reply::error(ErrorCode::Internal, "Internal error")
-            }
-            None => Reply::error(ErrorCode::Unavailable, "the shard stopped"),
-        }
+            Err(reply) => return reply,
+        };
+        let mut reply = Reply::new(200, ContentType::Binary, Body::Owned(bytes));
+        reply.add_header("ETag", quoted(&cid));
+        reply.add_header("Cache-Control", "public, max-age=31536000, immutable".to_owned());
+        reply
     }))
 }
-
