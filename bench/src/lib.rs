@@ -2,6 +2,7 @@
 //! and reports.
 
 pub mod engine;
+pub mod index_workload;
 pub mod passport_workload;
 pub mod report;
 pub mod sweep;

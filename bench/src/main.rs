@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ron_bench::engine::{self, RunSpec};
+use ron_bench::index_workload::{IndexMix, IndexSpec};
 use ron_bench::parse_duration;
 use ron_bench::passport_workload::{self, PassportMix, PassportSpec};
 use ron_bench::report::RunReport;
@@ -56,8 +57,11 @@ struct Common {
     /// `ledger-ingest` (POST /ingest, `--entries` Mint entries per request),
     /// a wallet mix: `wallet-setup` (fund the pool), `wallet-read`,
     /// `wallet-write` (with `--replay-percent` for replays), `wallet-transfer`;
-    /// or a passport mix: `passport-verify`, `passport-mix` (80 % issue,
-    /// 20 % verify), `passport-revoke` (verify with revocations).
+    /// a passport mix: `passport-verify`, `passport-mix` (80 % issue,
+    /// 20 % verify), `passport-revoke` (verify with revocations); or an
+    /// index mix: `index-setup` (pointers, objects, providers for `--keys`
+    /// keys), `index-resolve` (80/20 hot:cold), `index-hot` (`--hot-keys`),
+    /// `index-providers`, `index-cold` (every answer made afresh).
     #[arg(long)]
     workload: Option<String>,
     /// Passport mixes: `accept_algs` of the issues (e.g. `ed25519`).
@@ -69,6 +73,12 @@ struct Common {
     /// Entries per ledger-ingest request.
     #[arg(long, default_value_t = 16)]
     entries: usize,
+    /// Index workloads: the key space `site-0.bench .. site-N-1.bench`.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// `index-hot`: the keys resolved (the first this many).
+    #[arg(long, default_value_t = 100)]
+    hot_keys: usize,
     /// Wallet workloads: the account pool `acct:0..N-1`.
     #[arg(long, default_value_t = 10_000)]
     accounts: usize,
@@ -145,6 +155,19 @@ impl Common {
                     shards,
                     replay_percent: self.replay_percent,
                     payers: self.payers,
+                }))
+            }
+            (Some(name), token) if IndexMix::parse(name).is_some() => {
+                let mix = IndexMix::parse(name).expect("checked");
+                anyhow::ensure!(
+                    mix != IndexMix::Setup || token.is_some(),
+                    "index-setup needs a token (index.write)"
+                );
+                Ok(WorkloadSpec::Index(IndexSpec {
+                    mix,
+                    token,
+                    keys: self.keys,
+                    hot_keys: self.hot_keys,
                 }))
             }
             (Some(name), token) if PassportMix::parse(name).is_some() => {

@@ -28,6 +28,8 @@ pub enum WorkloadSpec {
     Wallet(crate::wallet_workload::WalletSpec),
     /// The passport workloads (`crate::passport_workload`).
     Passport(crate::passport_workload::PassportSpec),
+    /// The index workloads (`crate::index_workload`).
+    Index(crate::index_workload::IndexSpec),
 }
 
 impl WorkloadSpec {
@@ -38,6 +40,7 @@ impl WorkloadSpec {
             WorkloadSpec::LedgerIngest { .. } => "ledger-ingest",
             WorkloadSpec::Wallet(spec) => spec.mix.name(),
             WorkloadSpec::Passport(spec) => spec.mix.name(),
+            WorkloadSpec::Index(spec) => spec.mix.name(),
         }
     }
 
@@ -50,6 +53,7 @@ impl WorkloadSpec {
             }
             WorkloadSpec::Wallet(spec) => spec.describe(),
             WorkloadSpec::Passport(spec) => spec.describe(),
+            WorkloadSpec::Index(spec) => spec.describe(),
         }
     }
 
@@ -63,6 +67,7 @@ impl WorkloadSpec {
             }
             WorkloadSpec::Wallet(spec) => spec.build(thread, threads),
             WorkloadSpec::Passport(spec) => spec.build(thread, threads),
+            WorkloadSpec::Index(spec) => spec.build(thread, threads),
         }
     }
 }

@@ -168,3 +168,45 @@ fn ron_load_ledger_ingest_commits_every_entry_it_sends() {
     // 16 entries per request, every one committed exactly once.
     assert_eq!(node.metric("ledger_entries_total"), 3200.0);
 }
+
+#[test]
+fn ron_load_sets_up_the_index_key_space_and_resolves_it() {
+    let node = TestNode::start(NodeOptions::default().shards(2));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let token = admin_token_file(&node, dir.path());
+    let token = token.to_str().unwrap();
+    // 50 keys × 3 requests, twice over (setup is idempotent).
+    let setup = ["--workload", "index-setup", "--keys", "50", "--token-file", token];
+    let timing = ["--rate", "300", "--duration", "1s", "--warmup", "0s", "--connections", "4"];
+    let args: Vec<&str> = setup.iter().chain(&timing).copied().collect();
+    let (report, _) = finish(start_load(&node, &args, &json), &json);
+    assert_eq!(
+        number(&report, &["statuses", "200"]) + number(&report, &["statuses", "202"]),
+        300.0,
+        "{report}"
+    );
+    assert_eq!(node.metric("index_sites"), 50.0);
+    assert_eq!(node.metric("index_provided_cids"), 50.0);
+    for workload in ["index-resolve", "index-hot", "index-providers", "index-cold"] {
+        let args = [
+            "--workload",
+            workload,
+            "--keys",
+            "50",
+            "--rate",
+            "1000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "4",
+        ];
+        let (report, summary) = finish(start_load(&node, &args, &json), &json);
+        assert_eq!(number(&report, &["statuses", "200"]), 1000.0, "{workload}: {summary}");
+    }
+    let hits = node.metric("index_cache_hits_total");
+    let misses = node.metric("index_cache_misses_total");
+    assert!(hits > misses, "hits {hits}, misses {misses}");
+}
