@@ -13,7 +13,12 @@
 //! * `index-providers`: `GET /providers/<cid>` with the same 80/20 mix;
 //! * `index-cold`: `?fresh=true` resolves over uniform keys: every answer is
 //!   made afresh from the owners' state (the cache-cold sweep; the refill
-//!   of a miss from the local view).
+//!   of a miss from the local view);
+//! * `index-remote`: `?fresh=true` resolves of the manifests' cids over
+//!   uniform keys, for a node that knows them only through the DHT.
+//!
+//! `--provider-url` makes setup name a real provider (a node's URL) instead
+//! of the unroutable `10.0.x.y`, with `--provider-ttl` seconds.
 
 use crate::workload::{ByteWriter, Workload};
 use std::fmt::Write as _;
@@ -25,6 +30,7 @@ pub enum IndexMix {
     Hot,
     Providers,
     Cold,
+    Remote,
 }
 
 impl IndexMix {
@@ -35,6 +41,7 @@ impl IndexMix {
             "index-hot" => Some(IndexMix::Hot),
             "index-providers" => Some(IndexMix::Providers),
             "index-cold" => Some(IndexMix::Cold),
+            "index-remote" => Some(IndexMix::Remote),
             _ => None,
         }
     }
@@ -46,6 +53,7 @@ impl IndexMix {
             IndexMix::Hot => "index-hot",
             IndexMix::Providers => "index-providers",
             IndexMix::Cold => "index-cold",
+            IndexMix::Remote => "index-remote",
         }
     }
 }
@@ -57,6 +65,9 @@ pub struct IndexSpec {
     pub token: Option<String>,
     pub keys: usize,
     pub hot_keys: usize,
+    /// The provider setup names (else `http://10.0.x.y:80`), and its TTL.
+    pub provider_url: Option<String>,
+    pub provider_ttl_s: u64,
 }
 
 /// The manifest of key `i`.
@@ -157,12 +168,15 @@ impl IndexWorkload {
                 self.send("PUT", &path, "application/json", out);
             }
             _ => {
+                let node = match &self.spec.provider_url {
+                    Some(url) => url.clone(),
+                    None => format!("http://10.0.{}.{}:80", key / 256 % 256, key % 256),
+                };
                 let _ = write!(
                     self.body,
-                    r#"{{"cid":"{}","node":"http://10.0.{}.{}:80","ttl_secs":86400}}"#,
+                    r#"{{"cid":"{}","node":"{node}","ttl_secs":{}}}"#,
                     manifest_cid(key),
-                    key / 256 % 256,
-                    key % 256
+                    self.spec.provider_ttl_s
                 );
                 self.send("POST", "/dht/provide", "application/json", out);
             }
@@ -190,6 +204,10 @@ impl Workload for IndexWorkload {
                 let key = self.next_random() as usize % self.spec.keys;
                 self.get(format_args!("/resolve/name:site-{key}.bench?fresh=true"), out);
             }
+            IndexMix::Remote => {
+                let key = self.next_random() as usize % self.spec.keys;
+                self.get(format_args!("/resolve/{}?fresh=true", manifest_cid(key)), out);
+            }
         }
         0
     }
@@ -201,8 +219,14 @@ mod tests {
 
     #[test]
     fn setup_covers_every_key_once_per_pass_across_threads() {
-        let spec =
-            IndexSpec { mix: IndexMix::Setup, token: Some("t".into()), keys: 10, hot_keys: 2 };
+        let spec = IndexSpec {
+            mix: IndexMix::Setup,
+            token: Some("t".into()),
+            keys: 10,
+            hot_keys: 2,
+            provider_url: None,
+            provider_ttl_s: 60,
+        };
         let mut sites = std::collections::BTreeSet::new();
         for thread in 0..3 {
             let mut workload = spec.build(thread, 3);
@@ -221,7 +245,14 @@ mod tests {
 
     #[test]
     fn the_mix_is_eighty_twenty() {
-        let spec = IndexSpec { mix: IndexMix::Resolve, token: None, keys: 1000, hot_keys: 10 };
+        let spec = IndexSpec {
+            mix: IndexMix::Resolve,
+            token: None,
+            keys: 1000,
+            hot_keys: 10,
+            provider_url: None,
+            provider_ttl_s: 60,
+        };
         let mut workload = spec.build(0, 1);
         let mut hot = 0;
         for i in 0..10_000 {

@@ -79,6 +79,13 @@ struct Common {
     /// `index-hot`: the keys resolved (the first this many).
     #[arg(long, default_value_t = 100)]
     hot_keys: usize,
+    /// `index-setup`: the provider to name (a node's URL), else an
+    /// unroutable `http://10.0.x.y:80` per key.
+    #[arg(long)]
+    provider_url: Option<String>,
+    /// `index-setup`: the providers' TTL.
+    #[arg(long, default_value_t = 86_400)]
+    provider_ttl: u64,
     /// Wallet workloads: the account pool `acct:0..N-1`.
     #[arg(long, default_value_t = 10_000)]
     accounts: usize,
@@ -168,6 +175,8 @@ impl Common {
                     token,
                     keys: self.keys,
                     hot_keys: self.hot_keys,
+                    provider_url: self.provider_url.clone(),
+                    provider_ttl_s: self.provider_ttl,
                 }))
             }
             (Some(name), token) if PassportMix::parse(name).is_some() => {

@@ -164,8 +164,9 @@ pub struct Passport {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Index {
-    /// Answers one shard's cache keeps.
+    /// Answers one shard's cache keeps, and bytes of them.
     pub cache_entries_max: u32,
+    pub cache_bytes_max: u64,
     pub cache_ttl_ms: u64,
     /// How long a miss is remembered.
     pub negative_ttl_ms: u64,
@@ -351,6 +352,7 @@ impl Default for Index {
     fn default() -> Index {
         Index {
             cache_entries_max: 65_536,
+            cache_bytes_max: 32 << 20,
             cache_ttl_ms: 5000,
             negative_ttl_ms: 1000,
             public_reads: true,
@@ -545,6 +547,7 @@ impl Config {
     fn validate_index(&self) -> Result<(), ConfigError> {
         let i = &self.index;
         range("index.cache_entries_max", i.cache_entries_max, 1, 1 << 24)?;
+        range("index.cache_bytes_max", i.cache_bytes_max, 64 << 10, 1 << 40)?;
         range("index.cache_ttl_ms", i.cache_ttl_ms, 0, 3_600_000)?;
         range("index.negative_ttl_ms", i.negative_ttl_ms, 0, 3_600_000)?;
         range("index.provider_ttl_max_s", i.provider_ttl_max_s, 1, u64::from(u32::MAX))?;

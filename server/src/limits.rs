@@ -146,6 +146,8 @@ pub const INDEX_PURGE_TICK: Duration = Duration::from_secs(1);
 pub const INDEX_PURGE_PER_TICK: usize = 1024;
 /// `/providers` lists at most this many (the original's clamp).
 pub const INDEX_PROVIDERS_LIMIT_MAX: usize = 32;
+/// Providers Kademlia keeps per key (its k).
+pub const DHT_PROVIDERS_PER_KEY: usize = 20;
 /// Commands queued for the DHT thread, at most (a shard's lookup past it
 /// answers 429).
 pub const DHT_COMMANDS_MAX: usize = 4096;
@@ -155,6 +157,9 @@ pub const DHT_PEER_URLS_MAX: usize = 4096;
 pub const DHT_PROVIDER_RECORD_TTL: Duration = Duration::from_secs(20 * 60);
 /// ... and how often it republishes them, well before they expire.
 pub const DHT_REPUBLISH: Duration = Duration::from_secs(10 * 60);
+/// How often a node refreshes its routing table (Kademlia's bootstrap;
+/// libp2p's default).
+pub const DHT_BOOTSTRAP_EVERY: Duration = Duration::from_secs(5 * 60);
 /// How long clients may keep an index answer (`Cache-Control`).
 pub const INDEX_ANSWER_MAX_AGE: &str = "public, max-age=5";
 
@@ -200,6 +205,9 @@ mod sizes {
     /// A wallet idempotency record (slot, record, expiry order), rounded up
     /// from the 155 B heaptrack measured with a txid index since removed.
     pub const IDEM_RECORD_BYTES: u64 = 160;
+    /// A Kademlia provider record kept for another node: key, peer id,
+    /// expiry, a few addresses, the list and map around it.
+    pub const DHT_PROVIDER_RECORD_BYTES: u64 = 320;
 }
 
 /// The worst case of every bounded consumer, for `config` on `shards`
@@ -287,7 +295,7 @@ pub fn memory_budget(config: &Config, shards: usize) -> Vec<BudgetLine> {
             2 * u64::from(config.ledger.batch_entries_max)
                 * (2 + ron_proto::log::ITEM_BYTES_MAX as u64),
             true,
-            "the record being sealed and its aligned copy: batch_entries_max × (2 + 1024)",
+            "the record being sealed and its aligned copy: batch_entries_max × (2 + ITEM_BYTES_MAX)",
         ),
         line(
             "outbound connections",
@@ -340,6 +348,26 @@ pub fn memory_budget(config: &Config, shards: usize) -> Vec<BudgetLine> {
             u64::from(config.wallet.idempotency_keys_max) * sizes::IDEM_RECORD_BYTES,
             false,
             "wallet.idempotency_keys_max records",
+        ),
+        line(
+            "index answer cache",
+            config.index.cache_bytes_max,
+            false,
+            "index.cache_bytes_max (entries and what they list; cache_entries_max bounds the count)",
+        ),
+        line(
+            "index DHT: provider records",
+            u64::from(config.index.dht_keys_max)
+                * DHT_PROVIDERS_PER_KEY as u64
+                * sizes::DHT_PROVIDER_RECORD_BYTES,
+            true,
+            "index.dht_keys_max keys × 20 providers × a record with its addresses",
+        ),
+        line(
+            "index objects in RAM",
+            if config.amnesia() { config.index.objects_bytes_max } else { 0 },
+            true,
+            "index.objects_bytes_max in amnesia (on disk otherwise)",
         ),
         line(
             "worker queues",

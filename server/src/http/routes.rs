@@ -221,8 +221,20 @@ pub struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
+    /// The parameter as it came on the wire.
     pub fn get(&self, i: usize) -> Option<&'a str> {
         self.values[..self.count].get(i).copied()
+    }
+
+    /// The parameter percent-decoded, as axum's `Path` gives it (`name%3Ax`
+    /// is `name:x`); a decoding that is not UTF-8 stays as it came, for the
+    /// route's own validation to refuse.
+    pub fn decoded(&self, i: usize) -> Option<Cow<'a, str>> {
+        let raw = self.get(i)?;
+        if !raw.contains('%') {
+            return Some(Cow::Borrowed(raw));
+        }
+        Some(percent_encoding::percent_decode_str(raw).decode_utf8().unwrap_or(Cow::Borrowed(raw)))
     }
 
     /// Parameters kept as owned strings (a request answered later).

@@ -129,6 +129,7 @@ impl Service for Index {
         let config = &start.core.config.index;
         let cache = AnswerCache::new(
             config.cache_entries_max as usize,
+            config.cache_bytes_max as usize,
             Duration::from_millis(config.cache_ttl_ms),
             Duration::from_millis(config.negative_ttl_ms),
         );

@@ -227,6 +227,11 @@ fn resolve_and_providers_answer_with_etags_a_cache_and_its_invalidation() {
     let not_modified = get(at, "/resolve/name:docs.example", &[("If-None-Match", &etag)]).unwrap();
     assert_eq!(not_modified.status, 304);
     assert!(not_modified.body.is_empty());
+    // Path segments are percent-decoded, as the original's axum decodes them.
+    let encoded = get(at, "/resolve/name%3Adocs%2Eexample", &[]).unwrap();
+    assert_eq!(encoded.status, 200);
+    assert_eq!(encoded.header("etag"), Some(etag.as_str()));
+    assert_eq!(encoded.json().get_str("key"), Some("name:docs.example"));
     // A provider of the manifest: every shard's cached answer is stale at
     // once (the write reaches every shard before it is acknowledged).
     for shard in 0..2 {

@@ -17,7 +17,13 @@ use std::time::{Duration, Instant};
 pub struct Listed {
     pub id: String,
     pub region: Option<String>,
+    /// 0..=1, written with three decimals.
+    #[serde(serialize_with = "three_decimals")]
     pub score: f32,
+}
+
+fn three_decimals<S: serde::Serializer>(score: &f32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((f64::from(*score) * 1000.0).round() / 1000.0)
 }
 
 /// What an index answer says.
@@ -75,10 +81,32 @@ struct Entry {
     answer: Rc<Answer>,
     expires: Instant,
     stamps: Stamps,
+    bytes: usize,
+}
+
+/// What an entry costs besides its providers: the LRU node, key, stamps,
+/// the answer's fixed part.
+pub const ENTRY_BYTES: usize = 192;
+/// What a listed provider costs besides its text.
+const LISTED_BYTES: usize = 64;
+
+impl Answer {
+    /// Its bytes as the cache counts them.
+    fn bytes(&self) -> usize {
+        let providers: usize = self
+            .providers
+            .iter()
+            .map(|p| LISTED_BYTES + p.id.len() + p.region.as_ref().map_or(0, String::len))
+            .sum();
+        ENTRY_BYTES + providers
+    }
 }
 
 pub struct AnswerCache {
     entries: LruCache<CacheKey, Entry>,
+    /// Bytes of the entries kept, and the most it keeps.
+    bytes: usize,
+    bytes_max: usize,
     ttl: Duration,
     negative_ttl: Duration,
     pub hits: u64,
@@ -86,9 +114,22 @@ pub struct AnswerCache {
 }
 
 impl AnswerCache {
-    pub fn new(entries_max: usize, ttl: Duration, negative_ttl: Duration) -> AnswerCache {
+    pub fn new(
+        entries_max: usize,
+        bytes_max: usize,
+        ttl: Duration,
+        negative_ttl: Duration,
+    ) -> AnswerCache {
         let capacity = NonZeroUsize::new(entries_max).expect("index.cache_entries_max >= 1");
-        AnswerCache { entries: LruCache::new(capacity), ttl, negative_ttl, hits: 0, misses: 0 }
+        AnswerCache {
+            entries: LruCache::new(capacity),
+            bytes: 0,
+            bytes_max,
+            ttl,
+            negative_ttl,
+            hits: 0,
+            misses: 0,
+        }
     }
 
     /// A live, current answer, counted as a hit or a miss.
@@ -121,9 +162,26 @@ impl AnswerCache {
     ) {
         let ttl = if answer.is_miss() { self.negative_ttl } else { self.ttl };
         let expires = until.map_or(now + ttl, |until| until.min(now + ttl));
-        if expires > now {
-            self.entries.put(key, Entry { answer, expires, stamps });
+        let bytes = answer.bytes();
+        if expires <= now || bytes > self.bytes_max {
+            return;
         }
+        if let Some(old) = self.entries.pop(&key) {
+            self.bytes -= old.bytes;
+        }
+        while self.bytes + bytes > self.bytes_max {
+            let (_, evicted) = self.entries.pop_lru().expect("bytes are counted in entries");
+            self.bytes -= evicted.bytes;
+        }
+        self.bytes += bytes;
+        if let Some((_, evicted)) = self.entries.push(key, Entry { answer, expires, stamps, bytes }) {
+            self.bytes -= evicted.bytes;
+        }
+    }
+
+    /// Bytes of the answers kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -137,6 +195,7 @@ impl AnswerCache {
     /// Forgets everything (amnesia, at stop).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.bytes = 0;
     }
 }
 
@@ -153,7 +212,8 @@ mod tests {
     #[test]
     fn entries_live_by_ttl_negative_ttl_bound_and_generations() {
         let mut generations = Generations::default();
-        let mut cache = AnswerCache::new(2, Duration::from_secs(5), Duration::from_secs(1));
+        let mut cache =
+            AnswerCache::new(2, 1 << 20, Duration::from_secs(5), Duration::from_secs(1));
         let now = Instant::now();
         let name = Key::Name("example.com".into());
         let key = CacheKey::resolve(&name);
@@ -180,6 +240,31 @@ mod tests {
             cache.put(CacheKey::providers(&Cid([n; 32])), answer(Some(n), &[]), [None, None], now, None);
         }
         assert_eq!(cache.len(), 2);
+        assert_eq!(cache.bytes(), 2 * ENTRY_BYTES);
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_bytes() {
+        let generations = Generations::default();
+        let long = "http://10.0.0.1:80/".to_owned() + &"p".repeat(100);
+        let one = answer(Some(0), &[long.as_str()]).bytes();
+        let max = 3 * one + one / 2;
+        let ttl = Duration::from_secs(5);
+        let mut cache = AnswerCache::new(1000, max, ttl, Duration::from_secs(1));
+        let now = Instant::now();
+        for n in 0..10u8 {
+            let found = answer(Some(n), &[long.as_str()]);
+            cache.put(CacheKey::providers(&Cid([n; 32])), found, [None, None], now, None);
+            assert!(cache.bytes() <= max, "{}", cache.bytes());
+        }
+        assert_eq!(cache.len(), 3);
+        // The newest are kept; the oldest went first.
+        assert!(cache.get(&CacheKey::providers(&Cid([9; 32])), &generations, now).is_some());
+        assert!(cache.get(&CacheKey::providers(&Cid([0; 32])), &generations, now).is_none());
+        // Replacing an entry counts it once.
+        let again = answer(Some(9), &[long.as_str()]);
+        cache.put(CacheKey::providers(&Cid([9; 32])), again, [None, None], now, None);
+        assert_eq!(cache.len(), 3);
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! not Kademlia's, decide what is still provided.
 
 use crate::config::Config;
-use crate::limits::{DHT_COMMANDS_MAX, DHT_PEER_URLS_MAX, DHT_PROVIDER_RECORD_TTL, DHT_REPUBLISH};
+use crate::limits::{
+    DHT_BOOTSTRAP_EVERY, DHT_COMMANDS_MAX, DHT_PEER_URLS_MAX, DHT_PROVIDER_RECORD_TTL, DHT_PROVIDERS_PER_KEY,
+    DHT_REPUBLISH,
+};
 use crate::workers::Poster;
 use anyhow::Context as _;
 use libp2p::futures::StreamExt as _;
@@ -112,6 +115,7 @@ impl Dht {
             alpha: index.alpha as usize,
             keys_max: index.dht_keys_max as usize,
             query_timeout: Duration::from_millis(index.deadline_ms),
+            bootstrap_every: Some(DHT_BOOTSTRAP_EVERY),
         };
         let (commands, receiver) = mpsc::channel(DHT_COMMANDS_MAX);
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -248,6 +252,9 @@ pub struct Settings {
     pub alpha: usize,
     pub keys_max: usize,
     pub query_timeout: Duration,
+    /// The routing table's periodic refresh (`None`: only the bootstraps
+    /// Kademlia starts when the table is nearly empty).
+    pub bootstrap_every: Option<Duration>,
 }
 
 /// The Kademlia behaviour ron-node runs (also built by the simulation).
@@ -256,13 +263,14 @@ pub fn kademlia(peer: PeerId, settings: &Settings) -> kad::Behaviour<MemoryStore
         max_records: 1,
         max_value_bytes: 1,
         max_provided_keys: settings.keys_max,
-        max_providers_per_key: kad::K_VALUE.get(),
+        max_providers_per_key: DHT_PROVIDERS_PER_KEY,
     };
     let store = MemoryStore::with_config(peer, store_config);
     let mut config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     config
         .set_parallelism(NonZeroUsize::new(settings.alpha.max(1)).expect("at least 1"))
         .set_query_timeout(settings.query_timeout)
+        .set_periodic_bootstrap_interval(settings.bootstrap_every)
         .set_provider_record_ttl(Some(DHT_PROVIDER_RECORD_TTL))
         .set_provider_publication_interval(Some(DHT_REPUBLISH))
         .set_record_ttl(None)
@@ -271,6 +279,27 @@ pub fn kademlia(peer: PeerId, settings: &Settings) -> kad::Behaviour<MemoryStore
     let mut kad = kad::Behaviour::with_config(peer, store, config);
     kad.set_mode(Some(Mode::Server));
     kad
+}
+
+/// Identify's news for the routing table: a peer that speaks our Kademlia
+/// is reachable at the addresses it listens on (the address a connection
+/// came from is an ephemeral port).
+pub fn route_identified(kad: &mut kad::Behaviour<MemoryStore>, peer: &PeerId, info: &identify::Info) {
+    if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+        for address in &info.listen_addrs {
+            kad.add_address(peer, address.clone());
+        }
+    }
+}
+
+/// The behaviour of a node: Kademlia and identify (whose agent string
+/// carries `url`, the node's HTTP address).
+pub fn behaviour(key: &Keypair, settings: &Settings, url: &str) -> Behaviour {
+    let peer = key.public().to_peer_id();
+    let agent = format!("{AGENT_PREFIX}{} {url}", env!("CARGO_PKG_VERSION"));
+    let identify =
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_agent_version(agent);
+    Behaviour { kad: kademlia(peer, settings), identify: identify::Behaviour::new(identify) }
 }
 
 fn build_swarm(
@@ -283,13 +312,7 @@ fn build_swarm(
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .context("the DHT transport")?
-        .with_behaviour(|key| {
-            let peer = key.public().to_peer_id();
-            let agent = format!("{AGENT_PREFIX}{} {url}", env!("CARGO_PKG_VERSION"));
-            let identify = identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                .with_agent_version(agent);
-            Behaviour { kad: kademlia(peer, settings), identify: identify::Behaviour::new(identify) }
-        })
+        .with_behaviour(|key| behaviour(key, settings, &url))
         .context("the DHT behaviour")?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
@@ -420,11 +443,7 @@ impl Node {
     /// A peer told who it is: its listen addresses go to the routing table
     /// (if it speaks our Kademlia), its HTTP address to `urls`.
     fn identified(&mut self, peer: PeerId, info: identify::Info) {
-        if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
-            for address in info.listen_addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, address);
-            }
-        }
+        route_identified(&mut self.swarm.behaviour_mut().kad, &peer, &info);
         let url = info.agent_version.strip_prefix(AGENT_PREFIX).and_then(|rest| rest.split_once(' '));
         if let Some((_, url)) = url.filter(|(_, url)| ron_proto::index::valid_node_uri(url)) {
             if self.urls.len() >= DHT_PEER_URLS_MAX {

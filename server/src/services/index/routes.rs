@@ -162,7 +162,7 @@ fn put_site(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Ha
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    let name = check!(normalize_name(params.get(0).unwrap_or_default()));
+    let name = check!(normalize_name(&params.decoded(0).unwrap_or_default()));
     let manifest = check!(Cid::normalize(&body.manifest_cid));
     let subject = body.owner_passport_subject.as_deref();
     let owners = check!(Owners::normalize(subject, body.owner_wallet_account.as_deref()));
@@ -180,7 +180,7 @@ fn put_asset(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> H
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
-    let asset = check!(Cid::normalize(params.get(0).unwrap_or_default()));
+    let asset = check!(Cid::normalize(&params.decoded(0).unwrap_or_default()));
     let kind = check!(AssetKind::normalize(&body.asset_kind));
     let manifest = check!(Cid::normalize(&body.manifest_cid));
     let subject = body.owner_passport_subject.as_deref();
@@ -199,7 +199,7 @@ async fn ask(index: &Rc<Index>, route: Route<'_>, call: Call) -> Result<Answer, 
 }
 
 fn get_site(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Handled {
-    let name = check!(normalize_name(params.get(0).unwrap_or_default()));
+    let name = check!(normalize_name(&params.decoded(0).unwrap_or_default()));
     let index = index.clone();
     Handled::Later(Box::pin(async move {
         match ask(&index, Route::Name(&name), Call::Site { name: name.clone() }).await {
@@ -212,7 +212,7 @@ fn get_site(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Handled 
 }
 
 fn get_asset(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Handled {
-    let cid = check!(Cid::normalize(params.get(0).unwrap_or_default()));
+    let cid = check!(Cid::normalize(&params.decoded(0).unwrap_or_default()));
     let index = index.clone();
     Handled::Later(Box::pin(async move {
         match ask(&index, Route::Cid(&cid), Call::Asset { cid }).await {
@@ -413,7 +413,7 @@ fn fresh(request: &Request<'_>) -> Result<bool, Reply> {
 /// with the same body when nothing is known.
 fn resolve(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     let started = Instant::now();
-    let key = check!(Key::parse(params.get(0).unwrap_or_default()));
+    let key = check!(Key::parse(&params.decoded(0).unwrap_or_default()));
     let fresh = match fresh(request) {
         Ok(fresh) => fresh,
         Err(reply) => return Handled::Now(reply),
@@ -500,7 +500,7 @@ fn not_modified() -> Reply {
 /// `GET /providers/{cid}?limit=N`: `{cid, providers, truncated, etag}`,
 /// best first; 404 with the same body when there are none.
 fn providers(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let Some(cid) = params.get(0).and_then(Cid::parse) else {
+    let Some(cid) = params.decoded(0).as_deref().and_then(Cid::parse) else {
         return Handled::Now(bad("invalid cid"));
     };
     let limit = match request.query("limit") {
@@ -574,7 +574,7 @@ fn providers_reply(cid: &Cid, found: &Found, limit: usize) -> (Reply, Cid) {
 /// (the node URIs: this node's records, else the DHT's), svc-dht's keys
 /// in its order; 504 `{"error"}` at the deadline.
 fn find_providers(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let Some(cid) = params.get(0).and_then(Cid::parse) else {
+    let Some(cid) = params.decoded(0).as_deref().and_then(Cid::parse) else {
         return Handled::Now(bad("cid must be b3: and 64 lowercase hex digits"));
     };
     let local = match local_only(request) {
@@ -645,7 +645,7 @@ fn workers_full() -> Reply {
 /// not kept here, they are fetched from the cid's providers (unless
 /// `?local=true`) and kept.
 fn get_object(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let cid = check!(Cid::normalize(params.get(0).unwrap_or_default()));
+    let cid = check!(Cid::normalize(&params.decoded(0).unwrap_or_default()));
     let local = match local_only(request) {
         Ok(local) => local,
         Err(reply) => return Handled::Now(reply),
