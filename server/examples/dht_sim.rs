@@ -65,6 +65,9 @@ struct Args {
     bootstrap_batch: usize,
     #[arg(long, default_value_t = 3)]
     alpha: usize,
+    /// Lookups in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrent: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Hedging model: fetches, providers per fetch, share of slow
@@ -506,7 +509,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("  provided {provided} by {:.1}s; looking up", started.elapsed().as_secs_f64());
     let mut plan = Vec::new();
     let mut founds = Vec::new();
-    for chunk in (0..args.lookups).collect::<Vec<_>>().chunks(32) {
+    for chunk in (0..args.lookups).collect::<Vec<_>>().chunks(args.concurrent.max(1)) {
         let mut replies = Vec::new();
         for _ in chunk {
             let (from, key) = (rng.below(args.nodes), rng.below(args.cids));
