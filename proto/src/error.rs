@@ -20,6 +20,10 @@ pub enum ErrorCode {
     TooLarge,
     UnsupportedMediaType,
     LimitsExceeded,
+    /// Well-formed JSON that does not fit the body's shape (unknown or
+    /// missing fields, wrong types) on routes that keep axum's `Json`
+    /// answer for it (the index's).
+    Unprocessable,
     Busy,
     HeadersTooLarge,
     Internal,
@@ -31,7 +35,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -45,6 +49,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::LimitsExceeded,
+        ErrorCode::Unprocessable,
         ErrorCode::Busy,
         ErrorCode::HeadersTooLarge,
         ErrorCode::Internal,
@@ -69,6 +74,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "TOO_LARGE",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorCode::LimitsExceeded => "LIMITS_EXCEEDED",
+            ErrorCode::Unprocessable => "UNPROCESSABLE",
             ErrorCode::Busy => "BUSY",
             ErrorCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ErrorCode::Internal => "INTERNAL",
@@ -94,6 +100,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::LimitsExceeded => "limits_exceeded",
+            ErrorCode::Unprocessable => "unprocessable",
             ErrorCode::Busy => "busy",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::Internal => "internal",
@@ -117,7 +124,7 @@ impl ErrorCode {
             | ErrorCode::IdempotencyConflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::LimitsExceeded => 422,
+            ErrorCode::LimitsExceeded | ErrorCode::Unprocessable => 422,
             ErrorCode::Busy => 429,
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Internal => 500,

@@ -166,17 +166,27 @@ fn pointers_follow_the_originals_contract() {
         index_error(&put_json(&node, at, &path, &body), 400, "bad_request", message);
     }
     index_error(&get(at, &asset_path(MANIFEST), &[]).unwrap(), 404, "not_found", "Not found");
-    // Unknown fields are refused (the original's 22 forbidden ones among them).
-    for field in ["unexpected", "raw_bytes", "wallet_mutation", "balance"] {
+    // Unknown fields are refused (some of the original's forbidden ones
+    // among them) as axum's `Json` refuses a body of another shape: 422.
+    // So are a missing field and a wrong type; JSON that does not parse is
+    // a 400.
+    for field in ["unexpected", "receipt_id", "balance_minor", "finality", "hold_id"] {
         let body = format!(r#"{{"manifest_cid":"{MANIFEST}","{field}":true}}"#);
         let refused = put_json(&node, at, &site_path("strict.example"), &body);
-        assert_eq!(refused.status, 400, "{}", refused.text());
+        assert_eq!(refused.status, 422, "{}", refused.text());
+        assert_eq!(refused.json().get_str("code"), Some("unprocessable"));
         assert!(
             refused.json().get_str("message").unwrap().contains("unknown field"),
             "{}",
             refused.text()
         );
     }
+    let missing = put_json(&node, at, &asset_path(ASSET), r#"{"manifest_cid":"x"}"#);
+    assert_eq!(missing.status, 422, "{}", missing.text());
+    let wrong_type = put_json(&node, at, &site_path("strict.example"), r#"{"manifest_cid":7}"#);
+    assert_eq!(wrong_type.status, 422, "{}", wrong_type.text());
+    let not_json = put_json(&node, at, &site_path("strict.example"), r#"{"manifest_cid":"#);
+    assert_eq!(not_json.status, 400, "{}", not_json.text());
     index_error(
         &get(at, &site_path("strict.example"), &[]).unwrap(),
         404,

@@ -158,7 +158,7 @@ fn commit(index: &Rc<Index>, item: IndexItem, answer: impl FnOnce(&IndexItem) ->
 
 /// `PUT /v1/index/sites/{name}/manifest`: 202 and the stored record.
 fn put_site(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let body: PutSite = match request.json() {
+    let body: PutSite = match request.json_shaped() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
@@ -176,7 +176,7 @@ fn put_site(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Ha
 
 /// `PUT /v1/index/assets/{asset_cid}/manifest`: 202 and the stored record.
 fn put_asset(index: &Rc<Index>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let body: PutAsset = match request.json() {
+    let body: PutAsset = match request.json_shaped() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
@@ -227,7 +227,7 @@ fn get_asset(index: &Rc<Index>, _: &Request<'_>, params: &Params<'_>) -> Handled
 /// `POST /dht/provide` and `/v1/index/provide` `{cid, node, ttl_secs?}`:
 /// `{"ok":true,"ttl_secs_used":N}` once the record is durable.
 fn provide(index: &Rc<Index>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body: ron_proto::index::Provide = match request.json() {
+    let body: ron_proto::index::Provide = match request.json_shaped() {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
