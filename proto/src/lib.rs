@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod log;
 pub mod merkle;
 pub mod revocation;
+pub mod rewarder;
 pub mod routing;
 pub mod token;
 pub mod wallet;

@@ -532,6 +532,26 @@ async fn main() -> anyhow::Result<()> {
         peers.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect();
     let targets: Vec<KBucketKey<RecordKey>> =
         keys.iter().map(|k| KBucketKey::new(k.clone())).collect();
+    // Where the records are: holders per key, and how many of them are
+    // among the k nodes closest to the key (where a lookup ends).
+    let (mut holders, mut closest_held) = (Vec::new(), Vec::new());
+    let mut order: Vec<usize> = (0..args.nodes).collect();
+    for (key, target) in targets.iter().enumerate() {
+        order.sort_by_key(|n| keys_of[*n].distance(target));
+        let k = kad::K_VALUE.get();
+        holders.push(snapshots.iter().filter(|s| s.holds[key]).count() as f64);
+        closest_held
+            .push(order.iter().take(k).filter(|n| snapshots[**n].holds[key]).count() as f64);
+    }
+    holders.sort_by(f64::total_cmp);
+    closest_held.sort_by(f64::total_cmp);
+    println!(
+        "  records: holders per key p50 {} min {}; of the k closest, holders p50 {} min {}",
+        percentile(&holders, 0.5),
+        holders.first().copied().unwrap_or(0.0),
+        percentile(&closest_held, 0.5),
+        closest_held.first().copied().unwrap_or(0.0)
+    );
     let mut hops: Vec<f64> = Vec::new();
     let mut unreached = 0;
     for (from, key) in &plan {

@@ -1,0 +1,989 @@
+//! The rewarder's wire vocabulary (SPEC §8): the sealed accounting snapshot
+//! and its `inputs_cid`, the policy and its dev default, the reward
+//! computation, the manifest with its `run_key` and `commitment`, and the
+//! settlement requests with their per-payout idempotency keys and memos —
+//! all as the original svc-rewarder makes them, so that the same request
+//! gives the same bytes.
+//!
+//! Byte identity rests on three rules of the original: JSON is compact and
+//! serde_json's (struct fields in declaration order, its escaping, `u128`
+//! scores as plain numbers); money is a `u128` written as a decimal string;
+//! digests are `b3:` and lowercase BLAKE3 hex.
+//!
+//! Extensions the original lacks, none of which changes its outputs for its
+//! inputs: `rounding: "largest_remainder"` (the pool paid exactly, ties by
+//! account) and `max_per_payout_minor_units` in the policy.
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// `run_key`'s salt unless `rewarder.idempotency_salt` says otherwise.
+pub const DEFAULT_SALT: &str = "svc-rewarder|v1";
+/// The manifest format.
+pub const MANIFEST_VERSION: u32 = 1;
+/// The asset payouts are issued in.
+pub const ASSET: &str = "roc";
+/// Epoch ids, in bytes.
+pub const EPOCH_ID_BYTES_MAX: usize = 128;
+/// The largest `weight_bps`.
+pub const WEIGHT_BPS_MAX: u32 = 100_000;
+const INTENT_KEY_DOMAIN: &str = "svc-rewarder|settlement-intent|v1";
+/// Hex digits of BLAKE3 kept in a per-payout idempotency key (the wallet
+/// takes keys of up to 64 bytes).
+const INTENT_KEY_HEX: usize = 60;
+
+/// Why a request is refused, with the original's texts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400 `BAD_REQUEST`.
+    BadRequest(String),
+    /// 409 `QUARANTINED`: an overflow or a broken invariant; never emitted.
+    Quarantined(String),
+}
+
+fn bad(message: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(message.into())
+}
+
+fn quarantined(message: impl Into<String>) -> Refusal {
+    Refusal::Quarantined(message.into())
+}
+
+/// An amount of minor units: a `u128`, on the wire a decimal string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(pub u128);
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Amount, D::Error> {
+        struct Decimal;
+        impl Visitor<'_> for Decimal {
+            type Value = Amount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Amount, E> {
+                // Rust's own u128 parsing, as the original's: "+7" and
+                // "007" are 7; spaces, signs below zero and overflow are not.
+                value
+                    .parse::<u128>()
+                    .map(Amount)
+                    .map_err(|_| E::custom("amount must be a decimal u128 string"))
+            }
+        }
+        deserializer.deserialize_str(Decimal)
+    }
+}
+
+/// One account's activity in the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contribution {
+    pub account: String,
+    pub bytes_stored: u64,
+    pub bytes_served: u64,
+    pub uptime_seconds: u64,
+}
+
+impl Contribution {
+    /// The original's score: stored + ⌊served / 4⌋ + uptime.
+    pub fn score(&self) -> Option<u128> {
+        u128::from(self.bytes_stored)
+            .checked_add(u128::from(self.bytes_served / 4))?
+            .checked_add(u128::from(self.uptime_seconds))
+    }
+}
+
+/// The sealed input of a run, addressed by its `inputs_cid`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub produced_at_millis: u64,
+    pub pool_minor_units: Amount,
+    pub contributions: Vec<Contribution>,
+}
+
+impl Snapshot {
+    /// The canonical form: accounts trimmed (Unicode white space), sorted
+    /// by their bytes.
+    pub fn canonicalize(&mut self) {
+        for contribution in &mut self.contributions {
+            let trimmed = contribution.account.trim();
+            if trimmed.len() != contribution.account.len() {
+                contribution.account = trimmed.to_owned();
+            }
+        }
+        self.contributions.sort_by(|a, b| a.account.as_bytes().cmp(b.account.as_bytes()));
+    }
+
+    /// Checks a canonical snapshot: no empty or repeated account, scores
+    /// that add up without overflow.
+    pub fn validate(&self) -> Result<(), Refusal> {
+        let mut total: u128 = 0;
+        let mut previous: Option<&str> = None;
+        for contribution in &self.contributions {
+            let account = contribution.account.as_str();
+            if account.is_empty() {
+                return Err(bad("contribution account cannot be empty"));
+            }
+            if previous == Some(account) {
+                return Err(bad(format!("duplicate contribution account: {account}")));
+            }
+            previous = Some(account);
+            let score =
+                contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
+            total = total.checked_add(score).ok_or_else(|| quarantined("total score overflow"))?;
+        }
+        Ok(())
+    }
+
+    /// Its canonical bytes: compact JSON, fields in declaration order.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a snapshot serializes")
+    }
+
+    /// `b3:` + BLAKE3 of the canonical bytes (call on a canonical snapshot).
+    pub fn cid(&self) -> String {
+        b3(&self.canonical_bytes())
+    }
+}
+
+/// `b3:` and the lowercase hex of BLAKE3 over `bytes`.
+pub fn b3(bytes: &[u8]) -> String {
+    format!("b3:{}", blake3::hash(bytes).to_hex())
+}
+
+/// An `inputs_cid` as the original takes it: trimmed, `b3:` (lowercase),
+/// 64 hex digits of either case; answered in lowercase.
+pub fn parse_inputs_cid(input: &str) -> Result<String, Refusal> {
+    let trimmed = input.trim();
+    let Some(hex) = trimmed.strip_prefix("b3:") else {
+        return Err(bad("inputs_cid must start with b3:"));
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("inputs_cid must be b3:<64 hex chars>"));
+    }
+    Ok(format!("b3:{}", hex.to_ascii_lowercase()))
+}
+
+/// Checks that `snapshot`, made canonical, is what `inputs_cid` names.
+pub fn seal(snapshot: &mut Snapshot, inputs_cid: &str) -> Result<(), Refusal> {
+    snapshot.canonicalize();
+    snapshot.validate()?;
+    let computed = snapshot.cid();
+    if computed != inputs_cid {
+        return Err(bad(format!("inputs_cid mismatch: expected {computed}, got {inputs_cid}")));
+    }
+    Ok(())
+}
+
+/// 1..=128 bytes of `[A-Za-z0-9-_:.]`.
+pub fn validate_epoch_id(epoch_id: &str) -> Result<(), Refusal> {
+    if epoch_id.is_empty() || epoch_id.len() > EPOCH_ID_BYTES_MAX {
+        return Err(bad("epoch_id must be 1..=128 bytes"));
+    }
+    if !epoch_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b)) {
+        return Err(bad("epoch_id contains unsupported characters"));
+    }
+    Ok(())
+}
+
+/// Who funds the payouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FundingSource {
+    ProtocolPool,
+    AdvertiserBudget,
+    CreatorPool,
+    SponsorBudget,
+    GovernanceBudget,
+}
+
+impl FundingSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            FundingSource::ProtocolPool => "protocol_pool",
+            FundingSource::AdvertiserBudget => "advertiser_budget",
+            FundingSource::CreatorPool => "creator_pool",
+            FundingSource::SponsorBudget => "sponsor_budget",
+            FundingSource::GovernanceBudget => "governance_budget",
+        }
+    }
+
+    /// The sources only a signed policy may spend.
+    fn needs_signature(self) -> bool {
+        matches!(self, FundingSource::ProtocolPool | FundingSource::GovernanceBudget)
+    }
+}
+
+/// How a share of the pool becomes whole minor units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// The original's: each share floored on its own, what is left unpaid.
+    Floor,
+    /// Floors, then the units left over one each to the largest
+    /// remainders (ties: the smaller account first), so the pool is paid
+    /// exactly unless a minimum or cap holds some back.
+    LargestRemainder,
+}
+
+/// The reward policy, the original's fields first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub id: String,
+    pub hash: String,
+    /// What the caller asserts; nothing verifies it (as in the original).
+    pub signed: bool,
+    pub funding_source: FundingSource,
+    pub max_payout_minor_units: Amount,
+    pub min_payout_minor_units: Amount,
+    pub weight_bps: u32,
+    pub rounding: String,
+    /// Extension: no payout above this; the excess stays in the residual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_payout_minor_units: Option<Amount>,
+}
+
+impl Policy {
+    /// The original's dev default, used when a request carries no policy.
+    pub fn dev_default(policy_id: &str, policy_hash: &str) -> Policy {
+        Policy {
+            id: policy_id.to_owned(),
+            hash: policy_hash.to_owned(),
+            signed: true,
+            funding_source: FundingSource::ProtocolPool,
+            max_payout_minor_units: Amount(u128::MAX),
+            min_payout_minor_units: Amount(1),
+            weight_bps: 10_000,
+            rounding: "floor".to_owned(),
+            max_per_payout_minor_units: None,
+        }
+    }
+
+    /// The policy a request runs with (`policy`, or the dev default), the
+    /// original's checks in its order.
+    pub fn resolve(
+        policy: Option<Policy>,
+        policy_id: &str,
+        policy_hash: &str,
+    ) -> Result<Policy, Refusal> {
+        let policy = policy.unwrap_or_else(|| Policy::dev_default(policy_id, policy_hash));
+        if policy_id.trim().is_empty() {
+            return Err(bad("policy_id cannot be empty"));
+        }
+        if policy.id != policy_id {
+            return Err(bad("policy object must match policy_id"));
+        }
+        if policy.hash != policy_hash {
+            return Err(bad("policy object must match policy_hash"));
+        }
+        let hex = policy.hash.strip_prefix("b3:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad("policy_hash must be b3:<64 lowercase hex chars>"));
+        }
+        if policy.funding_source.needs_signature() && !policy.signed {
+            let label = policy.funding_source.label();
+            return Err(bad(format!("funding_source {label} requires signed policy")));
+        }
+        if policy.weight_bps == 0 {
+            return Err(bad("policy weight_bps must be > 0"));
+        }
+        if policy.weight_bps > WEIGHT_BPS_MAX {
+            return Err(bad("policy weight_bps must be <= 100000"));
+        }
+        if policy.max_payout_minor_units < policy.min_payout_minor_units {
+            return Err(bad("policy max_payout_minor_units must be >= min_payout_minor_units"));
+        }
+        policy.rounding()?;
+        Ok(policy)
+    }
+
+    pub fn rounding(&self) -> Result<Rounding, Refusal> {
+        match self.rounding.as_str() {
+            "floor" => Ok(Rounding::Floor),
+            "largest_remainder" => Ok(Rounding::LargestRemainder),
+            _ => Err(bad("batch 2 supports only rounding=floor")),
+        }
+    }
+}
+
+/// `run_key` = `b3:` + BLAKE3 of `salt|epoch_id|policy_hash|inputs_cid`.
+pub fn run_key(salt: &str, epoch_id: &str, policy_hash: &str, inputs_cid: &str) -> String {
+    b3(format!("{salt}|{epoch_id}|{policy_hash}|{inputs_cid}").as_bytes())
+}
+
+/// What happened to a run's emission when the manifest was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerResult {
+    DryRun,
+    Accepted,
+    Dup,
+    Error,
+}
+
+impl LedgerResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            LedgerResult::DryRun => "dry_run",
+            LedgerResult::Accepted => "accepted",
+            LedgerResult::Dup => "dup",
+            LedgerResult::Error => "error",
+        }
+    }
+}
+
+impl Serialize for LedgerResult {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Ledger {
+            emitted: bool,
+            result: &'static str,
+        }
+        Ledger { emitted: *self != LedgerResult::DryRun, result: self.label() }
+            .serialize(serializer)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub pool_minor_units: Amount,
+    pub payout_minor_units: Amount,
+    pub residual_minor_units: Amount,
+}
+
+/// The part of the policy a manifest names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyRef {
+    pub id: String,
+    pub hash: String,
+    pub signed: bool,
+    pub funding_source: FundingSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Invariants {
+    pub conservation: bool,
+    pub overflow: bool,
+    pub idempotent: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Payout {
+    pub account: String,
+    pub amount_minor_units: Amount,
+    /// The weighted score (raw score × weight_bps), a JSON number that may
+    /// pass 2⁶⁴.
+    pub score: u128,
+}
+
+/// Signatures over the commitment (none in the original).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attestation {
+    pub sig_ed25519: Option<String>,
+    pub sig_pq: Option<String>,
+    pub signed_at_millis: u64,
+}
+
+/// A run's result, fields in the original's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub epoch_id: String,
+    pub run_key: String,
+    /// Left out while the commitment is computed over the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commitment: Option<String>,
+    pub status: &'static str,
+    pub inputs_cid: String,
+    pub totals: Totals,
+    pub policy: PolicyRef,
+    pub invariants: Invariants,
+    pub ledger: LedgerResult,
+    pub payouts: Vec<Payout>,
+    pub attestation: Option<Attestation>,
+}
+
+impl Manifest {
+    /// `b3:` + BLAKE3 of the compact manifest without its commitment.
+    pub fn commitment_of(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.commitment = None;
+        b3(&unsealed.to_bytes())
+    }
+
+    /// Sets the commitment (after anything it covers changed).
+    pub fn seal(&mut self) {
+        self.commitment = None;
+        self.commitment = Some(self.commitment_of());
+    }
+
+    /// Compact JSON, as answered and as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest serializes")
+    }
+}
+
+/// What a run is computed from: a sealed (canonical, checked) snapshot and
+/// a resolved policy.
+pub struct Run<'a> {
+    pub epoch_id: &'a str,
+    pub run_key: &'a str,
+    pub inputs_cid: &'a str,
+    pub snapshot: &'a Snapshot,
+    pub policy: &'a Policy,
+    pub ledger: LedgerResult,
+}
+
+/// The original's calculus, integer only, checked: weighted scores
+/// (raw × weight_bps; zero dropped), pool = min(snapshot pool, max_payout),
+/// amount = ⌊pool · w / Σw⌋ (or largest remainders), amounts of 0 or
+/// below the minimum dropped, capped at the per-payout maximum, residual =
+/// pool − Σ amounts. An overflow or a broken invariant quarantines the run.
+pub fn compute(run: &Run<'_>) -> Result<Manifest, Refusal> {
+    let policy = run.policy;
+    let rounding = policy.rounding()?;
+    let weight = u128::from(policy.weight_bps);
+    let pool = run.snapshot.pool_minor_units.0.min(policy.max_payout_minor_units.0);
+    let mut scored: Vec<(&str, u128)> = Vec::with_capacity(run.snapshot.contributions.len());
+    let mut total: u128 = 0;
+    for contribution in &run.snapshot.contributions {
+        let account = contribution.account.trim();
+        if account.is_empty() {
+            return Err(bad("contribution account cannot be empty"));
+        }
+        let raw = contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
+        let weighted =
+            raw.checked_mul(weight).ok_or_else(|| quarantined("weighted score overflow"))?;
+        if weighted > 0 {
+            total =
+                total.checked_add(weighted).ok_or_else(|| quarantined("total score overflow"))?;
+            scored.push((account, weighted));
+        }
+    }
+    let mut shares: Vec<(&str, u128, u128)> = Vec::with_capacity(scored.len());
+    if total > 0 && pool > 0 {
+        for (account, weighted) in &scored {
+            let product =
+                pool.checked_mul(*weighted).ok_or_else(|| quarantined("mul/div overflow"))?;
+            shares.push((account, *weighted, product / total));
+        }
+        if rounding == Rounding::LargestRemainder {
+            give_remainders(&mut shares, pool, total);
+        }
+    }
+    let minimum = policy.min_payout_minor_units.0;
+    let cap = policy.max_per_payout_minor_units.map_or(u128::MAX, |a| a.0);
+    let mut payouts: Vec<Payout> = shares
+        .into_iter()
+        .filter(|(_, _, amount)| *amount > 0 && *amount >= minimum)
+        .map(|(account, score, amount)| Payout {
+            account: account.to_owned(),
+            amount_minor_units: Amount(amount.min(cap)),
+            score,
+        })
+        .collect();
+    payouts.sort_by(|a, b| a.account.as_bytes().cmp(b.account.as_bytes()));
+    let mut paid: u128 = 0;
+    for payout in &payouts {
+        paid = paid
+            .checked_add(payout.amount_minor_units.0)
+            .ok_or_else(|| quarantined("amount addition overflow"))?;
+    }
+    let residual =
+        pool.checked_sub(paid).ok_or_else(|| quarantined("amount subtraction underflow"))?;
+    let mut manifest = Manifest {
+        version: MANIFEST_VERSION,
+        epoch_id: run.epoch_id.to_owned(),
+        run_key: run.run_key.to_owned(),
+        commitment: None,
+        status: "ok",
+        inputs_cid: run.inputs_cid.to_owned(),
+        totals: Totals {
+            pool_minor_units: Amount(pool),
+            payout_minor_units: Amount(pool - residual),
+            residual_minor_units: Amount(residual),
+        },
+        policy: PolicyRef {
+            id: policy.id.clone(),
+            hash: policy.hash.clone(),
+            signed: policy.signed,
+            funding_source: policy.funding_source,
+        },
+        invariants: Invariants { conservation: true, overflow: false, idempotent: true },
+        ledger: run.ledger,
+        payouts,
+        attestation: None,
+    };
+    check_invariants(&manifest, cap)?;
+    manifest.seal();
+    Ok(manifest)
+}
+
+/// Largest remainders: the units floors left unpaid go one each to the
+/// shares with the largest `pool · w mod Σw`, the smaller account first on
+/// a tie. Products were checked by the caller.
+fn give_remainders(shares: &mut [(&str, u128, u128)], pool: u128, total: u128) {
+    let floored: u128 = shares.iter().map(|(_, _, amount)| amount).sum();
+    let left = pool - floored;
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    // Unchecked products are safe: each fit when the share was floored.
+    order.sort_by(|a, b| {
+        let (ra, rb) = ((pool * shares[*a].1) % total, (pool * shares[*b].1) % total);
+        rb.cmp(&ra).then_with(|| shares[*a].0.as_bytes().cmp(shares[*b].0.as_bytes()))
+    });
+    // Σ remainders / Σw < number of shares, so `left` < shares.len().
+    for at in order.into_iter().take(usize::try_from(left).unwrap_or(usize::MAX)) {
+        shares[at].2 += 1;
+    }
+}
+
+/// Σ payouts + residual = pool, every payout within (0, cap], accounts
+/// named: the invariants a manifest must keep to be emitted.
+pub fn check_invariants(manifest: &Manifest, cap: u128) -> Result<(), Refusal> {
+    let totals = &manifest.totals;
+    let mut paid: u128 = 0;
+    for payout in &manifest.payouts {
+        let amount = payout.amount_minor_units.0;
+        if payout.account.is_empty() || amount == 0 || amount > cap {
+            return Err(quarantined("invariant: payout out of bounds"));
+        }
+        paid = paid.checked_add(amount).ok_or_else(|| quarantined("amount addition overflow"))?;
+    }
+    let conserved = paid == totals.payout_minor_units.0
+        && paid.checked_add(totals.residual_minor_units.0) == Some(totals.pool_minor_units.0);
+    if !conserved {
+        return Err(quarantined("invariant: payouts and residual do not make the pool"));
+    }
+    Ok(())
+}
+
+/// The per-payout idempotency key: `b3:` + the first 60 hex digits of
+/// BLAKE3 over the domain, run key, commitment, account and amount.
+pub fn intent_key(run_key: &str, commitment: &str, account: &str, amount: u128) -> String {
+    let preimage = format!("{INTENT_KEY_DOMAIN}|{run_key}|{commitment}|{account}|{amount}");
+    let hex = blake3::hash(preimage.as_bytes()).to_hex();
+    format!("b3:{}", &hex[..INTENT_KEY_HEX])
+}
+
+/// The memo of a payout's wallet issue.
+pub fn memo(epoch_id: &str, account: &str) -> String {
+    format!("svc-rewarder:{epoch_id}:{account}")
+}
+
+/// One wallet issue of a settlement, as the preview lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IssueRequest {
+    pub to: String,
+    pub asset: &'static str,
+    pub amount_minor: Amount,
+    pub idempotency_key: Option<String>,
+    pub memo: Option<String>,
+}
+
+/// `GET …/settlement`: the wallet issues a manifest plans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Settlement {
+    pub run_key: String,
+    pub epoch_id: String,
+    pub manifest_commitment: String,
+    pub funding_source: FundingSource,
+    pub wallet_path: String,
+    pub total_minor_units: Amount,
+    pub requests: Vec<IssueRequest>,
+}
+
+impl Settlement {
+    /// The issues of a sealed manifest, one per payout, by account.
+    pub fn of(manifest: &Manifest, wallet_path: &str) -> Settlement {
+        let commitment = manifest.commitment.clone().expect("a sealed manifest");
+        let mut requests: Vec<IssueRequest> = manifest
+            .payouts
+            .iter()
+            .map(|payout| IssueRequest {
+                to: payout.account.clone(),
+                asset: ASSET,
+                amount_minor: payout.amount_minor_units,
+                idempotency_key: Some(intent_key(
+                    &manifest.run_key,
+                    &commitment,
+                    &payout.account,
+                    payout.amount_minor_units.0,
+                )),
+                memo: Some(memo(&manifest.epoch_id, &payout.account)),
+            })
+            .collect();
+        requests.sort_by(|a, b| a.to.as_bytes().cmp(b.to.as_bytes()));
+        Settlement {
+            run_key: manifest.run_key.clone(),
+            epoch_id: manifest.epoch_id.clone(),
+            manifest_commitment: commitment,
+            funding_source: manifest.policy.funding_source,
+            wallet_path: wallet_path.to_owned(),
+            total_minor_units: manifest.totals.payout_minor_units,
+            requests,
+        }
+    }
+}
+
+/// `POST /rewarder/epochs/{epoch_id}/compute`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeRequest {
+    pub inputs_cid: String,
+    pub policy_id: String,
+    pub policy_hash: String,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Accepted and ignored, as by the original.
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default)]
+    pub snapshot: Option<Snapshot>,
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B64: &str = "b3:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const INPUTS: &str = "b3:81d428e1df7c29a8443467db8ed59ee2628ac43acd47c692fbc3c23ee495606d";
+
+    /// The original's integration-test request (accounts out of order).
+    fn request(dry_run: bool) -> ComputeRequest {
+        let body = format!(
+            r#"{{"inputs_cid":"{INPUTS}","policy_id":"policy:v1","policy_hash":"{B64}","dry_run":{dry_run},
+            "snapshot":{{"produced_at_millis":1,"pool_minor_units":"1000","contributions":[
+              {{"account":"acct_b","bytes_stored":200,"bytes_served":0,"uptime_seconds":20}},
+              {{"account":"acct_a","bytes_stored":100,"bytes_served":50,"uptime_seconds":10}}]}},
+            "policy":{{"id":"policy:v1","hash":"{B64}","signed":true,"funding_source":"protocol_pool",
+              "max_payout_minor_units":"1000","min_payout_minor_units":"1","weight_bps":10000,"rounding":"floor"}}}}"#
+        );
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn manifest_of(
+        epoch: &str,
+        request: ComputeRequest,
+        ledger: LedgerResult,
+    ) -> Result<Manifest, Refusal> {
+        let inputs_cid = parse_inputs_cid(&request.inputs_cid)?;
+        let mut snapshot = request.snapshot.clone().unwrap();
+        seal(&mut snapshot, &inputs_cid)?;
+        let policy =
+            Policy::resolve(request.policy.clone(), &request.policy_id, &request.policy_hash)?;
+        let run_key = run_key(DEFAULT_SALT, epoch, &request.policy_hash, &inputs_cid);
+        compute(&Run {
+            epoch_id: epoch,
+            run_key: &run_key,
+            inputs_cid: &inputs_cid,
+            snapshot: &snapshot,
+            policy: &policy,
+            ledger,
+        })
+    }
+
+    /// Golden bytes produced by the original svc-rewarder for this request.
+    #[test]
+    fn the_originals_manifest_byte_for_byte() {
+        let dry = manifest_of("epoch-1", request(true), LedgerResult::DryRun).unwrap();
+        let expected = r#"{"version":1,"epoch_id":"epoch-1","run_key":"b3:d61affcf4ac0e833b22b44079b73a4148bf74b08328e41a4ef59ec9815b0cf09","commitment":"b3:e528895f8a851682fbae4caf143de9e5d99217b2c1d2149b8c3d2ab8e22dbdfc","status":"ok","inputs_cid":"b3:81d428e1df7c29a8443467db8ed59ee2628ac43acd47c692fbc3c23ee495606d","totals":{"pool_minor_units":"1000","payout_minor_units":"999","residual_minor_units":"1"},"policy":{"id":"policy:v1","hash":"b3:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","signed":true,"funding_source":"protocol_pool"},"invariants":{"conservation":true,"overflow":false,"idempotent":true},"ledger":{"emitted":false,"result":"dry_run"},"payouts":[{"account":"acct_a","amount_minor_units":"356","score":1220000},{"account":"acct_b","amount_minor_units":"643","score":2200000}],"attestation":null}"#;
+        assert_eq!(String::from_utf8(dry.to_bytes()).unwrap(), expected);
+        assert_eq!(expected.len(), 812);
+        let live = manifest_of("epoch-1", request(false), LedgerResult::Accepted).unwrap();
+        let expected_live = expected
+            .replace(
+                "b3:e528895f8a851682fbae4caf143de9e5d99217b2c1d2149b8c3d2ab8e22dbdfc",
+                "b3:619c202bf3ac0dcd1ddbff9be905d942dcaa615d3b283b1ec01f6b443042672a",
+            )
+            .replace(
+                r#""ledger":{"emitted":false,"result":"dry_run"}"#,
+                r#""ledger":{"emitted":true,"result":"accepted"}"#,
+            );
+        assert_eq!(String::from_utf8(live.to_bytes()).unwrap(), expected_live);
+    }
+
+    #[test]
+    fn the_originals_settlement_keys_and_memos() {
+        let live = manifest_of("epoch-1", request(false), LedgerResult::Accepted).unwrap();
+        let settlement = serde_json::to_string(&Settlement::of(&live, "/v1/issue")).unwrap();
+        let expected = r#"{"run_key":"b3:d61affcf4ac0e833b22b44079b73a4148bf74b08328e41a4ef59ec9815b0cf09","epoch_id":"epoch-1","manifest_commitment":"b3:619c202bf3ac0dcd1ddbff9be905d942dcaa615d3b283b1ec01f6b443042672a","funding_source":"protocol_pool","wallet_path":"/v1/issue","total_minor_units":"999","requests":[{"to":"acct_a","asset":"roc","amount_minor":"356","idempotency_key":"b3:ba06f27201c32e38a706abc36d7b20596580faad590e179bf530cdee2dd6","memo":"svc-rewarder:epoch-1:acct_a"},{"to":"acct_b","asset":"roc","amount_minor":"643","idempotency_key":"b3:617a3e86474eafb064d4cbdc942adf5fddab40d1ad14f6ed7274c8dce514","memo":"svc-rewarder:epoch-1:acct_b"}]}"#;
+        assert_eq!(settlement, expected);
+        let dry = manifest_of("epoch-1", request(true), LedgerResult::DryRun).unwrap();
+        let keys: Vec<_> = Settlement::of(&dry, "/v1/issue")
+            .requests
+            .into_iter()
+            .map(|r| r.idempotency_key.unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "b3:638324e6c840aef5ae14156d651b3069d1aab6e75a66c0f3c954b4ad2f98",
+                "b3:bd2c2de155c583215a4f6c5733f6af3b21cbed65d30c80d01638ff9ba018"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_originals_run_keys() {
+        let a64 = format!("b3:{}", "a".repeat(64));
+        let b64 = format!("b3:{}", "b".repeat(64));
+        assert_eq!(
+            run_key("salt", "epoch-1", &b64, &a64),
+            "b3:ea6413000c26fab26fa1583b1063e47f673547673704b42fc67c05fc5a600a46"
+        );
+        assert_eq!(
+            run_key(DEFAULT_SALT, "epoch-1", &b64, &a64),
+            "b3:29400621bc01c104776c6b0c560703ad28427955335c20a5d9a36205ea3a171e"
+        );
+    }
+
+    /// Cap of the pool, minimum payout, a zero score, Unicode trimming and
+    /// weight 3: the original's answer.
+    #[test]
+    fn the_originals_edges() {
+        let body = r#"{"inputs_cid":"b3:23b2d931fab35aea1a5bba0a94554271d597f1cd50f2af3b1d61927c00fcc6d2","policy_id":"policy:v1","policy_hash":"B64",
+          "snapshot":{"produced_at_millis":7,"pool_minor_units":"5000","contributions":[
+            {"account":"z","bytes_stored":1,"bytes_served":0,"uptime_seconds":0},
+            {"account":"B","bytes_stored":1,"bytes_served":3,"uptime_seconds":0},
+            {"account":"\u3000a\t","bytes_stored":1,"bytes_served":0,"uptime_seconds":1},
+            {"account":"zero","bytes_stored":0,"bytes_served":3,"uptime_seconds":0}]},
+          "policy":{"id":"policy:v1","hash":"B64","signed":false,"funding_source":"sponsor_budget",
+            "max_payout_minor_units":"1000","min_payout_minor_units":"300","weight_bps":3,"rounding":"floor"}}"#
+            .replace("B64", B64);
+        let request: ComputeRequest = serde_json::from_str(&body).unwrap();
+        let mut snapshot = request.snapshot.clone().unwrap();
+        snapshot.canonicalize();
+        assert_eq!(snapshot.cid(), request.inputs_cid);
+        let manifest = manifest_of("cap.1:x_y", request, LedgerResult::Accepted).unwrap();
+        assert_eq!(
+            serde_json::to_string(&manifest.totals).unwrap(),
+            r#"{"pool_minor_units":"1000","payout_minor_units":"500","residual_minor_units":"500"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&manifest.payouts).unwrap(),
+            r#"[{"account":"a","amount_minor_units":"500","score":6}]"#
+        );
+        let settlement = Settlement::of(&manifest, "/v1/issue");
+        assert_eq!(settlement.requests[0].memo.as_deref(), Some("svc-rewarder:cap.1:x_y:a"));
+        // The keys the original made for this epoch and body.
+        assert_eq!(
+            manifest.run_key,
+            "b3:33c1ee876c9a6b47a27e154310320633e45d6f7ac0d1df11ba36feec96d05815"
+        );
+        assert_eq!(
+            manifest.commitment.as_deref(),
+            Some("b3:eaee698a005d48503dae8ba72ebc62da85a335464be641b7155d76e90d8666d3")
+        );
+        assert_eq!(
+            settlement.requests[0].idempotency_key.as_deref(),
+            Some("b3:7ca39a56542431cc8bfe16c569e0278ef7adca3d87edbc480b113eaf5e92")
+        );
+    }
+
+    #[test]
+    fn empty_snapshot_and_big_scores() {
+        let empty =
+            Snapshot { produced_at_millis: 0, pool_minor_units: Amount(0), contributions: vec![] };
+        assert_eq!(
+            empty.cid(),
+            "b3:340491fd208f690a75ac9d41517d6ca7662f0d8eaa832480c8332901290e544c"
+        );
+        let policy = Policy::dev_default("p", B64);
+        let cid = empty.cid();
+        let run = Run {
+            epoch_id: "e-zero",
+            run_key: "k",
+            inputs_cid: &cid,
+            snapshot: &empty,
+            policy: &policy,
+            ledger: LedgerResult::Accepted,
+        };
+        let manifest = compute(&run).unwrap();
+        assert!(manifest.payouts.is_empty());
+        assert_eq!(manifest.totals.residual_minor_units, Amount(0));
+        // u64::MAX counters, weight 100 000: the score passes 2^64 and is
+        // written as a plain number.
+        let big = Snapshot {
+            produced_at_millis: 0,
+            pool_minor_units: Amount(1000),
+            contributions: vec![
+                Contribution {
+                    account: "big".into(),
+                    bytes_stored: u64::MAX,
+                    bytes_served: u64::MAX,
+                    uptime_seconds: u64::MAX,
+                },
+                Contribution {
+                    account: "small".into(),
+                    bytes_stored: 1,
+                    bytes_served: 0,
+                    uptime_seconds: 0,
+                },
+            ],
+        };
+        let mut policy = Policy::dev_default("p", B64);
+        policy.funding_source = FundingSource::GovernanceBudget;
+        policy.min_payout_minor_units = Amount(0);
+        policy.weight_bps = 100_000;
+        let run = Run { snapshot: &big, policy: &policy, ..run };
+        assert_eq!(
+            serde_json::to_string(&compute(&run).unwrap().payouts).unwrap(),
+            r#"[{"account":"big","amount_minor_units":"999","score":4150517416584649113300000}]"#
+        );
+    }
+
+    #[test]
+    fn overflow_is_quarantined() {
+        let snapshot = Snapshot {
+            produced_at_millis: 0,
+            pool_minor_units: Amount(u128::MAX),
+            contributions: vec![Contribution {
+                account: "acct_overflow".into(),
+                bytes_stored: 2,
+                bytes_served: 0,
+                uptime_seconds: 0,
+            }],
+        };
+        let policy = Policy::dev_default("p", B64);
+        let run = Run {
+            epoch_id: "q",
+            run_key: "k",
+            inputs_cid: "c",
+            snapshot: &snapshot,
+            policy: &policy,
+            ledger: LedgerResult::DryRun,
+        };
+        assert_eq!(compute(&run), Err(Refusal::Quarantined("mul/div overflow".into())));
+    }
+
+    #[test]
+    fn the_originals_refusals() {
+        assert_eq!(
+            parse_inputs_cid(
+                " b3:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789 "
+            )
+            .unwrap(),
+            "b3:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+        );
+        assert_eq!(parse_inputs_cid("B3:00"), Err(bad("inputs_cid must start with b3:")));
+        assert_eq!(parse_inputs_cid("b3:00"), Err(bad("inputs_cid must be b3:<64 hex chars>")));
+        assert_eq!(validate_epoch_id(""), Err(bad("epoch_id must be 1..=128 bytes")));
+        assert_eq!(validate_epoch_id(&"e".repeat(129)), Err(bad("epoch_id must be 1..=128 bytes")));
+        assert!(validate_epoch_id(&"e".repeat(128)).is_ok());
+        assert_eq!(validate_epoch_id("e x"), Err(bad("epoch_id contains unsupported characters")));
+        assert!(validate_epoch_id("a:b.c-d_E9").is_ok());
+        let mut twice = request(true);
+        twice.snapshot.as_mut().unwrap().contributions[0].account = " acct_a ".into();
+        assert_eq!(
+            manifest_of("e", twice, LedgerResult::DryRun),
+            Err(bad("duplicate contribution account: acct_a"))
+        );
+        let mut other = request(true);
+        other.inputs_cid = format!("b3:{}", "c".repeat(64));
+        assert_eq!(
+            manifest_of("e", other, LedgerResult::DryRun),
+            Err(bad(format!("inputs_cid mismatch: expected {INPUTS}, got b3:{}", "c".repeat(64))))
+        );
+        let resolve = |edit: &dyn Fn(&mut Policy)| {
+            let mut policy = Policy::dev_default("p", B64);
+            edit(&mut policy);
+            Policy::resolve(Some(policy), "p", B64)
+        };
+        assert_eq!(resolve(&|p| p.id = "q".into()), Err(bad("policy object must match policy_id")));
+        assert_eq!(
+            resolve(&|p| p.hash = "x".into()),
+            Err(bad("policy object must match policy_hash"))
+        );
+        assert_eq!(
+            resolve(&|p| p.signed = false),
+            Err(bad("funding_source protocol_pool requires signed policy"))
+        );
+        assert_eq!(resolve(&|p| p.weight_bps = 0), Err(bad("policy weight_bps must be > 0")));
+        assert_eq!(
+            resolve(&|p| p.weight_bps = 100_001),
+            Err(bad("policy weight_bps must be <= 100000"))
+        );
+        assert_eq!(
+            resolve(&|p| p.max_payout_minor_units = Amount(0)),
+            Err(bad("policy max_payout_minor_units must be >= min_payout_minor_units"))
+        );
+        assert_eq!(
+            resolve(&|p| p.rounding = "Floor".into()),
+            Err(bad("batch 2 supports only rounding=floor"))
+        );
+        assert_eq!(
+            Policy::resolve(None, "p", "b3:zzz"),
+            Err(bad("policy_hash must be b3:<64 lowercase hex chars>"))
+        );
+        assert_eq!(Policy::resolve(None, " ", B64), Err(bad("policy_id cannot be empty")));
+        // Money: strings only, Rust's u128 parsing.
+        assert_eq!(serde_json::from_str::<Amount>(r#""+7""#).unwrap(), Amount(7));
+        assert_eq!(serde_json::from_str::<Amount>(r#""0007""#).unwrap(), Amount(7));
+        for refused in
+            [r#"" 7""#, r#""-7""#, r#""""#, "7", r#""340282366920938463463374607431768211456""#]
+        {
+            assert!(serde_json::from_str::<Amount>(refused).is_err(), "{refused}");
+        }
+        // Unknown fields, at every level; `notes` accepted; `dry_run` null refused.
+        let ok = |body: &str| serde_json::from_str::<ComputeRequest>(body).is_ok();
+        let head = format!(r#""inputs_cid":"{INPUTS}","policy_id":"p","policy_hash":"{B64}""#);
+        assert!(ok(&format!(r#"{{{head},"notes":"hi","snapshot":null,"policy":null}}"#)));
+        assert!(!ok(&format!(r#"{{{head},"extra":1}}"#)));
+        assert!(!ok(&format!(r#"{{{head},"dry_run":null}}"#)));
+        assert!(!ok(&format!(
+            r#"{{{head},"snapshot":{{"produced_at_millis":0,"pool_minor_units":"0","contributions":[],"x":1}}}}"#
+        )));
+    }
+
+    #[test]
+    fn largest_remainders_pay_the_pool_exactly_and_caps_hold() {
+        let snapshot = |pool: u128, scores: &[(&str, u64)]| Snapshot {
+            produced_at_millis: 0,
+            pool_minor_units: Amount(pool),
+            contributions: scores
+                .iter()
+                .map(|(a, s)| Contribution {
+                    account: (*a).into(),
+                    bytes_stored: *s,
+                    bytes_served: 0,
+                    uptime_seconds: 0,
+                })
+                .collect(),
+        };
+        let three = snapshot(100, &[("c", 1), ("a", 1), ("b", 1)]);
+        let mut policy = Policy::dev_default("p", B64);
+        policy.rounding = "largest_remainder".into();
+        let run = Run {
+            epoch_id: "e",
+            run_key: "k",
+            inputs_cid: "c",
+            snapshot: &three,
+            policy: &policy,
+            ledger: LedgerResult::DryRun,
+        };
+        let manifest = compute(&run).unwrap();
+        let amounts: Vec<u128> = manifest.payouts.iter().map(|p| p.amount_minor_units.0).collect();
+        // 33⅓ each: the one unit left goes to the smallest account.
+        assert_eq!(amounts, [34, 33, 33]);
+        assert_eq!(manifest.totals.residual_minor_units, Amount(0));
+        // With floor: 33 each, 1 left.
+        let floor = Policy::dev_default("p", B64);
+        let manifest = compute(&Run { policy: &floor, ..run }).unwrap();
+        assert_eq!(manifest.totals.residual_minor_units, Amount(1));
+        // A cap: the excess stays in the residual.
+        let mut capped = policy.clone();
+        capped.max_per_payout_minor_units = Some(Amount(30));
+        let manifest = compute(&Run { policy: &capped, ..run }).unwrap();
+        assert!(manifest.payouts.iter().all(|p| p.amount_minor_units.0 == 30));
+        assert_eq!(manifest.totals.residual_minor_units, Amount(10));
+    }
+}
