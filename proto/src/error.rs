@@ -14,6 +14,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     RequestTimeout,
     Conflict,
+    /// A reward run broke an invariant or overflowed: kept out of emission.
+    Quarantined,
     InsufficientFunds,
     NonceConflict,
     IdempotencyConflict,
@@ -35,7 +37,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -43,6 +45,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::RequestTimeout,
         ErrorCode::Conflict,
+        ErrorCode::Quarantined,
         ErrorCode::InsufficientFunds,
         ErrorCode::NonceConflict,
         ErrorCode::IdempotencyConflict,
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::Quarantined => "QUARANTINED",
             ErrorCode::InsufficientFunds => "INSUFFICIENT_FUNDS",
             ErrorCode::NonceConflict => "NONCE_CONFLICT",
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
@@ -94,6 +98,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Quarantined => "quarantined",
             ErrorCode::InsufficientFunds => "insufficient_funds",
             ErrorCode::NonceConflict => "nonce_conflict",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
@@ -119,6 +124,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::Conflict
+            | ErrorCode::Quarantined
             | ErrorCode::InsufficientFunds
             | ErrorCode::NonceConflict
             | ErrorCode::IdempotencyConflict => 409,
@@ -211,6 +217,8 @@ pub enum ErrorStyle {
     Index,
     /// svc-dht's `{"error": "<message>"}`.
     Dht,
+    /// svc-rewarder's `{"error": {code, message, corr_id, details: {reason}}}`.
+    Rewarder,
 }
 
 impl ErrorCode {
@@ -221,6 +229,29 @@ impl ErrorCode {
             ErrorCode::Unavailable | ErrorCode::Degraded => "upstream_unready",
             ErrorCode::Timeout | ErrorCode::RequestTimeout => "timeout",
             other => other.label(),
+        }
+    }
+}
+
+impl ErrorCode {
+    /// The code, the `details.reason` and the message's prefix in
+    /// svc-rewarder's vocabulary (its 401 is `UNAUTHENTICATED`, its 403
+    /// `UNAUTHORIZED`).
+    pub const fn rewarder_code(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ErrorCode::BadRequest => ("BAD_REQUEST", "bad_request", "bad request: "),
+            ErrorCode::Unauthorized => ("UNAUTHENTICATED", "unauthenticated", "unauthenticated: "),
+            ErrorCode::Forbidden => ("UNAUTHORIZED", "unauthorized", "unauthorized: "),
+            ErrorCode::Conflict => ("CONFLICT", "conflict", "conflict: "),
+            ErrorCode::Quarantined => ("QUARANTINED", "invariant", "quarantined: "),
+            ErrorCode::NotFound => ("NOT_FOUND", "not_found", "not found: "),
+            ErrorCode::Busy => ("TOO_MANY_REQUESTS", "busy", "busy: "),
+            ErrorCode::Unavailable | ErrorCode::Degraded => {
+                ("DEPENDENCY_UNAVAILABLE", "dependency", "dependency unavailable: ")
+            }
+            ErrorCode::Timeout => ("TIMEOUT", "timeout", "timeout: "),
+            ErrorCode::Internal => ("INTERNAL", "internal", "internal: "),
+            other => (other.as_str(), other.label(), ""),
         }
     }
 }
@@ -244,6 +275,21 @@ pub fn write_error(
     struct Dht<'a> {
         error: &'a str,
     }
+    #[derive(Serialize)]
+    struct Rewarder<'a> {
+        error: RewarderError<'a>,
+    }
+    #[derive(Serialize)]
+    struct RewarderError<'a> {
+        code: &'a str,
+        message: &'a str,
+        corr_id: &'a str,
+        details: Details<'a>,
+    }
+    #[derive(Serialize)]
+    struct Details<'a> {
+        reason: &'a str,
+    }
     let written = match style {
         ErrorStyle::Standard => {
             return write_envelope(out, code, message, corr_id, missing, reasons);
@@ -252,6 +298,19 @@ pub fn write_error(
             simd_json::to_writer(&mut *out, &Index { code: code.index_code(), message })
         }
         ErrorStyle::Dht => simd_json::to_writer(&mut *out, &Dht { error: message }),
+        ErrorStyle::Rewarder => {
+            let (code, reason, prefix) = code.rewarder_code();
+            let message = format!("{prefix}{message}");
+            let body = Rewarder {
+                error: RewarderError {
+                    code,
+                    message: &message,
+                    corr_id,
+                    details: Details { reason },
+                },
+            };
+            simd_json::to_writer(&mut *out, &body)
+        }
     };
     written.expect("writing into a Vec cannot fail");
 }
@@ -280,6 +339,28 @@ pub fn write_envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes the original svc-rewarder answered.
+    #[test]
+    fn the_rewarders_envelope_is_the_originals() {
+        let written = |code, message: &str, corr_id: &str| {
+            let mut out = Vec::new();
+            write_error(&mut out, ErrorStyle::Rewarder, code, message, corr_id, &[], &[]);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            written(
+                ErrorCode::Conflict,
+                "epoch already computed with different policy_hash or inputs_cid",
+                "corr-test"
+            ),
+            r#"{"error":{"code":"CONFLICT","message":"conflict: epoch already computed with different policy_hash or inputs_cid","corr_id":"corr-test","details":{"reason":"conflict"}}}"#
+        );
+        assert_eq!(
+            written(ErrorCode::Quarantined, "mul/div overflow", "q-1"),
+            r#"{"error":{"code":"QUARANTINED","message":"quarantined: mul/div overflow","corr_id":"q-1","details":{"reason":"invariant"}}}"#
+        );
+    }
 
     #[test]
     fn envelope_is_the_documented_shape() {

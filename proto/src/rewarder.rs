@@ -329,6 +329,12 @@ pub enum LedgerResult {
 }
 
 impl LedgerResult {
+    pub fn from_label(label: &str) -> Option<LedgerResult> {
+        [LedgerResult::DryRun, LedgerResult::Accepted, LedgerResult::Dup, LedgerResult::Error]
+            .into_iter()
+            .find(|result| result.label() == label)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             LedgerResult::DryRun => "dry_run",
@@ -339,19 +345,29 @@ impl LedgerResult {
     }
 }
 
+/// The manifest's `ledger` object.
+#[derive(Serialize, Deserialize)]
+struct Ledger<'a> {
+    emitted: bool,
+    result: &'a str,
+}
+
 impl Serialize for LedgerResult {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Ledger {
-            emitted: bool,
-            result: &'static str,
-        }
         Ledger { emitted: *self != LedgerResult::DryRun, result: self.label() }
             .serialize(serializer)
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+impl<'de> Deserialize<'de> for LedgerResult {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LedgerResult, D::Error> {
+        let ledger = <Ledger<'_>>::deserialize(deserializer)?;
+        LedgerResult::from_label(ledger.result)
+            .ok_or_else(|| de::Error::custom(format!("unknown ledger result {}", ledger.result)))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub pool_minor_units: Amount,
     pub payout_minor_units: Amount,
@@ -359,7 +375,7 @@ pub struct Totals {
 }
 
 /// The part of the policy a manifest names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
     pub id: String,
     pub hash: String,
@@ -367,14 +383,14 @@ pub struct PolicyRef {
     pub funding_source: FundingSource,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invariants {
     pub conservation: bool,
     pub overflow: bool,
     pub idempotent: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payout {
     pub account: String,
     pub amount_minor_units: Amount,
@@ -384,7 +400,7 @@ pub struct Payout {
 }
 
 /// Signatures over the commitment (none in the original).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attestation {
     pub sig_ed25519: Option<String>,
     pub sig_pq: Option<String>,
@@ -392,15 +408,15 @@ pub struct Attestation {
 }
 
 /// A run's result, fields in the original's order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: u32,
     pub epoch_id: String,
     pub run_key: String,
     /// Left out while the commitment is computed over the rest.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commitment: Option<String>,
-    pub status: &'static str,
+    pub status: String,
     pub inputs_cid: String,
     pub totals: Totals,
     pub policy: PolicyRef,
@@ -503,7 +519,7 @@ pub fn compute(run: &Run<'_>) -> Result<Manifest, Refusal> {
         epoch_id: run.epoch_id.to_owned(),
         run_key: run.run_key.to_owned(),
         commitment: None,
-        status: "ok",
+        status: "ok".to_owned(),
         inputs_cid: run.inputs_cid.to_owned(),
         totals: Totals {
             pool_minor_units: Amount(pool),
@@ -709,6 +725,10 @@ mod tests {
                 r#""ledger":{"emitted":true,"result":"accepted"}"#,
             );
         assert_eq!(String::from_utf8(live.to_bytes()).unwrap(), expected_live);
+        // Stored bytes read back give the same manifest, and the same bytes.
+        let read: Manifest = serde_json::from_str(&expected_live).unwrap();
+        assert_eq!(read, live);
+        assert_eq!(read.commitment_of(), live.commitment.clone().unwrap());
     }
 
     #[test]
