@@ -666,6 +666,138 @@ pub struct ComputeRequest {
     pub policy: Option<Policy>,
 }
 
+/// The first byte of a run record item.
+pub const RUN_CODE: u8 = 0x50;
+
+/// A stored run: what the log keeps of a manifest (its bytes are kept by
+/// their BLAKE3 in the rewarder's manifest store, written before this is
+/// appended).
+///
+/// ```text
+/// 0x50 | epoch_len u8 | epoch_id | run_key [32] | commitment [32] | manifest [32] | ledger u8 | manifest_bytes u32
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    pub epoch_id: String,
+    pub run_key: [u8; 32],
+    pub commitment: [u8; 32],
+    /// BLAKE3 of the manifest's bytes.
+    pub manifest: [u8; 32],
+    pub ledger: LedgerResult,
+    pub manifest_bytes: u32,
+}
+
+const RUN_BYTES_MAX: usize = 2 + EPOCH_ID_BYTES_MAX + 3 * 32 + 1 + 4;
+const _: () = assert!(RUN_BYTES_MAX <= crate::log::ITEM_BYTES_MAX, "a run record is one log item");
+
+/// The 32 bytes of a `b3:<64 lowercase hex>` digest.
+pub fn digest_of(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("b3:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// `b3:` and the lowercase hex of `digest`.
+pub fn digest_text(digest: &[u8; 32]) -> String {
+    let mut text = String::with_capacity(67);
+    text.push_str("b3:");
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+impl LedgerResult {
+    fn code(self) -> u8 {
+        match self {
+            LedgerResult::DryRun => 0,
+            LedgerResult::Accepted => 1,
+            LedgerResult::Dup => 2,
+            LedgerResult::Error => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<LedgerResult> {
+        [LedgerResult::DryRun, LedgerResult::Accepted, LedgerResult::Dup, LedgerResult::Error]
+            .into_iter()
+            .find(|result| result.code() == code)
+    }
+}
+
+impl RunRecord {
+    /// The record of a sealed manifest whose bytes are `bytes`.
+    pub fn of(manifest: &Manifest, bytes: &[u8]) -> RunRecord {
+        let commitment = manifest.commitment.as_deref().expect("a sealed manifest");
+        RunRecord {
+            epoch_id: manifest.epoch_id.clone(),
+            run_key: digest_of(&manifest.run_key).expect("run keys are b3 digests"),
+            commitment: digest_of(commitment).expect("commitments are b3 digests"),
+            manifest: *blake3::hash(bytes).as_bytes(),
+            ledger: manifest.ledger,
+            manifest_bytes: u32::try_from(bytes.len()).expect("manifests are under 4 GiB"),
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        debug_assert!(!self.epoch_id.is_empty() && self.epoch_id.len() <= EPOCH_ID_BYTES_MAX);
+        out.push(RUN_CODE);
+        out.push(self.epoch_id.len() as u8);
+        out.extend_from_slice(self.epoch_id.as_bytes());
+        out.extend_from_slice(&self.run_key);
+        out.extend_from_slice(&self.commitment);
+        out.extend_from_slice(&self.manifest);
+        out.push(self.ledger.code());
+        out.extend_from_slice(&self.manifest_bytes.to_le_bytes());
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RunRecord, crate::log::DecodeError> {
+        use crate::log::{DecodeError, Reader};
+        if bytes.len() > RUN_BYTES_MAX {
+            return Err(DecodeError::Invalid("run record too large"));
+        }
+        let mut reader = Reader { bytes, at: 0 };
+        if reader.u8()? != RUN_CODE {
+            return Err(DecodeError::Invalid("not a run record"));
+        }
+        let epoch_id = reader.text(EPOCH_ID_BYTES_MAX, "epoch id")?;
+        if validate_epoch_id(&epoch_id).is_err() {
+            return Err(DecodeError::Invalid("epoch id"));
+        }
+        let record = RunRecord {
+            epoch_id,
+            run_key: reader.array()?,
+            commitment: reader.array()?,
+            manifest: reader.array()?,
+            ledger: LedgerResult::from_code(reader.u8()?)
+                .ok_or(DecodeError::Invalid("ledger result"))?,
+            manifest_bytes: u32::from_le_bytes(reader.array()?),
+        };
+        if reader.at != bytes.len() {
+            return Err(DecodeError::Invalid("bytes after the run record"));
+        }
+        Ok(record)
+    }
+
+    /// The shard that owns the epoch's runs.
+    pub fn owner(epoch_id: &str, shard_count: usize) -> usize {
+        let mut key = Vec::with_capacity(1 + epoch_id.len());
+        key.push(b'r');
+        key.extend_from_slice(epoch_id.as_bytes());
+        crate::routing::owner(&key, shard_count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,6 +882,22 @@ mod tests {
                 "b3:bd2c2de155c583215a4f6c5733f6af3b21cbed65d30c80d01638ff9ba018"
             ]
         );
+    }
+
+    #[test]
+    fn run_records_round_trip() {
+        let live = manifest_of("epoch-1", request(false), LedgerResult::Accepted).unwrap();
+        let bytes = live.to_bytes();
+        let record = RunRecord::of(&live, &bytes);
+        assert_eq!(digest_text(&record.run_key), live.run_key);
+        assert_eq!(Some(digest_text(&record.commitment)), live.commitment);
+        let mut encoded = Vec::new();
+        record.encode(&mut encoded);
+        assert_eq!(RunRecord::decode(&encoded), Ok(record));
+        assert!(RunRecord::decode(&encoded[..encoded.len() - 1]).is_err());
+        encoded.push(0);
+        assert!(RunRecord::decode(&encoded).is_err());
+        assert_eq!(digest_of("b3:AB"), None);
     }
 
     #[test]

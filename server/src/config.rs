@@ -222,9 +222,15 @@ pub struct Services {
 #[serde(deny_unknown_fields, default)]
 pub struct Rewarder {
     pub work_queue_max: u32,
+    /// Computes in flight per shard; past it a compute answers 429.
     pub inflight_max: u32,
     pub ledger_deadline_ms: u64,
     pub ledger_retries_max: u32,
+    /// `run_key`'s salt (the original's default).
+    pub idempotency_salt: String,
+    /// The manifest store's size (`data_dir/rewarder-manifests`, or RAM in
+    /// amnesia).
+    pub manifests_bytes_max: u64,
 }
 
 impl Default for Config {
@@ -386,6 +392,8 @@ impl Default for Rewarder {
             inflight_max: 4,
             ledger_deadline_ms: 1000,
             ledger_retries_max: 2,
+            idempotency_salt: ron_proto::rewarder::DEFAULT_SALT.to_owned(),
+            manifests_bytes_max: 1 << 30,
         }
     }
 }
@@ -531,6 +539,7 @@ impl Config {
         range("ledger.checkpoint_every", self.ledger.checkpoint_every, 1, 1 << 40)?;
         range("ledger.view_write_ms", self.ledger.view_write_ms, 10, 3_600_000)?;
         self.validate_index()?;
+        self.validate_rewarder()?;
         range("workers.normal_threads", self.workers.normal_threads, 0, 1024)?;
         range("workers.idle_threads", self.workers.idle_threads, 0, 1024)?;
         range("workers.queue_max", self.workers.queue_max, 1, 1 << 20)?;
@@ -540,6 +549,17 @@ impl Config {
                     "field `workers.cores`: core {core} is not online (this host has {online_cores})"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_rewarder(&self) -> Result<(), ConfigError> {
+        let r = &self.rewarder;
+        range("rewarder.inflight_max", r.inflight_max, 1, 1 << 16)?;
+        range("rewarder.work_queue_max", r.work_queue_max, 1, 1 << 24)?;
+        range("rewarder.manifests_bytes_max", r.manifests_bytes_max, 1 << 20, 1 << 40)?;
+        if r.idempotency_salt.is_empty() {
+            return Err(ConfigError("field `rewarder.idempotency_salt`: must not be empty".into()));
         }
         Ok(())
     }

@@ -745,7 +745,10 @@ mod tests {
     #[test]
     fn the_node_s_services_claim_distinct_codes_and_tables() {
         let registry = crate::services::registry();
-        assert_eq!(registry.names(), ["passport", "ops", "ledger", "wallet", "index", "echo"]);
+        assert_eq!(
+            registry.names(),
+            ["passport", "ops", "ledger", "wallet", "index", "rewarder", "echo"]
+        );
         let (layout, bases) = registry.view_layout();
         assert!(bases.windows(2).all(|w| w[0] <= w[1]));
         assert_ne!(layout.signature(), ViewLayout::default().signature());

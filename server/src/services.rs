@@ -27,5 +27,6 @@ services! {
     ledger::Ledger,
     wallet::Wallet,
     index::Index,
+    rewarder::Rewarder,
     echo::Echo,
 }

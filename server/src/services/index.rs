@@ -218,6 +218,12 @@ impl Service for Index {
 }
 
 impl Index {
+    /// What every shard shares (the rewarder reads snapshots from the
+    /// objects).
+    pub fn shared(&self) -> &Arc<IndexShared> {
+        &self.shared
+    }
+
     /// The shard that owns `route`.
     pub fn owner(&self, route: ron_proto::index::Route<'_>) -> usize {
         route.owner(self.core.count)

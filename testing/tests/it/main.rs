@@ -11,5 +11,6 @@ mod lifecycle;
 mod load;
 mod ops;
 mod passport;
+mod rewarder;
 mod routing;
 mod wallet;

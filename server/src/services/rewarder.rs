@@ -1,0 +1,301 @@
+//! The rewarder (SPEC §8): deterministic epoch rewards on the paths, bodies,
+//! formulas and envelope of the original svc-rewarder
+//! (`ron_proto::rewarder` holds the calculus and the formats).
+//!
+//! * A **run** is computed on the workers from a sealed snapshot (inline,
+//!   or the index's object under `inputs_cid`) and a policy; the manifest's
+//!   bytes go to the node's manifest store (kept by their BLAKE3, synced),
+//!   then a run record (`RunRecord`) to the log.
+//! * Each epoch belongs to one shard (`RunRecord::owner`), which keeps its
+//!   record in RAM and in its view, and decides alone what is stored: the
+//!   first run of an epoch, or a live run promoting a stored dry run of the
+//!   same `run_key`. A request for a stored epoch with the same key gets the
+//!   stored bytes again; with another key, 409.
+
+pub mod routes;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::http::RouteTable;
+use crate::log::view::{ServiceView, ViewChanges};
+use crate::log::{Append, Item, LogAnswer, LogCall};
+use crate::metrics::{LatencyHistogram, MetricsPart, header, histogram_lines, simple_lines};
+use crate::service::{Replaying, Service, ShardAt, Starting};
+use crate::services::index::objects::ObjectStore;
+use ron_proto::rewarder::{LedgerResult, RUN_CODE, RunRecord};
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// What every shard shares: the manifest store.
+pub struct RewarderShared {
+    pub manifests: ObjectStore,
+}
+
+/// The runs a shard owns.
+#[derive(Default)]
+pub struct Runs {
+    runs: HashMap<String, RunRecord>,
+    /// Epochs changed since the last view write.
+    changed: HashSet<String>,
+}
+
+impl Runs {
+    /// Keeps `record` if it may replace what the epoch holds: nothing yet,
+    /// or a dry run of the same key that this live run promotes.
+    fn admit(&mut self, record: RunRecord) {
+        let admitted = match self.runs.get(&record.epoch_id) {
+            None => true,
+            Some(stored) => {
+                stored.run_key == record.run_key
+                    && stored.ledger == LedgerResult::DryRun
+                    && record.ledger != LedgerResult::DryRun
+            }
+        };
+        if admitted {
+            self.changed.insert(record.epoch_id.clone());
+            self.runs.insert(record.epoch_id.clone(), record);
+        }
+    }
+}
+
+/// The rewarder on one shard.
+pub struct Rewarder {
+    core: Rc<Core>,
+    shared: Arc<RewarderShared>,
+    runs: RefCell<Runs>,
+    /// Computes this shard runs now (bounded by `rewarder.inflight_max`).
+    inflight: Cell<u32>,
+    metrics: RefCell<RewarderMetrics>,
+    /// The index, whose objects hold snapshots sent ahead of a compute.
+    index: Rc<crate::services::index::Index>,
+}
+
+#[derive(Debug)]
+pub enum Call {
+    /// The epoch's stored run.
+    Find { epoch_id: String },
+    /// Stores a computed run (its manifest already in the store).
+    Store { record: RunRecord },
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Found(Option<RunRecord>),
+    Stored(Stored),
+}
+
+/// What became of a run offered to its epoch's owner.
+#[derive(Debug)]
+pub enum Stored {
+    /// Kept: the answer is its manifest.
+    Kept,
+    /// The epoch holds a run of the same key that this one does not
+    /// replace: the answer is that one's manifest.
+    Existing(RunRecord),
+    /// The epoch holds a run of another key.
+    Conflict,
+    /// The log did not take it (the reason, for the answer).
+    Failed(crate::http::Reply),
+}
+
+impl Service for Rewarder {
+    const NAME: &'static str = "rewarder";
+    const LOG_CODES: &'static [u8] = &[RUN_CODE];
+    const TABLES: &'static [&'static str] = &["runs"];
+    type Shared = RewarderShared;
+    type State = Runs;
+    type Call = Call;
+    type Answer = Answer;
+
+    fn prepare(config: &Config) -> anyhow::Result<RewarderShared> {
+        let bytes_max = config.rewarder.manifests_bytes_max;
+        let manifests = if config.amnesia() {
+            ObjectStore::memory(bytes_max)
+        } else {
+            ObjectStore::open(&config.data_dir.join("rewarder-manifests"), bytes_max)?
+        };
+        Ok(RewarderShared { manifests })
+    }
+
+    fn state(_: &RewarderShared, _: ShardAt<'_>) -> Runs {
+        Runs::default()
+    }
+
+    fn load(runs: &mut Runs, view: &ServiceView, _: u64) -> anyhow::Result<()> {
+        view.each(0, |key: &[u8], value: &[u8]| {
+            let record = RunRecord::decode(value)
+                .map_err(|e| anyhow::anyhow!("a run in the view does not decode: {e}"))?;
+            anyhow::ensure!(record.epoch_id.as_bytes() == key, "a run in the view under another epoch");
+            runs.runs.insert(record.epoch_id.clone(), record);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn check(item: &[u8]) -> Result<(), String> {
+        RunRecord::decode(item).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn replay(states: &mut Replaying<'_, Runs>, item: Item<'_>) {
+        let record = RunRecord::decode(item.bytes).expect("checked");
+        let owner = RunRecord::owner(&record.epoch_id, states.shard_count());
+        if let Some(runs) = states.get(owner) {
+            runs.admit(record);
+        }
+    }
+
+    fn start(start: Starting<'_, Rewarder>) -> Rc<Rewarder> {
+        Rc::new(Rewarder {
+            core: start.core.clone(),
+            shared: start.shared,
+            runs: RefCell::new(start.state),
+            inflight: Cell::new(0),
+            metrics: RefCell::new(RewarderMetrics::default()),
+            index: start.started.get::<crate::services::index::Index>(),
+        })
+    }
+
+    fn core(&self) -> &Rc<Core> {
+        &self.core
+    }
+
+    fn routes(self: &Rc<Self>, table: &mut RouteTable) {
+        routes::add(self, table);
+    }
+
+    async fn serve(self: Rc<Self>, call: Call) -> Answer {
+        self.core.log.caught_up().await;
+        match call {
+            Call::Find { epoch_id } => Answer::Found(self.runs.borrow().runs.get(&epoch_id).cloned()),
+            Call::Store { record } => Answer::Stored(self.store(record).await),
+        }
+    }
+
+    fn apply(&self, item: Item<'_>) {
+        let record = RunRecord::decode(item.bytes).expect("committed items decode");
+        self.runs.borrow_mut().admit(record);
+    }
+
+    fn save(&self, changes: &mut ViewChanges, _: u64) {
+        let mut runs = self.runs.borrow_mut();
+        let changed = std::mem::take(&mut runs.changed);
+        let mut value = Vec::new();
+        for epoch_id in changed {
+            let record = runs.runs.get(&epoch_id).expect("a changed run is kept");
+            value.clear();
+            record.encode(&mut value);
+            changes.put(0, epoch_id.as_bytes(), &value);
+        }
+    }
+
+    fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
+        let mut metrics = self.metrics.borrow().clone();
+        metrics.kept = self.runs.borrow().runs.len() as u64;
+        Some(Box::new(metrics))
+    }
+
+    fn stop(&self) {
+        if self.core.config.amnesia() {
+            self.shared.manifests.zeroize();
+        }
+    }
+}
+
+impl Rewarder {
+    /// The shard that owns `epoch_id`'s runs.
+    pub fn owner(&self, epoch_id: &str) -> usize {
+        RunRecord::owner(epoch_id, self.core.count)
+    }
+
+    /// On the epoch's owner: appends `record` if the epoch takes it, and
+    /// says what the epoch holds once it is applied.
+    async fn store(&self, record: RunRecord) -> Stored {
+        let verdict = |runs: &Runs, record: &RunRecord| match runs.runs.get(&record.epoch_id) {
+            None => None,
+            Some(stored) if stored == record => Some(Stored::Kept),
+            Some(stored) if stored.run_key != record.run_key => Some(Stored::Conflict),
+            Some(stored)
+                if stored.ledger != LedgerResult::DryRun || record.ledger == LedgerResult::DryRun =>
+            {
+                Some(Stored::Existing(stored.clone()))
+            }
+            Some(_) => None,
+        };
+        if let Some(known) = verdict(&self.runs.borrow(), &record) {
+            return known;
+        }
+        let append = Append::item(|out| record.encode(out), [self.core.id]);
+        match self.core.log.call(LogCall::Append(append)).await {
+            Ok(LogAnswer::Appended { .. }) => {}
+            Ok(LogAnswer::Degraded { reason }) => {
+                return Stored::Failed(crate::http::reply::degraded(Some(&reason)));
+            }
+            Ok(other) => panic!("a run append answered with {other:?}"),
+            Err(error) => return Stored::Failed(crate::http::reply::link_failure(error)),
+        }
+        // Applied before the append answered: the epoch now holds this run,
+        // or the one another request stored first.
+        verdict(&self.runs.borrow(), &record).expect("an appended run is applied")
+    }
+}
+
+/// What the rewarder counts on a shard.
+#[derive(Clone, Debug, Default)]
+pub struct RewarderMetrics {
+    /// Computes from the parsed request to the answer.
+    pub compute: LatencyHistogram,
+    /// Runs by outcome: computed and stored, answered from the store,
+    /// quarantined, refused as conflicting.
+    pub ok: u64,
+    pub replay: u64,
+    pub quarantined: u64,
+    pub conflict: u64,
+    /// Overflows and broken invariants (every quarantine).
+    pub invariant_fail: u64,
+    /// Runs this shard keeps (filled in at scrape).
+    pub kept: u64,
+}
+
+impl MetricsPart for RewarderMetrics {
+    fn merge(&mut self, other: &dyn MetricsPart) {
+        let other: &RewarderMetrics = other.as_any().downcast_ref().expect("the rewarder's metrics");
+        self.compute.add(&other.compute);
+        self.ok += other.ok;
+        self.replay += other.replay;
+        self.quarantined += other.quarantined;
+        self.conflict += other.conflict;
+        self.invariant_fail += other.invariant_fail;
+        self.kept += other.kept;
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "reward_compute_latency_seconds";
+        header(out, name, "histogram", "Computes, from the parsed request to the answer.");
+        histogram_lines(out, name, None, &self.compute);
+        let name = "reward_runs_total";
+        header(out, name, "counter", "Computes by outcome (ok, replay, quarantined, conflict).");
+        for (status, count) in [
+            ("ok", self.ok),
+            ("replay", self.replay),
+            ("quarantined", self.quarantined),
+            ("conflict", self.conflict),
+        ] {
+            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {count}");
+        }
+        simple_lines(
+            out,
+            &[
+                ("reward_invariant_fail_total", "counter", "Runs quarantined: an overflow or a broken invariant.", self.invariant_fail as f64),
+                ("reward_runs_kept", "gauge", "Epochs with a stored run.", self.kept as f64),
+            ],
+        );
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

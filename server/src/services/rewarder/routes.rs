@@ -1,0 +1,328 @@
+//! The rewarder's routes (SPEC §8), with the original's checks in its
+//! order, its texts and its nested envelope (`ErrorStyle::Rewarder`).
+
+use super::{Answer, Call, Rewarder, Stored};
+use crate::http::reply::mesh_failure;
+use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
+use crate::service::Service;
+use crate::workers::Lane;
+use ron_proto::ErrorCode;
+use ron_proto::error::ErrorStyle;
+use ron_proto::http::Method;
+use ron_proto::index::Cid;
+use ron_proto::rewarder::{
+    ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord, Settlement, Snapshot,
+    compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal, validate_epoch_id,
+};
+use ron_proto::token::scope::{REWARDER_INSPECT, REWARDER_RUN};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// The wallet route a settlement's issues go to.
+const WALLET_ISSUE_PATH: &str = "/v1/issue";
+
+pub fn add(rewarder: &Rc<Rewarder>, table: &mut RouteTable) {
+    let (r, style) = (rewarder, ErrorStyle::Rewarder);
+    let (run, inspect) = (Access::Scope(REWARDER_RUN), Access::Scope(REWARDER_INSPECT));
+    let epoch = "/rewarder/epochs/{epoch_id}";
+    table.add(r, Method::Post, "/rewarder/epochs/{epoch_id}/compute", run, Shed::Yes, compute).errors(style);
+    table.add(r, Method::Get, epoch, inspect, Shed::Yes, get_epoch).errors(style);
+    let settlement_path = "/rewarder/epochs/{epoch_id}/settlement";
+    table.add(r, Method::Get, settlement_path, inspect, Shed::Yes, settlement).errors(style);
+}
+
+fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
+    Reply::error(ErrorCode::BadRequest, message)
+}
+
+fn not_found() -> Reply {
+    Reply::error(ErrorCode::NotFound, "epoch manifest not found")
+}
+
+fn conflict() -> Reply {
+    Reply::error(ErrorCode::Conflict, "epoch already computed with different policy_hash or inputs_cid")
+}
+
+fn internal(message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
+    Reply::error(ErrorCode::Internal, message)
+}
+
+fn busy(message: &'static str) -> Reply {
+    let mut reply = Reply::error(ErrorCode::Busy, message);
+    reply.retry_after_s = Some(1);
+    reply
+}
+
+/// The epoch id of the path, checked.
+fn epoch_of(params: &Params<'_>) -> Result<String, Reply> {
+    let epoch_id = params.decoded(0).unwrap_or_default().into_owned();
+    validate_epoch_id(&epoch_id).map_err(|refusal| refused(None, refusal))?;
+    Ok(epoch_id)
+}
+
+/// A refusal as answered (a quarantine is counted).
+fn refused(rewarder: Option<&Rewarder>, refusal: Refusal) -> Reply {
+    match refusal {
+        Refusal::BadRequest(message) => bad(message),
+        Refusal::Quarantined(message) => {
+            if let Some(rewarder) = rewarder {
+                let mut metrics = rewarder.metrics.borrow_mut();
+                metrics.quarantined += 1;
+                metrics.invariant_fail += 1;
+            }
+            tracing::warn!(%message, "a reward run was quarantined");
+            Reply::error(ErrorCode::Quarantined, message)
+        }
+    }
+}
+
+/// `POST /rewarder/epochs/{epoch_id}/compute`: the run's manifest — the
+/// stored one when the epoch holds this run already.
+fn compute(rewarder: &Rc<Rewarder>, request: &Request<'_>, params: &Params<'_>) -> Handled {
+    let started = Instant::now();
+    let body: ComputeRequest = match request.json_shaped() {
+        Ok(body) => body,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let epoch_id = match epoch_of(params) {
+        Ok(epoch_id) => epoch_id,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let inputs_cid = match parse_inputs_cid(&body.inputs_cid) {
+        Ok(cid) => cid,
+        Err(refusal) => return Handled::Now(refused(None, refusal)),
+    };
+    // Only the case here, as the original: the form is checked with the
+    // policy, after a stored run had its say.
+    if body.policy_hash != body.policy_hash.to_ascii_lowercase() {
+        return Handled::Now(bad("policy_hash must be lowercase canonical b3 hex"));
+    }
+    let salt = &rewarder.core.config.rewarder.idempotency_salt;
+    let key = run_key(salt, &epoch_id, &body.policy_hash, &inputs_cid);
+    let rewarder = rewarder.clone();
+    Handled::Later(Box::pin(async move {
+        let reply = run(&rewarder, epoch_id, inputs_cid, key, body).await;
+        rewarder.metrics.borrow_mut().compute.record(started.elapsed());
+        reply
+    }))
+}
+
+/// Releases a compute slot when the compute ends, however it ends.
+struct Slot<'a>(&'a Rewarder);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get() - 1);
+    }
+}
+
+async fn run(
+    rewarder: &Rc<Rewarder>,
+    epoch_id: String,
+    inputs_cid: String,
+    key: String,
+    body: ComputeRequest,
+) -> Reply {
+    let owner = rewarder.owner(&epoch_id);
+    let stored = match rewarder.call(owner, Call::Find { epoch_id: epoch_id.clone() }).await {
+        Ok(Answer::Found(stored)) => stored,
+        Ok(other) => unreachable!("a find answered {other:?}"),
+        Err(error) => return mesh_failure(error),
+    };
+    let key_digest = digest_of(&key).expect("run keys are b3 digests");
+    if let Some(stored) = stored {
+        if stored.run_key != key_digest {
+            rewarder.metrics.borrow_mut().conflict += 1;
+            return conflict();
+        }
+        // A dry run asks for nothing new; a live one only promotes a dry run.
+        if body.dry_run || stored.ledger != LedgerResult::DryRun {
+            rewarder.metrics.borrow_mut().replay += 1;
+            return manifest_reply(rewarder, &stored).await;
+        }
+    }
+    if rewarder.inflight.get() >= rewarder.core.config.rewarder.inflight_max {
+        return busy("compute workers exhausted");
+    }
+    rewarder.inflight.set(rewarder.inflight.get() + 1);
+    let _slot = Slot(rewarder);
+    let snapshot = match body.snapshot {
+        Some(snapshot) => snapshot,
+        None => match stored_snapshot(rewarder, &inputs_cid).await {
+            Ok(snapshot) => snapshot,
+            Err(reply) => return reply,
+        },
+    };
+    let ComputeRequest { policy, policy_id, policy_hash, dry_run, .. } = body;
+    let ledger = if dry_run { LedgerResult::DryRun } else { LedgerResult::Accepted };
+    let shared = rewarder.shared.clone();
+    let work = move || -> Result<(RunRecord, Vec<u8>), Failure> {
+        let mut snapshot = snapshot;
+        seal(&mut snapshot, &inputs_cid)?;
+        let policy = Policy::resolve(policy, &policy_id, &policy_hash)?;
+        let manifest = compute_manifest(&Run {
+            epoch_id: &epoch_id,
+            run_key: &key,
+            inputs_cid: &inputs_cid,
+            snapshot: &snapshot,
+            policy: &policy,
+            ledger,
+        })?;
+        let bytes = manifest.to_bytes();
+        let record = RunRecord::of(&manifest, &bytes);
+        shared.manifests.put(&Cid(record.manifest), &bytes).map_err(|e| Failure::Store(e.to_string()))?;
+        Ok((record, bytes))
+    };
+    let core = &rewarder.core;
+    let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
+        return busy("the workers' queue is full");
+    };
+    let (record, bytes) = match done.await {
+        Some(Ok(done)) => done,
+        Some(Err(Failure::Refused(refusal))) => return refused(Some(rewarder), refusal),
+        Some(Err(Failure::Store(error))) => {
+            tracing::error!(%error, "a manifest was not stored");
+            return internal("the manifest was not stored");
+        }
+        None => return Reply::error(ErrorCode::Unavailable, "the shard stopped"),
+    };
+    match rewarder.call(owner, Call::Store { record }).await {
+        Ok(Answer::Stored(Stored::Kept)) => {
+            rewarder.metrics.borrow_mut().ok += 1;
+            Reply::json_owned(200, bytes)
+        }
+        Ok(Answer::Stored(Stored::Existing(stored))) => {
+            rewarder.metrics.borrow_mut().replay += 1;
+            manifest_reply(rewarder, &stored).await
+        }
+        Ok(Answer::Stored(Stored::Conflict)) => {
+            rewarder.metrics.borrow_mut().conflict += 1;
+            conflict()
+        }
+        Ok(Answer::Stored(Stored::Failed(reply))) => reply,
+        Ok(other) => unreachable!("a store answered {other:?}"),
+        Err(error) => mesh_failure(error),
+    }
+}
+
+/// Why a compute on the workers did not give a manifest.
+enum Failure {
+    Refused(Refusal),
+    Store(String),
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Failure {
+        Failure::Refused(refusal)
+    }
+}
+
+/// The snapshot kept as an index object under `inputs_cid` (its canonical
+/// bytes, as `PUT /v1/index/objects` took them).
+async fn stored_snapshot(rewarder: &Rewarder, inputs_cid: &str) -> Result<Snapshot, Reply> {
+    let cid = Cid(digest_of(inputs_cid).expect("a parsed inputs_cid"));
+    let index = rewarder.index.shared().clone();
+    let read = move || index.objects.get(&cid);
+    let core = &rewarder.core;
+    let Ok(read) = core.returns.run(&core.workers, Lane::Normal, read) else {
+        return Err(busy("the workers' queue is full"));
+    };
+    use crate::services::index::objects::Read;
+    match read.await {
+        Some(Ok(Read::Found(bytes))) => serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("the object under inputs_cid is not a snapshot: {e}"))),
+        Some(Ok(Read::Missing | Read::Corrupt)) => {
+            Err(bad("no inline snapshot, and no object under inputs_cid"))
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, "reading a snapshot object");
+            Err(internal("the snapshot could not be read"))
+        }
+        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
+    }
+}
+
+/// The stored manifest's bytes.
+async fn manifest_bytes(rewarder: &Rewarder, record: &RunRecord) -> Result<Vec<u8>, Reply> {
+    let cid = Cid(record.manifest);
+    let shared = rewarder.shared.clone();
+    let core = &rewarder.core;
+    let Ok(read) = core.returns.run(&core.workers, Lane::Normal, move || shared.manifests.get(&cid))
+    else {
+        return Err(busy("the workers' queue is full"));
+    };
+    use crate::services::index::objects::Read;
+    match read.await {
+        Some(Ok(Read::Found(bytes))) => Ok(bytes),
+        Some(Ok(Read::Missing | Read::Corrupt)) => {
+            tracing::error!(epoch = %record.epoch_id, "a stored manifest is missing or corrupt");
+            Err(internal("the stored manifest could not be read"))
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, "reading a manifest");
+            Err(internal("the stored manifest could not be read"))
+        }
+        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
+    }
+}
+
+async fn manifest_reply(rewarder: &Rewarder, record: &RunRecord) -> Reply {
+    match manifest_bytes(rewarder, record).await {
+        Ok(bytes) => Reply::json_owned(200, bytes),
+        Err(reply) => reply,
+    }
+}
+
+/// The epoch's stored run, from its owner.
+async fn find(rewarder: &Rc<Rewarder>, epoch_id: String) -> Result<RunRecord, Reply> {
+    let owner = rewarder.owner(&epoch_id);
+    match rewarder.call(owner, Call::Find { epoch_id }).await {
+        Ok(Answer::Found(Some(record))) => Ok(record),
+        Ok(Answer::Found(None)) => Err(not_found()),
+        Ok(other) => unreachable!("a find answered {other:?}"),
+        Err(error) => Err(mesh_failure(error)),
+    }
+}
+
+/// `GET /rewarder/epochs/{epoch_id}`: the stored manifest, byte for byte.
+fn get_epoch(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+    let epoch_id = match epoch_of(params) {
+        Ok(epoch_id) => epoch_id,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let rewarder = rewarder.clone();
+    Handled::Later(Box::pin(async move {
+        match find(&rewarder, epoch_id).await {
+            Ok(record) => manifest_reply(&rewarder, &record).await,
+            Err(reply) => reply,
+        }
+    }))
+}
+
+/// `GET /rewarder/epochs/{epoch_id}/settlement`: the wallet issues the
+/// stored manifest plans, with their keys and memos.
+fn settlement(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+    let epoch_id = match epoch_of(params) {
+        Ok(epoch_id) => epoch_id,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let rewarder = rewarder.clone();
+    Handled::Later(Box::pin(async move {
+        let bytes = match find(&rewarder, epoch_id).await {
+            Ok(record) => match manifest_bytes(&rewarder, &record).await {
+                Ok(bytes) => bytes,
+                Err(reply) => return reply,
+            },
+            Err(reply) => return reply,
+        };
+        let manifest: Manifest = match serde_json::from_slice(&bytes) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                tracing::error!(%error, "a stored manifest does not parse");
+                return internal("the stored manifest could not be read");
+            }
+        };
+        let settlement = Settlement::of(&manifest, WALLET_ISSUE_PATH);
+        Reply::json_owned(200, serde_json::to_vec(&settlement).expect("a settlement serializes"))
+    }))
+}

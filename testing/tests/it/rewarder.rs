@@ -1,0 +1,226 @@
+//! The rewarder (SPEC §8) through the real binary, against bytes the
+//! original svc-rewarder produced for the same requests (its
+//! `tests/integration/http_compute.rs` body): manifests, run keys,
+//! commitments, settlement keys and memos, replay, promotion, conflict,
+//! quarantine, its nested envelope; runs survive kill -9 and a shard-count
+//! change.
+
+use ron_testing::{NodeOptions, Response, TestNode, get, request};
+use simd_json::prelude::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const INPUTS: &str = "b3:81d428e1df7c29a8443467db8ed59ee2628ac43acd47c692fbc3c23ee495606d";
+
+fn policy_hash() -> String {
+    format!("b3:{}", "b".repeat(64))
+}
+
+/// The original's test request (accounts out of order, as it sends them).
+fn body(dry_run: bool) -> String {
+    let hash = policy_hash();
+    format!(
+        r#"{{"inputs_cid":"{INPUTS}","policy_id":"policy:v1","policy_hash":"{hash}","dry_run":{dry_run},"notes":"a note",
+        "snapshot":{{"produced_at_millis":1,"pool_minor_units":"1000","contributions":[
+          {{"account":"acct_b","bytes_stored":200,"bytes_served":0,"uptime_seconds":20}},
+          {{"account":"acct_a","bytes_stored":100,"bytes_served":50,"uptime_seconds":10}}]}},
+        "policy":{{"id":"policy:v1","hash":"{hash}","signed":true,"funding_source":"protocol_pool",
+          "max_payout_minor_units":"1000","min_payout_minor_units":"1","weight_bps":10000,"rounding":"floor"}}}}"#
+    )
+}
+
+/// The original's manifest for `epoch-1`, dry run (812 bytes).
+const DRY: &str = r#"{"version":1,"epoch_id":"epoch-1","run_key":"b3:d61affcf4ac0e833b22b44079b73a4148bf74b08328e41a4ef59ec9815b0cf09","commitment":"b3:e528895f8a851682fbae4caf143de9e5d99217b2c1d2149b8c3d2ab8e22dbdfc","status":"ok","inputs_cid":"b3:81d428e1df7c29a8443467db8ed59ee2628ac43acd47c692fbc3c23ee495606d","totals":{"pool_minor_units":"1000","payout_minor_units":"999","residual_minor_units":"1"},"policy":{"id":"policy:v1","hash":"b3:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","signed":true,"funding_source":"protocol_pool"},"invariants":{"conservation":true,"overflow":false,"idempotent":true},"ledger":{"emitted":false,"result":"dry_run"},"payouts":[{"account":"acct_a","amount_minor_units":"356","score":1220000},{"account":"acct_b","amount_minor_units":"643","score":2200000}],"attestation":null}"#;
+
+/// The same, made live by a later request (the original's promotion).
+fn live() -> String {
+    DRY.replace(
+        "b3:e528895f8a851682fbae4caf143de9e5d99217b2c1d2149b8c3d2ab8e22dbdfc",
+        "b3:619c202bf3ac0dcd1ddbff9be905d942dcaa615d3b283b1ec01f6b443042672a",
+    )
+    .replace(r#""emitted":false,"result":"dry_run""#, r#""emitted":true,"result":"accepted""#)
+}
+
+/// The original's settlement of the live `epoch-1`.
+const SETTLEMENT: &str = r#"{"run_key":"b3:d61affcf4ac0e833b22b44079b73a4148bf74b08328e41a4ef59ec9815b0cf09","epoch_id":"epoch-1","manifest_commitment":"b3:619c202bf3ac0dcd1ddbff9be905d942dcaa615d3b283b1ec01f6b443042672a","funding_source":"protocol_pool","wallet_path":"/v1/issue","total_minor_units":"999","requests":[{"to":"acct_a","asset":"roc","amount_minor":"356","idempotency_key":"b3:ba06f27201c32e38a706abc36d7b20596580faad590e179bf530cdee2dd6","memo":"svc-rewarder:epoch-1:acct_a"},{"to":"acct_b","asset":"roc","amount_minor":"643","idempotency_key":"b3:617a3e86474eafb064d4cbdc942adf5fddab40d1ad14f6ed7274c8dce514","memo":"svc-rewarder:epoch-1:acct_b"}]}"#;
+
+fn compute(node: &TestNode, at: SocketAddr, epoch: &str, body: &str, corr: &str) -> Response {
+    let auth = node.admin();
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("X-Corr-ID", corr),
+    ];
+    let path = format!("/rewarder/epochs/{epoch}/compute");
+    request(at, "POST", &path, &headers, body.as_bytes()).unwrap()
+}
+
+fn inspect(node: &TestNode, at: SocketAddr, path: &str) -> Response {
+    let auth = node.admin();
+    get(at, path, &[("Authorization", auth.as_str())]).unwrap()
+}
+
+/// The original's envelope: `{"error":{code, message, corr_id, details:{reason}}}`.
+fn envelope(response: &Response, status: u16, code: &str, reason: &str, message: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    let body = response.json();
+    let error = body.get("error").unwrap();
+    assert_eq!(error.get_str("code"), Some(code), "{}", response.text());
+    assert_eq!(
+        error.get("details").unwrap().get_str("reason"),
+        Some(reason),
+        "{}",
+        response.text()
+    );
+    assert_eq!(error.get_str("message"), Some(message), "{}", response.text());
+}
+
+#[test]
+fn manifests_replays_promotion_conflicts_and_settlements_are_the_originals() {
+    let mut node =
+        TestNode::start(NodeOptions::default().shards(2).config("[ledger]\nview_write_ms = 50\n"));
+    let at = node.listen;
+    // A dry run: the original's bytes, and again the same bytes, from
+    // either shard.
+    let dry = compute(&node, at, "epoch-1", &body(true), "c-1");
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    assert_eq!(dry.text(), DRY);
+    for shard in 0..2 {
+        let again = compute(&node, node.shard_address(shard), "epoch-1", &body(true), "c-2");
+        assert_eq!(again.text(), DRY);
+    }
+    // A live request promotes it; after that, a dry request gets the live
+    // manifest (as the original answers).
+    let live_answer = compute(&node, at, "epoch-1", &body(false), "c-3");
+    assert_eq!(live_answer.text(), live());
+    assert_eq!(compute(&node, at, "epoch-1", &body(true), "c-4").text(), live());
+    assert_eq!(inspect(&node, at, "/rewarder/epochs/epoch-1").text(), live());
+    assert_eq!(inspect(&node, at, "/rewarder/epochs/epoch-1/settlement").text(), SETTLEMENT);
+    // Other inputs for the stored epoch: 409, in the original's words and
+    // with the request's correlation id.
+    let other = body(true).replace(r#""pool_minor_units":"1000""#, r#""pool_minor_units":"999""#);
+    let other = other.replace(INPUTS, &format!("b3:{}", "c".repeat(64)));
+    let conflict = compute(&node, at, "epoch-1", &other, "corr-test");
+    assert_eq!(
+        conflict.text(),
+        r#"{"error":{"code":"CONFLICT","message":"conflict: epoch already computed with different policy_hash or inputs_cid","corr_id":"corr-test","details":{"reason":"conflict"}}}"#
+    );
+    assert_eq!(conflict.status, 409);
+    // A wrong inputs_cid for a new epoch: 400 naming both.
+    let wrong = body(true).replace(INPUTS, &format!("b3:{}", "c".repeat(64)));
+    envelope(
+        &compute(&node, at, "epoch-2", &wrong, "c-5"),
+        400,
+        "BAD_REQUEST",
+        "bad_request",
+        &format!("bad request: inputs_cid mismatch: expected {INPUTS}, got b3:{}", "c".repeat(64)),
+    );
+    // Overflow: quarantined, 409, not stored, counted.
+    let overflow_snapshot = r#"{"produced_at_millis":0,"pool_minor_units":"340282366920938463463374607431768211455","contributions":[{"account":"acct_overflow","bytes_stored":2,"bytes_served":0,"uptime_seconds":0}]}"#;
+    let overflow = format!(
+        r#"{{"inputs_cid":"b3:{}","policy_id":"policy:v1","policy_hash":"{}","dry_run":true,"snapshot":{overflow_snapshot}}}"#,
+        blake3::hash(overflow_snapshot.as_bytes()).to_hex(),
+        policy_hash()
+    );
+    let quarantined = compute(&node, at, "epoch-quarantine", &overflow, "q-1");
+    assert_eq!(
+        quarantined.text(),
+        r#"{"error":{"code":"QUARANTINED","message":"quarantined: mul/div overflow","corr_id":"q-1","details":{"reason":"invariant"}}}"#
+    );
+    envelope(
+        &inspect(&node, at, "/rewarder/epochs/epoch-quarantine"),
+        404,
+        "NOT_FOUND",
+        "not_found",
+        "not found: epoch manifest not found",
+    );
+    assert_eq!(node.metric("reward_invariant_fail_total"), 1.0);
+    // The original's checks and texts.
+    envelope(
+        &compute(&node, at, "e%20x", &body(true), "c-6"),
+        400,
+        "BAD_REQUEST",
+        "bad_request",
+        "bad request: epoch_id contains unsupported characters",
+    );
+    envelope(
+        &compute(&node, at, &"e".repeat(129), &body(true), "c-7"),
+        400,
+        "BAD_REQUEST",
+        "bad_request",
+        "bad request: epoch_id must be 1..=128 bytes",
+    );
+    let upper = body(true).replace(&policy_hash(), &format!("b3:{}", "B".repeat(64)));
+    envelope(
+        &compute(&node, at, "epoch-3", &upper, "c-8"),
+        400,
+        "BAD_REQUEST",
+        "bad_request",
+        "bad request: policy_hash must be lowercase canonical b3 hex",
+    );
+    let unknown = body(true).replace(r#""notes":"a note""#, r#""extra":1"#);
+    assert_eq!(compute(&node, at, "epoch-3", &unknown, "c-9").status, 422);
+    // Scopes: none → 401, the wrong one → 403 (in the original's names).
+    let anonymous = request(
+        at,
+        "POST",
+        "/rewarder/epochs/epoch-3/compute",
+        &[("Content-Type", "application/json")],
+        body(true).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.json().get("error").unwrap().get_str("code"), Some("UNAUTHENTICATED"));
+
+    // Runs survive kill -9 (views written, then one more run that only the
+    // log has) and a shard-count change.
+    std::thread::sleep(Duration::from_millis(300));
+    let empty_snapshot = r#"{"produced_at_millis":0,"pool_minor_units":"0","contributions":[]}"#;
+    let empty = format!(
+        r#"{{"inputs_cid":"b3:340491fd208f690a75ac9d41517d6ca7662f0d8eaa832480c8332901290e544c","policy_id":"policy:v1","policy_hash":"{}","snapshot":{empty_snapshot}}}"#,
+        policy_hash()
+    );
+    let zero = compute(&node, at, "e-zero", &empty, "c-10");
+    assert_eq!(zero.status, 200, "{}", zero.text());
+    let check = |node: &TestNode| {
+        assert_eq!(inspect(node, node.listen, "/rewarder/epochs/epoch-1").text(), live());
+        assert_eq!(inspect(node, node.listen, "/rewarder/epochs/e-zero").text(), zero.text());
+        assert_eq!(compute(node, node.listen, "epoch-1", &body(false), "c-11").text(), live());
+    };
+    check(&node);
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    check(&node);
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.set_shards(1);
+    node.spawn();
+    check(&node);
+}
+
+#[test]
+fn a_snapshot_sent_ahead_as_an_index_object_is_used() {
+    let node = TestNode::start(NodeOptions::default());
+    let at = node.listen;
+    let canonical = r#"{"produced_at_millis":1,"pool_minor_units":"1000","contributions":[{"account":"acct_a","bytes_stored":100,"bytes_served":50,"uptime_seconds":10},{"account":"acct_b","bytes_stored":200,"bytes_served":0,"uptime_seconds":20}]}"#;
+    let auth = node.admin();
+    let put =
+        request(at, "PUT", "/v1/index/objects", &[("Authorization", &auth)], canonical.as_bytes())
+            .unwrap();
+    assert_eq!(put.json().get_str("cid"), Some(INPUTS));
+    let hash = policy_hash();
+    let by_cid = format!(
+        r#"{{"inputs_cid":"{INPUTS}","policy_id":"policy:v1","policy_hash":"{hash}","dry_run":true,
+        "policy":{{"id":"policy:v1","hash":"{hash}","signed":true,"funding_source":"protocol_pool",
+          "max_payout_minor_units":"1000","min_payout_minor_units":"1","weight_bps":10000,"rounding":"floor"}}}}"#
+    );
+    assert_eq!(compute(&node, at, "epoch-1", &by_cid, "c-1").text(), DRY);
+    // No inline snapshot and nothing under the cid: 400.
+    let missing = by_cid.replace(INPUTS, &format!("b3:{}", "d".repeat(64)));
+    envelope(
+        &compute(&node, at, "epoch-2", &missing, "c-2"),
+        400,
+        "BAD_REQUEST",
+        "bad_request",
+        "bad request: no inline snapshot, and no object under inputs_cid",
+    );
+}
