@@ -72,6 +72,8 @@ pub struct Rewarder {
     metrics: RefCell<RewarderMetrics>,
     /// The index, whose objects hold snapshots sent ahead of a compute.
     index: Rc<crate::services::index::Index>,
+    /// The wallet, which issues the payouts.
+    wallet: Rc<crate::services::wallet::Wallet>,
 }
 
 #[derive(Debug)]
@@ -156,6 +158,7 @@ impl Service for Rewarder {
             inflight: Cell::new(0),
             metrics: RefCell::new(RewarderMetrics::default()),
             index: start.started.get::<crate::services::index::Index>(),
+            wallet: start.started.get::<crate::services::wallet::Wallet>(),
         })
     }
 
@@ -256,6 +259,14 @@ pub struct RewarderMetrics {
     pub conflict: u64,
     /// Overflows and broken invariants (every quarantine).
     pub invariant_fail: u64,
+    /// Payout issues by result: committed by an emission, found committed
+    /// already, planned by a dry run, refused.
+    pub intents_accepted: u64,
+    pub intents_dup: u64,
+    pub intents_dry_run: u64,
+    pub intents_error: u64,
+    /// Payouts of the runs computed.
+    pub intents_planned: u64,
     /// Runs this shard keeps (filled in at scrape).
     pub kept: u64,
 }
@@ -269,6 +280,11 @@ impl MetricsPart for RewarderMetrics {
         self.quarantined += other.quarantined;
         self.conflict += other.conflict;
         self.invariant_fail += other.invariant_fail;
+        self.intents_accepted += other.intents_accepted;
+        self.intents_dup += other.intents_dup;
+        self.intents_dry_run += other.intents_dry_run;
+        self.intents_error += other.intents_error;
+        self.intents_planned += other.intents_planned;
         self.kept += other.kept;
     }
 
@@ -286,9 +302,20 @@ impl MetricsPart for RewarderMetrics {
         ] {
             let _ = writeln!(out, "{name}{{status=\"{status}\"}} {count}");
         }
+        let name = "ledger_intents_total";
+        header(out, name, "counter", "Payout issues by result (accepted, dup, dry_run, error).");
+        for (result, count) in [
+            ("accepted", self.intents_accepted),
+            ("dup", self.intents_dup),
+            ("dry_run", self.intents_dry_run),
+            ("error", self.intents_error),
+        ] {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {count}");
+        }
         simple_lines(
             out,
             &[
+                ("settlement_intents_planned_total", "counter", "Payouts of the runs computed.", self.intents_planned as f64),
                 ("reward_invariant_fail_total", "counter", "Runs quarantined: an overflow or a broken invariant.", self.invariant_fail as f64),
                 ("reward_runs_kept", "gauge", "Epochs with a stored run.", self.kept as f64),
             ],

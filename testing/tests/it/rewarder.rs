@@ -224,3 +224,82 @@ fn a_snapshot_sent_ahead_as_an_index_object_is_used() {
         "bad request: no inline snapshot, and no object under inputs_cid",
     );
 }
+
+fn balance(node: &TestNode, account: &str) -> u128 {
+    let path = format!("/v1/balance?account={account}&asset=roc");
+    let response = get(node.listen, &path, &[("Authorization", &node.admin())]).unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json().get_str("amount_minor").unwrap().parse().unwrap()
+}
+
+fn emit(node: &TestNode, epoch: &str) -> Response {
+    let auth = node.admin();
+    let path = format!("/rewarder/epochs/{epoch}/emit");
+    request(node.listen, "POST", &path, &[("Authorization", auth.as_str())], b"").unwrap()
+}
+
+/// The original's compute → settlement → emit loop: the wallet balances
+/// the manifest names, each receipt what `POST /v1/issue` with the payout's
+/// key answers, and no payout issued twice — by a repeated emit, or after
+/// an emission cut short (one payout issued before the emit).
+#[test]
+fn emission_issues_every_payout_once() {
+    let node = TestNode::start(NodeOptions::default().shards(2));
+    let at = node.listen;
+    envelope(
+        &emit(&node, "epoch-1"),
+        404,
+        "NOT_FOUND",
+        "not_found",
+        "not found: epoch manifest not found",
+    );
+    assert_eq!(compute(&node, at, "epoch-1", &body(true), "c-1").status, 200);
+    envelope(
+        &emit(&node, "epoch-1"),
+        400,
+        "BAD_REQUEST",
+        "bad_request",
+        "bad request: cannot emit settlement for dry-run manifest; recompute with dry_run=false first",
+    );
+    assert_eq!(compute(&node, at, "epoch-1", &body(false), "c-2").text(), live());
+    // acct_b's payout issued already, as by an emission that stopped there.
+    let issued_before = ron_testing::post_json(
+        at,
+        "/v1/issue",
+        &node.admin(),
+        r#"{"to":"acct_b","asset":"roc","amount_minor":"643","memo":"svc-rewarder:epoch-1:acct_b","idempotency_key":"b3:617a3e86474eafb064d4cbdc942adf5fddab40d1ad14f6ed7274c8dce514"}"#,
+    );
+    assert_eq!(issued_before.status, 200, "{}", issued_before.text());
+    let first = emit(&node, "epoch-1");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let answer = first.json();
+    assert_eq!(answer.get_str("result"), Some("accepted"));
+    assert_eq!(simd_json::to_string(answer.get("batch").unwrap()).unwrap(), SETTLEMENT);
+    let receipts = answer.get_array("receipts").unwrap();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(
+        receipts[1].get_str("txid"),
+        issued_before.json().get_str("txid"),
+        "the payout issued before is found, not issued again"
+    );
+    assert_eq!((balance(&node, "acct_a"), balance(&node, "acct_b")), (356, 643));
+    // Each receipt is what POST /v1/issue with that key answers, and
+    // readable at /v1/tx/{txid}.
+    let by_hand = ron_testing::post_json(
+        at,
+        "/v1/issue",
+        &node.admin(),
+        r#"{"to":"acct_a","asset":"roc","amount_minor":"356","memo":"svc-rewarder:epoch-1:acct_a","idempotency_key":"b3:ba06f27201c32e38a706abc36d7b20596580faad590e179bf530cdee2dd6"}"#,
+    );
+    assert_eq!(by_hand.json(), receipts[0]);
+    let txid = receipts[0].get_str("txid").unwrap();
+    let tx = get(at, &format!("/v1/tx/{txid}"), &[("Authorization", &node.admin())]).unwrap();
+    assert_eq!(tx.status, 200, "{}", tx.text());
+    // Emitted again: the same receipts, nothing issued.
+    let again = emit(&node, "epoch-1");
+    assert_eq!(again.json().get("receipts"), answer.get("receipts"));
+    assert_eq!((balance(&node, "acct_a"), balance(&node, "acct_b")), (356, 643));
+    assert_eq!(node.metric("ledger_intents_total{result=\"accepted\"}"), 1.0);
+    assert_eq!(node.metric("ledger_intents_total{result=\"dup\"}"), 3.0);
+    assert_eq!(node.metric("ledger_intents_total{result=\"dry_run\"}"), 2.0);
+}

@@ -14,7 +14,9 @@ use ron_proto::rewarder::{
     ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord, Settlement, Snapshot,
     compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal, validate_epoch_id,
 };
+use crate::services::wallet::routes::Issued;
 use ron_proto::token::scope::{REWARDER_INSPECT, REWARDER_RUN};
+use serde::Serialize;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -29,6 +31,7 @@ pub fn add(rewarder: &Rc<Rewarder>, table: &mut RouteTable) {
     table.add(r, Method::Get, epoch, inspect, Shed::Yes, get_epoch).errors(style);
     let settlement_path = "/rewarder/epochs/{epoch_id}/settlement";
     table.add(r, Method::Get, settlement_path, inspect, Shed::Yes, settlement).errors(style);
+    table.add(r, Method::Post, "/rewarder/epochs/{epoch_id}/emit", run, Shed::Yes, emit).errors(style);
 }
 
 fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
@@ -156,7 +159,7 @@ async fn run(
     let ComputeRequest { policy, policy_id, policy_hash, dry_run, .. } = body;
     let ledger = if dry_run { LedgerResult::DryRun } else { LedgerResult::Accepted };
     let shared = rewarder.shared.clone();
-    let work = move || -> Result<(RunRecord, Vec<u8>), Failure> {
+    let work = move || -> Result<(RunRecord, Vec<u8>, u64), Failure> {
         let mut snapshot = snapshot;
         seal(&mut snapshot, &inputs_cid)?;
         let policy = Policy::resolve(policy, &policy_id, &policy_hash)?;
@@ -171,13 +174,13 @@ async fn run(
         let bytes = manifest.to_bytes();
         let record = RunRecord::of(&manifest, &bytes);
         shared.manifests.put(&Cid(record.manifest), &bytes).map_err(|e| Failure::Store(e.to_string()))?;
-        Ok((record, bytes))
+        Ok((record, bytes, manifest.payouts.len() as u64))
     };
     let core = &rewarder.core;
     let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
         return busy("the workers' queue is full");
     };
-    let (record, bytes) = match done.await {
+    let (record, bytes, payouts) = match done.await {
         Some(Ok(done)) => done,
         Some(Err(Failure::Refused(refusal))) => return refused(Some(rewarder), refusal),
         Some(Err(Failure::Store(error))) => {
@@ -186,9 +189,15 @@ async fn run(
         }
         None => return Reply::error(ErrorCode::Unavailable, "the shard stopped"),
     };
+    let ledger = record.ledger;
     match rewarder.call(owner, Call::Store { record }).await {
         Ok(Answer::Stored(Stored::Kept)) => {
-            rewarder.metrics.borrow_mut().ok += 1;
+            let mut metrics = rewarder.metrics.borrow_mut();
+            metrics.ok += 1;
+            metrics.intents_planned += payouts;
+            if ledger == LedgerResult::DryRun {
+                metrics.intents_dry_run += payouts;
+            }
             Reply::json_owned(200, bytes)
         }
         Ok(Answer::Stored(Stored::Existing(stored))) => {
@@ -308,21 +317,107 @@ fn settlement(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> 
     };
     let rewarder = rewarder.clone();
     Handled::Later(Box::pin(async move {
-        let bytes = match find(&rewarder, epoch_id).await {
-            Ok(record) => match manifest_bytes(&rewarder, &record).await {
-                Ok(bytes) => bytes,
+        let manifest = match find(&rewarder, epoch_id).await {
+            Ok(record) => match stored_manifest(&rewarder, &record).await {
+                Ok(manifest) => manifest,
                 Err(reply) => return reply,
             },
             Err(reply) => return reply,
         };
-        let manifest: Manifest = match serde_json::from_slice(&bytes) {
-            Ok(manifest) => manifest,
-            Err(error) => {
-                tracing::error!(%error, "a stored manifest does not parse");
-                return internal("the stored manifest could not be read");
-            }
-        };
         let settlement = Settlement::of(&manifest, WALLET_ISSUE_PATH);
         Reply::json_owned(200, serde_json::to_vec(&settlement).expect("a settlement serializes"))
     }))
+}
+
+/// `POST /rewarder/epochs/{epoch_id}/emit`: one wallet issue per payout of
+/// the stored live run, each with its key and memo, committed by the
+/// wallet of this node (no HTTP hop); a payout issued before, by an
+/// earlier emit or one cut short by a crash, is found and not issued again.
+fn emit(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> Handled {
+    let epoch_id = match epoch_of(params) {
+        Ok(epoch_id) => epoch_id,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let rewarder = rewarder.clone();
+    Handled::Later(Box::pin(async move {
+        let record = match find(&rewarder, epoch_id).await {
+            Ok(record) => record,
+            Err(reply) => return reply,
+        };
+        if record.ledger == LedgerResult::DryRun {
+            return bad(
+                "cannot emit settlement for dry-run manifest; recompute with dry_run=false first",
+            );
+        }
+        let manifest = match stored_manifest(&rewarder, &record).await {
+            Ok(manifest) => manifest,
+            Err(reply) => return reply,
+        };
+        let batch = Settlement::of(&manifest, WALLET_ISSUE_PATH);
+        let mut receipts = Vec::with_capacity(batch.requests.len());
+        for issue in &batch.requests {
+            let key = issue.idempotency_key.as_deref().expect("settlements key every issue");
+            let memo = issue.memo.as_deref().expect("settlements memo every issue");
+            let issued = crate::services::wallet::routes::issue_for(
+                &rewarder.wallet,
+                &issue.to,
+                issue.asset,
+                issue.amount_minor.0,
+                memo,
+                key,
+            )
+            .await;
+            let receipt = match issued {
+                Issued::Committed(receipt) => {
+                    rewarder.metrics.borrow_mut().intents_accepted += 1;
+                    receipt
+                }
+                Issued::Replayed(receipt) => {
+                    rewarder.metrics.borrow_mut().intents_dup += 1;
+                    receipt
+                }
+                Issued::Refused(reply) => {
+                    rewarder.metrics.borrow_mut().intents_error += 1;
+                    return issue_refused(&issue.to, reply);
+                }
+            };
+            // The original re-serializes the wallet's answers: keys sorted.
+            let receipt: serde_json::Value =
+                serde_json::from_slice(&receipt).expect("receipts are JSON");
+            receipts.push(receipt);
+        }
+        #[derive(Serialize)]
+        struct Emitted<'a> {
+            result: &'static str,
+            batch: &'a Settlement,
+            receipts: Vec<serde_json::Value>,
+        }
+        let body = Emitted { result: "accepted", batch: &batch, receipts };
+        Reply::json_owned(200, serde_json::to_vec(&body).expect("an emission serializes"))
+    }))
+}
+
+/// A payout the wallet did not issue: the emission stops there (what was
+/// issued stays issued, and a later emit goes on from it).
+fn issue_refused(to: &str, reply: Reply) -> Reply {
+    let (code, message) = match &reply.body {
+        crate::http::reply::Body::Error { code, message, .. } => (*code, message.to_string()),
+        _ => (ErrorCode::Internal, String::new()),
+    };
+    match code {
+        ErrorCode::Busy => busy("a payout of this run is being issued; retry"),
+        _ => Reply::error(
+            ErrorCode::Unavailable,
+            format!("wallet issue to {to} rejected with HTTP {}: {message}", reply.status),
+        ),
+    }
+}
+
+/// The stored manifest, parsed.
+async fn stored_manifest(rewarder: &Rewarder, record: &RunRecord) -> Result<Manifest, Reply> {
+    let bytes = manifest_bytes(rewarder, record).await?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        tracing::error!(%error, "a stored manifest does not parse");
+        internal("the stored manifest could not be read")
+    })
 }

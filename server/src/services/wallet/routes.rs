@@ -659,3 +659,79 @@ fn tx(wallet: &Rc<Wallet>, request: &Request<'_>, params: &Params<'_>) -> Handle
         }
     }))
 }
+
+/// What an issue made for another service came to.
+#[derive(Debug)]
+pub enum Issued {
+    /// Committed now: its receipt.
+    Committed(Vec<u8>),
+    /// Committed before with the same key and body: its receipt again.
+    Replayed(Vec<u8>),
+    /// Not committed: the answer `POST /v1/issue` would have given.
+    Refused(Reply),
+}
+
+/// An issue made for another service (the rewarder's emission): the
+/// operation `POST /v1/issue` makes for this body and idempotency key —
+/// the same checks, txid, reservation, commit and receipt — without an
+/// HTTP request (the caller checked its own scope). An operation committed
+/// before is found by its txid, however long ago (the idempotency records
+/// expire; receipts do not).
+pub async fn issue_for(
+    wallet: &Rc<Wallet>,
+    to: &str,
+    asset_name: &str,
+    amount_minor: u128,
+    memo_text: &str,
+    key: &str,
+) -> Issued {
+    let checked = account("to", to)
+        .and_then(|()| asset(wallet, asset_name))
+        .and_then(|()| amount(wallet, Amount::Text(amount_minor.to_string())))
+        .and_then(|_| memo(Some(memo_text)));
+    if let Err(reply) = checked {
+        return Issued::Refused(reply);
+    }
+    if !valid_idempotency_key(key) {
+        return Issued::Refused(bad("the idempotency key must be 1..=64 bytes of [A-Za-z0-9-_:.]"));
+    }
+    if wallet.core.log.in_safe_mode() {
+        return Issued::Refused(degraded(None));
+    }
+    let canonical = CanonicalRequest {
+        kind: OpKind::Issue,
+        from: None,
+        to: Some(to),
+        asset: Some(asset_name),
+        amount: Some(amount_minor),
+        nonce: None,
+        hold_id: None,
+        timeout_s: None,
+        memo: Some(memo_text),
+        idem_owner: to,
+        idem: key,
+    };
+    if let Ok((op, placement)) = committed(wallet, canonical.txid()).await {
+        return Issued::Replayed(wallet::receipt(&op, &placement));
+    }
+    let Write { op, scope_shard, .. } = Write::new(wallet, canonical, scope::WALLET_ISSUE);
+    let call = Call::Reserve { op: Box::new(op), now_ms: unix_now_ms() };
+    let op = match wallet.call(scope_shard, call).await {
+        Ok(Answer::Reserved(Ok(Reserved::Replay(txid)))) => {
+            wallet.metrics.borrow_mut().idem_replays += 1;
+            return match committed(wallet, txid).await {
+                Ok((op, placement)) => Issued::Replayed(wallet::receipt(&op, &placement)),
+                Err(reply) => Issued::Refused(reply),
+            };
+        }
+        Ok(Answer::Reserved(Ok(Reserved::Commit(op)))) => op,
+        Ok(Answer::Reserved(Err(refused))) => return Issued::Refused(rejection(refused)),
+        Ok(other) => panic!("a wallet reservation answered with {other:?}"),
+        Err(error) => return Issued::Refused(mesh_failure(error)),
+    };
+    let reply = commit(wallet, op, scope_shard).await;
+    match reply.body {
+        crate::http::reply::Body::Owned(receipt) if reply.status == 200 => Issued::Committed(receipt),
+        _ => Issued::Refused(reply),
+    }
+}
