@@ -1154,4 +1154,138 @@ mod tests {
         assert!(manifest.payouts.iter().all(|p| p.amount_minor_units.0 == 30));
         assert_eq!(manifest.totals.residual_minor_units, Amount(10));
     }
+
+    /// A plain reference of the formula: every share as a fraction, then
+    /// floors, or floors plus one unit for the largest remainders, all in
+    /// checked u128 (`None`: the run must be quarantined).
+    fn reference(
+        contributions: &[(String, u64, u64, u64)],
+        pool: u128,
+        policy: &Policy,
+    ) -> Option<(Vec<(String, u128, u128)>, u128)> {
+        let mut rows: Vec<(String, u128)> = Vec::new();
+        for (account, stored, served, uptime) in contributions {
+            let raw = u128::from(*stored) + u128::from(served / 4) + u128::from(*uptime);
+            let weighted = raw.checked_mul(u128::from(policy.weight_bps))?;
+            if weighted > 0 {
+                rows.push((account.trim().to_owned(), weighted));
+            }
+        }
+        rows.sort();
+        let pool = pool.min(policy.max_payout_minor_units.0);
+        let total = rows.iter().try_fold(0u128, |sum, (_, w)| sum.checked_add(*w))?;
+        let mut shares: Vec<(String, u128, u128, u128)> = Vec::new();
+        if total > 0 && pool > 0 {
+            for (account, weighted) in &rows {
+                let product = pool.checked_mul(*weighted)?;
+                shares.push((account.clone(), *weighted, product / total, product % total));
+            }
+        }
+        if policy.rounding == "largest_remainder" {
+            let left = pool - shares.iter().map(|s| s.2).sum::<u128>();
+            let mut by_remainder: Vec<usize> = (0..shares.len()).collect();
+            by_remainder.sort_by(|a, b| {
+                shares[*b].3.cmp(&shares[*a].3).then(shares[*a].0.cmp(&shares[*b].0))
+            });
+            for at in by_remainder.into_iter().take(left as usize) {
+                shares[at].2 += 1;
+            }
+        }
+        let cap = policy.max_per_payout_minor_units.map_or(u128::MAX, |a| a.0);
+        let payouts: Vec<(String, u128, u128)> = shares
+            .into_iter()
+            .filter(|s| s.2 > 0 && s.2 >= policy.min_payout_minor_units.0)
+            .map(|(account, weighted, amount, _)| (account, amount.min(cap), weighted))
+            .collect();
+        let paid: u128 = payouts.iter().map(|p| p.1).sum();
+        Some((payouts, pool - paid))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Random snapshots and policies against the reference, both
+        /// roundings: the same payouts and residual (or both quarantined),
+        /// the pool conserved, a commitment that is the digest of the rest,
+        /// and an `inputs_cid` that does not depend on the accounts' order.
+        #[test]
+        fn the_calculus_matches_the_reference(
+            accounts in proptest::collection::btree_set("[a-e]{1,3}", 0..12),
+            counters in proptest::collection::vec((0u64..5_000, 0u64..5_000, 0u64..5_000), 12),
+            huge in proptest::bool::weighted(0.05),
+            pool in 0u128..1_000_000,
+            max_payout in 0u128..2_000_000,
+            min_payout in 0u128..50,
+            weight_bps in 1u32..=100_000,
+            largest in proptest::bool::ANY,
+            cap in proptest::option::of(1u128..100_000),
+            seed in 0u64..1000,
+        ) {
+            let contributions: Vec<(String, u64, u64, u64)> = accounts
+                .iter()
+                .zip(&counters)
+                .map(|(a, (x, y, z))| (a.clone(), *x, *y, *z))
+                .collect();
+            let pool = if huge { u128::MAX / 3 } else { pool };
+            let mut policy = Policy::dev_default("p", &format!("b3:{}", "e".repeat(64)));
+            policy.max_payout_minor_units = Amount(max_payout.max(min_payout).max(if huge { u128::MAX } else { 0 }));
+            policy.min_payout_minor_units = Amount(min_payout);
+            policy.weight_bps = weight_bps;
+            policy.rounding = if largest { "largest_remainder" } else { "floor" }.to_owned();
+            policy.max_per_payout_minor_units = cap.map(Amount);
+            // The snapshot in a shuffled order: the canonical form sorts it.
+            let mut shuffled = contributions.clone();
+            let n = shuffled.len().max(1);
+            shuffled.rotate_left(seed as usize % n);
+            let mut snapshot = Snapshot {
+                produced_at_millis: seed,
+                pool_minor_units: Amount(pool),
+                contributions: shuffled
+                    .iter()
+                    .map(|(account, stored, served, uptime)| Contribution {
+                        account: format!(" {account}"),
+                        bytes_stored: *stored,
+                        bytes_served: *served,
+                        uptime_seconds: *uptime,
+                    })
+                    .collect(),
+            };
+            snapshot.canonicalize();
+            let mut sorted = Snapshot { contributions: snapshot.contributions.clone(), ..snapshot.clone() };
+            sorted.contributions.reverse();
+            sorted.canonicalize();
+            proptest::prop_assert_eq!(sorted.cid(), snapshot.cid());
+            let cid = snapshot.cid();
+            let run = Run {
+                epoch_id: "e",
+                run_key: "k",
+                inputs_cid: &cid,
+                snapshot: &snapshot,
+                policy: &policy,
+                ledger: LedgerResult::DryRun,
+            };
+            match (compute(&run), reference(&contributions, pool, &policy)) {
+                (Ok(manifest), Some((payouts, residual))) => {
+                    let got: Vec<(String, u128, u128)> = manifest
+                        .payouts
+                        .iter()
+                        .map(|p| (p.account.clone(), p.amount_minor_units.0, p.score))
+                        .collect();
+                    proptest::prop_assert_eq!(got, payouts);
+                    proptest::prop_assert_eq!(manifest.totals.residual_minor_units.0, residual);
+                    let totals = &manifest.totals;
+                    proptest::prop_assert_eq!(
+                        totals.payout_minor_units.0 + totals.residual_minor_units.0,
+                        totals.pool_minor_units.0
+                    );
+                    if largest && min_payout <= 1 && cap.is_none() && !manifest.payouts.is_empty() {
+                        proptest::prop_assert_eq!(residual, 0, "largest remainders pay the pool");
+                    }
+                    proptest::prop_assert_eq!(manifest.commitment.clone(), Some(manifest.commitment_of()));
+                }
+                (Err(Refusal::Quarantined(_)), None) => {}
+                (got, expected) => proptest::prop_assert!(false, "{got:?} against {expected:?}"),
+            }
+        }
+    }
 }
