@@ -1155,6 +1155,9 @@ mod tests {
         assert_eq!(manifest.totals.residual_minor_units, Amount(10));
     }
 
+    /// Payouts as (account, amount, score).
+    type Paid = Vec<(String, u128, u128)>;
+
     /// A plain reference of the formula: every share as a fraction, then
     /// floors, or floors plus one unit for the largest remainders, all in
     /// checked u128 (`None`: the run must be quarantined).
@@ -1162,7 +1165,7 @@ mod tests {
         contributions: &[(String, u64, u64, u64)],
         pool: u128,
         policy: &Policy,
-    ) -> Option<(Vec<(String, u128, u128)>, u128)> {
+    ) -> Option<(Paid, u128)> {
         let mut rows: Vec<(String, u128)> = Vec::new();
         for (account, stored, served, uptime) in contributions {
             let raw = u128::from(*stored) + u128::from(served / 4) + u128::from(*uptime);
@@ -1192,7 +1195,7 @@ mod tests {
             }
         }
         let cap = policy.max_per_payout_minor_units.map_or(u128::MAX, |a| a.0);
-        let payouts: Vec<(String, u128, u128)> = shares
+        let payouts: Paid = shares
             .into_iter()
             .filter(|s| s.2 > 0 && s.2 >= policy.min_payout_minor_units.0)
             .map(|(account, weighted, amount, _)| (account, amount.min(cap), weighted))
@@ -1266,7 +1269,7 @@ mod tests {
             };
             match (compute(&run), reference(&contributions, pool, &policy)) {
                 (Ok(manifest), Some((payouts, residual))) => {
-                    let got: Vec<(String, u128, u128)> = manifest
+                    let got: Paid = manifest
                         .payouts
                         .iter()
                         .map(|p| (p.account.clone(), p.amount_minor_units.0, p.score))
