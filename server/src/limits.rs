@@ -163,6 +163,11 @@ pub const DHT_BOOTSTRAP_EVERY: Duration = Duration::from_secs(5 * 60);
 /// How long clients may keep an index answer (`Cache-Control`).
 pub const INDEX_ANSWER_MAX_AGE: &str = "public, max-age=5";
 
+// ---- Rewarder ----
+
+/// How often each shard looks for emissions owed (quarantine-only mode).
+pub const REWARDER_PENDING_TICK: Duration = Duration::from_secs(1);
+
 // ---- Echo ----
 
 /// `/v1/echo-peer` waits this long for the peer's answer.

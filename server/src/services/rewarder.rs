@@ -12,6 +12,7 @@
 //!   same `run_key`. A request for a stored epoch with the same key gets the
 //!   stored bytes again; with another key, 409.
 
+pub mod pending;
 pub mod routes;
 
 use crate::config::Config;
@@ -29,10 +30,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
+use crate::limits::REWARDER_PENDING_TICK;
+use crate::workers::Lane;
 
-/// What every shard shares: the manifest store.
+/// What every shard shares: the manifest store and the owed emissions.
 pub struct RewarderShared {
     pub manifests: ObjectStore,
+    pub pending: pending::Pending,
 }
 
 /// The runs a shard owns.
@@ -108,6 +113,7 @@ impl Service for Rewarder {
     const NAME: &'static str = "rewarder";
     const LOG_CODES: &'static [u8] = &[RUN_CODE];
     const TABLES: &'static [&'static str] = &["runs"];
+    const TICK: Option<Duration> = Some(REWARDER_PENDING_TICK);
     type Shared = RewarderShared;
     type State = Runs;
     type Call = Call;
@@ -115,12 +121,15 @@ impl Service for Rewarder {
 
     fn prepare(config: &Config) -> anyhow::Result<RewarderShared> {
         let bytes_max = config.rewarder.manifests_bytes_max;
-        let manifests = if config.amnesia() {
-            ObjectStore::memory(bytes_max)
+        let (manifests, pending) = if config.amnesia() {
+            (ObjectStore::memory(bytes_max), pending::Pending::memory())
         } else {
-            ObjectStore::open(&config.data_dir.join("rewarder-manifests"), bytes_max)?
+            (
+                ObjectStore::open(&config.data_dir.join("rewarder-manifests"), bytes_max)?,
+                pending::Pending::open(&config.data_dir.join("rewarder-pending"))?,
+            )
         };
-        Ok(RewarderShared { manifests })
+        Ok(RewarderShared { manifests, pending })
     }
 
     fn state(_: &RewarderShared, _: ShardAt<'_>) -> Runs {
@@ -201,6 +210,50 @@ impl Service for Rewarder {
         Some(Box::new(metrics))
     }
 
+    /// Issues the emissions owed for the epochs this shard owns, while the
+    /// ledger takes writes.
+    async fn tick(self: Rc<Self>) {
+        if self.core.log.in_safe_mode() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let core = &self.core;
+        let Ok(listed) = core.returns.run(&core.workers, Lane::Normal, move || shared.pending.list())
+        else {
+            return;
+        };
+        let epochs = match listed.await {
+            Some(Ok(epochs)) => epochs,
+            Some(Err(error)) => {
+                tracing::error!(%error, "listing the pending emissions");
+                return;
+            }
+            None => return,
+        };
+        self.metrics.borrow_mut().pending = epochs.len() as u64;
+        for epoch_id in epochs.into_iter().filter(|e| self.owner(e) == core.id) {
+            let record = self.runs.borrow().runs.get(&epoch_id).cloned();
+            let Some(record) = record else {
+                tracing::warn!(%epoch_id, "a pending emission of an epoch without a run");
+                continue;
+            };
+            match routes::emit_run(&self, &record).await {
+                routes::Emission::Done { .. } => {
+                    tracing::info!(%epoch_id, "an owed emission is done");
+                    let shared = self.shared.clone();
+                    let work = move || shared.pending.remove(&epoch_id);
+                    if let Ok(removed) = core.returns.run(&core.workers, Lane::Normal, work) {
+                        let _ = removed.await;
+                    }
+                }
+                routes::Emission::Deferred { .. } => return,
+                routes::Emission::Refused(reply) => {
+                    tracing::warn!(%epoch_id, status = reply.status, "an owed emission was refused; tried again later");
+                }
+            }
+        }
+    }
+
     fn stop(&self) {
         if self.core.config.amnesia() {
             self.shared.manifests.zeroize();
@@ -267,6 +320,10 @@ pub struct RewarderMetrics {
     pub intents_error: u64,
     /// Payouts of the runs computed.
     pub intents_planned: u64,
+    /// Emissions put off while the ledger could not take them, and the
+    /// epochs owed now (filled in by the tick).
+    pub emissions_deferred: u64,
+    pub pending: u64,
     /// Runs this shard keeps (filled in at scrape).
     pub kept: u64,
 }
@@ -285,6 +342,8 @@ impl MetricsPart for RewarderMetrics {
         self.intents_dry_run += other.intents_dry_run;
         self.intents_error += other.intents_error;
         self.intents_planned += other.intents_planned;
+        self.emissions_deferred += other.emissions_deferred;
+        self.pending = self.pending.max(other.pending);
         self.kept += other.kept;
     }
 
@@ -316,6 +375,8 @@ impl MetricsPart for RewarderMetrics {
             out,
             &[
                 ("settlement_intents_planned_total", "counter", "Payouts of the runs computed.", self.intents_planned as f64),
+                ("reward_emissions_deferred_total", "counter", "Emissions put off while the ledger could not take them (quarantine-only).", self.emissions_deferred as f64),
+                ("reward_emissions_pending", "gauge", "Epochs whose emission is owed.", self.pending as f64),
                 ("reward_invariant_fail_total", "counter", "Runs quarantined: an overflow or a broken invariant.", self.invariant_fail as f64),
                 ("reward_runs_kept", "gauge", "Epochs with a stored run.", self.kept as f64),
             ],

@@ -489,10 +489,10 @@ fn kill_9_under_ingest_loses_nothing_acknowledged() {
 }
 
 /// Unmounts a tmpfs however the test ends.
-struct Mount(std::path::PathBuf);
+pub struct Mount(std::path::PathBuf);
 
 impl Mount {
-    fn tmpfs(path: &std::path::Path, size: &str) -> Mount {
+    pub fn tmpfs(path: &std::path::Path, size: &str) -> Mount {
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(path)
@@ -502,7 +502,7 @@ impl Mount {
         Mount(path.to_owned())
     }
 
-    fn resize(&self, size: &str) {
+    pub fn resize(&self, size: &str) {
         let status = std::process::Command::new("mount")
             .args(["-o", &format!("remount,size={size}")])
             .arg(&self.0)

@@ -303,3 +303,58 @@ fn emission_issues_every_payout_once() {
     assert_eq!(node.metric("ledger_intents_total{result=\"dup\"}"), 3.0);
     assert_eq!(node.metric("ledger_intents_total{result=\"dry_run\"}"), 2.0);
 }
+
+/// Quarantine-only mode: with the ledger in safe mode (its disk full), an
+/// emit is accepted as owed (202, `quarantine: true`) and kept; once the
+/// ledger takes writes again (space, and a restart out of safe mode) the
+/// node issues it by itself — once.
+#[test]
+fn an_emission_owed_in_safe_mode_is_issued_by_the_node_once_the_ledger_heals() {
+    let mut node =
+        TestNode::start(NodeOptions::default().config("[ledger]\nsegment_bytes = 65536\n"));
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let mount = crate::ledger::Mount::tmpfs(&node.log_dir(), "256k");
+    node.spawn();
+    let at = node.listen;
+    assert_eq!(compute(&node, at, "epoch-1", &body(false), "c-1").text(), live());
+    // Fill the log's disk with issues until the ledger refuses writes.
+    let mut n = 0;
+    let refused = loop {
+        assert!(n < 5000, "the disk never filled");
+        let issue = format!(
+            r#"{{"to":"filler","asset":"roc","amount_minor":"1","idempotency_key":"fill-{n}"}}"#
+        );
+        let answer = ron_testing::post_json(at, "/v1/issue", &node.admin(), &issue);
+        if answer.status != 200 {
+            break answer;
+        }
+        n += 1;
+    };
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let owed = emit(&node, "epoch-1");
+    assert_eq!(owed.status, 202, "{}", owed.text());
+    let body = owed.json();
+    assert_eq!(body.get_bool("quarantine"), Some(true));
+    assert_eq!(body.get_str("result"), Some("quarantined"));
+    assert_eq!(simd_json::to_string(body.get("batch").unwrap()).unwrap(), SETTLEMENT);
+    assert_eq!(node.metric("reward_emissions_deferred_total"), 1.0);
+    // Space again, and a restart: the node emits what it owes.
+    mount.resize("4m");
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    let healed = std::time::Instant::now();
+    while (balance(&node, "acct_a"), balance(&node, "acct_b")) != (356, 643) {
+        assert!(healed.elapsed() < Duration::from_secs(10), "the owed emission was not issued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node.metric("ledger_intents_total{result=\"accepted\"}"), 2.0);
+    // Nothing is owed any more, and an emit now finds both issued.
+    let again = emit(&node, "epoch-1");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!((balance(&node, "acct_a"), balance(&node, "acct_b")), (356, 643));
+    assert_eq!(node.metric("ledger_intents_total{result=\"dup\"}"), 2.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(node.metric("reward_emissions_pending"), 0.0);
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    drop(mount);
+}

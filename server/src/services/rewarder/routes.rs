@@ -333,6 +333,10 @@ fn settlement(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> 
 /// the stored live run, each with its key and memo, committed by the
 /// wallet of this node (no HTTP hop); a payout issued before, by an
 /// earlier emit or one cut short by a crash, is found and not issued again.
+/// While the ledger cannot take them (safe mode, or an issue slower than
+/// `rewarder.ledger_deadline_ms`), the rest is owed: marked durably,
+/// answered 202 with `quarantine: true`, and issued by the node itself once
+/// the ledger takes writes again (`Rewarder::tick`).
 fn emit(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> Handled {
     let epoch_id = match epoch_of(params) {
         Ok(epoch_id) => epoch_id,
@@ -349,52 +353,120 @@ fn emit(rewarder: &Rc<Rewarder>, _: &Request<'_>, params: &Params<'_>) -> Handle
                 "cannot emit settlement for dry-run manifest; recompute with dry_run=false first",
             );
         }
-        let manifest = match stored_manifest(&rewarder, &record).await {
-            Ok(manifest) => manifest,
-            Err(reply) => return reply,
-        };
-        let batch = Settlement::of(&manifest, WALLET_ISSUE_PATH);
-        let mut receipts = Vec::with_capacity(batch.requests.len());
-        for issue in &batch.requests {
-            let key = issue.idempotency_key.as_deref().expect("settlements key every issue");
-            let memo = issue.memo.as_deref().expect("settlements memo every issue");
-            let issued = crate::services::wallet::routes::issue_for(
-                &rewarder.wallet,
-                &issue.to,
-                issue.asset,
-                issue.amount_minor.0,
-                memo,
-                key,
-            )
-            .await;
-            let receipt = match issued {
-                Issued::Committed(receipt) => {
-                    rewarder.metrics.borrow_mut().intents_accepted += 1;
-                    receipt
-                }
-                Issued::Replayed(receipt) => {
-                    rewarder.metrics.borrow_mut().intents_dup += 1;
-                    receipt
-                }
-                Issued::Refused(reply) => {
-                    rewarder.metrics.borrow_mut().intents_error += 1;
-                    return issue_refused(&issue.to, reply);
-                }
-            };
-            // The original re-serializes the wallet's answers: keys sorted.
-            let receipt: serde_json::Value =
-                serde_json::from_slice(&receipt).expect("receipts are JSON");
-            receipts.push(receipt);
-        }
         #[derive(Serialize)]
         struct Emitted<'a> {
             result: &'static str,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            quarantine: bool,
             batch: &'a Settlement,
-            receipts: Vec<serde_json::Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            receipts: Option<Vec<serde_json::Value>>,
         }
-        let body = Emitted { result: "accepted", batch: &batch, receipts };
-        Reply::json_owned(200, serde_json::to_vec(&body).expect("an emission serializes"))
+        let (status, body) = match emit_run(&rewarder, &record).await {
+            Emission::Done { batch, receipts } => {
+                if let Err(reply) = mark(&rewarder, &record.epoch_id, false).await {
+                    return reply;
+                }
+                let body = Emitted { result: "accepted", quarantine: false, batch: &batch, receipts: Some(receipts) };
+                (200, serde_json::to_vec(&body))
+            }
+            Emission::Deferred { batch } => {
+                if let Err(reply) = mark(&rewarder, &record.epoch_id, true).await {
+                    return reply;
+                }
+                let body = Emitted { result: "quarantined", quarantine: true, batch: &batch, receipts: None };
+                (202, serde_json::to_vec(&body))
+            }
+            Emission::Refused(reply) => return reply,
+        };
+        Reply::json_owned(status, body.expect("an emission serializes"))
     }))
+}
+
+/// Marks the epoch's emission as owed (`owed`) or done, on a worker.
+async fn mark(rewarder: &Rewarder, epoch_id: &str, owed: bool) -> Result<(), Reply> {
+    let shared = rewarder.shared.clone();
+    let epoch_id = epoch_id.to_owned();
+    let work = move || {
+        if owed { shared.pending.add(&epoch_id) } else { shared.pending.remove(&epoch_id) }
+    };
+    let core = &rewarder.core;
+    let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
+        return Err(busy("the workers' queue is full"));
+    };
+    match done.await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) => {
+            tracing::error!(%error, "marking a pending emission");
+            Err(internal("the pending emission could not be marked"))
+        }
+        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
+    }
+}
+
+/// How an emission ended.
+pub enum Emission {
+    /// Every payout issued, now or before: the receipts.
+    Done { batch: Settlement, receipts: Vec<serde_json::Value> },
+    /// The ledger cannot take it now; what is left is owed.
+    Deferred { batch: Settlement },
+    Refused(Reply),
+}
+
+/// Issues the payouts of `record` not issued yet, in account order.
+pub async fn emit_run(rewarder: &Rc<Rewarder>, record: &RunRecord) -> Emission {
+    let manifest = match stored_manifest(rewarder, record).await {
+        Ok(manifest) => manifest,
+        Err(reply) => return Emission::Refused(reply),
+    };
+    let batch = Settlement::of(&manifest, WALLET_ISSUE_PATH);
+    let deadline = std::time::Duration::from_millis(rewarder.core.config.rewarder.ledger_deadline_ms);
+    let mut receipts = Vec::with_capacity(batch.requests.len());
+    for (at, issue) in batch.requests.iter().enumerate() {
+        if rewarder.core.log.in_safe_mode() {
+            rewarder.metrics.borrow_mut().emissions_deferred += 1;
+            return Emission::Deferred { batch };
+        }
+        let key = issue.idempotency_key.as_deref().expect("settlements key every issue");
+        let memo = issue.memo.as_deref().expect("settlements memo every issue");
+        let started = Instant::now();
+        let issued = crate::services::wallet::routes::issue_for(
+            &rewarder.wallet,
+            &issue.to,
+            issue.asset,
+            issue.amount_minor.0,
+            memo,
+            key,
+        )
+        .await;
+        let receipt = match issued {
+            Issued::Committed(receipt) => {
+                rewarder.metrics.borrow_mut().intents_accepted += 1;
+                receipt
+            }
+            Issued::Replayed(receipt) => {
+                rewarder.metrics.borrow_mut().intents_dup += 1;
+                receipt
+            }
+            Issued::Refused(reply) if reply.error_code() == Some(ErrorCode::Degraded) => {
+                rewarder.metrics.borrow_mut().emissions_deferred += 1;
+                return Emission::Deferred { batch };
+            }
+            Issued::Refused(reply) => {
+                rewarder.metrics.borrow_mut().intents_error += 1;
+                return Emission::Refused(issue_refused(&issue.to, reply));
+            }
+        };
+        // The original re-serializes the wallet's answers: keys sorted.
+        let receipt: serde_json::Value = serde_json::from_slice(&receipt).expect("receipts are JSON");
+        receipts.push(receipt);
+        if started.elapsed() > deadline && at + 1 < batch.requests.len() {
+            tracing::warn!(epoch = %record.epoch_id, elapsed = ?started.elapsed(), "the ledger is slow: the emission goes on later");
+            rewarder.metrics.borrow_mut().emissions_deferred += 1;
+            return Emission::Deferred { batch };
+        }
+    }
+    Emission::Done { batch, receipts }
 }
 
 /// A payout the wallet did not issue: the emission stops there (what was
