@@ -100,13 +100,28 @@ impl Contribution {
     }
 }
 
-/// The sealed input of a run, addressed by its `inputs_cid`.
+/// Extension: activity as events, each `units` of a `kind` that the
+/// policy's `kind_weights` turn into score.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub actor: String,
+    pub kind: String,
+    pub units: u64,
+}
+
+/// The sealed input of a run, addressed by its `inputs_cid`. `events` is
+/// an extension, left out of the canonical bytes when empty, so the
+/// original's snapshots keep their cids.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub produced_at_millis: u64,
     pub pool_minor_units: Amount,
+    #[serde(default)]
     pub contributions: Vec<Contribution>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
 }
 
 impl Snapshot {
@@ -120,6 +135,15 @@ impl Snapshot {
             }
         }
         self.contributions.sort_by(|a, b| a.account.as_bytes().cmp(b.account.as_bytes()));
+        for event in &mut self.events {
+            for text in [&mut event.actor, &mut event.kind] {
+                let trimmed = text.trim();
+                if trimmed.len() != text.len() {
+                    *text = trimmed.to_owned();
+                }
+            }
+        }
+        self.events.sort_unstable();
     }
 
     /// Checks a canonical snapshot: no empty or repeated account, scores
@@ -140,7 +164,44 @@ impl Snapshot {
                 contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
             total = total.checked_add(score).ok_or_else(|| quarantined("total score overflow"))?;
         }
+        for event in &self.events {
+            if event.actor.is_empty() {
+                return Err(bad("event actor cannot be empty"));
+            }
+            if event.kind.is_empty() {
+                return Err(bad("event kind cannot be empty"));
+            }
+        }
         Ok(())
+    }
+
+    /// Every account's raw score, by account: the original's per
+    /// contribution, plus Σ units × the kind's weight over its events.
+    pub fn scores(&self, policy: &Policy) -> Result<Vec<(&str, u128)>, Refusal> {
+        let mut scores: std::collections::BTreeMap<&str, u128> = std::collections::BTreeMap::new();
+        for contribution in &self.contributions {
+            let account = contribution.account.trim();
+            if account.is_empty() {
+                return Err(bad("contribution account cannot be empty"));
+            }
+            let raw =
+                contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
+            scores.insert(account, raw);
+        }
+        for event in &self.events {
+            let Some(weight) = policy.kind_weights.get(&event.kind) else {
+                return Err(bad(format!(
+                    "event kind {} has no weight in policy.kind_weights",
+                    event.kind
+                )));
+            };
+            let score = scores.entry(event.actor.as_str()).or_insert(0);
+            *score = u128::from(event.units)
+                .checked_mul(u128::from(*weight))
+                .and_then(|units| score.checked_add(units))
+                .ok_or_else(|| quarantined("event score overflow"))?;
+        }
+        Ok(scores.into_iter().collect())
     }
 
     /// Its canonical bytes: compact JSON, fields in declaration order.
@@ -249,6 +310,9 @@ pub struct Policy {
     /// Extension: no payout above this; the excess stays in the residual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_per_payout_minor_units: Option<Amount>,
+    /// Extension: the score one unit of each event kind is worth.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub kind_weights: std::collections::BTreeMap<String, u64>,
 }
 
 impl Policy {
@@ -264,6 +328,7 @@ impl Policy {
             weight_bps: 10_000,
             rounding: "floor".to_owned(),
             max_per_payout_minor_units: None,
+            kind_weights: std::collections::BTreeMap::new(),
         }
     }
 
@@ -467,14 +532,10 @@ pub fn compute(run: &Run<'_>) -> Result<Manifest, Refusal> {
     let rounding = policy.rounding()?;
     let weight = u128::from(policy.weight_bps);
     let pool = run.snapshot.pool_minor_units.0.min(policy.max_payout_minor_units.0);
-    let mut scored: Vec<(&str, u128)> = Vec::with_capacity(run.snapshot.contributions.len());
+    let raw_scores = run.snapshot.scores(policy)?;
+    let mut scored: Vec<(&str, u128)> = Vec::with_capacity(raw_scores.len());
     let mut total: u128 = 0;
-    for contribution in &run.snapshot.contributions {
-        let account = contribution.account.trim();
-        if account.is_empty() {
-            return Err(bad("contribution account cannot be empty"));
-        }
-        let raw = contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
+    for (account, raw) in raw_scores {
         let weighted =
             raw.checked_mul(weight).ok_or_else(|| quarantined("weighted score overflow"))?;
         if weighted > 0 {
@@ -959,8 +1020,12 @@ mod tests {
 
     #[test]
     fn empty_snapshot_and_big_scores() {
-        let empty =
-            Snapshot { produced_at_millis: 0, pool_minor_units: Amount(0), contributions: vec![] };
+        let empty = Snapshot {
+            produced_at_millis: 0,
+            pool_minor_units: Amount(0),
+            contributions: vec![],
+            events: vec![],
+        };
         assert_eq!(
             empty.cid(),
             "b3:340491fd208f690a75ac9d41517d6ca7662f0d8eaa832480c8332901290e544c"
@@ -981,6 +1046,7 @@ mod tests {
         // u64::MAX counters, weight 100 000: the score passes 2^64 and is
         // written as a plain number.
         let big = Snapshot {
+            events: vec![],
             produced_at_millis: 0,
             pool_minor_units: Amount(1000),
             contributions: vec![
@@ -1012,6 +1078,7 @@ mod tests {
     #[test]
     fn overflow_is_quarantined() {
         let snapshot = Snapshot {
+            events: vec![],
             produced_at_millis: 0,
             pool_minor_units: Amount(u128::MAX),
             contributions: vec![Contribution {
@@ -1115,6 +1182,7 @@ mod tests {
     #[test]
     fn largest_remainders_pay_the_pool_exactly_and_caps_hold() {
         let snapshot = |pool: u128, scores: &[(&str, u64)]| Snapshot {
+            events: vec![],
             produced_at_millis: 0,
             pool_minor_units: Amount(pool),
             contributions: scores
@@ -1241,6 +1309,7 @@ mod tests {
             let n = shuffled.len().max(1);
             shuffled.rotate_left(seed as usize % n);
             let mut snapshot = Snapshot {
+                events: vec![],
                 produced_at_millis: seed,
                 pool_minor_units: Amount(pool),
                 contributions: shuffled
@@ -1290,5 +1359,49 @@ mod tests {
                 (got, expected) => proptest::prop_assert!(false, "{got:?} against {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn events_add_weighted_units_to_the_originals_scores() {
+        let body = r#"{"produced_at_millis":3,"pool_minor_units":"1000","contributions":[
+            {"account":"a","bytes_stored":100,"bytes_served":0,"uptime_seconds":0}],
+          "events":[{"actor":" b ","kind":"served","units":30},{"actor":"a","kind":"stored","units":5},
+            {"actor":"b","kind":"served","units":20}]}"#;
+        let mut snapshot: Snapshot = serde_json::from_str(body).unwrap();
+        snapshot.canonicalize();
+        snapshot.validate().unwrap();
+        // Canonical: events trimmed and sorted; the cid does not depend on
+        // their order.
+        let canonical = String::from_utf8(snapshot.canonical_bytes()).unwrap();
+        assert!(canonical.ends_with(r#""events":[{"actor":"a","kind":"stored","units":5},{"actor":"b","kind":"served","units":20},{"actor":"b","kind":"served","units":30}]}"#), "{canonical}");
+        let policy = Policy::dev_default("p", B64);
+        let cid = snapshot.cid();
+        let run = Run {
+            epoch_id: "e",
+            run_key: "k",
+            inputs_cid: &cid,
+            snapshot: &snapshot,
+            policy: &policy,
+            ledger: LedgerResult::DryRun,
+        };
+        assert_eq!(
+            compute(&run),
+            Err(bad("event kind stored has no weight in policy.kind_weights"))
+        );
+        let mut weighted = policy.clone();
+        weighted.kind_weights = [("stored".to_owned(), 10), ("served".to_owned(), 1)].into();
+        let run = Run { policy: &weighted, ..run };
+        let manifest = compute(&run).unwrap();
+        // a: 100 + 5 × 10 = 150; b: 50 × 1 = 50 (× weight_bps 10 000).
+        let got: Vec<(String, u128, u128)> = manifest
+            .payouts
+            .iter()
+            .map(|p| (p.account.clone(), p.amount_minor_units.0, p.score))
+            .collect();
+        assert_eq!(got, [("a".to_owned(), 750, 1_500_000), ("b".to_owned(), 250, 500_000)]);
+        // Without events, the original's bytes are unchanged (the golden
+        // tests above), and no `events` key is written.
+        let plain = Snapshot { events: vec![], ..snapshot };
+        assert!(!String::from_utf8(plain.canonical_bytes()).unwrap().contains("events"));
     }
 }
