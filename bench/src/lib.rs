@@ -5,6 +5,7 @@ pub mod engine;
 pub mod index_workload;
 pub mod passport_workload;
 pub mod report;
+pub mod reward_vectors;
 pub mod sweep;
 pub mod wallet_workload;
 pub mod workload;

@@ -32,6 +32,12 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Write the rewarder's golden vectors (compute requests S, M, L) and
+    /// their expected inputs_cid, run_key and commitment to `--out`.
+    RewardVectors {
+        #[arg(long, default_value = "testing/performance/vectors")]
+        out: PathBuf,
+    },
     /// Step the rate over one or more targets (interleaved) and find where p99 bends.
     Sweep {
         /// `name=ADDR`, repeatable; steps alternate between targets.
@@ -255,8 +261,28 @@ fn print_propagation(target: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `S.json`, `M.json`, `L.json` (compute requests) and
+/// `expected.json` (what the node must answer for each) to `out`.
+fn write_reward_vectors(out: &std::path::Path) -> anyhow::Result<()> {
+    use ron_bench::reward_vectors::{SCALES, body, expected, request};
+    std::fs::create_dir_all(out)?;
+    let mut all = std::collections::BTreeMap::new();
+    for scale in SCALES {
+        let path = out.join(format!("{}.json", scale.name));
+        std::fs::write(&path, body(&request(scale)))?;
+        let expected = expected(scale);
+        println!("{} -> {} ({} payouts)", path.display(), expected.commitment, expected.payouts);
+        all.insert(scale.name, expected);
+    }
+    let mut text = serde_json::to_string_pretty(&all)?;
+    text.push('\n');
+    std::fs::write(out.join("expected.json"), text)?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::RewardVectors { out } => write_reward_vectors(&out)?,
         Command::Run { target, rate, common } => {
             let spec = common.spec(target, rate)?;
             let result = engine::run(&spec)?;

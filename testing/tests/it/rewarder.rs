@@ -358,3 +358,28 @@ fn an_emission_owed_in_safe_mode_is_issued_by_the_node_once_the_ledger_heals() {
     node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
     drop(mount);
 }
+
+/// The S golden vector through the binary: the node answers the checked-in
+/// inputs_cid, run_key and commitment (M and L, 5 and 26 MB of requests,
+/// are recomputed in `ron_bench::reward_vectors`'s tests and measured by
+/// the bench).
+#[test]
+fn the_s_golden_vector_gives_its_checked_in_outputs() {
+    use ron_bench::reward_vectors::{SCALES, body, epoch_of, expected, request};
+    let node = TestNode::start(NodeOptions::default());
+    let scale = SCALES[0];
+    let want = expected(scale);
+    let answer = compute(
+        &node,
+        node.listen,
+        &epoch_of(scale),
+        &String::from_utf8(body(&request(scale))).unwrap(),
+        "v-1",
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let manifest = answer.json();
+    assert_eq!(manifest.get_str("inputs_cid"), Some(want.inputs_cid.as_str()));
+    assert_eq!(manifest.get_str("run_key"), Some(want.run_key.as_str()));
+    assert_eq!(manifest.get_str("commitment"), Some(want.commitment.as_str()));
+    assert_eq!(manifest.get_array("payouts").unwrap().len(), want.payouts);
+}
