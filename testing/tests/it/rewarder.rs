@@ -383,3 +383,72 @@ fn the_s_golden_vector_gives_its_checked_in_outputs() {
     assert_eq!(manifest.get_str("commitment"), Some(want.commitment.as_str()));
     assert_eq!(manifest.get_array("payouts").unwrap().len(), want.payouts);
 }
+
+/// kill -9 in the middle of an emission, then a restart and another emit:
+/// every payout issued exactly once.
+#[test]
+fn a_kill_during_emission_then_an_emit_pays_every_payout_once() {
+    let mut node = TestNode::start(NodeOptions::default().shards(2));
+    let accounts = 1500;
+    let contributions: Vec<String> = (0..accounts)
+        .map(|i| {
+            format!(
+                r#"{{"account":"acct-{i:05}","bytes_stored":{},"bytes_served":0,"uptime_seconds":0}}"#,
+                1 + i % 7
+            )
+        })
+        .collect();
+    let snapshot = format!(
+        r#"{{"produced_at_millis":0,"pool_minor_units":"100000000","contributions":[{}]}}"#,
+        contributions.join(",")
+    );
+    let body = format!(
+        r#"{{"inputs_cid":"b3:{}","policy_id":"policy:v1","policy_hash":"{}","snapshot":{snapshot}}}"#,
+        blake3::hash(snapshot.as_bytes()).to_hex(),
+        policy_hash()
+    );
+    let manifest = compute(&node, node.listen, "epoch-kill", &body, "k-1");
+    assert_eq!(manifest.status, 200, "{}", manifest.text());
+    let payouts: Vec<(String, u128)> = manifest
+        .json()
+        .get_array("payouts")
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let amount = p.get_str("amount_minor_units").unwrap().parse().unwrap();
+            (p.get_str("account").unwrap().to_owned(), amount)
+        })
+        .collect();
+    assert_eq!(payouts.len(), accounts);
+    // Emit, and kill the node while it issues.
+    let (auth, at) = (node.admin(), node.listen);
+    let emitting = std::thread::spawn(move || {
+        let path = "/rewarder/epochs/epoch-kill/emit";
+        request(at, "POST", path, &[("Authorization", auth.as_str())], b"").map(|r| r.status)
+    });
+    let started = std::time::Instant::now();
+    while node.metric("ledger_intents_total{result=\"accepted\"}") < 50.0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the emission did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    let cut = emitting.join().unwrap();
+    assert!(cut.is_err() || cut.as_ref().is_ok_and(|s| *s != 200), "the emission was cut: {cut:?}");
+    node.spawn();
+    let paid_before: usize = payouts.iter().filter(|(a, _)| balance(&node, a) > 0).count();
+    assert!(
+        paid_before > 0 && paid_before < accounts,
+        "{paid_before} of {accounts} paid before the kill"
+    );
+    let resumed = emit(&node, "epoch-kill");
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    assert_eq!(resumed.json().get_array("receipts").unwrap().len(), accounts);
+    for (account, amount) in &payouts {
+        assert_eq!(balance(&node, account), *amount, "{account}");
+    }
+    // And again: nothing more.
+    assert_eq!(emit(&node, "epoch-kill").status, 200);
+    for (account, amount) in payouts.iter().step_by(97) {
+        assert_eq!(balance(&node, account), *amount, "{account}");
+    }
+}
