@@ -178,16 +178,7 @@ impl Snapshot {
     /// Every account's raw score, by account: the original's per
     /// contribution, plus Σ units × the kind's weight over its events.
     pub fn scores(&self, policy: &Policy) -> Result<Vec<(&str, u128)>, Refusal> {
-        let mut scores: std::collections::BTreeMap<&str, u128> = std::collections::BTreeMap::new();
-        for contribution in &self.contributions {
-            let account = contribution.account.trim();
-            if account.is_empty() {
-                return Err(bad("contribution account cannot be empty"));
-            }
-            let raw =
-                contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
-            scores.insert(account, raw);
-        }
+        let mut from_events: Vec<(&str, u128)> = Vec::new();
         for event in &self.events {
             let Some(weight) = policy.kind_weights.get(&event.kind) else {
                 return Err(bad(format!(
@@ -195,13 +186,70 @@ impl Snapshot {
                     event.kind
                 )));
             };
-            let score = scores.entry(event.actor.as_str()).or_insert(0);
-            *score = u128::from(event.units)
-                .checked_mul(u128::from(*weight))
-                .and_then(|units| score.checked_add(units))
-                .ok_or_else(|| quarantined("event score overflow"))?;
+            let units = u128::from(event.units) * u128::from(*weight);
+            match from_events.last_mut() {
+                Some((actor, score)) if *actor == event.actor => {
+                    *score = score
+                        .checked_add(units)
+                        .ok_or_else(|| quarantined("event score overflow"))?;
+                }
+                _ => from_events.push((event.actor.as_str(), units)),
+            }
         }
-        Ok(scores.into_iter().collect())
+        // Canonical events come sorted by actor, so each actor is summed
+        // once above; any other order is sorted and summed here.
+        if !from_events.is_sorted_by(|a, b| a.0 < b.0) {
+            from_events.sort_by(|a, b| a.0.cmp(b.0));
+            let mut merged: Vec<(&str, u128)> = Vec::with_capacity(from_events.len());
+            for (actor, units) in from_events {
+                match merged.last_mut() {
+                    Some((last, score)) if *last == actor => {
+                        *score = score
+                            .checked_add(units)
+                            .ok_or_else(|| quarantined("event score overflow"))?;
+                    }
+                    _ => merged.push((actor, units)),
+                }
+            }
+            from_events = merged;
+        }
+        let mut contributions: Vec<(&str, u128)> = Vec::with_capacity(self.contributions.len());
+        for contribution in &self.contributions {
+            let account = contribution.account.trim();
+            if account.is_empty() {
+                return Err(bad("contribution account cannot be empty"));
+            }
+            let raw =
+                contribution.score().ok_or_else(|| quarantined("contribution score overflow"))?;
+            contributions.push((account, raw));
+        }
+        if !contributions.is_sorted_by(|a, b| a.0 <= b.0) {
+            contributions.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        // Both sorted by account: merged, the scores of an account that
+        // has both added.
+        let mut scores = Vec::with_capacity(contributions.len() + from_events.len());
+        let (mut c, mut e) =
+            (contributions.into_iter().peekable(), from_events.into_iter().peekable());
+        loop {
+            let next = match (c.peek(), e.peek()) {
+                (Some(a), Some(b)) if a.0 == b.0 => {
+                    let (account, raw) = c.next().expect("peeked");
+                    let (_, units) = e.next().expect("peeked");
+                    (
+                        account,
+                        raw.checked_add(units)
+                            .ok_or_else(|| quarantined("event score overflow"))?,
+                    )
+                }
+                (Some(a), Some(b)) if a.0 < b.0 => c.next().expect("peeked"),
+                (Some(_), Some(_)) | (None, Some(_)) => e.next().expect("peeked"),
+                (Some(_), None) => c.next().expect("peeked"),
+                (None, None) => break,
+            };
+            scores.push(next);
+        }
+        Ok(scores)
     }
 
     /// Its canonical bytes: compact JSON, fields in declaration order.
