@@ -512,12 +512,17 @@ pub struct Payout {
     pub score: u128,
 }
 
-/// Signatures over the commitment (none in the original).
+/// Signatures over the commitment (none in the original): base64url
+/// Ed25519 and ML-DSA-65 signatures of `Manifest::attestation_message` by
+/// the node's current passport keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attestation {
     pub sig_ed25519: Option<String>,
     pub sig_pq: Option<String>,
     pub signed_at_millis: u64,
+    /// The passport key id that signed (its public keys at `/v1/keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<u32>,
 }
 
 /// A run's result, fields in the original's order.
@@ -540,16 +545,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// `b3:` + BLAKE3 of the compact manifest without its commitment.
+    /// `b3:` + BLAKE3 of the compact manifest without its commitment and
+    /// with `attestation: null` (the attestation signs the commitment;
+    /// the original's is always null).
     pub fn commitment_of(&self) -> String {
         let mut unsealed = self.clone();
         unsealed.commitment = None;
+        unsealed.attestation = None;
         b3(&unsealed.to_bytes())
+    }
+
+    /// What an attestation signs: the commitment's text, in a domain.
+    pub fn attestation_message(&self) -> Vec<u8> {
+        let commitment = self.commitment.as_deref().expect("a sealed manifest");
+        format!("ron-node|rewarder-attestation|v1|{commitment}").into_bytes()
     }
 
     /// Sets the commitment (after anything it covers changed).
     pub fn seal(&mut self) {
-        self.commitment = None;
         self.commitment = Some(self.commitment_of());
     }
 

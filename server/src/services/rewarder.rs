@@ -79,6 +79,8 @@ pub struct Rewarder {
     index: Rc<crate::services::index::Index>,
     /// The wallet, which issues the payouts.
     wallet: Rc<crate::services::wallet::Wallet>,
+    /// The passport, whose keys sign manifests when `pq_mode` is on.
+    passport: Rc<crate::services::passport::Passport>,
 }
 
 #[derive(Debug)]
@@ -168,6 +170,7 @@ impl Service for Rewarder {
             metrics: RefCell::new(RewarderMetrics::default()),
             index: start.started.get::<crate::services::index::Index>(),
             wallet: start.started.get::<crate::services::wallet::Wallet>(),
+            passport: start.started.get::<crate::services::passport::Passport>(),
         })
     }
 

@@ -452,3 +452,50 @@ fn a_kill_during_emission_then_an_emit_pays_every_payout_once() {
         assert_eq!(balance(&node, account), *amount, "{account}");
     }
 }
+
+/// With `pq_mode` on, a manifest carries Ed25519 and ML-DSA-65 signatures
+/// of its commitment by the node's passport keys (checked here with the
+/// published keys and another ML-DSA implementation); the commitment, and
+/// so the run's keys, are those of the original's manifest.
+#[test]
+fn with_pq_on_manifests_are_attested() {
+    use base64::Engine as _;
+    use ml_dsa::signature::Verifier as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let node = TestNode::start(NodeOptions::default().config("[passport]\npq_mode = \"mirror\"\n"));
+    let answer = compute(&node, node.listen, "epoch-1", &body(true), "c-1");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let manifest = answer.json();
+    let commitment = manifest.get_str("commitment").unwrap();
+    assert_eq!(commitment, "b3:e528895f8a851682fbae4caf143de9e5d99217b2c1d2149b8c3d2ab8e22dbdfc");
+    let attestation = manifest.get("attestation").unwrap();
+    let message = format!("ron-node|rewarder-attestation|v1|{commitment}");
+    let kid = attestation.get_u64("kid").unwrap();
+    let keys = get(node.listen, "/v1/keys", &[]).unwrap().json();
+    let public = |alg: &str| -> Vec<u8> {
+        let key = keys
+            .get_array("keys")
+            .unwrap()
+            .iter()
+            .find(|k| k.get_str("kid") == Some(&kid.to_string()) && k.get_str("alg") == Some(alg))
+            .unwrap();
+        let field = if alg == "EdDSA" { "x" } else { "pub" };
+        b64.decode(key.get_str(field).unwrap()).unwrap()
+    };
+    let ed = ed25519_dalek::VerifyingKey::from_bytes(&public("EdDSA").try_into().unwrap()).unwrap();
+    let signature: [u8; 64] =
+        b64.decode(attestation.get_str("sig_ed25519").unwrap()).unwrap().try_into().unwrap();
+    assert!(
+        ed.verify_strict(message.as_bytes(), &ed25519_dalek::Signature::from_bytes(&signature))
+            .is_ok()
+    );
+    let signature = b64.decode(attestation.get_str("sig_pq").unwrap()).unwrap();
+    let signature = ml_dsa::Signature::<ml_dsa::MlDsa65>::try_from(signature.as_slice()).unwrap();
+    let pq = public("ML-DSA-65");
+    let pq = ml_dsa::EncodedVerifyingKey::<ml_dsa::MlDsa65>::try_from(pq.as_slice()).unwrap();
+    let pq = ml_dsa::VerifyingKey::<ml_dsa::MlDsa65>::decode(&pq);
+    assert!(pq.verify(message.as_bytes(), &signature).is_ok());
+    // The settlement keys are bound to the same commitment as without PQ.
+    let settlement = inspect(&node, node.listen, "/rewarder/epochs/epoch-1/settlement").json();
+    assert_eq!(settlement.get_str("manifest_commitment"), Some(commitment));
+}

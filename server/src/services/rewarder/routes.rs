@@ -10,8 +10,9 @@ use ron_proto::ErrorCode;
 use ron_proto::error::ErrorStyle;
 use ron_proto::http::Method;
 use ron_proto::index::Cid;
+use ron_proto::token::to_base64url;
 use ron_proto::rewarder::{
-    ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord, Settlement, Snapshot,
+    Attestation, ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord, Settlement, Snapshot,
     compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal, validate_epoch_id,
 };
 use crate::services::wallet::routes::Issued;
@@ -159,11 +160,13 @@ async fn run(
     let ComputeRequest { policy, policy_id, policy_hash, dry_run, .. } = body;
     let ledger = if dry_run { LedgerResult::DryRun } else { LedgerResult::Accepted };
     let shared = rewarder.shared.clone();
+    let attest = (rewarder.core.config.passport.pq_mode != crate::config::PqMode::Off)
+        .then(|| rewarder.passport.keys());
     let work = move || -> Result<(RunRecord, Vec<u8>, u64), Failure> {
         let mut snapshot = snapshot;
         seal(&mut snapshot, &inputs_cid)?;
         let policy = Policy::resolve(policy, &policy_id, &policy_hash)?;
-        let manifest = compute_manifest(&Run {
+        let mut manifest = compute_manifest(&Run {
             epoch_id: &epoch_id,
             run_key: &key,
             inputs_cid: &inputs_cid,
@@ -171,6 +174,16 @@ async fn run(
             policy: &policy,
             ledger,
         })?;
+        if let Some(keys) = attest {
+            let set = keys.current();
+            let message = manifest.attestation_message();
+            manifest.attestation = Some(Attestation {
+                sig_ed25519: Some(to_base64url(&set.sign_ed25519(&message))),
+                sig_pq: Some(to_base64url(&set.sign_ml_dsa(&message))),
+                signed_at_millis: crate::clock::unix_now_ms(),
+                kid: Some(set.kid),
+            });
+        }
         let bytes = manifest.to_bytes();
         let record = RunRecord::of(&manifest, &bytes);
         shared.manifests.put(&Cid(record.manifest), &bytes).map_err(|e| Failure::Store(e.to_string()))?;
