@@ -18,11 +18,13 @@ pub mod routes;
 use crate::config::Config;
 use crate::core::Core;
 use crate::http::RouteTable;
+use crate::limits::REWARDER_PENDING_TICK;
 use crate::log::view::{ServiceView, ViewChanges};
 use crate::log::{Append, Item, LogAnswer, LogCall};
 use crate::metrics::{LatencyHistogram, MetricsPart, header, histogram_lines, simple_lines};
 use crate::service::{Replaying, Service, ShardAt, Starting};
 use crate::services::index::objects::ObjectStore;
+use crate::workers::Lane;
 use ron_proto::rewarder::{LedgerResult, RUN_CODE, RunRecord};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -31,8 +33,6 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::limits::REWARDER_PENDING_TICK;
-use crate::workers::Lane;
 
 /// What every shard shares: the manifest store and the owed emissions.
 pub struct RewarderShared {

@@ -5,18 +5,19 @@ use super::{Answer, Call, Rewarder, Stored};
 use crate::http::reply::mesh_failure;
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::service::Service;
+use crate::services::wallet::routes::Issued;
 use crate::workers::Lane;
 use ron_proto::ErrorCode;
 use ron_proto::error::ErrorStyle;
 use ron_proto::http::Method;
 use ron_proto::index::Cid;
-use ron_proto::token::to_base64url;
 use ron_proto::rewarder::{
-    Attestation, ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord, Settlement, Snapshot,
-    compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal, validate_epoch_id,
+    Attestation, ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord,
+    Settlement, Snapshot, compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal,
+    validate_epoch_id,
 };
-use crate::services::wallet::routes::Issued;
 use ron_proto::token::scope::{REWARDER_INSPECT, REWARDER_RUN};
+use ron_proto::token::to_base64url;
 use serde::Serialize;
 use std::rc::Rc;
 use std::time::Instant;
@@ -28,11 +29,13 @@ pub fn add(rewarder: &Rc<Rewarder>, table: &mut RouteTable) {
     let (r, style) = (rewarder, ErrorStyle::Rewarder);
     let (run, inspect) = (Access::Scope(REWARDER_RUN), Access::Scope(REWARDER_INSPECT));
     let epoch = "/rewarder/epochs/{epoch_id}";
-    table.add(r, Method::Post, "/rewarder/epochs/{epoch_id}/compute", run, Shed::Yes, compute).errors(style);
-    table.add(r, Method::Get, epoch, inspect, Shed::Yes, get_epoch).errors(style);
+    let compute_path = "/rewarder/epochs/{epoch_id}/compute";
     let settlement_path = "/rewarder/epochs/{epoch_id}/settlement";
+    let emit_path = "/rewarder/epochs/{epoch_id}/emit";
+    table.add(r, Method::Post, compute_path, run, Shed::Yes, compute).errors(style);
+    table.add(r, Method::Get, epoch, inspect, Shed::Yes, get_epoch).errors(style);
     table.add(r, Method::Get, settlement_path, inspect, Shed::Yes, settlement).errors(style);
-    table.add(r, Method::Post, "/rewarder/epochs/{epoch_id}/emit", run, Shed::Yes, emit).errors(style);
+    table.add(r, Method::Post, emit_path, run, Shed::Yes, emit).errors(style);
 }
 
 fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
@@ -44,7 +47,8 @@ fn not_found() -> Reply {
 }
 
 fn conflict() -> Reply {
-    Reply::error(ErrorCode::Conflict, "epoch already computed with different policy_hash or inputs_cid")
+    let message = "epoch already computed with different policy_hash or inputs_cid";
+    Reply::error(ErrorCode::Conflict, message)
 }
 
 fn internal(message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
