@@ -6,6 +6,7 @@ pub mod index_workload;
 pub mod passport_workload;
 pub mod report;
 pub mod reward_vectors;
+pub mod reward_workload;
 pub mod sweep;
 pub mod wallet_workload;
 pub mod workload;

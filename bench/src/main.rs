@@ -6,6 +6,7 @@ use ron_bench::index_workload::{IndexMix, IndexSpec};
 use ron_bench::parse_duration;
 use ron_bench::passport_workload::{self, PassportMix, PassportSpec};
 use ron_bench::report::RunReport;
+use ron_bench::reward_workload::{RewardMix, RewardSpec};
 use ron_bench::sweep::{self, SweepSpec};
 use ron_bench::wallet_workload::{Mix, WalletSpec};
 use ron_bench::workload::WorkloadSpec;
@@ -67,7 +68,9 @@ struct Common {
     /// 20 % verify), `passport-revoke` (verify with revocations); or an
     /// index mix: `index-setup` (pointers, objects, providers for `--keys`
     /// keys), `index-resolve` (80/20 hot:cold), `index-hot` (`--hot-keys`),
-    /// `index-providers`, `index-cold` (every answer made afresh).
+    /// `index-providers`, `index-cold` (every answer made afresh); or a
+    /// rewarder mix over the `--scale` vector: `reward-fresh` (a new epoch
+    /// per request), `reward-replay` (one epoch, stored after the first).
     #[arg(long)]
     workload: Option<String>,
     /// Passport mixes: `accept_algs` of the issues (e.g. `ed25519`).
@@ -92,6 +95,9 @@ struct Common {
     /// `index-setup`: the providers' TTL.
     #[arg(long, default_value_t = 86_400)]
     provider_ttl: u64,
+    /// Rewarder workloads: the golden vector computed (S, M or L).
+    #[arg(long, default_value = "S")]
+    scale: String,
     /// Wallet workloads: the account pool `acct:0..N-1`.
     #[arg(long, default_value_t = 10_000)]
     accounts: usize,
@@ -184,6 +190,12 @@ impl Common {
                     provider_url: self.provider_url.clone(),
                     provider_ttl_s: self.provider_ttl,
                 }))
+            }
+            (Some(name), token) if RewardMix::parse(name).is_some() => {
+                let token =
+                    token.ok_or_else(|| anyhow::anyhow!("{name} needs a token (rewarder.run)"))?;
+                let mix = RewardMix::parse(name).expect("checked");
+                Ok(WorkloadSpec::Reward(RewardSpec::new(mix, token, &self.scale)?))
             }
             (Some(name), token) if PassportMix::parse(name).is_some() => {
                 let token = token.ok_or_else(|| anyhow::anyhow!("{name} needs a token"))?;

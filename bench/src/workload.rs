@@ -30,6 +30,8 @@ pub enum WorkloadSpec {
     Passport(crate::passport_workload::PassportSpec),
     /// The index workloads (`crate::index_workload`).
     Index(crate::index_workload::IndexSpec),
+    /// The rewarder workloads (`crate::reward_workload`).
+    Reward(crate::reward_workload::RewardSpec),
 }
 
 impl WorkloadSpec {
@@ -41,6 +43,7 @@ impl WorkloadSpec {
             WorkloadSpec::Wallet(spec) => spec.mix.name(),
             WorkloadSpec::Passport(spec) => spec.mix.name(),
             WorkloadSpec::Index(spec) => spec.mix.name(),
+            WorkloadSpec::Reward(spec) => spec.mix.name(),
         }
     }
 
@@ -54,6 +57,7 @@ impl WorkloadSpec {
             WorkloadSpec::Wallet(spec) => spec.describe(),
             WorkloadSpec::Passport(spec) => spec.describe(),
             WorkloadSpec::Index(spec) => spec.describe(),
+            WorkloadSpec::Reward(spec) => spec.describe(),
         }
     }
 
@@ -68,6 +72,7 @@ impl WorkloadSpec {
             WorkloadSpec::Wallet(spec) => spec.build(thread, threads),
             WorkloadSpec::Passport(spec) => spec.build(thread, threads),
             WorkloadSpec::Index(spec) => spec.build(thread, threads),
+            WorkloadSpec::Reward(spec) => spec.build(thread, threads),
         }
     }
 }

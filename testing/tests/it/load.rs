@@ -210,3 +210,48 @@ fn ron_load_sets_up_the_index_key_space_and_resolves_it() {
     let misses = node.metric("index_cache_misses_total");
     assert!(hits > misses, "hits {hits}, misses {misses}");
 }
+
+/// The rewarder workloads against the binary: fresh computes of the S
+/// vector (each a new epoch) and replays of one epoch; past
+/// `rewarder.inflight_max` computes a shard answers 429 (a debug build is
+/// slow enough to get there).
+#[test]
+fn ron_load_computes_and_replays_reward_vectors() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let token = admin_token_file(&node, dir.path());
+    let token = token.to_str().unwrap();
+    let mut ok = Vec::new();
+    for (workload, rate) in [("reward-fresh", 5.0), ("reward-replay", 10.0)] {
+        let rate_text = rate.to_string();
+        let args = [
+            "--workload",
+            workload,
+            "--scale",
+            "S",
+            "--token-file",
+            token,
+            "--rate",
+            &rate_text,
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "4",
+        ];
+        let (report, summary) = finish(start_load(&node, &args, &json), &json);
+        let count = |status: &str| {
+            report.get("statuses").and_then(|s| s.get(status)).and_then(|v| v.as_u64())
+        };
+        let (done, shed) = (count("200").unwrap_or(0) as f64, count("429").unwrap_or(0) as f64);
+        assert_eq!(done + shed, rate, "{workload}: {summary}");
+        assert!(done >= 1.0, "{workload}: {summary}");
+        ok.push(done);
+    }
+    // Every fresh 200 stored a run, and the first replay request too; the
+    // other replay 200s were answered from the store.
+    assert_eq!(node.metric("reward_runs_total{status=\"ok\"}"), ok[0] + 1.0);
+    assert_eq!(node.metric("reward_runs_total{status=\"replay\"}"), ok[1] - 1.0);
+}
