@@ -328,21 +328,32 @@ impl Request<'_> {
     /// unless it says JSON, 400 if it is not JSON, 422 if it is JSON of
     /// another shape (an unknown or missing field, a wrong type).
     pub fn json_shaped<T: serde::de::DeserializeOwned>(&self) -> Result<T, Reply> {
+        self.says_json()?;
+        shaped_json(self.body)
+    }
+
+    /// 415 unless the body says it is JSON.
+    pub fn says_json(&self) -> Result<(), Reply> {
         if self.head.media_type != ron_proto::http::MediaType::Json {
             return Err(Reply::error(
                 ErrorCode::UnsupportedMediaType,
                 "the body must be application/json",
             ));
         }
-        // serde_json tells a body that is not JSON from JSON of another
-        // shape, in one pass over the borrowed bytes.
-        serde_json::from_slice(self.body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                Reply::error(ErrorCode::Unprocessable, format!("the JSON body does not fit: {e}"))
-            }
-            _ => Reply::error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")),
-        })
+        Ok(())
     }
+}
+
+/// `bytes` as `T`: 400 if they are not JSON, 422 if they are JSON of
+/// another shape (serde_json tells them apart in one pass); callable off
+/// the shard (a large body parsed on a worker).
+pub fn shaped_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            Reply::error(ErrorCode::Unprocessable, format!("the JSON body does not fit: {e}"))
+        }
+        _ => Reply::error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")),
+    })
 }
 
 /// Whether an `If-None-Match` value names `etag` (quotes included) or is
