@@ -499,3 +499,36 @@ fn with_pq_on_manifests_are_attested() {
     let settlement = inspect(&node, node.listen, "/rewarder/epochs/epoch-1/settlement").json();
     assert_eq!(settlement.get_str("manifest_commitment"), Some(commitment));
 }
+
+/// `rewarder.manifests_bytes_max` crossed: the compute that does not fit
+/// is refused (422) and nothing stored before it is lost.
+#[test]
+fn a_full_manifest_store_refuses_the_run_and_keeps_the_rest() {
+    use ron_bench::reward_vectors::{SCALES, body, request};
+    let node = TestNode::start(
+        NodeOptions::default().config("[rewarder]\nmanifests_bytes_max = 1048576\n"),
+    );
+    let vector = String::from_utf8(body(&request(SCALES[0]))).unwrap();
+    let mut stored = Vec::new();
+    let refused = loop {
+        assert!(stored.len() < 40, "the store never filled");
+        let epoch = format!("fill-{}", stored.len());
+        let answer = compute(&node, node.listen, &epoch, &vector, "f");
+        if answer.status != 200 {
+            break answer;
+        }
+        stored.push((epoch, answer.body));
+    };
+    envelope(
+        &refused,
+        422,
+        "LIMITS_EXCEEDED",
+        "limits_exceeded",
+        "the manifest store is full (rewarder.manifests_bytes_max)",
+    );
+    assert!(stored.len() >= 5, "only {} manifests fit", stored.len());
+    for (epoch, manifest) in &stored {
+        let got = inspect(&node, node.listen, &format!("/rewarder/epochs/{epoch}"));
+        assert_eq!(&got.body, manifest, "{epoch}");
+    }
+}

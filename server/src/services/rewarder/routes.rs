@@ -6,6 +6,7 @@ use crate::http::reply::mesh_failure;
 use crate::http::routes::shaped_json;
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::service::Service;
+use crate::services::index::objects::{PutError, Read};
 use crate::services::wallet::routes::Issued;
 use crate::workers::Lane;
 use ron_proto::ErrorCode;
@@ -220,21 +221,21 @@ async fn run(
         }
         let bytes = manifest.to_bytes();
         let record = RunRecord::of(&manifest, &bytes);
-        shared.manifests.put(&Cid(record.manifest), &bytes).map_err(|e| Failure::Store(e.to_string()))?;
+        shared.manifests.put(&Cid(record.manifest), &bytes).map_err(Failure::Store)?;
         Ok((record, bytes, manifest.payouts.len() as u64))
     };
-    let core = &rewarder.core;
-    let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
-        return busy("the workers' queue is full");
-    };
-    let (record, bytes, payouts) = match done.await {
-        Some(Ok(done)) => done,
-        Some(Err(Failure::Refused(refusal))) => return refused(Some(rewarder), refusal),
-        Some(Err(Failure::Store(error))) => {
+    let (record, bytes, payouts) = match on_worker(rewarder, work).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(Failure::Refused(refusal))) => return refused(Some(rewarder), refusal),
+        Ok(Err(Failure::Store(PutError::Full))) => {
+            let message = "the manifest store is full (rewarder.manifests_bytes_max)";
+            return Reply::error(ErrorCode::LimitsExceeded, message);
+        }
+        Ok(Err(Failure::Store(error))) => {
             tracing::error!(%error, "a manifest was not stored");
             return internal("the manifest was not stored");
         }
-        None => return Reply::error(ErrorCode::Unavailable, "the shard stopped"),
+        Err(reply) => return reply,
     };
     let ledger = record.ledger;
     match rewarder.call(owner, Call::Store { record }).await {
@@ -264,7 +265,7 @@ async fn run(
 /// Why a compute on the workers did not give a manifest.
 enum Failure {
     Refused(Refusal),
-    Store(String),
+    Store(PutError),
 }
 
 impl From<Refusal> for Failure {
@@ -273,28 +274,34 @@ impl From<Refusal> for Failure {
     }
 }
 
+/// Runs `work` on the normal worker lane: its result, or the answer when
+/// the lane's queue is full (429) or the shard stopped (503).
+async fn on_worker<T: Send + 'static>(
+    rewarder: &Rewarder,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Reply> {
+    let core = &rewarder.core;
+    let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
+        return Err(busy("the workers' queue is full"));
+    };
+    done.await.ok_or_else(|| Reply::error(ErrorCode::Unavailable, "the shard stopped"))
+}
+
 /// The snapshot kept as an index object under `inputs_cid` (its canonical
 /// bytes, as `PUT /v1/index/objects` took them).
 async fn stored_snapshot(rewarder: &Rewarder, inputs_cid: &str) -> Result<Snapshot, Reply> {
     let cid = Cid(digest_of(inputs_cid).expect("a parsed inputs_cid"));
     let index = rewarder.index.shared().clone();
-    let read = move || index.objects.get(&cid);
-    let core = &rewarder.core;
-    let Ok(read) = core.returns.run(&core.workers, Lane::Normal, read) else {
-        return Err(busy("the workers' queue is full"));
-    };
-    use crate::services::index::objects::Read;
-    match read.await {
-        Some(Ok(Read::Found(bytes))) => serde_json::from_slice(&bytes)
+    match on_worker(rewarder, move || index.objects.get(&cid)).await? {
+        Ok(Read::Found(bytes)) => serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("the object under inputs_cid is not a snapshot: {e}"))),
-        Some(Ok(Read::Missing | Read::Corrupt)) => {
+        Ok(Read::Missing | Read::Corrupt) => {
             Err(bad("no inline snapshot, and no object under inputs_cid"))
         }
-        Some(Err(error)) => {
+        Err(error) => {
             tracing::error!(%error, "reading a snapshot object");
             Err(internal("the snapshot could not be read"))
         }
-        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
     }
 }
 
@@ -302,23 +309,16 @@ async fn stored_snapshot(rewarder: &Rewarder, inputs_cid: &str) -> Result<Snapsh
 async fn manifest_bytes(rewarder: &Rewarder, record: &RunRecord) -> Result<Vec<u8>, Reply> {
     let cid = Cid(record.manifest);
     let shared = rewarder.shared.clone();
-    let core = &rewarder.core;
-    let Ok(read) = core.returns.run(&core.workers, Lane::Normal, move || shared.manifests.get(&cid))
-    else {
-        return Err(busy("the workers' queue is full"));
-    };
-    use crate::services::index::objects::Read;
-    match read.await {
-        Some(Ok(Read::Found(bytes))) => Ok(bytes),
-        Some(Ok(Read::Missing | Read::Corrupt)) => {
+    match on_worker(rewarder, move || shared.manifests.get(&cid)).await? {
+        Ok(Read::Found(bytes)) => Ok(bytes),
+        Ok(Read::Missing | Read::Corrupt) => {
             tracing::error!(epoch = %record.epoch_id, "a stored manifest is missing or corrupt");
             Err(internal("the stored manifest could not be read"))
         }
-        Some(Err(error)) => {
+        Err(error) => {
             tracing::error!(%error, "reading a manifest");
             Err(internal("the stored manifest could not be read"))
         }
-        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
     }
 }
 
@@ -437,18 +437,10 @@ async fn mark(rewarder: &Rewarder, epoch_id: &str, owed: bool) -> Result<(), Rep
     let work = move || {
         if owed { shared.pending.add(&epoch_id) } else { shared.pending.remove(&epoch_id) }
     };
-    let core = &rewarder.core;
-    let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
-        return Err(busy("the workers' queue is full"));
-    };
-    match done.await {
-        Some(Ok(())) => Ok(()),
-        Some(Err(error)) => {
-            tracing::error!(%error, "marking a pending emission");
-            Err(internal("the pending emission could not be marked"))
-        }
-        None => Err(Reply::error(ErrorCode::Unavailable, "the shard stopped")),
-    }
+    on_worker(rewarder, work).await?.map_err(|error| {
+        tracing::error!(%error, "marking a pending emission");
+        internal("the pending emission could not be marked")
+    })
 }
 
 /// How an emission ended.
