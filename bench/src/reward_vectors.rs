@@ -66,15 +66,15 @@ pub fn policy() -> Policy {
 }
 
 /// The canonical snapshot of `scale`.
-pub fn snapshot(scale: Scale) -> Snapshot {
+pub fn snapshot(scale: Scale) -> Snapshot<'static> {
     let mut rng = Rng(SEED ^ (scale.actors as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let events = (0..scale.events)
         .map(|_| {
             let actor = rng.below(scale.actors as u64);
             let (kind, _) = KINDS[rng.below(KINDS.len() as u64) as usize];
             Event {
-                actor: format!("actor-{actor:06}"),
-                kind: kind.to_owned(),
+                actor: format!("actor-{actor:06}").into(),
+                kind: kind.into(),
                 units: 1 + rng.below(1000),
             }
         })
@@ -90,7 +90,7 @@ pub fn snapshot(scale: Scale) -> Snapshot {
 }
 
 /// The compute request of `scale` (live).
-pub fn request(scale: Scale) -> ComputeRequest {
+pub fn request(scale: Scale) -> ComputeRequest<'static> {
     let snapshot = snapshot(scale);
     ComputeRequest {
         inputs_cid: snapshot.cid(),
@@ -104,14 +104,14 @@ pub fn request(scale: Scale) -> ComputeRequest {
 }
 
 /// The request's JSON body.
-pub fn body(request: &ComputeRequest) -> Vec<u8> {
+pub fn body(request: &ComputeRequest<'_>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Body<'a> {
         inputs_cid: &'a str,
         policy_id: &'a str,
         policy_hash: &'a str,
         dry_run: bool,
-        snapshot: &'a Snapshot,
+        snapshot: &'a Snapshot<'a>,
         policy: &'a Policy,
     }
     let body = Body {
@@ -189,7 +189,7 @@ mod tests {
             let snapshot = snapshot(scale);
             assert_eq!(snapshot.events.len(), scale.events);
             let actors: std::collections::BTreeSet<&str> =
-                snapshot.events.iter().map(|e| e.actor.as_str()).collect();
+                snapshot.events.iter().map(|e| e.actor.as_ref()).collect();
             assert!(actors.len() > scale.actors * 9 / 10 && actors.len() <= scale.actors);
         }
     }

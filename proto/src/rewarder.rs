@@ -16,6 +16,7 @@
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
 
 /// `run_key`'s salt unless `rewarder.idempotency_salt` says otherwise.
@@ -84,14 +85,15 @@ impl<'de> Deserialize<'de> for Amount {
 /// One account's activity in the snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Contribution {
-    pub account: String,
+pub struct Contribution<'a> {
+    #[serde(borrow)]
+    pub account: Cow<'a, str>,
     pub bytes_stored: u64,
     pub bytes_served: u64,
     pub uptime_seconds: u64,
 }
 
-impl Contribution {
+impl Contribution<'_> {
     /// The original's score: stored + ⌊served / 4⌋ + uptime.
     pub fn score(&self) -> Option<u128> {
         u128::from(self.bytes_stored)
@@ -104,46 +106,62 @@ impl Contribution {
 /// policy's `kind_weights` turn into score.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Event {
-    pub actor: String,
-    pub kind: String,
+pub struct Event<'a> {
+    #[serde(borrow)]
+    pub actor: Cow<'a, str>,
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
     pub units: u64,
 }
 
 /// The sealed input of a run, addressed by its `inputs_cid`. `events` is
 /// an extension, left out of the canonical bytes when empty, so the
 /// original's snapshots keep their cids.
+///
+/// Its strings borrow from the body they are parsed from where they can
+/// (no escapes): an L snapshot (500 000 events) is a million strings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Snapshot {
+pub struct Snapshot<'a> {
     pub produced_at_millis: u64,
     pub pool_minor_units: Amount,
-    #[serde(default)]
-    pub contributions: Vec<Contribution>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<Event>,
+    #[serde(default, borrow)]
+    pub contributions: Vec<Contribution<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event<'a>>,
 }
 
-impl Snapshot {
+/// `text` without its leading and trailing Unicode white space.
+fn trim(text: &mut Cow<'_, str>) {
+    match text {
+        Cow::Borrowed(borrowed) => *borrowed = borrowed.trim(),
+        Cow::Owned(owned) if owned.trim().len() != owned.len() => {
+            *owned = owned.trim().to_owned();
+        }
+        Cow::Owned(_) => {}
+    }
+}
+
+impl Snapshot<'_> {
     /// The canonical form: accounts trimmed (Unicode white space), sorted
-    /// by their bytes.
+    /// by their bytes (a snapshot sent canonical is checked, not sorted).
     pub fn canonicalize(&mut self) {
         for contribution in &mut self.contributions {
-            let trimmed = contribution.account.trim();
-            if trimmed.len() != contribution.account.len() {
-                contribution.account = trimmed.to_owned();
-            }
+            trim(&mut contribution.account);
         }
-        self.contributions.sort_by(|a, b| a.account.as_bytes().cmp(b.account.as_bytes()));
+        let by_account = |a: &Contribution<'_>, b: &Contribution<'_>| {
+            a.account.as_bytes().cmp(b.account.as_bytes())
+        };
+        if !self.contributions.is_sorted_by(|a, b| by_account(a, b).is_le()) {
+            self.contributions.sort_by(by_account);
+        }
         for event in &mut self.events {
-            for text in [&mut event.actor, &mut event.kind] {
-                let trimmed = text.trim();
-                if trimmed.len() != text.len() {
-                    *text = trimmed.to_owned();
-                }
-            }
+            trim(&mut event.actor);
+            trim(&mut event.kind);
         }
-        self.events.sort_unstable();
+        if !self.events.is_sorted() {
+            self.events.sort_unstable();
+        }
     }
 
     /// Checks a canonical snapshot: no empty or repeated account, scores
@@ -152,7 +170,7 @@ impl Snapshot {
         let mut total: u128 = 0;
         let mut previous: Option<&str> = None;
         for contribution in &self.contributions {
-            let account = contribution.account.as_str();
+            let account = contribution.account.as_ref();
             if account.is_empty() {
                 return Err(bad("contribution account cannot be empty"));
             }
@@ -180,7 +198,7 @@ impl Snapshot {
     pub fn scores(&self, policy: &Policy) -> Result<Vec<(&str, u128)>, Refusal> {
         let mut from_events: Vec<(&str, u128)> = Vec::new();
         for event in &self.events {
-            let Some(weight) = policy.kind_weights.get(&event.kind) else {
+            let Some(weight) = policy.kind_weights.get(event.kind.as_ref()) else {
                 return Err(bad(format!(
                     "event kind {} has no weight in policy.kind_weights",
                     event.kind
@@ -188,12 +206,12 @@ impl Snapshot {
             };
             let units = u128::from(event.units) * u128::from(*weight);
             match from_events.last_mut() {
-                Some((actor, score)) if *actor == event.actor => {
+                Some((actor, score)) if *actor == event.actor.as_ref() => {
                     *score = score
                         .checked_add(units)
                         .ok_or_else(|| quarantined("event score overflow"))?;
                 }
-                _ => from_events.push((event.actor.as_str(), units)),
+                _ => from_events.push((event.actor.as_ref(), units)),
             }
         }
         // Canonical events come sorted by actor, so each actor is summed
@@ -257,9 +275,15 @@ impl Snapshot {
         serde_json::to_vec(self).expect("a snapshot serializes")
     }
 
-    /// `b3:` + BLAKE3 of the canonical bytes (call on a canonical snapshot).
+    /// `b3:` + BLAKE3 of the canonical bytes (call on a canonical
+    /// snapshot), hashed as they are written: never all in memory.
     pub fn cid(&self) -> String {
-        b3(&self.canonical_bytes())
+        let mut hasher = blake3::Hasher::new();
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, &mut hasher);
+        serde_json::to_writer(&mut out, self).expect("a snapshot serializes");
+        std::io::Write::flush(&mut out).expect("hashing does not fail");
+        drop(out);
+        format!("b3:{}", hasher.finalize().to_hex())
     }
 }
 
@@ -282,7 +306,7 @@ pub fn parse_inputs_cid(input: &str) -> Result<String, Refusal> {
 }
 
 /// Checks that `snapshot`, made canonical, is what `inputs_cid` names.
-pub fn seal(snapshot: &mut Snapshot, inputs_cid: &str) -> Result<(), Refusal> {
+pub fn seal(snapshot: &mut Snapshot<'_>, inputs_cid: &str) -> Result<(), Refusal> {
     snapshot.canonicalize();
     snapshot.validate()?;
     let computed = snapshot.cid();
@@ -578,7 +602,7 @@ pub struct Run<'a> {
     pub epoch_id: &'a str,
     pub run_key: &'a str,
     pub inputs_cid: &'a str,
-    pub snapshot: &'a Snapshot,
+    pub snapshot: &'a Snapshot<'a>,
     pub policy: &'a Policy,
     pub ledger: LedgerResult,
 }
@@ -773,7 +797,7 @@ impl Settlement {
 /// `POST /rewarder/epochs/{epoch_id}/compute`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ComputeRequest {
+pub struct ComputeRequest<'a> {
     pub inputs_cid: String,
     pub policy_id: String,
     pub policy_hash: String,
@@ -782,8 +806,8 @@ pub struct ComputeRequest {
     /// Accepted and ignored, as by the original.
     #[serde(default)]
     pub notes: Option<String>,
-    #[serde(default)]
-    pub snapshot: Option<Snapshot>,
+    #[serde(default, borrow)]
+    pub snapshot: Option<Snapshot<'a>>,
     #[serde(default)]
     pub policy: Option<Policy>,
 }

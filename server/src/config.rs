@@ -221,10 +221,23 @@ pub struct Services {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Rewarder {
+    /// Computes waiting per shard for one of `inflight_max` slots; past it
+    /// a compute answers 429 (each holds its body: an L snapshot is 26 MB).
+    /// Reloaded on SIGHUP.
     pub work_queue_max: u32,
-    /// Computes in flight per shard; past it a compute answers 429.
+    /// Computes (and replays, which parse their body) running per shard on
+    /// the workers (`workers.normal_threads` are the seed's compute
+    /// workers). Reloaded on SIGHUP.
     pub inflight_max: u32,
+    /// Requests per second of one tenant (a token's `tenant` caveat) to the
+    /// rewarder's routes, on top of `limits.tenant_rps_max`; 0 turns it
+    /// off. Reloaded on SIGHUP.
+    pub tenant_rps_max: u32,
+    /// A payout issue slower than this defers the rest of the emission
+    /// (quarantine-only).
     pub ledger_deadline_ms: u64,
+    /// Tries again a payout issue the ledger refused for now (429, 503),
+    /// with exponential backoff and jitter, before deferring the emission.
     pub ledger_retries_max: u32,
     /// `run_key`'s salt (the original's default).
     pub idempotency_salt: String,
@@ -388,8 +401,9 @@ impl Default for Workers {
 impl Default for Rewarder {
     fn default() -> Rewarder {
         Rewarder {
-            work_queue_max: 4096,
+            work_queue_max: 64,
             inflight_max: 4,
+            tenant_rps_max: 100,
             ledger_deadline_ms: 1000,
             ledger_retries_max: 2,
             idempotency_salt: ron_proto::rewarder::DEFAULT_SALT.to_owned(),
@@ -556,7 +570,8 @@ impl Config {
     fn validate_rewarder(&self) -> Result<(), ConfigError> {
         let r = &self.rewarder;
         range("rewarder.inflight_max", r.inflight_max, 1, 1 << 16)?;
-        range("rewarder.work_queue_max", r.work_queue_max, 1, 1 << 24)?;
+        range("rewarder.work_queue_max", r.work_queue_max, 0, 1 << 20)?;
+        range("rewarder.ledger_retries_max", r.ledger_retries_max, 0, 16)?;
         range("rewarder.manifests_bytes_max", r.manifests_bytes_max, 1 << 20, 1 << 40)?;
         if r.idempotency_salt.is_empty() {
             return Err(ConfigError("field `rewarder.idempotency_salt`: must not be empty".into()));

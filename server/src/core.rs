@@ -43,6 +43,8 @@ pub struct NodeShared {
     pub version_json: &'static [u8],
     /// The services' readiness (`Service::not_ready`).
     pub probes: Vec<Probe>,
+    /// What SIGHUP reloads (`crate::reload`).
+    pub reload: crate::reload::Reloadable,
 }
 
 pub struct ShardStatus {

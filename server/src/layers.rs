@@ -8,7 +8,17 @@ use std::path::{Path, PathBuf};
 /// The layers, in order: a unit may use units of its own layer (where the
 /// graph stays acyclic) and of earlier ones.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "metrics", "retry", "workers", "logging", "config", "limits", "check_host"],
+    &[
+        "clock",
+        "metrics",
+        "retry",
+        "workers",
+        "logging",
+        "config",
+        "limits",
+        "check_host",
+        "reload",
+    ],
     &["log"],
     &["core"],
     &["http"],

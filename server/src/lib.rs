@@ -5,7 +5,8 @@
 //! outputs into bytes, messages and log writes.
 //!
 //! Layers, each using only those before it: the base (`config`, `limits`,
-//! `clock`, `metrics`, `retry`, `workers`, `logging`, `check_host`), `log`,
+//! `clock`, `metrics`, `retry`, `workers`, `logging`, `check_host`,
+//! `reload`), `log`,
 //! `core`, `http`, `service` (the boundary), `services` (one folder each),
 //! `node` (start and stop).
 
@@ -19,6 +20,7 @@ pub mod log;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod reload;
 pub mod retry;
 pub mod service;
 pub mod services;

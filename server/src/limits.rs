@@ -13,6 +13,13 @@ use std::time::Duration;
 
 // ---- The node ----
 
+/// A payout issue the ledger refused for now (429, 503): backoff between
+/// the `rewarder.ledger_retries_max` retries (the attempts are the config's).
+pub const LEDGER_RETRY: Retry = Retry {
+    attempts_max: 3,
+    backoff_first: Duration::from_millis(10),
+    backoff_max: Duration::from_millis(200),
+};
 /// Binding a port that is still in use at start: a node that just died may
 /// hold its ports for a moment (io_uring releases the files of pending
 /// requests after the process exits). About 3 s in all.

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use ron_server::config::{Config, Overrides};
 use ron_server::node::{self, NodeHandle};
 use ron_server::services::passport::{Passport, access::AdminToken};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,13 +79,14 @@ fn main() -> ExitCode {
     }
     // Before the node starts: a signal that arrives while it starts is kept
     // and drains it once it runs, instead of killing it half-started.
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(error) => {
             eprintln!("ron-node: installing signal handlers: {error}");
             return ExitCode::FAILURE;
         }
     };
+    let running = config.clone();
     let handle = match node::start(config) {
         Ok(handle) => handle,
         Err(error) => {
@@ -105,6 +106,10 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
+            if signal == SIGHUP {
+                reload(cli.config.as_deref(), &overrides, &running, &shared);
+                continue;
+            }
             seen += 1;
             if seen == 1 {
                 tracing::info!(signal, "draining");
@@ -124,5 +129,39 @@ fn main() -> ExitCode {
             eprintln!("ron-node: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP: the configuration read again as at start; its reloadable part
+/// applied (`ron_server::reload`), the rest reported and left for a
+/// restart. A configuration that does not load changes nothing.
+fn reload(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+    running: &Config,
+    shared: &ron_server::core::NodeShared,
+) {
+    let text = match path.map(std::fs::read_to_string).transpose() {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: the config file could not be read; nothing changed");
+            return;
+        }
+    };
+    let new = match Config::load(text.as_deref(), std::env::vars(), overrides, node::online_cores())
+    {
+        Ok(new) => new,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: the config does not load; nothing changed");
+            return;
+        }
+    };
+    let (changed, restart_needed) = shared.reload.apply(running, &new);
+    tracing::info!(?changed, "SIGHUP: configuration reloaded");
+    if restart_needed {
+        tracing::warn!(
+            "SIGHUP: the config changes more than rates and queue caps; \
+             those changes need a restart and were not applied"
+        );
     }
 }

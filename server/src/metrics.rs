@@ -140,6 +140,17 @@ pub trait MetricsPart: Send + 'static {
     fn merge(&mut self, other: &dyn MetricsPart);
     fn render(&self, out: &mut String);
     fn as_any(&self) -> &dyn Any;
+    /// Its queues' depths, rendered with the others' in one `queue_depth`
+    /// family (`queue_depth_lines`).
+    fn queue_depths(&self, _out: &mut Vec<(&'static str, u64)>) {}
+}
+
+/// The `queue_depth{q}` family: items waiting, by queue.
+pub fn queue_depth_lines(out: &mut String, depths: &[(&'static str, u64)]) {
+    header(out, "queue_depth", "gauge", "Items waiting, by queue.");
+    for (queue, depth) in depths {
+        let _ = writeln!(out, "queue_depth{{q=\"{queue}\"}} {depth}");
+    }
 }
 
 /// Something that has metrics on a shard (its services), registered at

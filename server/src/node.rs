@@ -128,6 +128,7 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topology_json: leak_json(&topology(&config, &layout)),
         version_json: leak_json(&version(&config, &registry, shard_count)),
         probes: registry.probes(&services),
+        reload: crate::reload::Reloadable::of(&config),
     });
     let config = Arc::new(config);
     let workers = Workers::start(&config.workers_layout(shard_count))

@@ -292,6 +292,9 @@ struct Bucket {
 pub enum MeterKey {
     Token([u8; TOKEN_ID_BYTES]),
     Tenant(String),
+    /// A tenant's requests to one service, under that service's clamp
+    /// (`rewarder.tenant_rps_max`).
+    ServiceTenant(&'static str, String),
 }
 
 /// Request counts of the token ids and tenants a shard owns.

@@ -312,6 +312,21 @@ impl TestNode {
         self.config_path = write_config(self.data_dir.path(), self.listen, base, &self.options);
     }
 
+    /// Rewrites the config with `toml` as its extra part and sends SIGHUP;
+    /// returns once the node has logged the reload.
+    pub fn reload(&mut self, toml: &str) {
+        const RELOADED: &str = "SIGHUP: configuration reloaded";
+        let before = self.log().matches(RELOADED).count();
+        self.set_config(toml);
+        // SAFETY: kill has no memory effects; the pid is our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(RELOADED).count() == before {
+            assert!(Instant::now() < deadline, "no reload logged:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The ledger's log directory.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.path().join("data/log")

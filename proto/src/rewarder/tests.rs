@@ -6,7 +6,7 @@ const B64: &str = "b3:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 const INPUTS: &str = "b3:81d428e1df7c29a8443467db8ed59ee2628ac43acd47c692fbc3c23ee495606d";
 
 /// The original's integration-test request (accounts out of order).
-fn request(dry_run: bool) -> ComputeRequest {
+fn request(dry_run: bool) -> ComputeRequest<'static> {
     let body = format!(
         r#"{{"inputs_cid":"{INPUTS}","policy_id":"policy:v1","policy_hash":"{B64}","dry_run":{dry_run},
         "snapshot":{{"produced_at_millis":1,"pool_minor_units":"1000","contributions":[
@@ -15,12 +15,12 @@ fn request(dry_run: bool) -> ComputeRequest {
         "policy":{{"id":"policy:v1","hash":"{B64}","signed":true,"funding_source":"protocol_pool",
           "max_payout_minor_units":"1000","min_payout_minor_units":"1","weight_bps":10000,"rounding":"floor"}}}}"#
     );
-    serde_json::from_str(&body).unwrap()
+    serde_json::from_str(Box::leak(body.into_boxed_str())).unwrap()
 }
 
 fn manifest_of(
     epoch: &str,
-    request: ComputeRequest,
+    request: ComputeRequest<'_>,
     ledger: LedgerResult,
 ) -> Result<Manifest, Refusal> {
     let inputs_cid = parse_inputs_cid(&request.inputs_cid)?;
@@ -311,14 +311,14 @@ fn the_originals_refusals() {
 
 #[test]
 fn largest_remainders_pay_the_pool_exactly_and_caps_hold() {
-    let snapshot = |pool: u128, scores: &[(&str, u64)]| Snapshot {
+    let snapshot = |pool: u128, scores: &[(&str, u64)]| Snapshot::<'static> {
         events: vec![],
         produced_at_millis: 0,
         pool_minor_units: Amount(pool),
         contributions: scores
             .iter()
             .map(|(a, s)| Contribution {
-                account: (*a).into(),
+                account: a.to_string().into(),
                 bytes_stored: *s,
                 bytes_served: 0,
                 uptime_seconds: 0,
@@ -444,7 +444,7 @@ proptest::proptest! {
             contributions: shuffled
                 .iter()
                 .map(|(account, stored, served, uptime)| Contribution {
-                    account: format!(" {account}"),
+                    account: format!(" {account}").into(),
                     bytes_stored: *stored,
                     bytes_served: *served,
                     uptime_seconds: *uptime,

@@ -240,6 +240,15 @@ impl Snapshot {
         }
     }
 
+    /// The services' queue depths (`MetricsPart::queue_depths`).
+    pub fn queue_depths(&self) -> Vec<(&'static str, u64)> {
+        let mut depths = Vec::new();
+        for part in &self.services {
+            part.queue_depths(&mut depths);
+        }
+        depths
+    }
+
     /// The merged snapshot as Prometheus text, with the process's gauges.
     pub fn render(&self, gauges: ProcessGauges, workers: &Workers, shard_count: usize) -> String {
         let mut out = String::with_capacity(64 * 1024);

@@ -1251,6 +1251,7 @@ mod tests {
             topology_json: b"{}",
             version_json: b"{}",
             probes: Vec::new(),
+            reload: crate::reload::Reloadable::of(&config),
         });
         let (senders, receivers) = mesh::builder(1, 1).join().await.expect("a mesh of one");
         let mesh = Rc::new(Mesh::new(senders, 1, 1, Duration::from_secs(1)));

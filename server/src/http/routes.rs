@@ -347,7 +347,7 @@ impl Request<'_> {
 /// `bytes` as `T`: 400 if they are not JSON, 422 if they are JSON of
 /// another shape (serde_json tells them apart in one pass); callable off
 /// the shard (a large body parsed on a worker).
-pub fn shaped_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Reply> {
+pub fn shaped_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Reply> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             Reply::error(ErrorCode::Unprocessable, format!("the JSON body does not fit: {e}"))

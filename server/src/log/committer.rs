@@ -237,7 +237,6 @@ impl CommitterMetrics {
     /// Appends the committer's series (SPEC §9 keeps their `ledger_` names).
     pub fn render(&self, out: &mut String) {
         use crate::metrics::header;
-        use std::fmt::Write as _;
         let histograms = [
             (
                 "ledger_commit_latency_seconds",
@@ -253,8 +252,6 @@ impl CommitterMetrics {
         }
         header(out, "ledger_batch_entries", "histogram", "Entries per log record.");
         count_histogram_lines(out, "ledger_batch_entries", &self.batch_entries);
-        header(out, "queue_depth", "gauge", "Items waiting, by queue.");
-        let _ = writeln!(out, "queue_depth{{q=\"committer\"}} {}", self.queued_entries);
         crate::metrics::simple_lines(
             out,
             &[

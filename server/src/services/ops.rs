@@ -140,11 +140,16 @@ impl Ops {
                 }
             }
             let mut text = total.render(ProcessGauges::read(), &core.workers, core.count);
+            let mut depths = total.queue_depths();
             match core.log.call(LogCall::Metrics).await {
-                Ok(LogAnswer::Metrics(committer)) => committer.render(&mut text),
+                Ok(LogAnswer::Metrics(committer)) => {
+                    committer.render(&mut text);
+                    depths.insert(0, ("committer", committer.queued_entries));
+                }
                 Ok(other) => panic!("metrics call answered with {other:?}"),
                 Err(error) => tracing::warn!(?error, "the committer did not give its metrics"),
             }
+            crate::metrics::queue_depth_lines(&mut text, &depths);
             Reply::new(200, ContentType::Prometheus, Body::Owned(text.into_bytes()))
         }))
     }

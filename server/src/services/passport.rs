@@ -218,7 +218,13 @@ impl Gate for TokenGate {
                 return Handled::Now(reply);
             }
         }
-        metering::meter_then(passport, request, params, handler)
+        // The rewarder clamps each tenant's requests to it as well.
+        let clamp = path.starts_with("/rewarder/").then(|| metering::ServiceClamp {
+            service: "rewarder",
+            limit: "rewarder.tenant_rps_max",
+            rps: crate::reload::Reloadable::get(&passport.core.node.reload.rewarder_tenant_rps_max),
+        });
+        metering::meter_then(passport, request, params, handler, clamp)
     }
 }
 

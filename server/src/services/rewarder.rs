@@ -12,6 +12,7 @@
 //!   same `run_key`. A request for a stored epoch with the same key gets the
 //!   stored bytes again; with another key, 409.
 
+pub mod admission;
 pub mod pending;
 pub mod routes;
 
@@ -27,7 +28,7 @@ use crate::services::index::objects::ObjectStore;
 use crate::workers::Lane;
 use ron_proto::rewarder::{LedgerResult, RUN_CODE, RunRecord};
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -72,8 +73,8 @@ pub struct Rewarder {
     core: Rc<Core>,
     shared: Arc<RewarderShared>,
     runs: RefCell<Runs>,
-    /// Computes this shard runs now (bounded by `rewarder.inflight_max`).
-    inflight: Cell<u32>,
+    /// Computes this shard runs now and those that wait for a slot.
+    admission: admission::Admission,
     metrics: RefCell<RewarderMetrics>,
     /// The index, whose objects hold snapshots sent ahead of a compute.
     index: Rc<crate::services::index::Index>,
@@ -166,7 +167,7 @@ impl Service for Rewarder {
             core: start.core.clone(),
             shared: start.shared,
             runs: RefCell::new(start.state),
-            inflight: Cell::new(0),
+            admission: admission::Admission::default(),
             metrics: RefCell::new(RewarderMetrics::default()),
             index: start.started.get::<crate::services::index::Index>(),
             wallet: start.started.get::<crate::services::wallet::Wallet>(),
@@ -210,6 +211,8 @@ impl Service for Rewarder {
     fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
         let mut metrics = self.metrics.borrow().clone();
         metrics.kept = self.runs.borrow().runs.len() as u64;
+        metrics.running = u64::from(self.admission.running());
+        metrics.waiting = self.admission.waiting() as u64;
         Some(Box::new(metrics))
     }
 
@@ -327,8 +330,11 @@ pub struct RewarderMetrics {
     /// epochs owed now (filled in by the tick).
     pub emissions_deferred: u64,
     pub pending: u64,
-    /// Runs this shard keeps (filled in at scrape).
+    /// Runs this shard keeps, computes running on the workers and waiting
+    /// for a slot (filled in at scrape).
     pub kept: u64,
+    pub running: u64,
+    pub waiting: u64,
 }
 
 impl MetricsPart for RewarderMetrics {
@@ -348,6 +354,8 @@ impl MetricsPart for RewarderMetrics {
         self.emissions_deferred += other.emissions_deferred;
         self.pending = self.pending.max(other.pending);
         self.kept += other.kept;
+        self.running += other.running;
+        self.waiting += other.waiting;
     }
 
     fn render(&self, out: &mut String) {
@@ -382,8 +390,13 @@ impl MetricsPart for RewarderMetrics {
                 ("reward_emissions_pending", "gauge", "Epochs whose emission is owed.", self.pending as f64),
                 ("reward_invariant_fail_total", "counter", "Runs quarantined: an overflow or a broken invariant.", self.invariant_fail as f64),
                 ("reward_runs_kept", "gauge", "Epochs with a stored run.", self.kept as f64),
+                ("reward_runs_running", "gauge", "Computes running on the workers (rewarder.inflight_max per shard).", self.running as f64),
             ],
         );
+    }
+
+    fn queue_depths(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.push(("rewarder", self.waiting));
     }
 
     fn as_any(&self) -> &dyn Any {

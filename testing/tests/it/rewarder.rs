@@ -532,3 +532,86 @@ fn a_full_manifest_store_refuses_the_run_and_keeps_the_rest() {
         assert_eq!(&got.body, manifest, "{epoch}");
     }
 }
+
+/// A token of `tenant` with every scope, minted with the node's root key.
+fn tenant_token(node: &TestNode, id: u8, tenant: &str) -> String {
+    use ron_proto::token::{Claims, Token, scope};
+    let issued_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = Claims {
+        kid: 1,
+        token_id: [id; 16],
+        epoch: 0,
+        issued_at,
+        subject: format!("tenant-{id}"),
+        audience: "ron-node".into(),
+    };
+    let scopes = format!("scope={}", scope::ALL.join(","));
+    let tenant = format!("tenant={tenant}");
+    Token::mint(&node.root_key(), claims, &[scopes.as_str(), tenant.as_str()]).unwrap().encode()
+}
+
+/// `rewarder.inflight_max` and `work_queue_max` crossed (429 past both),
+/// `rewarder.tenant_rps_max` crossed; SIGHUP raises and lifts them without
+/// a restart, and reports a change it cannot apply.
+#[test]
+fn compute_caps_and_the_tenant_clamp_are_enforced_and_reloaded_on_sighup() {
+    use ron_bench::reward_vectors::{SCALES, body, request};
+    let caps = "[rewarder]\ninflight_max = 1\nwork_queue_max = 0\ntenant_rps_max = 1";
+    let mut node = TestNode::start(NodeOptions::default().config(caps));
+    let snapshot_body = String::from_utf8(body(&request(SCALES[0]))).unwrap();
+    // Eight computes of fresh epochs at once: one runs, the rest are refused.
+    let burst = |node: &TestNode, round: &str| -> Vec<Response> {
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let (start, body) = (&start, &snapshot_body);
+                    s.spawn(move || {
+                        start.wait();
+                        compute(node, node.listen, &format!("{round}-{i}"), body, "b")
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+    };
+    let answers = burst(&node, "capped");
+    let refused = answers.iter().filter(|a| a.status == 429).count();
+    assert!(answers.iter().all(|a| a.status == 200 || a.status == 429));
+    assert!((1..8).contains(&refused), "{refused} of 8 refused");
+    let refusal = answers.iter().find(|a| a.status == 429).unwrap();
+    envelope(refusal, 429, "TOO_MANY_REQUESTS", "busy", "busy: compute workers exhausted");
+    assert!(node.metric("rejected_total{reason=\"busy\"}") >= refused as f64);
+
+    // The tenant clamp: one request a second to the rewarder's routes.
+    let acme = tenant_token(&node, 0x51, "acme");
+    let auth = format!("Bearer {acme}");
+    let listen = node.listen;
+    let ask = || get(listen, "/rewarder/epochs/nothing", &[("Authorization", &auth)]);
+    let statuses: Vec<u16> = (0..3).map(|_| ask().unwrap().status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 1, "{statuses:?}");
+    let clamped = ask().unwrap();
+    assert_eq!(clamped.status, 429, "{}", clamped.text());
+    assert!(clamped.text().contains("rewarder.tenant_rps_max"), "{}", clamped.text());
+
+    // SIGHUP: room for all eight, no tenant clamp; the same process.
+    let pid = node.pid();
+    node.reload("[rewarder]\ninflight_max = 2\nwork_queue_max = 8\ntenant_rps_max = 0");
+    let answers = burst(&node, "queued");
+    assert!(
+        answers.iter().all(|a| a.status == 200),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!((0..5).all(|_| ask().unwrap().status == 404));
+    assert_eq!(node.metric("queue_depth{q=\"rewarder\"}"), 0.0);
+    assert!(node.log().contains("rewarder.work_queue_max: 0 -> 8"), "{}", node.log());
+
+    // A change that needs a restart is reported and not applied.
+    node.reload("[rewarder]\ninflight_max = 2\nwork_queue_max = 8\nidempotency_salt = \"other\"");
+    assert!(node.log().contains("need a restart"), "{}", node.log());
+    assert_eq!(node.pid(), pid);
+    let replayed = compute(&node, node.listen, "queued-0", &snapshot_body, "r");
+    assert_eq!(replayed.status, 200, "the salt did not change: a replay, not a conflict");
+}

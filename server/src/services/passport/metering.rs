@@ -26,15 +26,15 @@ pub struct MeterCall {
     pub rps: Option<u32>,
     /// (spec, budget, bytes): spend this request's body bytes.
     pub spend: Option<(MeterSpec, u64, u64)>,
-    /// A tenant's count (`tenant_rps_max`), not the token's own.
-    pub tenant: bool,
+    /// A tenant's count, not the token's own: the limit's name.
+    pub tenant: Option<&'static str>,
 }
 
 /// Why the owner refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     Rate { retry_ms: u64 },
-    TenantRate { retry_ms: u64 },
+    TenantRate { retry_ms: u64, limit: &'static str },
     Budget,
 }
 
@@ -52,8 +52,8 @@ impl Refused {
             Refused::Rate { retry_ms } => {
                 (Reply::error(ErrorCode::Busy, "the token is over its rate.rps"), retry_ms)
             }
-            Refused::TenantRate { retry_ms } => {
-                (Reply::error(ErrorCode::Busy, "the tenant is over tenant_rps_max"), retry_ms)
+            Refused::TenantRate { retry_ms, limit } => {
+                (Reply::error(ErrorCode::Busy, format!("the tenant is over {limit}")), retry_ms)
             }
             Refused::Budget => {
                 return Reply::error(ErrorCode::Forbidden, "token refused: budget.bytes spent");
@@ -70,10 +70,9 @@ pub fn count(passport: &Passport, call: &MeterCall) -> Result<(), Refused> {
     let mut meters = passport.meters.borrow_mut();
     if let Some(rps) = call.rps {
         if let Err(retry_ms) = meters.take(call.key.clone(), rps, now_ms) {
-            return Err(if call.tenant {
-                Refused::TenantRate { retry_ms }
-            } else {
-                Refused::Rate { retry_ms }
+            return Err(match call.tenant {
+                Some(limit) => Refused::TenantRate { retry_ms, limit },
+                None => Refused::Rate { retry_ms },
             });
         }
     }
@@ -85,23 +84,39 @@ pub fn count(passport: &Passport, call: &MeterCall) -> Result<(), Refused> {
     Ok(())
 }
 
+/// A service's own clamp on each tenant's requests to it (read at every
+/// request: reloadable on SIGHUP).
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceClamp {
+    pub service: &'static str,
+    pub limit: &'static str,
+    pub rps: u32,
+}
+
 /// The counts a request with a token of `spec` touches, by owner shard.
-fn plan(passport: &Passport, spec: MeterSpec, body_bytes: u64) -> Vec<(usize, MeterCall)> {
+fn plan(
+    passport: &Passport,
+    spec: MeterSpec,
+    body_bytes: u64,
+    clamp: Option<ServiceClamp>,
+) -> Vec<(usize, MeterCall)> {
     let core = &passport.core;
-    let mut calls = Vec::with_capacity(2);
+    let mut calls = Vec::with_capacity(3);
     if let Some(tenant) = &spec.tenant {
-        let rps = core.config.limits.tenant_rps_max;
-        if rps > 0 {
+        let node_wide = crate::reload::Reloadable::get(&core.node.reload.tenant_rps_max);
+        let clamped = clamp.map(|c| (MeterKey::ServiceTenant(c.service, tenant.clone()), c));
+        let node_wide = (MeterKey::Tenant(tenant.clone()), "tenant_rps_max", node_wide);
+        let counts = std::iter::once(node_wide).chain(clamped.map(|(k, c)| (k, c.limit, c.rps)));
+        for (key, limit, rps) in counts.filter(|(_, _, rps)| *rps > 0) {
             let owner = core.owner(tenant.as_bytes());
-            let key = MeterKey::Tenant(tenant.clone());
-            calls.push((owner, MeterCall { key, rps: Some(rps), spend: None, tenant: true }));
+            calls.push((owner, MeterCall { key, rps: Some(rps), spend: None, tenant: Some(limit) }));
         }
     }
     if spec.rps.is_some() || spec.budget_bytes.is_some() {
         let owner = core.owner(&spec.token_id);
         let key = MeterKey::Token(spec.token_id);
         let spend = spec.budget_bytes.map(|budget| (spec.clone(), budget, body_bytes));
-        calls.push((owner, MeterCall { key, rps: spec.rps, spend, tenant: false }));
+        calls.push((owner, MeterCall { key, rps: spec.rps, spend, tenant: None }));
     }
     calls
 }
@@ -112,6 +127,7 @@ pub fn meter_then(
     request: &Request<'_>,
     params: &Params<'_>,
     handler: &Handler,
+    clamp: Option<ServiceClamp>,
 ) -> Handled {
     let spec = super::access::bearer(request).and_then(|text| {
         let cached = {
@@ -125,7 +141,7 @@ pub fn meter_then(
         })
     });
     let Some(spec) = spec else { return handler(request, params) };
-    let calls = plan(passport, spec, request.body.len() as u64);
+    let calls = plan(passport, spec, request.body.len() as u64, clamp);
     let me = passport.core.id;
     if calls.iter().all(|(owner, _)| *owner == me) {
         for (_, call) in &calls {

@@ -1,7 +1,11 @@
 //! The rewarder's routes (SPEC §8), with the original's checks in its
 //! order, its texts and its nested envelope (`ErrorStyle::Rewarder`).
 
-use super::{Answer, Call, Rewarder, Stored};
+use super::admission::Entry;
+use super::{Answer, Call, Rewarder, RewarderShared, Stored};
+use crate::limits::LEDGER_RETRY;
+use crate::reload::Reloadable;
+use crate::retry::{Outcome as Retried, Retry};
 use crate::http::reply::mesh_failure;
 use crate::http::routes::shaped_json;
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
@@ -13,16 +17,22 @@ use ron_proto::ErrorCode;
 use ron_proto::error::ErrorStyle;
 use ron_proto::http::Method;
 use ron_proto::index::Cid;
+use crate::services::passport::keys::Keyring;
 use ron_proto::rewarder::{
     Attestation, ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord,
-    Settlement, Snapshot, compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal,
+    Settlement, compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal,
     validate_epoch_id,
 };
 use ron_proto::token::scope::{REWARDER_INSPECT, REWARDER_RUN};
 use ron_proto::token::to_base64url;
 use serde::Serialize;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
+
+fn get(field: &std::sync::atomic::AtomicU32) -> u32 {
+    Reloadable::get(field)
+}
 
 /// The wallet route a settlement's issues go to.
 const WALLET_ISSUE_PATH: &str = "/v1/issue";
@@ -87,158 +97,84 @@ fn refused(rewarder: Option<&Rewarder>, refusal: Refusal) -> Reply {
 }
 
 /// `POST /rewarder/epochs/{epoch_id}/compute`: the run's manifest — the
-/// stored one when the epoch holds this run already.
+/// stored one when the epoch holds this run already. The epoch's stored
+/// run is asked of its owner first; then one job on the workers parses the
+/// body (its snapshot's strings borrowed from it), checks it in the
+/// original's order, and either reads the stored manifest (a replay) or
+/// seals, computes and stores a new one, which the owner then keeps.
 fn compute(rewarder: &Rc<Rewarder>, request: &Request<'_>, params: &Params<'_>) -> Handled {
     let started = Instant::now();
     if let Err(reply) = request.says_json() {
         return Handled::Now(reply);
     }
-    // A large body (a snapshot of many actors) is parsed on a worker, not
-    // on the shard's thread; a small one at once.
-    let parsed = if request.body.len() <= INLINE_PARSE_BYTES_MAX {
-        Ok(shaped_json::<ComputeRequest>(request.body))
-    } else {
-        let bytes = request.body.to_vec();
-        let core = &rewarder.core;
-        match core.returns.run(&core.workers, Lane::Normal, move || shaped_json(&bytes)) {
-            Ok(parsing) => Err(parsing),
-            Err(_) => return Handled::Now(busy("the workers' queue is full")),
-        }
+    let reload = &rewarder.core.node.reload;
+    let (inflight_max, queue_max) =
+        (get(&reload.rewarder_inflight_max), get(&reload.rewarder_work_queue_max));
+    let Some(entry) = rewarder.admission.enter(inflight_max, queue_max) else {
+        return Handled::Now(busy("compute workers exhausted"));
     };
     let epoch_id = params.decoded(0).unwrap_or_default().into_owned();
+    let body = request.body.to_vec();
     let rewarder = rewarder.clone();
     Handled::Later(Box::pin(async move {
-        let body = match parsed {
-            Ok(parsed) => parsed,
-            Err(parsing) => parsing.await.unwrap_or_else(|| {
-                Err(Reply::error(ErrorCode::Unavailable, "the shard stopped"))
-            }),
-        };
-        let reply = match body {
-            Ok(body) => checked_run(&rewarder, epoch_id, body).await,
-            Err(reply) => reply,
-        };
+        if let Entry::Queued(turn) = entry {
+            if turn.await.is_err() {
+                return Reply::error(ErrorCode::Unavailable, "the shard stopped");
+            }
+        }
+        let _slot = Slot(&rewarder);
+        let reply = compute_run(&rewarder, epoch_id, body).await;
         rewarder.metrics.borrow_mut().compute.record(started.elapsed());
         reply
     }))
 }
 
-/// Bodies parsed on the shard's thread, at most (0.5 MB of JSON takes it
-/// about 2 ms).
-const INLINE_PARSE_BYTES_MAX: usize = 64 << 10;
-
-/// The original's checks after the body's, in its order, then the run.
-async fn checked_run(rewarder: &Rc<Rewarder>, epoch_id: String, body: ComputeRequest) -> Reply {
-    if let Err(refusal) = validate_epoch_id(&epoch_id) {
-        return refused(None, refusal);
-    }
-    let inputs_cid = match parse_inputs_cid(&body.inputs_cid) {
-        Ok(cid) => cid,
-        Err(refusal) => return refused(None, refusal),
-    };
-    // Only the case here, as the original: the form is checked with the
-    // policy, after a stored run had its say.
-    if body.policy_hash != body.policy_hash.to_ascii_lowercase() {
-        return bad("policy_hash must be lowercase canonical b3 hex");
-    }
-    let salt = &rewarder.core.config.rewarder.idempotency_salt;
-    let key = run_key(salt, &epoch_id, &body.policy_hash, &inputs_cid);
-    run(rewarder, epoch_id, inputs_cid, key, body).await
-}
-
-/// Releases a compute slot when the compute ends, however it ends.
+/// Gives the compute slot back when the compute ends, however it ends.
 struct Slot<'a>(&'a Rewarder);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.inflight.set(self.0.inflight.get() - 1);
+        self.0.admission.leave(get(&self.0.core.node.reload.rewarder_inflight_max));
     }
 }
 
-async fn run(
-    rewarder: &Rc<Rewarder>,
-    epoch_id: String,
-    inputs_cid: String,
-    key: String,
-    body: ComputeRequest,
-) -> Reply {
+async fn compute_run(rewarder: &Rc<Rewarder>, epoch_id: String, body: Vec<u8>) -> Reply {
     let owner = rewarder.owner(&epoch_id);
-    let stored = match rewarder.call(owner, Call::Find { epoch_id: epoch_id.clone() }).await {
-        Ok(Answer::Found(stored)) => stored,
-        Ok(other) => unreachable!("a find answered {other:?}"),
-        Err(error) => return mesh_failure(error),
+    let stored = if validate_epoch_id(&epoch_id).is_ok() {
+        match rewarder.call(owner, Call::Find { epoch_id: epoch_id.clone() }).await {
+            Ok(Answer::Found(stored)) => stored,
+            Ok(other) => unreachable!("a find answered {other:?}"),
+            Err(error) => return mesh_failure(error),
+        }
+    } else {
+        None
     };
-    let key_digest = digest_of(&key).expect("run keys are b3 digests");
-    if let Some(stored) = stored {
-        if stored.run_key != key_digest {
+    let job = Job {
+        epoch_id,
+        body,
+        stored,
+        salt: rewarder.core.config.rewarder.idempotency_salt.clone(),
+        attest: (rewarder.core.config.passport.pq_mode != crate::config::PqMode::Off)
+            .then(|| rewarder.passport.keys()),
+        shared: rewarder.shared.clone(),
+        index: rewarder.index.shared().clone(),
+    };
+    let (record, bytes, payouts) = match on_worker(rewarder, move || job.run()).await {
+        Ok(Outcome::Computed { record, bytes, payouts }) => (record, bytes, payouts),
+        Ok(Outcome::Replayed(bytes)) => {
+            rewarder.metrics.borrow_mut().replay += 1;
+            return Reply::json_owned(200, bytes);
+        }
+        Ok(Outcome::Conflict) => {
             rewarder.metrics.borrow_mut().conflict += 1;
             return conflict();
         }
-        // A dry run asks for nothing new; a live one only promotes a dry run.
-        if body.dry_run || stored.ledger != LedgerResult::DryRun {
-            rewarder.metrics.borrow_mut().replay += 1;
-            return manifest_reply(rewarder, &stored).await;
-        }
-    }
-    if rewarder.inflight.get() >= rewarder.core.config.rewarder.inflight_max {
-        return busy("compute workers exhausted");
-    }
-    rewarder.inflight.set(rewarder.inflight.get() + 1);
-    let _slot = Slot(rewarder);
-    let snapshot = match body.snapshot {
-        Some(snapshot) => snapshot,
-        None => match stored_snapshot(rewarder, &inputs_cid).await {
-            Ok(snapshot) => snapshot,
-            Err(reply) => return reply,
-        },
-    };
-    let ComputeRequest { policy, policy_id, policy_hash, dry_run, .. } = body;
-    let ledger = if dry_run { LedgerResult::DryRun } else { LedgerResult::Accepted };
-    let shared = rewarder.shared.clone();
-    let attest = (rewarder.core.config.passport.pq_mode != crate::config::PqMode::Off)
-        .then(|| rewarder.passport.keys());
-    let work = move || -> Result<(RunRecord, Vec<u8>, u64), Failure> {
-        let mut snapshot = snapshot;
-        seal(&mut snapshot, &inputs_cid)?;
-        let policy = Policy::resolve(policy, &policy_id, &policy_hash)?;
-        let mut manifest = compute_manifest(&Run {
-            epoch_id: &epoch_id,
-            run_key: &key,
-            inputs_cid: &inputs_cid,
-            snapshot: &snapshot,
-            policy: &policy,
-            ledger,
-        })?;
-        if let Some(keys) = attest {
-            let set = keys.current();
-            let message = manifest.attestation_message();
-            manifest.attestation = Some(Attestation {
-                sig_ed25519: Some(to_base64url(&set.sign_ed25519(&message))),
-                sig_pq: Some(to_base64url(&set.sign_ml_dsa(&message))),
-                signed_at_millis: crate::clock::unix_now_ms(),
-                kid: Some(set.kid),
-            });
-        }
-        let bytes = manifest.to_bytes();
-        let record = RunRecord::of(&manifest, &bytes);
-        shared.manifests.put(&Cid(record.manifest), &bytes).map_err(Failure::Store)?;
-        Ok((record, bytes, manifest.payouts.len() as u64))
-    };
-    let (record, bytes, payouts) = match on_worker(rewarder, work).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(Failure::Refused(refusal))) => return refused(Some(rewarder), refusal),
-        Ok(Err(Failure::Store(PutError::Full))) => {
-            let message = "the manifest store is full (rewarder.manifests_bytes_max)";
-            return Reply::error(ErrorCode::LimitsExceeded, message);
-        }
-        Ok(Err(Failure::Store(error))) => {
-            tracing::error!(%error, "a manifest was not stored");
-            return internal("the manifest was not stored");
-        }
+        Ok(Outcome::Refused(refusal)) => return refused(Some(rewarder), refusal),
+        Ok(Outcome::Answer(reply)) => return reply,
         Err(reply) => return reply,
     };
     let ledger = record.ledger;
-    match rewarder.call(owner, Call::Store { record }).await {
+    match rewarder.call(owner, Call::Store { record: *record }).await {
         Ok(Answer::Stored(Stored::Kept)) => {
             let mut metrics = rewarder.metrics.borrow_mut();
             metrics.ok += 1;
@@ -262,15 +198,111 @@ async fn run(
     }
 }
 
-/// Why a compute on the workers did not give a manifest.
-enum Failure {
-    Refused(Refusal),
-    Store(PutError),
+/// A compute's work on a worker thread.
+struct Job {
+    epoch_id: String,
+    body: Vec<u8>,
+    /// The epoch's stored run, when it has one.
+    stored: Option<RunRecord>,
+    salt: String,
+    /// The keys that sign the manifest (`pq_mode` on).
+    attest: Option<Arc<Keyring>>,
+    shared: Arc<RewarderShared>,
+    index: Arc<crate::services::index::IndexShared>,
 }
 
-impl From<Refusal> for Failure {
-    fn from(refusal: Refusal) -> Failure {
-        Failure::Refused(refusal)
+/// What the job found.
+enum Outcome {
+    /// A new manifest, stored; its record for the epoch's owner.
+    Computed { record: Box<RunRecord>, bytes: Vec<u8>, payouts: u64 },
+    /// The stored run's manifest.
+    Replayed(Vec<u8>),
+    Conflict,
+    Refused(Refusal),
+    Answer(Reply),
+}
+
+impl From<Refusal> for Outcome {
+    fn from(refusal: Refusal) -> Outcome {
+        Outcome::Refused(refusal)
+    }
+}
+
+impl Job {
+    fn run(self) -> Outcome {
+        match self.checked() {
+            Ok(outcome) | Err(outcome) => outcome,
+        }
+    }
+
+    /// The original's checks in its order: the body's shape, the epoch id,
+    /// `inputs_cid`, the case of `policy_hash`; then the stored run has its
+    /// say; then the snapshot is sealed and the policy resolved.
+    fn checked(self) -> Result<Outcome, Outcome> {
+        let body: ComputeRequest<'_> = shaped_json(&self.body).map_err(Outcome::Answer)?;
+        validate_epoch_id(&self.epoch_id)?;
+        let inputs_cid = parse_inputs_cid(&body.inputs_cid)?;
+        if body.policy_hash != body.policy_hash.to_ascii_lowercase() {
+            return Err(Outcome::Answer(bad("policy_hash must be lowercase canonical b3 hex")));
+        }
+        let key = run_key(&self.salt, &self.epoch_id, &body.policy_hash, &inputs_cid);
+        if let Some(stored) = &self.stored {
+            if stored.run_key != digest_of(&key).expect("run keys are b3 digests") {
+                return Ok(Outcome::Conflict);
+            }
+            // A dry run asks for nothing new; a live one only promotes a dry run.
+            if body.dry_run || stored.ledger != LedgerResult::DryRun {
+                return read_manifest(&self.shared, stored).map(Outcome::Replayed);
+            }
+        }
+        let object;
+        let mut snapshot = match body.snapshot {
+            Some(snapshot) => snapshot,
+            None => {
+                object = snapshot_object(&self.index, &inputs_cid)?;
+                serde_json::from_slice(&object).map_err(|e| {
+                    Outcome::Answer(bad(format!(
+                        "the object under inputs_cid is not a snapshot: {e}"
+                    )))
+                })?
+            }
+        };
+        seal(&mut snapshot, &inputs_cid)?;
+        let policy = Policy::resolve(body.policy, &body.policy_id, &body.policy_hash)?;
+        let ledger = if body.dry_run { LedgerResult::DryRun } else { LedgerResult::Accepted };
+        let mut manifest = compute_manifest(&Run {
+            epoch_id: &self.epoch_id,
+            run_key: &key,
+            inputs_cid: &inputs_cid,
+            snapshot: &snapshot,
+            policy: &policy,
+            ledger,
+        })?;
+        if let Some(keys) = self.attest {
+            let set = keys.current();
+            let message = manifest.attestation_message();
+            manifest.attestation = Some(Attestation {
+                sig_ed25519: Some(to_base64url(&set.sign_ed25519(&message))),
+                sig_pq: Some(to_base64url(&set.sign_ml_dsa(&message))),
+                signed_at_millis: crate::clock::unix_now_ms(),
+                kid: Some(set.kid),
+            });
+        }
+        let bytes = manifest.to_bytes();
+        let record = RunRecord::of(&manifest, &bytes);
+        match self.shared.manifests.put(&Cid(record.manifest), &bytes) {
+            Ok(_) => {}
+            Err(PutError::Full) => {
+                let message = "the manifest store is full (rewarder.manifests_bytes_max)";
+                return Err(Outcome::Answer(Reply::error(ErrorCode::LimitsExceeded, message)));
+            }
+            Err(error) => {
+                tracing::error!(%error, "a manifest was not stored");
+                return Err(Outcome::Answer(internal("the manifest was not stored")));
+            }
+        }
+        let payouts = manifest.payouts.len() as u64;
+        Ok(Outcome::Computed { record: Box::new(record), bytes, payouts })
     }
 }
 
@@ -287,39 +319,50 @@ async fn on_worker<T: Send + 'static>(
     done.await.ok_or_else(|| Reply::error(ErrorCode::Unavailable, "the shard stopped"))
 }
 
-/// The snapshot kept as an index object under `inputs_cid` (its canonical
-/// bytes, as `PUT /v1/index/objects` took them).
-async fn stored_snapshot(rewarder: &Rewarder, inputs_cid: &str) -> Result<Snapshot, Reply> {
+/// The bytes of the index object under `inputs_cid`: a snapshot sent
+/// ahead of the compute (`PUT /v1/index/objects`).
+fn snapshot_object(
+    index: &crate::services::index::IndexShared,
+    inputs_cid: &str,
+) -> Result<Vec<u8>, Outcome> {
     let cid = Cid(digest_of(inputs_cid).expect("a parsed inputs_cid"));
-    let index = rewarder.index.shared().clone();
-    match on_worker(rewarder, move || index.objects.get(&cid)).await? {
-        Ok(Read::Found(bytes)) => serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("the object under inputs_cid is not a snapshot: {e}"))),
+    match index.objects.get(&cid) {
+        Ok(Read::Found(bytes)) => Ok(bytes),
         Ok(Read::Missing | Read::Corrupt) => {
-            Err(bad("no inline snapshot, and no object under inputs_cid"))
+            Err(Outcome::Answer(bad("no inline snapshot, and no object under inputs_cid")))
         }
         Err(error) => {
             tracing::error!(%error, "reading a snapshot object");
-            Err(internal("the snapshot could not be read"))
+            Err(Outcome::Answer(internal("the snapshot could not be read")))
+        }
+    }
+}
+
+/// The stored manifest's bytes, read on a worker.
+fn read_manifest(shared: &RewarderShared, record: &RunRecord) -> Result<Vec<u8>, Outcome> {
+    match shared.manifests.get(&Cid(record.manifest)) {
+        Ok(Read::Found(bytes)) => Ok(bytes),
+        Ok(Read::Missing | Read::Corrupt) => {
+            tracing::error!(epoch = %record.epoch_id, "a stored manifest is missing or corrupt");
+            Err(Outcome::Answer(internal("the stored manifest could not be read")))
+        }
+        Err(error) => {
+            tracing::error!(%error, "reading a manifest");
+            Err(Outcome::Answer(internal("the stored manifest could not be read")))
         }
     }
 }
 
 /// The stored manifest's bytes.
 async fn manifest_bytes(rewarder: &Rewarder, record: &RunRecord) -> Result<Vec<u8>, Reply> {
-    let cid = Cid(record.manifest);
     let shared = rewarder.shared.clone();
-    match on_worker(rewarder, move || shared.manifests.get(&cid)).await? {
-        Ok(Read::Found(bytes)) => Ok(bytes),
-        Ok(Read::Missing | Read::Corrupt) => {
-            tracing::error!(epoch = %record.epoch_id, "a stored manifest is missing or corrupt");
-            Err(internal("the stored manifest could not be read"))
+    let record = record.clone();
+    on_worker(rewarder, move || read_manifest(&shared, &record)).await?.map_err(|outcome| {
+        match outcome {
+            Outcome::Answer(reply) => reply,
+            _ => internal("the stored manifest could not be read"),
         }
-        Err(error) => {
-            tracing::error!(%error, "reading a manifest");
-            Err(internal("the stored manifest could not be read"))
-        }
-    }
+    })
 }
 
 async fn manifest_reply(rewarder: &Rewarder, record: &RunRecord) -> Reply {
@@ -459,7 +502,9 @@ pub async fn emit_run(rewarder: &Rc<Rewarder>, record: &RunRecord) -> Emission {
         Err(reply) => return Emission::Refused(reply),
     };
     let batch = Settlement::of(&manifest, WALLET_ISSUE_PATH);
-    let deadline = std::time::Duration::from_millis(rewarder.core.config.rewarder.ledger_deadline_ms);
+    let config = &rewarder.core.config.rewarder;
+    let deadline = std::time::Duration::from_millis(config.ledger_deadline_ms);
+    let retry = Retry { attempts_max: 1 + config.ledger_retries_max, ..LEDGER_RETRY };
     let mut receipts = Vec::with_capacity(batch.requests.len());
     for (at, issue) in batch.requests.iter().enumerate() {
         if rewarder.core.log.in_safe_mode() {
@@ -469,29 +514,48 @@ pub async fn emit_run(rewarder: &Rc<Rewarder>, record: &RunRecord) -> Emission {
         let key = issue.idempotency_key.as_deref().expect("settlements key every issue");
         let memo = issue.memo.as_deref().expect("settlements memo every issue");
         let started = Instant::now();
-        let issued = crate::services::wallet::routes::issue_for(
-            &rewarder.wallet,
-            &issue.to,
-            issue.asset,
-            issue.amount_minor.0,
-            memo,
-            key,
-        )
-        .await;
+        // Refused for now (429, 503): tried again, `ledger_retries_max`
+        // times; refused still, the emission goes on later.
+        let issued = retry
+            .run(
+                || async {
+                    match crate::services::wallet::routes::issue_for(
+                        &rewarder.wallet,
+                        &issue.to,
+                        issue.asset,
+                        issue.amount_minor.0,
+                        memo,
+                        key,
+                    )
+                    .await
+                    {
+                        Issued::Refused(reply) => Err(reply),
+                        issued => Ok(issued),
+                    }
+                },
+                |reply| matches!(reply.error_code(), Some(ErrorCode::Busy | ErrorCode::Unavailable)),
+            )
+            .await;
         let receipt = match issued {
-            Issued::Committed(receipt) => {
+            Retried::Done(Issued::Committed(receipt)) => {
                 rewarder.metrics.borrow_mut().intents_accepted += 1;
                 receipt
             }
-            Issued::Replayed(receipt) => {
+            Retried::Done(Issued::Replayed(receipt)) => {
                 rewarder.metrics.borrow_mut().intents_dup += 1;
                 receipt
             }
-            Issued::Refused(reply) if reply.error_code() == Some(ErrorCode::Degraded) => {
+            Retried::Done(Issued::Refused(_)) => unreachable!("refusals are errors here"),
+            Retried::GaveUp(reply) => {
+                tracing::warn!(epoch = %record.epoch_id, status = reply.status, "the ledger refused a payout after every retry: the emission goes on later");
                 rewarder.metrics.borrow_mut().emissions_deferred += 1;
                 return Emission::Deferred { batch };
             }
-            Issued::Refused(reply) => {
+            Retried::Failed(reply) if reply.error_code() == Some(ErrorCode::Degraded) => {
+                rewarder.metrics.borrow_mut().emissions_deferred += 1;
+                return Emission::Deferred { batch };
+            }
+            Retried::Failed(reply) => {
                 rewarder.metrics.borrow_mut().intents_error += 1;
                 return Emission::Refused(issue_refused(&issue.to, reply));
             }
