@@ -42,6 +42,9 @@ pub struct RunSpec {
     pub workload: WorkloadSpec,
     /// Requests per second, over all threads.
     pub rate: f64,
+    /// During the middle third of the measured time the rate is this many
+    /// times `rate` (1: steady), as the seeds' burst runs ask.
+    pub burst: f64,
     pub warmup: Duration,
     pub duration: Duration,
     pub connections: usize,
@@ -140,9 +143,59 @@ struct Connection {
     open: bool,
 }
 
+/// When each request of a thread is due: at a constant rate, times the
+/// burst factor over the middle third of the measured time.
+struct Plan {
+    interval_ns: f64,
+    burst: f64,
+    /// Where the burst begins and ends, in ns from the start.
+    burst_from_ns: f64,
+    burst_to_ns: f64,
+    /// Requests before and during the burst.
+    before: u64,
+    during: u64,
+    total: u64,
+}
+
+impl Plan {
+    fn new(spec: &RunSpec, rate: f64) -> Plan {
+        let interval_ns = 1e9 / rate;
+        let (warmup, measured) = (spec.warmup.as_nanos() as f64, spec.duration.as_nanos() as f64);
+        let (burst_from_ns, burst_to_ns) = (warmup + measured / 3.0, warmup + 2.0 * measured / 3.0);
+        let before = (burst_from_ns / interval_ns).ceil() as u64;
+        let during = ((burst_to_ns - burst_from_ns) * spec.burst / interval_ns) as u64;
+        let after = ((warmup + measured - burst_to_ns) / interval_ns) as u64;
+        let total = if spec.burst > 1.0 {
+            before + during + after
+        } else {
+            ((warmup + measured) / interval_ns) as u64
+        };
+        Plan { interval_ns, burst: spec.burst, burst_from_ns, burst_to_ns, before, during, total }
+    }
+
+    fn intended(&self, n: u64) -> u64 {
+        if self.burst <= 1.0 || n < self.before {
+            return (n as f64 * self.interval_ns) as u64;
+        }
+        let into = n - self.before;
+        if into < self.during {
+            return (self.burst_from_ns + into as f64 * self.interval_ns / self.burst) as u64;
+        }
+        (self.burst_to_ns + (into - self.during) as f64 * self.interval_ns) as u64
+    }
+}
+
+impl RunSpec {
+    /// The mean rate it plans over the measured time.
+    pub fn mean_rate(&self) -> f64 {
+        self.rate * (1.0 + (self.burst - 1.0) / 3.0)
+    }
+}
+
 /// Runs the plan and merges every thread's measurements.
 pub fn run(spec: &RunSpec) -> anyhow::Result<RunResult> {
     anyhow::ensure!(spec.rate > 0.0, "the rate must be positive");
+    anyhow::ensure!(spec.burst >= 1.0, "the burst factor is at least 1");
     let threads = spec.cores.len().max(1);
     anyhow::ensure!(spec.connections >= threads, "at least one connection per thread");
     let barrier = Arc::new(Barrier::new(threads));
@@ -227,10 +280,10 @@ fn drive(
     let mut events = Events::with_capacity(1024);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut result = RunResult::empty();
-    let interval_ns = 1e9 / rate;
+    let plan = Plan::new(spec, rate);
     let warmup_ns = spec.warmup.as_nanos() as u64;
     let plan_ns = (spec.warmup + spec.duration).as_nanos() as u64;
-    let total = (plan_ns as f64 / interval_ns) as u64;
+    let total = plan.total;
     let late_ns = spec.late_after.as_nanos() as u64;
     let give_up_ns = plan_ns + spec.drain.as_nanos() as u64;
     let mut next = 0u64;
@@ -242,7 +295,7 @@ fn drive(
         let now = start.elapsed().as_nanos() as u64;
         // Send every request that is due.
         while next < total {
-            let intended = (next as f64 * interval_ns) as u64;
+            let intended = plan.intended(next);
             if intended > now {
                 break;
             }
@@ -436,5 +489,33 @@ mod tests {
         assert_eq!(parse_response(&two[used..]).unwrap().unwrap().0, 429);
         assert_eq!(parse_response(&two[..39]).unwrap(), None);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_burst_doubles_the_rate_over_the_middle_third() {
+        let spec = |burst| RunSpec {
+            target: "127.0.0.1:1".parse().unwrap(),
+            shard_targets: Vec::new(),
+            workload: WorkloadSpec::Get { path: "/".into() },
+            rate: 100.0,
+            burst,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(3),
+            connections: 1,
+            pipeline_max: 1,
+            cores: Vec::new(),
+            late_after: Duration::from_millis(1),
+            drain: Duration::from_secs(1),
+        };
+        let steady = Plan::new(&spec(1.0), 100.0);
+        assert_eq!(steady.total, 300);
+        assert_eq!(steady.intended(150), 1_500_000_000);
+        let burst = Plan::new(&spec(2.0), 100.0);
+        assert_eq!(burst.total, 400);
+        let due: Vec<u64> = (0..burst.total).map(|n| burst.intended(n)).collect();
+        assert!(due.windows(2).all(|w| w[0] < w[1]));
+        let per_second = |s: u64| due.iter().filter(|d| **d / 1_000_000_000 == s).count();
+        assert_eq!([per_second(0), per_second(1), per_second(2)], [100, 200, 100]);
+        assert!((spec(2.0).mean_rate() - 400.0 / 3.0).abs() < 1e-9);
     }
 }

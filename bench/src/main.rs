@@ -126,6 +126,10 @@ struct Common {
     duration: Duration,
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     warmup: Duration,
+    /// Over the middle third of the measured time, this many times the
+    /// rate (2: the seeds' burst runs; 1: steady).
+    #[arg(long, default_value_t = 1.0)]
+    burst: f64,
     #[arg(long, default_value_t = 64)]
     connections: usize,
     #[arg(long, default_value_t = 64)]
@@ -221,6 +225,7 @@ impl Common {
             shard_targets: shard_targets.clone(),
             workload: self.workload(target, shard_targets.len().max(1))?,
             rate,
+            burst: self.burst,
             warmup: self.warmup,
             duration: self.duration,
             connections: self.connections,

@@ -46,7 +46,7 @@ impl RunReport {
         RunReport {
             target: spec.target.to_string(),
             workload: spec.workload.describe(),
-            target_rate: spec.rate,
+            target_rate: spec.mean_rate(),
             achieved_rate: result.achieved_rate(),
             warmup_s: spec.warmup.as_secs_f64(),
             duration_s: spec.duration.as_secs_f64(),
@@ -61,7 +61,7 @@ impl RunReport {
             unanswered: result.unanswered,
             reconnects: result.reconnects,
             statuses: result.statuses.clone(),
-            sustained: result.sustained(spec.rate),
+            sustained: result.sustained(spec.mean_rate()),
             latency: LatencyReport {
                 p50_us: us(h.value_at_quantile(0.50)),
                 p90_us: us(h.value_at_quantile(0.90)),

@@ -6,6 +6,10 @@
 //! * `reward-replay`: every request asks for the same epoch, computed by
 //!   the first: the path the seed's bombardier command measures once the
 //!   epoch is stored (the body still parsed, the stored bytes answered).
+//!
+//! The seed's steady and burst runs are either mix at a fixed rate, the
+//! burst with `--burst 2` (twice the rate over the middle third: what is
+//! shed is counted by status, and the tail after it shows the recovery).
 
 use crate::reward_vectors::{SCALES, Scale, body, request};
 use crate::workload::Workload;

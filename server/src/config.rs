@@ -401,7 +401,7 @@ impl Default for Workers {
 impl Default for Rewarder {
     fn default() -> Rewarder {
         Rewarder {
-            work_queue_max: 64,
+            work_queue_max: 4096,
             inflight_max: 4,
             tenant_rps_max: 100,
             ledger_deadline_ms: 1000,

@@ -98,7 +98,10 @@ mod tests {
         new.rewarder.work_queue_max = 7;
         new.limits.tenant_rps_max = 50;
         let (changed, restart) = reloadable.apply(&running, &new);
-        assert_eq!(changed, ["limits.tenant_rps_max: 0 -> 50", "rewarder.work_queue_max: 64 -> 7"]);
+        assert_eq!(
+            changed,
+            ["limits.tenant_rps_max: 0 -> 50", "rewarder.work_queue_max: 4096 -> 7"]
+        );
         assert!(!restart);
         assert_eq!(Reloadable::get(&reloadable.rewarder_work_queue_max), 7);
         new.ledger.queue_capacity += 1;
