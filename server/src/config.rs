@@ -204,6 +204,9 @@ pub struct Workers {
     pub normal_threads: u32,
     /// Threads at SCHED_IDLE (signatures); 0: one per shard.
     pub idle_threads: u32,
+    /// Threads at SCHED_IDLE for long jobs (reward runs: the seed's compute
+    /// workers); 0: one per shard.
+    pub batch_threads: u32,
     /// Jobs waiting per lane, at most; more are refused.
     pub queue_max: u32,
     /// Cores to pin the threads to (round robin); empty: not pinned.
@@ -226,8 +229,8 @@ pub struct Rewarder {
     /// Reloaded on SIGHUP.
     pub work_queue_max: u32,
     /// Computes (and replays, which parse their body) running per shard on
-    /// the workers (`workers.normal_threads` are the seed's compute
-    /// workers). Reloaded on SIGHUP.
+    /// the workers' batch lane (`workers.batch_threads` are the seed's
+    /// compute workers). Reloaded on SIGHUP.
     pub inflight_max: u32,
     /// Requests per second of one tenant (a token's `tenant` caveat) to the
     /// rewarder's routes, on top of `limits.tenant_rps_max`; 0 turns it
@@ -394,7 +397,13 @@ impl Default for Index {
 
 impl Default for Workers {
     fn default() -> Workers {
-        Workers { normal_threads: 0, idle_threads: 0, queue_max: 4096, cores: Vec::new() }
+        Workers {
+            normal_threads: 0,
+            idle_threads: 0,
+            batch_threads: 0,
+            queue_max: 4096,
+            cores: Vec::new(),
+        }
     }
 }
 
@@ -556,6 +565,7 @@ impl Config {
         self.validate_rewarder()?;
         range("workers.normal_threads", self.workers.normal_threads, 0, 1024)?;
         range("workers.idle_threads", self.workers.idle_threads, 0, 1024)?;
+        range("workers.batch_threads", self.workers.batch_threads, 0, 1024)?;
         range("workers.queue_max", self.workers.queue_max, 1, 1 << 20)?;
         for core in &self.workers.cores {
             if *core >= online_cores {
@@ -644,6 +654,7 @@ impl Config {
         crate::workers::WorkersLayout {
             normal_threads: or_per_shard(self.workers.normal_threads),
             idle_threads: or_per_shard(self.workers.idle_threads),
+            batch_threads: or_per_shard(self.workers.batch_threads),
             queue_max: self.workers.queue_max as usize,
             cores: self.workers.cores.clone(),
         }

@@ -383,11 +383,11 @@ pub fn memory_budget(config: &Config, shards: usize) -> Vec<BudgetLine> {
         ),
         line(
             "worker queues",
-            workers.queue_max as u64 * (2 * 128 + if pq_on { sizes::PQ_BATCH_BYTES } else { 0 }),
+            workers.queue_max as u64 * (3 * 128 + if pq_on { sizes::PQ_BATCH_BYTES } else { 0 }),
             true,
-            "two lanes × workers.queue_max jobs, and on the idle lane a closed ML-DSA batch \
+            "three lanes × workers.queue_max jobs, and on the idle lane a closed ML-DSA batch \
              each (view writes hold their shard's changes, one per shard; echo-hash, a test \
-             route, a body)",
+             route, and reward runs hold a request body, counted with their connections)",
         ),
     ]
 }

@@ -1,13 +1,16 @@
 //! The node's one facility for CPU work off the shards' request paths:
-//! view writes, ML-DSA batch signatures, and later reward computations.
+//! view writes, ML-DSA batch signatures and reward runs.
 //!
-//! A fixed set of threads in two lanes, each with a bounded queue:
+//! A fixed set of threads in three lanes, each with a bounded queue:
 //! * `Normal` threads run at normal priority (view writes: they must keep
 //!   up, or receipts pile up in memory and restarts replay more);
 //! * `Idle` threads run at `SCHED_IDLE`, on time the executors leave
 //!   (signatures: a shard preempts them at once, so they never delay a
 //!   request; measured, issue 5: `require` issue p95 1.0 ms with the signer
-//!   at normal priority, 155 µs at `SCHED_IDLE`).
+//!   at normal priority, 155 µs at `SCHED_IDLE`);
+//! * `Batch` threads run at `SCHED_IDLE` too, for long jobs (reward runs,
+//!   up to hundreds of milliseconds each), on threads of their own so that
+//!   they never hold up a signature.
 //!
 //! `workers.cores` pins the threads of both lanes to cores (none by
 //! default: the scheduler places them). A full queue refuses the job
@@ -33,15 +36,17 @@ use std::thread::JoinHandle;
 pub enum Lane {
     Normal,
     Idle,
+    Batch,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Normal, Lane::Idle];
+    pub const ALL: [Lane; 3] = [Lane::Normal, Lane::Idle, Lane::Batch];
 
     pub const fn label(self) -> &'static str {
         match self {
             Lane::Normal => "normal",
             Lane::Idle => "idle",
+            Lane::Batch => "batch",
         }
     }
 
@@ -70,6 +75,7 @@ impl std::fmt::Debug for Job {
 pub struct WorkersLayout {
     pub normal_threads: usize,
     pub idle_threads: usize,
+    pub batch_threads: usize,
     /// Jobs waiting per lane, at most.
     pub queue_max: usize,
     /// Cores the threads are pinned to, round robin; empty: not pinned.
@@ -91,7 +97,7 @@ struct LaneQueue {
 }
 
 struct Inner {
-    lanes: [LaneQueue; 2],
+    lanes: [LaneQueue; 3],
     queue_max: usize,
     stopping: AtomicBool,
 }
@@ -112,20 +118,23 @@ impl Workers {
     /// Starts the threads of both lanes.
     pub fn start(layout: &WorkersLayout) -> std::io::Result<WorkerThreads> {
         assert!(layout.normal_threads > 0 && layout.idle_threads > 0 && layout.queue_max > 0);
+        assert!(layout.batch_threads > 0);
         let lane = || LaneQueue {
             jobs: Mutex::new(VecDeque::with_capacity(layout.queue_max.min(4096))),
             ready: Condvar::new(),
             stats: LaneStats::default(),
         };
         let inner = Arc::new(Inner {
-            lanes: [lane(), lane()],
+            lanes: [lane(), lane(), lane()],
             queue_max: layout.queue_max,
             stopping: AtomicBool::new(false),
         });
         let workers = Workers { inner };
-        let mut threads = Vec::with_capacity(layout.normal_threads + layout.idle_threads);
+        let mut threads =
+            Vec::with_capacity(layout.normal_threads + layout.idle_threads + layout.batch_threads);
         let lanes = std::iter::repeat_n(Lane::Normal, layout.normal_threads)
-            .chain(std::iter::repeat_n(Lane::Idle, layout.idle_threads));
+            .chain(std::iter::repeat_n(Lane::Idle, layout.idle_threads))
+            .chain(std::iter::repeat_n(Lane::Batch, layout.batch_threads));
         for (i, lane) in lanes.enumerate() {
             let core = (!layout.cores.is_empty()).then(|| layout.cores[i % layout.cores.len()]);
             let workers = workers.clone();
@@ -163,7 +172,7 @@ impl Workers {
                 tracing::warn!(core, "a worker thread could not be pinned");
             }
         }
-        if lane == Lane::Idle {
+        if lane != Lane::Normal {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: plain system call on this thread (pid 0) with a valid param.
             if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
@@ -357,7 +366,13 @@ mod tests {
     use std::time::Duration;
 
     fn layout(queue_max: usize) -> WorkersLayout {
-        WorkersLayout { normal_threads: 1, idle_threads: 1, queue_max, cores: Vec::new() }
+        WorkersLayout {
+            normal_threads: 1,
+            idle_threads: 1,
+            batch_threads: 1,
+            queue_max,
+            cores: Vec::new(),
+        }
     }
 
     #[test]

@@ -1303,8 +1303,13 @@ mod tests {
         T: Send + 'static,
         F: Future<Output = T> + 'static,
     {
-        let layout =
-            WorkersLayout { normal_threads: 1, idle_threads: 1, queue_max: 4, cores: vec![] };
+        let layout = WorkersLayout {
+            normal_threads: 1,
+            idle_threads: 1,
+            batch_threads: 1,
+            queue_max: 4,
+            cores: vec![],
+        };
         let threads = Workers::start(&layout).expect("starting the workers");
         let workers = threads.workers().clone();
         let outcome = glommio::LocalExecutorBuilder::default()

@@ -676,7 +676,12 @@ impl Front {
                 Framing::Length(length) if after_head.len() >= length => {
                     (length, head.head_bytes + length)
                 }
-                Framing::Length(_) => {
+                Framing::Length(length) => {
+                    // Room for the whole request at once (the length is
+                    // within the body limit): a large body then arrives
+                    // without the buffer being copied each time it doubles.
+                    let needed = conn.consumed + head.head_bytes + length;
+                    conn.input.reserve(needed.saturating_sub(conn.input.len()));
                     send_continue(&mut self.dirty, conn, slot, &head);
                     break;
                 }
@@ -699,9 +704,25 @@ impl Front {
                     }
                 }
             };
-            self.handle(slot, head, body_bytes, now);
+            // A large body that is all the buffer holds is handed over
+            // whole (`Request::body_bytes`), not copied.
             let conn = self.conns[slot as usize].as_mut().expect("a live slot");
-            conn.consumed += request_bytes;
+            let hand_over = body_bytes != usize::MAX
+                && body_bytes >= HAND_OVER_BODY_BYTES_MIN
+                && conn.consumed == 0
+                && conn.input.len() == request_bytes
+                && head.encoding != ContentEncoding::Gzip;
+            let whole = hand_over.then(|| {
+                bytes::Bytes::from(std::mem::replace(
+                    &mut conn.input,
+                    Vec::with_capacity(CONNECTION_BUFFER_BYTES),
+                ))
+            });
+            self.handle(slot, head, body_bytes, whole.as_ref(), now);
+            let conn = self.conns[slot as usize].as_mut().expect("a live slot");
+            if whole.is_none() {
+                conn.consumed += request_bytes;
+            }
             conn.body.clear();
             if conn.body.capacity() > 4 * CONNECTION_BUFFER_BYTES {
                 // A large chunked body's buffer is not kept either.
@@ -724,9 +745,19 @@ impl Front {
 
     /// Runs one complete request. `body_bytes` is `usize::MAX` for a chunked
     /// body (already decoded into the connection's body buffer).
-    fn handle(&mut self, slot: u32, head: Head, body_bytes: usize, now: Instant) {
+    fn handle(
+        &mut self,
+        slot: u32,
+        head: Head,
+        body_bytes: usize,
+        whole: Option<&bytes::Bytes>,
+        now: Instant,
+    ) {
         let conn = self.conns[slot as usize].as_mut().expect("a live slot");
-        let input = &conn.input[conn.consumed..];
+        let input = match whole {
+            Some(whole) => &whole[..],
+            None => &conn.input[conn.consumed..],
+        };
         let corr_id = head
             .corr_id
             .and_then(|span| CorrId::from_client(span.of(input)))
@@ -756,6 +787,7 @@ impl Front {
             head: &head,
             raw: input,
             body,
+            shared: whole,
             corr_id,
             socket: conn.socket.as_raw_fd(),
             received_at: now,
@@ -1056,6 +1088,11 @@ fn mark_dirty(dirty: &mut Vec<u32>, conn: &mut Conn, slot: u32) {
         dirty.push(slot);
     }
 }
+
+/// Bodies from this size on are handed to their handler with the
+/// connection's buffer when it holds nothing else (below it a copy is
+/// cheaper than a new buffer).
+const HAND_OVER_BODY_BYTES_MIN: usize = 64 << 10;
 
 /// Answers `Expect: 100-continue` once, when the body is still to come.
 fn send_continue(dirty: &mut Vec<u32>, conn: &mut Conn, slot: u32, head: &Head) {

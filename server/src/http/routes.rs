@@ -283,12 +283,26 @@ pub struct Request<'a> {
     /// The buffer `head`'s spans index into.
     pub raw: &'a [u8],
     pub body: &'a [u8],
+    /// `raw` as shared bytes, when the front handed over the connection's
+    /// buffer (a large body that is all the buffer holds): see
+    /// [`Request::body_bytes`].
+    pub shared: Option<&'a bytes::Bytes>,
     pub corr_id: CorrId,
     pub socket: RawFd,
     pub received_at: Instant,
 }
 
 impl Request<'_> {
+    /// The body, owned: shared with the connection's buffer when the front
+    /// handed it over (no copy: a 26 MB body copied on the shard's thread
+    /// holds up every other request for milliseconds), else copied.
+    pub fn body_bytes(&self) -> bytes::Bytes {
+        match self.shared {
+            Some(shared) => shared.slice_ref(self.body),
+            None => bytes::Bytes::copy_from_slice(self.body),
+        }
+    }
+
     pub fn path(&self) -> &str {
         // Checked by `dispatch` before any handler runs.
         std::str::from_utf8(self.head.path.of(self.raw)).expect("dispatch checked the path")

@@ -170,7 +170,8 @@ pub fn meter_then(
                 return refuse(&passport, refused);
             }
         }
-        let request = Request { head: &head, raw: &raw, body: &body, corr_id, socket, received_at };
+        let request =
+            Request { head: &head, raw: &raw, body: &body, shared: None, corr_id, socket, received_at };
         let params = Params::from_values(&values);
         match handler(&request, &params) {
             // A synchronous answer may be in the shard's scratch buffer,

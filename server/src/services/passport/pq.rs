@@ -237,7 +237,13 @@ mod tests {
     use std::time::Duration;
 
     fn workers(queue_max: usize) -> crate::workers::WorkerThreads {
-        let layout = WorkersLayout { normal_threads: 1, idle_threads: 1, queue_max, cores: Vec::new() };
+        let layout = WorkersLayout {
+            normal_threads: 1,
+            idle_threads: 1,
+            batch_threads: 1,
+            queue_max,
+            cores: Vec::new(),
+        };
         Workers::start(&layout).unwrap()
     }
 

@@ -12,12 +12,12 @@ use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::service::Service;
 use crate::services::index::objects::{PutError, Read};
 use crate::services::wallet::routes::Issued;
-use crate::workers::Lane;
 use ron_proto::ErrorCode;
 use ron_proto::error::ErrorStyle;
 use ron_proto::http::Method;
 use ron_proto::index::Cid;
 use crate::services::passport::keys::Keyring;
+use crate::workers::Lane;
 use ron_proto::rewarder::{
     Attestation, ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord,
     Settlement, compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal,
@@ -114,7 +114,7 @@ fn compute(rewarder: &Rc<Rewarder>, request: &Request<'_>, params: &Params<'_>) 
         return Handled::Now(busy("compute workers exhausted"));
     };
     let epoch_id = params.decoded(0).unwrap_or_default().into_owned();
-    let body = request.body.to_vec();
+    let body = request.body_bytes();
     let rewarder = rewarder.clone();
     Handled::Later(Box::pin(async move {
         if let Entry::Queued(turn) = entry {
@@ -138,7 +138,7 @@ impl Drop for Slot<'_> {
     }
 }
 
-async fn compute_run(rewarder: &Rc<Rewarder>, epoch_id: String, body: Vec<u8>) -> Reply {
+async fn compute_run(rewarder: &Rc<Rewarder>, epoch_id: String, body: bytes::Bytes) -> Reply {
     let owner = rewarder.owner(&epoch_id);
     let stored = if validate_epoch_id(&epoch_id).is_ok() {
         match rewarder.call(owner, Call::Find { epoch_id: epoch_id.clone() }).await {
@@ -201,7 +201,7 @@ async fn compute_run(rewarder: &Rc<Rewarder>, epoch_id: String, body: Vec<u8>) -
 /// A compute's work on a worker thread.
 struct Job {
     epoch_id: String,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     /// The epoch's stored run, when it has one.
     stored: Option<RunRecord>,
     salt: String,
@@ -306,14 +306,15 @@ impl Job {
     }
 }
 
-/// Runs `work` on the normal worker lane: its result, or the answer when
+/// Runs `work` on the batch worker lane (SCHED_IDLE threads of their own:
+/// a run takes what the shards leave): its result, or the answer when
 /// the lane's queue is full (429) or the shard stopped (503).
 async fn on_worker<T: Send + 'static>(
     rewarder: &Rewarder,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Reply> {
     let core = &rewarder.core;
-    let Ok(done) = core.returns.run(&core.workers, Lane::Normal, work) else {
+    let Ok(done) = core.returns.run(&core.workers, Lane::Batch, work) else {
         return Err(busy("the workers' queue is full"));
     };
     done.await.ok_or_else(|| Reply::error(ErrorCode::Unavailable, "the shard stopped"))
