@@ -896,7 +896,13 @@ impl Front {
             let mut close = false;
             while conn.waiting.front().is_some_and(|w| w.bytes.is_some()) {
                 let waiting = conn.waiting.pop_front().expect("checked");
-                conn.output.extend_from_slice(&waiting.bytes.expect("checked"));
+                let bytes = waiting.bytes.expect("checked");
+                if conn.output.is_empty() && bytes.len() > CONNECTION_BUFFER_BYTES {
+                    // A large answer becomes the output as it is: no copy.
+                    conn.output = bytes;
+                } else {
+                    conn.output.extend_from_slice(&bytes);
+                }
                 close |= waiting.close;
             }
             conn.last_active = now;
@@ -1170,7 +1176,13 @@ fn spawn_later(
         shard.note_load();
         shard.metrics.borrow_mut().inflight[later.route] -= 1;
         assert!(!matches!(reply.body, reply::Body::Scratch), "answers from tasks own their bodies");
-        let mut bytes = Vec::with_capacity(256);
+        // Room for the head and the whole body: a large answer is written
+        // once, not copied each time the buffer doubles.
+        let body_bytes = match &reply.body {
+            reply::Body::Owned(body) => body.len(),
+            _ => 0,
+        };
+        let mut bytes = Vec::with_capacity(256 + body_bytes);
         let date = date.borrow();
         write_response(
             &mut bytes,

@@ -361,3 +361,58 @@ fn connections_over_the_per_shard_cap_are_refused() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Large bodies (handed to the handler with the connection's buffer when
+/// they are all it holds, copied when more follows) and large answers
+/// (moved into the output when it is empty) keep their bytes and their
+/// order, alone and pipelined.
+#[test]
+fn large_bodies_and_answers_keep_their_bytes_alone_and_pipelined() {
+    let node = TestNode::start(NodeOptions::default());
+    let auth = node.admin();
+    let objects: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| (0..300_000u32).map(|n| b'a' + ((n + u32::from(i)) % 26) as u8).collect())
+        .collect();
+    let cid = |bytes: &[u8]| format!("b3:{}", blake3::hash(bytes).to_hex());
+    let put = |body: &[u8]| {
+        let mut bytes = format!(
+            "PUT /v1/index/objects HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    };
+    let mut conn = Conn::open(node.listen);
+    // Alone: the whole buffer is this request.
+    conn.send(&put(&objects[0]));
+    let answer = conn.read().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains(&cid(&objects[0])), "{}", answer.text());
+    // Pipelined: two large bodies and a small request in one send.
+    let mut burst = put(&objects[1]);
+    burst.extend_from_slice(&put(&objects[2]));
+    burst.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(&burst);
+    for object in &objects[1..] {
+        let answer = conn.read().unwrap();
+        assert!(answer.text().contains(&cid(object)), "{}", answer.text());
+    }
+    assert_eq!(conn.read().unwrap().status, 200);
+    // Large answers, pipelined behind each other and before a small one.
+    let mut gets = String::new();
+    for object in &objects {
+        gets.push_str(&format!(
+            "GET /v1/index/objects/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+            cid(object)
+        ));
+    }
+    gets.push_str("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(gets.as_bytes());
+    for object in &objects {
+        let answer = conn.read().unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(answer.body == *object, "a large answer changed");
+    }
+    assert_eq!(conn.read().unwrap().text(), r#"{"status":"ok"}"#);
+}
