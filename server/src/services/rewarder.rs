@@ -308,7 +308,7 @@ impl Rewarder {
 /// What the rewarder counts on a shard.
 #[derive(Clone, Debug, Default)]
 pub struct RewarderMetrics {
-    /// Computes from the parsed request to the answer.
+    /// Computes from the request to the answer (a wait for a slot included).
     pub compute: LatencyHistogram,
     /// Runs by outcome: computed and stored, answered from the store,
     /// quarantined, refused as conflicting.
@@ -360,7 +360,7 @@ impl MetricsPart for RewarderMetrics {
 
     fn render(&self, out: &mut String) {
         let name = "reward_compute_latency_seconds";
-        header(out, name, "histogram", "Computes, from the parsed request to the answer.");
+        header(out, name, "histogram", "Computes, from the request to the answer (a wait for a slot included).");
         histogram_lines(out, name, None, &self.compute);
         let name = "reward_runs_total";
         header(out, name, "counter", "Computes by outcome (ok, replay, quarantined, conflict).");

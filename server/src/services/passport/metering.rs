@@ -103,13 +103,17 @@ fn plan(
     let core = &passport.core;
     let mut calls = Vec::with_capacity(3);
     if let Some(tenant) = &spec.tenant {
-        let node_wide = crate::reload::Reloadable::get(&core.node.reload.tenant_rps_max);
-        let clamped = clamp.map(|c| (MeterKey::ServiceTenant(c.service, tenant.clone()), c));
-        let node_wide = (MeterKey::Tenant(tenant.clone()), "tenant_rps_max", node_wide);
-        let counts = std::iter::once(node_wide).chain(clamped.map(|(k, c)| (k, c.limit, c.rps)));
-        for (key, limit, rps) in counts.filter(|(_, _, rps)| *rps > 0) {
-            let owner = core.owner(tenant.as_bytes());
-            calls.push((owner, MeterCall { key, rps: Some(rps), spend: None, tenant: Some(limit) }));
+        // The node's clamp on every request of the tenant, and the
+        // service's own on its requests to it; both counted by its owner.
+        let rps = crate::reload::Reloadable::get(&core.node.reload.tenant_rps_max);
+        let node_wide = (MeterKey::Tenant(tenant.clone()), "tenant_rps_max", rps);
+        let service = clamp.map(|c| (MeterKey::ServiceTenant(c.service, tenant.clone()), c.limit, c.rps));
+        let owner = core.owner(tenant.as_bytes());
+        for (key, limit, rps) in std::iter::once(node_wide).chain(service) {
+            if rps > 0 {
+                let call = MeterCall { key, rps: Some(rps), spend: None, tenant: Some(limit) };
+                calls.push((owner, call));
+            }
         }
     }
     if spec.rps.is_some() || spec.budget_bytes.is_some() {

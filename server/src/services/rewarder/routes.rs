@@ -3,21 +3,21 @@
 
 use super::admission::Entry;
 use super::{Answer, Call, Rewarder, RewarderShared, Stored};
-use crate::limits::LEDGER_RETRY;
-use crate::reload::Reloadable;
-use crate::retry::{Outcome as Retried, Retry};
 use crate::http::reply::mesh_failure;
 use crate::http::routes::shaped_json;
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable, Shed};
+use crate::limits::LEDGER_RETRY;
+use crate::reload::Reloadable;
+use crate::retry::{Outcome as Retried, Retry};
 use crate::service::Service;
 use crate::services::index::objects::{PutError, Read};
+use crate::services::passport::keys::Keyring;
 use crate::services::wallet::routes::Issued;
+use crate::workers::Lane;
 use ron_proto::ErrorCode;
 use ron_proto::error::ErrorStyle;
 use ron_proto::http::Method;
 use ron_proto::index::Cid;
-use crate::services::passport::keys::Keyring;
-use crate::workers::Lane;
 use ron_proto::rewarder::{
     Attestation, ComputeRequest, LedgerResult, Manifest, Policy, Refusal, Run, RunRecord,
     Settlement, compute as compute_manifest, digest_of, parse_inputs_cid, run_key, seal,
@@ -159,7 +159,7 @@ async fn compute_run(rewarder: &Rc<Rewarder>, epoch_id: String, body: bytes::Byt
         shared: rewarder.shared.clone(),
         index: rewarder.index.shared().clone(),
     };
-    let (record, bytes, payouts) = match on_worker(rewarder, move || job.run()).await {
+    let (record, bytes, payouts) = match on_worker(rewarder, Lane::Batch, move || job.run()).await {
         Ok(Outcome::Computed { record, bytes, payouts }) => (record, bytes, payouts),
         Ok(Outcome::Replayed(bytes)) => {
             rewarder.metrics.borrow_mut().replay += 1;
@@ -306,15 +306,17 @@ impl Job {
     }
 }
 
-/// Runs `work` on the batch worker lane (SCHED_IDLE threads of their own:
-/// a run takes what the shards leave): its result, or the answer when
-/// the lane's queue is full (429) or the shard stopped (503).
+/// Runs `work` on a worker lane — runs on the batch lane (SCHED_IDLE
+/// threads of their own: a run takes what the shards leave), short reads
+/// and writes of the stores on the normal one: its result, or the answer
+/// when the lane's queue is full (429) or the shard stopped (503).
 async fn on_worker<T: Send + 'static>(
     rewarder: &Rewarder,
+    lane: Lane,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Reply> {
     let core = &rewarder.core;
-    let Ok(done) = core.returns.run(&core.workers, Lane::Batch, work) else {
+    let Ok(done) = core.returns.run(&core.workers, lane, work) else {
         return Err(busy("the workers' queue is full"));
     };
     done.await.ok_or_else(|| Reply::error(ErrorCode::Unavailable, "the shard stopped"))
@@ -358,7 +360,8 @@ fn read_manifest(shared: &RewarderShared, record: &RunRecord) -> Result<Vec<u8>,
 async fn manifest_bytes(rewarder: &Rewarder, record: &RunRecord) -> Result<Vec<u8>, Reply> {
     let shared = rewarder.shared.clone();
     let record = record.clone();
-    on_worker(rewarder, move || read_manifest(&shared, &record)).await?.map_err(|outcome| {
+    let read = move || read_manifest(&shared, &record);
+    on_worker(rewarder, Lane::Normal, read).await?.map_err(|outcome| {
         match outcome {
             Outcome::Answer(reply) => reply,
             _ => internal("the stored manifest could not be read"),
@@ -481,7 +484,7 @@ async fn mark(rewarder: &Rewarder, epoch_id: &str, owed: bool) -> Result<(), Rep
     let work = move || {
         if owed { shared.pending.add(&epoch_id) } else { shared.pending.remove(&epoch_id) }
     };
-    on_worker(rewarder, work).await?.map_err(|error| {
+    on_worker(rewarder, Lane::Normal, work).await?.map_err(|error| {
         tracing::error!(%error, "marking a pending emission");
         internal("the pending emission could not be marked")
     })
