@@ -47,7 +47,16 @@ pub struct Runs {
     runs: HashMap<String, RunRecord>,
     /// Epochs changed since the last view write.
     changed: HashSet<String>,
+    /// By epoch, BLAKE3 digests of request bodies known to be answered by
+    /// its stored run (the body that computed it, bodies that replayed it):
+    /// the same bytes again get the same answer without being parsed. RAM
+    /// only (relearned after a restart), `KNOWN_BODIES_PER_EPOCH` each,
+    /// forgotten when the run changes.
+    known: HashMap<String, Vec<[u8; 32]>>,
 }
+
+/// Request bodies remembered per epoch (the newest).
+const KNOWN_BODIES_PER_EPOCH: usize = 4;
 
 impl Runs {
     /// Keeps `record` if it may replace what the epoch holds: nothing yet,
@@ -63,7 +72,23 @@ impl Runs {
         };
         if admitted {
             self.changed.insert(record.epoch_id.clone());
+            self.known.remove(&record.epoch_id);
             self.runs.insert(record.epoch_id.clone(), record);
+        }
+    }
+
+    /// Remembers that `body` is answered by the epoch's run whose manifest
+    /// is `manifest` (if that is still its run).
+    fn learn(&mut self, epoch_id: String, manifest: [u8; 32], body: [u8; 32]) {
+        if self.runs.get(&epoch_id).is_none_or(|run| run.manifest != manifest) {
+            return;
+        }
+        let known = self.known.entry(epoch_id).or_default();
+        if !known.contains(&body) {
+            if known.len() == KNOWN_BODIES_PER_EPOCH {
+                known.remove(0);
+            }
+            known.push(body);
         }
     }
 }
@@ -90,12 +115,16 @@ pub enum Call {
     Find { epoch_id: String },
     /// Stores a computed run (its manifest already in the store).
     Store { record: RunRecord },
+    /// A request body answered by the epoch's run of `manifest`.
+    Learn { epoch_id: String, manifest: [u8; 32], body: [u8; 32] },
 }
 
 #[derive(Debug)]
 pub enum Answer {
-    Found(Option<RunRecord>),
+    /// The stored run, and digests of bodies it answers (`Runs::known`).
+    Found(Option<RunRecord>, Vec<[u8; 32]>),
     Stored(Stored),
+    Learnt,
 }
 
 /// What became of a run offered to its epoch's owner.
@@ -186,8 +215,16 @@ impl Service for Rewarder {
     async fn serve(self: Rc<Self>, call: Call) -> Answer {
         self.core.log.caught_up().await;
         match call {
-            Call::Find { epoch_id } => Answer::Found(self.runs.borrow().runs.get(&epoch_id).cloned()),
+            Call::Find { epoch_id } => {
+                let runs = self.runs.borrow();
+                let known = runs.known.get(&epoch_id).cloned().unwrap_or_default();
+                Answer::Found(runs.runs.get(&epoch_id).cloned(), known)
+            }
             Call::Store { record } => Answer::Stored(self.store(record).await),
+            Call::Learn { epoch_id, manifest, body } => {
+                self.runs.borrow_mut().learn(epoch_id, manifest, body);
+                Answer::Learnt
+            }
         }
     }
 
@@ -314,6 +351,8 @@ pub struct RewarderMetrics {
     /// quarantined, refused as conflicting.
     pub ok: u64,
     pub replay: u64,
+    /// Replays of a body known to the epoch's owner: answered unparsed.
+    pub replay_known: u64,
     pub quarantined: u64,
     pub conflict: u64,
     /// Overflows and broken invariants (every quarantine).
@@ -343,6 +382,7 @@ impl MetricsPart for RewarderMetrics {
         self.compute.add(&other.compute);
         self.ok += other.ok;
         self.replay += other.replay;
+        self.replay_known += other.replay_known;
         self.quarantined += other.quarantined;
         self.conflict += other.conflict;
         self.invariant_fail += other.invariant_fail;
@@ -390,6 +430,7 @@ impl MetricsPart for RewarderMetrics {
                 ("reward_emissions_pending", "gauge", "Epochs whose emission is owed.", self.pending as f64),
                 ("reward_invariant_fail_total", "counter", "Runs quarantined: an overflow or a broken invariant.", self.invariant_fail as f64),
                 ("reward_runs_kept", "gauge", "Epochs with a stored run.", self.kept as f64),
+                ("reward_replays_unparsed_total", "counter", "Replays of a request body the run is known to answer: not parsed again.", self.replay_known as f64),
                 ("reward_runs_running", "gauge", "Computes running on the workers (rewarder.inflight_max per shard).", self.running as f64),
             ],
         );
@@ -401,5 +442,42 @@ impl MetricsPart for RewarderMetrics {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ledger: LedgerResult, manifest: u8) -> RunRecord {
+        RunRecord {
+            epoch_id: "e".into(),
+            run_key: [1; 32],
+            commitment: [2; 32],
+            manifest: [manifest; 32],
+            ledger,
+            manifest_bytes: 10,
+        }
+    }
+
+    #[test]
+    fn known_bodies_belong_to_the_run_they_were_answered_by() {
+        let mut runs = Runs::default();
+        runs.admit(record(LedgerResult::DryRun, 7));
+        // Only for the epoch's current run, at most a few, newest kept.
+        runs.learn("e".into(), [8; 32], [1; 32]);
+        assert!(!runs.known.contains_key("e"));
+        for body in 0..6u8 {
+            runs.learn("e".into(), [7; 32], [body; 32]);
+        }
+        runs.learn("e".into(), [7; 32], [5; 32]);
+        assert_eq!(runs.known["e"], [[2; 32], [3; 32], [4; 32], [5; 32]]);
+        // A live run promoting the dry run: what the dry run answered is
+        // forgotten; a replayed record of the same run changes nothing.
+        runs.admit(record(LedgerResult::Accepted, 9));
+        assert!(!runs.known.contains_key("e"));
+        runs.learn("e".into(), [9; 32], [1; 32]);
+        runs.admit(record(LedgerResult::Accepted, 9));
+        assert_eq!(runs.known["e"], [[1; 32]]);
     }
 }

@@ -366,7 +366,7 @@ fn an_emission_owed_in_safe_mode_is_issued_by_the_node_once_the_ledger_heals() {
 #[test]
 fn the_s_golden_vector_gives_its_checked_in_outputs() {
     use ron_bench::reward_vectors::{SCALES, body, epoch_of, expected, request};
-    let node = TestNode::start(NodeOptions::default());
+    let mut node = TestNode::start(NodeOptions::default());
     let scale = SCALES[0];
     let want = expected(scale);
     let answer = compute(
@@ -382,6 +382,23 @@ fn the_s_golden_vector_gives_its_checked_in_outputs() {
     assert_eq!(manifest.get_str("run_key"), Some(want.run_key.as_str()));
     assert_eq!(manifest.get_str("commitment"), Some(want.commitment.as_str()));
     assert_eq!(manifest.get_array("payouts").unwrap().len(), want.payouts);
+    // The same bytes again: the same answer, not parsed again; after a
+    // restart the first is parsed (what is known is in RAM), then known.
+    let body = String::from_utf8(body(&request(scale))).unwrap();
+    let unparsed = "reward_replays_unparsed_total";
+    for corr in ["v-2", "v-3"] {
+        let again = compute(&node, node.listen, &epoch_of(scale), &body, corr);
+        assert_eq!(again.body, answer.body);
+    }
+    assert_eq!(node.metric(unparsed), 2.0);
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.spawn();
+    for corr in ["v-4", "v-5"] {
+        let again = compute(&node, node.listen, &epoch_of(scale), &body, corr);
+        assert_eq!(again.body, answer.body);
+    }
+    assert_eq!(node.metric(unparsed), 1.0);
+    assert_eq!(node.metric("reward_runs_total{status=\"replay\"}"), 2.0);
 }
 
 /// kill -9 in the middle of an emission, then a restart and another emit:
