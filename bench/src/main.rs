@@ -39,6 +39,17 @@ enum Command {
         #[arg(long, default_value = "testing/performance/vectors")]
         out: PathBuf,
     },
+    /// Apply the regression gates to a run against its baseline (medians
+    /// of rounds; reference-normalized when both carry reference rounds);
+    /// exits 1 on a breach no valid waiver excuses.
+    Compare {
+        run: PathBuf,
+        baseline: PathBuf,
+        /// Time-boxed waivers (JSON list of {scenario, gate, reason, owner,
+        /// expires}).
+        #[arg(long, default_value = "testing/performance/waivers.json")]
+        waivers: PathBuf,
+    },
     /// Step the rate over one or more targets (interleaved) and find where p99 bends.
     Sweep {
         /// `name=ADDR`, repeatable; steps alternate between targets.
@@ -300,6 +311,27 @@ fn write_reward_vectors(out: &std::path::Path) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::RewardVectors { out } => write_reward_vectors(&out)?,
+        Command::Compare { run, baseline, waivers } => {
+            use ron_bench::compare::{Measurement, Waiver, check_waivers, compare, table, today};
+            let read = |path: &PathBuf| -> anyhow::Result<Measurement> {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            };
+            let waivers: Vec<Waiver> = match std::fs::read_to_string(&waivers) {
+                Ok(text) => serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", waivers.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => anyhow::bail!("{}: {e}", waivers.display()),
+            };
+            check_waivers(&waivers)?;
+            let (run, baseline) = (read(&run)?, read(&baseline)?);
+            let verdicts = compare(&run, &baseline, &waivers, &today())?;
+            print!("{}", table(&run.scenario, &verdicts));
+            if verdicts.iter().any(|v| v.fails()) {
+                std::process::exit(1);
+            }
+        }
         Command::Run { target, rate, common } => {
             let spec = common.spec(target, rate)?;
             let result = engine::run(&spec)?;

@@ -258,3 +258,47 @@ fn ron_load_computes_and_replays_reward_vectors() {
     assert_eq!(stored + replayed, ok[0] + ok[1]);
     assert!(stored > ok[0] && replayed >= 1.0, "stored {stored}, replayed {replayed}");
 }
+
+/// `ron-load compare` as a CI step would run it: an unchanged run passes,
+/// a slower one fails (exit 1) naming the gate, and a valid waiver in the
+/// waiver file excuses it.
+#[test]
+fn ron_load_compare_fails_a_breached_gate_and_honours_a_waiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let rounds = |p95: f64| {
+        format!(
+            r#"{{"scenario":"write_mix","profile":"reference-2c-ledger","rounds":[{{"p95_ms":{p95},"throughput_rps":1000}},{{"p95_ms":{p95},"throughput_rps":1010}},{{"p95_ms":{p95},"throughput_rps":990}}]}}"#
+        )
+    };
+    let baseline = write("baseline.json", &rounds(10.0));
+    let unchanged = write("unchanged.json", &rounds(10.5));
+    let slower = write("slower.json", &rounds(12.0));
+    let no_waivers = dir.path().join("none.json");
+    let compare = |run: &Path, waivers: &Path| {
+        Command::new(load_binary())
+            .arg("compare")
+            .args([run, baseline.as_path()])
+            .arg("--waivers")
+            .arg(waivers)
+            .output()
+            .expect("running ron-load compare")
+    };
+    let passed = compare(&unchanged, &no_waivers);
+    assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stdout));
+    let failed = compare(&slower, &no_waivers);
+    assert_eq!(failed.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&failed.stdout);
+    assert!(table.lines().any(|l| l.contains("p95") && l.contains("BREACH")), "{table}");
+    let waivers = write(
+        "waivers.json",
+        r#"[{"scenario":"write_mix","gate":"p95","reason":"intended","owner":"ops","expires":"2999-12-31"}]"#,
+    );
+    let waived = compare(&slower, &waivers);
+    assert!(waived.status.success(), "{}", String::from_utf8_lossy(&waived.stdout));
+    assert!(String::from_utf8_lossy(&waived.stdout).contains("waived until 2999-12-31"));
+}
