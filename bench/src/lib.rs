@@ -8,6 +8,7 @@ pub mod passport_workload;
 pub mod report;
 pub mod reward_vectors;
 pub mod reward_workload;
+pub mod suite;
 pub mod sweep;
 pub mod wallet_workload;
 pub mod workload;

@@ -39,6 +39,37 @@ enum Command {
         #[arg(long, default_value = "testing/performance/vectors")]
         out: PathBuf,
     },
+    /// Run the canonical workloads against a node the suite starts, each
+    /// scenario's rounds written to `--out` as `<scenario>.json`.
+    Suite {
+        /// The ron-node binary.
+        #[arg(long, default_value = "target/release/ron-node")]
+        node: PathBuf,
+        /// The node's config (a profile of tuning/).
+        #[arg(long, default_value = "tuning/reference-2c-ledger.toml")]
+        profile: PathBuf,
+        #[arg(long, default_value = "testing/performance/runs/latest")]
+        out: PathBuf,
+        /// CI rates and key spaces (a minute or two).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        duration: Duration,
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        warmup: Duration,
+        /// Generator cores.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        cores: Vec<usize>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 8100)]
+        shard_port_base: u16,
+        /// Only these scenarios (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Apply the regression gates to a run against its baseline (medians
     /// of rounds; reference-normalized when both carry reference rounds);
     /// exits 1 on a breach no valid waiver excuses.
@@ -311,6 +342,45 @@ fn write_reward_vectors(out: &std::path::Path) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::RewardVectors { out } => write_reward_vectors(&out)?,
+        Command::Suite {
+            node,
+            profile,
+            out,
+            quick,
+            rounds,
+            duration,
+            warmup,
+            cores,
+            listen,
+            shard_port_base,
+            only,
+        } => {
+            use ron_bench::suite::{SuiteSpec, run, scenario_names, summary};
+            for name in &only {
+                anyhow::ensure!(
+                    scenario_names().contains(&name.as_str()),
+                    "no scenario {name} (scenarios: {})",
+                    scenario_names().join(", ")
+                );
+            }
+            let profile_name =
+                profile.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+            let spec = SuiteSpec {
+                node,
+                profile,
+                profile_name,
+                out,
+                quick,
+                rounds: rounds.max(1),
+                warmup,
+                duration,
+                cores,
+                listen,
+                shard_port_base,
+                only,
+            };
+            print!("{}", summary(&run(&spec)?));
+        }
         Command::Compare { run, baseline, waivers } => {
             use ron_bench::compare::{Measurement, Waiver, check_waivers, compare, table, today};
             let read = |path: &PathBuf| -> anyhow::Result<Measurement> {

@@ -302,3 +302,60 @@ fn ron_load_compare_fails_a_breached_gate_and_honours_a_waiver() {
     assert!(waived.status.success(), "{}", String::from_utf8_lossy(&waived.stdout));
     assert!(String::from_utf8_lossy(&waived.stdout).contains("waived until 2999-12-31"));
 }
+
+/// `ron-load suite --quick` against the real binary: every scenario is
+/// measured and written as a measurement `ron-load compare` reads, and a
+/// run compared with itself passes every gate.
+#[test]
+fn ron_load_suite_quick_measures_every_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ron_testing::port_block(2);
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/reference-2c-ledger.toml");
+    let output = Command::new(load_binary())
+        .arg("suite")
+        .arg("--quick")
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "500ms", "--cores", "0"])
+        .arg("--node")
+        .arg(ron_testing::node_binary())
+        .args(["--profile", profile])
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shard-port-base", &(port + 1).to_string()])
+        .output()
+        .expect("running ron-load suite");
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{summary}{}", String::from_utf8_lossy(&output.stderr));
+    for scenario in [
+        "read_heavy",
+        "write_mix",
+        "passport_verify",
+        "passport_issue_verify",
+        "index_resolve",
+        "ledger_ingest",
+        "reward_s_replay",
+        "cold_start_replay",
+        "cold_start_empty",
+    ] {
+        let path = dir.path().join(format!("{scenario}.json"));
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|_| panic!("no {scenario}.json"));
+        let measurement = simd_json::to_owned_value(&mut bytes).unwrap();
+        let round = &measurement.get_array("rounds").unwrap()[0];
+        let positive = |figure: &str| round.get_f64(figure).is_some_and(|v| v > 0.0);
+        if scenario.starts_with("cold_start") {
+            assert!(positive("cold_start_p95_ms"), "{scenario}: {measurement}");
+        } else {
+            for figure in ["p95_ms", "throughput_rps", "cpu_pct", "rss_mib"] {
+                assert!(positive(figure), "{scenario} {figure}: {measurement}");
+            }
+            assert_eq!(round.get_f64("shed_share"), Some(0.0), "{scenario}: {measurement}");
+        }
+        assert!(summary.contains(scenario), "{summary}");
+        let compared = Command::new(load_binary())
+            .arg("compare")
+            .args([&path, &path])
+            .output()
+            .expect("running ron-load compare");
+        assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
+    }
+}
