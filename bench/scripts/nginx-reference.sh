@@ -5,7 +5,7 @@
 #   bench/scripts/nginx-reference.sh start [PORT] [CORE]   # default 8089, core 0
 #   bench/scripts/nginx-reference.sh stop
 #
-# Needs nginx (apt-get install nginx). Keep-alive is unlimited so that, like
+# Installs nginx (Debian's package) when it is absent. Keep-alive is unlimited so that, like
 # ron-node, it never closes a busy connection (nginx closes after 1000
 # requests by default, which an open-loop generator sees as lost requests).
 set -euo pipefail
@@ -34,6 +34,17 @@ http {
   }
 }
 CONF
+  if ! command -v nginx > /dev/null; then
+    echo "installing nginx (apt-get)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx > /dev/null \
+      || { apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx > /dev/null; }
+    # The package starts a system nginx on port 80; the reference is ours.
+    if command -v service > /dev/null; then service nginx stop > /dev/null 2>&1 || true; fi
+  fi
+  if [ -f "$dir/nginx.pid" ] && kill -0 "$(cat "$dir/nginx.pid")" 2> /dev/null; then
+    kill "$(cat "$dir/nginx.pid")"
+    sleep 0.2
+  fi
   taskset -c "$core" nginx -c "$dir/nginx.conf"
   echo "nginx reference on 127.0.0.1:$port, worker pinned to core $core"
   ;;

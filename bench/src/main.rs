@@ -69,6 +69,11 @@ enum Command {
         /// Only these scenarios (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Start the reference (nginx `return 200` on 127.0.0.1:8089, one
+        /// worker pinned to this core; installed when absent) and measure it
+        /// after every round.
+        #[arg(long)]
+        nginx_core: Option<usize>,
     },
     /// Apply the regression gates to a run against its baseline (medians
     /// of rounds; reference-normalized when both carry reference rounds);
@@ -354,6 +359,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             shard_port_base,
             only,
+            nginx_core,
         } => {
             use ron_bench::suite::{SuiteSpec, run, scenario_names, summary};
             for name in &only {
@@ -365,7 +371,7 @@ fn main() -> anyhow::Result<()> {
             }
             let profile_name =
                 profile.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
-            let spec = SuiteSpec {
+            let mut spec = SuiteSpec {
                 node,
                 profile,
                 profile_name,
@@ -378,8 +384,21 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 shard_port_base,
                 only,
+                reference: None,
             };
-            print!("{}", summary(&run(&spec)?));
+            let script = "bench/scripts/nginx-reference.sh";
+            if let Some(core) = nginx_core {
+                let started = std::process::Command::new("bash")
+                    .args([script, "start", "8089", &core.to_string()])
+                    .status()?;
+                anyhow::ensure!(started.success(), "{script} start failed");
+                spec.reference = Some("127.0.0.1:8089".parse().expect("an address"));
+            }
+            let measured = run(&spec);
+            if nginx_core.is_some() {
+                let _ = std::process::Command::new("bash").args([script, "stop"]).status();
+            }
+            print!("{}", summary(&measured?));
         }
         Command::Compare { run, baseline, waivers } => {
             use ron_bench::compare::{Measurement, Waiver, check_waivers, compare, table, today};

@@ -9,8 +9,11 @@
 //! start is timed from exec to `/readyz` 200, on an empty data dir and on
 //! the data the other scenarios left (a log to replay).
 //!
-//! First step of issue 14: one node, fixed rates (`--quick` for CI), no
-//! reference server, sweeps, metrics deltas or plots yet.
+//! With a reference server (`--nginx-core`), each round is followed by a
+//! round of the reference at the same rate, kept beside the node's.
+//!
+//! First steps of issue 14: one node, fixed rates (`--quick` for CI); no
+//! sweeps, metrics deltas or plots yet.
 
 use crate::compare::{Measurement, Round};
 use crate::engine::{self, RunSpec};
@@ -46,6 +49,9 @@ pub struct SuiteSpec {
     pub shard_port_base: u16,
     /// Only these scenarios (all when empty).
     pub only: Vec<String>,
+    /// The reference server (nginx `return 200`), measured at each round's
+    /// rate right after it, so that `compare` can divide out the machine.
+    pub reference: Option<SocketAddr>,
 }
 
 /// The node under test, started by the suite.
@@ -321,7 +327,7 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
     let mut measured = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| spec.wanted(s.name)) {
         let rate = if spec.quick { scenario.rates.0 } else { scenario.rates.1 };
-        let mut rounds = Vec::with_capacity(spec.rounds);
+        let (mut rounds, mut reference_rounds) = (Vec::new(), Vec::new());
         for round in 1..=spec.rounds {
             progress(format_args!("{} round {round}/{} at {rate}/s", scenario.name, spec.rounds));
             let workload = (scenario.workload)(&node, &sizes)?;
@@ -347,8 +353,22 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
                 shed_share: Some(if answered == 0 { 0.0 } else { shed as f64 / answered as f64 }),
                 ..Round::default()
             });
+            if let Some(reference) = spec.reference {
+                let get = WorkloadSpec::Get { path: "/".to_owned() };
+                let run = spec.run_spec(reference, get, rate, scenario.connections);
+                let report = RunReport::new(&run, &engine::run(&run)?);
+                let ok: u64 =
+                    report.statuses.iter().filter(|(s, _)| **s < 400).map(|(_, c)| c).sum();
+                reference_rounds.push(Round {
+                    p95_ms: Some(report.latency.p95_us / 1000.0),
+                    throughput_rps: Some(ok as f64 / run.duration.as_secs_f64()),
+                    ..Round::default()
+                });
+            }
         }
-        measured.push(spec.measurement(scenario.name, rounds));
+        let mut measurement = spec.measurement(scenario.name, rounds);
+        measurement.reference_rounds = reference_rounds;
+        measured.push(measurement);
     }
     node.stop()?;
     // Exec to /readyz 200: on the data the runs left (a log to replay),
@@ -392,19 +412,28 @@ pub fn summary(measured: &[Measurement]) -> String {
             return "-".to_owned();
         }
         values.sort_by(f64::total_cmp);
-        format!("{:.1}", values[values.len() / 2])
+        format!("{:.3}", values[values.len() / 2])
     };
     let mut out = format!(
-        "{:<24} {:>10} {:>12} {:>8} {:>8} {:>8} {:>12}\n",
-        "scenario", "p95 ms", "answered/s", "cpu %", "rss MiB", "shed %", "cold start ms"
+        "{:<24} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>12}\n",
+        "scenario",
+        "p95 ms",
+        "nginx p95 ms",
+        "answered/s",
+        "cpu %",
+        "rss MiB",
+        "shed %",
+        "cold start ms"
     );
     for m in measured {
         let of = |f: fn(&Round) -> Option<f64>| median(m.rounds.iter().filter_map(f).collect());
+        let reference = median(m.reference_rounds.iter().filter_map(|r| r.p95_ms).collect());
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>12} {:>8} {:>8} {:>8} {:>12}",
+            "{:<24} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>12}",
             m.scenario,
             of(|r| r.p95_ms),
+            reference,
             of(|r| r.throughput_rps),
             of(|r| r.cpu_pct),
             of(|r| r.rss_mib),
