@@ -250,6 +250,8 @@ impl Service for Rewarder {
         metrics.kept = self.runs.borrow().runs.len() as u64;
         metrics.running = u64::from(self.admission.running());
         metrics.waiting = self.admission.waiting() as u64;
+        let queue_max = &self.core.node.reload.rewarder_work_queue_max;
+        metrics.work_queue_max = u64::from(crate::reload::Reloadable::get(queue_max));
         Some(Box::new(metrics))
     }
 
@@ -374,6 +376,8 @@ pub struct RewarderMetrics {
     pub kept: u64,
     pub running: u64,
     pub waiting: u64,
+    /// `rewarder.work_queue_max` (per shard; summed over shards).
+    pub work_queue_max: u64,
 }
 
 impl MetricsPart for RewarderMetrics {
@@ -396,6 +400,7 @@ impl MetricsPart for RewarderMetrics {
         self.kept += other.kept;
         self.running += other.running;
         self.waiting += other.waiting;
+        self.work_queue_max += other.work_queue_max;
     }
 
     fn render(&self, out: &mut String) {
@@ -432,6 +437,7 @@ impl MetricsPart for RewarderMetrics {
                 ("reward_runs_kept", "gauge", "Epochs with a stored run.", self.kept as f64),
                 ("reward_replays_unparsed_total", "counter", "Replays of a request body the run is known to answer: not parsed again.", self.replay_known as f64),
                 ("reward_runs_running", "gauge", "Computes running on the workers (rewarder.inflight_max per shard).", self.running as f64),
+                ("reward_work_queue_max", "gauge", "Runs that may wait for a slot, over all shards (rewarder.work_queue_max per shard).", self.work_queue_max as f64),
             ],
         );
     }

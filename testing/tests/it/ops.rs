@@ -102,3 +102,45 @@ fn the_timer_probe_measures_every_shard() {
     let max = node.metric("executor_timer_lateness_max_seconds");
     assert!(max > 0.0 && max < 5.0, "{max}");
 }
+
+/// `ops/check.sh` (promtool, installed when absent): the rules and their
+/// unit tests, the dashboard's queries, and the exposition of a live
+/// node's `/metrics` after some traffic; a broken exposition fails it.
+#[test]
+fn prometheus_rules_dashboard_and_live_metrics_pass_promtool() {
+    let node = TestNode::start(NodeOptions::default().shards(2));
+    let auth = node.admin();
+    for path in ["/healthz", "/v1/balance/acct:1?asset=roc", "/resolve/name:nothing.bench", "/nope"]
+    {
+        get(node.listen, path, &[("Authorization", auth.as_str())]).unwrap();
+    }
+    let metrics = get(node.listen, "/metrics", &[]).unwrap();
+    assert_eq!(metrics.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &[u8]| {
+        let file = dir.path().join("metrics.txt");
+        std::fs::write(&file, text).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/check.sh");
+        std::process::Command::new("bash")
+            .arg(script)
+            .arg(&file)
+            .output()
+            .expect("running ops/check.sh")
+    };
+    let checked = check(&metrics.body);
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(said.contains("Unit Testing:  rules_test.yml\n  SUCCESS"), "{said}");
+    assert!(said.contains("exposition checked"), "{said}");
+    // The same text with a family declared twice: refused.
+    let mut broken = metrics.body.clone();
+    broken.extend_from_slice(
+        b"# HELP queue_depth again\n# TYPE queue_depth gauge\nqueue_depth{q=\"x\"} 1\n",
+    );
+    assert!(!check(&broken).status.success());
+}
