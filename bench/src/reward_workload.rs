@@ -65,6 +65,11 @@ impl RewardSpec {
         Ok(RewardSpec { mix, token, scale, body: Arc::new(Body(body(&request(scale)))) })
     }
 
+    /// The epoch every `reward-replay` request asks for.
+    pub fn replay_epoch(scale: Scale) -> String {
+        format!("load-replay-{}", scale.name)
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{} of vector {} ({} actors, {} events, {} bytes)",
@@ -83,7 +88,7 @@ impl RewardSpec {
         Box::new(Computes {
             spec: self.clone(),
             prefix: format!("load-{nanos:x}-{thread}"),
-            replay_epoch: format!("load-replay-{}", self.scale.name),
+            replay_epoch: RewardSpec::replay_epoch(self.scale),
         })
     }
 }

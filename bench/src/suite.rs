@@ -324,6 +324,12 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
     };
     setup(wallet(&node, &sizes, Mix::Setup), sizes.accounts)?;
     setup(index(&node, &sizes, IndexMix::Setup), 3 * sizes.keys)?;
+    // The replayed epoch, computed once: the scenario measures replays.
+    let scale = crate::reward_vectors::SCALES[0];
+    let body = crate::reward_vectors::body(&crate::reward_vectors::request(scale));
+    let path = format!("/rewarder/epochs/{}/compute", RewardSpec::replay_epoch(scale));
+    let body = std::str::from_utf8(&body).expect("vectors are JSON");
+    crate::fetch(node.target, "POST", &path, Some(&node.token), Some(body))?;
     let mut measured = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| spec.wanted(s.name)) {
         let rate = if spec.quick { scenario.rates.0 } else { scenario.rates.1 };
