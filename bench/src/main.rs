@@ -69,6 +69,10 @@ enum Command {
         /// Only these scenarios (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Requests per second for every load scenario (instead of each
+        /// one's own rate).
+        #[arg(long)]
+        rate: Option<f64>,
         /// Start the reference (nginx `return 200` on 127.0.0.1:8089, one
         /// worker pinned to this core; installed when absent) and measure it
         /// after every round.
@@ -359,6 +363,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             shard_port_base,
             only,
+            rate,
             nginx_core,
         } => {
             use ron_bench::suite::{SuiteSpec, run, scenario_names, summary};
@@ -384,6 +389,7 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 shard_port_base,
                 only,
+                rate,
                 reference: None,
             };
             let script = "bench/scripts/nginx-reference.sh";

@@ -49,6 +49,8 @@ pub struct SuiteSpec {
     pub shard_port_base: u16,
     /// Only these scenarios (all when empty).
     pub only: Vec<String>,
+    /// Every load scenario at this rate instead of its own.
+    pub rate: Option<f64>,
     /// The reference server (nginx `return 200`), measured at each round's
     /// rate right after it, so that `compare` can divide out the machine.
     pub reference: Option<SocketAddr>,
@@ -332,7 +334,8 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
     crate::fetch(node.target, "POST", &path, Some(&node.token), Some(body))?;
     let mut measured = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| spec.wanted(s.name)) {
-        let rate = if spec.quick { scenario.rates.0 } else { scenario.rates.1 };
+        let own = if spec.quick { scenario.rates.0 } else { scenario.rates.1 };
+        let rate = spec.rate.unwrap_or(own);
         let (mut rounds, mut reference_rounds) = (Vec::new(), Vec::new());
         for round in 1..=spec.rounds {
             progress(format_args!("{} round {round}/{} at {rate}/s", scenario.name, spec.rounds));
