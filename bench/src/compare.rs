@@ -59,6 +59,12 @@ pub struct Round {
     /// Ledger sequence numbers missing (must stay 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq_gaps: Option<u64>,
+    /// Not gated, kept for reading a round: answers by status, and sends
+    /// that left more than 1 ms after their planned time (the generator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statuses: Option<std::collections::BTreeMap<u16, u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_sends: Option<u64>,
 }
 
 /// A time-boxed exception to one gate of one scenario.

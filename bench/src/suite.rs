@@ -360,6 +360,8 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
                 cpu_pct: Some(100.0 * cpu / started.elapsed().as_secs_f64()),
                 rss_mib: Some(node.rss_mib()),
                 shed_share: Some(if answered == 0 { 0.0 } else { shed as f64 / answered as f64 }),
+                statuses: Some(report.statuses.clone()),
+                late_sends: Some(report.late_sends),
                 ..Round::default()
             });
             if let Some(reference) = spec.reference {

@@ -349,6 +349,7 @@ fn ron_load_suite_quick_measures_every_scenario() {
                 assert!(positive(figure), "{scenario} {figure}: {measurement}");
             }
             assert_eq!(round.get_f64("shed_share"), Some(0.0), "{scenario}: {measurement}");
+            assert!(round.get("statuses").is_some() && round.get("late_sends").is_some());
         }
         assert!(summary.contains(scenario), "{summary}");
         let compared = Command::new(load_binary())
