@@ -65,6 +65,11 @@ pub struct Round {
     pub statuses: Option<std::collections::BTreeMap<u16, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_sends: Option<u64>,
+    /// The slowest log fsync of the round, as the upper bound of its
+    /// `ledger_fsync_seconds` bucket: a p95 that moves with it is the
+    /// device's, not the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync_max_ms: Option<f64>,
 }
 
 /// A time-boxed exception to one gate of one scenario.

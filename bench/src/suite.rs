@@ -4,8 +4,10 @@
 //! against a baseline.
 //!
 //! Per round it records the answered rate, p95 from the intended send time,
-//! the 429/503 share, and the node's CPU (from `/proc/<pid>/stat`, both
-//! cores' time over the run) and RSS (`/proc/<pid>/status`) after it. Cold
+//! the 429/503 share, answers by status, late sends, the node's CPU (from
+//! `/proc/<pid>/stat`, both cores' time over the run) and RSS
+//! (`/proc/<pid>/status`) after it, and from `/metrics` before and after:
+//! the verify-cache hit rate, sequence gaps, the slowest fsync's bucket. Cold
 //! start is timed from exec to `/readyz` 200, on an empty data dir and on
 //! the data the other scenarios left (a log to replay).
 //!
@@ -341,10 +343,12 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
             progress(format_args!("{} round {round}/{} at {rate}/s", scenario.name, spec.rounds));
             let workload = (scenario.workload)(&node, &sizes)?;
             let run = spec.run_spec(node.target, workload, rate, scenario.connections);
+            let metrics_before = scrape(node.target)?;
             let cpu_before = node.cpu_seconds();
             let started = Instant::now();
             let result = engine::run(&run)?;
             let cpu = node.cpu_seconds() - cpu_before;
+            let metrics_after = scrape(node.target)?;
             let report = RunReport::new(&run, &result);
             let answered: u64 = report.statuses.values().sum();
             let ok: u64 = report.statuses.iter().filter(|(s, _)| **s < 400).map(|(_, c)| c).sum();
@@ -354,7 +358,7 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
                 .filter(|(s, _)| matches!(**s, 429 | 503))
                 .map(|(_, c)| c)
                 .sum();
-            rounds.push(Round {
+            let mut measured_round = Round {
                 p95_ms: Some(report.latency.p95_us / 1000.0),
                 throughput_rps: Some(ok as f64 / run.duration.as_secs_f64()),
                 cpu_pct: Some(100.0 * cpu / started.elapsed().as_secs_f64()),
@@ -363,7 +367,9 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
                 statuses: Some(report.statuses.clone()),
                 late_sends: Some(report.late_sends),
                 ..Round::default()
-            });
+            };
+            metric_deltas(&metrics_before, &metrics_after, &mut measured_round);
+            rounds.push(measured_round);
             if let Some(reference) = spec.reference {
                 let get = WorkloadSpec::Get { path: "/".to_owned() };
                 let run = spec.run_spec(reference, get, rate, scenario.connections);
@@ -407,6 +413,49 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
         std::fs::write(&path, serde_json::to_string_pretty(measurement)?)?;
     }
     Ok(measured)
+}
+
+/// The node's `/metrics` samples, by series (`name{labels}`).
+fn scrape(target: SocketAddr) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let text = String::from_utf8(crate::fetch(target, "GET", "/metrics", None, None)?)?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_owned(), value.parse().ok()?)))
+        .collect())
+}
+
+/// What a round's `/metrics` deltas tell: the verify-cache hit rate (when
+/// the round verified tokens), sequence gaps, the slowest fsync's bucket.
+fn metric_deltas(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    round: &mut Round,
+) {
+    let delta =
+        |series: &str| after.get(series).unwrap_or(&0.0) - before.get(series).unwrap_or(&0.0);
+    let (hits, misses) =
+        (delta("passport_verify_cache_hits_total"), delta("passport_verify_cache_misses_total"));
+    if hits + misses > 0.0 {
+        round.verify_hit_rate = Some(hits / (hits + misses));
+    }
+    round.seq_gaps = Some(delta("ledger_seq_gap_detected_total").max(0.0) as u64);
+    let fsyncs = delta("ledger_fsync_seconds_count");
+    if fsyncs > 0.0 {
+        // The smallest bucket that holds every fsync of the round.
+        let mut bounds: Vec<(f64, f64)> = after
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("ledger_fsync_seconds_bucket{le=\"")?
+                    .strip_suffix("\"}")
+                    .map(|le| (k, le))
+            })
+            .filter_map(|(k, le)| Some((le.parse::<f64>().ok()?, delta(k))))
+            .collect();
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        round.fsync_max_ms = bounds.iter().find(|(_, n)| *n >= fsyncs).map(|(le, _)| le * 1000.0);
+    }
 }
 
 /// One line of progress on standard error.

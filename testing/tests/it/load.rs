@@ -350,6 +350,13 @@ fn ron_load_suite_quick_measures_every_scenario() {
             }
             assert_eq!(round.get_f64("shed_share"), Some(0.0), "{scenario}: {measurement}");
             assert!(round.get("statuses").is_some() && round.get("late_sends").is_some());
+            assert_eq!(round.get_u64("seq_gaps"), Some(0), "{scenario}: {measurement}");
+            if scenario == "passport_verify" {
+                assert!(positive("verify_hit_rate"), "{scenario}: {measurement}");
+            }
+            if scenario == "write_mix" || scenario == "ledger_ingest" {
+                assert!(positive("fsync_max_ms"), "{scenario}: {measurement}");
+            }
         }
         assert!(summary.contains(scenario), "{summary}");
         let compared = Command::new(load_binary())
