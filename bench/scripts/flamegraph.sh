@@ -25,15 +25,12 @@ fi
 [ -x target/release/ron-node ] && [ -x target/release/ron-load ] \
   || cargo build --release -p ron-server -p ron-bench
 dir=$(mktemp -d /tmp/ron-flamegraph.XXXXXX)
-target/release/ron-node --config tuning/reference-2c-ledger.toml --data-dir "$dir/data" \
-  > "$dir/out" 2> "$dir/log" &
-node=$!
-trap 'kill $node 2> /dev/null || true' EXIT
-for _ in $(seq 1 200); do
-  curl -sf http://127.0.0.1:8080/readyz > /dev/null 2>&1 && [ -s "$dir/data/admin.token" ] && break
-  sleep 0.05
-done
-load=(target/release/ron-load run --target 127.0.0.1:8080 --token-file "$dir/data/admin.token" --cores 0)
+pids=()
+trap 'kill "${pids[@]}" 2> /dev/null || true' EXIT
+source "$root/bench/scripts/node.sh"
+start_node node target/release/ron-node 8080 8100
+node=${pids[0]}
+load=(target/release/ron-load run --target 127.0.0.1:8080 --token-file "$dir/node/data/admin.token" --cores 0)
 case "$workload" in
   wallet-*) "${load[@]}" --workload wallet-setup --rate 5000 --duration 3s --warmup 0s > /dev/null ;;
   index-*) "${load[@]}" --workload index-setup --rate 5000 --duration 7s --warmup 0s > /dev/null ;;

@@ -23,31 +23,16 @@ load=${LOAD:-$root/target/release/ron-load}
 vectors="$root/testing/performance/vectors"
 [ -f "$vectors/L.json" ] || "$load" reward-vectors --out "$vectors"
 dir=$(mktemp -d /tmp/ron-reward.XXXXXX)
-profile="$root/tuning/reference-2c-ledger.toml"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 export RON_LIMITS_BODY_MAX_BYTES=67108864
 
-start() { # name binary listen-port shard-port-base [settings]
-  local name=$1 binary=$2 port=$3 base=$4
-  mkdir -p "$dir/$name"
-  local settings=${5:-}
-  env $settings "$binary" --config "$profile" --data-dir "$dir/$name/data" \
-    --listen "127.0.0.1:$port" --shard-port-base "$base" > "$dir/$name/out" 2> "$dir/$name/log" &
-  pids+=($!)
-  for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "$name did not become ready: $(tail -5 "$dir/$name/log")" >&2
-  exit 1
-}
-start before "$before" 8080 8100 "${BEFORE_ENV:-}"
-start after "$after" 8081 8200 "${AFTER_ENV:-}"
-for name in before after; do
-  for _ in $(seq 1 100); do [ -s "$dir/$name/data/admin.token" ] && break; sleep 0.05; done
-done
+source "$root/bench/scripts/node.sh"
+# shellcheck disable=SC2086 # the settings are words
+start_node before "$before" 8080 8100 ${BEFORE_ENV:-}
+# shellcheck disable=SC2086
+start_node after "$after" 8081 8200 ${AFTER_ENV:-}
 
 compute() { # name port scale epoch
   local token

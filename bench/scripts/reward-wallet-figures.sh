@@ -25,16 +25,10 @@ dir=$(mktemp -d /tmp/ron-reward-wallet.XXXXXX)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
-env RON_LIMITS_BODY_MAX_BYTES=67108864 ${NODE_ENV:-} "$node" \
-  --config "$root/tuning/reference-2c-ledger.toml" --data-dir "$dir/data" \
-  > "$dir/out" 2> "$dir/log" &
-pids+=($!)
-for _ in $(seq 1 200); do
-  curl -sf http://127.0.0.1:8080/readyz > /dev/null 2>&1 && [ -s "$dir/data/admin.token" ] && break
-  sleep 0.05
-done
-curl -sf http://127.0.0.1:8080/readyz > /dev/null || { echo "the node did not start: $(tail -3 "$dir/log")" >&2; exit 1; }
-token="$dir/data/admin.token"
+source "$root/bench/scripts/node.sh"
+# shellcheck disable=SC2086 # the settings are words
+start_node node "$node" 8080 8100 RON_LIMITS_BODY_MAX_BYTES=67108864 ${NODE_ENV:-}
+token="$dir/node/data/admin.token"
 "$load" run --target 127.0.0.1:8080 --rate 8000 --workload wallet-setup \
   --token-file "$token" --cores 0 --duration 3s --warmup 0s > /dev/null
 

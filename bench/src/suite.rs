@@ -17,7 +17,7 @@
 //! First steps of issue 14: one node, fixed rates (`--quick` for CI); no
 //! sweeps, metrics deltas or plots yet.
 
-use crate::compare::{Measurement, Round};
+use crate::compare::{Measurement, Round, median};
 use crate::engine::{self, RunSpec};
 use crate::index_workload::{IndexMix, IndexSpec};
 use crate::passport_workload::{PassportMix, PassportSpec};
@@ -351,13 +351,8 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
             let metrics_after = scrape(node.target)?;
             let report = RunReport::new(&run, &result);
             let answered: u64 = report.statuses.values().sum();
-            let ok: u64 = report.statuses.iter().filter(|(s, _)| **s < 400).map(|(_, c)| c).sum();
-            let shed: u64 = report
-                .statuses
-                .iter()
-                .filter(|(s, _)| matches!(**s, 429 | 503))
-                .map(|(_, c)| c)
-                .sum();
+            let ok = answers(&report, |s| s < 400);
+            let shed = answers(&report, |s| matches!(s, 429 | 503));
             let mut measured_round = Round {
                 p95_ms: Some(report.latency.p95_us / 1000.0),
                 throughput_rps: Some(ok as f64 / run.duration.as_secs_f64()),
@@ -374,8 +369,7 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
                 let get = WorkloadSpec::Get { path: "/".to_owned() };
                 let run = spec.run_spec(reference, get, rate, scenario.connections);
                 let report = RunReport::new(&run, &engine::run(&run)?);
-                let ok: u64 =
-                    report.statuses.iter().filter(|(s, _)| **s < 400).map(|(_, c)| c).sum();
+                let ok = answers(&report, |s| s < 400);
                 reference_rounds.push(Round {
                     p95_ms: Some(report.latency.p95_us / 1000.0),
                     throughput_rps: Some(ok as f64 / run.duration.as_secs_f64()),
@@ -413,6 +407,11 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
         std::fs::write(&path, serde_json::to_string_pretty(measurement)?)?;
     }
     Ok(measured)
+}
+
+/// Answers whose status `counts`.
+fn answers(report: &RunReport, counts: impl Fn(u16) -> bool) -> u64 {
+    report.statuses.iter().filter(|(status, _)| counts(**status)).map(|(_, n)| n).sum()
 }
 
 /// The node's `/metrics` samples, by series (`name{labels}`).
@@ -466,14 +465,7 @@ fn progress(line: std::fmt::Arguments<'_>) {
 /// The medians of each scenario, as a table for people.
 pub fn summary(measured: &[Measurement]) -> String {
     use std::fmt::Write as _;
-    let median = |values: Vec<f64>| -> String {
-        let mut values = values;
-        if values.is_empty() {
-            return "-".to_owned();
-        }
-        values.sort_by(f64::total_cmp);
-        format!("{:.3}", values[values.len() / 2])
-    };
+    let text = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.3}"));
     let mut out = format!(
         "{:<24} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>12}\n",
         "scenario",
@@ -486,14 +478,13 @@ pub fn summary(measured: &[Measurement]) -> String {
         "cold start ms"
     );
     for m in measured {
-        let of = |f: fn(&Round) -> Option<f64>| median(m.rounds.iter().filter_map(f).collect());
-        let reference = median(m.reference_rounds.iter().filter_map(|r| r.p95_ms).collect());
+        let of = |figure: fn(&Round) -> Option<f64>| text(median(&m.rounds, figure));
         let _ = writeln!(
             out,
             "{:<24} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>12}",
             m.scenario,
             of(|r| r.p95_ms),
-            reference,
+            text(median(&m.reference_rounds, |r| r.p95_ms)),
             of(|r| r.throughput_rps),
             of(|r| r.cpu_pct),
             of(|r| r.rss_mib),

@@ -1,0 +1,24 @@
+# Sourced by the figure scripts: starts a release ron-node on the reference
+# layout and waits for it. Needs $dir (data and logs go to $dir/NAME) and
+# the array `pids` (the node's pid is appended; the caller kills them).
+#
+#   start_node NAME BINARY PORT SHARD_PORT_BASE [SETTINGS…]
+# SETTINGS are NAME=VALUE pairs for the node's environment.
+start_node() {
+  local name=$1 binary=$2 port=$3 base=$4
+  shift 4
+  mkdir -p "$dir/$name"
+  env "$@" "$binary" --config "$root/tuning/reference-2c-ledger.toml" \
+    --data-dir "$dir/$name/data" --listen "127.0.0.1:$port" --shard-port-base "$base" \
+    > "$dir/$name/out" 2> "$dir/$name/log" &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    if curl -sf "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 \
+      && [ -s "$dir/$name/data/admin.token" ]; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "$name did not become ready: $(tail -5 "$dir/$name/log")" >&2
+  exit 1
+}
