@@ -34,6 +34,12 @@ pub struct Measurement {
     /// The reference server's rounds, interleaved with these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_rounds: Vec<Round>,
+    /// The throughput/latency curve of a sweep over rates (not gated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepPoint>,
+    /// The reference's curve over the same steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_sweep: Vec<SweepPoint>,
 }
 
 /// What one round measured; absent figures are not gated.
@@ -70,6 +76,43 @@ pub struct Round {
     /// device's, not the node's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync_max_ms: Option<f64>,
+    /// Not gated: the round's rate as planned, and its latency at more
+    /// quantiles, for tables and plots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Quantiles>,
+    /// The HdrHistogram percentile spectrum: `[percentile, ms]` pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spectrum: Option<Vec<[f64; 2]>>,
+    /// Other `/metrics` deltas of the round (commit latency, batch sizes,
+    /// cache hit ratio, revocation lag, refusals), by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// Latency at the quantiles the seeds report, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// One step of a sweep: the rate asked, what was answered, and latency.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepPoint {
+    pub target_rps: f64,
+    /// Answers below 400 per second.
+    pub throughput_rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub shed_share: f64,
 }
 
 /// A time-boxed exception to one gate of one scenario.

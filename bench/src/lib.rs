@@ -3,13 +3,16 @@
 
 pub mod compare;
 pub mod engine;
+pub mod html;
 pub mod index_workload;
 pub mod passport_workload;
+pub mod plot;
 pub mod report;
 pub mod reward_vectors;
 pub mod reward_workload;
 pub mod suite;
 pub mod sweep;
+pub mod transport_workload;
 pub mod wallet_workload;
 pub mod workload;
 

@@ -78,6 +78,20 @@ enum Command {
         /// after every round.
         #[arg(long)]
         nginx_core: Option<usize>,
+        /// Measure a node already listening at `--listen` (with this admin
+        /// token file) instead of starting one; no cold-start scenarios.
+        #[arg(long)]
+        attach_token_file: Option<PathBuf>,
+        /// That node's process id, for its CPU and RSS.
+        #[arg(long)]
+        attach_pid: Option<u32>,
+        /// No sweep after each scenario's rounds.
+        #[arg(long)]
+        no_sweep: bool,
+        /// The baselines report.html gates and draws against (default
+        /// testing/performance/baselines/<profile>).
+        #[arg(long)]
+        baselines: Option<PathBuf>,
     },
     /// Apply the regression gates to a run against its baseline (medians
     /// of rounds; reference-normalized when both carry reference rounds);
@@ -229,6 +243,7 @@ impl Common {
                     shards,
                     replay_percent: self.replay_percent,
                     payers: self.payers,
+                    first_payer: 0,
                 }))
             }
             (Some(name), token) if IndexMix::parse(name).is_some() => {
@@ -365,8 +380,12 @@ fn main() -> anyhow::Result<()> {
             only,
             rate,
             nginx_core,
+            attach_token_file,
+            attach_pid,
+            no_sweep,
+            baselines,
         } => {
-            use ron_bench::suite::{SuiteSpec, run, scenario_names, summary};
+            use ron_bench::suite::{Attach, SuiteSpec, run, scenario_names, summary};
             for name in &only {
                 anyhow::ensure!(
                     scenario_names().contains(&name.as_str()),
@@ -379,7 +398,7 @@ fn main() -> anyhow::Result<()> {
             let mut spec = SuiteSpec {
                 node,
                 profile,
-                profile_name,
+                profile_name: profile_name.clone(),
                 out,
                 quick,
                 rounds: rounds.max(1),
@@ -391,7 +410,17 @@ fn main() -> anyhow::Result<()> {
                 only,
                 rate,
                 reference: None,
+                attach: None,
+                sweep: !no_sweep,
+                baselines: baselines.unwrap_or_else(|| {
+                    PathBuf::from("testing/performance/baselines").join(&profile_name)
+                }),
             };
+            if let Some(path) = attach_token_file {
+                let token = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                spec.attach = Some(Attach { token, pid: attach_pid });
+            }
             let script = "bench/scripts/nginx-reference.sh";
             if let Some(core) = nginx_core {
                 let started = std::process::Command::new("bash")

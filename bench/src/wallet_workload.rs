@@ -10,7 +10,8 @@
 //!   byte for byte (idempotent replays);
 //! * `wallet-transfer`: transfers only.
 //!
-//! Nonces go strictly up per payer. Payers are the first `payers` accounts;
+//! Nonces go strictly up per payer. Payers are `payers` accounts from
+//! `first_payer` on (wrapping; the suite gives each run payers of its own);
 //! each generator thread pays only from its own (`i % threads == thread`),
 //! round robin, so one payer's writes are far apart; a refused write gives
 //! its nonce back, and a `NONCE_CONFLICT` answer resynchronizes the payer
@@ -66,6 +67,8 @@ pub struct WalletSpec {
     pub replay_percent: u32,
     /// Accounts that pay (transfers, burns): the first this many.
     pub payers: usize,
+    /// The first payer's account number.
+    pub first_payer: usize,
 }
 
 impl WalletSpec {
@@ -83,7 +86,10 @@ impl WalletSpec {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let own: Vec<usize> = (thread..self.payers.min(self.accounts)).step_by(threads).collect();
+        let own: Vec<usize> = (thread..self.payers.min(self.accounts))
+            .step_by(threads)
+            .map(|i| (self.first_payer + i) % self.accounts)
+            .collect();
         Box::new(WalletWorkload {
             spec: self.clone(),
             auth: format!("Authorization: Bearer {}\r\n", self.token.trim()),
@@ -332,6 +338,7 @@ mod tests {
             shards: 2,
             replay_percent: 0,
             payers: 10,
+            first_payer: 0,
         }
     }
 

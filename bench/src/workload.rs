@@ -32,6 +32,12 @@ pub enum WorkloadSpec {
     Index(crate::index_workload::IndexSpec),
     /// The rewarder workloads (`crate::reward_workload`).
     Reward(crate::reward_workload::RewardSpec),
+    /// Another workload with gzip bodies near the cap and oversized ones
+    /// (`crate::transport_workload`).
+    Transport(crate::transport_workload::TransportSpec),
+    /// Several workloads on the same connections, each taking its weight's
+    /// share of the requests ("all": every service at once).
+    Mixed(Vec<(WorkloadSpec, u32)>),
 }
 
 impl WorkloadSpec {
@@ -44,6 +50,8 @@ impl WorkloadSpec {
             WorkloadSpec::Passport(spec) => spec.mix.name(),
             WorkloadSpec::Index(spec) => spec.mix.name(),
             WorkloadSpec::Reward(spec) => spec.mix.name(),
+            WorkloadSpec::Transport(_) => "adversarial-transport",
+            WorkloadSpec::Mixed(_) => "mixed",
         }
     }
 
@@ -58,6 +66,14 @@ impl WorkloadSpec {
             WorkloadSpec::Passport(spec) => spec.describe(),
             WorkloadSpec::Index(spec) => spec.describe(),
             WorkloadSpec::Reward(spec) => spec.describe(),
+            WorkloadSpec::Transport(spec) => spec.describe(),
+            WorkloadSpec::Mixed(parts) => {
+                let parts: Vec<String> = parts
+                    .iter()
+                    .map(|(w, weight)| format!("{weight} × {}", w.describe()))
+                    .collect();
+                format!("mixed: {}", parts.join(", "))
+            }
         }
     }
 
@@ -73,6 +89,11 @@ impl WorkloadSpec {
             WorkloadSpec::Passport(spec) => spec.build(thread, threads),
             WorkloadSpec::Index(spec) => spec.build(thread, threads),
             WorkloadSpec::Reward(spec) => spec.build(thread, threads),
+            WorkloadSpec::Transport(spec) => spec.build(thread, threads),
+            WorkloadSpec::Mixed(parts) => Box::new(Mixed {
+                parts: parts.iter().map(|(w, _)| w.build(thread, threads)).collect(),
+                weights: parts.iter().map(|(_, weight)| *weight).collect(),
+            }),
         }
     }
 }
@@ -97,6 +118,40 @@ impl Workload for Fixed {
     fn request(&mut self, _index: u64, out: &mut Vec<u8>) -> usize {
         out.extend_from_slice(&self.bytes);
         0
+    }
+}
+
+/// Workloads taking turns by weight; request `index` always goes to the
+/// same part, so its answer does too.
+struct Mixed {
+    parts: Vec<Box<dyn Workload>>,
+    weights: Vec<u32>,
+}
+
+impl Mixed {
+    fn part(&self, index: u64) -> usize {
+        let total: u64 = self.weights.iter().map(|w| u64::from(*w)).sum::<u64>().max(1);
+        // Spread indices so that each part's requests are interleaved.
+        let mut slot = index.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29) % total;
+        for (i, weight) in self.weights.iter().enumerate() {
+            if slot < u64::from(*weight) {
+                return i;
+            }
+            slot -= u64::from(*weight);
+        }
+        self.parts.len() - 1
+    }
+}
+
+impl Workload for Mixed {
+    fn request(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
+        let part = self.part(index);
+        self.parts[part].request(index, out)
+    }
+
+    fn answered(&mut self, index: u64, status: u16, response: &[u8]) {
+        let part = self.part(index);
+        self.parts[part].answered(index, status, response);
     }
 }
 
@@ -186,5 +241,22 @@ mod tests {
         assert!(text.starts_with(
             "GET /v1/x HTTP/1.1\r\nHost: ron-load\r\nAuthorization: Bearer ron1.abc\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn a_mix_shares_requests_by_weight() {
+        let parts = vec![
+            (WorkloadSpec::Get { path: "/a".into() }, 3),
+            (WorkloadSpec::Get { path: "/b".into() }, 1),
+        ];
+        let mut mixed = WorkloadSpec::Mixed(parts).build(0, 1);
+        let mut out = Vec::new();
+        for index in 0..4000 {
+            mixed.request(index, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        let a = text.matches("GET /a ").count();
+        assert_eq!(a + text.matches("GET /b ").count(), 4000);
+        assert!((2800..3200).contains(&a), "{a}");
     }
 }

@@ -304,8 +304,9 @@ fn ron_load_compare_fails_a_breached_gate_and_honours_a_waiver() {
 }
 
 /// `ron-load suite --quick` against the real binary: every scenario is
-/// measured and written as a measurement `ron-load compare` reads, and a
-/// run compared with itself passes every gate.
+/// measured and written as a measurement `ron-load compare` reads, a run
+/// compared with itself passes every gate, and `report.html` holds each
+/// scenario's tables and plots.
 #[test]
 fn ron_load_suite_quick_measures_every_scenario() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,18 +327,14 @@ fn ron_load_suite_quick_measures_every_scenario() {
         .expect("running ron-load suite");
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{summary}{}", String::from_utf8_lossy(&output.stderr));
-    for scenario in [
-        "read_heavy",
-        "write_mix",
-        "passport_verify",
-        "passport_issue_verify",
-        "index_resolve",
-        "ledger_ingest",
-        "reward_s_replay",
-        "cold_start_replay",
-        "cold_start_empty",
-    ] {
+    let (mut loads, mut swept) = (Vec::new(), Vec::new());
+    for scenario in ron_bench::suite::scenario_names() {
         let path = dir.path().join(format!("{scenario}.json"));
+        if ["reward_m_replay", "reward_l_fresh", "reward_l_replay"].contains(&scenario) {
+            // Full runs only (the M and L vectors).
+            assert!(!path.exists(), "{scenario}");
+            continue;
+        }
         let mut bytes = std::fs::read(&path).unwrap_or_else(|_| panic!("no {scenario}.json"));
         let measurement = simd_json::to_owned_value(&mut bytes).unwrap();
         let round = &measurement.get_array("rounds").unwrap()[0];
@@ -345,17 +342,44 @@ fn ron_load_suite_quick_measures_every_scenario() {
         if scenario.starts_with("cold_start") {
             assert!(positive("cold_start_p95_ms"), "{scenario}: {measurement}");
         } else {
-            for figure in ["p95_ms", "throughput_rps", "cpu_pct", "rss_mib"] {
+            loads.push(scenario);
+            for figure in ["p95_ms", "throughput_rps", "cpu_pct", "rss_mib", "target_rps"] {
                 assert!(positive(figure), "{scenario} {figure}: {measurement}");
             }
             assert_eq!(round.get_f64("shed_share"), Some(0.0), "{scenario}: {measurement}");
             assert!(round.get("statuses").is_some() && round.get("late_sends").is_some());
             assert_eq!(round.get_u64("seq_gaps"), Some(0), "{scenario}: {measurement}");
-            if scenario == "passport_verify" {
-                assert!(positive("verify_hit_rate"), "{scenario}: {measurement}");
+            let latency = round.get("latency_ms").expect("quantiles");
+            let p99 = latency.get_f64("p99").unwrap();
+            assert!(latency.get_f64("p50").unwrap() <= p99, "{measurement}");
+            assert!(p99 <= latency.get_f64("max").unwrap(), "{measurement}");
+            let spectrum = round.get_array("spectrum").expect("a percentile spectrum");
+            assert!(spectrum.len() >= 10, "{measurement}");
+            let metrics = round.get("metrics").expect("metrics deltas");
+            match scenario {
+                "passport_verify" => assert!(positive("verify_hit_rate"), "{measurement}"),
+                "write_mix" | "ledger_ingest" => {
+                    assert!(positive("fsync_max_ms"), "{scenario}: {measurement}");
+                    assert!(metrics.get_f64("commit_p99_ms").is_some_and(|v| v > 0.0));
+                    assert!(metrics.get_f64("batch_entries_mean").is_some_and(|v| v >= 1.0));
+                }
+                "index_resolve" => {
+                    let ratio = metrics.get_f64("index_cache_hit_ratio").expect("hit ratio");
+                    assert!(ratio > 0.0 && ratio <= 1.0, "{measurement}");
+                }
+                "wallet_adversarial" => {
+                    // Oversized declared bodies are refused; gzip bodies
+                    // near the ratio cap are answered like plain ones.
+                    let statuses = round.get("statuses").unwrap();
+                    assert!(statuses.get_u64("413").is_some_and(|n| n >= 1), "{measurement}");
+                    assert!(statuses.get_u64("200").is_some_and(|n| n >= 90), "{measurement}");
+                }
+                _ => {}
             }
-            if scenario == "write_mix" || scenario == "ledger_ingest" {
-                assert!(positive("fsync_max_ms"), "{scenario}: {measurement}");
+            let sweep = measurement.get_array("sweep").expect("a sweep");
+            assert!(!sweep.is_empty(), "{scenario}: {measurement}");
+            if sweep.len() == 2 {
+                swept.push(scenario);
             }
         }
         assert!(summary.contains(scenario), "{summary}");
@@ -366,4 +390,76 @@ fn ron_load_suite_quick_measures_every_scenario() {
             .expect("running ron-load compare");
         assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
     }
+    // Quick sweeps have two steps; only a bent first step stops one early.
+    assert!(swept.len() * 2 > loads.len(), "swept {swept:?} of {loads:?}");
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+    ron_bench::html::check_structure(&page, &loads, 2).unwrap();
+}
+
+/// A node slowed by an injected delay (stopped for a share of every
+/// period) breaches the p95 gate against a baseline of the node slowed
+/// less; the same light slowdown measured again passes every gate. The
+/// injected stops, not the machine's noise (other tests run beside this
+/// one), set the tail the gate reads.
+#[test]
+fn ron_load_compare_fails_a_slowed_node_and_passes_an_unchanged_one() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let token = admin_token_file(&node, dir.path());
+    let measure = |name: &str, stopped: Duration, period: Duration| {
+        let out = dir.path().join(name);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let pid = node.pid() as libc::pid_t;
+        let output = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: signals to the node this test started.
+                    unsafe { libc::kill(pid, libc::SIGSTOP) };
+                    std::thread::sleep(stopped);
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                    std::thread::sleep(period - stopped);
+                }
+            });
+            let output = Command::new(load_binary())
+                .arg("suite")
+                .args(["--quick", "--only", "read_heavy", "--no-sweep", "--rate", "2000"])
+                .args(["--rounds", "3", "--duration", "2s", "--warmup", "500ms"])
+                .args(["--cores", &generator_core()])
+                .args(["--listen", &node.listen.to_string()])
+                .arg("--attach-token-file")
+                .arg(&token)
+                .args(["--attach-pid", &node.pid().to_string()])
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .expect("running ron-load suite");
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            output
+        });
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        out.join("read_heavy.json")
+    };
+    let light = (Duration::from_millis(8), Duration::from_millis(40));
+    let baseline = measure("baseline", light.0, light.1);
+    let unchanged = measure("unchanged", light.0, light.1);
+    let slowed = measure("slowed", Duration::from_millis(30), Duration::from_millis(60));
+    let compare = |run: &Path| {
+        Command::new(load_binary())
+            .arg("compare")
+            .args([run, baseline.as_path()])
+            .args(["--waivers", "/nonexistent/waivers.json"])
+            .output()
+            .expect("running ron-load compare")
+    };
+    let passed = compare(&unchanged);
+    let table = String::from_utf8_lossy(&passed.stdout);
+    eprintln!("unchanged:\n{table}");
+    assert!(passed.status.success(), "{table}");
+    assert!(table.contains("p95") && table.contains("cpu"), "{table}");
+    let failed = compare(&slowed);
+    let table = String::from_utf8_lossy(&failed.stdout);
+    eprintln!("slowed:\n{table}");
+    assert_eq!(failed.status.code(), Some(1), "{table}");
+    assert!(table.lines().any(|l| l.contains("p95") && l.contains("BREACH")), "{table}");
 }
