@@ -10,6 +10,7 @@ pub mod plot;
 pub mod report;
 pub mod reward_vectors;
 pub mod reward_workload;
+pub mod soak;
 pub mod suite;
 pub mod sweep;
 pub mod transport_workload;

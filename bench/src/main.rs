@@ -93,6 +93,36 @@ enum Command {
         #[arg(long)]
         baselines: Option<PathBuf>,
     },
+    /// The compressed soak: write-mix at a share of the measured maximum
+    /// for a duration, in windows; fails (exit 1) when RSS grows more than
+    /// 2 % or p95 drifts more than 10 % over the steady windows.
+    Soak {
+        #[arg(long, default_value = "target/release/ron-node")]
+        node: PathBuf,
+        #[arg(long, default_value = "tuning/reference-2c-ledger.toml")]
+        profile: PathBuf,
+        #[arg(long, default_value = "testing/performance/runs/soak")]
+        out: PathBuf,
+        #[arg(long, value_parser = parse_duration, default_value = "10m")]
+        duration: Duration,
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        window: Duration,
+        /// The share of the maximum held.
+        #[arg(long, default_value_t = 0.6)]
+        fraction: f64,
+        /// The maximum write-mix rate, when known (else measured first).
+        #[arg(long)]
+        max_rate: Option<f64>,
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        cores: Vec<usize>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 8100)]
+        shard_port_base: u16,
+        /// CI key spaces.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Apply the regression gates to a run against its baseline (medians
     /// of rounds; reference-normalized when both carry reference rounds);
     /// exits 1 on a breach no valid waiver excuses.
@@ -434,6 +464,54 @@ fn main() -> anyhow::Result<()> {
                 let _ = std::process::Command::new("bash").args([script, "stop"]).status();
             }
             print!("{}", summary(&measured?));
+        }
+        Command::Soak {
+            node,
+            profile,
+            out,
+            duration,
+            window,
+            fraction,
+            max_rate,
+            cores,
+            listen,
+            shard_port_base,
+            quick,
+        } => {
+            use ron_bench::soak::{self, P95_DRIFT_MAX_PCT, RSS_GROWTH_MAX_PCT, SoakSpec};
+            use ron_bench::suite::SuiteSpec;
+            let spec = SuiteSpec {
+                node,
+                profile_name: String::new(),
+                profile,
+                out,
+                quick,
+                rounds: 1,
+                warmup: Duration::ZERO,
+                duration: window,
+                cores,
+                listen,
+                shard_port_base,
+                only: Vec::new(),
+                rate: None,
+                reference: None,
+                attach: None,
+                sweep: false,
+                baselines: PathBuf::new(),
+            };
+            let report = soak::run(&spec, &SoakSpec { duration, window, fraction, max_rate })?;
+            println!(
+                "soak at {:.0}/s ({fraction} of {:.0}/s), {} windows: RSS growth {:+.2} % (limit {RSS_GROWTH_MAX_PCT} %), p95 drift {:+.1} % (limit {P95_DRIFT_MAX_PCT} %): {}",
+                report.rate,
+                report.max_rate,
+                report.windows.len(),
+                report.rss_growth_pct,
+                report.p95_drift_pct,
+                if report.passed { "passed" } else { "FAILED" }
+            );
+            if !report.passed {
+                std::process::exit(1);
+            }
         }
         Command::Compare { run, baseline, waivers } => {
             use ron_bench::compare::{Measurement, Waiver, check_waivers, compare, table, today};

@@ -85,7 +85,7 @@ pub struct Attach {
 const BODY_MAX_BYTES: usize = 64 << 20;
 
 /// The node under test.
-struct Node {
+pub(crate) struct Node {
     child: Option<Child>,
     pid: Option<u32>,
     target: SocketAddr,
@@ -93,7 +93,11 @@ struct Node {
 }
 
 impl Node {
-    fn start(spec: &SuiteSpec, config: &Path, data: &Path) -> anyhow::Result<(Node, Duration)> {
+    pub(crate) fn start(
+        spec: &SuiteSpec,
+        config: &Path,
+        data: &Path,
+    ) -> anyhow::Result<(Node, Duration)> {
         let started = Instant::now();
         let child = Command::new(&spec.node)
             .arg("--config")
@@ -142,7 +146,7 @@ impl Node {
         Some((ticks(14) + ticks(15)) / per_second)
     }
 
-    fn rss_mib(&self) -> Option<f64> {
+    pub(crate) fn rss_mib(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         status
             .lines()
@@ -151,7 +155,7 @@ impl Node {
             .map(|kib| kib / 1024.0)
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -189,7 +193,7 @@ impl Drop for Node {
 
 /// Key spaces (small in quick runs), and the payers of one run.
 #[derive(Clone, Copy)]
-struct Sizes {
+pub(crate) struct Sizes {
     accounts: usize,
     keys: usize,
     /// A workload starts every payer at nonce 1 (resynchronizing on the
@@ -201,6 +205,11 @@ struct Sizes {
 }
 
 impl Sizes {
+    pub(crate) fn new(quick: bool) -> Sizes {
+        let (accounts, keys) = if quick { (500, 300) } else { (10_000, 10_000) };
+        Sizes { accounts, keys, payers: 0, first_payer: 0 }
+    }
+
     fn for_run(self, rate: f64, warmup: Duration) -> Sizes {
         static NEXT_PAYER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         // A quarter of the write mix pays (transfers, burns).
@@ -213,8 +222,8 @@ impl Sizes {
 }
 
 /// A load scenario: its workloads at a rate, after the suite's setup.
-struct Scenario {
-    name: &'static str,
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
     /// Requests per second: quick (CI), reference node.
     rates: (f64, f64),
     connections: usize,
@@ -284,7 +293,7 @@ const fn steady(
     Scenario { name, rates, connections, burst: 1.0, full_only: false, workload }
 }
 
-const SCENARIOS: [Scenario; 17] = [
+pub(crate) const SCENARIOS: [Scenario; 17] = [
     steady("read_heavy", (500.0, 20_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Read, 0))),
     steady("write_mix", (100.0, 5_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Write, 0))),
     // Replays (+1 %); its sweep drives it into backpressure (429).
@@ -393,16 +402,16 @@ impl SuiteSpec {
 }
 
 /// How one measured run goes.
-struct Shape {
-    rate: f64,
-    connections: usize,
-    burst: f64,
-    warmup: Duration,
-    duration: Duration,
+pub(crate) struct Shape {
+    pub(crate) rate: f64,
+    pub(crate) connections: usize,
+    pub(crate) burst: f64,
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// Runs a scenario's workload once and measures the round.
-fn measure(
+pub(crate) fn measure(
     spec: &SuiteSpec,
     node: &Node,
     sizes: Sizes,
@@ -472,7 +481,7 @@ fn round_of(result: &RunResult, shape: &Shape) -> Round {
     }
 }
 
-fn sweep_point(round: &Round) -> SweepPoint {
+pub(crate) fn sweep_point(round: &Round) -> SweepPoint {
     SweepPoint {
         target_rps: round.target_rps.unwrap_or(0.0),
         throughput_rps: round.throughput_rps.unwrap_or(0.0),
@@ -484,7 +493,7 @@ fn sweep_point(round: &Round) -> SweepPoint {
 
 /// A step past which a sweep stops: answers under 90 % of the plan, or
 /// any backpressure.
-fn bent(point: &SweepPoint) -> bool {
+pub(crate) fn bent(point: &SweepPoint) -> bool {
     point.throughput_rps < 0.9 * point.target_rps || point.shed_share > 0.0
 }
 
@@ -521,11 +530,7 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
         }
     };
     progress(format_args!("node ready at {} (pid {:?})", node.target, node.pid));
-    let sizes = if spec.quick {
-        Sizes { accounts: 500, keys: 300, payers: 0, first_payer: 0 }
-    } else {
-        Sizes { accounts: 10_000, keys: 10_000, payers: 0, first_payer: 0 }
-    };
+    let sizes = Sizes::new(spec.quick);
     let scenarios: Vec<&Scenario> = SCENARIOS
         .iter()
         .filter(|s| spec.wanted(s.name) && !(spec.quick && s.full_only && spec.only.is_empty()))
@@ -544,7 +549,7 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
 }
 
 /// Funded accounts, index keys, the replayed rewarder epochs.
-fn setup(
+pub(crate) fn setup(
     spec: &SuiteSpec,
     node: &Node,
     sizes: &Sizes,
@@ -760,7 +765,7 @@ fn metric_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, ro
 }
 
 /// One line of progress on standard error.
-fn progress(line: std::fmt::Arguments<'_>) {
+pub(crate) fn progress(line: std::fmt::Arguments<'_>) {
     eprintln!("ron-load suite: {line}");
 }
 

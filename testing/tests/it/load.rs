@@ -463,3 +463,34 @@ fn ron_load_compare_fails_a_slowed_node_and_passes_an_unchanged_one() {
     assert_eq!(failed.status.code(), Some(1), "{table}");
     assert!(table.lines().any(|l| l.contains("p95") && l.contains("BREACH")), "{table}");
 }
+
+/// The compressed soak (opt-in: `RON_SOAK=1`, duration `RON_SOAK_DURATION`,
+/// default 10 minutes): write-mix at 60 % of the measured maximum against a
+/// release node on the reference layout; fails when RSS grows more than 2 %
+/// or p95 drifts more than 10 % over the steady windows.
+#[test]
+fn compressed_soak_holds_rss_and_p95() {
+    if std::env::var("RON_SOAK").as_deref() != Ok("1") {
+        eprintln!("skipped: set RON_SOAK=1 (and RON_SOAK_DURATION, default 10m) to run the soak");
+        return;
+    }
+    let duration = std::env::var("RON_SOAK_DURATION").unwrap_or_else(|_| "10m".to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    let port = ron_testing::port_block(2);
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/reference-2c-ledger.toml");
+    let output = Command::new(load_binary())
+        .arg("soak")
+        .args(["--duration", &duration, "--cores", "0"])
+        .arg("--node")
+        .arg(ron_testing::node_binary())
+        .args(["--profile", profile])
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shard-port-base", &(port + 1).to_string()])
+        .output()
+        .expect("running ron-load soak");
+    let verdict = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{verdict}");
+    assert!(output.status.success(), "{verdict}{}", String::from_utf8_lossy(&output.stderr));
+}
