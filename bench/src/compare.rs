@@ -226,7 +226,7 @@ impl Verdict {
 }
 
 /// The median of the figures the rounds have.
-pub fn median(rounds: &[Round], figure: fn(&Round) -> Option<f64>) -> Option<f64> {
+pub fn median(rounds: &[Round], figure: impl Fn(&Round) -> Option<f64>) -> Option<f64> {
     let mut values: Vec<f64> = rounds.iter().filter_map(figure).collect();
     if values.is_empty() {
         return None;

@@ -45,7 +45,8 @@ pub fn report(
     Ok(page)
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1100px}\
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1200px}\
+section{overflow-x:auto}.rounds{font-size:12px}\
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;\
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}\
 .breach{color:#b00;font-weight:bold}.ok{color:#070}svg{display:block;margin:0.5em 0}";

@@ -1,6 +1,7 @@
 //! ron-load: the open-loop load generator of SPEC §10, its workloads, sweeps
 //! and reports.
 
+pub mod baselines;
 pub mod compare;
 pub mod engine;
 pub mod html;

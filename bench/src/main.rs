@@ -123,6 +123,26 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// A directory of measurements (a suite run, or a profile's
+    /// baselines) as a Markdown table of medians; optionally written into
+    /// the README between its markers, and as the seeds' baseline shapes.
+    Baselines {
+        #[arg(default_value = "testing/performance/baselines/reference-2c-ledger")]
+        dir: PathBuf,
+        /// Replace the table between the README's markers.
+        #[arg(long)]
+        readme: Option<PathBuf>,
+        /// With --readme: change nothing, exit 1 when the table differs.
+        #[arg(long)]
+        check: bool,
+        /// Write the seeds' shapes (issuance-<size>.json,
+        /// macronode/baseline.json, rewarder-<scale>.json) under this dir.
+        #[arg(long)]
+        seed_shapes: Option<PathBuf>,
+        /// The machine, as the passport seed names it.
+        #[arg(long, default_value = "2c/24g")]
+        node_size: String,
+    },
     /// Apply the regression gates to a run against its baseline (medians
     /// of rounds; reference-normalized when both carry reference rounds);
     /// exits 1 on a breach no valid waiver excuses.
@@ -511,6 +531,39 @@ fn main() -> anyhow::Result<()> {
             );
             if !report.passed {
                 std::process::exit(1);
+            }
+        }
+        Command::Baselines { dir, readme, check, seed_shapes, node_size } => {
+            use ron_bench::baselines;
+            let measured = baselines::read_dir(&dir)?;
+            let table = baselines::table(&measured);
+            print!("{table}");
+            if let Some(readme) = readme {
+                let text = std::fs::read_to_string(&readme)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", readme.display()))?;
+                let new = baselines::with_table(&text, &table)?;
+                if check && new != text {
+                    eprintln!(
+                        "{}: the table is not the one {} gives; run ron-load baselines {} --readme {}",
+                        readme.display(),
+                        dir.display(),
+                        dir.display(),
+                        readme.display()
+                    );
+                    std::process::exit(1);
+                } else if !check {
+                    std::fs::write(&readme, new)?;
+                }
+            }
+            if let Some(out) = seed_shapes {
+                for (name, value) in baselines::seed_shapes(&measured, &node_size) {
+                    let path = out.join(name);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")?;
+                    eprintln!("wrote {}", path.display());
+                }
             }
         }
         Command::Compare { run, baseline, waivers } => {

@@ -5,7 +5,7 @@
 use crate::compare::SweepPoint;
 use plotters::prelude::*;
 
-const SIZE: (u32, u32) = (720, 400);
+const SIZE: (u32, u32) = (960, 440);
 /// Colours of the series, in order: the run first, then baseline, reference.
 const COLOURS: [RGBColor; 4] =
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(127, 127, 127), RGBColor(44, 160, 44)];
@@ -22,6 +22,24 @@ fn percentile_label(x: &f64) -> String {
     let p = 100.0 - 100.0 / 10f64.powf(*x);
     let text = format!("{p:.3}");
     format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// Ticks at 1, 2 and 5 of every decade in the range.
+fn log_ticks(range: &std::ops::Range<f64>) -> Vec<f64> {
+    let (first, last) = (range.start.log10().floor() as i32, range.end.log10().ceil() as i32);
+    (first..=last)
+        .flat_map(|decade| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(decade)))
+        .filter(|v| range.contains(v))
+        .collect()
+}
+
+/// A latency or rate as people write it (no float noise).
+fn number_label(value: &f64) -> String {
+    if *value >= 10.0 {
+        return format!("{value:.0}");
+    }
+    let text = format!("{value:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Bounds of a log axis holding every value (with a margin).
@@ -46,11 +64,15 @@ pub fn latency_svg(title: &str, series: &[(&str, &[[f64; 2]])]) -> anyhow::Resul
         root.fill(&WHITE).map_err(draw_error)?;
         let y = log_range(series.iter().flat_map(|(_, points)| points.iter().map(|p| p[1])));
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 20))
             .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..NINES_MAX, y.log_scale())
+            .margin_right(36)
+            .x_label_area_size(44)
+            .y_label_area_size(72)
+            .build_cartesian_2d(
+                0f64..NINES_MAX,
+                y.clone().log_scale().with_key_points(log_ticks(&y)),
+            )
             .map_err(draw_error)?;
         chart
             .configure_mesh()
@@ -58,6 +80,9 @@ pub fn latency_svg(title: &str, series: &[(&str, &[[f64; 2]])]) -> anyhow::Resul
             .y_desc("latency ms (from intended send)")
             .x_labels(6)
             .x_label_formatter(&percentile_label)
+            .y_label_formatter(&number_label)
+            .label_style(("sans-serif", 14))
+            .light_line_style(TRANSPARENT)
             .draw()
             .map_err(draw_error)?;
         for (i, (label, points)) in series.iter().enumerate() {
@@ -67,7 +92,9 @@ pub fn latency_svg(title: &str, series: &[(&str, &[[f64; 2]])]) -> anyhow::Resul
                 .draw_series(LineSeries::new(line, colour.stroke_width(2)))
                 .map_err(draw_error)?
                 .label(*label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(3))
+                });
         }
         chart
             .configure_series_labels()
@@ -92,16 +119,24 @@ pub fn sweep_svg(title: &str, series: &[(&str, &[SweepPoint])]) -> anyhow::Resul
         let x_max = points().map(|p| p.throughput_rps.max(p.target_rps)).fold(1.0, f64::max);
         let y = log_range(points().map(|p| p.p99_ms));
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 20))
             .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..x_max * 1.05, y.log_scale())
+            .margin_right(36)
+            .x_label_area_size(44)
+            .y_label_area_size(72)
+            .build_cartesian_2d(
+                0f64..x_max * 1.05,
+                y.clone().log_scale().with_key_points(log_ticks(&y)),
+            )
             .map_err(draw_error)?;
         chart
             .configure_mesh()
-            .x_desc("answered per second (below 400)")
+            .x_desc("answered per second (status below 400)")
             .y_desc("p99 ms")
+            .x_label_formatter(&number_label)
+            .y_label_formatter(&number_label)
+            .label_style(("sans-serif", 14))
+            .light_line_style(TRANSPARENT)
             .draw()
             .map_err(draw_error)?;
         for (i, (label, steps)) in series.iter().enumerate() {
@@ -115,7 +150,9 @@ pub fn sweep_svg(title: &str, series: &[(&str, &[SweepPoint])]) -> anyhow::Resul
                 .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
                 .map_err(draw_error)?
                 .label(*label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(3))
+                });
             chart
                 .draw_series(line.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
                 .map_err(draw_error)?;
@@ -149,6 +186,10 @@ mod tests {
         assert_eq!(percentile_label(&1.0), "90%");
         assert_eq!(percentile_label(&3.0), "99.9%");
         assert_eq!(percentile_label(&0.0), "0%");
+        assert_eq!(number_label(&0.30000000000000004), "0.3");
+        assert_eq!(number_label(&2.0), "2");
+        assert_eq!(number_label(&1000.0), "1000");
+        assert_eq!(log_ticks(&(0.15..30.0)), vec![0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0]);
     }
 
     #[test]

@@ -749,6 +749,7 @@ fn metric_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, ro
             metrics.insert(name.to_owned(), value);
         }
     };
+    put("commit_p95_ms", ms("ledger_commit_latency_seconds", 0.95));
     put("commit_p99_ms", ms("ledger_commit_latency_seconds", 0.99));
     let batches = delta("ledger_batch_entries_count");
     put("batch_entries_mean", (batches > 0.0).then(|| delta("ledger_batch_entries_sum") / batches));

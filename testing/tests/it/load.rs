@@ -494,3 +494,72 @@ fn compressed_soak_holds_rss_and_p95() {
     eprintln!("{verdict}");
     assert!(output.status.success(), "{verdict}{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// The README's table of reference figures is the one `ron-load baselines`
+/// makes from the committed baselines.
+#[test]
+fn the_readme_table_is_generated_from_the_baselines() {
+    let root = ron_testing::workspace();
+    let output = Command::new(load_binary())
+        .arg("baselines")
+        .arg(root.join("testing/performance/baselines/reference-2c-ledger"))
+        .arg("--readme")
+        .arg(root.join("README.md"))
+        .arg("--check")
+        .output()
+        .expect("running ron-load baselines");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table = String::from_utf8_lossy(&output.stdout);
+    for scenario in ["read_heavy", "write_mix", "ledger_ingest", "cold_start_empty"] {
+        assert!(table.contains(&format!("| {scenario} |")), "{table}");
+    }
+}
+
+/// The suite's `report.html` in a real browser: headless Chromium (installed
+/// when absent) loads it, the page's own script counts the plots that drew,
+/// and a screenshot of it is more than a blank page. Opt-in, because it may
+/// install Chromium: `RON_BROWSER_TEST=1`.
+#[test]
+fn report_html_renders_its_plots_in_headless_chromium() {
+    if std::env::var("RON_BROWSER_TEST").as_deref() != Ok("1") {
+        eprintln!("skipped: set RON_BROWSER_TEST=1 to open report.html in headless Chromium");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = ron_testing::port_block(2);
+    let workspace = ron_testing::workspace();
+    let suite = std::process::Command::new(ron_testing::load_binary())
+        .arg("suite")
+        .args(["--quick", "--no-sweep", "--only", "read_heavy,write_mix"])
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "500ms", "--cores", "0"])
+        .arg("--node")
+        .arg(ron_testing::node_binary())
+        .arg("--profile")
+        .arg(workspace.join("tuning/reference-2c-ledger.toml"))
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shard-port-base", &(port + 1).to_string()])
+        .output()
+        .expect("running ron-load suite");
+    assert!(
+        suite.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&suite.stdout),
+        String::from_utf8_lossy(&suite.stderr)
+    );
+    // One latency plot per scenario (no sweeps, so no sweep plots).
+    let check = std::process::Command::new(workspace.join("bench/scripts/report-browser-check.sh"))
+        .arg(dir.path().join("report.html"))
+        .arg(dir.path().join("report.png"))
+        .arg("2")
+        .output()
+        .expect("running bench/scripts/report-browser-check.sh");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{output}");
+    assert!(output.contains("plots rendered: "), "{output}");
+}
