@@ -135,15 +135,23 @@ impl Node {
 
     /// CPU time used so far, in seconds.
     fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
-        // After the command's closing parenthesis: state is field 3,
-        // utime and stime fields 14 and 15.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        // SAFETY: sysconf has no memory effects.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Some((ticks(14) + ticks(15)) / per_second)
+        let fields = stat_fields(&format!("/proc/{}/stat", self.pid?))?;
+        Some(cpu_of(&fields))
+    }
+
+    /// CPU time used so far by each thread, in seconds, and the core it
+    /// last ran on (shard, committer and lane threads are pinned).
+    fn cpu_by_thread(&self) -> Option<HashMap<String, (usize, f64)>> {
+        let mut threads = HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid?)).ok()? {
+            let task = task.ok()?;
+            let Some(fields) = stat_fields(&format!("{}/stat", task.path().display())) else {
+                continue;
+            };
+            let tid = task.file_name().to_string_lossy().into_owned();
+            threads.insert(tid, (field(&fields, 39) as usize, cpu_of(&fields)));
+        }
+        Some(threads)
     }
 
     pub(crate) fn rss_mib(&self) -> Option<f64> {
@@ -178,6 +186,25 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The fields of a `/proc/.../stat` line after the command's closing
+/// parenthesis (field 3 on).
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Field `n` (1-based, as proc(5) numbers them) as a number.
+fn field(fields: &[String], n: usize) -> f64 {
+    fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0.0)
+}
+
+/// utime + stime (fields 14 and 15), in seconds.
+fn cpu_of(fields: &[String]) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (field(fields, 14) + field(fields, 15)) / per_second
 }
 
 impl Drop for Node {
@@ -277,10 +304,11 @@ fn ingest(node: &Node) -> WorkloadSpec {
     WorkloadSpec::LedgerIngest { token: node.token.clone(), entries: 16 }
 }
 
-/// `GET /roots` of the last ~200 sequence numbers (one page).
+/// `GET /roots` since 16 sequence numbers before the head: a client
+/// polling for the roots it has not seen.
 fn roots(node: &Node) -> anyhow::Result<WorkloadSpec> {
     let applied = scrape(node.target)?.get("ledger_applied_seq").copied().unwrap_or(0.0);
-    let since = (applied as u64).saturating_sub(200);
+    let since = (applied as u64).saturating_sub(16);
     Ok(WorkloadSpec::Get { path: format!("/roots?since={since}") })
 }
 
@@ -293,7 +321,7 @@ const fn steady(
     Scenario { name, rates, connections, burst: 1.0, full_only: false, workload }
 }
 
-pub(crate) const SCENARIOS: [Scenario; 17] = [
+pub(crate) const SCENARIOS: [Scenario; 19] = [
     steady("read_heavy", (500.0, 20_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Read, 0))),
     steady("write_mix", (100.0, 5_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Write, 0))),
     // Replays (+1 %); its sweep drives it into backpressure (429).
@@ -311,6 +339,8 @@ pub(crate) const SCENARIOS: [Scenario; 17] = [
     steady("passport_issue_verify", (100.0, 2_000.0), 64, |n, _| {
         passport(n, PassportMix::IssueVerify)
     }),
+    // Verify with a revocation every 100 requests: the revocation lag.
+    steady("passport_revoke", (500.0, 10_000.0), 64, |n, _| passport(n, PassportMix::Revoke)),
     Scenario {
         burst: 3.0,
         ..steady("passport_spike", (100.0, 2_000.0), 64, |n, _| {
@@ -318,6 +348,7 @@ pub(crate) const SCENARIOS: [Scenario; 17] = [
         })
     },
     steady("index_resolve", (500.0, 20_000.0), 64, |n, s| Ok(index(n, s, IndexMix::Resolve))),
+    steady("index_hot", (500.0, 20_000.0), 64, |n, s| Ok(index(n, s, IndexMix::Hot))),
     steady("index_cold", (200.0, 5_000.0), 64, |n, s| Ok(index(n, s, IndexMix::Cold))),
     steady("ledger_ingest", (50.0, 2_000.0), 16, |n, _| Ok(ingest(n))),
     steady("ledger_roots", (200.0, 5_000.0), 16, |n, _| roots(n)),
@@ -429,13 +460,28 @@ pub(crate) fn measure(
     };
     let metrics_before = scrape(node.target)?;
     let cpu_before = node.cpu_seconds();
+    let threads_before = node.cpu_by_thread();
     let started = Instant::now();
     let result = with_progress(label, shape.warmup + shape.duration, || engine::run(&run))?;
     let elapsed = started.elapsed().as_secs_f64();
     let mut round = round_of(&result, shape);
     round.cpu_pct = node.cpu_seconds().zip(cpu_before).map(|(a, b)| 100.0 * (a - b) / elapsed);
+    let threads_after = node.cpu_by_thread();
     round.rss_mib = node.rss_mib();
     metric_deltas(&metrics_before, &scrape(node.target)?, &mut round);
+    // Each thread's CPU over the round, on the core it ran on last.
+    if let (Some(before), Some(after), Some(metrics)) =
+        (threads_before, threads_after, round.metrics.as_mut())
+    {
+        let mut by_core: BTreeMap<usize, f64> = BTreeMap::new();
+        for (tid, (core, seconds)) in after {
+            let used = seconds - before.get(&tid).map_or(0.0, |(_, s)| *s);
+            *by_core.entry(core).or_default() += used;
+        }
+        for (core, used) in by_core {
+            metrics.insert(format!("cpu_core{core}_pct"), 100.0 * used / elapsed);
+        }
+    }
     Ok(round)
 }
 
@@ -548,6 +594,24 @@ pub fn run(spec: &SuiteSpec) -> anyhow::Result<Vec<Measurement>> {
     Ok(measured)
 }
 
+/// One setup pass: `requests` requests of a setup workload, each of which
+/// must succeed.
+fn setup_run(
+    spec: &SuiteSpec,
+    node: &Node,
+    workload: WorkloadSpec,
+    requests: usize,
+) -> anyhow::Result<()> {
+    let rate = if spec.quick { 500.0 } else { 5_000.0 };
+    let mut run = spec.run_spec(node.target, workload, rate);
+    run.connections = 16;
+    run.warmup = Duration::ZERO;
+    run.duration = Duration::from_secs_f64((requests as f64 / rate).max(0.5) + 0.2);
+    let result = engine::run(&run)?;
+    anyhow::ensure!(result.errors() == 0, "a setup request failed: {:?}", result.statuses);
+    Ok(())
+}
+
 /// Funded accounts, index keys, the replayed rewarder epochs.
 pub(crate) fn setup(
     spec: &SuiteSpec,
@@ -555,16 +619,7 @@ pub(crate) fn setup(
     sizes: &Sizes,
     scenarios: &[&Scenario],
 ) -> anyhow::Result<()> {
-    let run = |workload: WorkloadSpec, requests: usize| -> anyhow::Result<()> {
-        let rate = if spec.quick { 500.0 } else { 5_000.0 };
-        let mut run = spec.run_spec(node.target, workload, rate);
-        run.connections = 16;
-        run.warmup = Duration::ZERO;
-        run.duration = Duration::from_secs_f64((requests as f64 / rate).max(0.5) + 0.2);
-        let result = engine::run(&run)?;
-        anyhow::ensure!(result.errors() == 0, "a setup request failed: {:?}", result.statuses);
-        Ok(())
-    };
+    let run = |workload, requests| setup_run(spec, node, workload, requests);
     let any = |prefixes: &[&str]| {
         scenarios.iter().any(|s| s.name == "all" || prefixes.iter().any(|p| s.name.starts_with(p)))
     };
@@ -607,6 +662,12 @@ fn run_scenario(
         warmup,
         duration,
     };
+    if scenario.name.starts_with("index_") || scenario.name == "all" {
+        // Provider records live `index.provider_ttl_max_s` (600 s by
+        // default): the setup again renews them for this scenario.
+        progress(format_args!("{}: renewing the index keys' providers", scenario.name));
+        setup_run(spec, node, index(node, sizes, IndexMix::Setup), 3 * sizes.keys)?;
+    }
     let mut measurement = spec.measurement(scenario.name, Vec::new());
     for round in 1..=spec.rounds {
         let label = format!("{} round {round}/{} at {rate}/s", scenario.name, spec.rounds);
