@@ -142,6 +142,9 @@ enum Command {
         /// The machine, as the passport seed names it.
         #[arg(long, default_value = "2c/24g")]
         node_size: String,
+        /// Write the directory's report.html (tables and plots) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Apply the regression gates to a run against its baseline (medians
     /// of rounds; reference-normalized when both carry reference rounds);
@@ -533,7 +536,7 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Baselines { dir, readme, check, seed_shapes, node_size } => {
+        Command::Baselines { dir, readme, check, seed_shapes, node_size, report } => {
             use ron_bench::baselines;
             let measured = baselines::read_dir(&dir)?;
             let table = baselines::table(&measured);
@@ -554,6 +557,17 @@ fn main() -> anyhow::Result<()> {
                 } else if !check {
                     std::fs::write(&readme, new)?;
                 }
+            }
+            if let Some(path) = report {
+                let all: Vec<_> = measured.values().cloned().collect();
+                let title = format!("ron-node benchmark suite: {}", dir.display());
+                let page = ron_bench::html::report(
+                    &title,
+                    &all,
+                    &Default::default(),
+                    &ron_bench::compare::today(),
+                )?;
+                std::fs::write(&path, page)?;
             }
             if let Some(out) = seed_shapes {
                 for (name, value) in baselines::seed_shapes(&measured, &node_size) {
