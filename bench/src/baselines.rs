@@ -109,12 +109,16 @@ pub fn seed_shapes(
     };
     let mut files = Vec::new();
     // The passport seed's `issuance-4c8g.json`.
-    if measured.contains_key("passport_issue_verify") || measured.contains_key("passport_verify") {
+    let issue = ["passport_issue", "passport_issue_verify"]
+        .into_iter()
+        .find(|s| measured.contains_key(*s))
+        .unwrap_or("passport_issue");
+    if measured.contains_key(issue) || measured.contains_key("passport_verify") {
         files.push((
             format!("issuance-{}.json", node_size.replace('/', "")),
             json!({
                 "node_size": node_size,
-                "issuance": quantiles("passport_issue_verify"),
+                "issuance": quantiles(issue),
                 "verify": quantiles("passport_verify"),
                 "cold_start": { "p95_ms": med("cold_start_empty", |r| r.cold_start_p95_ms) },
                 "burn_rate": { "fast_2h_x": 14, "slow_24h_x": 6 },

@@ -5,7 +5,7 @@
 //!
 //! The first fifth of the windows is warm-up (caches, allocator arenas and
 //! the log fill). Over the rest:
-//! * **RSS growth**: the least-squares slope of RSS over time, times the
+//! * **RSS growth**: the Theil–Sen slope of RSS over time, times the
 //!   steady duration, as a share of RSS at its start. The seeds allow 2 %
 //!   over 24 h; a compressed run is held to the same total.
 //! * **p95 drift**: the median p95 of the last third of the steady windows
@@ -127,14 +127,19 @@ pub fn drift(windows: &[Window]) -> (f64, f64) {
     if steady.len() < 3 {
         return (0.0, 0.0);
     }
-    let n = steady.len() as f64;
-    let (mean_t, mean_r) = (
-        steady.iter().map(|w| w.at_s).sum::<f64>() / n,
-        steady.iter().map(|w| w.rss_mib).sum::<f64>() / n,
-    );
-    let covariance: f64 = steady.iter().map(|w| (w.at_s - mean_t) * (w.rss_mib - mean_r)).sum();
-    let variance: f64 = steady.iter().map(|w| (w.at_s - mean_t).powi(2)).sum();
-    let slope = if variance > 0.0 { covariance / variance } else { 0.0 };
+    // Theil–Sen: the median of the slopes between every two windows, so
+    // that a transient peak (a burst of allocation handed back later) does
+    // not tilt the line.
+    let mut slopes: Vec<f64> = Vec::new();
+    for (i, a) in steady.iter().enumerate() {
+        for b in &steady[i + 1..] {
+            if b.at_s > a.at_s {
+                slopes.push((b.rss_mib - a.rss_mib) / (b.at_s - a.at_s));
+            }
+        }
+    }
+    slopes.sort_by(f64::total_cmp);
+    let slope = slopes.get(slopes.len() / 2).copied().unwrap_or(0.0);
     let span = steady[steady.len() - 1].at_s - steady[0].at_s;
     let start = steady[0].rss_mib.max(1e-9);
     let rss_growth_pct = 100.0 * slope * span / start;
@@ -177,6 +182,9 @@ mod tests {
         // About 100 MiB growing 0.01 MiB/s over 450 s steady: about 4.4 %.
         let (growth, _) = drift(&windows(|t| 100.0 + 0.01 * t, |_| 2.0));
         assert!((growth - 4.4).abs() < 0.2, "{growth}");
+        // A transient peak does not tilt the line.
+        let (growth, _) = drift(&windows(|t| if t == 240.0 { 400.0 } else { 100.0 }, |_| 2.0));
+        assert!(growth.abs() < 1e-9, "{growth}");
         let (_, drift_pct) = drift(&windows(|_| 100.0, |t| 2.0 + t / 300.0));
         assert!(drift_pct > P95_DRIFT_MAX_PCT, "{drift_pct}");
     }

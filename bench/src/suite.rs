@@ -333,7 +333,7 @@ const fn steady(
     Scenario { name, rates, connections, burst: 1.0, full_only: false, workload }
 }
 
-pub(crate) const SCENARIOS: [Scenario; 19] = [
+pub(crate) const SCENARIOS: [Scenario; 21] = [
     steady("read_heavy", (500.0, 20_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Read, 0))),
     steady("write_mix", (100.0, 5_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Write, 0))),
     // Replays (+1 %); its sweep drives it into backpressure (429).
@@ -348,6 +348,7 @@ pub(crate) const SCENARIOS: [Scenario; 19] = [
         }))
     }),
     steady("passport_verify", (500.0, 20_000.0), 64, |n, _| passport(n, PassportMix::Verify)),
+    steady("passport_issue", (100.0, 2_000.0), 64, |n, _| passport(n, PassportMix::Issue)),
     steady("passport_issue_verify", (100.0, 2_000.0), 64, |n, _| {
         passport(n, PassportMix::IssueVerify)
     }),
@@ -366,6 +367,10 @@ pub(crate) const SCENARIOS: [Scenario; 19] = [
     steady("ledger_roots", (200.0, 2_000.0), 16, |n, _| roots(n)),
     steady("reward_s_fresh", (10.0, 100.0), 16, |n, _| reward(n, RewardMix::Fresh, "S")),
     steady("reward_s_replay", (20.0, 300.0), 16, |n, _| reward(n, RewardMix::Replay, "S")),
+    Scenario {
+        full_only: true,
+        ..steady("reward_m_fresh", (2.0, 10.0), 8, |n, _| reward(n, RewardMix::Fresh, "M"))
+    },
     Scenario {
         full_only: true,
         ..steady("reward_m_replay", (5.0, 100.0), 16, |n, _| reward(n, RewardMix::Replay, "M"))
@@ -729,6 +734,10 @@ fn cold_starts(spec: &SuiteSpec, data: &Path) -> anyhow::Result<Vec<Measurement>
             Some(profile) => spec.profile.with_file_name(format!("{profile}.toml")),
             None => spec.profile.clone(),
         };
+        if !config.exists() {
+            progress(format_args!("{name}: no {}, skipped", config.display()));
+            continue;
+        }
         let replay = name == "cold_start_replay";
         let mut rounds = Vec::new();
         for round in 1..=spec.rounds {
