@@ -91,7 +91,7 @@ impl RunResult {
         }
     }
 
-    pub fn add(&mut self, other: &RunResult) {
+    fn add(&mut self, other: &RunResult) {
         self.latency_ns.add(&other.latency_ns).expect("same bounds");
         for (status, count) in &other.statuses {
             *self.statuses.entry(*status).or_default() += count;
