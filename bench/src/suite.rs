@@ -569,6 +569,7 @@ fn reference_round(
 ) -> anyhow::Result<Round> {
     let run = RunSpec {
         connections: shape.connections,
+        burst: shape.burst,
         warmup: shape.warmup,
         duration: shape.duration,
         ..spec.run_spec(reference, WorkloadSpec::Get { path: "/".to_owned() }, shape.rate)
