@@ -255,6 +255,14 @@ pub fn compare(
         baseline.scenario
     );
     anyhow::ensure!(!run.rounds.is_empty() && !baseline.rounds.is_empty(), "no rounds to compare");
+    // Gates hold at one load: a run at another rate is not comparable.
+    let rates = (median(&run.rounds, |r| r.target_rps), median(&baseline.rounds, |r| r.target_rps));
+    if let (Some(now), Some(before)) = rates {
+        anyhow::ensure!(
+            (now - before).abs() <= 0.1 * before,
+            "the run was planned at {now:.0}/s, the baseline at {before:.0}/s: not comparable"
+        );
+    }
     let mut verdicts = Vec::new();
     for gate in &GATES {
         let (Some(mut now), Some(mut before)) =
@@ -413,6 +421,18 @@ mod tests {
         let edge = measured(&[11.0, 11.0, 11.0], 900.0);
         let verdicts = compare(&edge, &measured(&[10.0], 1000.0), &[], "2026-12-01").unwrap();
         assert!(failing(&verdicts).is_empty(), "{verdicts:?}");
+    }
+
+    #[test]
+    fn runs_at_another_rate_are_not_compared() {
+        let at = |rate: f64| {
+            let mut m = measured(&[1.0], rate);
+            m.rounds[0].target_rps = Some(rate);
+            m
+        };
+        assert!(compare(&at(1_000.0), &at(1_050.0), &[], "2026-12-01").is_ok());
+        let refused = compare(&at(1_000.0), &at(2_500.0), &[], "2026-12-01").unwrap_err();
+        assert!(refused.to_string().contains("not comparable"), "{refused}");
     }
 
     #[test]
