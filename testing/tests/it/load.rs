@@ -368,10 +368,14 @@ fn ron_load_suite_quick_measures_every_scenario() {
                     assert!(ratio > 0.0 && ratio <= 1.0, "{measurement}");
                 }
                 "wallet_adversarial" => {
-                    // Oversized declared bodies are refused; gzip bodies
-                    // near the ratio cap are answered like plain ones.
+                    // Oversized declared bodies are refused (counted by the
+                    // node: its 413 can be lost to the reset of the
+                    // connection it closes with pipelined input unread);
+                    // gzip bodies near the ratio cap are answered like
+                    // plain ones.
+                    let rejected = metrics.get_f64("rejected").unwrap_or(0.0);
+                    assert!(rejected >= 1.0, "{measurement}");
                     let statuses = round.get("statuses").unwrap();
-                    assert!(statuses.get_u64("413").is_some_and(|n| n >= 1), "{measurement}");
                     assert!(statuses.get_u64("200").is_some_and(|n| n >= 90), "{measurement}");
                 }
                 _ => {}
