@@ -58,66 +58,65 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 /// The HdrHistogram percentile spectrum of each series (`[percentile, ms]`
 /// pairs), log axes.
 pub fn latency_svg(title: &str, series: &[(&str, &[[f64; 2]])]) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_error)?;
-        let y = log_range(series.iter().flat_map(|(_, points)| points.iter().map(|p| p[1])));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .margin_right(36)
-            .x_label_area_size(44)
-            .y_label_area_size(72)
-            .build_cartesian_2d(
-                0f64..NINES_MAX,
-                y.clone().log_scale().with_key_points(log_ticks(&y)),
-            )
-            .map_err(draw_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("percentile")
-            .y_desc("latency ms (from intended send)")
-            .x_labels(6)
-            .x_label_formatter(&percentile_label)
-            .y_label_formatter(&number_label)
-            .label_style(("sans-serif", 14))
-            .light_line_style(TRANSPARENT)
-            .draw()
-            .map_err(draw_error)?;
-        for (i, (label, points)) in series.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            let line = points.iter().filter(|p| p[1] > 0.0).map(|p| (nines(p[0]), p[1]));
-            chart
-                .draw_series(LineSeries::new(line, colour.stroke_width(2)))
-                .map_err(draw_error)?
-                .label(*label)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(3))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(draw_error)?;
-        root.present().map_err(draw_error)?;
-    }
-    Ok(svg)
+    let lines = series
+        .iter()
+        .map(|(label, points)| {
+            (*label, points.iter().filter(|p| p[1] > 0.0).map(|p| (nines(p[0]), p[1])).collect())
+        })
+        .collect();
+    let axes = Axes {
+        x: 0.0..NINES_MAX,
+        x_desc: "percentile",
+        x_label: &percentile_label,
+        y_desc: "latency ms (from intended send)",
+        markers: false,
+    };
+    draw(title, &axes, lines)
 }
 
 /// Throughput (answers below 400 per second) against p99, one curve per
 /// series, one point per step.
 pub fn sweep_svg(title: &str, series: &[(&str, &[SweepPoint])]) -> anyhow::Result<String> {
+    let points = || series.iter().flat_map(|(_, points)| points.iter());
+    let x_max = points().map(|p| p.throughput_rps.max(p.target_rps)).fold(1.0, f64::max);
+    let lines = series
+        .iter()
+        .map(|(label, steps)| {
+            let line = steps.iter().filter(|p| p.p99_ms > 0.0);
+            (*label, line.map(|p| (p.throughput_rps, p.p99_ms)).collect())
+        })
+        .collect();
+    let axes = Axes {
+        x: 0.0..x_max * 1.05,
+        x_desc: "answered per second (status below 400)",
+        x_label: &number_label,
+        y_desc: "p99 ms",
+        markers: true,
+    };
+    draw(title, &axes, lines)
+}
+
+/// A plot's x axis (linear) and y axis (log, fitted to the lines).
+struct Axes<'a> {
+    x: std::ops::Range<f64>,
+    x_desc: &'a str,
+    x_label: &'a dyn Fn(&f64) -> String,
+    y_desc: &'a str,
+    /// A dot at every point.
+    markers: bool,
+}
+
+/// One curve per labelled line, a legend, as SVG text.
+fn draw(
+    title: &str,
+    axes: &Axes<'_>,
+    lines: Vec<(&str, Vec<(f64, f64)>)>,
+) -> anyhow::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(draw_error)?;
-        let points = || series.iter().flat_map(|(_, points)| points.iter());
-        let x_max = points().map(|p| p.throughput_rps.max(p.target_rps)).fold(1.0, f64::max);
-        let y = log_range(points().map(|p| p.p99_ms));
+        let y = log_range(lines.iter().flat_map(|(_, line)| line.iter().map(|p| p.1)));
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
@@ -125,37 +124,35 @@ pub fn sweep_svg(title: &str, series: &[(&str, &[SweepPoint])]) -> anyhow::Resul
             .x_label_area_size(44)
             .y_label_area_size(72)
             .build_cartesian_2d(
-                0f64..x_max * 1.05,
+                axes.x.clone(),
                 y.clone().log_scale().with_key_points(log_ticks(&y)),
             )
             .map_err(draw_error)?;
         chart
             .configure_mesh()
-            .x_desc("answered per second (status below 400)")
-            .y_desc("p99 ms")
-            .x_label_formatter(&number_label)
+            .x_desc(axes.x_desc)
+            .y_desc(axes.y_desc)
+            .x_labels(6)
+            .x_label_formatter(axes.x_label)
             .y_label_formatter(&number_label)
             .label_style(("sans-serif", 14))
             .light_line_style(TRANSPARENT)
             .draw()
             .map_err(draw_error)?;
-        for (i, (label, steps)) in series.iter().enumerate() {
+        for (i, (label, line)) in lines.into_iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
-            let line: Vec<(f64, f64)> = steps
-                .iter()
-                .filter(|p| p.p99_ms > 0.0)
-                .map(|p| (p.throughput_rps, p.p99_ms))
-                .collect();
+            if axes.markers {
+                chart
+                    .draw_series(line.iter().map(|p| Circle::new(*p, 3, colour.filled())))
+                    .map_err(draw_error)?;
+            }
             chart
-                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
+                .draw_series(LineSeries::new(line, colour.stroke_width(2)))
                 .map_err(draw_error)?
-                .label(*label)
+                .label(label)
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(3))
                 });
-            chart
-                .draw_series(line.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
-                .map_err(draw_error)?;
         }
         chart
             .configure_series_labels()

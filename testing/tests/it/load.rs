@@ -303,6 +303,27 @@ fn ron_load_compare_fails_a_breached_gate_and_honours_a_waiver() {
     assert!(String::from_utf8_lossy(&waived.stdout).contains("waived until 2999-12-31"));
 }
 
+/// `ron-load suite --quick` (one round of 1 s) with a node of its own on the
+/// reference layout, its results in `out`.
+fn quick_suite(out: &Path, args: &[&str]) -> std::process::Output {
+    let port = ron_testing::port_block(2);
+    Command::new(load_binary())
+        .arg("suite")
+        .arg("--quick")
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "500ms", "--cores", "0"])
+        .arg("--node")
+        .arg(ron_testing::node_binary())
+        .arg("--profile")
+        .arg(ron_testing::workspace().join("tuning/reference-2c-ledger.toml"))
+        .arg("--out")
+        .arg(out)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shard-port-base", &(port + 1).to_string()])
+        .args(args)
+        .output()
+        .expect("running ron-load suite")
+}
+
 /// `ron-load suite --quick` against the real binary: every scenario is
 /// measured and written as a measurement `ron-load compare` reads, a run
 /// compared with itself passes every gate, and `report.html` holds each
@@ -310,21 +331,7 @@ fn ron_load_compare_fails_a_breached_gate_and_honours_a_waiver() {
 #[test]
 fn ron_load_suite_quick_measures_every_scenario() {
     let dir = tempfile::tempdir().unwrap();
-    let port = ron_testing::port_block(2);
-    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/reference-2c-ledger.toml");
-    let output = Command::new(load_binary())
-        .arg("suite")
-        .arg("--quick")
-        .args(["--rounds", "1", "--duration", "1s", "--warmup", "500ms", "--cores", "0"])
-        .arg("--node")
-        .arg(ron_testing::node_binary())
-        .args(["--profile", profile])
-        .arg("--out")
-        .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--shard-port-base", &(port + 1).to_string()])
-        .output()
-        .expect("running ron-load suite");
+    let output = quick_suite(dir.path(), &[]);
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{summary}{}", String::from_utf8_lossy(&output.stderr));
     let (mut loads, mut swept) = (Vec::new(), Vec::new());
@@ -537,22 +544,8 @@ fn report_html_renders_its_plots_in_headless_chromium() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = ron_testing::port_block(2);
     let workspace = ron_testing::workspace();
-    let suite = std::process::Command::new(ron_testing::load_binary())
-        .arg("suite")
-        .args(["--quick", "--no-sweep", "--only", "read_heavy,write_mix"])
-        .args(["--rounds", "1", "--duration", "1s", "--warmup", "500ms", "--cores", "0"])
-        .arg("--node")
-        .arg(ron_testing::node_binary())
-        .arg("--profile")
-        .arg(workspace.join("tuning/reference-2c-ledger.toml"))
-        .arg("--out")
-        .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--shard-port-base", &(port + 1).to_string()])
-        .output()
-        .expect("running ron-load suite");
+    let suite = quick_suite(dir.path(), &["--no-sweep", "--only", "read_heavy,write_mix"]);
     assert!(
         suite.status.success(),
         "{}{}",
