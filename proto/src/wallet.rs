@@ -359,35 +359,48 @@ pub struct Placement {
     pub root: [u8; 32],
 }
 
-/// The receipt of a committed operation (SPEC §5), as JSON with a fixed
-/// field order. Every string in it is an account, asset, idempotency key or
-/// hex, none of which needs escaping. `receipt_hash` is BLAKE3 over the
-/// receipt as rendered without that field.
+/// What the original svc-wallet's receipts say of every committed write:
+/// the wallet and ledger accepted it (stronger labels are settlement
+/// states of a chain this node does not run).
+pub const SETTLEMENT_STATUS: &str = "accepted";
+
+/// The receipt of a committed operation (SPEC §5), as JSON with the
+/// original svc-wallet's fields in its order: `from`, `to` and `nonce` are
+/// `null` where they do not apply, and `receipt_hash` is `b3:` + BLAKE3 of
+/// the receipt up to and including `settlement_status` (the bytes its
+/// `serde_json` preimage has), so its clients check it unchanged. A hold's
+/// id follows, outside the hash (the txid covers it). Every string in it is
+/// an account, asset, idempotency key or hex, none of which needs escaping.
 pub fn receipt(op: &WalletOp, placement: &Placement) -> Vec<u8> {
     use std::fmt::Write as _;
+    fn text_or_null(value: Option<&str>) -> String {
+        value.map_or_else(|| "null".to_owned(), |v| format!("\"{v}\""))
+    }
     let mut text = String::with_capacity(512);
-    let _ = write!(text, "{{\"txid\":\"{}\",\"op\":\"{}\"", txid_text(&op.txid), op.kind.name());
-    if let Some(from) = &op.from {
-        let _ = write!(text, ",\"from\":\"{from}\"");
-    }
-    if let Some(to) = &op.to {
-        let _ = write!(text, ",\"to\":\"{to}\"");
-    }
-    let _ = write!(text, ",\"asset\":\"{}\",\"amount_minor\":\"{}\"", op.asset, op.amount);
-    if let Some(nonce) = op.nonce {
-        let _ = write!(text, ",\"nonce\":{nonce}");
-    }
+    let _ = write!(
+        text,
+        "{{\"txid\":\"{}\",\"op\":\"{}\",\"from\":{},\"to\":{},\"asset\":\"{}\",\"amount_minor\":\"{}\",\"nonce\":{}",
+        txid_text(&op.txid),
+        op.kind.name(),
+        text_or_null(op.from.as_deref()),
+        text_or_null(op.to.as_deref()),
+        op.asset,
+        op.amount,
+        op.nonce.map_or_else(|| "null".to_owned(), |n| n.to_string()),
+    );
+    let _ = write!(
+        text,
+        ",\"idem\":\"{}\",\"ts\":{},\"ledger_seq_start\":{},\"ledger_seq_end\":{},\"ledger_root\":\"{}\",\"settlement_status\":\"{SETTLEMENT_STATUS}\"",
+        op.idem.as_deref().unwrap_or(""),
+        op.ts_ms,
+        placement.seq,
+        placement.seq,
+        crate::merkle::hex(&placement.root),
+    );
+    let hash = blake3::hash(format!("{text}}}").as_bytes());
     if let Some(hold_id) = &op.hold_id {
         let _ = write!(text, ",\"hold_id\":\"{}\"", hold_id_text(hold_id));
     }
-    let idem = op.idem.as_deref().unwrap_or("");
-    let root = crate::merkle::hex(&placement.root);
-    let _ = write!(
-        text,
-        ",\"idem\":\"{idem}\",\"ts\":{},\"ledger_seq_start\":{},\"ledger_seq_end\":{},\"ledger_root\":\"{root}\",\"settlement_status\":\"settled\"",
-        op.ts_ms, placement.seq, placement.seq
-    );
-    let hash = blake3::hash(format!("{text}}}").as_bytes());
     let _ = write!(text, ",\"receipt_hash\":\"b3:{}\"}}", hash.to_hex());
     text.into_bytes()
 }
@@ -426,6 +439,36 @@ mod tests {
         assert_eq!(json.get_str("txid"), Some("tx_03030303030303030303030303030303"));
         assert_eq!(json.get_u64("ledger_seq_start"), Some(7));
         assert_eq!(json.get_str("amount_minor"), Some("5"));
+        assert_eq!(json.get_str("settlement_status"), Some("accepted"));
+    }
+
+    /// The original's preimage is its receipt's fields through
+    /// `settlement_status`, `from`/`to`/`nonce` null where absent, and a
+    /// hold's id is outside it.
+    #[test]
+    fn receipts_carry_null_fields_and_hash_like_the_original() {
+        let placement = Placement { seq: 9, root: [0x01; 32] };
+        let issue = WalletOp {
+            kind: OpKind::Issue,
+            from: None,
+            nonce: None,
+            ..op()
+        };
+        let text = String::from_utf8(receipt(&issue, &placement)).unwrap();
+        let root = "01".repeat(32);
+        let preimage = format!(
+            r#"{{"txid":"tx_03030303030303030303030303030303","op":"issue","from":null,"to":"bob","asset":"roc","amount_minor":"5","nonce":null,"idem":"k-1","ts":1700000000000,"ledger_seq_start":9,"ledger_seq_end":9,"ledger_root":"{root}","settlement_status":"accepted"}}"#
+        );
+        let hash = blake3::hash(preimage.as_bytes()).to_hex();
+        let expected = format!("{},\"receipt_hash\":\"b3:{hash}\"}}", &preimage[..preimage.len() - 1]);
+        assert_eq!(text, expected);
+
+        let hold = WalletOp { kind: OpKind::Hold, hold_id: Some([7; 16]), ..op() };
+        let text = String::from_utf8(receipt(&hold, &placement)).unwrap();
+        let (body, rest) = text.split_once(",\"hold_id\":\"h_07").unwrap();
+        assert!(body.ends_with("\"settlement_status\":\"accepted\""), "{text}");
+        let hash = blake3::hash(format!("{body}}}").as_bytes()).to_hex();
+        assert!(rest.ends_with(&format!(",\"receipt_hash\":\"b3:{hash}\"}}")), "{text}");
     }
 
     #[test]

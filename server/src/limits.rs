@@ -140,6 +140,8 @@ pub const METERS_SWEEP_AFTER: usize = 1 << 20;
 
 /// The longest a hold may wait for its capture or release.
 pub const HOLD_TIMEOUT_S_MAX: u32 = 365 * 24 * 3600;
+/// The longest id `GET /v1/tx/{txid}` looks up (the original svc-wallet's).
+pub const TXID_TEXT_BYTES_MAX: usize = 80;
 /// How often a shard looks for holds past their timeout...
 pub const HOLD_EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// ... and how many it expires per look.

@@ -14,3 +14,4 @@ mod passport;
 mod rewarder;
 mod routing;
 mod wallet;
+mod wallet_compat;

@@ -6,7 +6,7 @@ use crate::clock::unix_now_ms;
 use crate::core::mesh::MeshError;
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
-use crate::limits::{HOLD_TIMEOUT_S_MAX, RELEASE_RETRY};
+use crate::limits::{HOLD_TIMEOUT_S_MAX, RELEASE_RETRY, TXID_TEXT_BYTES_MAX};
 use crate::log::LogAnswer;
 use crate::retry::Outcome;
 use crate::service::Service;
@@ -543,18 +543,24 @@ fn release_hold(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> H
     resolution(wallet, request, OpKind::Release, &b.hold_id, None, b.nonce, b.idempotency_key)
 }
 
-/// `{account, asset, amount_minor, as_of_seq}`. Accounts and assets were
-/// validated (no character in them needs escaping).
+/// `{account, asset, amount_minor, as_of_height, stale_ms, as_of_seq}`:
+/// the original svc-wallet's fields (its height is the log's seq, and the
+/// answer is never stale: the owner has applied everything durable), then
+/// ours. Accounts and assets were validated (no character in them needs
+/// escaping).
 fn write_balance(out: &mut Vec<u8>, account: &str, asset: &str, funds: Funds, as_of_seq: u64) {
-    let mut number = itoa::Buffer::new();
+    let (mut number, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let seq = seq.format(as_of_seq);
     out.extend_from_slice(b"{\"account\":\"");
     out.extend_from_slice(account.as_bytes());
     out.extend_from_slice(b"\",\"asset\":\"");
     out.extend_from_slice(asset.as_bytes());
     out.extend_from_slice(b"\",\"amount_minor\":\"");
     out.extend_from_slice(number.format(funds.balance).as_bytes());
-    out.extend_from_slice(b"\",\"as_of_seq\":");
-    out.extend_from_slice(number.format(as_of_seq).as_bytes());
+    out.extend_from_slice(b"\",\"as_of_height\":");
+    out.extend_from_slice(seq.as_bytes());
+    out.extend_from_slice(b",\"stale_ms\":0,\"as_of_seq\":");
+    out.extend_from_slice(seq.as_bytes());
     out.push(b'}');
 }
 
@@ -617,10 +623,15 @@ async fn committed(wallet: &Rc<Wallet>, txid: wallet::TxId) -> Result<(WalletOp,
 /// `GET /v1/tx/{txid}`: the receipt, from the shard that keeps it.
 /// A token restricted to an account may read receipts that account is
 /// `from` or `to` of; it is checked once the receipt is found.
+/// Like the original svc-wallet, an id of 1..=80 printable ASCII bytes is
+/// looked up (one of another shape is simply not found: 404) and only
+/// anything else is refused with 400.
 fn tx(wallet: &Rc<Wallet>, request: &Request<'_>, params: &Params<'_>) -> Handled {
-    let Some(txid) = params.get(0).and_then(wallet::parse_txid) else {
-        return Handled::Now(bad("txid must be tx_ and 32 hex digits"));
-    };
+    let text = params.get(0).unwrap_or("");
+    if text.is_empty() || text.len() > TXID_TEXT_BYTES_MAX || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Handled::Now(bad(format!("txid must be 1..={TXID_TEXT_BYTES_MAX} printable ASCII bytes")));
+    }
+    let txid = wallet::parse_txid(text);
     let authorization = request.head.authorization.map(|span| span.of(request.raw).to_vec());
     let (method, path, socket) =
         (request.head.method.as_str(), request.path().to_owned(), request.socket);
@@ -632,7 +643,11 @@ fn tx(wallet: &Rc<Wallet>, request: &Request<'_>, params: &Params<'_>) -> Handle
             path: &path,
             socket,
         };
-        let (op, placement) = match committed(&wallet, txid).await {
+        let found = match txid {
+            Some(txid) => committed(&wallet, txid).await,
+            None => Err(Reply::error(ErrorCode::NotFound, "no transaction with that id")),
+        };
+        let (op, placement) = match found {
             Ok(found) => found,
             Err(reply) => {
                 // Who is not authenticated learns nothing, not even whether
