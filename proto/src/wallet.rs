@@ -448,19 +448,15 @@ mod tests {
     #[test]
     fn receipts_carry_null_fields_and_hash_like_the_original() {
         let placement = Placement { seq: 9, root: [0x01; 32] };
-        let issue = WalletOp {
-            kind: OpKind::Issue,
-            from: None,
-            nonce: None,
-            ..op()
-        };
+        let issue = WalletOp { kind: OpKind::Issue, from: None, nonce: None, ..op() };
         let text = String::from_utf8(receipt(&issue, &placement)).unwrap();
         let root = "01".repeat(32);
         let preimage = format!(
             r#"{{"txid":"tx_03030303030303030303030303030303","op":"issue","from":null,"to":"bob","asset":"roc","amount_minor":"5","nonce":null,"idem":"k-1","ts":1700000000000,"ledger_seq_start":9,"ledger_seq_end":9,"ledger_root":"{root}","settlement_status":"accepted"}}"#
         );
         let hash = blake3::hash(preimage.as_bytes()).to_hex();
-        let expected = format!("{},\"receipt_hash\":\"b3:{hash}\"}}", &preimage[..preimage.len() - 1]);
+        let expected =
+            format!("{},\"receipt_hash\":\"b3:{hash}\"}}", &preimage[..preimage.len() - 1]);
         assert_eq!(text, expected);
 
         let hold = WalletOp { kind: OpKind::Hold, hold_id: Some([7; 16]), ..op() };

@@ -159,6 +159,10 @@ pub struct Passport {
     /// Bytes of tokens (text and decoded) one shard's verify cache keeps.
     pub verify_cache_bytes_max: u64,
     pub pq_mode: PqMode,
+    /// Names the node answers to: its routes take tokens for any of them
+    /// (and `aud` caveats naming one). The first is the audience of the
+    /// tokens it mints itself (the admin token).
+    pub audiences: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -366,6 +370,7 @@ impl Default for Passport {
             verify_cache_entries_max: 65_536,
             verify_cache_bytes_max: 64 << 20,
             pq_mode: PqMode::Off,
+            audiences: vec!["ron-node".to_owned()],
         }
     }
 }
@@ -551,6 +556,16 @@ impl Config {
         range("passport.ttl_max_s", self.passport.ttl_max_s, 1, 10 * 365 * 86_400)?;
         range("passport.verify_cache_bytes_max", self.passport.verify_cache_bytes_max, 0, 1 << 40)?;
         range("passport.ttl_default_s", self.passport.ttl_default_s, 1, self.passport.ttl_max_s)?;
+        let audiences = &self.passport.audiences;
+        if audiences.is_empty() {
+            return Err(ConfigError("field `passport.audiences`: name at least one".into()));
+        }
+        let name_max = ron_proto::token::NAME_BYTES_MAX;
+        if let Some(bad) = audiences.iter().find(|a| a.is_empty() || a.len() > name_max) {
+            return Err(ConfigError(format!(
+                "field `passport.audiences`: {bad:?} must be 1..={name_max} bytes"
+            )));
+        }
         range(
             "ledger.batch_entries_max",
             self.ledger.batch_entries_max,
@@ -780,7 +795,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case<'_>; 7] = [
+        let cases: [Case<'_>; 9] = [
             (Some("[limits]\nbody_max_byte = 1\n"), &[], "body_max_byte"),
             (Some("[limits]\nbody_max_bytes = \"x\"\n"), &[], "limits.body_max_bytes"),
             (None, &[("RON_LIMITS_BODY_MAX_BYTES", "0")], "limits.body_max_bytes"),
@@ -788,6 +803,8 @@ mod tests {
             (Some("colour = 1\n"), &[], "colour"),
             (Some("[cores]\nshards = [5]\n"), &[], "cores.shards"),
             (Some("profile = \"picnode\"\n"), &[], "profile"),
+            (None, &[("RON_PASSPORT_AUDIENCES", "[]")], "passport.audiences"),
+            (Some("[passport]\naudiences = [\"\"]\n"), &[], "passport.audiences"),
         ];
         for (text, env, field) in cases {
             let message = load(text, env).unwrap_err().to_string();

@@ -19,13 +19,30 @@ pub struct Request<'a> {
     /// The scope the route requires; `None` when any valid token will do
     /// (scope caveats are then not consulted).
     pub scope: Option<&'a str>,
-    /// Names this node answers to; `aud` caveats and the token's audience
+    /// Names the token must be for: `aud` caveats and the token's audience
     /// must be one of them.
-    pub audiences: &'a [&'a str],
+    pub audiences: Audiences<'a>,
     pub peer_ip: Option<IpAddr>,
     pub account: Option<&'a str>,
     pub asset: Option<&'a str>,
     pub amount: Option<u128>,
+}
+
+/// The audiences a request accepts: the node's own (`passport.audiences`),
+/// or the one a `/verify` caller asks about.
+#[derive(Clone, Copy, Debug)]
+pub enum Audiences<'a> {
+    Names(&'a [String]),
+    One(&'a str),
+}
+
+impl Audiences<'_> {
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Audiences::Names(names) => names.iter().any(|n| n == name),
+            Audiences::One(one) => *one == name,
+        }
+    }
 }
 
 /// The clock, as an input.
@@ -153,7 +170,7 @@ impl Revocations {
 
 /// Decides whether `token` (whose tag the caller has verified) may make `request`.
 pub fn authorize(token: &TokenView<'_>, request: &Request<'_>, clock: Clock) -> Result<(), Denial> {
-    if !request.audiences.contains(&token.audience) {
+    if !request.audiences.contains(token.audience) {
         return Err(Denial::Audience);
     }
     let mut scoped = false;
@@ -171,7 +188,7 @@ pub fn authorize(token: &TokenView<'_>, request: &Request<'_>, clock: Clock) -> 
                 }
             }
             Caveat::Aud(aud) => {
-                if !request.audiences.contains(&aud) {
+                if !request.audiences.contains(aud) {
                     return Err(Denial::Audience);
                 }
             }
@@ -426,14 +443,15 @@ mod tests {
     use ron_proto::token::{self, Claims, Token};
 
     const KEY: [u8; 32] = [1; 32];
-    const AUDIENCES: [&str; 2] = ["ron-node", "wallet"];
+    static AUDIENCES: std::sync::LazyLock<[String; 2]> =
+        std::sync::LazyLock::new(|| ["ron-node".to_owned(), "wallet".to_owned()]);
 
     fn request() -> Request<'static> {
         Request {
             method: "POST",
             path: "/v1/transfer",
             scope: Some("wallet.transfer"),
-            audiences: &AUDIENCES,
+            audiences: Audiences::Names(&*AUDIENCES),
             peer_ip: Some("10.1.2.3".parse().unwrap()),
             account: Some("acct:alice"),
             asset: Some("roc"),
@@ -642,7 +660,7 @@ mod tests {
             let (net, addr) = (v6(network), v6(ip));
             (0..bits).all(|i| (net[i / 8] >> (7 - i % 8)) & 1 == (addr[i / 8] >> (7 - i % 8)) & 1)
         }
-        if !r.audiences.contains(&"ron-node") {
+        if !r.audiences.contains("ron-node") {
             return Some(Denial::Audience);
         }
         let mut scoped = false;
@@ -654,7 +672,7 @@ mod tests {
                 "nbf" => {
                     (clock.now_s + clock.clock_skew_s < number()).then_some(Denial::NotYetValid)
                 }
-                "aud" => (!r.audiences.contains(&value)).then_some(Denial::Audience),
+                "aud" => (!r.audiences.contains(value)).then_some(Denial::Audience),
                 "scope" => {
                     scoped = true;
                     r.scope.filter(|s| !value.split(',').any(|v| v == *s)).map(|_| Denial::Scope)
@@ -743,7 +761,7 @@ mod tests {
                 method,
                 path,
                 scope,
-                audiences: &AUDIENCES,
+                audiences: Audiences::Names(&*AUDIENCES),
                 peer_ip: ip.map(|ip| ip.parse().unwrap()),
                 account,
                 asset,

@@ -600,3 +600,76 @@ fn ingest_honours_the_passport_caveats() {
     assert_eq!(ingest(&limited), 200);
     assert_eq!(ingest(&limited), 429);
 }
+
+/// `/v1/passport/verify` with a `context.audience` of `audience`.
+fn verify_for(node: &TestNode, token: &str, audience: &str) -> simd_json::OwnedValue {
+    let body = format!(r#"{{"token":"{token}","context":{{"audience":"{audience}"}}}}"#);
+    let answer = post_json(node.listen, "/v1/passport/verify", &node.admin(), &body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer.json()
+}
+
+/// A token for an audience the node does not answer to: `/verify` says
+/// `audience` (but `ok` for that audience when asked about it), the wallet
+/// refuses it; once `passport.audiences` names it, the node takes it.
+#[test]
+fn audiences_are_configured_and_verify_takes_the_callers_audience() {
+    let options = |audiences: Option<&str>| {
+        let options = NodeOptions::default();
+        match audiences {
+            Some(list) => options.env("RON_PASSPORT_AUDIENCES", list),
+            None => options,
+        }
+    };
+    let balance = |node: &TestNode, token: &str| {
+        let path = "/v1/balance?account=alice&asset=roc";
+        get(node.listen, path, &[("Authorization", &bearer(token))]).unwrap().status
+    };
+    let issue_for = |node: &TestNode, audience: &str| {
+        let body = format!(
+            r#"{{"subject_ref":"app","audience":"{audience}","ttl_s":600,"scopes":["wallet.read"]}}"#
+        );
+        let issued = post_json(node.listen, ISSUE, &node.admin(), &body);
+        assert_eq!(issued.status, 200, "{}", issued.text());
+        issued.json().get_str("token").unwrap().to_owned()
+    };
+    let attenuate = |node: &TestNode, token: &str, caveat: &str| {
+        let body = format!(r#"{{"token":"{token}","caveats":["{caveat}"]}}"#);
+        let answer = post_json(node.listen, "/v1/passport/attenuate", &node.admin(), &body);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.json().get_str("token").unwrap().to_owned()
+    };
+
+    // The default: the node answers to "ron-node" only.
+    let node = TestNode::start(options(None));
+    let token = issue_for(&node, "ron");
+    assert_eq!(verify_reason(node.listen, &node.admin_token, &token).as_deref(), Some("audience"));
+    let asked = verify_for(&node, &token, "ron");
+    assert_eq!(asked.get_bool("ok"), Some(true), "{asked:?}");
+    assert_eq!(asked.get("parsed").and_then(|p| p.get_str("aud")), Some("ron"));
+    assert_eq!(verify_for(&node, &token, "svc-other").get_str("reason"), Some("audience"));
+    // An `aud` caveat narrows to the one named.
+    let narrowed = attenuate(&node, &token, "aud=svc-other");
+    assert_eq!(verify_for(&node, &narrowed, "ron").get_str("reason"), Some("audience"));
+    assert_eq!(verify_for(&node, &narrowed, "svc-other").get_str("reason"), Some("audience"));
+    assert_eq!(balance(&node, &token), 403);
+    assert_eq!(balance(&node, &attenuate(&node, &token, "asset=roc")), 403);
+    assert_eq!(balance(&node, &node.admin_token), 200);
+    let long = "a".repeat(257);
+    let body = format!(r#"{{"token":"{token}","context":{{"audience":"{long}"}}}}"#);
+    assert_eq!(post_json(node.listen, "/v1/passport/verify", &node.admin(), &body).status, 400);
+    drop(node);
+
+    // Configured: "ron" too; the admin token is minted for the first name.
+    let node = TestNode::start(options(Some(r#"["ron", "ron-node"]"#)));
+    let token = issue_for(&node, "ron");
+    assert_eq!(verify_reason(node.listen, &node.admin_token, &token), None);
+    assert_eq!(balance(&node, &token), 200);
+    assert_eq!(balance(&node, &attenuate(&node, &token, "aud=ron-node")), 200);
+    assert_eq!(balance(&node, &attenuate(&node, &token, "aud=svc-other")), 403);
+    assert_eq!(balance(&node, &issue_for(&node, "svc-other")), 403);
+    let admin = node.admin_token.clone();
+    let body = format!(r#"{{"token":"{admin}"}}"#);
+    let parsed = post_json(node.listen, "/v1/passport/verify", &node.admin(), &body).json();
+    assert_eq!(parsed.get("parsed").and_then(|p| p.get_str("aud")), Some("ron"));
+}

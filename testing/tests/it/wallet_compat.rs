@@ -45,7 +45,8 @@ const ORIGINAL_RECEIPT_FIELDS: [&str; 14] = [
 
 /// The keys of a flat JSON object, in the order they appear.
 fn keys_in_order(text: &str) -> Vec<String> {
-    let json: simd_json::OwnedValue = simd_json::to_owned_value(&mut text.as_bytes().to_vec()).unwrap();
+    let json: simd_json::OwnedValue =
+        simd_json::to_owned_value(&mut text.as_bytes().to_vec()).unwrap();
     let object = json.as_object().expect("an object");
     let mut keys: Vec<(usize, String)> = object
         .keys()
@@ -151,7 +152,9 @@ fn receipts_balances_and_tx_lookups_answer_like_the_original_svc_wallet() {
         let response = get(node.listen, &format!("/v1/tx/{id}"), headers).unwrap();
         (response.status, response.json().get_str("code").unwrap_or("").to_owned())
     };
-    for id in ["abc", "tx_1234", "tx_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", &format!("tx_{}", "0".repeat(32))] {
+    for id in
+        ["abc", "tx_1234", "tx_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", &format!("tx_{}", "0".repeat(32))]
+    {
         assert_eq!(lookup(id, true), (404, "NOT_FOUND".to_owned()), "{id}");
         assert_eq!(lookup(id, false).0, 401, "{id}");
     }

@@ -9,14 +9,9 @@ use crate::config::{Config, PqMode, Profile};
 use crate::http::{Reply, Request};
 use ron_proto::ErrorCode;
 use ron_proto::token::{self, Claims, Token, TokenView};
-use ron_shards::passport::{self as rules, Clock, Denial};
+use ron_shards::passport::{self as rules, Audiences, Clock, Denial};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Names this node answers to in `aud` caveats and token audiences.
-pub const AUDIENCES: [&str; 1] = ["ron-node"];
-/// The audience of tokens this node mints.
-pub const AUDIENCE: &str = AUDIENCES[0];
 
 /// The admin token made at first start, if one was made.
 pub enum AdminToken {
@@ -39,14 +34,14 @@ pub fn key_store(config: &Config) -> KeyStore {
 pub fn prepare(config: &Config) -> anyhow::Result<(Keyring, AdminToken)> {
     let keys = key_store(config).load(unix_now_s())?;
     if config.profile == Profile::Micronode {
-        let token = mint_admin_token(&keys, 0, config.passport.pq_mode)?;
+        let token = mint_admin_token(&keys, 0, &config.passport)?;
         return Ok((keys, AdminToken::Print(token)));
     }
     let token_path = config.data_dir.join("admin.token");
     if token_path.exists() {
         return Ok((keys, AdminToken::Existing(token_path)));
     }
-    write_admin_token(&config.data_dir, &mint_admin_token(&keys, 0, config.passport.pq_mode)?)?;
+    write_admin_token(&config.data_dir, &mint_admin_token(&keys, 0, &config.passport)?)?;
     Ok((keys, AdminToken::Written(token_path)))
 }
 
@@ -57,8 +52,13 @@ pub fn write_admin_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
 
 /// A token with every scope under the current key, in `epoch`, for the
 /// operator, the tests and the load generator. It does not expire; it ends
-/// with its key (rotation) or by revocation.
-pub fn mint_admin_token(keys: &Keyring, epoch: u64, pq_mode: PqMode) -> anyhow::Result<String> {
+/// with its key (rotation) or by revocation. Its audience is the first of
+/// `passport.audiences`.
+pub fn mint_admin_token(
+    keys: &Keyring,
+    epoch: u64,
+    config: &crate::config::Passport,
+) -> anyhow::Result<String> {
     let key = keys.current();
     let mut token_id = [0u8; token::TOKEN_ID_BYTES];
     getrandom::getrandom(&mut token_id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -68,12 +68,12 @@ pub fn mint_admin_token(keys: &Keyring, epoch: u64, pq_mode: PqMode) -> anyhow::
         epoch,
         issued_at: unix_now_s(),
         subject: "admin".to_owned(),
-        audience: AUDIENCE.to_owned(),
+        audience: config.audiences[0].clone(),
     };
     let scopes = format!("scope={}", token::scope::ALL.join(","));
     let mut token =
         Token::mint(key.root(), claims, &[&scopes]).expect("the admin token is well-formed");
-    if matches!(pq_mode, PqMode::Require | PqMode::Enforce) {
+    if matches!(config.pq_mode, PqMode::Require | PqMode::Enforce) {
         // Signed like every token these modes issue, so `enforce` takes it.
         key.attach_ed25519(&mut token);
         super::pq::attest_alone(key, &token.signed_message())?.attach(&mut token);
@@ -162,7 +162,7 @@ fn decide(
         method: presented.method,
         path: presented.path,
         scope,
-        audiences: &AUDIENCES,
+        audiences: Audiences::Names(&passport.config().audiences),
         peer_ip,
         account: facts.account,
         asset: facts.asset,

@@ -1,7 +1,6 @@
 //! The passport's routes: issue, verify (one or a batch), attenuate,
 //! revoke, rotate, the JWKS and the ML-DSA batches.
 
-use super::access::AUDIENCES;
 use super::{Answer, Call, Passport, verifier};
 use crate::clock::{unix_now_ms, unix_now_s};
 use crate::config::PqMode;
@@ -15,13 +14,14 @@ use ron_proto::http::Method;
 use ron_proto::merkle;
 use ron_proto::revocation::{self, REASON_BYTES_MAX, Revocation};
 use ron_proto::token::{self, Caveat, Claims, Token, TokenError, TokenView};
-use ron_shards::passport::{self as decide, Clock};
+use ron_shards::passport::{self as decide, Audiences, Clock};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::rc::Rc;
 
 /// Subjects and audiences, in bytes.
 const NAME_BYTES_MAX: usize = token::NAME_BYTES_MAX;
+const _: () = assert!(NAME_BYTES_MAX == 256, "the context.audience message says 256");
 /// The MAC of every token this build mints.
 pub const MAC_ALGORITHM: &str = "blake3-keyed";
 
@@ -281,6 +281,9 @@ struct VerifyContext {
     asset: Option<String>,
     amount: Option<String>,
     ip: Option<String>,
+    /// The service the token must be for; the node's own audiences when
+    /// absent.
+    audience: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -338,6 +341,7 @@ struct Context<'a> {
     asset: Option<&'a str>,
     amount: Option<u128>,
     ip: Option<IpAddr>,
+    audience: Option<&'a str>,
 }
 
 impl VerifyContext {
@@ -352,6 +356,9 @@ impl VerifyContext {
             Some(Ok(ip)) => Some(ip),
             Some(Err(_)) => return Err("context.ip must be an IP address"),
         };
+        if self.audience.as_deref().is_some_and(|a| a.is_empty() || a.len() > NAME_BYTES_MAX) {
+            return Err("context.audience must be 1..=256 bytes");
+        }
         Ok(Context {
             method: self.method.as_deref().unwrap_or("GET"),
             route: self.route.as_deref().unwrap_or("/"),
@@ -359,6 +366,7 @@ impl VerifyContext {
             asset: self.asset.as_deref(),
             amount,
             ip,
+            audience: self.audience.as_deref(),
         })
     }
 }
@@ -372,7 +380,10 @@ fn verify_one(passport: &Passport, text: &str, context: &Context<'_>, out: &mut 
         method: context.method,
         path: context.route,
         scope: None,
-        audiences: &AUDIENCES,
+        audiences: match context.audience {
+            Some(audience) => Audiences::One(audience),
+            None => Audiences::Names(&passport.config().audiences),
+        },
         peer_ip: context.ip,
         account: context.account,
         asset: context.asset,
@@ -695,7 +706,7 @@ pub fn rotate(passport: &Rc<Passport>, _: &Request<'_>, _: &Params<'_>) -> Handl
         None
     } else {
         let epoch = passport.state.borrow().revocations.current_epoch();
-        let written = super::access::mint_admin_token(&rotated, epoch, config.passport.pq_mode)
+        let written = super::access::mint_admin_token(&rotated, epoch, &config.passport)
             .and_then(|token| super::access::write_admin_token(&config.data_dir, &token));
         match written {
             Ok(()) => Some(config.data_dir.join("admin.token").display().to_string()),
