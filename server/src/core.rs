@@ -163,6 +163,13 @@ impl Core {
         }
     }
 
+    /// When a call made now stops mattering to its caller: the request
+    /// timeout from now. Calls that reserve carry it (`mesh::Wait::Answer`).
+    pub fn call_deadline(&self) -> std::time::Instant {
+        std::time::Instant::now()
+            + std::time::Duration::from_millis(self.config.limits.request_timeout_ms)
+    }
+
     /// Sizes the per-route metrics for the shard's route table.
     pub fn set_routes(&self, labels: Vec<&'static str>) {
         *self.metrics.borrow_mut() = CoreMetrics::new(labels);

@@ -109,10 +109,11 @@ pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
 const _: () = assert!(VIEW_TICK.as_millis() <= VIEW_DROP_PAGES_EVERY.as_millis());
 
 /// Giving back a reservation whose request did not commit (ledger and
-/// wallet): a busy owner is asked again, at most this often. Worst case
-/// about 1.5 s of waiting; one that still refuses is logged, and its
-/// reservation stays until a restart (issue 15 gives reservations a
-/// deadline).
+/// wallet): while this shard has as many calls in flight to the owner as
+/// `limits.mesh_inflight_per_target_max` allows, it asks again, at most
+/// this often. Worst case about 1.5 s of waiting; one that still cannot be
+/// sent is logged, and its reservation stays until a restart. (A release
+/// that is sent is always served: it does not time out.)
 pub const RELEASE_RETRY: Retry = Retry {
     attempts_max: 40,
     backoff_first: Duration::from_micros(200),

@@ -15,7 +15,7 @@
 //! reverse.
 
 use crate::config::Config;
-use crate::core::mesh::{MeshError, Payload};
+use crate::core::mesh::{MeshError, Payload, Wait};
 use crate::core::{Core, Probe};
 use crate::http::RouteTable;
 use crate::http::client::Client;
@@ -152,11 +152,22 @@ pub trait Service: Sized + 'static {
     fn stop(&self) {}
 
     /// Runs `call` on shard `target`'s instance of this service: in place
-    /// when that is this shard, else over the mesh.
+    /// when that is this shard, else over the mesh, for up to the request
+    /// timeout.
     fn call(
         self: &Rc<Self>,
         target: usize,
         call: Self::Call,
+    ) -> impl Future<Output = Result<Self::Answer, MeshError>> + 'static {
+        self.call_waiting(target, call, Wait::Timeout)
+    }
+
+    /// Like `call`, waiting as `wait` says.
+    fn call_waiting(
+        self: &Rc<Self>,
+        target: usize,
+        call: Self::Call,
+        wait: Wait,
     ) -> impl Future<Output = Result<Self::Answer, MeshError>> + 'static {
         let me = self.clone();
         async move {
@@ -164,7 +175,7 @@ pub trait Service: Sized + 'static {
             if target == core.id {
                 return Ok(Self::serve(me, call).await);
             }
-            let answer = core.mesh.call(target, TypeId::of::<Self>(), Box::new(call)).await?;
+            let answer = core.mesh.call(target, TypeId::of::<Self>(), Box::new(call), wait).await?;
             Ok(*answer.downcast::<Self::Answer>().expect("a service answers its own calls"))
         }
     }

@@ -54,6 +54,20 @@ pub enum MeshError {
     TimedOut,
 }
 
+/// How long a caller waits for its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Up to the request timeout (`limits.request_timeout_ms`), then
+    /// `TimedOut`: the call is served all the same, its answer dropped.
+    Timeout,
+    /// Until it comes (or the shard stops). For calls whose answer hands
+    /// the caller something it must give back, such as a reservation: an
+    /// answer nobody waits for would leave it held by nothing. Such calls
+    /// carry a deadline instead, past which their shard does nothing and
+    /// answers at once.
+    Answer,
+}
+
 pub type MeshBuilderFull = MeshBuilder<Envelope, Full>;
 
 pub fn builder(shard_count: usize, inflight_per_target_max: u32) -> MeshBuilderFull {
@@ -118,12 +132,13 @@ impl Mesh {
     }
 
     /// Sends `call` for `service` to shard `target` (not this one) and
-    /// returns its answer.
+    /// returns its answer, waiting as `wait` says.
     pub async fn call(
         &self,
         target: usize,
         service: TypeId,
         call: Payload,
+        wait: Wait,
     ) -> Result<Payload, MeshError> {
         assert_ne!(target, self.me, "a call to this shard runs in place");
         let slot = &self.inflight[target];
@@ -142,14 +157,17 @@ impl Mesh {
             .send_to(target, Envelope::Call { id, service, call })
             .await
             .map_err(|_| MeshError::Closed)?;
-        let answer = futures_lite::future::or(
-            async { receiver.await.map_err(|_| MeshError::Closed) },
-            async {
-                glommio::timer::sleep(self.timeout).await;
-                Err(MeshError::TimedOut)
-            },
-        )
-        .await;
+        let answered = async { receiver.await.map_err(|_| MeshError::Closed) };
+        let answer = match wait {
+            Wait::Timeout => {
+                let timeout = async {
+                    glommio::timer::sleep(self.timeout).await;
+                    Err(MeshError::TimedOut)
+                };
+                futures_lite::future::or(answered, timeout).await
+            }
+            Wait::Answer => answered.await,
+        };
         drop(guard);
         answer
     }

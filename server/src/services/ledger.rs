@@ -24,6 +24,7 @@ use ron_proto::ledger::{ENTRY_CODES, EntryRef};
 use ron_shards::balances::{Account, Balances, Item as Debit};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// The ledger on one shard: the balances of the accounts it owns.
 pub struct Ledger {
@@ -33,8 +34,10 @@ pub struct Ledger {
 
 #[derive(Debug)]
 pub enum Call {
-    /// Reserve the debits of these items (all owned by the callee).
-    Reserve { items: Vec<Debit> },
+    /// Reserve the debits of these items (all owned by the callee), unless
+    /// `deadline` has passed (`Answer::Late`, nothing reserved). Sent with
+    /// `Wait::Answer`: every reservation reaches its caller.
+    Reserve { items: Vec<Debit>, deadline: Instant },
     /// Give back what `Reserve` took (the request did not commit).
     Release { items: Vec<Debit> },
     Balance { account: String, asset: String },
@@ -43,6 +46,8 @@ pub enum Call {
 #[derive(Debug)]
 pub enum Answer {
     Reserved(Result<(), Vec<Reason>>),
+    /// The reservation came after its deadline: nothing was reserved.
+    Late,
     Done,
     Balance(Account),
 }
@@ -135,8 +140,11 @@ impl Service for Ledger {
 
     async fn serve(self: Rc<Self>, call: Call) -> Answer {
         match call {
-            Call::Reserve { items } => {
+            Call::Reserve { items, deadline } => {
                 self.assert_owned(&items);
+                if Instant::now() >= deadline {
+                    return Answer::Late;
+                }
                 Answer::Reserved(self.balances.borrow_mut().reserve(&items))
             }
             Call::Release { items } => {

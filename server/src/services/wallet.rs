@@ -30,7 +30,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::passport::Passport;
 
@@ -50,8 +50,11 @@ pub struct Wallet {
 
 #[derive(Debug)]
 pub enum Call {
-    /// Check and reserve a write on its scope shard.
-    Reserve { op: Box<WalletOp>, now_ms: u64 },
+    /// Check and reserve a write on its scope shard, unless `deadline` has
+    /// passed (its caller has given up: `Answer::Late`, nothing reserved).
+    /// Sent with `Wait::Answer`, so every reservation reaches its caller,
+    /// which commits it or releases it.
+    Reserve { op: Box<WalletOp>, now_ms: u64, deadline: Instant },
     /// The write did not commit: give back what it reserved.
     Release { op: Box<WalletOp> },
     Balance { account: String, asset: String },
@@ -61,6 +64,8 @@ pub enum Call {
 #[derive(Debug)]
 pub enum Answer {
     Reserved(Result<Reserved, Rejection>),
+    /// The reservation came after its deadline: nothing was reserved.
+    Late,
     Done,
     Balance { funds: Funds, as_of_seq: u64 },
     /// The committed operation behind a receipt, and where it went.
@@ -129,7 +134,10 @@ impl Service for Wallet {
 
     async fn serve(self: Rc<Self>, call: Call) -> Answer {
         match call {
-            Call::Reserve { op, now_ms } => {
+            Call::Reserve { op, now_ms, deadline } => {
+                if Instant::now() >= deadline {
+                    return Answer::Late;
+                }
                 Answer::Reserved(self.state.borrow_mut().reserve(&op, now_ms))
             }
             Call::Release { op } => {

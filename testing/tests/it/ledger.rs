@@ -810,3 +810,65 @@ fn a_micronode_commits_in_memory_and_writes_nothing() {
     assert!(!node.data_dir.path().join("data").exists(), "a micronode touched the disk");
     assert_eq!(node.metric("ledger_fsync_seconds_count"), 0.0);
 }
+
+/// An owner's reservation never outlives the request that asked for it
+/// (the wallet's twin is `wallet::a_reservation_never_outlives_its_request`):
+/// with a 1 ms mesh timeout, batches debiting one account on each shard,
+/// sent many at once, are refused in part with 503; afterwards no account
+/// holds a reservation, and each pair moved together or not at all.
+#[test]
+fn an_owners_reservation_never_outlives_its_request() {
+    use ron_proto::routing::owner;
+    const PAIRS: usize = 128;
+    let options = NodeOptions::default().shards(2).env("RON_LIMITS_REQUEST_TIMEOUT_MS", "1");
+    let node = TestNode::start(options);
+    let bearer = node.admin();
+    let on = |shard: usize| {
+        (0..)
+            .map(move |i| format!("own{shard}:{i}"))
+            .filter(move |a| owner(a.as_bytes(), 2) == shard)
+    };
+    let pairs: Vec<(String, String)> = on(0).zip(on(1)).take(PAIRS).collect();
+    let until_answered = |entries: &[Entry]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = ingest(node.shard_address(0), &bearer, entries).unwrap();
+            if !matches!(response.status, 429 | 503) || Instant::now() > deadline {
+                return response;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for (a, b) in &pairs {
+        let minted =
+            until_answered(&[mint(&format!("m-{a}"), a, 10), mint(&format!("m-{b}"), b, 10)]);
+        assert_eq!(minted.status, 200, "{}", minted.text());
+    }
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for lane in pairs.chunks(PAIRS / 16) {
+            let (bearer, refused, address) = (&bearer, &refused, node.shard_address(0));
+            scope.spawn(move || {
+                for (a, b) in lane {
+                    let burns = [
+                        entry_of(&format!("b-{a}"), EntryKind::Burn, a, 10),
+                        entry_of(&format!("b-{b}"), EntryKind::Burn, b, 10),
+                    ];
+                    let response = ingest(address, bearer, &burns).unwrap();
+                    if matches!(response.status, 429 | 503) {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let refused = refused.into_inner();
+    eprintln!("{refused} of {PAIRS} batches were refused with 429 or 503");
+    assert!(refused > 0, "the 1 ms timeout refused nothing: the test shows nothing");
+    for (a, b) in &pairs {
+        let (left_a, reserved_a) = balance(&node, node.shard_address(0), a);
+        let (left_b, reserved_b) = balance(&node, node.shard_address(1), b);
+        assert_eq!((reserved_a, reserved_b), (0, 0), "{a} {b}: a reservation held by nothing");
+        assert_eq!(left_a, left_b, "{a} {b}: a batch applied in part");
+    }
+}

@@ -549,3 +549,91 @@ fn ok_response(response: Response) -> Response {
     assert_eq!(response.status, 200, "{}", response.text());
     response
 }
+
+/// A reservation whose request the caller stopped waiting for must not
+/// outlive it. With a 1 ms mesh timeout, payers owned by shard 1 send one
+/// transfer of their whole balance each through shard 0's port, many at
+/// once: some reservations are answered after the caller gave up (503).
+/// Then every payer's request, asked again with the same key, must get its
+/// receipt (it committed, or it was never reserved and commits now) and
+/// every payer ends at 0 with nothing held: no funds held by nothing, no
+/// key stuck "being committed".
+#[test]
+fn a_reservation_never_outlives_its_request() {
+    use ron_proto::routing::owner;
+    const PAYERS: usize = 128;
+    let options = NodeOptions::default().shards(2).env("RON_LIMITS_REQUEST_TIMEOUT_MS", "1");
+    let node = TestNode::start(options);
+    let payers: Vec<String> = (0..)
+        .map(|i| format!("leak:{i}"))
+        .filter(|a| owner(a.as_bytes(), 2) == 1)
+        .take(PAYERS)
+        .collect();
+    let shard0 = node.shard_address(0);
+    let with_retry = |path: &str, body: &str| -> Response {
+        // The 1 ms timeout refuses some calls with 503 at any time, and a
+        // request still being committed is 429: ask again (the same key
+        // and body) until answered, for 10 s at most.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = post(&node, shard0, path, body);
+            let refused = matches!(response.status, 429 | 503);
+            if !refused || std::time::Instant::now() > deadline {
+                return response;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let transfer_body = |payer: &str| {
+        format!(
+            r#"{{"from":"{payer}","to":"sink","asset":"roc","amount_minor":"10","nonce":1,"idempotency_key":"t-{payer}"}}"#
+        )
+    };
+    for payer in &payers {
+        let body = format!(
+            r#"{{"to":"{payer}","asset":"roc","amount_minor":"10","idempotency_key":"f-{payer}"}}"#
+        );
+        assert_eq!(with_retry("/v1/issue", &body).status, 200);
+    }
+    // The storm: every transfer once, 16 at a time, no retries.
+    let timed_out = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for lane in payers.chunks(PAYERS / 16) {
+            let (node, timed_out) = (&node, &timed_out);
+            scope.spawn(move || {
+                for payer in lane {
+                    let response = post(node, shard0, "/v1/transfer", &transfer_body(payer));
+                    if matches!(response.status, 429 | 503) {
+                        timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let timed_out = timed_out.into_inner();
+    eprintln!("{timed_out} of {PAYERS} transfers were refused with 429 or 503 in the storm");
+    assert!(timed_out > 0, "the 1 ms timeout refused nothing: the test shows nothing");
+    // Every request asked again gets its receipt, and nothing stays held.
+    for payer in &payers {
+        let again = with_retry("/v1/transfer", &transfer_body(payer));
+        assert_eq!(again.status, 200, "{payer}: {}", again.text());
+    }
+    // Read on the owners' own ports (no mesh call to time out).
+    let shard1 = node.shard_address(1);
+    let sink = node.shard_address(owner(b"sink", 2));
+    for payer in &payers {
+        assert_eq!(balance(&node, shard1, payer), 0, "{payer}");
+        // Nothing reserved either: a new write of 1 finds the funds empty
+        // (INSUFFICIENT_FUNDS names what is available), not held.
+        let body = format!(
+            r#"{{"to":"{payer}","asset":"roc","amount_minor":"1","idempotency_key":"g-{payer}"}}"#
+        );
+        assert_eq!(with_retry("/v1/issue", &body).status, 200);
+        let spend = format!(
+            r#"{{"from":"{payer}","to":"sink","asset":"roc","amount_minor":"1","nonce":2,"idempotency_key":"s-{payer}"}}"#
+        );
+        let spent = with_retry("/v1/transfer", &spend);
+        assert_eq!(spent.status, 200, "{payer}: {}", spent.text());
+    }
+    assert_eq!(balance(&node, sink, "sink"), 11 * PAYERS as u128);
+}

@@ -2,6 +2,7 @@
 //! `GET /v1/ledger/balance`.
 
 use super::{Answer, Call, Ledger};
+use crate::core::mesh::{MeshError, Wait};
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::limits::{INGEST_IDEM_ID_BYTES_MAX, RELEASE_RETRY};
@@ -196,9 +197,14 @@ async fn commit(ledger: &Rc<Ledger>, batch: Batch) -> Reply {
             Err(error) => return link_failure(error),
         }
     }
+    // Each owner reserves only while the request still waits (the call
+    // carries its deadline) and every answer is awaited, so no reservation
+    // is left without this request to commit or release it.
+    let deadline = ledger.core.call_deadline();
     let mut reserved = Vec::with_capacity(owners.len());
     for (owner, items) in &owners {
-        let refused = match ledger.call(*owner, Call::Reserve { items: items.clone() }).await {
+        let call = Call::Reserve { items: items.clone(), deadline };
+        let refused = match ledger.call_waiting(*owner, call, Wait::Answer).await {
             Ok(Answer::Reserved(Ok(()))) => {
                 reserved.push(*owner);
                 continue;
@@ -206,6 +212,7 @@ async fn commit(ledger: &Rc<Ledger>, batch: Batch) -> Reply {
             Ok(Answer::Reserved(Err(reasons))) => {
                 Reply::rejected(ErrorCode::InsufficientFunds, "insufficient funds", reasons)
             }
+            Ok(Answer::Late) => mesh_failure(MeshError::TimedOut),
             Ok(other) => panic!("reserve answered with {other:?}"),
             Err(error) => mesh_failure(error),
         };
@@ -239,14 +246,17 @@ fn accepted(seq_start: u64, seq_end: u64, root: &Hash) -> Reply {
 }
 
 /// Gives back what the owners reserved for a request that did not commit.
-/// A busy owner is asked again (`RELEASE_RETRY`); one that does not answer
-/// is logged (its reservation stays until a restart).
+/// A busy owner is asked again (`RELEASE_RETRY`); a release that cannot be
+/// sent is logged (its reservation stays until a restart).
 async fn release(ledger: &Rc<Ledger>, owners: &BTreeMap<usize, Vec<Item>>, reserved: &[usize]) {
     for owner in reserved {
         let outcome = RELEASE_RETRY
             .run(
-                || ledger.call(*owner, Call::Release { items: owners[owner].clone() }),
-                |error| *error == crate::core::mesh::MeshError::Busy,
+                || {
+                    let call = Call::Release { items: owners[owner].clone() };
+                    ledger.call_waiting(*owner, call, Wait::Answer)
+                },
+                |error| *error == MeshError::Busy,
             )
             .await;
         match outcome {

@@ -3,7 +3,7 @@
 
 use super::{Answer, Call, Wallet};
 use crate::clock::unix_now_ms;
-use crate::core::mesh::MeshError;
+use crate::core::mesh::{MeshError, Wait};
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
 use crate::limits::{HOLD_TIMEOUT_S_MAX, RELEASE_RETRY, TXID_TEXT_BYTES_MAX};
@@ -267,19 +267,16 @@ fn submit(wallet: &Rc<Wallet>, request: &Request<'_>, write: Write) -> Handled {
     let wallet = wallet.clone();
     let Write { op, scope_shard, route_scope } = write;
     Handled::Later(Box::pin(async move {
-        let call = Call::Reserve { op: Box::new(op), now_ms: unix_now_ms() };
-        let op = match wallet.call(scope_shard, call).await {
-            Ok(Answer::Reserved(Ok(Reserved::Replay(txid)))) => {
+        let op = match reserve(&wallet, scope_shard, op).await {
+            Ok(Reserved::Replay(txid)) => {
                 wallet.metrics.borrow_mut().idem_replays += 1;
                 return match committed(&wallet, txid).await {
                     Ok((op, placement)) => Reply::json_owned(200, wallet::receipt(&op, &placement)),
                     Err(reply) => reply,
                 };
             }
-            Ok(Answer::Reserved(Ok(Reserved::Commit(op)))) => op,
-            Ok(Answer::Reserved(Err(refused))) => return rejection(refused),
-            Ok(other) => panic!("a wallet reservation answered with {other:?}"),
-            Err(error) => return mesh_failure(error),
+            Ok(Reserved::Commit(op)) => op,
+            Err(reply) => return reply,
         };
         if let Some((authorization, method, path, socket)) = hold_check {
             let presented = Presented {
@@ -296,6 +293,22 @@ fn submit(wallet: &Rc<Wallet>, request: &Request<'_>, write: Write) -> Handled {
         }
         commit(&wallet, op, scope_shard).await
     }))
+}
+
+/// Reserves `op` on its scope shard while the request still waits: the
+/// call carries the request's deadline and its answer is always awaited
+/// (`Wait::Answer`), so a reservation is never made for a request that gave
+/// up, nor left without one to commit or release it.
+async fn reserve(wallet: &Rc<Wallet>, scope_shard: usize, op: WalletOp) -> Result<Reserved, Reply> {
+    let deadline = wallet.core.call_deadline();
+    let call = Call::Reserve { op: Box::new(op), now_ms: unix_now_ms(), deadline };
+    match wallet.call_waiting(scope_shard, call, Wait::Answer).await {
+        Ok(Answer::Reserved(Ok(reserved))) => Ok(reserved),
+        Ok(Answer::Reserved(Err(refused))) => Err(rejection(refused)),
+        Ok(Answer::Late) => Err(mesh_failure(MeshError::TimedOut)),
+        Ok(other) => panic!("a wallet reservation answered with {other:?}"),
+        Err(error) => Err(mesh_failure(error)),
+    }
 }
 
 /// Commits a reserved operation and answers its receipt; a write that does
@@ -322,7 +335,10 @@ pub(super) async fn commit(wallet: &Rc<Wallet>, op: WalletOp, scope_shard: usize
 async fn release(wallet: &Rc<Wallet>, scope_shard: usize, op: &WalletOp) {
     let outcome = RELEASE_RETRY
         .run(
-            || wallet.call(scope_shard, Call::Release { op: Box::new(op.clone()) }),
+            || {
+                let call = Call::Release { op: Box::new(op.clone()) };
+                wallet.call_waiting(scope_shard, call, Wait::Answer)
+            },
             |error| *error == MeshError::Busy,
         )
         .await;
@@ -730,19 +746,16 @@ pub async fn issue_for(
         return Issued::Replayed(wallet::receipt(&op, &placement));
     }
     let Write { op, scope_shard, .. } = Write::new(wallet, canonical, scope::WALLET_ISSUE);
-    let call = Call::Reserve { op: Box::new(op), now_ms: unix_now_ms() };
-    let op = match wallet.call(scope_shard, call).await {
-        Ok(Answer::Reserved(Ok(Reserved::Replay(txid)))) => {
+    let op = match reserve(wallet, scope_shard, op).await {
+        Ok(Reserved::Replay(txid)) => {
             wallet.metrics.borrow_mut().idem_replays += 1;
             return match committed(wallet, txid).await {
                 Ok((op, placement)) => Issued::Replayed(wallet::receipt(&op, &placement)),
                 Err(reply) => Issued::Refused(reply),
             };
         }
-        Ok(Answer::Reserved(Ok(Reserved::Commit(op)))) => op,
-        Ok(Answer::Reserved(Err(refused))) => return Issued::Refused(rejection(refused)),
-        Ok(other) => panic!("a wallet reservation answered with {other:?}"),
-        Err(error) => return Issued::Refused(mesh_failure(error)),
+        Ok(Reserved::Commit(op)) => op,
+        Err(reply) => return Issued::Refused(reply),
     };
     let reply = commit(wallet, op, scope_shard).await;
     match reply.body {
