@@ -42,6 +42,9 @@ pub enum AutoWord {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub profile: Profile,
+    /// What the node logs, in `tracing` filter syntax (`info`, `debug`,
+    /// `warn,ron_server=debug`); `RON_LOG` sets it too. Reloaded on SIGHUP.
+    pub log: String,
     /// Every shard accepts here (SO_REUSEPORT).
     pub listen: SocketAddr,
     /// Shard i also listens on `shard_port_base + i`; 0 turns this off.
@@ -257,6 +260,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             profile: Profile::Macronode,
+            log: "info".to_owned(),
             listen: "127.0.0.1:8080".parse().expect("a valid address"),
             shard_port_base: 8100,
             data_dir: PathBuf::from("./ron-data"),
@@ -436,7 +440,7 @@ const SECTIONS: [&str; 10] = [
     "cores", "executor", "limits", "ledger", "wallet", "passport", "index", "rewarder", "workers",
     "services",
 ];
-const TOP_LEVEL: [&str; 4] = ["profile", "listen", "shard_port_base", "data_dir"];
+const TOP_LEVEL: [&str; 5] = ["profile", "log", "listen", "shard_port_base", "data_dir"];
 
 /// Command-line overrides, applied last.
 #[derive(Clone, Debug, Default)]
@@ -486,6 +490,9 @@ impl Config {
         self.validate_limits()?;
         self.validate_executor()?;
         self.validate_services(online_cores)?;
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError(format!("field `log`: {error}")));
+        }
         if self.wallet.amount_per_op_max.parse::<u128>().map_or(true, |v| v == 0) {
             return Err(ConfigError(
                 "field `wallet.amount_per_op_max`: must be a positive u128 in decimal".into(),
@@ -795,7 +802,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case<'_>; 9] = [
+        let cases: [Case<'_>; 10] = [
             (Some("[limits]\nbody_max_byte = 1\n"), &[], "body_max_byte"),
             (Some("[limits]\nbody_max_bytes = \"x\"\n"), &[], "limits.body_max_bytes"),
             (None, &[("RON_LIMITS_BODY_MAX_BYTES", "0")], "limits.body_max_bytes"),
@@ -805,6 +812,7 @@ mod tests {
             (Some("profile = \"picnode\"\n"), &[], "profile"),
             (None, &[("RON_PASSPORT_AUDIENCES", "[]")], "passport.audiences"),
             (Some("[passport]\naudiences = [\"\"]\n"), &[], "passport.audiences"),
+            (None, &[("RON_LOG", "ron_server=loud")], "log"),
         ];
         for (text, env, field) in cases {
             let message = load(text, env).unwrap_err().to_string();

@@ -44,7 +44,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ron_server::logging::init();
     let file_text = match &cli.config {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => Some(text),
@@ -73,6 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    ron_server::logging::init(&config.log);
     if let Some(Command::CheckHost) = cli.command {
         ron_server::check_host::report(&config);
         return ExitCode::SUCCESS;
@@ -156,12 +156,13 @@ fn reload(
             return;
         }
     };
-    let (changed, restart_needed) = shared.reload.apply(running, &new);
-    tracing::info!(?changed, "SIGHUP: configuration reloaded");
-    if restart_needed {
+    // Logged under the new log filter.
+    let reloaded = shared.reload.apply(running, &new);
+    tracing::info!(changed = ?reloaded.changed, "SIGHUP: configuration reloaded");
+    if !reloaded.restart.is_empty() {
         tracing::warn!(
-            "SIGHUP: the config changes more than rates and queue caps; \
-             those changes need a restart and were not applied"
+            fields = ?reloaded.restart,
+            "SIGHUP: these fields changed and need a restart; they were not applied"
         );
     }
 }

@@ -187,7 +187,7 @@ impl TestNode {
         command
             .arg("--config")
             .arg(&self.config_path)
-            .env("RON_LOG", "info")
+            .env_remove("RON_LOG")
             .stdout(Stdio::piped())
             .stderr(log);
         if self.options.amnesia {

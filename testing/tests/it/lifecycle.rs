@@ -127,3 +127,43 @@ fn drain_is_bounded_and_a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// SIGHUP takes a new log filter without a restart (and logs the change
+/// under it), and names the fields it cannot apply. The key rotation's
+/// info line shows whether the library's info events are logged.
+#[test]
+fn sighup_reloads_the_log_filter_and_names_what_needs_a_restart() {
+    const ROTATED: &str = "rotated the passport keys";
+    let mut node = TestNode::start(NodeOptions::default());
+    let pid = node.pid();
+    let rotate = |node: &TestNode| {
+        let answer = post_json(node.listen, "/admin/rotate", &node.admin(), "{}");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        // The line is written after the answer: give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        node.log().matches(ROTATED).count()
+    };
+    assert_eq!(rotate(&node), 1);
+    // Warnings only, but the binary's own info (the reload's summary).
+    node.reload("log = \"warn,ron_node=info\"");
+    assert!(node.log().contains("log: info -> warn,ron_node=info"), "{}", node.log());
+    assert_eq!(rotate(&node), 1, "an info line was logged under warn");
+    node.reload("log = \"info\"");
+    assert_eq!(rotate(&node), 2);
+    // A filter that does not parse changes nothing.
+    node.set_config("log = \"ron_server=loud\"");
+    // SAFETY: kill has no memory effects; the pid is our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log().contains("the config does not load") {
+        assert!(Instant::now() < deadline, "{}", node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rotate(&node), 3);
+    // Fields that need a restart are named, not applied.
+    node.reload("log = \"info\"\n[ledger]\nqueue_capacity = 77\n[limits]\nbody_max_bytes = 5000");
+    let log = node.log();
+    assert!(log.contains("need a restart"), "{log}");
+    assert!(log.contains("\"ledger.queue_capacity\", \"limits.body_max_bytes\""), "{log}");
+    assert_eq!(node.pid(), pid);
+}
