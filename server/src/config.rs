@@ -139,6 +139,12 @@ pub struct Wallet {
     pub amount_per_op_max: String,
     pub idempotency_ttl_s: u64,
     pub idempotency_keys_max: u32,
+    /// A nonce up to this many ahead of a payer's next one waits for those
+    /// before it (pipelined writes over several connections arrive out of
+    /// order); 0 refuses any nonce but the next at once.
+    pub nonce_window: u32,
+    /// How long such a nonce waits before it is refused (`NONCE_CONFLICT`).
+    pub nonce_wait_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +365,8 @@ impl Default for Wallet {
             amount_per_op_max: "1000000000000000000".to_owned(),
             idempotency_ttl_s: 86_400,
             idempotency_keys_max: 1_000_000,
+            nonce_window: 32,
+            nonce_wait_ms: 5,
         }
     }
 }
@@ -498,6 +506,8 @@ impl Config {
                 "field `wallet.amount_per_op_max`: must be a positive u128 in decimal".into(),
             ));
         }
+        range("wallet.nonce_window", self.wallet.nonce_window, 0, 1024)?;
+        range("wallet.nonce_wait_ms", self.wallet.nonce_wait_ms, 0, 10_000)?;
         if self.wallet.assets.is_empty() {
             return Err(ConfigError("field `wallet.assets`: needs at least one asset".into()));
         }

@@ -472,6 +472,19 @@ impl Wallet {
         Ok(Reserved::Commit(op))
     }
 
+    /// The account whose nonce `request` uses: its scope account, or for a
+    /// capture or release the payer of its hold (`None` when the hold is
+    /// not here).
+    pub fn nonce_account<'a>(&'a self, request: &'a Request) -> Option<&'a str> {
+        match request.kind {
+            OpKind::Capture | OpKind::Release => {
+                let hold_id = request.hold_id.as_ref()?;
+                self.holds.get(hold_id).map(|hold| hold.from.as_str())
+            }
+            _ => Some(scope_account(request)),
+        }
+    }
+
     /// The operation a request asks for: a capture or release names only
     /// its hold, whose payer, payee, asset and amount it takes; and whether
     /// it asks for more than the hold (refused after the key and nonce

@@ -26,9 +26,11 @@ use crate::metrics::{MetricsPart, simple_lines};
 use crate::service::{Replaying, Service, ShardAt, Starting};
 use ron_proto::wallet::{Placement, TxId, WALLET_OP_CODE, WalletOp};
 use ron_shards::wallet::{self as state, Funds, Rejection, Reserved, parts};
+use futures_channel::oneshot;
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,10 @@ pub struct Wallet {
     /// Receipts handed to the view with the write that reaches each seq:
     /// forgotten from memory once that write is committed.
     flushing: RefCell<VecDeque<(u64, Vec<TxId>)>>,
+    /// Writes whose nonce is ahead of their payer's next one, waiting for
+    /// the nonces before it, by payer: woken when one of its nonces is
+    /// reserved.
+    nonce_waiters: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
     metrics: RefCell<WalletMetrics>,
 }
 
@@ -120,6 +126,7 @@ impl Service for Wallet {
             state: RefCell::new(start.state),
             view: start.view,
             flushing: RefCell::new(VecDeque::new()),
+            nonce_waiters: RefCell::new(HashMap::new()),
             metrics: RefCell::new(WalletMetrics::default()),
         })
     }
@@ -138,7 +145,7 @@ impl Service for Wallet {
                 if Instant::now() >= deadline {
                     return Answer::Late;
                 }
-                Answer::Reserved(self.state.borrow_mut().reserve(&op, now_ms))
+                Answer::Reserved(self.reserve_in_order(&op, now_ms, deadline).await)
             }
             Call::Release { op } => {
                 self.state.borrow_mut().release(&op);
@@ -205,17 +212,97 @@ impl Service for Wallet {
     }
 }
 
+impl Wallet {
+    /// Reserves `request`. A nonce ahead of its payer's next one by at most
+    /// `wallet.nonce_window` waits, up to `wallet.nonce_wait_ms` and the
+    /// request's deadline, for the nonces before it to be reserved (writes
+    /// pipelined over several connections arrive out of order); then it is
+    /// refused as any other nonce conflict.
+    async fn reserve_in_order(
+        &self,
+        request: &WalletOp,
+        now_ms: u64,
+        deadline: Instant,
+    ) -> Result<Reserved, Rejection> {
+        let config = &self.core.config.wallet;
+        let wait = Duration::from_millis(config.nonce_wait_ms);
+        let wait_until = deadline.min(Instant::now() + wait);
+        let mut waited = false;
+        loop {
+            let reserved = self.state.borrow_mut().reserve(request, now_ms);
+            let ahead = match &reserved {
+                Err(Rejection::NonceConflict { expected, got }) if got > expected => got - expected,
+                _ => 0,
+            };
+            let now = Instant::now();
+            if ahead == 0 || ahead > u64::from(config.nonce_window) || now >= wait_until {
+                if let Ok(Reserved::Commit(op)) = &reserved
+                    && op.nonce.is_some()
+                {
+                    self.wake_nonce_waiters(state::scope_account(op));
+                }
+                if waited {
+                    let mut metrics = self.metrics.borrow_mut();
+                    match reserved {
+                        Ok(_) => metrics.nonce_waits_served += 1,
+                        Err(_) => metrics.nonce_waits_refused += 1,
+                    }
+                }
+                return reserved;
+            }
+            let Some(payer) = self.state.borrow().nonce_account(request).map(str::to_owned) else {
+                return reserved;
+            };
+            let (wake, woken) = oneshot::channel();
+            self.nonce_waiters.borrow_mut().entry(payer.clone()).or_default().push(wake);
+            waited = true;
+            futures_lite::future::or(
+                async {
+                    let _ = woken.await;
+                },
+                glommio::timer::sleep(wait_until - now),
+            )
+            .await;
+            // Forget this waiter if the wait timed out.
+            let mut waiters = self.nonce_waiters.borrow_mut();
+            if let Some(list) = waiters.get_mut(&payer) {
+                list.retain(|w| !w.is_canceled());
+                if list.is_empty() {
+                    waiters.remove(&payer);
+                }
+            }
+        }
+    }
+
+    /// A nonce of `payer` was reserved: the writes waiting for it look again.
+    fn wake_nonce_waiters(&self, payer: &str) {
+        if self.nonce_waiters.borrow().is_empty() {
+            return;
+        }
+        let woken = self.nonce_waiters.borrow_mut().remove(payer);
+        for waiter in woken.into_iter().flatten() {
+            let _ = waiter.send(());
+        }
+    }
+}
+
 /// What the wallet counts on a shard.
 #[derive(Clone, Debug, Default)]
 pub struct WalletMetrics {
     /// Writes answered with their stored receipt.
     pub idem_replays: u64,
+    /// Writes whose nonce came early and waited: reserved once the nonces
+    /// before it were, or refused when the wait ran out.
+    pub nonce_waits_served: u64,
+    pub nonce_waits_refused: u64,
 }
 
 impl MetricsPart for WalletMetrics {
     fn merge(&mut self, other: &dyn MetricsPart) {
         let other: &WalletMetrics = other.as_any().downcast_ref().expect("the wallet's metrics");
         self.idem_replays += other.idem_replays;
+        self.nonce_waits_served += other.nonce_waits_served;
+        self.nonce_waits_refused += other.nonce_waits_refused;
     }
 
     fn render(&self, out: &mut String) {
@@ -228,6 +315,13 @@ impl MetricsPart for WalletMetrics {
                 self.idem_replays as f64,
             )],
         );
+        let help = "Writes whose nonce came before the nonces ahead of it and waited, by outcome.";
+        crate::metrics::header(out, "wallet_nonce_waits_total", "counter", help);
+        for (outcome, count) in
+            [("reserved", self.nonce_waits_served), ("refused", self.nonce_waits_refused)]
+        {
+            let _ = writeln!(out, "wallet_nonce_waits_total{{outcome=\"{outcome}\"}} {count}");
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -15,3 +15,4 @@ mod rewarder;
 mod routing;
 mod wallet;
 mod wallet_compat;
+mod wallet_races;
