@@ -145,6 +145,8 @@ pub struct Wallet {
     pub nonce_window: u32,
     /// How long such a nonce waits before it is refused (`NONCE_CONFLICT`).
     pub nonce_wait_ms: u64,
+    /// Writes in one `POST /v1/transfers` or `/v1/issues`.
+    pub batch_transfers_max: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +369,7 @@ impl Default for Wallet {
             idempotency_keys_max: 1_000_000,
             nonce_window: 32,
             nonce_wait_ms: 5,
+            batch_transfers_max: 1024,
         }
     }
 }
@@ -508,6 +511,7 @@ impl Config {
         }
         range("wallet.nonce_window", self.wallet.nonce_window, 0, 1024)?;
         range("wallet.nonce_wait_ms", self.wallet.nonce_wait_ms, 0, 10_000)?;
+        range("wallet.batch_transfers_max", self.wallet.batch_transfers_max, 1, 8190)?;
         if self.wallet.assets.is_empty() {
             return Err(ConfigError("field `wallet.assets`: needs at least one asset".into()));
         }

@@ -13,6 +13,7 @@
 //! tables: receipts, funds, nonces, holds and idempotency records
 //! (`view`).
 
+pub mod batch;
 pub mod routes;
 pub mod view;
 
@@ -63,6 +64,12 @@ pub enum Call {
     Reserve { op: Box<WalletOp>, now_ms: u64, deadline: Instant },
     /// The write did not commit: give back what it reserved.
     Release { op: Box<WalletOp> },
+    /// Reserve each of a batch's writes this shard scopes, in order (no
+    /// nonce waits: a batch orders its own nonces); like `Reserve` past
+    /// `deadline`.
+    ReserveBatch { ops: Vec<WalletOp>, now_ms: u64, deadline: Instant },
+    /// Give back what `ReserveBatch` took for these, in this order.
+    ReleaseBatch { ops: Vec<WalletOp> },
     Balance { account: String, asset: String },
     Receipt { txid: TxId },
 }
@@ -70,6 +77,8 @@ pub enum Call {
 #[derive(Debug)]
 pub enum Answer {
     Reserved(Result<Reserved, Rejection>),
+    /// One answer per write of a `ReserveBatch`, in its order.
+    ReservedBatch(Vec<Result<Reserved, Rejection>>),
     /// The reservation came after its deadline: nothing was reserved.
     Late,
     Done,
@@ -149,6 +158,27 @@ impl Service for Wallet {
             }
             Call::Release { op } => {
                 self.state.borrow_mut().release(&op);
+                Answer::Done
+            }
+            Call::ReserveBatch { ops, now_ms, deadline } => {
+                if Instant::now() >= deadline {
+                    return Answer::Late;
+                }
+                let mut state = self.state.borrow_mut();
+                let answers: Vec<_> = ops.iter().map(|op| state.reserve(op, now_ms)).collect();
+                drop(state);
+                for op in ops.iter().zip(&answers).filter_map(|(op, a)| a.is_ok().then_some(op)) {
+                    if op.nonce.is_some() {
+                        self.wake_nonce_waiters(state::scope_account(op));
+                    }
+                }
+                Answer::ReservedBatch(answers)
+            }
+            Call::ReleaseBatch { ops } => {
+                let mut state = self.state.borrow_mut();
+                for op in &ops {
+                    state.release(op);
+                }
                 Answer::Done
             }
             Call::Balance { account, asset } => {

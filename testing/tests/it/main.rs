@@ -14,5 +14,6 @@ mod passport;
 mod rewarder;
 mod routing;
 mod wallet;
+mod wallet_batch;
 mod wallet_compat;
 mod wallet_races;

@@ -35,6 +35,9 @@ pub fn add(wallet: &Rc<Wallet>, table: &mut RouteTable) {
     table.add(w, Method::Post, "/v1/capture", Facts(WALLET_TRANSFER), Shed::Yes, capture);
     table.add(w, Method::Post, "/v1/release", Facts(WALLET_TRANSFER), Shed::Yes, release_hold);
     table.add(w, Method::Get, "/v1/tx/{txid}", Facts(WALLET_READ), Shed::Yes, tx);
+    let (transfers, issues) = (super::batch::transfers, super::batch::issues);
+    table.add(w, Method::Post, "/v1/transfers", Facts(WALLET_TRANSFER), Shed::Yes, transfers);
+    table.add(w, Method::Post, "/v1/issues", Facts(WALLET_ISSUE), Shed::Yes, issues);
 }
 
 #[derive(Deserialize)]
@@ -100,7 +103,7 @@ struct ReleaseBody {
     idempotency_key: Option<String>,
 }
 
-fn bad(message: impl Into<String>) -> Reply {
+pub(super) fn bad(message: impl Into<String>) -> Reply {
     Reply::error(ErrorCode::BadRequest, message.into())
 }
 
@@ -161,9 +164,9 @@ fn idempotency_key(request: &Request<'_>, body: Option<String>) -> Result<String
 }
 
 /// A validated write, ready for its scope shard.
-struct Write {
-    op: WalletOp,
-    scope_shard: usize,
+pub(super) struct Write {
+    pub(super) op: WalletOp,
+    pub(super) scope_shard: usize,
     route_scope: &'static str,
 }
 
@@ -208,11 +211,11 @@ fn acting_account(op: &WalletOp) -> Option<&str> {
 }
 
 /// What a write is about, for the token's caveats.
-fn facts(op: &WalletOp) -> Facts<'_> {
+pub(super) fn facts(op: &WalletOp) -> Facts<'_> {
     Facts { account: acting_account(op), asset: Some(op.asset.as_str()), amount: Some(op.amount) }
 }
 
-fn rejection(rejection: Rejection) -> Reply {
+pub(super) fn rejection(rejection: Rejection) -> Reply {
     match rejection {
         Rejection::InsufficientFunds { available, needed } => Reply::error(
             ErrorCode::InsufficientFunds,
@@ -370,47 +373,59 @@ macro_rules! check {
 }
 
 /// What the four payment routes carry, whichever body it came from.
-struct Payment {
-    kind: OpKind,
-    from: Option<String>,
-    to: Option<String>,
-    asset: String,
-    amount_minor: Amount,
-    nonce: Option<u64>,
-    timeout_s: Option<u32>,
-    memo: Option<String>,
-    idempotency_key: Option<String>,
+pub(super) struct Payment {
+    pub(super) kind: OpKind,
+    pub(super) from: Option<String>,
+    pub(super) to: Option<String>,
+    pub(super) asset: String,
+    pub(super) amount_minor: Amount,
+    pub(super) nonce: Option<u64>,
+    pub(super) timeout_s: Option<u32>,
+    pub(super) memo: Option<String>,
+    pub(super) idempotency_key: Option<String>,
 }
 
 /// Validates a payment (issue, transfer, burn, hold) and submits it.
 fn payment(
     wallet: &Rc<Wallet>,
     request: &Request<'_>,
-    payment: Payment,
+    mut payment: Payment,
     route_scope: &'static str,
 ) -> Handled {
+    let key = check!(idempotency_key(request, payment.idempotency_key.take()));
+    let write = check!(checked_payment(wallet, payment, &key, route_scope));
+    submit(wallet, request, write)
+}
+
+/// A payment (issue, transfer, burn, hold) checked by the stateless rules,
+/// as a write for its scope shard; its idempotency key is `key`.
+pub(super) fn checked_payment(
+    wallet: &Wallet,
+    payment: Payment,
+    key: &str,
+    route_scope: &'static str,
+) -> Result<Write, Reply> {
     for (name, value) in [("from", &payment.from), ("to", &payment.to)] {
         if let Some(value) = value {
-            check!(account(name, value));
+            account(name, value)?;
         }
     }
     if payment.from.is_some() && payment.from == payment.to {
-        return Handled::Now(bad("from and to must differ"));
+        return Err(bad("from and to must differ"));
     }
-    check!(asset(wallet, &payment.asset));
-    let amount = check!(amount(wallet, payment.amount_minor));
-    let nonce = match payment.nonce {
-        Some(value) => Some(check!(nonce(value))),
-        None => None,
-    };
-    check!(memo(payment.memo.as_deref()));
+    asset(wallet, &payment.asset)?;
+    let amount = amount(wallet, payment.amount_minor)?;
+    let nonce = payment.nonce.map(nonce).transpose()?;
+    memo(payment.memo.as_deref())?;
     if payment.timeout_s.is_some_and(|t| t == 0 || t > HOLD_TIMEOUT_S_MAX) {
-        return Handled::Now(Reply::error(
+        return Err(Reply::error(
             ErrorCode::LimitsExceeded,
             format!("timeout_s must be 1..={HOLD_TIMEOUT_S_MAX}"),
         ));
     }
-    let key = check!(idempotency_key(request, payment.idempotency_key));
+    if !valid_idempotency_key(key) {
+        return Err(bad("the idempotency key must be 1..=64 bytes of [A-Za-z0-9-_:.]"));
+    }
     let payer =
         payment.from.as_deref().or(payment.to.as_deref()).expect("a payment names an account");
     let canonical = CanonicalRequest {
@@ -424,9 +439,9 @@ fn payment(
         timeout_s: payment.timeout_s,
         memo: payment.memo.as_deref(),
         idem_owner: payer,
-        idem: &key,
+        idem: key,
     };
-    submit(wallet, request, Write::new(wallet, canonical, route_scope))
+    Ok(Write::new(wallet, canonical, route_scope))
 }
 
 /// `POST /v1/issue`.

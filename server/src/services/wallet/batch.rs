@@ -1,0 +1,473 @@
+//! Batches of writes: `POST /v1/transfers` `{"transfers": [...]}` and
+//! `POST /v1/issues` `{"issues": [...]}`, up to `wallet.batch_transfers_max`
+//! writes each, with the semantics of TigerBeetle's `create_transfers`:
+//!
+//! * each write is a transfer (or issue) as its own route takes it, with its
+//!   own idempotency key and nonce, and gets its own result, in order: `OK`
+//!   with its txid and seq, or the code and message its own route would
+//!   answer (a write committed before with the same key and body is `OK`
+//!   again, `replayed`);
+//! * `"linked": true` links a write to the next one: a chain succeeds or
+//!   fails whole (the others fail with `LINKED_EVENT_FAILED`; a chain left
+//!   open by the last write fails with `LINKED_EVENT_CHAIN_OPEN`);
+//! * a failed write also fails the payer's later nonces in the batch (they
+//!   could not commit without it);
+//! * every write that succeeds is in one log record, committed at once.
+//!
+//! The answer is 200 whenever the batch was looked at, whatever each write
+//! came to; a body that does not parse, or too many writes, is refused whole.
+//! Each scope shard reserves its writes in one call, in batch order.
+
+use super::routes::{Payment, Write, bad, checked_payment, facts, rejection};
+use super::{Answer, Call, Wallet};
+use crate::clock::unix_now_ms;
+use crate::core::mesh::{MeshError, Wait};
+use crate::http::reply::{Body, degraded, link_failure, mesh_failure};
+use crate::http::{Amount, Handled, Params, Reply, Request};
+use crate::log::{Append, LogAnswer, LogCall, Part};
+use crate::service::Service;
+use ron_proto::ErrorCode;
+use ron_proto::merkle;
+use ron_proto::token::scope;
+use ron_proto::wallet::{OpKind, TxId, WalletOp, txid_text};
+use ron_shards::wallet::{Reserved, parts, scope_account};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransfersBody {
+    transfers: Vec<TransferItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferItem {
+    from: String,
+    to: String,
+    asset: String,
+    amount_minor: Amount,
+    nonce: u64,
+    memo: Option<String>,
+    idempotency_key: String,
+    #[serde(default)]
+    linked: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuesBody {
+    issues: Vec<IssueItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueItem {
+    to: String,
+    asset: String,
+    amount_minor: Amount,
+    memo: Option<String>,
+    idempotency_key: String,
+    #[serde(default)]
+    linked: bool,
+}
+
+/// `POST /v1/transfers`.
+pub(super) fn transfers(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = match request.json::<TransfersBody>() {
+        Ok(body) => body,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let items = body.transfers.into_iter().map(|t| {
+        let payment = Payment {
+            kind: OpKind::Transfer,
+            from: Some(t.from),
+            to: Some(t.to),
+            asset: t.asset,
+            amount_minor: t.amount_minor,
+            nonce: Some(t.nonce),
+            timeout_s: None,
+            memo: t.memo,
+            idempotency_key: None,
+        };
+        (payment, t.idempotency_key, t.linked)
+    });
+    batch(wallet, request, items.collect(), scope::WALLET_TRANSFER)
+}
+
+/// `POST /v1/issues`.
+pub(super) fn issues(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
+    let body = match request.json::<IssuesBody>() {
+        Ok(body) => body,
+        Err(reply) => return Handled::Now(reply),
+    };
+    let items = body.issues.into_iter().map(|i| {
+        let payment = Payment {
+            kind: OpKind::Issue,
+            from: None,
+            to: Some(i.to),
+            asset: i.asset,
+            amount_minor: i.amount_minor,
+            nonce: None,
+            timeout_s: None,
+            memo: i.memo,
+            idempotency_key: None,
+        };
+        (payment, i.idempotency_key, i.linked)
+    });
+    batch(wallet, request, items.collect(), scope::WALLET_ISSUE)
+}
+
+/// What became of one write of a batch.
+enum Slot {
+    /// Checked: to be reserved on its scope shard.
+    Ready(Write),
+    /// Reserved on its scope shard: to be committed, or released.
+    Reserved { op: WalletOp, scope_shard: usize },
+    /// The same request was committed before.
+    Replayed(TxId),
+    Committed { txid: TxId, seq: u64 },
+    Failed { status: u16, code: &'static str, message: String },
+}
+
+const LINKED_EVENT_FAILED: &str = "LINKED_EVENT_FAILED";
+const LINKED_EVENT_CHAIN_OPEN: &str = "LINKED_EVENT_CHAIN_OPEN";
+
+impl Slot {
+    fn failed(reply: Reply) -> Slot {
+        let status = reply.status;
+        match reply.body {
+            Body::Error { code, message, .. } => {
+                Slot::Failed { status, code: code.as_str(), message: message.into_owned() }
+            }
+            _ => Slot::Failed { status, code: "ERROR", message: String::new() },
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        matches!(self, Slot::Failed { .. })
+    }
+
+    /// Fails this write with `code` unless it already failed or committed;
+    /// a reservation it held is handed back through `releases`.
+    fn fail(&mut self, status: u16, code: &'static str, message: String, releases: &mut Releases) {
+        match std::mem::replace(self, Slot::Failed { status, code, message }) {
+            Slot::Reserved { op, scope_shard } => releases.push((scope_shard, op)),
+            Slot::Ready(_) => {}
+            kept @ (Slot::Replayed(_) | Slot::Committed { .. } | Slot::Failed { .. }) => {
+                *self = kept;
+            }
+        }
+    }
+}
+
+/// Reservations to hand back: (scope shard, operation).
+type Releases = Vec<(usize, WalletOp)>;
+
+/// One batch under way.
+struct Batch {
+    slots: Vec<Slot>,
+    /// The index of the first write of each write's chain.
+    chain: Vec<usize>,
+    /// Each write's payer and nonce, if it has a nonce.
+    payer_nonce: Vec<Option<(String, u64)>>,
+    /// Writes whose reservation was handed back: the payer's later nonces,
+    /// reserved after theirs, cannot commit without them.
+    released: Vec<bool>,
+}
+
+impl Batch {
+    /// Spreads failures until none is left to spread: to the rest of a
+    /// failed write's chain, and to the later nonces of its payer.
+    /// Returns the reservations the newly failed writes held.
+    fn spread_failures(&mut self) -> Releases {
+        let mut releases = Vec::new();
+        loop {
+            let mut spread = false;
+            for i in 0..self.slots.len() {
+                if !self.slots[i].is_failed() {
+                    continue;
+                }
+                for j in 0..self.slots.len() {
+                    if j == i || self.slots[j].is_failed() {
+                        continue;
+                    }
+                    let linked = self.chain[j] == self.chain[i];
+                    let later_nonce = match (&self.payer_nonce[i], &self.payer_nonce[j]) {
+                        (Some((payer, failed)), Some((other, nonce))) => {
+                            self.released[i] && payer == other && nonce > failed
+                        }
+                        _ => false,
+                    };
+                    if !(linked || later_nonce) {
+                        continue;
+                    }
+                    let before = releases.len();
+                    let (status, code, message) = if linked {
+                        (409, LINKED_EVENT_FAILED, format!("write {i} of its linked chain failed"))
+                    } else {
+                        let message = format!("an earlier nonce of this payer (write {i}) failed");
+                        (409, ErrorCode::NonceConflict.as_str(), message)
+                    };
+                    self.slots[j].fail(status, code, message, &mut releases);
+                    self.released[j] = releases.len() > before;
+                    spread |= self.slots[j].is_failed();
+                }
+            }
+            if !spread {
+                return releases;
+            }
+        }
+    }
+}
+
+/// Checks every write, then reserves, commits and answers them.
+fn batch(
+    wallet: &Rc<Wallet>,
+    request: &Request<'_>,
+    items: Vec<(Payment, String, bool)>,
+    route_scope: &'static str,
+) -> Handled {
+    let max = wallet.core.config.wallet.batch_transfers_max as usize;
+    if items.is_empty() {
+        return Handled::Now(bad("a batch needs at least one write"));
+    }
+    if items.len() > max {
+        let why = format!("{} writes in one batch; at most {max} (wallet.batch_transfers_max)", items.len());
+        return Handled::Now(Reply::error(ErrorCode::LimitsExceeded, why));
+    }
+    if wallet.core.log.in_safe_mode() {
+        return Handled::Now(degraded(None));
+    }
+    let count = items.len();
+    let mut batch = Batch {
+        slots: Vec::with_capacity(count),
+        chain: Vec::with_capacity(count),
+        payer_nonce: Vec::with_capacity(count),
+        released: vec![false; count],
+    };
+    let mut chain_start = 0;
+    let mut open = false;
+    for (i, (payment, key, linked)) in items.into_iter().enumerate() {
+        let slot = match checked_payment(wallet, payment, &key, route_scope) {
+            Ok(write) => match wallet.passport.authorize(request, route_scope, facts(&write.op)) {
+                Ok(()) => Slot::Ready(write),
+                Err(reply) => Slot::failed(reply),
+            },
+            Err(reply) => Slot::failed(reply),
+        };
+        let payer_nonce = match &slot {
+            Slot::Ready(write) => write.op.nonce.map(|n| (scope_account(&write.op).to_owned(), n)),
+            _ => None,
+        };
+        batch.slots.push(slot);
+        batch.payer_nonce.push(payer_nonce);
+        batch.chain.push(chain_start);
+        open = linked;
+        if !linked {
+            chain_start = i + 1;
+        }
+    }
+    if open {
+        let last = count - 1;
+        let mut ignored = Vec::new();
+        let message = "the last write is linked to none".to_owned();
+        batch.slots[last].fail(400, LINKED_EVENT_CHAIN_OPEN, message, &mut ignored);
+    }
+    let wallet = wallet.clone();
+    Handled::Later(Box::pin(async move { run(&wallet, batch).await }))
+}
+
+async fn run(wallet: &Rc<Wallet>, mut batch: Batch) -> Reply {
+    batch.spread_failures();
+    reserve(wallet, &mut batch).await;
+    let releases = batch.spread_failures();
+    release(wallet, releases).await;
+    let mut ledger = None;
+    let reserved: Vec<usize> =
+        (0..batch.slots.len()).filter(|i| matches!(batch.slots[*i], Slot::Reserved { .. })).collect();
+    if !reserved.is_empty() {
+        let ops: Vec<&WalletOp> = reserved
+            .iter()
+            .map(|i| match &batch.slots[*i] {
+                Slot::Reserved { op, .. } => op,
+                _ => unreachable!("filtered above"),
+            })
+            .collect();
+        match wallet.core.log.call(LogCall::Append(append_of(wallet, &ops))).await {
+            Ok(LogAnswer::Appended { seq_start, seq_end, root }) => {
+                for (k, i) in reserved.iter().enumerate() {
+                    let Slot::Reserved { op, .. } = &batch.slots[*i] else { unreachable!() };
+                    batch.slots[*i] = Slot::Committed { txid: op.txid, seq: seq_start + k as u64 };
+                }
+                ledger = Some((seq_start, seq_end, root));
+            }
+            answer => {
+                let reply = match answer {
+                    Ok(LogAnswer::Degraded { reason }) => degraded(Some(&reason)),
+                    Ok(other) => panic!("a wallet append answered with {other:?}"),
+                    Err(error) => link_failure(error),
+                };
+                let Slot::Failed { status, code, message } = Slot::failed(reply) else {
+                    unreachable!("an error reply")
+                };
+                let mut releases = Vec::new();
+                for i in reserved {
+                    batch.slots[i].fail(status, code, message.clone(), &mut releases);
+                }
+                release(wallet, releases).await;
+            }
+        }
+    }
+    let replays = batch.slots.iter().filter(|s| matches!(s, Slot::Replayed(_))).count();
+    wallet.metrics.borrow_mut().idem_replays += replays as u64;
+    Reply::json_owned(200, answer(&batch, ledger))
+}
+
+/// Each scope shard reserves its writes in one call (all at once), in
+/// batch order; like a single write's, the calls carry the request's
+/// deadline and are awaited however late.
+async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
+    let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, slot) in batch.slots.iter().enumerate() {
+        if let Slot::Ready(write) = slot {
+            by_shard.entry(write.scope_shard).or_default().push(i);
+        }
+    }
+    let (now_ms, deadline) = (unix_now_ms(), wallet.core.call_deadline());
+    let calls = by_shard.iter().map(|(shard, indices)| {
+        let ops = indices
+            .iter()
+            .map(|i| match &batch.slots[*i] {
+                Slot::Ready(write) => write.op.clone(),
+                _ => unreachable!("grouped above"),
+            })
+            .collect();
+        wallet.call_waiting(*shard, Call::ReserveBatch { ops, now_ms, deadline }, Wait::Answer)
+    });
+    let answers = futures::future::join_all(calls).await;
+    for ((shard, indices), answer) in by_shard.into_iter().zip(answers) {
+        let results = match answer {
+            Ok(Answer::ReservedBatch(results)) => results.into_iter().map(Ok).collect(),
+            Ok(Answer::Late) => indices.iter().map(|_| Err(MeshError::TimedOut)).collect(),
+            Ok(other) => panic!("a batch reservation answered with {other:?}"),
+            Err(error) => indices.iter().map(|_| Err(error)).collect::<Vec<_>>(),
+        };
+        for (i, result) in indices.into_iter().zip(results) {
+            batch.slots[i] = match result {
+                Ok(Ok(Reserved::Commit(op))) => Slot::Reserved { op, scope_shard: shard },
+                Ok(Ok(Reserved::Replay(txid))) => Slot::Replayed(txid),
+                Ok(Err(refused)) => Slot::failed(rejection(refused)),
+                Err(error) => Slot::failed(mesh_failure(error)),
+            };
+        }
+    }
+}
+
+/// Hands reservations back, each shard's in one call, latest first (so a
+/// payer's nonce steps back one at a time).
+async fn release(wallet: &Rc<Wallet>, releases: Releases) {
+    let mut by_shard: BTreeMap<usize, Vec<WalletOp>> = BTreeMap::new();
+    for (shard, op) in releases {
+        by_shard.entry(shard).or_default().push(op);
+    }
+    for (shard, mut ops) in by_shard {
+        ops.sort_by_key(|op| std::cmp::Reverse(op.nonce));
+        let call = Call::ReleaseBatch { ops };
+        match wallet.call_waiting(shard, call, Wait::Answer).await {
+            Ok(Answer::Done) => {}
+            Ok(other) => panic!("a batch release answered with {other:?}"),
+            Err(error) => {
+                tracing::error!(shard, ?error, "a batch's reservations were not released");
+            }
+        }
+    }
+}
+
+/// One append of every reserved write, in batch order: one log record.
+fn append_of(wallet: &Wallet, ops: &[&WalletOp]) -> Append {
+    let mut items = Vec::with_capacity(ops.len() * 192);
+    let mut item_parts = Vec::with_capacity(ops.len() * 3);
+    for (i, op) in ops.iter().enumerate() {
+        let at = items.len();
+        items.extend_from_slice(&[0, 0]);
+        op.encode(&mut items);
+        let len = u16::try_from(items.len() - at - 2).expect("an operation fits an item");
+        items[at..at + 2].copy_from_slice(&len.to_le_bytes());
+        for shard in parts(op, wallet.core.count) {
+            item_parts.push(Part { item: i as u32, shard: shard as u32 });
+        }
+    }
+    Append { items, count: ops.len() as u32, unique: Vec::new(), idem: None, parts: item_parts }
+}
+
+#[derive(Serialize)]
+struct OpAnswer<'a> {
+    index: usize,
+    status: u16,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    txid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_seq: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    results: Vec<OpAnswer<'a>>,
+    /// Writes committed by this request (replays not counted).
+    committed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_seq_start: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_seq_end: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_root: Option<String>,
+}
+
+fn answer(batch: &Batch, ledger: Option<(u64, u64, merkle::Hash)>) -> Vec<u8> {
+    let results = batch
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            let ok = |txid: &TxId, ledger_seq, replayed| OpAnswer {
+                index,
+                status: 200,
+                code: "OK",
+                txid: Some(txid_text(txid)),
+                ledger_seq,
+                replayed,
+                message: None,
+            };
+            match slot {
+                Slot::Committed { txid, seq } => ok(txid, Some(*seq), false),
+                Slot::Replayed(txid) => ok(txid, None, true),
+                Slot::Failed { status, code, message } => OpAnswer {
+                    index,
+                    status: *status,
+                    code,
+                    txid: None,
+                    ledger_seq: None,
+                    replayed: false,
+                    message: Some(message),
+                },
+                Slot::Ready(_) | Slot::Reserved { .. } => unreachable!("every write is settled"),
+            }
+        })
+        .collect();
+    let committed = batch.slots.iter().filter(|s| matches!(s, Slot::Committed { .. })).count();
+    let answer = BatchAnswer {
+        results,
+        committed,
+        ledger_seq_start: ledger.map(|l| l.0),
+        ledger_seq_end: ledger.map(|l| l.1),
+        ledger_root: ledger.map(|l| merkle::hex(&l.2)),
+    };
+    simd_json::to_vec(&answer).expect("serializing")
+}
