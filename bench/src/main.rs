@@ -297,6 +297,7 @@ impl Common {
                     replay_percent: self.replay_percent,
                     payers: self.payers,
                     first_payer: 0,
+                    batch: self.entries,
                 }))
             }
             (Some(name), token) if IndexMix::parse(name).is_some() => {

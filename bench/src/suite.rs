@@ -274,18 +274,38 @@ pub(crate) struct Scenario {
     workload: fn(&Node, &Sizes) -> anyhow::Result<WorkloadSpec>,
 }
 
-fn wallet(node: &Node, sizes: &Sizes, mix: Mix, replay_percent: u32) -> WorkloadSpec {
-    WorkloadSpec::Wallet(WalletSpec {
+fn wallet_spec(node: &Node, sizes: &Sizes, mix: Mix) -> WalletSpec {
+    WalletSpec {
         mix,
         token: node.token.clone(),
         accounts: sizes.accounts,
         funds: 1_000_000_000,
         shards: 1,
-        replay_percent,
+        replay_percent: 0,
         payers: sizes.payers,
         first_payer: sizes.first_payer,
+        batch: 1,
+    }
+}
+
+fn wallet(node: &Node, sizes: &Sizes, mix: Mix, replay_percent: u32) -> WorkloadSpec {
+    WorkloadSpec::Wallet(WalletSpec { replay_percent, ..wallet_spec(node, sizes, mix) })
+}
+
+/// Transfers in batches of `TRANSFER_BATCH`, paid by every account of the
+/// pool in turn (a payer comes back after `accounts` transfers, so the
+/// batches in flight do not race on one payer's nonces).
+fn transfer_batches(node: &Node, sizes: &Sizes) -> WorkloadSpec {
+    WorkloadSpec::Wallet(WalletSpec {
+        payers: sizes.accounts,
+        first_payer: 0,
+        batch: TRANSFER_BATCH,
+        ..wallet_spec(node, sizes, Mix::TransferBatch)
     })
 }
+
+/// Transfers per `POST /v1/transfers` of the `transfer_batch` scenario.
+pub(crate) const TRANSFER_BATCH: usize = 64;
 
 fn index(node: &Node, sizes: &Sizes, mix: IndexMix) -> WorkloadSpec {
     WorkloadSpec::Index(IndexSpec {
@@ -333,11 +353,15 @@ const fn steady(
     Scenario { name, rates, connections, burst: 1.0, full_only: false, workload }
 }
 
-pub(crate) const SCENARIOS: [Scenario; 21] = [
+pub(crate) const SCENARIOS: [Scenario; 23] = [
     steady("read_heavy", (500.0, 20_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Read, 0))),
     steady("write_mix", (100.0, 5_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Write, 0))),
     // Replays (+1 %); its sweep drives it into backpressure (429).
     steady("wallet_replay", (100.0, 5_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Write, 1))),
+    // Durable transfers, one per request and in batches (requests per
+    // second; the batch scenario moves TRANSFER_BATCH transfers each).
+    steady("transfer_single", (100.0, 5_000.0), 64, |n, s| Ok(wallet(n, s, Mix::Transfer, 0))),
+    steady("transfer_batch", (10.0, 500.0), 16, |n, s| Ok(transfer_batches(n, s))),
     steady("wallet_adversarial", (100.0, 2_000.0), 64, |n, s| {
         Ok(WorkloadSpec::Transport(TransportSpec {
             inner: Box::new(wallet(n, s, Mix::Write, 0)),
@@ -486,7 +510,7 @@ pub(crate) fn measure(
     round.cpu_pct = node.cpu_seconds().zip(cpu_before).map(|(a, b)| 100.0 * (a - b) / elapsed);
     let threads_after = node.cpu_by_thread();
     round.rss_mib = node.rss_mib();
-    metric_deltas(&metrics_before, &scrape(node.target)?, &mut round);
+    metric_deltas(&metrics_before, &scrape(node.target)?, elapsed, &mut round);
     // Each thread's CPU over the round, on the core it ran on last.
     if let (Some(before), Some(after), Some(metrics)) =
         (threads_before, threads_after, round.metrics.as_mut())
@@ -645,7 +669,7 @@ pub(crate) fn setup(
     let any = |prefixes: &[&str]| {
         scenarios.iter().any(|s| s.name == "all" || prefixes.iter().any(|p| s.name.starts_with(p)))
     };
-    if any(&["read_heavy", "write_mix", "wallet_"]) {
+    if any(&["read_heavy", "write_mix", "wallet_", "transfer_"]) {
         progress(format_args!("setup: {} funded accounts", sizes.accounts));
         run(wallet(node, sizes, Mix::Setup, 0), sizes.accounts)?;
     }
@@ -817,8 +841,14 @@ fn bucket_quantile(
     buckets.iter().find(|(_, n)| *n >= quantile * count).map(|(le, _)| *le)
 }
 
-/// What a round's `/metrics` deltas tell.
-fn metric_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, round: &mut Round) {
+/// What a round's `/metrics` deltas tell, over its `elapsed_s` (warm-up
+/// and drain included).
+fn metric_deltas(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    elapsed_s: f64,
+    round: &mut Round,
+) {
     let delta =
         |series: &str| after.get(series).unwrap_or(&0.0) - before.get(series).unwrap_or(&0.0);
     let ratio = |hits: f64, misses: f64| (hits + misses > 0.0).then(|| hits / (hits + misses));
@@ -841,6 +871,9 @@ fn metric_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, ro
     let batches = delta("ledger_batch_entries_count");
     put("batch_entries_mean", (batches > 0.0).then(|| delta("ledger_batch_entries_sum") / batches));
     put("batch_entries_p99", bucket_quantile(before, after, "ledger_batch_entries", 0.99));
+    // What became durable, whatever the answers said (a batch's writes
+    // each have their own result inside a 200).
+    put("committed_entries_per_s", Some(delta("ledger_batch_entries_sum") / elapsed_s));
     put(
         "index_cache_hit_ratio",
         ratio(delta("index_cache_hits_total"), delta("index_cache_misses_total")),

@@ -8,7 +8,9 @@
 //! * `wallet-write`: 20 % transfers, 5 % issues, 5 % burns, 70 % balance
 //!   reads; `--replay-percent` re-sends that share of acknowledged writes
 //!   byte for byte (idempotent replays);
-//! * `wallet-transfer`: transfers only.
+//! * `wallet-transfer`: transfers only;
+//! * `wallet-transfers`: `POST /v1/transfers` batches of `batch` transfers
+//!   (`--entries`), each write's result read from the answer.
 //!
 //! Nonces go strictly up per payer. Payers are `payers` accounts from
 //! `first_payer` on (wrapping; the suite gives each run payers of its own);
@@ -31,6 +33,7 @@ pub enum Mix {
     Read,
     Write,
     Transfer,
+    TransferBatch,
 }
 
 impl Mix {
@@ -40,6 +43,7 @@ impl Mix {
             "wallet-read" => Some(Mix::Read),
             "wallet-write" => Some(Mix::Write),
             "wallet-transfer" => Some(Mix::Transfer),
+            "wallet-transfers" => Some(Mix::TransferBatch),
             _ => None,
         }
     }
@@ -50,6 +54,7 @@ impl Mix {
             Mix::Read => "wallet-read",
             Mix::Write => "wallet-write",
             Mix::Transfer => "wallet-transfer",
+            Mix::TransferBatch => "wallet-transfers",
         }
     }
 }
@@ -69,6 +74,8 @@ pub struct WalletSpec {
     pub payers: usize,
     /// The first payer's account number.
     pub first_payer: usize,
+    /// Transfers per request (`wallet-transfers`).
+    pub batch: usize,
 }
 
 impl WalletSpec {
@@ -78,7 +85,12 @@ impl WalletSpec {
         } else {
             String::new()
         };
-        format!("{} over {} accounts{replay}", self.mix.name(), self.accounts)
+        let batch = if self.mix == Mix::TransferBatch {
+            format!(", {} transfers per request", self.batch)
+        } else {
+            String::new()
+        };
+        format!("{} over {} accounts{replay}{batch}", self.mix.name(), self.accounts)
     }
 
     pub fn build(&self, thread: usize, threads: usize) -> Box<dyn Workload> {
@@ -99,6 +111,7 @@ impl WalletSpec {
             cursor: 0,
             next_nonce: HashMap::new(),
             pending: HashMap::new(),
+            batches: HashMap::new(),
             replayable: VecDeque::new(),
             body: String::with_capacity(512),
         })
@@ -124,6 +137,8 @@ struct WalletWorkload {
     next_nonce: HashMap<usize, u64>,
     /// Writes in flight, by request index.
     pending: HashMap<u64, InFlight>,
+    /// Batches in flight: each write's payer and nonce, by request index.
+    batches: HashMap<u64, Vec<(usize, u64)>>,
     replayable: VecDeque<(Vec<u8>, usize)>,
     body: String,
 }
@@ -253,6 +268,81 @@ impl WalletWorkload {
     }
 }
 
+impl WalletWorkload {
+    /// `POST /v1/transfers` of `batch` transfers from this thread's payers.
+    fn transfer_batch(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
+        self.body.clear();
+        self.body.push_str(r#"{"transfers":["#);
+        let mut paid = Vec::with_capacity(self.spec.batch);
+        for i in 0..self.spec.batch.max(1) {
+            let Some((payer, nonce)) = self.payer() else { break };
+            let mut to = self.random_account();
+            if to == payer {
+                to = (to + 1) % self.spec.accounts;
+            }
+            if i > 0 {
+                self.body.push(',');
+            }
+            let _ = write!(
+                self.body,
+                r#"{{"from":"{}","to":"{}","asset":"roc","amount_minor":"1","nonce":{nonce},"idempotency_key":"{}-{index}-{i}"}}"#,
+                account(payer),
+                account(to),
+                self.prefix
+            );
+            paid.push((payer, nonce));
+        }
+        self.body.push_str("]}");
+        let shard = paid.first().map_or(0, |(payer, _)| self.owner(&account(*payer)));
+        self.post("/v1/transfers", out);
+        self.batches.insert(index, paid);
+        shard
+    }
+
+    /// A refused write gives its nonce back; a `NONCE_CONFLICT` whose
+    /// message says what the node expects resynchronizes the payer.
+    fn refused(&mut self, payer: usize, nonce: u64, conflict: Option<&str>) {
+        let next = self.next_nonce.entry(payer).or_insert(1);
+        *next = (*next).min(nonce);
+        if let Some(expected) = conflict
+            .and_then(|text| text.split("expected ").nth(1))
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            *next = expected;
+        }
+    }
+
+    /// Reads each write's result of a batch's answer (only when one of them
+    /// was refused: an answer of only `OK`s is not parsed).
+    fn batch_answered(&mut self, paid: Vec<(usize, u64)>, status: u16, response: &[u8]) {
+        if status != 200 {
+            for (payer, nonce) in paid {
+                self.refused(payer, nonce, None);
+            }
+            return;
+        }
+        let refusal = |needle: &[u8]| response.windows(needle.len()).any(|w| w == needle);
+        if !refusal(br#""status":4"#) && !refusal(br#""status":5"#) {
+            return;
+        }
+        let Some(body) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+        let mut body = response[body + 4..].to_vec();
+        let Ok(json) = simd_json::to_owned_value(&mut body) else { return };
+        use simd_json::prelude::*;
+        let Some(results) = json.get_array("results") else { return };
+        for (result, (payer, nonce)) in results.iter().zip(paid) {
+            if result.get_u64("status") == Some(200) {
+                continue;
+            }
+            let conflict = (result.get_str("code") == Some("NONCE_CONFLICT"))
+                .then(|| result.get_str("message"))
+                .flatten();
+            self.refused(payer, nonce, conflict);
+        }
+    }
+}
+
 impl Workload for WalletWorkload {
     fn request(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
         match self.spec.mix {
@@ -276,6 +366,7 @@ impl Workload for WalletWorkload {
                 }
             }
             Mix::Transfer => self.write(index, OpKind::Transfer, out),
+            Mix::TransferBatch => self.transfer_batch(index, out),
             Mix::Write => {
                 if self.random() % 100 < u64::from(self.spec.replay_percent)
                     && !self.replayable.is_empty()
@@ -296,6 +387,9 @@ impl Workload for WalletWorkload {
     }
 
     fn answered(&mut self, index: u64, status: u16, response: &[u8]) {
+        if let Some(paid) = self.batches.remove(&index) {
+            return self.batch_answered(paid, status, response);
+        }
         let Some((paid, bytes, shard)) = self.pending.remove(&index) else { return };
         if status == 200 {
             if self.spec.replay_percent > 0 {
@@ -307,21 +401,10 @@ impl Workload for WalletWorkload {
             return;
         }
         let Some((payer, nonce)) = paid else { return };
-        let next = self.next_nonce.entry(payer).or_insert(1);
         // A refused or lost write gives its nonce back (a lost one may
-        // have committed: then the conflict below corrects it).
-        *next = (*next).min(nonce);
-        if status == 409 {
-            let text = String::from_utf8_lossy(response);
-            if let Some(expected) = text
-                .split("expected ")
-                .nth(1)
-                .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|t| t.parse::<u64>().ok())
-            {
-                *next = expected;
-            }
-        }
+        // have committed: then a conflict corrects it).
+        let text = (status == 409).then(|| String::from_utf8_lossy(response));
+        self.refused(payer, nonce, text.as_deref());
     }
 }
 
@@ -339,6 +422,7 @@ mod tests {
             replay_percent: 0,
             payers: 10,
             first_payer: 0,
+            batch: 4,
         }
     }
 
@@ -362,6 +446,34 @@ mod tests {
         }
         let text = String::from_utf8(more).unwrap();
         assert!(text.contains(r#""from":"acct:1","to":"#) && text.contains(r#""nonce":7,"#));
+    }
+
+    #[test]
+    fn batches_carry_their_transfers_and_read_each_result() {
+        // One payer, so that its nonces follow each other through batches.
+        let mut workload = WalletSpec { payers: 1, ..spec(Mix::TransferBatch) }.build(0, 1);
+        let mut out = Vec::new();
+        workload.request(0, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST /v1/transfers "), "{text}");
+        assert_eq!(text.matches(r#""from":"acct:0""#).count(), 4);
+        assert!((1..=4).all(|n| text.contains(&format!(r#""nonce":{n},"#))));
+        // All OK: nothing to read. Then, of the batch of nonces 5..=8, 7
+        // and 8 are refused and the node expects 6: the next batch starts
+        // there.
+        workload.answered(0, 200, b"HTTP/1.1 200 OK\r\n\r\n{\"results\":[]}");
+        let mut out = Vec::new();
+        workload.request(1, &mut out);
+        assert!(String::from_utf8(out).unwrap().contains(r#""nonce":5,"#));
+        let answer = br#"HTTP/1.1 200 OK
+
+{"results":[{"index":0,"status":200,"code":"OK"},{"index":1,"status":200,"code":"OK"},{"index":2,"status":409,"code":"NONCE_CONFLICT","message":"nonce conflict: expected 6, got 7"},{"index":3,"status":409,"code":"NONCE_CONFLICT","message":"x"}],"committed":2}"#;
+        let answer = String::from_utf8_lossy(answer).replace("OK\n\n", "OK\r\n\r\n");
+        workload.answered(1, 200, answer.as_bytes());
+        let mut out = Vec::new();
+        workload.request(2, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""nonce":6,"#) && !text.contains(r#""nonce":10,"#), "{text}");
     }
 
     #[test]
