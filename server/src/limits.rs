@@ -136,6 +136,9 @@ pub const PQ_BACKLOG_MAX: usize = 64;
 /// A shard sweeps idle rate buckets and spent budgets once it counts this
 /// many, at most once a second (`ron_shards::passport::Meters`).
 pub const METERS_SWEEP_AFTER: usize = 1 << 20;
+/// How often a shard writes its spent `budget.bytes` when one was spent:
+/// what a crash may forget (`services::passport::budgets`).
+pub const BUDGETS_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 // ---- The wallet ----
 

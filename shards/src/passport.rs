@@ -325,7 +325,13 @@ pub struct Meters {
     /// that a full table costs one scan a second, not one per request.
     max: usize,
     swept_ms: u64,
+    /// A budget was spent since the last `take_changed_budgets`.
+    budgets_changed: bool,
 }
+
+/// A token's spent budget as kept across restarts: its id, the bytes
+/// spent, and until when it matters (the token's `exp`, in seconds).
+pub type SpentBudget = ([u8; TOKEN_ID_BYTES], u64, u64);
 
 /// Buckets and budgets kept before idle ones are swept.
 const METERS_MAX: usize = 1 << 20;
@@ -338,7 +344,13 @@ impl Default for Meters {
 
 impl Meters {
     pub fn with_max(max: usize) -> Meters {
-        Meters { buckets: Default::default(), spent: Default::default(), max, swept_ms: 0 }
+        Meters {
+            buckets: Default::default(),
+            spent: Default::default(),
+            max,
+            swept_ms: 0,
+            budgets_changed: false,
+        }
     }
 
     fn sweep_due(&mut self, len: usize, now_ms: u64) -> bool {
@@ -391,11 +403,35 @@ impl Meters {
         let (spent, _) = self.spent.entry(spec.token_id).or_insert((0, until));
         match spent.checked_add(bytes) {
             Some(total) if total <= budget => {
+                self.budgets_changed |= bytes > 0;
                 *spent = total;
                 true
             }
             _ => false,
         }
+    }
+
+    /// Every budget still of use at `now_s`, if any was spent since the
+    /// last call (to keep them across restarts).
+    pub fn take_changed_budgets(&mut self, now_s: u64) -> Option<Vec<SpentBudget>> {
+        if !std::mem::take(&mut self.budgets_changed) {
+            return None;
+        }
+        let live = self.spent.iter().filter(|(_, (_, until))| *until > now_s);
+        Some(live.map(|(id, (spent, until))| (*id, *spent, *until)).collect())
+    }
+
+    /// The budgets taken by `take_changed_budgets` were not kept: the next
+    /// call takes them again.
+    pub fn budgets_unsaved(&mut self) {
+        self.budgets_changed = true;
+    }
+
+    /// A budget kept from before a restart: spending only grows, so the
+    /// larger of two records of one token wins.
+    pub fn load_budget(&mut self, (id, spent, until): SpentBudget) {
+        let kept = self.spent.entry(id).or_insert((spent, until));
+        kept.0 = kept.0.max(spent);
     }
 }
 

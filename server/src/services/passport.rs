@@ -10,9 +10,11 @@
 //!
 //! Log items: revocations (`ron_proto::revocation`, code 0x30), applied by
 //! every shard from the committed stream, read back from the whole log at
-//! start. No view tables.
+//! start. No view tables; spent budgets are kept in files of their own
+//! (`budgets`).
 
 pub mod access;
+pub mod budgets;
 pub mod keys;
 pub mod metering;
 pub mod metrics;
@@ -21,11 +23,12 @@ pub mod routes;
 pub mod verifier;
 
 use crate::clock::unix_now_s;
-use crate::config::{Config, PqMode};
+use crate::config::{Config, PqMode, Profile};
 use crate::core::Core;
 use crate::http::routes::{Gate, Handler};
 use crate::http::{Access, Handled, Params, Reply, Request, RouteTable};
-use crate::limits::PQ_BATCH_WINDOW;
+use crate::limits::{BUDGETS_SAVE_EVERY, PQ_BATCH_WINDOW};
+use crate::workers::{Job, Lane};
 use crate::log::Item;
 use crate::metrics::MetricsPart;
 use crate::service::{Replaying, Service, ShardAt, Starting};
@@ -38,7 +41,7 @@ use ron_proto::attestation::Attestation;
 use ron_proto::merkle::Hash;
 use ron_proto::revocation::{REVOCATION_CODE, Revocation};
 use ron_proto::token::{self, TokenView};
-use ron_shards::passport::{Meters, Revocations};
+use ron_shards::passport::{Meters, Revocations, SpentBudget};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -67,6 +70,10 @@ pub struct Passport {
     pq_closer_running: Cell<bool>,
     /// Counts of the token ids and tenants this shard owns (`metering`).
     meters: RefCell<Meters>,
+    /// Where this shard keeps its spent budgets (none with amnesia), and
+    /// the number of the last snapshot taken of them.
+    budgets: Option<Arc<budgets::BudgetFile>>,
+    budgets_taken: Cell<u64>,
     /// Ids of the tokens this shard mints.
     token_ids: routes::TokenIds,
     /// Decoded tokens, reused from request to request.
@@ -98,6 +105,7 @@ pub enum Answer {
 impl Service for Passport {
     const NAME: &'static str = "passport";
     const LOG_CODES: &'static [u8] = &[REVOCATION_CODE];
+    const TICK: Option<Duration> = Some(BUDGETS_SAVE_EVERY);
     type Shared = Shared;
     type State = Revocations;
     type Call = Call;
@@ -136,6 +144,15 @@ impl Service for Passport {
         );
         let signing = config.pq_mode != PqMode::Off;
         let keys = start.shared.keys.lock().expect("not poisoned").clone();
+        let budgets = (core.config.profile != Profile::Micronode)
+            .then(|| Arc::new(budgets::BudgetFile::new(&core.config.data_dir, core.id)));
+        let mut meters = Meters::default();
+        if let Some(file) = &budgets {
+            let owned = |id: &[u8; 16]| core.owner(id) == core.id;
+            for budget in file.load_all(unix_now_s(), owned) {
+                meters.load_budget(budget);
+            }
+        }
         Rc::new(Passport {
             pq: PqSigner::new(core.id, signing.then(|| core.workers.clone()))
                 .expect("randomness for batch numbers"),
@@ -144,7 +161,9 @@ impl Service for Passport {
             keys: RefCell::new(keys),
             state: RefCell::new(PassportState::new(start.state, cache)),
             pq_closer_running: Cell::new(false),
-            meters: RefCell::new(Meters::default()),
+            meters: RefCell::new(meters),
+            budgets,
+            budgets_taken: Cell::new(0),
             token_ids: routes::TokenIds::new().expect("randomness for token ids"),
             token_scratch: RefCell::new(Vec::with_capacity(token::TOKEN_BINARY_BYTES_MAX)),
             metrics: RefCell::new(PassportMetrics::default()),
@@ -184,6 +203,28 @@ impl Service for Passport {
         self.state.borrow_mut().apply(&revocation, item.seq, lag);
     }
 
+    /// Writes the spent budgets when one was spent since the last tick.
+    async fn tick(self: Rc<Self>) {
+        let Some((generation, budgets, file)) = self.budgets_snapshot() else { return };
+        let write = move || {
+            if let Err(error) = file.write(generation, &budgets) {
+                tracing::warn!(%error, "spent budgets were not written");
+            }
+        };
+        if self.core.workers.submit(Lane::Normal, Job::new(write)).is_err() {
+            // The workers are full: the next tick writes them.
+            self.meters.borrow_mut().budgets_unsaved();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some((generation, budgets, file)) = self.budgets_snapshot()
+            && let Err(error) = file.write(generation, &budgets)
+        {
+            tracing::warn!(%error, "spent budgets were not written at stop");
+        }
+    }
+
     fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
         let mut metrics = self.metrics.borrow().clone();
         (metrics.pq_batch_sign, metrics.pq_batch_tokens) = self.pq.stats();
@@ -191,6 +232,17 @@ impl Service for Passport {
         (metrics.cache_hits, metrics.cache_misses) = state.cache.counts();
         metrics.cache_entries = state.cache.len() as u64;
         Some(Box::new(metrics))
+    }
+}
+
+impl Passport {
+    /// The spent budgets if one was spent since the last snapshot, with the
+    /// snapshot's number and the file they go to.
+    fn budgets_snapshot(&self) -> Option<(u64, Vec<SpentBudget>, Arc<budgets::BudgetFile>)> {
+        let file = self.budgets.clone()?;
+        let budgets = self.meters.borrow_mut().take_changed_budgets(unix_now_s())?;
+        self.budgets_taken.set(self.budgets_taken.get() + 1);
+        Some((self.budgets_taken.get(), budgets, file))
     }
 }
 

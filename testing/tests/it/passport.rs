@@ -673,3 +673,38 @@ fn audiences_are_configured_and_verify_takes_the_callers_audience() {
     let parsed = post_json(node.listen, "/v1/passport/verify", &node.admin(), &body).json();
     assert_eq!(parsed.get("parsed").and_then(|p| p.get_str("aud")), Some("ron"));
 }
+
+/// Spent `budget.bytes` survive a clean restart, a kill -9 (past the one
+/// second in which spending is written), and a new shard count.
+#[test]
+fn spent_budgets_survive_restarts_and_a_new_shard_count() {
+    let mut node = TestNode::start(NodeOptions::default().shards(2));
+    // budget.bytes=200: each verify below spends 62 bytes of body.
+    let tokens: Vec<String> =
+        (0..4).map(|i| counted_token(&node, 0x60 + i, &["budget.bytes=200"])).collect();
+    let verify = |node: &TestNode, token: &str| {
+        let body = format!(r#"{{"token":"{}"}}"#, "x".repeat(50));
+        post_json(node.listen, "/v1/passport/verify", &bearer(token), &body).status
+    };
+    // Three spends each: 186 of 200; a fourth would pass 200.
+    for token in &tokens {
+        for _ in 0..3 {
+            assert_eq!(verify(&node, token), 200);
+        }
+    }
+    let spent = |node: &TestNode| tokens.iter().filter(|t| verify(node, t) == 403).count();
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    node.spawn();
+    assert_eq!(spent(&node), 4, "a clean restart kept every budget");
+
+    // Spending that had a second to be written survives kill -9.
+    let fresh = counted_token(&node, 0x70, &["budget.bytes=130"]);
+    assert_eq!(verify(&node, &fresh), 200);
+    assert_eq!(verify(&node, &fresh), 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.set_shards(1);
+    node.spawn();
+    assert_eq!(verify(&node, &fresh), 403, "kept across kill -9 and one shard instead of two");
+    assert_eq!(spent(&node), 4);
+}

@@ -6,8 +6,9 @@
 //! it touches lives on this shard the check is a map lookup here; otherwise
 //! the request is copied out of the connection's buffers and the handler
 //! runs once the owners have agreed (one mesh call per owner). Tokens
-//! without counting caveats cost one verify-cache lookup. Counts live in RAM:
-//! a restart refills buckets and forgets spent budgets.
+//! without counting caveats cost one verify-cache lookup. Rate buckets live
+//! in RAM (a restart refills them); spent budgets are also written to disk
+//! and kept across restarts (`budgets`).
 
 use super::{Answer, Call, Passport};
 use crate::clock::unix_now_ms;
