@@ -19,6 +19,7 @@ pub mod keys;
 pub mod metering;
 pub mod metrics;
 pub mod pq;
+pub mod pq_store;
 pub mod routes;
 pub mod verifier;
 
@@ -146,6 +147,10 @@ impl Service for Passport {
         let keys = start.shared.keys.lock().expect("not poisoned").clone();
         let budgets = (core.config.profile != Profile::Micronode)
             .then(|| Arc::new(budgets::BudgetFile::new(&core.config.data_dir, core.id)));
+        // Signed batches stay on disk as long as a token in them can verify.
+        let keep = Duration::from_secs(config.ttl_max_s + config.clock_skew_s);
+        let pq_store = (core.config.profile != Profile::Micronode)
+            .then(|| (pq_store::dir(&core.config.data_dir), keep));
         let mut meters = Meters::default();
         if let Some(file) = &budgets {
             let owned = |id: &[u8; 16]| core.owner(id) == core.id;
@@ -154,7 +159,7 @@ impl Service for Passport {
             }
         }
         Rc::new(Passport {
-            pq: PqSigner::new(core.id, signing.then(|| core.workers.clone()))
+            pq: PqSigner::new(core.id, signing.then(|| core.workers.clone()), pq_store)
                 .expect("randomness for batch numbers"),
             core,
             shared: start.shared,
@@ -189,7 +194,13 @@ impl Service for Passport {
                 Answer::Done
             }
             Call::Meter(call) => Answer::Metered(metering::count(&self, &call)),
-            Call::PqBatch { batch } => Answer::PqBatch(self.pq.batch(batch).map(Box::new)),
+            Call::PqBatch { batch } => {
+                if let Some(found) = self.pq.batch(batch) {
+                    return Answer::PqBatch(Some(Box::new(found)));
+                }
+                let dir = self.pq.store_dir().cloned();
+                Answer::PqBatch(pq_store::find_later(&self.core, dir, self.core.id, batch).await)
+            }
             Call::RevocationApplied { seq } => {
                 self.core.log.applied_through(seq).await;
                 Answer::RevocationApplied { lag: self.state.borrow().lag(seq) }

@@ -708,3 +708,41 @@ fn spent_budgets_survive_restarts_and_a_new_shard_count() {
     assert_eq!(verify(&node, &fresh), 403, "kept across kill -9 and one shard instead of two");
     assert_eq!(spent(&node), 4);
 }
+
+/// Signed PQ batches are fetched after a restart: after kill -9 and on a
+/// node with fewer shards.
+#[test]
+fn signed_pq_batches_are_kept_across_restarts() {
+    let options = NodeOptions::default().shards(2).config("[passport]\npq_mode = \"require\"");
+    let mut node = TestNode::start(options);
+    let body = r#"{"subject_ref":"hal","audience":"ron-node","ttl_s":60,"scopes":["wallet.read"]}"#;
+    let mut paths = Vec::new();
+    for port in [node.shard_address(0), node.shard_address(1)] {
+        for _ in 0..3 {
+            let issued = post_json(port, ISSUE, &node.admin(), body);
+            assert_eq!(issued.status, 200, "{}", issued.text());
+            let token = issued.json().get_str("token").unwrap().to_owned();
+            check_pq_caveat(&node, &token);
+            let mut scratch = Vec::new();
+            let view = ron_proto::token::decode(token.as_bytes(), 64, &mut scratch).unwrap();
+            let (_, value) = caveat(&view, ron_proto::token::SIG_ML_DSA).unwrap();
+            let attestation = ron_proto::attestation::Attestation::parse(value).unwrap();
+            paths.push(format!("/v1/passport/pq/{}.{}", attestation.shard, attestation.batch));
+        }
+    }
+    paths.dedup();
+    assert!(paths.iter().any(|p| p.starts_with("/v1/passport/pq/1.")), "{paths:?}");
+    let fetch = |node: &TestNode, path: &str| {
+        let answer = get(node.listen, path, &[]).unwrap();
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        answer.body
+    };
+    let before: Vec<Vec<u8>> = paths.iter().map(|p| fetch(&node, p)).collect();
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.set_shards(1);
+    node.spawn();
+    for (path, bytes) in paths.iter().zip(&before) {
+        assert_eq!(&fetch(&node, path), bytes, "{path} after kill -9, on one shard");
+    }
+    assert_eq!(get(node.listen, "/v1/passport/pq/1.12345", &[]).unwrap().status, 404);
+}

@@ -13,12 +13,14 @@
 //! off the request path.
 //!
 //! Signed batches are kept in memory (the newest `limits::PQ_BATCHES_KEPT` per
-//! shard): after a restart, earlier batches cannot be fetched, though this
-//! node still accepts their tokens. Closed batches the workers had no room
-//! for wait in a backlog of at most `limits::PQ_BACKLOG_MAX`; while it is full,
-//! issuing a signed token is refused (429).
+//! shard) and on disk for as long as a token in them can be valid
+//! (`pq_store`), so that third parties can fetch them after a restart.
+//! Closed batches the workers had no room for wait in a backlog of at most
+//! `limits::PQ_BACKLOG_MAX`; while it is full, issuing a signed token is
+//! refused (429).
 
 use super::keys::{KeySet, Keyring};
+use super::pq_store::BatchWriter;
 use crate::limits::{PQ_BACKLOG_MAX, PQ_BATCHES_KEPT};
 use crate::metrics::{CountHistogram, LatencyHistogram};
 use crate::workers::{Job, Lane, Workers};
@@ -29,7 +31,8 @@ use ron_shards::accumulator::Accumulator;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 fn leaf_mac(set: &KeySet, shard: usize, batch: u64, index: u64, leaf: &Hash) -> [u8; 16] {
     let mut message = Vec::with_capacity(64);
@@ -114,10 +117,18 @@ pub struct PqSigner {
     /// `None` with `pq_mode = "off"`: nothing is attested.
     workers: Option<Workers>,
     signed: Arc<Mutex<Signed>>,
+    /// Where signed batches are written (none with amnesia).
+    store: Option<(PathBuf, Arc<Mutex<BatchWriter>>)>,
 }
 
 impl PqSigner {
-    pub fn new(shard: usize, workers: Option<Workers>) -> anyhow::Result<PqSigner> {
+    /// A shard's signer; `store`: the directory its signed batches are
+    /// written to, and how long they are kept there.
+    pub fn new(
+        shard: usize,
+        workers: Option<Workers>,
+        store: Option<(PathBuf, Duration)>,
+    ) -> anyhow::Result<PqSigner> {
         // Batch numbers start at random, so a restart does not reuse them.
         let mut start = [0u8; 8];
         getrandom::getrandom(&mut start).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -129,7 +140,16 @@ impl PqSigner {
             backlog: RefCell::new(VecDeque::new()),
             workers,
             signed: Arc::new(Mutex::new(Signed::default())),
+            store: store.map(|(dir, keep)| {
+                let writer = BatchWriter::new(dir.clone(), shard, keep);
+                (dir, Arc::new(Mutex::new(writer)))
+            }),
         })
+    }
+
+    /// The directory this shard's signed batches are written to.
+    pub fn store_dir(&self) -> Option<&PathBuf> {
+        self.store.as_ref().map(|(dir, _)| dir)
     }
 
     /// A signed batch, if this shard still has it.
@@ -158,12 +178,13 @@ impl PqSigner {
         let mut backlog = self.backlog.borrow_mut();
         while let Some(closed) = backlog.pop_front() {
             let (shard, signed) = (self.shard, self.signed.clone());
+            let writer = self.store.as_ref().map(|(_, writer)| writer.clone());
             let closed = Arc::new(Mutex::new(Some(closed)));
             let job = {
                 let closed = closed.clone();
                 Job::new(move || {
                     let closed = closed.lock().expect("not poisoned").take().expect("signed once");
-                    sign(shard, closed, &signed);
+                    sign(shard, closed, &signed, writer.as_deref());
                 })
             };
             if workers.submit(Lane::Idle, job).is_err() {
@@ -201,8 +222,9 @@ impl PqSigner {
     }
 }
 
-/// Builds a closed batch's tree and signs its root (on a worker).
-fn sign(shard: usize, closed: Closed, signed: &Mutex<Signed>) {
+/// Builds a closed batch's tree, signs its root and writes the signed
+/// batch to disk (on a worker).
+fn sign(shard: usize, closed: Closed, signed: &Mutex<Signed>, writer: Option<&Mutex<BatchWriter>>) {
     let started = Instant::now();
     let mut tree = Accumulator::new();
     for leaf in &closed.leaves {
@@ -212,11 +234,17 @@ fn sign(shard: usize, closed: Closed, signed: &Mutex<Signed>) {
     let size = closed.leaves.len() as u64;
     let set = closed.keys.current();
     let signature = set.sign_ml_dsa(&batch_message(set.kid, shard, closed.batch, size, &root));
+    let (kid, batch, leaves) = (set.kid, closed.batch, closed.leaves);
+    let batch = SignedBatch { kid, batch, leaves, root, signature };
+    if let Some(writer) = writer
+        && let Err(error) = writer.lock().expect("not poisoned").append(&batch)
+    {
+        tracing::warn!(shard, batch = batch.batch, %error, "a signed PQ batch was not written");
+    }
     let mut signed = signed.lock().expect("not poisoned");
     signed.sign_latency.record(started.elapsed());
     signed.batch_tokens.record(size);
-    let (kid, batch, leaves) = (set.kid, closed.batch, closed.leaves);
-    signed.keep(SignedBatch { kid, batch, leaves, root, signature });
+    signed.keep(batch);
 }
 
 /// Places a token in a batch of its own outside any shard (the admin token
@@ -251,7 +279,7 @@ mod tests {
     fn batches_close_at_their_bound_and_are_signed_off_the_caller() {
         let keys = Arc::new(super::super::keys::KeyStore::new(None).load(0).unwrap());
         let threads = workers(16);
-        let signer = PqSigner::new(3, Some(threads.workers().clone())).unwrap();
+        let signer = PqSigner::new(3, Some(threads.workers().clone()), None).unwrap();
         let first = signer.batch.get();
         let placed: Vec<Attestation> = (0..=BATCH_LEAVES_MAX)
             .map(|i| signer.add(keys.clone(), leaf(&i.to_le_bytes())).unwrap())
@@ -283,7 +311,7 @@ mod tests {
         let threads = workers(1);
         let workers = threads.workers().clone();
         threads.stop();
-        let signer = PqSigner::new(0, Some(workers)).unwrap();
+        let signer = PqSigner::new(0, Some(workers), None).unwrap();
         for i in 0..PQ_BACKLOG_MAX {
             signer.add(keys.clone(), leaf(&i.to_le_bytes())).unwrap();
             assert!(signer.close(), "the batch waits");

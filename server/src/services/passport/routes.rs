@@ -755,15 +755,22 @@ pub fn pq_batch(passport: &Rc<Passport>, _: &Request<'_>, params: &Params<'_>) -
     let parsed = id
         .split_once('.')
         .and_then(|(s, b)| Some((s.parse::<usize>().ok()?, b.parse::<u64>().ok()?)));
-    let Some((owner, batch)) = parsed.filter(|(owner, _)| *owner < passport.core.count) else {
+    let Some((owner, batch)) = parsed else {
         return Handled::Now(Reply::error(ErrorCode::NotFound, "no such batch"));
     };
     let passport = passport.clone();
     Handled::Later(Box::pin(async move {
-        let found = match passport.call(owner, Call::PqBatch { batch }).await {
-            Ok(Answer::PqBatch(found)) => found,
-            Ok(other) => panic!("a batch lookup answered with {other:?}"),
-            Err(error) => return mesh_failure(error),
+        // The shard that signed it (memory, then its segments); a shard of
+        // an earlier layout has only its segments left.
+        let found = if owner < passport.core.count {
+            match passport.call(owner, Call::PqBatch { batch }).await {
+                Ok(Answer::PqBatch(found)) => found,
+                Ok(other) => panic!("a batch lookup answered with {other:?}"),
+                Err(error) => return mesh_failure(error),
+            }
+        } else {
+            let dir = passport.pq.store_dir().cloned();
+            super::pq_store::find_later(&passport.core, dir, owner, batch).await
         };
         let Some(signed) = found else {
             return Reply::error(ErrorCode::NotFound, "no such batch (or no longer kept)");
