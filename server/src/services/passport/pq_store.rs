@@ -113,7 +113,7 @@ fn segments(dir: &Path, shard: usize) -> Vec<PathBuf> {
             Some((ms, entry.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|b| std::cmp::Reverse(b.0));
     found.into_iter().map(|(_, path)| path).collect()
 }
 
