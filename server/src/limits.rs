@@ -30,8 +30,11 @@ pub const BIND_RETRY: Retry = Retry {
 };
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
-/// How long `node::start` waits for every shard to serve.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `node::start` waits for every shard to serve (after the log's
+/// recovery): a guard against a start that hangs, not a bound on a slow
+/// one. Shards load their views here (millions of accounts take seconds),
+/// and a 2-shard debug build under a full test run once took over 10 s.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---- HTTP ----
 

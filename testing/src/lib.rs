@@ -518,6 +518,35 @@ pub fn post_json(address: SocketAddr, path: &str, bearer: &str, body: &str) -> R
     .expect("a response")
 }
 
+/// Keeps the shard behind `address` busy until `stop` is set: large
+/// `/ingest` batches of fresh mints, each parsed and checked on that
+/// shard's thread, so that calls to it are answered late (the reservation
+/// tests, with a 1 ms request timeout).
+pub fn keep_busy(address: SocketAddr, bearer: &str, stop: &std::sync::atomic::AtomicBool) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut round = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let entries: Vec<String> = (0..2000)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"busy-{nanos:x}-{round}-{i}","kind":"Mint","account":"busy:{i}","asset":"roc","amount":"1"}}"#
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"batch":[{}]}}"#, entries.join(","));
+        let _ = request(
+            address,
+            "POST",
+            "/ingest",
+            &[("Authorization", bearer), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        round += 1;
+    }
+}
+
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(data).expect("compressing");

@@ -844,23 +844,31 @@ fn an_owners_reservation_never_outlives_its_request() {
             until_answered(&[mint(&format!("m-{a}"), a, 10), mint(&format!("m-{b}"), b, 10)]);
         assert_eq!(minted.status, 200, "{}", minted.text());
     }
+    // The storm, while shard 1 is kept busy: its reservations come late.
     let refused = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        for lane in pairs.chunks(PAIRS / 16) {
-            let (bearer, refused, address) = (&bearer, &refused, node.shard_address(0));
-            scope.spawn(move || {
-                for (a, b) in lane {
-                    let burns = [
-                        entry_of(&format!("b-{a}"), EntryKind::Burn, a, 10),
-                        entry_of(&format!("b-{b}"), EntryKind::Burn, b, 10),
-                    ];
-                    let response = ingest(address, bearer, &burns).unwrap();
-                    if matches!(response.status, 429 | 503) {
-                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        scope.spawn(|| ron_testing::keep_busy(node.shard_address(1), &bearer, &stop));
+        let lanes: Vec<_> = pairs
+            .chunks(PAIRS / 16)
+            .map(|lane| {
+                let (bearer, refused, address) = (&bearer, &refused, node.shard_address(0));
+                scope.spawn(move || {
+                    for (a, b) in lane {
+                        let burns = [
+                            entry_of(&format!("b-{a}"), EntryKind::Burn, a, 10),
+                            entry_of(&format!("b-{b}"), EntryKind::Burn, b, 10),
+                        ];
+                        let response = ingest(address, bearer, &burns).unwrap();
+                        if matches!(response.status, 429 | 503) {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
-                }
-            });
-        }
+                })
+            })
+            .collect();
+        lanes.into_iter().for_each(|lane| lane.join().unwrap());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     let refused = refused.into_inner();
     eprintln!("{refused} of {PAIRS} batches were refused with 429 or 503");

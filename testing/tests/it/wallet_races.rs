@@ -63,20 +63,29 @@ fn a_reservation_never_outlives_its_request() {
         );
         assert_eq!(with_retry("/v1/issue", &body).status, 200);
     }
-    // The storm: every transfer once, 16 at a time, no retries.
+    // The storm: every transfer once, 16 at a time, no retries, while
+    // shard 1 (the payers' owner) is kept busy: its reservations come late.
     let timed_out = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let admin = node.admin();
     std::thread::scope(|scope| {
-        for lane in payers.chunks(PAYERS / 16) {
-            let (node, timed_out) = (&node, &timed_out);
-            scope.spawn(move || {
-                for payer in lane {
-                    let response = post(node, shard0, "/v1/transfer", &transfer_body(payer));
-                    if matches!(response.status, 429 | 503) {
-                        timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        scope.spawn(|| ron_testing::keep_busy(node.shard_address(1), &admin, &stop));
+        let lanes: Vec<_> = payers
+            .chunks(PAYERS / 16)
+            .map(|lane| {
+                let (node, timed_out) = (&node, &timed_out);
+                scope.spawn(move || {
+                    for payer in lane {
+                        let response = post(node, shard0, "/v1/transfer", &transfer_body(payer));
+                        if matches!(response.status, 429 | 503) {
+                            timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
-                }
-            });
-        }
+                })
+            })
+            .collect();
+        lanes.into_iter().for_each(|lane| lane.join().unwrap());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     let timed_out = timed_out.into_inner();
     eprintln!("{timed_out} of {PAYERS} transfers were refused with 429 or 503 in the storm");
