@@ -181,7 +181,8 @@ struct Common {
     /// `get` (no token), `auth-get` (bearer token; a token implies it),
     /// `ledger-ingest` (POST /ingest, `--entries` Mint entries per request),
     /// a wallet mix: `wallet-setup` (fund the pool), `wallet-read`,
-    /// `wallet-write` (with `--replay-percent` for replays), `wallet-transfer`;
+    /// `wallet-write` (with `--replay-percent` for replays), `wallet-transfer`,
+    /// `wallet-transfers` (`POST /v1/transfers` of `--entries` transfers);
     /// a passport mix: `passport-verify`, `passport-mix` (80 % issue,
     /// 20 % verify), `passport-revoke` (verify with revocations); or an
     /// index mix: `index-setup` (pointers, objects, providers for `--keys`
@@ -197,7 +198,7 @@ struct Common {
     /// `passport-revoke`: one revocation every this many requests.
     #[arg(long, default_value_t = 100)]
     revoke_every: u64,
-    /// Entries per ledger-ingest request.
+    /// Entries per ledger-ingest request, transfers per wallet-transfers one.
     #[arg(long, default_value_t = 16)]
     entries: usize,
     /// Index workloads: the key space `site-0.bench .. site-N-1.bench`.

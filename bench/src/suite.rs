@@ -11,8 +11,9 @@
 //! `/proc/<pid>/stat`, both cores' time over the run) and RSS
 //! (`/proc/<pid>/status`) after it, and from `/metrics` before and after:
 //! the verify-cache hit rate, sequence gaps, the slowest fsync's bucket,
-//! commit latency, batch sizes, the index cache hit ratio, revocation lag
-//! and refusals. After its rounds a scenario is swept: its rate is stepped
+//! commit latency, batch sizes, the index cache hit ratio, revocation lag,
+//! refusals and the entries made durable per second (what a batch of
+//! writes came to, whatever its 200 said). After its rounds a scenario is swept: its rate is stepped
 //! up until the node bends (answers fall under 90 % of the plan, or any
 //! 429/503 appears: the backpressure the replay scenario is driven into).
 //! Cold start is timed from exec to `/readyz` 200, on an empty data dir and
