@@ -294,6 +294,14 @@ fn version<'a>(config: &'a Config, registry: &Registry, shard_count: usize) -> V
 }
 
 /// Takes `data_dir/LOCK` (flock), so that two nodes never write one log.
+/// Whether a running node holds `config`'s data dir (its `LOCK`).
+pub fn data_dir_in_use(config: &Config) -> bool {
+    let Ok(file) = std::fs::File::open(config.data_dir.join("LOCK")) else { return false };
+    // SAFETY: flock on a descriptor this function owns.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !free
+}
+
 fn lock_data_dir(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     if config.amnesia() {
         return Ok(None);

@@ -465,6 +465,38 @@ impl Registry {
         let all = self.entries.iter().chain(&self.off);
         all.map(|e| &**e).find(|e| e.log_codes().contains(&code))
     }
+
+    /// Whether `item` is one some service (running or off) writes, and
+    /// decodes as such.
+    pub fn check_item(&self, item: &[u8]) -> Result<(), String> {
+        let code = *item.first().ok_or("an empty item")?;
+        let entry = self
+            .any_by_code(code)
+            .ok_or_else(|| format!("no service writes items of code {code:#04x}"))?;
+        entry.check(item)
+    }
+
+    /// The unique key `item` (checked) was appended with, if any.
+    pub fn unique_key(&self, item: &[u8]) -> Option<IdKey> {
+        self.any_by_code(item[0]).expect("checked").unique_key(item)
+    }
+}
+
+/// A log reader that checks every item and applies none: the log's own
+/// state (tree, roots, unique keys) is all it rebuilds (`ron-node
+/// verify-log`).
+pub struct Checker<'a>(pub &'a Registry);
+
+impl crate::log::segments::LogReader for Checker<'_> {
+    fn check(&mut self, item: &[u8]) -> Result<(), String> {
+        self.0.check_item(item)
+    }
+
+    fn unique_key(&mut self, item: &[u8]) -> Option<IdKey> {
+        self.0.unique_key(item)
+    }
+
+    fn visit(&mut self, _: u64, _: &ron_proto::merkle::Hash, _: &[u8]) {}
 }
 
 /// Every service's state of every shard, before the executors start.
@@ -550,16 +582,11 @@ pub struct Replayer<'a> {
 
 impl crate::log::segments::LogReader for Replayer<'_> {
     fn check(&mut self, item: &[u8]) -> Result<(), String> {
-        let code = *item.first().ok_or("an empty item")?;
-        let entry = self
-            .registry
-            .any_by_code(code)
-            .ok_or_else(|| format!("no service writes items of code {code:#04x}"))?;
-        entry.check(item)
+        self.registry.check_item(item)
     }
 
     fn unique_key(&mut self, item: &[u8]) -> Option<IdKey> {
-        self.registry.any_by_code(item[0]).expect("checked").unique_key(item)
+        self.registry.unique_key(item)
     }
 
     fn visit(&mut self, seq: u64, root: &ron_proto::merkle::Hash, item: &[u8]) {

@@ -235,10 +235,22 @@ pub trait LogReader {
     fn visit(&mut self, seq: u64, root: &Hash, item: &[u8]);
 }
 
-/// Scans the log in `dir`, repairs a torn tail, and rebuilds the state,
-/// handing every item to `reader`.
-pub fn recover(dir: &Path, reader: &mut dyn LogReader) -> io::Result<Recovered> {
+/// What recovery does with a torn last record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TornTail {
+    /// Zero it (and drop later segments) so that appending goes on there.
+    Repair,
+    /// Only say so (`ron-node verify-log` changes nothing).
+    Report,
+}
+
+/// Scans the log in `dir`, repairs a torn tail (or reports it), and
+/// rebuilds the state, handing every item to `reader`.
+pub fn recover(dir: &Path, reader: &mut dyn LogReader, torn: TornTail) -> io::Result<Recovered> {
     let started = Instant::now();
+    if torn == TornTail::Report && !dir.exists() {
+        return Ok(Recovered { took: started.elapsed(), ..Recovered::empty() });
+    }
     std::fs::create_dir_all(dir)?;
     let paths = segments(dir)?;
     let mut state = LogState::default();
@@ -287,6 +299,13 @@ pub fn recover(dir: &Path, reader: &mut dyn LogReader) -> io::Result<Recovered> 
                     "{place}: {why}, and a valid record follows at segment {} offset {at}",
                     later.display()
                 ));
+                break 'segments;
+            }
+            if torn == TornTail::Report {
+                truncated = Some(format!(
+                    "{place}: {why} (a torn last record, never acknowledged: a start zeroes it)"
+                ));
+                tail = Some(Tail { path: path.clone(), offset });
                 break 'segments;
             }
             let zeroed = zero_from(path, offset)?;

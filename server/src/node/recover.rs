@@ -56,7 +56,7 @@ pub fn recover(
     let dir = config.data_dir.join("log");
     let mut replayer =
         Replayer { registry, states: &mut states, wants: &wants, tableless_get_all: true };
-    let recovered = segments::recover(&dir, &mut replayer)
+    let recovered = segments::recover(&dir, &mut replayer, segments::TornTail::Repair)
         .with_context(|| format!("reading the log in {}", dir.display()))?;
     let stale = stale_views(&recovered, &metas);
     if !stale.is_empty() {
@@ -74,7 +74,7 @@ pub fn recover(
         };
         let mut replayer =
             Replayer { registry, states: &mut states, wants: &wants, tableless_get_all: false };
-        segments::recover(&dir, &mut replayer)
+        segments::recover(&dir, &mut replayer, segments::TornTail::Repair)
             .with_context(|| format!("reading the log in {}", dir.display()))?;
     }
     report(config, &recovered);

@@ -337,6 +337,19 @@ fn garble(node: &TestNode, offset: u64) {
     file.sync_all().unwrap();
 }
 
+/// `ron-node verify-log` on the node's data dir: exit code and what it printed.
+fn verify_log(node: &TestNode) -> (i32, String) {
+    let data_dir = node.log_dir().parent().unwrap().to_owned();
+    let output = std::process::Command::new(ron_testing::node_binary())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("verify-log")
+        .env("RON_LOG", "error")
+        .output()
+        .unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 #[test]
 fn a_torn_last_record_is_truncated_and_a_corrupt_middle_one_means_safe_mode() {
     let mut node = TestNode::start(NodeOptions::default());
@@ -348,7 +361,16 @@ fn a_torn_last_record_is_truncated_and_a_corrupt_middle_one_means_safe_mode() {
     }
     // Small records: one per 4 KiB block. Tear the third (a body byte).
     node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let (code, report) = verify_log(&node);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("3 records, 3 entries") && report.contains("ok:"), "{report}");
     garble(&node, 2 * 4096 + 140);
+    // verify-log reports the torn tail and changes nothing.
+    let segment = std::fs::read(node.log_dir().join(SEGMENT)).unwrap();
+    let (code, report) = verify_log(&node);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("2 records, 2 entries") && report.contains("torn tail"), "{report}");
+    assert!(std::fs::read(node.log_dir().join(SEGMENT)).unwrap() == segment, "verify-log wrote");
     node.spawn();
     assert!(node.log().contains("removed a torn last record"), "{}", node.log());
     let roots = all_roots(node.listen);
@@ -364,6 +386,12 @@ fn a_torn_last_record_is_truncated_and_a_corrupt_middle_one_means_safe_mode() {
     // Now garble the first record: a valid one follows, so this is corruption.
     node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
     garble(&node, 140);
+    let (code, report) = verify_log(&node);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains("CORRUPT") && report.contains(&format!("{SEGMENT} offset 0")),
+        "{report}"
+    );
     node.spawn_unready();
     let ready = get(node.listen, "/readyz", &[]).unwrap();
     assert_eq!(ready.status, 503);
