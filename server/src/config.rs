@@ -511,7 +511,8 @@ impl Config {
         }
         range("wallet.nonce_window", self.wallet.nonce_window, 0, 1024)?;
         range("wallet.nonce_wait_ms", self.wallet.nonce_wait_ms, 0, 10_000)?;
-        range("wallet.batch_transfers_max", self.wallet.batch_transfers_max, 1, 8190)?;
+        let entries_max = self.ledger.batch_entries_max;
+        range("wallet.batch_transfers_max", self.wallet.batch_transfers_max, 1, entries_max)?;
         if self.wallet.assets.is_empty() {
             return Err(ConfigError("field `wallet.assets`: needs at least one asset".into()));
         }

@@ -43,7 +43,8 @@ enum Command {
     /// Read the whole log and check every record (checksums, the root chain,
     /// each item's decoding, entry ids never repeated); changes nothing.
     /// Exit 0 when it is whole (a torn last record, never acknowledged, is
-    /// reported), 1 on corruption.
+    /// reported), 1 on corruption, 2 when it could not tell (a node running
+    /// on the data dir, a config or read error).
     VerifyLog,
 }
 
@@ -152,9 +153,10 @@ fn verify_log(config: &Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if node::data_dir_in_use(config) {
+    let in_use = node::data_dir_in_use(config);
+    if in_use {
         println!(
-            "note: a node is running on {}: its last record may be in progress",
+            "note: a node is running on {}: records written during the scan may look torn or corrupt",
             config.data_dir.display()
         );
     }
@@ -178,6 +180,12 @@ fn verify_log(config: &Config) -> ExitCode {
         println!("torn tail: {torn}");
     }
     match &recovered.corruption {
+        // On a running node that may be a record being written: say so,
+        // and exit 2 (not known) rather than 1.
+        Some(corruption) if in_use => {
+            println!("inconclusive (the node is running): {corruption}");
+            ExitCode::from(2)
+        }
         Some(corruption) => {
             println!("CORRUPT: {corruption}");
             ExitCode::FAILURE

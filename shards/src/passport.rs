@@ -432,6 +432,9 @@ impl Meters {
     pub fn load_budget(&mut self, (id, spent, until): SpentBudget) {
         let kept = self.spent.entry(id).or_insert((spent, until));
         kept.0 = kept.0.max(spent);
+        // Written again by this shard: the file it came from may be
+        // another shard's, which keeps it no more.
+        self.budgets_changed = true;
     }
 }
 

@@ -155,6 +155,9 @@ pub enum Rejection {
     IdempotencyConflict,
     /// The same request is still being committed.
     InFlight,
+    /// Earlier nonces of the payer, reserved by a batch, are not settled
+    /// yet (committed or given back): a later nonce waits for them.
+    PayerUnsettled,
     UnknownHold,
     /// The hold was captured, released or expired, or that is under way.
     HoldResolved,

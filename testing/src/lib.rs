@@ -239,6 +239,19 @@ impl TestNode {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits up to 10 s until the node's log holds `text` `times` times;
+    /// whether it did.
+    pub fn log_holds(&self, text: &str, times: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(text).count() < times {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listen)
     }

@@ -251,6 +251,9 @@ impl Passport {
     /// snapshot's number and the file they go to.
     fn budgets_snapshot(&self) -> Option<(u64, Vec<SpentBudget>, Arc<budgets::BudgetFile>)> {
         let file = self.budgets.clone()?;
+        if file.take_failed() {
+            self.meters.borrow_mut().budgets_unsaved();
+        }
         let budgets = self.meters.borrow_mut().take_changed_budgets(unix_now_s())?;
         self.budgets_taken.set(self.budgets_taken.get() + 1);
         Some((self.budgets_taken.get(), budgets, file))

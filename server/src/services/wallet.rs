@@ -52,6 +52,10 @@ pub struct Wallet {
     /// the nonces before it, by payer: woken when one of its nonces is
     /// reserved.
     nonce_waiters: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// Payers with nonces a batch reserved here and has not settled, and
+    /// how many: no later nonce of theirs is reserved meanwhile (were one
+    /// of the batch's given back, the later one would commit past a gap).
+    unsettled: RefCell<HashMap<String, u32>>,
     metrics: RefCell<WalletMetrics>,
 }
 
@@ -68,8 +72,10 @@ pub enum Call {
     /// nonce waits: a batch orders its own nonces); like `Reserve` past
     /// `deadline`.
     ReserveBatch { ops: Vec<WalletOp>, now_ms: u64, deadline: Instant },
-    /// Give back what `ReserveBatch` took for these, in this order.
-    ReleaseBatch { ops: Vec<WalletOp> },
+    /// A batch is over: give back what `ReserveBatch` took for `release`
+    /// (in this order), and the payers of the nonces it reserved here
+    /// (once per nonce) are settled.
+    SettleBatch { release: Vec<WalletOp>, payers: Vec<String> },
     Balance { account: String, asset: String },
     Receipt { txid: TxId },
 }
@@ -136,6 +142,7 @@ impl Service for Wallet {
             view: start.view,
             flushing: RefCell::new(VecDeque::new()),
             nonce_waiters: RefCell::new(HashMap::new()),
+            unsettled: RefCell::new(HashMap::new()),
             metrics: RefCell::new(WalletMetrics::default()),
         })
     }
@@ -164,20 +171,45 @@ impl Service for Wallet {
                 if Instant::now() >= deadline {
                     return Answer::Late;
                 }
+                // A payer another batch has not settled waits for it; this
+                // batch's own payers are marked once all of it is reserved.
                 let mut state = self.state.borrow_mut();
-                let answers: Vec<_> = ops.iter().map(|op| state.reserve(op, now_ms)).collect();
+                let answers: Vec<_> = ops
+                    .iter()
+                    .map(|op| match op.nonce.and(state.nonce_account(op)) {
+                        Some(payer) if self.unsettled.borrow().contains_key(payer) => {
+                            Err(Rejection::PayerUnsettled)
+                        }
+                        _ => state.reserve(op, now_ms),
+                    })
+                    .collect();
                 drop(state);
-                for op in ops.iter().zip(&answers).filter_map(|(op, a)| a.is_ok().then_some(op)) {
-                    if op.nonce.is_some() {
-                        self.wake_nonce_waiters(state::scope_account(op));
+                let mut unsettled = self.unsettled.borrow_mut();
+                for answer in &answers {
+                    if let Ok(Reserved::Commit(op)) = answer
+                        && op.nonce.is_some()
+                    {
+                        *unsettled.entry(state::scope_account(op).to_owned()).or_default() += 1;
                     }
                 }
                 Answer::ReservedBatch(answers)
             }
-            Call::ReleaseBatch { ops } => {
+            Call::SettleBatch { release, payers } => {
                 let mut state = self.state.borrow_mut();
-                for op in &ops {
+                for op in &release {
                     state.release(op);
+                }
+                drop(state);
+                for payer in payers {
+                    let mut unsettled = self.unsettled.borrow_mut();
+                    if let Some(count) = unsettled.get_mut(&payer) {
+                        *count -= 1;
+                        if *count == 0 {
+                            unsettled.remove(&payer);
+                            drop(unsettled);
+                            self.wake_nonce_waiters(&payer);
+                        }
+                    }
                 }
                 Answer::Done
             }
@@ -247,7 +279,9 @@ impl Wallet {
     /// `wallet.nonce_window` waits, up to `wallet.nonce_wait_ms` and the
     /// request's deadline, for the nonces before it to be reserved (writes
     /// pipelined over several connections arrive out of order); then it is
-    /// refused as any other nonce conflict.
+    /// refused as any other nonce conflict. So does a write of a payer whose
+    /// earlier nonces a batch has reserved and not settled (then refused as
+    /// `PayerUnsettled`, 429).
     async fn reserve_in_order(
         &self,
         request: &WalletOp,
@@ -259,13 +293,24 @@ impl Wallet {
         let wait_until = deadline.min(Instant::now() + wait);
         let mut waited = false;
         loop {
-            let reserved = self.state.borrow_mut().reserve(request, now_ms);
+            let unsettled = request.nonce.is_some()
+                && self
+                    .state
+                    .borrow()
+                    .nonce_account(request)
+                    .is_some_and(|payer| self.unsettled.borrow().contains_key(payer));
+            let reserved = if unsettled {
+                Err(Rejection::PayerUnsettled)
+            } else {
+                self.state.borrow_mut().reserve(request, now_ms)
+            };
             let ahead = match &reserved {
                 Err(Rejection::NonceConflict { expected, got }) if got > expected => got - expected,
                 _ => 0,
             };
+            let waits = unsettled || (ahead > 0 && ahead <= u64::from(config.nonce_window));
             let now = Instant::now();
-            if ahead == 0 || ahead > u64::from(config.nonce_window) || now >= wait_until {
+            if !waits || now >= wait_until {
                 if let Ok(Reserved::Commit(op)) = &reserved
                     && op.nonce.is_some()
                 {
@@ -304,7 +349,8 @@ impl Wallet {
         }
     }
 
-    /// A nonce of `payer` was reserved: the writes waiting for it look again.
+    /// A nonce of `payer` was reserved, or a batch settled its nonces: the
+    /// writes waiting for it look again.
     fn wake_nonce_waiters(&self, payer: &str) {
         if self.nonce_waiters.borrow().is_empty() {
             return;

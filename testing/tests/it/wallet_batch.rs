@@ -162,6 +162,11 @@ fn a_batch_commits_in_one_record_with_a_result_per_write() {
     );
     assert_eq!(balance(&node, p0), 80);
 
+    // Who is not authenticated is refused whole.
+    let body = format!(r#"{{"transfers":[{}]}}"#, transfer(p0, 1, 3, "u-1", false));
+    let anonymous = post_json(node.listen, "/v1/transfers", "Bearer nope", &body);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+
     // Limits: empty, over batch_transfers_max (12), a body of another shape.
     assert_eq!(transfers(&node, &[]).status, 400);
     let many: Vec<String> =

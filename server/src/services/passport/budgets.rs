@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use ron_shards::passport::SpentBudget;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const MAGIC: &[u8; 5] = b"RONB1";
 const ENTRY_BYTES: usize = 16 + 8 + 8;
@@ -26,11 +27,18 @@ pub struct BudgetFile {
     dir: PathBuf,
     shard: usize,
     written: Mutex<u64>,
+    /// A write failed since the last `take_failed`: write them again.
+    failed: AtomicBool,
 }
 
 impl BudgetFile {
     pub fn new(data_dir: &Path, shard: usize) -> BudgetFile {
-        BudgetFile { dir: data_dir.join("passport"), shard, written: Mutex::new(0) }
+        BudgetFile {
+            dir: data_dir.join("passport"),
+            shard,
+            written: Mutex::new(0),
+            failed: AtomicBool::new(false),
+        }
     }
 
     /// Writes snapshot number `generation` unless a newer one is written.
@@ -39,10 +47,21 @@ impl BudgetFile {
         if generation <= *written {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir).with_context(|| self.dir.display().to_string())?;
-        replace_file(&self.dir, &format!("budgets-{}", self.shard), &encode(budgets))?;
-        *written = generation;
-        Ok(())
+        let done = std::fs::create_dir_all(&self.dir)
+            .with_context(|| self.dir.display().to_string())
+            .and_then(|()| {
+                replace_file(&self.dir, &format!("budgets-{}", self.shard), &encode(budgets))
+            });
+        match done {
+            Ok(()) => *written = generation,
+            Err(_) => self.failed.store(true, Ordering::Relaxed),
+        }
+        done
+    }
+
+    /// Whether a write failed since the last call.
+    pub fn take_failed(&self) -> bool {
+        self.failed.swap(false, Ordering::Relaxed)
     }
 
     /// The budgets of every shard's file that `owned` keeps and that still

@@ -9,7 +9,8 @@
 //! rolled, and at a clean stop. A
 //! segment whose newest batch is older than the longest a token lives
 //! (`passport.ttl_max_s` + `clock_skew_s`) holds no batch a valid token
-//! names, and is removed when a segment is rolled. A lookup that memory
+//! names, and is removed whenever a segment is opened (at every start and
+//! every `PQ_SEGMENT_BYTES`), whichever shard wrote it. A lookup that memory
 //! misses reads the shard's segments, newest first, on a worker.
 //!
 //! A record: `RPQ1` | payload length u32 | payload | BLAKE3 of the payload,
@@ -61,6 +62,7 @@ impl BatchWriter {
         }
         if self.file.is_none() {
             std::fs::create_dir_all(&self.dir).with_context(|| self.dir.display().to_string())?;
+            self.prune();
             let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
             let path = self.dir.join(format!("{}-{}.pqb", self.shard, ms.as_millis()));
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -68,7 +70,13 @@ impl BatchWriter {
         }
         let (file, len) = self.file.as_mut().expect("opened above");
         let record = encode(batch);
-        file.write_all(&record)?;
+        if let Err(error) = file.write_all(&record) {
+            // No partial record stays in front of later ones: cut it, and
+            // go on in a new segment.
+            let _ = file.set_len(*len);
+            self.file = None;
+            return Err(error.into());
+        }
         *len += record.len() as u64;
         if self.synced.elapsed() >= PQ_SYNC_EVERY {
             file.sync_data()?;
@@ -77,19 +85,31 @@ impl BatchWriter {
         Ok(())
     }
 
-    /// Closes the segment (synced) and removes segments past their time.
+    /// Closes the segment (synced); the next append opens a new one.
     fn roll(&mut self) -> anyhow::Result<()> {
         if let Some((file, _)) = self.file.take() {
             file.sync_data()?;
         }
+        Ok(())
+    }
+
+    /// Removes every segment (of any shard, this layout's or an earlier
+    /// one's) last written longer ago than a token lives: when a segment is
+    /// opened, so at every start and every `PQ_SEGMENT_BYTES`.
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let now = SystemTime::now();
-        for path in segments(&self.dir, self.shard) {
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified());
-            if modified.is_ok_and(|at| now.duration_since(at).unwrap_or_default() > self.keep) {
-                std::fs::remove_file(&path)?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| now.duration_since(at).unwrap_or_default() > self.keep);
+            if old && path.extension().is_some_and(|e| e == "pqb") {
+                // Another shard's writer may have removed it first.
+                let _ = std::fs::remove_file(&path);
             }
         }
-        Ok(())
     }
 }
 

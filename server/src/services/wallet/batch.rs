@@ -12,7 +12,10 @@
 //!   open by the last write fails with `LINKED_EVENT_CHAIN_OPEN`);
 //! * a failed write also fails the payer's later nonces in the batch (they
 //!   could not commit without it);
-//! * every write that succeeds is in one log record, committed at once.
+//! * every write that succeeds is in one log record, committed at once;
+//! * while a batch is under way, no later nonce of its payers is reserved
+//!   by anyone else (it waits, or is refused with 429): were one of the
+//!   batch's nonces given back, the later one would commit past a gap.
 //!
 //! The answer is 200 whenever the batch was looked at, whatever each write
 //! came to; a body that does not parse, or too many writes, is refused whole.
@@ -24,6 +27,8 @@ use crate::clock::unix_now_ms;
 use crate::core::mesh::{MeshError, Wait};
 use crate::http::reply::{Body, degraded, link_failure, mesh_failure};
 use crate::http::{Amount, Handled, Params, Reply, Request};
+use crate::limits::RELEASE_RETRY;
+use crate::retry::Outcome;
 use crate::log::{Append, LogAnswer, LogCall, Part};
 use crate::service::Service;
 use ron_proto::ErrorCode;
@@ -32,7 +37,7 @@ use ron_proto::token::scope;
 use ron_proto::wallet::{OpKind, TxId, WalletOp, txid_text};
 use ron_shards::wallet::{Reserved, parts, scope_account};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 #[derive(Deserialize)]
@@ -179,41 +184,51 @@ struct Batch {
 
 impl Batch {
     /// Spreads failures until none is left to spread: to the rest of a
-    /// failed write's chain, and to the later nonces of its payer.
-    /// Returns the reservations the newly failed writes held.
+    /// failed write's chain, and to the payer's later nonces after a write
+    /// whose reservation was handed back. Each pass is linear in the
+    /// batch; a pass that fails nothing more ends it. Returns the
+    /// reservations the newly failed writes held.
     fn spread_failures(&mut self) -> Releases {
         let mut releases = Vec::new();
         loop {
-            let mut spread = false;
-            for i in 0..self.slots.len() {
-                if !self.slots[i].is_failed() {
+            // The first failed write of each chain, and the lowest released
+            // nonce of each payer.
+            let mut failed_chains: HashMap<usize, usize> = HashMap::new();
+            let mut released_from: HashMap<&str, (u64, usize)> = HashMap::new();
+            for (i, slot) in self.slots.iter().enumerate() {
+                if !slot.is_failed() {
                     continue;
                 }
-                for j in 0..self.slots.len() {
-                    if j == i || self.slots[j].is_failed() {
-                        continue;
+                failed_chains.entry(self.chain[i]).or_insert(i);
+                if let (true, Some((payer, nonce))) = (self.released[i], &self.payer_nonce[i]) {
+                    let lowest = released_from.entry(payer.as_str()).or_insert((*nonce, i));
+                    if *nonce < lowest.0 {
+                        *lowest = (*nonce, i);
                     }
-                    let linked = self.chain[j] == self.chain[i];
-                    let later_nonce = match (&self.payer_nonce[i], &self.payer_nonce[j]) {
-                        (Some((payer, failed)), Some((other, nonce))) => {
-                            self.released[i] && payer == other && nonce > failed
-                        }
-                        _ => false,
-                    };
-                    if !(linked || later_nonce) {
-                        continue;
-                    }
-                    let before = releases.len();
-                    let (status, code, message) = if linked {
-                        (409, LINKED_EVENT_FAILED, format!("write {i} of its linked chain failed"))
-                    } else {
-                        let message = format!("an earlier nonce of this payer (write {i}) failed");
-                        (409, ErrorCode::NonceConflict.as_str(), message)
-                    };
-                    self.slots[j].fail(status, code, message, &mut releases);
-                    self.released[j] = releases.len() > before;
-                    spread |= self.slots[j].is_failed();
                 }
+            }
+            let mut newly = Vec::new();
+            for j in 0..self.slots.len() {
+                if self.slots[j].is_failed() {
+                    continue;
+                }
+                if let Some(&i) = failed_chains.get(&self.chain[j]) {
+                    let message = format!("write {i} of its linked chain failed");
+                    newly.push((j, LINKED_EVENT_FAILED, message));
+                } else if let Some((payer, nonce)) = &self.payer_nonce[j]
+                    && let Some(&(lowest, i)) = released_from.get(payer.as_str())
+                    && *nonce > lowest
+                {
+                    let message = format!("an earlier nonce of this payer (write {i}) failed");
+                    newly.push((j, ErrorCode::NonceConflict.as_str(), message));
+                }
+            }
+            let mut spread = false;
+            for (j, code, message) in newly {
+                let before = releases.len();
+                self.slots[j].fail(409, code, message, &mut releases);
+                self.released[j] = releases.len() > before;
+                spread |= self.slots[j].is_failed();
             }
             if !spread {
                 return releases;
@@ -239,6 +254,13 @@ fn batch(
     }
     if wallet.core.log.in_safe_mode() {
         return Handled::Now(degraded(None));
+    }
+    // Who is not authenticated is refused whole (401), not write by write;
+    // each write's caveats are checked below.
+    if let Err(reply) = wallet.passport.authorize(request, route_scope, Default::default())
+        && reply.status == 401
+    {
+        return Handled::Now(reply);
     }
     let count = items.len();
     let mut batch = Batch {
@@ -282,8 +304,19 @@ fn batch(
 async fn run(wallet: &Rc<Wallet>, mut batch: Batch) -> Reply {
     batch.spread_failures();
     reserve(wallet, &mut batch).await;
-    let releases = batch.spread_failures();
-    release(wallet, releases).await;
+    // The payers whose nonces the batch reserved, by shard: settled (and
+    // any reservation given back) once the batch is over.
+    let reserved_payers: Vec<(usize, String)> = batch
+        .slots
+        .iter()
+        .filter_map(|slot| match slot {
+            Slot::Reserved { op, scope_shard } if op.nonce.is_some() => {
+                Some((*scope_shard, scope_account(op).to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut releases = batch.spread_failures();
     let mut ledger = None;
     let reserved: Vec<usize> =
         (0..batch.slots.len()).filter(|i| matches!(batch.slots[*i], Slot::Reserved { .. })).collect();
@@ -312,14 +345,13 @@ async fn run(wallet: &Rc<Wallet>, mut batch: Batch) -> Reply {
                 let Slot::Failed { status, code, message } = Slot::failed(reply) else {
                     unreachable!("an error reply")
                 };
-                let mut releases = Vec::new();
                 for i in reserved {
                     batch.slots[i].fail(status, code, message.clone(), &mut releases);
                 }
-                release(wallet, releases).await;
             }
         }
     }
+    settle(wallet, releases, reserved_payers).await;
     let replays = batch.slots.iter().filter(|s| matches!(s, Slot::Replayed(_))).count();
     wallet.metrics.borrow_mut().idem_replays += replays as u64;
     Reply::json_owned(200, answer(&batch, ledger))
@@ -365,21 +397,35 @@ async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
     }
 }
 
-/// Hands reservations back, each shard's in one call, latest first (so a
-/// payer's nonce steps back one at a time).
-async fn release(wallet: &Rc<Wallet>, releases: Releases) {
-    let mut by_shard: BTreeMap<usize, Vec<WalletOp>> = BTreeMap::new();
+/// Ends the batch on each shard it reserved on, in one call each: hands
+/// back the reservations of the writes that failed, latest first (so a
+/// payer's nonce steps back one at a time), and settles its payers, whose
+/// later nonces may then be reserved. A busy shard is asked again
+/// (`RELEASE_RETRY`).
+async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<(usize, String)>) {
+    let mut by_shard: BTreeMap<usize, (Vec<WalletOp>, Vec<String>)> = BTreeMap::new();
     for (shard, op) in releases {
-        by_shard.entry(shard).or_default().push(op);
+        by_shard.entry(shard).or_default().0.push(op);
     }
-    for (shard, mut ops) in by_shard {
-        ops.sort_by_key(|op| std::cmp::Reverse(op.nonce));
-        let call = Call::ReleaseBatch { ops };
-        match wallet.call_waiting(shard, call, Wait::Answer).await {
-            Ok(Answer::Done) => {}
-            Ok(other) => panic!("a batch release answered with {other:?}"),
-            Err(error) => {
-                tracing::error!(shard, ?error, "a batch's reservations were not released");
+    for (shard, payer) in payers {
+        by_shard.entry(shard).or_default().1.push(payer);
+    }
+    for (shard, (mut release, payers)) in by_shard {
+        release.sort_by_key(|op| std::cmp::Reverse(op.nonce));
+        let outcome = RELEASE_RETRY
+            .run(
+                || {
+                    let call = Call::SettleBatch { release: release.clone(), payers: payers.clone() };
+                    wallet.call_waiting(shard, call, Wait::Answer)
+                },
+                |error| *error == MeshError::Busy,
+            )
+            .await;
+        match outcome {
+            Outcome::Done(Answer::Done) => {}
+            Outcome::Done(other) => panic!("a batch settlement answered with {other:?}"),
+            Outcome::Failed(error) | Outcome::GaveUp(error) => {
+                tracing::error!(shard, ?error, "a batch was not settled: reservations stay held");
             }
         }
     }

@@ -237,6 +237,14 @@ pub(super) fn rejection(rejection: Rejection) -> Reply {
             reply.retry_after_s = Some(1);
             reply
         }
+        Rejection::PayerUnsettled => {
+            let mut reply = Reply::error(
+                ErrorCode::Busy,
+                "earlier nonces of this payer are still being settled by a batch; retry",
+            );
+            reply.retry_after_s = Some(1);
+            reply
+        }
         Rejection::UnknownHold => Reply::error(ErrorCode::NotFound, "no open hold with that id"),
         Rejection::HoldResolved => {
             Reply::error(ErrorCode::Conflict, "the hold is already being resolved")
