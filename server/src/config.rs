@@ -145,7 +145,8 @@ pub struct Wallet {
     pub nonce_window: u32,
     /// How long such a nonce waits before it is refused (`NONCE_CONFLICT`).
     pub nonce_wait_ms: u64,
-    /// Writes in one `POST /v1/transfers` or `/v1/issues`.
+    /// Writes in one `POST /v1/transfers` or `/v1/issues` (and at most
+    /// `ledger.batch_entries_max`: a batch is one record).
     pub batch_transfers_max: u32,
 }
 
@@ -511,8 +512,10 @@ impl Config {
         }
         range("wallet.nonce_window", self.wallet.nonce_window, 0, 1024)?;
         range("wallet.nonce_wait_ms", self.wallet.nonce_wait_ms, 0, 10_000)?;
-        let entries_max = self.ledger.batch_entries_max;
-        range("wallet.batch_transfers_max", self.wallet.batch_transfers_max, 1, entries_max)?;
+        // The effective bound is also at most `ledger.batch_entries_max`
+        // (a batch is one record): `services::wallet::batch`.
+        let record_max = ron_proto::log::RECORD_ENTRIES_MAX as u32;
+        range("wallet.batch_transfers_max", self.wallet.batch_transfers_max, 1, record_max)?;
         if self.wallet.assets.is_empty() {
             return Err(ConfigError("field `wallet.assets`: needs at least one asset".into()));
         }

@@ -244,12 +244,16 @@ fn batch(
     items: Vec<(Payment, String, bool)>,
     route_scope: &'static str,
 ) -> Handled {
-    let max = wallet.core.config.wallet.batch_transfers_max as usize;
+    let config = &wallet.core.config;
+    let max = config.wallet.batch_transfers_max.min(config.ledger.batch_entries_max) as usize;
     if items.is_empty() {
         return Handled::Now(bad("a batch needs at least one write"));
     }
     if items.len() > max {
-        let why = format!("{} writes in one batch; at most {max} (wallet.batch_transfers_max)", items.len());
+        let why = format!(
+            "{} writes in one batch; at most {max} (wallet.batch_transfers_max, ledger.batch_entries_max)",
+            items.len()
+        );
         return Handled::Now(Reply::error(ErrorCode::LimitsExceeded, why));
     }
     if wallet.core.log.in_safe_mode() {
