@@ -180,4 +180,20 @@ fn a_batch_commits_in_one_record_with_a_result_per_write() {
         post_json(node.listen, "/v1/transfers", &node.admin(), r#"{"transfers":[],"extra":1}"#);
     assert_eq!(unknown.status, 400);
     assert_eq!(balance(&node, p0), 68);
+
+    // A token bound to one account: its writes pass, another's are 403,
+    // each on its own.
+    let body = format!(
+        r#"{{"subject_ref":"shop","audience":"ron-node","ttl_s":600,"scopes":["wallet.transfer"],"caveats":["account={p0}"]}}"#
+    );
+    let issued = post_json(node.listen, "/v1/passport/issue", &node.admin(), &body);
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    let bound = format!("Bearer {}", issued.json().get_str("token").unwrap());
+    let body = format!(
+        r#"{{"transfers":[{},{}]}}"#,
+        transfer(p0, 1, 15, "b-0", false),
+        transfer(p1, 1, 2, "b-1", false)
+    );
+    let mixed = post_json(node.listen, "/v1/transfers", &bound, &body).json();
+    assert_eq!(codes(&mixed), [ok(), failed(403, "FORBIDDEN")], "{mixed:?}");
 }

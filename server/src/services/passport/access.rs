@@ -121,6 +121,21 @@ pub fn authorize(
     scope: Option<&str>,
     facts: Facts<'_>,
 ) -> Result<(), Reply> {
+    let mut decided = Ok(());
+    authorize_each(passport, presented, scope, std::iter::once(facts), |_, d| decided = d)?;
+    decided
+}
+
+/// Verifies the token once, then decides each of `facts` with it (a batch
+/// of writes), handing each decision to `each` in order. A token that is
+/// missing or does not verify is `Err` (401), and nothing is decided.
+pub fn authorize_each<'f>(
+    passport: &Passport,
+    presented: &Presented<'_>,
+    scope: Option<&str>,
+    facts: impl IntoIterator<Item = Facts<'f>>,
+    mut each: impl FnMut(usize, Result<(), Reply>),
+) -> Result<(), Reply> {
     let Some(header) = presented.authorization else {
         return Err(Reply::error(ErrorCode::Unauthorized, "missing bearer token"));
     };
@@ -128,21 +143,21 @@ pub fn authorize(
         return Err(Reply::error(ErrorCode::Unauthorized, "authorization is not a bearer token"));
     };
     let started = Instant::now();
-    let decided =
-        passport.with_verified(text, |view| decide(passport, view, presented, scope, facts));
+    let verified = passport.with_verified(text, |view| {
+        for (i, facts) in facts.into_iter().enumerate() {
+            let decided = decide(passport, view, presented, scope, facts).map_err(|denial| {
+                passport.metrics.borrow_mut().reject(denial.reason());
+                denied(denial)
+            });
+            each(i, decided);
+        }
+    });
     let mut metrics = passport.metrics.borrow_mut();
     metrics.verify_latency.record(started.elapsed());
-    match decided {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(denial)) => {
-            metrics.reject(denial.reason());
-            Err(denied(denial))
-        }
-        Err(refusal) => {
-            metrics.reject(refusal.reason());
-            Err(Reply::error(ErrorCode::Unauthorized, refusal.message()))
-        }
-    }
+    verified.map_err(|refusal| {
+        metrics.reject(refusal.reason());
+        Reply::error(ErrorCode::Unauthorized, refusal.message())
+    })
 }
 
 /// The caveats of a verified token against the request.

@@ -22,6 +22,7 @@
 //! Each scope shard reserves its writes in one call, in batch order.
 
 use super::routes::{Payment, Write, bad, checked_payment, facts, rejection};
+use crate::services::passport::access::{self, Presented};
 use super::{Answer, Call, Wallet};
 use crate::clock::unix_now_ms;
 use crate::core::mesh::{MeshError, Wait};
@@ -259,13 +260,6 @@ fn batch(
     if wallet.core.log.in_safe_mode() {
         return Handled::Now(degraded(None));
     }
-    // Who is not authenticated is refused whole (401), not write by write;
-    // each write's caveats are checked below.
-    if let Err(reply) = wallet.passport.authorize(request, route_scope, Default::default())
-        && reply.status == 401
-    {
-        return Handled::Now(reply);
-    }
     let count = items.len();
     let mut batch = Batch {
         slots: Vec::with_capacity(count),
@@ -275,12 +269,38 @@ fn batch(
     };
     let mut chain_start = 0;
     let mut open = false;
-    for (i, (payment, key, linked)) in items.into_iter().enumerate() {
-        let slot = match checked_payment(wallet, payment, &key, route_scope) {
-            Ok(write) => match wallet.passport.authorize(request, route_scope, facts(&write.op)) {
-                Ok(()) => Slot::Ready(write),
-                Err(reply) => Slot::failed(reply),
-            },
+    let (mut checked, links): (Vec<Result<Write, Reply>>, Vec<bool>) = items
+        .into_iter()
+        .map(|(payment, key, linked)| (checked_payment(wallet, payment, &key, route_scope), linked))
+        .unzip();
+    // The token is verified once (refused whole, 401, if it does not
+    // verify), then each checked write's caveats are decided with it.
+    let writes = checked.iter().filter_map(|c| c.as_ref().ok());
+    let mut refused: Vec<(usize, Reply)> = Vec::new();
+    let presented = Presented::of(request, request.path());
+    let decided = access::authorize_each(
+        &wallet.passport,
+        &presented,
+        Some(route_scope),
+        writes.map(|write| facts(&write.op)),
+        |k, decided| {
+            if let Err(reply) = decided {
+                refused.push((k, reply));
+            }
+        },
+    );
+    if let Err(reply) = decided {
+        return Handled::Now(reply);
+    }
+    // `refused` counts among the checked writes only: map back.
+    let ok_indices: Vec<usize> =
+        checked.iter().enumerate().filter_map(|(i, c)| c.is_ok().then_some(i)).collect();
+    for (k, reply) in refused {
+        checked[ok_indices[k]] = Err(reply);
+    }
+    for (i, (checked, linked)) in checked.into_iter().zip(links).enumerate() {
+        let slot = match checked {
+            Ok(write) => Slot::Ready(write),
             Err(reply) => Slot::failed(reply),
         };
         let payer_nonce = match &slot {
