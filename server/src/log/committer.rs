@@ -551,20 +551,26 @@ fn take(committer: &Committer) -> Taken {
                 continue;
             }
         }
+        // One pass per id: committed before, or already in this record
+        // (an earlier append's, or this one's twice). A refused append's
+        // ids come out of the record's set again.
         let unique = &next.append.unique;
-        let mut seen = HashSet::with_capacity(unique.len());
-        let repeated: Vec<u32> = (0..unique.len() as u32)
-            .filter(|i| {
-                let key = &unique[*i as usize];
-                state.unique.contains(key) || taken.unique.contains(key) || !seen.insert(*key)
-            })
-            .collect();
+        let mut repeated = Vec::new();
+        for (i, key) in unique.iter().enumerate() {
+            if state.unique.contains(key) || !taken.unique.insert(*key) {
+                repeated.push(i as u32);
+            }
+        }
         if !repeated.is_empty() {
+            for (i, key) in unique.iter().enumerate() {
+                if repeated.binary_search(&(i as u32)).is_err() {
+                    taken.unique.remove(key);
+                }
+            }
             taken.duplicates.push((next, repeated));
             continue;
         }
         taken.idem.extend(next.append.idem);
-        taken.unique.extend(unique.iter().copied());
         taken.items += count;
         taken.batch.push(next);
     }

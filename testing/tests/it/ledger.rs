@@ -286,6 +286,7 @@ fn every_ingest_rejection_has_its_code_and_reasons() {
     let twice = ingest(node.listen, &bearer, &[mint("u3", "a", 1), mint("u3", "a", 1)]).unwrap();
     assert_eq!(twice.status, 409);
     assert_eq!(ingest(node.listen, &bearer, &[mint("u2", "a", 1)]).unwrap().status, 200);
+    assert_eq!(ingest(node.listen, &bearer, &[mint("u3", "a", 1)]).unwrap().status, 200);
     // Media type and access.
     let text = ron_testing::request(
         node.listen,
