@@ -820,7 +820,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case<'_>; 10] = [
+        let cases: [Case<'_>; 11] = [
             (Some("[limits]\nbody_max_byte = 1\n"), &[], "body_max_byte"),
             (Some("[limits]\nbody_max_bytes = \"x\"\n"), &[], "limits.body_max_bytes"),
             (None, &[("RON_LIMITS_BODY_MAX_BYTES", "0")], "limits.body_max_bytes"),
@@ -831,6 +831,7 @@ mod tests {
             (None, &[("RON_PASSPORT_AUDIENCES", "[]")], "passport.audiences"),
             (Some("[passport]\naudiences = [\"\"]\n"), &[], "passport.audiences"),
             (None, &[("RON_LOG", "ron_server=loud")], "log"),
+            (None, &[("RON_WALLET_NONCE_WINDOW", "1025")], "wallet.nonce_window"),
         ];
         for (text, env, field) in cases {
             let message = load(text, env).unwrap_err().to_string();

@@ -66,16 +66,15 @@ pub enum Call {
     /// Sent with `Wait::Answer`, so every reservation reaches its caller,
     /// which commits it or releases it.
     Reserve { op: Box<WalletOp>, now_ms: u64, deadline: Instant },
-    /// The write did not commit: give back what it reserved.
-    Release { op: Box<WalletOp> },
     /// Reserve each of a batch's writes this shard scopes, in order (no
     /// nonce waits: a batch orders its own nonces); like `Reserve` past
     /// `deadline`.
     ReserveBatch { ops: Vec<WalletOp>, now_ms: u64, deadline: Instant },
-    /// A batch is over: give back what `ReserveBatch` took for `release`
-    /// (in this order), and the payers of the nonces it reserved here
-    /// (once per nonce) are settled.
-    SettleBatch { release: Vec<WalletOp>, payers: Vec<String> },
+    /// Writes are over: give back what was reserved for `release` (those
+    /// that did not commit, in this order), and the payers of the nonces a
+    /// batch reserved here (once per nonce) are settled. A single write's
+    /// release is a settlement of one, without payers.
+    Settle { release: Vec<WalletOp>, payers: Vec<String> },
     Balance { account: String, asset: String },
     Receipt { txid: TxId },
 }
@@ -163,10 +162,6 @@ impl Service for Wallet {
                 }
                 Answer::Reserved(self.reserve_in_order(&op, now_ms, deadline).await)
             }
-            Call::Release { op } => {
-                self.state.borrow_mut().release(&op);
-                Answer::Done
-            }
             Call::ReserveBatch { ops, now_ms, deadline } => {
                 if Instant::now() >= deadline {
                     return Answer::Late;
@@ -194,7 +189,7 @@ impl Service for Wallet {
                 }
                 Answer::ReservedBatch(answers)
             }
-            Call::SettleBatch { release, payers } => {
+            Call::Settle { release, payers } => {
                 let mut state = self.state.borrow_mut();
                 for op in &release {
                     state.release(op);

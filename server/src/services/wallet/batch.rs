@@ -169,7 +169,7 @@ impl Slot {
 }
 
 /// Reservations to hand back: (scope shard, operation).
-type Releases = Vec<(usize, WalletOp)>;
+pub(super) type Releases = Vec<(usize, WalletOp)>;
 
 /// One batch under way.
 struct Batch {
@@ -426,7 +426,7 @@ async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
 /// payer's nonce steps back one at a time), and settles its payers, whose
 /// later nonces may then be reserved. A busy shard is asked again
 /// (`RELEASE_RETRY`).
-async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<(usize, String)>) {
+pub(super) async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<(usize, String)>) {
     let mut by_shard: BTreeMap<usize, (Vec<WalletOp>, Vec<String>)> = BTreeMap::new();
     for (shard, op) in releases {
         by_shard.entry(shard).or_default().0.push(op);
@@ -439,7 +439,7 @@ async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<(usize, Str
         let outcome = RELEASE_RETRY
             .run(
                 || {
-                    let call = Call::SettleBatch { release: release.clone(), payers: payers.clone() };
+                    let call = Call::Settle { release: release.clone(), payers: payers.clone() };
                     wallet.call_waiting(shard, call, Wait::Answer)
                 },
                 |error| *error == MeshError::Busy,
@@ -447,9 +447,9 @@ async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<(usize, Str
             .await;
         match outcome {
             Outcome::Done(Answer::Done) => {}
-            Outcome::Done(other) => panic!("a batch settlement answered with {other:?}"),
+            Outcome::Done(other) => panic!("a settlement answered with {other:?}"),
             Outcome::Failed(error) | Outcome::GaveUp(error) => {
-                tracing::error!(shard, ?error, "a batch was not settled: reservations stay held");
+                tracing::error!(shard, ?error, "writes were not settled: reservations stay held");
             }
         }
     }

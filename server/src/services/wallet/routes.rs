@@ -6,9 +6,8 @@ use crate::clock::unix_now_ms;
 use crate::core::mesh::{MeshError, Wait};
 use crate::http::reply::{degraded, link_failure, mesh_failure};
 use crate::http::{Access, Amount, Handled, Params, Reply, Request, RouteTable, Shed};
-use crate::limits::{HOLD_TIMEOUT_S_MAX, RELEASE_RETRY, TXID_TEXT_BYTES_MAX};
+use crate::limits::{HOLD_TIMEOUT_S_MAX, TXID_TEXT_BYTES_MAX};
 use crate::log::LogAnswer;
-use crate::retry::Outcome;
 use crate::service::Service;
 use crate::services::passport::access::{Facts, Presented};
 use ron_proto::ErrorCode;
@@ -230,20 +229,10 @@ pub(super) fn rejection(rejection: Rejection) -> Reply {
             "the idempotency key was used for a different request",
         ),
         Rejection::InFlight => {
-            let mut reply = Reply::error(
-                ErrorCode::Busy,
-                "the same request is being committed; retry for its receipt",
-            );
-            reply.retry_after_s = Some(1);
-            reply
+            busy_retry("the same request is being committed; retry for its receipt")
         }
         Rejection::PayerUnsettled => {
-            let mut reply = Reply::error(
-                ErrorCode::Busy,
-                "earlier nonces of this payer are still being settled by a batch; retry",
-            );
-            reply.retry_after_s = Some(1);
-            reply
+            busy_retry("earlier nonces of this payer are still being settled by a batch; retry")
         }
         Rejection::UnknownHold => Reply::error(ErrorCode::NotFound, "no open hold with that id"),
         Rejection::HoldResolved => {
@@ -251,6 +240,13 @@ pub(super) fn rejection(rejection: Rejection) -> Reply {
         }
         Rejection::LimitsExceeded(why) => Reply::error(ErrorCode::LimitsExceeded, why),
     }
+}
+
+/// 429 with `Retry-After: 1`: what is in the way ends within moments.
+fn busy_retry(message: &'static str) -> Reply {
+    let mut reply = Reply::error(ErrorCode::Busy, message);
+    reply.retry_after_s = Some(1);
+    reply
 }
 
 /// Validates the caveats (for captures and releases, once the hold is
@@ -342,24 +338,10 @@ pub(super) async fn commit(wallet: &Rc<Wallet>, op: WalletOp, scope_shard: usize
     }
 }
 
-/// Gives back a reservation; a busy shard is asked again (`RELEASE_RETRY`).
+/// Gives back a reservation (a settlement of one; a busy shard is asked
+/// again).
 async fn release(wallet: &Rc<Wallet>, scope_shard: usize, op: &WalletOp) {
-    let outcome = RELEASE_RETRY
-        .run(
-            || {
-                let call = Call::Release { op: Box::new(op.clone()) };
-                wallet.call_waiting(scope_shard, call, Wait::Answer)
-            },
-            |error| *error == MeshError::Busy,
-        )
-        .await;
-    match outcome {
-        Outcome::Done(Answer::Done) => {}
-        Outcome::Done(other) => panic!("a wallet release answered with {other:?}"),
-        Outcome::Failed(error) | Outcome::GaveUp(error) => {
-            tracing::error!(scope_shard, ?error, "a wallet reservation was not released");
-        }
-    }
+    super::batch::settle(wallet, vec![(scope_shard, op.clone())], Vec::new()).await;
 }
 
 macro_rules! body {
