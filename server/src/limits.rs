@@ -103,6 +103,12 @@ pub const ROOTS_PAGE_MAX: usize = 1000;
 /// Address space reserved per shard view; the file grows only with what it
 /// holds.
 pub const VIEW_MAP_BYTES: usize = 32 << 30;
+/// The log index's LMDB map: address space, not memory (about 110 bytes
+/// an entry: its id, two tree nodes and their keys).
+pub const INDEX_MAP_BYTES: usize = 256 << 30;
+/// How often the log index is checkpointed while entries commit (a crash
+/// replays about this much of the log for the committer).
+pub const INDEX_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Tables in one view (LMDB's named databases, the meta included).
 pub const VIEW_TABLES_MAX: usize = 64;
 /// How often a shard looks at whether its view is due.

@@ -21,6 +21,7 @@
 
 pub mod committer;
 pub mod disk_ring;
+pub mod index;
 pub mod link;
 pub mod segments;
 pub mod view;

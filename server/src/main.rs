@@ -161,7 +161,10 @@ fn verify_log(config: &Config) -> ExitCode {
         );
     }
     let mut checker = ron_server::service::Checker(&registry);
-    let recovered = match segments::recover(&dir, &mut checker, TornTail::Report) {
+    // The whole log, every record hashed again: the index on disk is not
+    // used.
+    let (all, scan) = (segments::LogState::checking(), segments::Scan::all(TornTail::Report));
+    let recovered = match segments::recover(&dir, all, scan, &mut checker) {
         Ok(recovered) => recovered,
         Err(error) => {
             eprintln!("ron-node: reading {}: {error}", dir.display());

@@ -12,7 +12,7 @@ use crate::log::LogShared;
 use crate::log::committer::{self, CommitterLink, CommitterStart};
 use crate::retry::Outcome;
 use crate::service::{Registry, Service};
-use crate::workers::{WorkerThreads, Workers};
+use crate::workers::{Job, Lane, WorkerThreads, Workers};
 use anyhow::Context as _;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -133,6 +133,10 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let config = Arc::new(config);
     let workers = Workers::start(&config.workers_layout(shard_count))
         .context("starting the worker threads")?;
+    if !config.amnesia() {
+        let until = recovery.recovered.state.accumulator.len();
+        verify_in_background(&config, &registry, &log, workers.workers(), until);
+    }
     let launch = Launch {
         config: config.clone(),
         layout: layout.clone(),
@@ -164,6 +168,67 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         workers: Some(workers),
         _data_dir_lock: data_dir_lock,
     })
+}
+
+/// Checks the whole log, through `until`, as `ron-node verify-log` does, on
+/// a batch worker (`SCHED_IDLE`): a start reads only the log after the
+/// index's checkpoint, so a corrupt older record is found here, and puts
+/// the node in safe mode as it would at start.
+fn verify_in_background(
+    config: &Config,
+    registry: &Arc<Registry>,
+    log: &Arc<LogShared>,
+    workers: &Workers,
+    until: u64,
+) {
+    use crate::log::segments::{self, LogReader, LogState, Scan, TornTail};
+    /// The checker, which stops when the node does.
+    struct Stoppable<'a>(crate::service::Checker<'a>, Workers);
+    impl LogReader for Stoppable<'_> {
+        fn check(&mut self, item: &[u8]) -> Result<(), String> {
+            self.0.check(item)
+        }
+        fn unique_key(&mut self, item: &[u8]) -> Option<crate::log::IdKey> {
+            self.0.unique_key(item)
+        }
+        fn visit(&mut self, _: u64, _: &ron_proto::merkle::Hash, _: &[u8]) {}
+        fn stopped(&self) -> bool {
+            self.1.stopping()
+        }
+    }
+    let (dir, registry, log) = (config.data_dir.join("log"), registry.clone(), log.clone());
+    let stop = workers.clone();
+    let job = Job::new(move || {
+        let mut reader = Stoppable(crate::service::Checker(&registry), stop.clone());
+        let scan = Scan { from: None, torn: TornTail::Report, until };
+        match segments::recover(&dir, LogState::checking(), scan, &mut reader) {
+            Ok(_) if stop.stopping() => tracing::info!("the background scan of the log stopped"),
+            Ok(checked) => match checked.corruption.or_else(|| {
+                // Every record through `until` was read at start: one
+                // missing now is corruption too.
+                let read = checked.state.accumulator.len();
+                (read < until).then(|| match checked.truncated {
+                    Some(torn) => torn,
+                    None => format!("the log ends at seq {read}, before {until}"),
+                })
+            }) {
+                Some(corruption) => {
+                    tracing::error!(%corruption, "the background scan found the log corrupt: safe mode");
+                    log.enter_safe_mode(&corruption);
+                }
+                None => tracing::info!(
+                    records = checked.records,
+                    entries = checked.state.accumulator.len(),
+                    took_ms = checked.took.as_millis() as u64,
+                    "the background scan checked the log"
+                ),
+            },
+            Err(error) => tracing::warn!(%error, "the background scan of the log failed"),
+        }
+    });
+    if workers.submit(Lane::Batch, job).is_err() {
+        tracing::warn!("the background scan of the log did not start: the workers are full");
+    }
 }
 
 /// What every executor is started with.
@@ -200,8 +265,13 @@ impl Launch {
         }
         let (recovered, mut states) = (recovery.recovered, recovery.states);
         let shared = self.log.clone();
-        let mut committer =
-            Some(CommitterStart { config: config.clone(), shared, recovered, links });
+        let mut committer = Some(CommitterStart {
+            config: config.clone(),
+            shared,
+            recovered,
+            links,
+            workers: self.workers.clone(),
+        });
         // A committer that shares a shard's core runs on that shard's executor.
         let host = layout.shards.iter().position(|core| *core == layout.committer);
         let mut executors = Vec::with_capacity(shard_count + 1);

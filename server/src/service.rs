@@ -224,8 +224,6 @@ trait Entry: Send + Sync {
     fn name(&self) -> &'static str;
     fn log_codes(&self) -> &'static [u8];
     fn enabled_by_default(&self) -> bool;
-    /// Whether its state lives in the views (else only in the log).
-    fn has_tables(&self) -> bool;
     fn add_tables(&self, layout: &mut ViewLayout) -> usize;
     fn prepare(&self, config: &Config) -> anyhow::Result<Arc<dyn Any + Send + Sync>>;
     fn state(&self, shared: &(dyn Any + Send + Sync), at: ShardAt<'_>) -> Box<dyn Any + Send>;
@@ -270,10 +268,6 @@ impl<S: Service> Entry for Of<S> {
 
     fn enabled_by_default(&self) -> bool {
         S::ENABLED_BY_DEFAULT
-    }
-
-    fn has_tables(&self) -> bool {
-        !S::TABLES.is_empty()
     }
 
     fn add_tables(&self, layout: &mut ViewLayout) -> usize {
@@ -402,6 +396,11 @@ impl Registry {
         assert!(
             !self.entries.iter().any(|e| e.name() == S::NAME),
             "two services are named {}",
+            S::NAME
+        );
+        assert!(
+            S::LOG_CODES.is_empty() || !S::TABLES.is_empty(),
+            "{} writes log items but has no view tables: a start replays only the log after the views",
             S::NAME
         );
         for code in S::LOG_CODES {
@@ -574,10 +573,6 @@ pub struct Replayer<'a> {
     pub states: &'a mut States,
     /// Whether shard `i` replays item `seq` (its view is behind it).
     pub wants: &'a dyn Fn(usize, u64) -> bool,
-    /// Whether a service without view tables gets every item on every
-    /// shard (its state is in the log only): true on the first pass over
-    /// the log at start, false on a pass that rebuilds some shards' views.
-    pub tableless_get_all: bool,
 }
 
 impl crate::log::segments::LogReader for Replayer<'_> {
@@ -593,8 +588,7 @@ impl crate::log::segments::LogReader for Replayer<'_> {
         // An item of a service that is off is known, and applied by nobody.
         let Some(index) = self.registry.by_code(item[0]) else { return };
         let entry = &self.registry.entries[index];
-        let every = !entry.has_tables() && self.tableless_get_all;
-        let wants = |shard: usize| (self.wants)(shard, seq) || every;
+        let wants = |shard: usize| (self.wants)(shard, seq);
         let item = Item { seq, root, bytes: item, durable_at: None };
         entry.replay(&mut self.states.states[index], &wants, item);
     }
@@ -712,6 +706,7 @@ mod tests {
     impl<const CODE: u8> Service for Tiny<CODE> {
         const NAME: &'static str = if CODE == 1 { "tiny-one" } else { "tiny-other" };
         const LOG_CODES: &'static [u8] = &[CODE];
+        const TABLES: &'static [&'static str] = &["t"];
         const ENABLED_BY_DEFAULT: bool = CODE == 1;
         type Shared = ();
         type State = ();
@@ -759,6 +754,7 @@ mod tests {
         impl Service for Other {
             const NAME: &'static str = "other";
             const LOG_CODES: &'static [u8] = &[1];
+            const TABLES: &'static [&'static str] = &["t"];
             type Shared = ();
             type State = ();
             type Call = ();

@@ -146,6 +146,11 @@ impl Workers {
         Ok(WorkerThreads { workers, threads })
     }
 
+    /// Whether the threads are stopping (a long job may end early).
+    pub fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
     /// Queues `job` on `lane`, or gives it back when the lane is full (or
     /// the facility stops).
     pub fn submit(&self, lane: Lane, job: Job) -> Result<(), Job> {

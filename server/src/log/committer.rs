@@ -22,12 +22,14 @@
 //! failed batch and every later append answer `Degraded`, reads go on, and
 //! a restart recovers from the log (`super::segments`).
 
+use super::index::{Checkpoint, Checkpoints, RecordAt, RootAt};
 use super::segments::{IdKey, LogState, LogWriter, Placed, Recovered, RootItem};
 use super::{LogShared, Part};
 use crate::clock::unix_now_ms;
 use crate::config::Config;
-use crate::limits::ROOTS_PAGE_MAX;
+use crate::limits::INDEX_CHECKPOINT_EVERY;
 use crate::metrics::{CountHistogram, LatencyHistogram, count_histogram_lines, histogram_lines};
+use crate::workers::{Job, Lane, Workers};
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
@@ -231,6 +233,10 @@ pub struct CommitterMetrics {
     pub duplicates_rejected: u64,
     pub seq_gaps_detected: u64,
     pub safe_mode: bool,
+    /// The seq the log index on disk reaches, and the entries after it (what
+    /// a start replays for the committer).
+    pub index_checkpoint_seq: u64,
+    pub index_tail_entries: u64,
 }
 
 impl CommitterMetrics {
@@ -285,6 +291,18 @@ impl CommitterMetrics {
                     "Appends refused for an entry id already committed.",
                     self.duplicates_rejected as f64,
                 ),
+                (
+                    "ledger_index_checkpoint_seq",
+                    "gauge",
+                    "The seq the log index on disk reaches.",
+                    self.index_checkpoint_seq as f64,
+                ),
+                (
+                    "ledger_index_tail_entries",
+                    "gauge",
+                    "Entries after the log index's checkpoint: what a start replays.",
+                    self.index_tail_entries as f64,
+                ),
             ],
         );
     }
@@ -301,6 +319,8 @@ pub struct CommitterStart {
     pub shared: Arc<LogShared>,
     pub recovered: Recovered,
     pub links: Vec<CommitterLink>,
+    /// Where the log index's checkpoints are written.
+    pub workers: Workers,
 }
 
 struct Pending {
@@ -320,9 +340,13 @@ struct Committer {
     /// Shards whose call channel is still open.
     open_links: Cell<usize>,
     writer_waker: RefCell<Option<Waker>>,
-    safe_mode: RefCell<Option<String>>,
     metrics: RefCell<CommitterMetrics>,
     answers: Vec<ConnectedSender<ToShard>>,
+    workers: Workers,
+    checkpoints: RefCell<Checkpoints>,
+    /// A checkpoint write the workers had no room for.
+    unsubmitted: RefCell<Option<Job>>,
+    last_checkpoint: Cell<Instant>,
 }
 
 impl Committer {
@@ -347,15 +371,12 @@ impl Committer {
     fn enter_safe_mode(&self, reason: String) {
         tracing::error!(%reason, "log safe mode: writes refused until restart");
         self.shared.enter_safe_mode(&reason);
-        self.metrics.borrow_mut().safe_mode = true;
-        *self.safe_mode.borrow_mut() = Some(reason);
     }
 
+    /// Safe mode, entered by the committer or by the background scan of
+    /// the log (`LogShared`).
     fn degraded(&self) -> Option<LogAnswer> {
-        self.safe_mode
-            .borrow()
-            .as_ref()
-            .map(|reason| LogAnswer::Degraded { reason: reason.clone() })
+        self.shared.safe_mode_reason().map(|reason| LogAnswer::Degraded { reason })
     }
 
     /// Answers a read from the durable part of the state.
@@ -364,11 +385,7 @@ impl Committer {
         let durable = self.durable.get();
         match call {
             LogCall::Roots { since } => {
-                let roots = &state.roots;
-                let start = roots.partition_point(|r| r.seq <= since);
-                let end = (start + ROOTS_PAGE_MAX).min(roots.len());
-                let items = roots[start..end].to_vec();
-                let next = (end < roots.len()).then(|| items.last().map_or(since, |r| r.seq));
+                let (items, next) = state.index.roots_page(since);
                 LogAnswer::Roots { items, next }
             }
             LogCall::Inclusion { seq, tree_size } => {
@@ -394,16 +411,75 @@ impl Committer {
             }
             LogCall::Metrics => {
                 let mut metrics = self.metrics.borrow().clone();
+                metrics.safe_mode = self.shared.in_safe_mode();
                 metrics.queued_entries =
                     self.pending.borrow().iter().map(|p| u64::from(p.append.count)).sum();
+                let written =
+                    self.checkpoints.borrow().status().written_seq.load(Ordering::Relaxed);
+                metrics.index_checkpoint_seq = written;
+                metrics.index_tail_entries = durable - written;
                 LogAnswer::Metrics(Box::new(metrics))
             }
-            LogCall::Idem { key } => match state.idem.get(&key) {
-                Some(placed) => replayed(placed),
+            LogCall::Idem { key } => match state.index.idem(&key) {
+                Some(placed) => replayed(&placed),
                 None => LogAnswer::Unknown,
             },
             LogCall::Append(_) => unreachable!("appends are queued, not read"),
         }
+    }
+
+    /// Hands what was committed since the last checkpoint to a worker, once
+    /// the last write is done and a checkpoint interval has passed (or
+    /// whenever there is anything new, with `force`). Only durable records
+    /// go: never while one is being written.
+    fn checkpoint(&self, force: bool) {
+        if let Some(job) = self.unsubmitted.borrow_mut().take() {
+            if let Err(job) = self.workers.submit(Lane::Normal, job) {
+                *self.unsubmitted.borrow_mut() = Some(job);
+            }
+            return;
+        }
+        let mut state = self.state.borrow_mut();
+        if state.accumulator.len() != self.durable.get() {
+            return;
+        }
+        if !force && self.last_checkpoint.get().elapsed() < INDEX_CHECKPOINT_EVERY {
+            return;
+        }
+        let checkpoint = Checkpoint { seq: state.accumulator.len(), root: state.root() };
+        let LogState { accumulator, index, .. } = &mut *state;
+        let taken = self.checkpoints.borrow_mut().take(index, accumulator.nodes_mut(), checkpoint);
+        let Some(flush) = taken else { return };
+        self.last_checkpoint.set(Instant::now());
+        if let Err(job) = self.workers.submit(Lane::Normal, Job::new(move || flush.run())) {
+            *self.unsubmitted.borrow_mut() = Some(job);
+        }
+    }
+
+    /// The last checkpoint, once nothing more is appended; waits for it.
+    async fn finish_checkpoints(&self) {
+        if !self.state.borrow().index.has_store() {
+            return;
+        }
+        loop {
+            self.checkpoint(true);
+            let (written, failed) = {
+                let checkpoints = self.checkpoints.borrow();
+                (checkpoints.status().written_seq.load(Ordering::Acquire), checkpoints.failed())
+            };
+            if failed || written == self.durable.get() {
+                return;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Checkpoints the index while the log is quiet (cancelled at stop).
+async fn checkpoint_ticks(committer: Rc<Committer>) {
+    loop {
+        glommio::timer::sleep(INDEX_CHECKPOINT_EVERY).await;
+        committer.checkpoint(false);
     }
 }
 
@@ -414,7 +490,7 @@ fn replayed(placed: &Placed) -> LogAnswer {
 /// The body of the committer executor: serve every shard until all of them
 /// have gone.
 pub async fn run(start: CommitterStart) {
-    let CommitterStart { config, shared, recovered, links } = start;
+    let CommitterStart { config, shared, recovered, links, workers } = start;
     let mut receivers = Vec::with_capacity(links.len());
     let mut answers = Vec::with_capacity(links.len());
     for link in links {
@@ -441,6 +517,7 @@ pub async fn run(start: CommitterStart) {
         }
     };
     let durable = recovered.state.accumulator.len();
+    let checkpoints = Checkpoints::new(recovered.state.checkpoint_seq);
     let committer = Rc::new(Committer {
         shared: shared.clone(),
         batch_entries_max: u64::from(config.ledger.batch_entries_max),
@@ -449,9 +526,12 @@ pub async fn run(start: CommitterStart) {
         pending: RefCell::new(VecDeque::new()),
         open_links: Cell::new(receivers.len()),
         writer_waker: RefCell::new(None),
-        safe_mode: RefCell::new(None),
         metrics: RefCell::new(CommitterMetrics::default()),
         answers,
+        workers,
+        checkpoints: RefCell::new(checkpoints),
+        unsubmitted: RefCell::new(None),
+        last_checkpoint: Cell::new(Instant::now()),
     });
     if let Some(reason) = recovered.corruption.clone().or_else(|| shared.safe_mode_reason()) {
         committer.enter_safe_mode(reason);
@@ -460,10 +540,16 @@ pub async fn run(start: CommitterStart) {
     for (shard, receiver) in receivers.into_iter().enumerate() {
         tasks.push(glommio::spawn_local(serve_shard(committer.clone(), shard, receiver)));
     }
-    write_loop(committer, writer, config.amnesia()).await;
+    // What a start replayed goes to the index at once; then at most a
+    // checkpoint interval of the log waits for the next one.
+    committer.checkpoint(true);
+    let ticks = glommio::spawn_local(checkpoint_ticks(committer.clone()));
+    write_loop(committer.clone(), writer, config.amnesia()).await;
     for task in tasks {
         task.await;
     }
+    ticks.cancel().await;
+    committer.finish_checkpoints().await;
     tracing::info!("committer stopped");
 }
 
@@ -533,6 +619,7 @@ struct Taken {
 /// bound, sorting out replays and duplicates.
 fn take(committer: &Committer) -> Taken {
     let state = committer.state.borrow();
+    let ids = state.index.ids();
     let mut pending = committer.pending.borrow_mut();
     let mut taken = Taken::default();
     while let Some(next) = pending.front() {
@@ -542,8 +629,8 @@ fn take(committer: &Committer) -> Taken {
         }
         let next = pending.pop_front().expect("peeked");
         if let Some(key) = next.append.idem {
-            if let Some(placed) = state.idem.get(&key) {
-                taken.replays.push((next, *placed));
+            if let Some(placed) = state.index.idem(&key) {
+                taken.replays.push((next, placed));
                 continue;
             }
             if taken.idem.contains(&key) {
@@ -557,7 +644,7 @@ fn take(committer: &Committer) -> Taken {
         let unique = &next.append.unique;
         let mut repeated = Vec::new();
         for (i, key) in unique.iter().enumerate() {
-            if state.unique.contains(key) || !taken.unique.insert(*key) {
+            if ids.contains(key) || !taken.unique.insert(*key) {
                 repeated.push(i as u32);
             }
         }
@@ -592,8 +679,7 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
             assert!(taken.followers.is_empty(), "a follower has a leader in the batch");
             continue;
         }
-        let safe_mode = committer.safe_mode.borrow().clone();
-        if let Some(reason) = safe_mode {
+        if let Some(reason) = committer.shared.safe_mode_reason() {
             refuse(&committer, taken, &reason).await;
             continue;
         }
@@ -605,12 +691,15 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
         };
         match result {
             Ok(times) => {
+                let mut at = RecordAt::default();
                 if let Some(times) = times {
                     let mut metrics = committer.metrics.borrow_mut();
                     metrics.fsync.record(times.sync);
                     metrics.write.record(times.write);
+                    at = times.at;
                 }
-                publish(&committer, taken, sealed).await;
+                publish(&committer, taken, sealed, at).await;
+                committer.checkpoint(false);
             }
             Err(error) => {
                 committer.state.borrow_mut().accumulator.truncate(sealed.first_seq - 1);
@@ -618,7 +707,7 @@ async fn write_loop(committer: Rc<Committer>, mut writer: Option<LogWriter>, in_
                     "writing the log record at seq {}: {error}",
                     sealed.first_seq
                 ));
-                let reason = committer.safe_mode.borrow().clone().unwrap_or_default();
+                let reason = committer.shared.safe_mode_reason().unwrap_or_default();
                 refuse(&committer, taken, &reason).await;
             }
         }
@@ -671,16 +760,13 @@ async fn refuse(committer: &Committer, mut taken: Taken, reason: &str) {
 
 /// The batch is durable: record it, send every shard its part, then answer
 /// the appends.
-async fn publish(committer: &Committer, mut taken: Taken, sealed: Sealed) {
+async fn publish(committer: &Committer, mut taken: Taken, sealed: Sealed, at: RecordAt) {
     let last_seq = sealed.first_seq + taken.items - 1;
     {
         let mut state = committer.state.borrow_mut();
-        state.unique.extend(taken.unique.drain());
-        state.roots.push(RootItem {
-            seq: last_seq,
-            root: sealed.root,
-            committed_ms: sealed.committed_ms,
-        });
+        state.index.add_ids(taken.unique.drain());
+        let root = RootItem { seq: last_seq, root: sealed.root, committed_ms: sealed.committed_ms };
+        state.index.add_root(RootAt { root, at });
         let mut metrics = committer.metrics.borrow_mut();
         if committer.durable.get() != sealed.first_seq - 1 {
             metrics.seq_gaps_detected += 1;
@@ -704,7 +790,7 @@ async fn publish(committer: &Committer, mut taken: Taken, sealed: Sealed) {
         let seq_end = seq + u64::from(pending.append.count) - 1;
         let placed = Placed { seq_start: seq, seq_end, root: sealed.root };
         if let Some(key) = pending.append.idem {
-            committer.state.borrow_mut().idem.insert(key, placed);
+            committer.state.borrow_mut().index.add_idem(key, placed);
         }
         seq = seq_end + 1;
         let answer =
@@ -712,8 +798,7 @@ async fn publish(committer: &Committer, mut taken: Taken, sealed: Sealed) {
         committer.answer(pending.shard, pending.id, answer).await;
     }
     for (pending, key) in taken.followers.drain(..) {
-        let placed =
-            committer.state.borrow().idem.get(&key).copied().expect("the leader committed");
+        let placed = committer.state.borrow().index.idem(&key).expect("the leader committed");
         committer.answer(pending.shard, pending.id, replayed(&placed)).await;
     }
 }

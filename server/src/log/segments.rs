@@ -14,10 +14,10 @@
 //! (`super::disk_ring`), with O_DIRECT and aligned buffers.
 
 use super::disk_ring::{AlignedBuffer, DiskRing};
+use super::index::{Index, RecordAt, RootAt, TreeNodes};
 use ron_proto::log::{self, RecordHeader, RecordRead};
 use ron_proto::merkle::{self, Hash};
-use ron_shards::accumulator::Accumulator;
-use std::collections::{HashMap, HashSet};
+use ron_shards::accumulator::{Accumulator, NoNodes, Nodes};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -43,14 +43,27 @@ pub fn id_key(id: &str) -> IdKey {
 }
 
 /// What the log holds: the tree, the roots of every batch, every unique key
-/// ever committed (entry ids), and what each idempotency key committed.
+/// ever committed (entry ids), and what each idempotency key committed —
+/// on disk up to the index's checkpoint (`super::index`), in memory after.
 #[derive(Default)]
-pub struct LogState {
-    pub accumulator: Accumulator,
-    pub roots: Vec<RootItem>,
-    pub unique: HashSet<IdKey>,
-    /// What each append with an idempotency key committed.
-    pub idem: HashMap<IdKey, Placed>,
+pub struct LogState<N = TreeNodes> {
+    pub accumulator: Accumulator<N>,
+    pub index: Index,
+    /// The seq the index on disk reached at start.
+    pub checkpoint_seq: u64,
+}
+
+impl LogState<NoNodes> {
+    /// A state that checks the log and keeps only its current root and
+    /// length (`verify-log`, the background scan): memory does not grow
+    /// with the log.
+    pub fn checking() -> LogState<NoNodes> {
+        LogState {
+            accumulator: Accumulator::open(NoNodes::default(), 0),
+            index: Index::keeping_nothing(),
+            checkpoint_seq: 0,
+        }
+    }
 }
 
 /// Where one append's items went.
@@ -61,7 +74,13 @@ pub struct Placed {
     pub root: Hash,
 }
 
-impl LogState {
+/// How far a scan has read: the next seq and the root before it.
+struct Cursor {
+    next_seq: u64,
+    root: Hash,
+}
+
+impl<N: Nodes> LogState<N> {
     pub fn next_seq(&self) -> u64 {
         self.accumulator.len() + 1
     }
@@ -70,25 +89,35 @@ impl LogState {
         self.accumulator.root()
     }
 
-    /// Applies a record read back from disk; an error says why it does not
-    /// continue the chain.
+    /// Applies a record read back from disk at `at`; an error says why it
+    /// does not continue the chain. A record the state already holds (up to
+    /// the index's checkpoint) is only checked and visited.
     fn apply(
         &mut self,
+        cursor: &mut Cursor,
         header: &RecordHeader,
         body: &[u8],
         reader: &mut dyn LogReader,
+        at: RecordAt,
     ) -> Result<(), String> {
-        if header.first_seq != self.next_seq() {
+        if header.first_seq != cursor.next_seq {
             return Err(format!(
                 "sequence gap: record starts at {}, expected {}",
-                header.first_seq,
-                self.next_seq()
+                header.first_seq, cursor.next_seq
             ));
         }
-        if header.previous_root != self.root() {
+        if header.previous_root != cursor.root {
             return Err("previous root does not match the chain".to_owned());
         }
-        let before = self.accumulator.len();
+        let known = header.last_seq() <= self.accumulator.len();
+        if !known && header.first_seq != self.next_seq() {
+            return Err(format!(
+                "the record of seqs {}..={} straddles the index's checkpoint at {}",
+                header.first_seq,
+                header.last_seq(),
+                self.accumulator.len()
+            ));
+        }
         let (body, marks) =
             log::split_body(body, header.count).map_err(|e| format!("record body: {e}"))?;
         // Every item is read and checked before the tree takes any: a
@@ -99,28 +128,39 @@ impl LogState {
             reader.check(encoded).map_err(|e| format!("item: {e}"))?;
             items.push(encoded);
         }
-        for encoded in &items {
-            self.accumulator.push(merkle::leaf_hash(encoded));
+        if items.len() != header.count as usize {
+            return Err("item count does not match the items".to_owned());
         }
-        let count = self.accumulator.len() - before;
-        if count != u64::from(header.count) || self.root() != header.new_root {
-            self.accumulator.truncate(before);
-            return Err("item count or new root does not match the items".to_owned());
+        if known {
+            if header.last_seq() == self.accumulator.len() && header.new_root != self.root() {
+                return Err("the record's root is not the log index's at its seq".to_owned());
+            }
+        } else {
+            let before = self.accumulator.frontier();
+            for encoded in &items {
+                self.accumulator.push(merkle::leaf_hash(encoded));
+            }
+            if self.root() != header.new_root {
+                self.accumulator.rollback(before);
+                return Err("the new root does not match the items".to_owned());
+            }
+            self.index.add_ids(items.iter().filter_map(|item| reader.unique_key(item)));
+            for mark in marks {
+                let seq_start = header.first_seq + u64::from(mark.first);
+                let seq_end = seq_start + u64::from(mark.count) - 1;
+                self.index.add_idem(mark.key, Placed { seq_start, seq_end, root: header.new_root });
+            }
+            let root = RootItem {
+                seq: header.last_seq(),
+                root: header.new_root,
+                committed_ms: header.committed_ms,
+            };
+            self.index.add_root(RootAt { root, at });
         }
         for (seq, item) in (header.first_seq..).zip(items) {
-            self.unique.extend(reader.unique_key(item));
             reader.visit(seq, &header.new_root, item);
         }
-        for mark in marks {
-            let seq_start = header.first_seq + u64::from(mark.first);
-            let seq_end = seq_start + u64::from(mark.count) - 1;
-            self.idem.insert(mark.key, Placed { seq_start, seq_end, root: header.new_root });
-        }
-        self.roots.push(RootItem {
-            seq: header.last_seq(),
-            root: header.new_root,
-            committed_ms: header.committed_ms,
-        });
+        *cursor = Cursor { next_seq: header.last_seq() + 1, root: header.new_root };
         Ok(())
     }
 }
@@ -132,8 +172,8 @@ pub struct Tail {
     pub offset: u64,
 }
 
-pub struct Recovered {
-    pub state: LogState,
+pub struct Recovered<N = TreeNodes> {
+    pub state: LogState<N>,
     /// `None` when the log is empty.
     pub tail: Option<Tail>,
     /// What was truncated, for the log.
@@ -233,6 +273,10 @@ pub trait LogReader {
     /// Sees every item of the valid log with its sequence number and the
     /// root after its record, in order.
     fn visit(&mut self, seq: u64, root: &Hash, item: &[u8]);
+    /// Whether to stop reading (the scan ends there, as if the log did).
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// What recovery does with a torn last record.
@@ -244,29 +288,106 @@ pub enum TornTail {
     Report,
 }
 
-/// Scans the log in `dir`, repairs a torn tail (or reports it), and
-/// rebuilds the state, handing every item to `reader`.
-pub fn recover(dir: &Path, reader: &mut dyn LogReader, torn: TornTail) -> io::Result<Recovered> {
+/// The segment file of the segment whose first seq is `segment`.
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(segment_name(segment))
+}
+
+/// The first seq of the segment at `path` (its name).
+fn segment_seq(path: &Path) -> Option<u64> {
+    path.file_name()?.to_str()?.strip_suffix(SEGMENT_SUFFIX)?.parse().ok()
+}
+
+/// The header of the valid record at `at`, if one is there.
+pub fn record_at(dir: &Path, at: RecordAt) -> io::Result<Option<RecordHeader>> {
+    let file = match std::fs::File::open(segment_path(dir, at.segment)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let bytes = read_record_bytes(&file, at.offset)?;
+    Ok(match log::read_record(&bytes) {
+        RecordRead::Record(header, _) => Some(header),
+        _ => None,
+    })
+}
+
+/// What a scan of the log reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Scan {
+    /// Start after this record (one the state holds, whose place the index
+    /// recorded), or at the log's start.
+    pub from: Option<RootAt>,
+    pub torn: TornTail,
+    /// Stop after the record ending here (a scan beside a running
+    /// committer stops at what was durable when it began).
+    pub until: u64,
+}
+
+impl Scan {
+    /// The whole log.
+    pub fn all(torn: TornTail) -> Scan {
+        Scan { from: None, torn, until: u64::MAX }
+    }
+}
+
+/// Scans the log in `dir` as `scan` says, repairs a torn tail (or reports
+/// it), and brings `state` up to the log's end, handing every item it reads
+/// to `reader`.
+pub fn recover<N: Nodes>(
+    dir: &Path,
+    mut state: LogState<N>,
+    scan: Scan,
+    reader: &mut dyn LogReader,
+) -> io::Result<Recovered<N>> {
+    let Scan { from, torn, until } = scan;
     let started = Instant::now();
     if torn == TornTail::Report && !dir.exists() {
-        return Ok(Recovered { took: started.elapsed(), ..Recovered::empty() });
+        let (tail, truncated, corruption, records) = (None, None, None, 0);
+        return Ok(Recovered {
+            state,
+            tail,
+            truncated,
+            corruption,
+            records,
+            took: started.elapsed(),
+        });
     }
     std::fs::create_dir_all(dir)?;
-    let paths = segments(dir)?;
-    let mut state = LogState::default();
+    let mut paths = segments(dir)?;
+    let mut cursor = Cursor { next_seq: 1, root: merkle::empty_root() };
+    let mut start_offset = 0;
     let mut tail = None;
+    if let Some(from) = from {
+        // The record ending at `from` was checked against the index; the
+        // scan starts after it.
+        let first = paths.iter().position(|p| segment_seq(p) == Some(from.at.segment));
+        let header = record_at(dir, from.at)?;
+        let (Some(first), Some(header)) = (first, header) else {
+            return Err(io::Error::other(format!("no record at {:?}", from.at)));
+        };
+        paths.drain(..first);
+        start_offset = from.at.offset + header.padded_bytes() as u64;
+        cursor = Cursor { next_seq: from.root.seq + 1, root: from.root.root };
+        tail = Some(Tail { path: paths[0].clone(), offset: start_offset });
+    }
     let mut truncated = None;
     let mut corruption = None;
     let mut records = 0;
     'segments: for (index, path) in paths.iter().enumerate() {
         let file = std::fs::File::open(path)?;
-        let mut offset = 0u64;
+        let segment = segment_seq(path).unwrap_or_default();
+        let mut offset = if index == 0 { start_offset } else { 0 };
         loop {
+            if cursor.next_seq > until || reader.stopped() {
+                break 'segments;
+            }
             let place = format!("segment {} offset {offset}", path.display());
             let bytes = read_record_bytes(&file, offset)?;
             let why = match log::read_record(&bytes) {
                 RecordRead::Record(header, body) => {
-                    if let Err(why) = state.apply(&header, body, reader) {
+                    let at = RecordAt { segment, offset };
+                    if let Err(why) = state.apply(&mut cursor, &header, body, reader, at) {
                         corruption = Some(format!("{place}: {why}"));
                         break 'segments;
                     }
@@ -318,6 +439,13 @@ pub fn recover(dir: &Path, reader: &mut dyn LogReader, torn: TornTail) -> io::Re
             break 'segments;
         }
     }
+    if corruption.is_none() && cursor.next_seq <= state.accumulator.len() {
+        corruption = Some(format!(
+            "the log ends at seq {}, before the log index's checkpoint at {}",
+            cursor.next_seq - 1,
+            state.accumulator.len()
+        ));
+    }
     Ok(Recovered { state, tail, truncated, corruption, records, took: started.elapsed() })
 }
 
@@ -361,6 +489,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 pub struct LogWriter {
     dir: PathBuf,
     file: Option<OwnedFd>,
+    /// The open segment's first seq.
+    segment: u64,
     offset: u64,
     segment_bytes: u64,
     fsync: bool,
@@ -373,6 +503,8 @@ pub struct LogWriter {
 pub struct AppendTimes {
     pub write: Duration,
     pub sync: Duration,
+    /// Where the record went.
+    pub at: RecordAt,
 }
 
 /// Opens a segment for direct I/O where the filesystem has it (tmpfs does
@@ -413,6 +545,7 @@ impl LogWriter {
         let mut writer = LogWriter {
             dir: dir.to_owned(),
             file: None,
+            segment: 0,
             offset: 0,
             segment_bytes,
             fsync,
@@ -421,6 +554,9 @@ impl LogWriter {
         };
         if let Some(tail) = tail {
             writer.file = Some(open_segment(&tail.path, false)?);
+            writer.segment = segment_seq(&tail.path).ok_or_else(|| {
+                io::Error::other(format!("{} is not a segment's name", tail.path.display()))
+            })?;
             writer.offset = tail.offset;
         }
         Ok(writer)
@@ -435,6 +571,7 @@ impl LogWriter {
             self.roll(first_seq, len).await?;
         }
         let fd = self.file.as_ref().expect("a segment is open").as_raw_fd();
+        let at = RecordAt { segment: self.segment, offset: self.offset };
         let started = Instant::now();
         self.buffer.fill(record);
         self.ring.write_at(fd, &self.buffer, self.offset).await?;
@@ -444,7 +581,7 @@ impl LogWriter {
             self.ring.sync(fd, false).await?;
         }
         self.offset += len;
-        Ok(AppendTimes { write, sync: synced.elapsed() })
+        Ok(AppendTimes { write, sync: synced.elapsed(), at })
     }
 
     /// Starts a new segment for a record starting at `first_seq`.
@@ -459,6 +596,7 @@ impl LogWriter {
             self.ring.sync(dir.as_raw_fd(), true).await?;
         }
         self.file = Some(file);
+        self.segment = first_seq;
         self.offset = 0;
         Ok(())
     }

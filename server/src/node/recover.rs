@@ -1,19 +1,26 @@
-//! Recovery at start, before any executor: every shard's view is opened and
-//! loaded into its services' states, then the log is read once and each
-//! item handed to its service for the shards whose view is behind it.
+//! Recovery at start, before any executor: the committer's index is opened
+//! at its checkpoint, every shard's view is opened and loaded into its
+//! services' states, then the log after the oldest of them is read once:
+//! the committer's state takes the records after its checkpoint, and each
+//! item goes to its service for the shards whose view is behind it.
 //!
-//! A view counts only if it was written for this layout (shard, shard
-//! count, the services' tables) and the log has its root at its seq; one
-//! that is ahead of the log or from another log is cleared and rebuilt from
-//! the log (a second pass, for those shards only).
+//! The index counts only if its tree has the checkpoint's root and the
+//! log's record ending there says so too; a view counts only if it was
+//! written for this layout (shard, shard count, the services' tables) and
+//! the log has its root at its seq. What does not count is cleared and
+//! rebuilt from the log (a view ahead of the index is checked after the
+//! scan, and rebuilt by a second pass, for those shards only).
 
 use crate::config::Config;
-use crate::log::segments::{self, Recovered};
+use crate::log::index::{IndexStore, RootAt, TreeNodes, index_dir};
+use crate::log::segments::{self, LogState, Recovered, Scan, TornTail};
 use crate::log::view::{ViewMeta, ViewStore, view_dir};
 use crate::service::{Registry, Replayer, States};
 use anyhow::Context as _;
+use ron_shards::accumulator::{Accumulator, node_count};
 use std::any::Any;
 use std::cell::Cell;
+use std::path::Path;
 use std::sync::Arc;
 
 /// One shard's view after recovery.
@@ -31,8 +38,8 @@ pub struct Recovery {
     pub views: Vec<Option<ShardViewStart>>,
 }
 
-/// Reads the log back (unless nothing is kept on disk), loads each shard's
-/// view and replays the log after it.
+/// Opens the committer's index and the views, and reads the log after
+/// them (unless nothing is kept on disk).
 pub fn recover(
     config: &Config,
     registry: &Registry,
@@ -44,21 +51,38 @@ pub fn recover(
         let views = (0..shard_count).map(|_| None).collect();
         return Ok(Recovery { recovered: Recovered::empty(), states, views });
     }
-    let (stores, metas) = open_views(config, registry, shared, &mut states, shard_count)?;
-    // Each shard replays the log after what its view holds.
+    let dir = config.data_dir.join("log");
+    let state = open_index(&config.data_dir, &dir)?;
+    let checkpoint = state.checkpoint_seq;
+    let (stores, mut metas) = open_views(config, registry, shared, &mut states, shard_count)?;
+    // Views the index vouches for now; one ahead of it waits for the scan.
+    for shard in 0..shard_count {
+        if metas[shard].is_some_and(|m| m.applied_seq <= checkpoint && !vouched(&state, &m)) {
+            tracing::warn!(shard, "a view does not match the log: rebuilding it from the log");
+            stores[shard].clear()?;
+            states.reset(registry, shared, config, shard);
+            metas[shard] = None;
+        }
+    }
+    // Each shard replays the log after what its view holds; the scan
+    // starts after the oldest view or the index's checkpoint.
     let from: Vec<u64> = metas.iter().map(|meta| meta.map_or(0, |m| m.applied_seq)).collect();
+    let oldest = from.iter().copied().min().unwrap_or(0).min(checkpoint);
+    let start = (oldest > 0).then(|| state.index.root(oldest)).flatten();
+    let start = start.filter(|at| anchored(&dir, at));
     let replayed: Vec<Cell<u64>> = (0..shard_count).map(|_| Cell::new(0)).collect();
     let wants = |shard: usize, seq: u64| {
         let wanted = seq > from[shard];
         replayed[shard].set(replayed[shard].get() + u64::from(wanted));
         wanted
     };
-    let dir = config.data_dir.join("log");
-    let mut replayer =
-        Replayer { registry, states: &mut states, wants: &wants, tableless_get_all: true };
-    let recovered = segments::recover(&dir, &mut replayer, segments::TornTail::Repair)
+    let mut replayer = Replayer { registry, states: &mut states, wants: &wants };
+    let scan = Scan { from: start, torn: TornTail::Repair, until: u64::MAX };
+    let mut recovered = segments::recover(&dir, state, scan, &mut replayer)
         .with_context(|| format!("reading the log in {}", dir.display()))?;
-    let stale = stale_views(&recovered, &metas);
+    let stale: Vec<usize> = (0..shard_count)
+        .filter(|shard| metas[*shard].is_some_and(|m| !vouched(&recovered.state, &m)))
+        .collect();
     if !stale.is_empty() {
         tracing::warn!(shards = ?stale, "views do not match the log: rebuilding them from the log");
         for shard in &stale {
@@ -66,18 +90,20 @@ pub fn recover(
             states.reset(registry, shared, config, *shard);
             replayed[*shard].set(0);
         }
-        // Only these shards, from the start: the whole log is read again.
+        // Only these shards, from the start: the whole log is read again,
+        // and the committer's state already holds all of it.
         let wants = |shard: usize, _: u64| {
             let wanted = stale.contains(&shard);
             replayed[shard].set(replayed[shard].get() + u64::from(wanted));
             wanted
         };
-        let mut replayer =
-            Replayer { registry, states: &mut states, wants: &wants, tableless_get_all: false };
-        segments::recover(&dir, &mut replayer, segments::TornTail::Repair)
+        let mut replayer = Replayer { registry, states: &mut states, wants: &wants };
+        let scan = Scan::all(TornTail::Repair);
+        let again = segments::recover(&dir, recovered.state, scan, &mut replayer)
             .with_context(|| format!("reading the log in {}", dir.display()))?;
+        recovered.state = again.state;
     }
-    report(config, &recovered);
+    report(config, &recovered, oldest);
     let views = stores
         .into_iter()
         .zip(&metas)
@@ -97,21 +123,55 @@ pub fn recover(
     Ok(Recovery { recovered, states, views })
 }
 
-/// Shards whose view the log does not vouch for: the log has no record
-/// ending at the view's seq with the view's root.
-fn stale_views(recovered: &Recovered, metas: &[Option<ViewMeta>]) -> Vec<usize> {
-    let roots = &recovered.state.roots;
-    (0..metas.len())
-        .filter(|shard| {
-            metas[*shard].is_some_and(|meta| {
-                let at = roots.partition_point(|r| r.seq < meta.applied_seq);
-                roots.get(at).is_none_or(|r| r.seq != meta.applied_seq || r.root != meta.root)
-            })
-        })
-        .collect()
+/// The committer's state at its index's checkpoint: the tree's nodes,
+/// roots, ids and idempotency marks stay on disk. A checkpoint the log does
+/// not vouch for is cleared: the index is rebuilt from the whole log.
+fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
+    let store = Arc::new(IndexStore::open(&index_dir(data_dir))?);
+    let empty = |store: &Arc<IndexStore>| LogState {
+        accumulator: Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0),
+        index: crate::log::index::Index::new(Some(store.clone()), None),
+        checkpoint_seq: 0,
+    };
+    let Some(checkpoint) = store.checkpoint()? else { return Ok(empty(&store)) };
+    let nodes = TreeNodes::new(Some(store.clone()), node_count(checkpoint.seq));
+    let accumulator = Accumulator::open(nodes, checkpoint.seq);
+    let last = crate::log::index::Index::new(Some(store.clone()), None).root(checkpoint.seq);
+    let why = match last {
+        _ if accumulator.root() != checkpoint.root => Some("its tree has another root"),
+        None => Some("it has no root at its checkpoint"),
+        Some(at) if at.root.root != checkpoint.root => Some("its root list disagrees with it"),
+        Some(at) if !anchored(log_dir, &at) => Some("the log has no such record"),
+        Some(_) => None,
+    };
+    if let Some(why) = why {
+        tracing::warn!(
+            seq = checkpoint.seq,
+            why,
+            "the log index's checkpoint does not match the log: rebuilding it from the log"
+        );
+        store.clear()?;
+        return Ok(empty(&store));
+    }
+    let index = crate::log::index::Index::new(Some(store), last);
+    Ok(LogState { accumulator, index, checkpoint_seq: checkpoint.seq })
 }
 
-fn report(config: &Config, recovered: &Recovered) {
+/// Whether the log's record at `at.at` ends at `at`'s seq with its root.
+fn anchored(log_dir: &Path, at: &RootAt) -> bool {
+    match segments::record_at(log_dir, at.at) {
+        Ok(Some(header)) => header.last_seq() == at.root.seq && header.new_root == at.root.root,
+        _ => false,
+    }
+}
+
+/// Whether the log has a record ending at the view's seq with the view's
+/// root.
+fn vouched(state: &LogState, meta: &ViewMeta) -> bool {
+    state.index.root(meta.applied_seq).is_some_and(|at| at.root.root == meta.root)
+}
+
+fn report(config: &Config, recovered: &Recovered, from: u64) {
     if let Some(truncated) = &recovered.truncated {
         tracing::warn!(%truncated, "ledger log: removed a torn last record");
     }
@@ -124,7 +184,9 @@ fn report(config: &Config, recovered: &Recovered) {
         );
     }
     tracing::info!(
-        records = recovered.records,
+        index_checkpoint = recovered.state.checkpoint_seq,
+        read_after = from,
+        records_read = recovered.records,
         entries = recovered.state.accumulator.len(),
         took_ms = recovered.took.as_millis() as u64,
         "ledger log recovered"

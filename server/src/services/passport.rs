@@ -31,6 +31,7 @@ use crate::http::{Access, Handled, Params, Reply, Request, RouteTable};
 use crate::limits::{BUDGETS_SAVE_EVERY, PQ_BATCH_WINDOW};
 use crate::workers::{Job, Lane};
 use crate::log::Item;
+use crate::log::view::{ServiceView, ViewChanges};
 use crate::metrics::MetricsPart;
 use crate::service::{Replaying, Service, ShardAt, Starting};
 use access::{AdminToken, Facts, Presented};
@@ -65,6 +66,8 @@ pub struct Passport {
     keys: RefCell<Arc<Keyring>>,
     /// Revocations and the verify cache.
     state: RefCell<PassportState>,
+    /// Revocations (seq, item) this shard's view does not have yet.
+    unsaved: RefCell<Vec<(u64, Vec<u8>)>>,
     /// ML-DSA batch signatures of issued tokens.
     pq: PqSigner,
     /// A task closes the open PQ batch after its window.
@@ -80,6 +83,17 @@ pub struct Passport {
     /// Decoded tokens, reused from request to request.
     token_scratch: RefCell<Vec<u8>>,
     metrics: RefCell<PassportMetrics>,
+}
+
+/// The passport's table: revocation items by seq (big-endian).
+const REVOCATIONS: usize = 0;
+
+/// A shard's revocations at start: every one, and those read from the log
+/// that its view does not have yet.
+#[derive(Default)]
+pub struct Revoked {
+    revocations: Revocations,
+    unsaved: Vec<(u64, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -108,7 +122,10 @@ impl Service for Passport {
     const LOG_CODES: &'static [u8] = &[REVOCATION_CODE];
     const TICK: Option<Duration> = Some(BUDGETS_SAVE_EVERY);
     type Shared = Shared;
-    type State = Revocations;
+    /// Each shard's view keeps every revocation, by seq, so that a start
+    /// replays only the log after it.
+    const TABLES: &'static [&'static str] = &["revocations"];
+    type State = Revoked;
     type Call = Call;
     type Answer = Answer;
 
@@ -117,20 +134,30 @@ impl Service for Passport {
         Ok(Shared { keys: Mutex::new(Arc::new(keys)), admin_token })
     }
 
-    fn state(_: &Shared, _: ShardAt<'_>) -> Revocations {
-        Revocations::default()
+    fn state(_: &Shared, _: ShardAt<'_>) -> Revoked {
+        Revoked::default()
+    }
+
+    fn load(revoked: &mut Revoked, view: &ServiceView, _: u64) -> anyhow::Result<()> {
+        view.each(REVOCATIONS, |_, item| {
+            let revocation = Revocation::decode(item)?;
+            revoked.revocations.apply(&revocation.revoked);
+            Ok(())
+        })?;
+        Ok(())
     }
 
     fn check(item: &[u8]) -> Result<(), String> {
         Revocation::decode(item).map(drop).map_err(|e| e.to_string())
     }
 
-    fn replay(states: &mut Replaying<'_, Revocations>, item: Item<'_>) {
+    fn replay(states: &mut Replaying<'_, Revoked>, item: Item<'_>) {
         let revocation = Revocation::decode(item.bytes).expect("checked");
         // Every shard holds every revocation.
         for shard in 0..states.shard_count() {
-            if let Some(revocations) = states.get(shard) {
-                revocations.apply(&revocation.revoked);
+            if let Some(revoked) = states.get(shard) {
+                revoked.revocations.apply(&revocation.revoked);
+                revoked.unsaved.push((item.seq, item.bytes.to_vec()));
             }
         }
     }
@@ -164,7 +191,8 @@ impl Service for Passport {
             core,
             shared: start.shared,
             keys: RefCell::new(keys),
-            state: RefCell::new(PassportState::new(start.state, cache)),
+            state: RefCell::new(PassportState::new(start.state.revocations, cache)),
+            unsaved: RefCell::new(start.state.unsaved),
             pq_closer_running: Cell::new(false),
             meters: RefCell::new(meters),
             budgets,
@@ -212,6 +240,13 @@ impl Service for Passport {
         let revocation = Revocation::decode(item.bytes).expect("committed items decode");
         let lag = item.durable_at.map(|at| at.elapsed()).unwrap_or_default();
         self.state.borrow_mut().apply(&revocation, item.seq, lag);
+        self.unsaved.borrow_mut().push((item.seq, item.bytes.to_vec()));
+    }
+
+    fn save(&self, changes: &mut ViewChanges, _: u64) {
+        for (seq, item) in self.unsaved.borrow_mut().drain(..) {
+            changes.put(REVOCATIONS, &seq.to_be_bytes(), &item);
+        }
     }
 
     /// Writes the spent budgets when one was spent since the last tick.

@@ -394,9 +394,21 @@ fn a_torn_last_record_is_truncated_and_a_corrupt_middle_one_means_safe_mode() {
         report.contains("CORRUPT") && report.contains(&format!("{SEGMENT} offset 0")),
         "{report}"
     );
+    // A start reads only the log after the index's checkpoint (record 3);
+    // the background scan of the whole log finds the corrupt record and
+    // puts the node in safe mode.
     node.spawn_unready();
-    let ready = get(node.listen, "/readyz", &[]).unwrap();
-    assert_eq!(ready.status, 503);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Ok(ready) = get(node.listen, "/readyz", &[])
+            && ready.status == 503
+        {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "no safe mode: {}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(node.log().contains("the background scan found the log corrupt"), "{}", node.log());
     assert!(
         ready.text().contains("safe mode") && ready.text().contains(&format!("{SEGMENT} offset 0")),
         "{}",
@@ -909,4 +921,81 @@ fn an_owners_reservation_never_outlives_its_request() {
         assert_eq!((reserved_a, reserved_b), (0, 0), "{a} {b}: a reservation held by nothing");
         assert_eq!(left_a, left_b, "{a} {b}: a batch applied in part");
     }
+}
+
+/// A number field of the last start's "ledger log recovered" line.
+fn recovered(node: &TestNode, field: &str) -> u64 {
+    let log = node.log();
+    let line = log.lines().rev().find(|l| l.contains("ledger log recovered")).expect("a start");
+    let at = line.find(&format!("{field}=")).expect(field) + field.len() + 1;
+    line[at..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// What the log index answers for: refused ids, idempotent replays, the
+/// roots, and proofs over the whole tree.
+fn index_answers(node: &TestNode, entries: &[Entry], idem_answer: &[u8]) {
+    let bearer = node.admin();
+    assert_eq!(ingest(node.listen, &bearer, &entries[..1]).unwrap().status, 409);
+    let again = ingest_idem(node.listen, &bearer, &[mint("x-idem", "b", 2)], "key-1");
+    assert_eq!(again.body, idem_answer);
+    let roots = checked_roots(node.listen, entries);
+    let (size, root) = *roots.last().unwrap();
+    assert_eq!(size, entries.len() as u64);
+    for seq in [1, size / 2, size] {
+        let path = format!("/v1/ledger/proof/inclusion?seq={seq}&root_seq={size}");
+        let json = get(node.listen, &path, &[("Authorization", &bearer)]).unwrap().json();
+        let leaf_hash = leaf(&entries[seq as usize - 1]);
+        assert!(verify_inclusion(seq - 1, size, &leaf_hash, &hash_list(&json, "path"), &root));
+    }
+}
+
+#[test]
+fn a_start_reads_the_log_after_the_index_checkpoint_and_rebuilds_an_index_the_log_disowns() {
+    let mut node = TestNode::start(NodeOptions::default());
+    let bearer = node.admin();
+    let mut batches = Vec::new();
+    let write = |node: &TestNode, requests: std::ops::Range<usize>, batches: &mut Vec<Acked>| {
+        for n in requests {
+            let entries: Vec<Entry> = (0..3).map(|i| mint(&format!("k{n}-{i}"), "a", 1)).collect();
+            batches.push(acked(&ingest(node.listen, &bearer, &entries).unwrap(), entries));
+        }
+    };
+    write(&node, 0..40, &mut batches);
+    let idem = [mint("x-idem", "b", 2)];
+    let first = ingest_idem(node.listen, &bearer, &idem, "key-1");
+    batches.push(acked(&first, idem.to_vec()));
+    // A clean stop checkpoints everything: the start reads no record.
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.spawn();
+    assert_eq!((recovered(&node, "index_checkpoint"), recovered(&node, "records_read")), (121, 0));
+    index_answers(&node, &in_sequence(batches.clone()), &first.body);
+
+    // kill -9 a moment after more writes: the start reads the records the
+    // last checkpoint did not reach (one per request here), no more.
+    write(&node, 40..50, &mut batches);
+    node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    node.spawn();
+    let checkpoint = recovered(&node, "index_checkpoint");
+    assert!((121..=151).contains(&checkpoint), "{checkpoint}");
+    assert_eq!(recovered(&node, "records_read") * 3, 151 - checkpoint);
+    index_answers(&node, &in_sequence(batches.clone()), &first.body);
+    assert!(node.log_holds("the background scan checked the log", 1), "{}", node.log());
+
+    // An index written for another log is not used: rebuilt from this one.
+    let mut other = TestNode::start(NodeOptions::default());
+    let other_bearer = other.admin();
+    for n in 0..60 {
+        let entries = [mint(&format!("o{n}"), "z", 1)];
+        assert_eq!(ingest(other.listen, &other_bearer, &entries).unwrap().status, 200);
+    }
+    other.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    node.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let index_of = |node: &TestNode| node.log_dir().parent().unwrap().join("log-index");
+    std::fs::remove_dir_all(index_of(&node)).unwrap();
+    copy_dir(&index_of(&other), &index_of(&node));
+    node.spawn();
+    assert!(node.log().contains("does not match the log: rebuilding it"), "{}", node.log());
+    assert_eq!(recovered(&node, "index_checkpoint"), 0);
+    assert_eq!(recovered(&node, "records_read"), 51);
+    index_answers(&node, &in_sequence(batches), &first.body);
 }
