@@ -106,9 +106,11 @@ pub const VIEW_MAP_BYTES: usize = 32 << 30;
 /// The log index's LMDB map: address space, not memory (about 110 bytes
 /// an entry: its id, two tree nodes and their keys).
 pub const INDEX_MAP_BYTES: usize = 256 << 30;
-/// How often the log index is checkpointed while entries commit (a crash
-/// replays about this much of the log for the committer).
+/// How often the log index is checkpointed while entries commit.
 pub const INDEX_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Entry ids go to the log index in batches of at least this many (and an
+/// eighth of those there): a crash replays up to that much of the log.
+pub const INDEX_IDS_BATCH_MIN: u64 = 1 << 18;
 /// Tables in one view (LMDB's named databases, the meta included).
 pub const VIEW_TABLES_MAX: usize = 64;
 /// How often a shard looks at whether its view is due.

@@ -22,7 +22,7 @@
 //! failed batch and every later append answer `Degraded`, reads go on, and
 //! a restart recovers from the log (`super::segments`).
 
-use super::index::{Checkpoint, Checkpoints, RecordAt, RootAt};
+use super::index::{Checkpoints, RecordAt, RootAt};
 use super::segments::{IdKey, LogState, LogWriter, Placed, Recovered, RootItem};
 use super::{LogShared, Part};
 use crate::clock::unix_now_ms;
@@ -41,7 +41,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One append: items committed atomically, in order.
 #[derive(Debug)]
@@ -233,9 +233,11 @@ pub struct CommitterMetrics {
     pub duplicates_rejected: u64,
     pub seq_gaps_detected: u64,
     pub safe_mode: bool,
-    /// The seq the log index on disk reaches, and the entries after it (what
-    /// a start replays for the committer).
+    /// The seq the log index on disk reaches, and the entries after its
+    /// ids (what a start replays for the committer).
     pub index_checkpoint_seq: u64,
+    /// Writing one checkpoint of the log index (on a worker).
+    pub index_write: LatencyHistogram,
     pub index_tail_entries: u64,
 }
 
@@ -251,6 +253,11 @@ impl CommitterMetrics {
             ),
             ("ledger_fsync_seconds", "fdatasync of one log record.", &self.fsync),
             ("ledger_write_seconds", "Writing one log record, before its sync.", &self.write),
+            (
+                "ledger_index_write_seconds",
+                "Writing one checkpoint of the log index (a worker's LMDB transaction).",
+                &self.index_write,
+            ),
         ];
         for (name, help, histogram) in histograms {
             header(out, name, "histogram", help);
@@ -347,6 +354,8 @@ struct Committer {
     /// A checkpoint write the workers had no room for.
     unsubmitted: RefCell<Option<Job>>,
     last_checkpoint: Cell<Instant>,
+    /// Checkpoint writes whose time is in the metrics.
+    checkpoints_seen: Cell<u64>,
 }
 
 impl Committer {
@@ -414,10 +423,11 @@ impl Committer {
                 metrics.safe_mode = self.shared.in_safe_mode();
                 metrics.queued_entries =
                     self.pending.borrow().iter().map(|p| u64::from(p.append.count)).sum();
-                let written =
-                    self.checkpoints.borrow().status().written_seq.load(Ordering::Relaxed);
-                metrics.index_checkpoint_seq = written;
-                metrics.index_tail_entries = durable - written;
+                let checkpoints = self.checkpoints.borrow();
+                let status = checkpoints.status();
+                metrics.index_checkpoint_seq = status.written_seq.load(Ordering::Relaxed);
+                let ids = status.ids_written_seq.load(Ordering::Relaxed);
+                metrics.index_tail_entries = durable.saturating_sub(ids);
                 LogAnswer::Metrics(Box::new(metrics))
             }
             LogCall::Idem { key } => match state.index.idem(&key) {
@@ -434,7 +444,7 @@ impl Committer {
     /// go: never while one is being written.
     fn checkpoint(&self, force: bool) {
         if let Some(job) = self.unsubmitted.borrow_mut().take() {
-            if let Err(job) = self.workers.submit(Lane::Normal, job) {
+            if let Err(job) = self.workers.submit(Lane::Idle, job) {
                 *self.unsubmitted.borrow_mut() = Some(job);
             }
             return;
@@ -446,12 +456,20 @@ impl Committer {
         if !force && self.last_checkpoint.get().elapsed() < INDEX_CHECKPOINT_EVERY {
             return;
         }
-        let checkpoint = Checkpoint { seq: state.accumulator.len(), root: state.root() };
+        let status = self.checkpoints.borrow().status().clone();
+        let writes = status.writes.load(Ordering::Acquire);
+        if writes > self.checkpoints_seen.get() {
+            self.checkpoints_seen.set(writes);
+            let took = Duration::from_micros(status.last_write_us.load(Ordering::Acquire));
+            self.metrics.borrow_mut().index_write.record(took);
+        }
+        let (seq, root) = (state.accumulator.len(), state.root());
         let LogState { accumulator, index, .. } = &mut *state;
-        let taken = self.checkpoints.borrow_mut().take(index, accumulator.nodes_mut(), checkpoint);
+        let nodes = accumulator.nodes_mut();
+        let taken = self.checkpoints.borrow_mut().take(index, nodes, seq, root, force);
         let Some(flush) = taken else { return };
         self.last_checkpoint.set(Instant::now());
-        if let Err(job) = self.workers.submit(Lane::Normal, Job::new(move || flush.run())) {
+        if let Err(job) = self.workers.submit(Lane::Idle, Job::new(move || flush.run())) {
             *self.unsubmitted.borrow_mut() = Some(job);
         }
     }
@@ -465,7 +483,8 @@ impl Committer {
             self.checkpoint(true);
             let (written, failed) = {
                 let checkpoints = self.checkpoints.borrow();
-                (checkpoints.status().written_seq.load(Ordering::Acquire), checkpoints.failed())
+                let ids = checkpoints.status().ids_written_seq.load(Ordering::Acquire);
+                (ids, checkpoints.failed())
             };
             if failed || written == self.durable.get() {
                 return;
@@ -517,7 +536,12 @@ pub async fn run(start: CommitterStart) {
         }
     };
     let durable = recovered.state.accumulator.len();
-    let checkpoints = Checkpoints::new(recovered.state.checkpoint_seq);
+    let mut recovered = recovered;
+    let checkpoints =
+        Checkpoints::new(recovered.state.checkpoint, recovered.state.index.stored_ids());
+    if recovered.state.index.has_store() {
+        checkpoints.reserve(&mut recovered.state.index);
+    }
     let committer = Rc::new(Committer {
         shared: shared.clone(),
         batch_entries_max: u64::from(config.ledger.batch_entries_max),
@@ -532,6 +556,7 @@ pub async fn run(start: CommitterStart) {
         checkpoints: RefCell::new(checkpoints),
         unsubmitted: RefCell::new(None),
         last_checkpoint: Cell::new(Instant::now()),
+        checkpoints_seen: Cell::new(0),
     });
     if let Some(reason) = recovered.corruption.clone().or_else(|| shared.safe_mode_reason()) {
         committer.enter_safe_mode(reason);

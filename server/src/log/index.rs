@@ -17,7 +17,7 @@
 //! from the log.
 
 use super::segments::{IdKey, Placed, RootItem};
-use crate::limits::{INDEX_MAP_BYTES, ROOTS_PAGE_MAX};
+use crate::limits::{INDEX_IDS_BATCH_MIN, INDEX_MAP_BYTES, ROOTS_PAGE_MAX};
 use anyhow::Context as _;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, PutFlags, RoTxn};
@@ -29,10 +29,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const META_KEY: &[u8] = b"checkpoint";
-const META_VERSION: u8 = 1;
-const META_BYTES: usize = 1 + 8 + 32;
+const META_VERSION: u8 = 3;
+const META_BYTES: usize = 1 + 8 + 32 + 8;
 const ROOT_BYTES: usize = 8 + 32 + 8 + 8;
 const PLACED_BYTES: usize = 8 + 8 + 32;
+/// Tree nodes in one row of the index: 4 064 bytes, one overflow page.
+const NODES_PER_CHUNK: u64 = 127;
 
 /// The directory of the committer's index.
 pub fn index_dir(data_dir: &Path) -> PathBuf {
@@ -55,11 +57,13 @@ pub struct RootAt {
 }
 
 /// What the index on disk reflects: the log through `seq`, whose tree has
-/// `root` there.
+/// `root` there; entry ids only through `ids_seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub seq: u64,
     pub root: Hash,
+    /// Ids go to disk less often than the rest (`Checkpoints::take`).
+    pub ids_seq: u64,
 }
 
 impl Checkpoint {
@@ -68,6 +72,7 @@ impl Checkpoint {
         out[0] = META_VERSION;
         out[1..9].copy_from_slice(&self.seq.to_le_bytes());
         out[9..41].copy_from_slice(&self.root);
+        out[41..49].copy_from_slice(&self.ids_seq.to_le_bytes());
         out
     }
 
@@ -78,6 +83,7 @@ impl Checkpoint {
         Some(Checkpoint {
             seq: u64::from_le_bytes(bytes[1..9].try_into().ok()?),
             root: bytes[9..41].try_into().ok()?,
+            ids_seq: u64::from_le_bytes(bytes[41..49].try_into().ok()?),
         })
     }
 }
@@ -128,7 +134,8 @@ pub struct IndexStore {
     ids: Database<Bytes, Bytes>,
     /// Idempotency key → placement.
     idem: Database<Bytes, Bytes>,
-    /// The tree's nodes by post-order position (big-endian u64).
+    /// The tree's nodes in post-order, `NODES_PER_CHUNK` a row, by chunk
+    /// number (big-endian u64); the last chunk may be short.
     nodes: Database<Bytes, Bytes>,
     /// Seq (big-endian u64) → committed ms, root, segment, offset.
     roots: Database<Bytes, Bytes>,
@@ -173,11 +180,19 @@ impl IndexStore {
         Ok(())
     }
 
+    /// How many entry ids are on disk.
+    pub fn id_count(&self) -> anyhow::Result<u64> {
+        let txn = self.env.read_txn()?;
+        Ok(self.ids.len(&txn)?)
+    }
+
     fn node(&self, position: u64) -> anyhow::Result<Hash> {
         let txn = self.env.read_txn()?;
-        let bytes = self.nodes.get(&txn, &position.to_be_bytes())?;
-        let bytes = bytes.with_context(|| format!("tree node {position} is not in the index"))?;
-        bytes.try_into().context("a tree node of another size")
+        let chunk = self.nodes.get(&txn, &(position / NODES_PER_CHUNK).to_be_bytes())?;
+        let at = (position % NODES_PER_CHUNK) as usize * 32;
+        let node = chunk.and_then(|chunk| chunk.get(at..at + 32));
+        let node = node.with_context(|| format!("tree node {position} is not in the index"))?;
+        Ok(node.try_into().expect("32 bytes"))
     }
 
     fn idem(&self, key: &IdKey) -> anyhow::Result<Option<Placed>> {
@@ -206,9 +221,22 @@ impl IndexStore {
     /// Writes a flushing part and its checkpoint in one transaction.
     fn write(&self, flush: &Flush) -> anyhow::Result<()> {
         let mut txn = self.env.write_txn()?;
-        for (i, node) in flush.nodes.iter().enumerate() {
-            let key = (flush.nodes_from + i as u64).to_be_bytes();
-            self.nodes.put_with_flags(&mut txn, PutFlags::APPEND, &key, node)?;
+        // The last chunk on disk is completed, then new ones follow.
+        let mut position = flush.nodes_from;
+        let mut nodes = flush.nodes.as_slice();
+        while !nodes.is_empty() {
+            let key = (position / NODES_PER_CHUNK).to_be_bytes();
+            let mut chunk = Vec::with_capacity(NODES_PER_CHUNK as usize * 32);
+            let offset = position % NODES_PER_CHUNK;
+            if offset > 0 {
+                let stored = self.nodes.get(&txn, &key)?.unwrap_or_default();
+                anyhow::ensure!(stored.len() as u64 == offset * 32, "a short chunk of tree nodes");
+                chunk.extend_from_slice(stored);
+            }
+            let take = nodes.len().min((NODES_PER_CHUNK - offset) as usize);
+            nodes[..take].iter().for_each(|node| chunk.extend_from_slice(node));
+            self.nodes.put(&mut txn, &key, &chunk)?;
+            (position, nodes) = (position + take as u64, &nodes[take..]);
         }
         for root in &flush.part.roots {
             let key = root.root.seq.to_be_bytes();
@@ -226,6 +254,54 @@ impl IndexStore {
         self.meta.put(&mut txn, META_KEY, &flush.checkpoint.encode())?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// A Bloom filter over the entry ids on disk, so that a new id (nearly
+/// every one) is known new without a B-tree lookup. Ids are BLAKE3 hashes:
+/// their bytes are the filter's hashes. Blocked (each id's bits in one
+/// 64-byte line), 12 bits an id, 6 bits set: about 1 % false positives.
+/// Bits are atomics: the worker that writes ids sets theirs while the
+/// committer reads.
+pub struct IdFilter {
+    words: Box<[AtomicU64]>,
+    /// Blocks − 1 (a power of two).
+    mask: u64,
+    /// How many ids it is sized for.
+    capacity: u64,
+}
+
+const FILTER_BLOCK_WORDS: usize = 8;
+const FILTER_BITS_PER_ID: u64 = 12;
+const FILTER_CAPACITY_MIN: u64 = 1 << 20;
+
+impl IdFilter {
+    fn with_capacity(ids: u64) -> IdFilter {
+        let capacity = ids.max(FILTER_CAPACITY_MIN);
+        let blocks = (capacity * FILTER_BITS_PER_ID).div_ceil(512).next_power_of_two();
+        let words = (0..blocks as usize * FILTER_BLOCK_WORDS).map(|_| AtomicU64::new(0)).collect();
+        IdFilter { words, mask: blocks - 1, capacity }
+    }
+
+    /// The word and bit of each of `id`'s six bits.
+    fn bits(&self, id: &IdKey) -> impl Iterator<Item = (usize, u64)> {
+        let block = (u64::from_le_bytes(id[..8].try_into().expect("8 bytes")) & self.mask) as usize;
+        let spread = u64::from_le_bytes(id[8..].try_into().expect("8 bytes"));
+        (0..6).map(move |i| {
+            let bit = (spread >> (i * 9)) & 511;
+            (block * FILTER_BLOCK_WORDS + (bit / 64) as usize, 1 << (bit % 64))
+        })
+    }
+
+    fn insert(&self, id: &IdKey) {
+        for (word, bit) in self.bits(id) {
+            self.words[word].fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// False when `id` is surely not on disk.
+    fn may_contain(&self, id: &IdKey) -> bool {
+        self.bits(id).all(|(word, bit)| self.words[word].load(Ordering::Relaxed) & bit != 0)
     }
 }
 
@@ -310,6 +386,8 @@ pub struct Index {
     last: Option<RootAt>,
     /// Keeps nothing but `last` (a scan that only checks the log).
     keeps_nothing: bool,
+    /// Over the ids on disk, once a worker has built it.
+    filter: Option<Arc<IdFilter>>,
 }
 
 /// Reads ids under one transaction.
@@ -323,6 +401,9 @@ impl IdReader<'_> {
     pub fn contains(&self, key: &IdKey) -> bool {
         if self.index.fresh.ids.contains(key) || self.index.flushing.ids.contains(key) {
             return true;
+        }
+        if self.index.filter.as_ref().is_some_and(|filter| !filter.may_contain(key)) {
+            return false;
         }
         let (Some(store), Some(txn)) = (&self.index.store, &self.txn) else { return false };
         let found = store.ids.get(txn, key);
@@ -338,6 +419,15 @@ impl Index {
     /// An index that keeps nothing but the last root.
     pub fn keeping_nothing() -> Index {
         Index { keeps_nothing: true, ..Index::default() }
+    }
+
+    /// How many entry ids are on disk.
+    pub fn stored_ids(&self) -> u64 {
+        let count = self.store.as_ref().map(|store| store.id_count());
+        count
+            .transpose()
+            .unwrap_or_else(|error| panic!("reading the log index: {error:#}"))
+            .unwrap_or(0)
     }
 
     /// Whether the index is kept on disk.
@@ -427,28 +517,73 @@ pub struct Flush {
     nodes_from: u64,
     checkpoint: Checkpoint,
     status: Arc<FlushStatus>,
+    /// The filter the committer reads, and the ids on disk once this is
+    /// written: past the filter's capacity, a bigger one is built.
+    filter: Option<Arc<IdFilter>>,
+    ids_after: u64,
+}
+
+impl Flush {
+    /// Adds the ids just written to the committer's filter, or, without
+    /// one or past its capacity, builds a new one from every id on disk
+    /// (the next `Checkpoints::take` hands it over). Runs before the
+    /// committer forgets the flushing ids.
+    fn update_filter(&self) {
+        if let Some(filter) = self.filter.as_ref().filter(|f| f.capacity >= self.ids_after) {
+            self.part.ids.iter().for_each(|id| filter.insert(id));
+            return;
+        }
+        let started = std::time::Instant::now();
+        let filter = IdFilter::with_capacity(self.ids_after * 2);
+        let read = || -> anyhow::Result<u64> {
+            let txn = self.store.env.read_txn()?;
+            let mut count = 0;
+            for row in self.store.ids.iter(&txn)? {
+                filter.insert(row?.0.try_into().context("an id of another size")?);
+                count += 1;
+            }
+            Ok(count)
+        };
+        match read() {
+            Ok(count) => {
+                let took_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(ids = count, took_ms, "built the log index's id filter");
+                *self.status.built.lock().expect("not poisoned") = Some(Arc::new(filter));
+            }
+            // Lookups go on without a filter, to the B-tree.
+            Err(error) => tracing::warn!(%error, "the log index's id filter was not built"),
+        }
+    }
 }
 
 /// How the checkpoint writes went, shared with the worker that runs them.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FlushStatus {
     busy: AtomicBool,
     failed: AtomicBool,
-    /// The seq of the last checkpoint written.
+    /// The seq of the last checkpoint written, and of its entry ids.
     pub written_seq: AtomicU64,
+    pub ids_written_seq: AtomicU64,
     pub writes: AtomicU64,
     /// Microseconds the last write took.
     pub last_write_us: AtomicU64,
+    /// A filter built by the last write, for the committer to take.
+    built: std::sync::Mutex<Option<Arc<IdFilter>>>,
 }
 
 impl Flush {
     /// Writes the checkpoint (on a worker thread).
     pub fn run(self) {
         let started = std::time::Instant::now();
-        match self.store.write(&self) {
+        let written = self.store.write(&self);
+        let took = started.elapsed().as_micros() as u64;
+        self.status.last_write_us.store(took, Ordering::Release);
+        match written {
             Ok(()) => {
+                self.update_filter();
                 self.status.written_seq.store(self.checkpoint.seq, Ordering::Release);
-                self.status.writes.fetch_add(1, Ordering::Relaxed);
+                self.status.ids_written_seq.store(self.checkpoint.ids_seq, Ordering::Release);
+                self.status.writes.fetch_add(1, Ordering::Release);
             }
             Err(error) => {
                 // The log has everything: a restart replays more.
@@ -456,29 +591,46 @@ impl Flush {
                 tracing::error!(%error, "writing the log index failed: it stays at its last checkpoint");
             }
         }
-        let took = started.elapsed().as_micros() as u64;
-        self.status.last_write_us.store(took, Ordering::Relaxed);
         self.status.busy.store(false, Ordering::Release);
-    }
-
-    pub fn seq(&self) -> u64 {
-        self.checkpoint.seq
     }
 }
 
 /// The index and tree nodes' checkpoints, as the committer drives them.
-#[derive(Default)]
 pub struct Checkpoints {
     status: Arc<FlushStatus>,
-    /// The seq the flushing parts reach (the last checkpoint handed out).
-    flushing_seq: u64,
+    /// The checkpoint handed out last (its parts are flushing or on disk).
+    handed: Checkpoint,
+    /// Entry ids on disk, and in the flushing part.
+    ids_stored: u64,
+    ids_flushing: u64,
+    /// The seq at start, until the first write (which builds the filter).
+    started_at: u64,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Checkpoint {
+        Checkpoint { seq: 0, root: ron_proto::merkle::empty_root(), ids_seq: 0 }
+    }
 }
 
 impl Checkpoints {
-    pub fn new(seq: u64) -> Checkpoints {
+    /// The checkpoints of an index whose disk holds `at` and `ids_stored`
+    /// entry ids.
+    pub fn new(at: Checkpoint, ids_stored: u64) -> Checkpoints {
         let status = Arc::new(FlushStatus::default());
-        status.written_seq.store(seq, Ordering::Relaxed);
-        Checkpoints { status, flushing_seq: seq }
+        status.written_seq.store(at.seq, Ordering::Relaxed);
+        status.ids_written_seq.store(at.ids_seq, Ordering::Relaxed);
+        Checkpoints { status, handed: at, ids_stored, ids_flushing: 0, started_at: at.seq }
+    }
+
+    /// Sizes the fresh ids for a batch (at start).
+    pub fn reserve(&self, index: &mut Index) {
+        index.fresh.ids.reserve(self.ids_batch().saturating_sub(index.fresh.ids.len()));
+    }
+
+    /// How many fresh ids make the next batch due.
+    fn ids_batch(&self) -> usize {
+        INDEX_IDS_BATCH_MIN.max((self.ids_stored + self.ids_flushing) / 8) as usize
     }
 
     pub fn status(&self) -> &Arc<FlushStatus> {
@@ -494,35 +646,60 @@ impl Checkpoints {
         self.status.failed.load(Ordering::Acquire)
     }
 
-    /// The seq of the last checkpoint handed out.
-    pub fn flushing_seq(&self) -> u64 {
-        self.flushing_seq
-    }
-
     /// Once the last write is done: forgets the flushing parts (they are on
-    /// disk) and hands the fresh ones, which reach `checkpoint`, to a new
-    /// write. `None` while a write runs, after a failed one, without a
-    /// store, or with nothing new.
+    /// disk) and hands the fresh ones, which reach `seq` with `root`, to a
+    /// new write. Entry ids go only once they are an eighth of those on
+    /// disk (or `INDEX_IDS_BATCH_MIN`), or with `force`: every id written
+    /// rewrites a random page of the ids' B-tree, so ids are written in
+    /// batches that grow with it; a start replays the log after them.
+    /// `None` while a write runs, after a failed one, without a store, or
+    /// with nothing new.
     pub fn take(
         &mut self,
         index: &mut Index,
         nodes: &mut TreeNodes,
-        checkpoint: Checkpoint,
+        seq: u64,
+        root: Hash,
+        force: bool,
     ) -> Option<Flush> {
         if self.busy() || self.failed() {
             return None;
         }
-        // The last write is on disk.
         let store = index.store.clone()?;
+        // The last write is on disk.
         nodes.stored = nodes.flushing_end();
         nodes.flushing = Arc::default();
         index.flushing = Arc::default();
-        if checkpoint.seq == self.flushing_seq {
+        self.ids_stored += std::mem::take(&mut self.ids_flushing);
+        if let Some(built) = self.status.built.lock().expect("not poisoned").take() {
+            index.filter = Some(built);
+        }
+        let fresh_ids = index.fresh.ids.len() as u64;
+        let ids_due = force || fresh_ids >= self.ids_batch() as u64;
+        let ids_new = seq > self.handed.ids_seq && ids_due;
+        // The first write after a start builds the filter, even with
+        // nothing new.
+        let no_filter = index.filter.is_none() && self.handed.seq == self.started_at;
+        if seq == self.handed.seq && !ids_new && !no_filter {
             return None;
         }
-        assert!(checkpoint.seq > self.flushing_seq);
-        self.flushing_seq = checkpoint.seq;
-        let part = Arc::new(std::mem::take(&mut index.fresh));
+        self.started_at = u64::MAX;
+        assert!(seq >= self.handed.seq);
+        let ids = if ids_new { std::mem::take(&mut index.fresh.ids) } else { HashSet::new() };
+        self.ids_flushing = ids.len() as u64;
+        if ids_new {
+            // Sized for the next batch: no rehash of a large set on the
+            // committer's path.
+            index.fresh.ids.reserve(self.ids_batch());
+        }
+        let ids_after = self.ids_stored + self.ids_flushing;
+        let ids_seq = if ids_new { seq } else { self.handed.ids_seq };
+        self.handed = Checkpoint { seq, root, ids_seq };
+        let part = Arc::new(Part {
+            ids,
+            idem: std::mem::take(&mut index.fresh.idem),
+            roots: std::mem::take(&mut index.fresh.roots),
+        });
         let fresh = Arc::new(std::mem::take(&mut nodes.fresh));
         index.flushing = part.clone();
         nodes.flushing = fresh.clone();
@@ -532,8 +709,10 @@ impl Checkpoints {
             part,
             nodes: fresh,
             nodes_from: nodes.stored,
-            checkpoint,
+            checkpoint: self.handed,
             status: self.status.clone(),
+            filter: index.filter.clone(),
+            ids_after,
         })
     }
 }
@@ -568,6 +747,20 @@ mod tests {
     }
 
     #[test]
+    fn the_id_filter_keeps_every_id_and_lets_few_others_through() {
+        let filter = IdFilter::with_capacity(100_000);
+        (0..100_000).for_each(|n| filter.insert(&id(n)));
+        assert!((0..100_000).all(|n| filter.may_contain(&id(n))));
+        let through = (100_000..200_000).filter(|n| filter.may_contain(&id(*n))).count();
+        // Sized for a million at least: far fewer than 1 %.
+        assert!(through < 1_000, "{through} false positives in 100 000");
+        let full = IdFilter::with_capacity(FILTER_CAPACITY_MIN);
+        (0..FILTER_CAPACITY_MIN).for_each(|n| full.insert(&id(n)));
+        let through = (0..100_000).filter(|n| full.may_contain(&id(n + (1 << 40)))).count();
+        assert!(through < 2_000, "{through} false positives in 100 000 at capacity");
+    }
+
+    #[test]
     fn reads_find_what_is_on_disk_flushing_or_fresh_and_a_reopened_tree_matches() {
         let dir = std::env::temp_dir().join(format!("ron-log-index-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -576,16 +769,20 @@ mod tests {
         let mut index = Index::new(Some(store.clone()), None);
         let mut tree = Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0);
         let mut plain = Accumulator::new();
-        let mut checkpoints = Checkpoints::new(0);
-        let mut take = |index: &mut Index, tree: &mut Accumulator<TreeNodes>| {
-            let checkpoint = Checkpoint { seq: tree.len(), root: tree.root() };
-            checkpoints.take(index, tree.nodes_mut(), checkpoint).expect("something new")
+        let mut checkpoints = Checkpoints::new(Checkpoint::default(), 0);
+        let mut take = |index: &mut Index, tree: &mut Accumulator<TreeNodes>, force: bool| {
+            let (seq, root) = (tree.len(), tree.root());
+            checkpoints.take(index, tree.nodes_mut(), seq, root, force).expect("something new")
         };
-        // 1..=1200 on disk, 1201..=2300 flushing, 2301..=2500 fresh.
-        commit(&mut index, &mut tree, 1..1201);
-        take(&mut index, &mut tree).run();
+        // 1..=1200 on disk, 1201..=2300 flushing, 2301..=2500 fresh; the
+        // ids of 1..=100 are on disk, the others fresh (too few to be due).
+        commit(&mut index, &mut tree, 1..101);
+        take(&mut index, &mut tree, true).run();
+        commit(&mut index, &mut tree, 101..1201);
+        take(&mut index, &mut tree, false).run();
+        assert_eq!(store.checkpoint().unwrap().map(|c| (c.seq, c.ids_seq)), Some((1200, 100)));
         commit(&mut index, &mut tree, 1201..2301);
-        let flushing = take(&mut index, &mut tree);
+        let flushing = take(&mut index, &mut tree, false);
         commit(&mut index, &mut tree, 2301..2501);
         (1..2501).for_each(|seq| plain.push(leaf_hash(&u64::to_be_bytes(seq))));
 
@@ -602,7 +799,7 @@ mod tests {
         }
         assert_eq!(seen, (1..2501).collect::<Vec<_>>(), "every root once, in order");
         let ids = index.ids();
-        for seq in [1, 1200, 1201, 2300, 2301, 2500] {
+        for seq in [1, 100, 101, 1200, 1201, 2300, 2301, 2500] {
             assert_eq!(index.root(seq), Some(root_at(seq)), "seq {seq}");
             assert!(ids.contains(&id(seq)), "id {seq}");
             assert_eq!(index.idem(&id(seq + 1_000_000)).map(|p| p.seq_start), Some(seq));
@@ -619,10 +816,9 @@ mod tests {
         // The flushing write lands; a reopened index has it all, and the
         // fresh part is what a start would replay.
         flushing.run();
-        assert_eq!(
-            store.checkpoint().unwrap(),
-            Some(Checkpoint { seq: 2300, root: plain.root_at(2300) })
-        );
+        let root = plain.root_at(2300);
+        assert_eq!(store.checkpoint().unwrap(), Some(Checkpoint { seq: 2300, root, ids_seq: 100 }));
+        assert_eq!(store.id_count().unwrap(), 100);
         drop((index, tree));
         let reopened =
             Accumulator::open(TreeNodes::new(Some(store.clone()), node_count(2300)), 2300);
@@ -630,7 +826,7 @@ mod tests {
         assert_eq!(reopened.inclusion_proof(2299, 2300), plain.inclusion_proof(2299, 2300));
         let index = Index::new(Some(store.clone()), None);
         assert_eq!(index.root(2300), Some(root_at(2300)));
-        assert!(index.ids().contains(&id(1500)) && !index.ids().contains(&id(2400)));
+        assert!(index.ids().contains(&id(100)) && !index.ids().contains(&id(101)));
         store.clear().unwrap();
         assert_eq!(store.checkpoint().unwrap(), None);
         drop((index, reopened, store));

@@ -14,7 +14,7 @@
 //! (`super::disk_ring`), with O_DIRECT and aligned buffers.
 
 use super::disk_ring::{AlignedBuffer, DiskRing};
-use super::index::{Index, RecordAt, RootAt, TreeNodes};
+use super::index::{Checkpoint, Index, RecordAt, RootAt, TreeNodes};
 use ron_proto::log::{self, RecordHeader, RecordRead};
 use ron_proto::merkle::{self, Hash};
 use ron_shards::accumulator::{Accumulator, NoNodes, Nodes};
@@ -49,8 +49,8 @@ pub fn id_key(id: &str) -> IdKey {
 pub struct LogState<N = TreeNodes> {
     pub accumulator: Accumulator<N>,
     pub index: Index,
-    /// The seq the index on disk reached at start.
-    pub checkpoint_seq: u64,
+    /// What the index on disk reached at start.
+    pub checkpoint: Checkpoint,
 }
 
 impl LogState<NoNodes> {
@@ -61,7 +61,7 @@ impl LogState<NoNodes> {
         LogState {
             accumulator: Accumulator::open(NoNodes::default(), 0),
             index: Index::keeping_nothing(),
-            checkpoint_seq: 0,
+            checkpoint: Checkpoint::default(),
         }
     }
 }
@@ -134,6 +134,10 @@ impl<N: Nodes> LogState<N> {
         if known {
             if header.last_seq() == self.accumulator.len() && header.new_root != self.root() {
                 return Err("the record's root is not the log index's at its seq".to_owned());
+            }
+            // The index's ids may stop before its tree.
+            if header.last_seq() > self.checkpoint.ids_seq {
+                self.index.add_ids(items.iter().filter_map(|item| reader.unique_key(item)));
             }
         } else {
             let before = self.accumulator.frontier();

@@ -12,7 +12,7 @@
 //! scan, and rebuilt by a second pass, for those shards only).
 
 use crate::config::Config;
-use crate::log::index::{IndexStore, RootAt, TreeNodes, index_dir};
+use crate::log::index::{Checkpoint, IndexStore, RootAt, TreeNodes, index_dir};
 use crate::log::segments::{self, LogState, Recovered, Scan, TornTail};
 use crate::log::view::{ViewMeta, ViewStore, view_dir};
 use crate::service::{Registry, Replayer, States};
@@ -53,7 +53,7 @@ pub fn recover(
     }
     let dir = config.data_dir.join("log");
     let state = open_index(&config.data_dir, &dir)?;
-    let checkpoint = state.checkpoint_seq;
+    let checkpoint = state.checkpoint.seq;
     let (stores, mut metas) = open_views(config, registry, shared, &mut states, shard_count)?;
     // Views the index vouches for now; one ahead of it waits for the scan.
     for shard in 0..shard_count {
@@ -67,7 +67,7 @@ pub fn recover(
     // Each shard replays the log after what its view holds; the scan
     // starts after the oldest view or the index's checkpoint.
     let from: Vec<u64> = metas.iter().map(|meta| meta.map_or(0, |m| m.applied_seq)).collect();
-    let oldest = from.iter().copied().min().unwrap_or(0).min(checkpoint);
+    let oldest = from.iter().copied().min().unwrap_or(0).min(state.checkpoint.ids_seq);
     let start = (oldest > 0).then(|| state.index.root(oldest)).flatten();
     let start = start.filter(|at| anchored(&dir, at));
     let replayed: Vec<Cell<u64>> = (0..shard_count).map(|_| Cell::new(0)).collect();
@@ -131,9 +131,13 @@ fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
     let empty = |store: &Arc<IndexStore>| LogState {
         accumulator: Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0),
         index: crate::log::index::Index::new(Some(store.clone()), None),
-        checkpoint_seq: 0,
+        checkpoint: Checkpoint::default(),
     };
-    let Some(checkpoint) = store.checkpoint()? else { return Ok(empty(&store)) };
+    let Some(checkpoint) = store.checkpoint()? else {
+        // New, or written by a build this one cannot read.
+        store.clear()?;
+        return Ok(empty(&store));
+    };
     let nodes = TreeNodes::new(Some(store.clone()), node_count(checkpoint.seq));
     let accumulator = Accumulator::open(nodes, checkpoint.seq);
     let last = crate::log::index::Index::new(Some(store.clone()), None).root(checkpoint.seq);
@@ -154,7 +158,7 @@ fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
         return Ok(empty(&store));
     }
     let index = crate::log::index::Index::new(Some(store), last);
-    Ok(LogState { accumulator, index, checkpoint_seq: checkpoint.seq })
+    Ok(LogState { accumulator, index, checkpoint })
 }
 
 /// Whether the log's record at `at.at` ends at `at`'s seq with its root.
@@ -184,7 +188,8 @@ fn report(config: &Config, recovered: &Recovered, from: u64) {
         );
     }
     tracing::info!(
-        index_checkpoint = recovered.state.checkpoint_seq,
+        index_checkpoint = recovered.state.checkpoint.seq,
+        index_ids_checkpoint = recovered.state.checkpoint.ids_seq,
         read_after = from,
         records_read = recovered.records,
         entries = recovered.state.accumulator.len(),

@@ -970,14 +970,15 @@ fn a_start_reads_the_log_after_the_index_checkpoint_and_rebuilds_an_index_the_lo
     assert_eq!((recovered(&node, "index_checkpoint"), recovered(&node, "records_read")), (121, 0));
     index_answers(&node, &in_sequence(batches.clone()), &first.body);
 
-    // kill -9 a moment after more writes: the start reads the records the
-    // last checkpoint did not reach (one per request here), no more.
+    // kill -9 after more writes: the start reads the records after the
+    // index's entry ids (one per request here), which go to disk in large
+    // batches (or at a stop); the tree and roots may be further on.
     write(&node, 40..50, &mut batches);
     node.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     node.spawn();
-    let checkpoint = recovered(&node, "index_checkpoint");
-    assert!((121..=151).contains(&checkpoint), "{checkpoint}");
-    assert_eq!(recovered(&node, "records_read") * 3, 151 - checkpoint);
+    assert_eq!(recovered(&node, "index_ids_checkpoint"), 121);
+    assert!((121..=151).contains(&recovered(&node, "index_checkpoint")), "{}", node.log());
+    assert_eq!(recovered(&node, "records_read"), 10);
     index_answers(&node, &in_sequence(batches.clone()), &first.body);
     assert!(node.log_holds("the background scan checked the log", 1), "{}", node.log());
 
