@@ -351,8 +351,8 @@ struct Committer {
     answers: Vec<ConnectedSender<ToShard>>,
     workers: Workers,
     checkpoints: RefCell<Checkpoints>,
-    /// A checkpoint write the workers had no room for.
-    unsubmitted: RefCell<Option<Job>>,
+    /// A checkpoint write the workers had no room for, and its lane.
+    unsubmitted: RefCell<Option<(Lane, Job)>>,
     last_checkpoint: Cell<Instant>,
     /// Checkpoint writes whose time is in the metrics.
     checkpoints_seen: Cell<u64>,
@@ -443,9 +443,9 @@ impl Committer {
     /// whenever there is anything new, with `force`). Only durable records
     /// go: never while one is being written.
     fn checkpoint(&self, force: bool) {
-        if let Some(job) = self.unsubmitted.borrow_mut().take() {
-            if let Err(job) = self.workers.submit(Lane::Idle, job) {
-                *self.unsubmitted.borrow_mut() = Some(job);
+        if let Some((lane, job)) = self.unsubmitted.borrow_mut().take() {
+            if let Err(job) = self.workers.submit(lane, job) {
+                *self.unsubmitted.borrow_mut() = Some((lane, job));
             }
             return;
         }
@@ -469,8 +469,11 @@ impl Committer {
         let taken = self.checkpoints.borrow_mut().take(index, nodes, seq, root, force);
         let Some(flush) = taken else { return };
         self.last_checkpoint.set(Instant::now());
-        if let Err(job) = self.workers.submit(Lane::Idle, Job::new(move || flush.run())) {
-            *self.unsubmitted.borrow_mut() = Some(job);
+        // A batch of ids (seconds of B-tree inserts, or a new filter) runs
+        // on time the shards leave; the rest (milliseconds) keeps pace.
+        let lane = if flush.heavy() { Lane::Idle } else { Lane::Normal };
+        if let Err(job) = self.workers.submit(lane, Job::new(move || flush.run())) {
+            *self.unsubmitted.borrow_mut() = Some((lane, job));
         }
     }
 

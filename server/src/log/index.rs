@@ -524,6 +524,11 @@ pub struct Flush {
 }
 
 impl Flush {
+    /// Whether it writes a batch of ids or builds a filter.
+    pub fn heavy(&self) -> bool {
+        !self.part.ids.is_empty() || self.filter.is_none()
+    }
+
     /// Adds the ids just written to the committer's filter, or, without
     /// one or past its capacity, builds a new one from every id on disk
     /// (the next `Checkpoints::take` hands it over). Runs before the
