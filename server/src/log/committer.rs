@@ -443,7 +443,8 @@ impl Committer {
     /// whenever there is anything new, with `force`). Only durable records
     /// go: never while one is being written.
     fn checkpoint(&self, force: bool) {
-        if let Some((lane, job)) = self.unsubmitted.borrow_mut().take() {
+        let unsubmitted = self.unsubmitted.borrow_mut().take();
+        if let Some((lane, job)) = unsubmitted {
             if let Err(job) = self.workers.submit(lane, job) {
                 *self.unsubmitted.borrow_mut() = Some((lane, job));
             }
@@ -469,8 +470,9 @@ impl Committer {
         let taken = self.checkpoints.borrow_mut().take(index, nodes, seq, root, force);
         let Some(flush) = taken else { return };
         self.last_checkpoint.set(Instant::now());
-        // A batch of ids (seconds of B-tree inserts, or a new filter) runs
-        // on time the shards leave; the rest (milliseconds) keeps pace.
+        // A batch of ids (seconds of B-tree inserts) or a new filter runs on
+        // time the shards leave, and later checkpoints wait for it; the
+        // others take milliseconds and keep pace on the normal lane.
         let lane = if flush.heavy() { Lane::Idle } else { Lane::Normal };
         if let Err(job) = self.workers.submit(lane, Job::new(move || flush.run())) {
             *self.unsubmitted.borrow_mut() = Some((lane, job));
@@ -790,11 +792,27 @@ async fn refuse(committer: &Committer, mut taken: Taken, reason: &str) {
 /// the appends.
 async fn publish(committer: &Committer, mut taken: Taken, sealed: Sealed, at: RecordAt) {
     let last_seq = sealed.first_seq + taken.items - 1;
+    // Where each append went.
+    let mut placements = Vec::with_capacity(taken.batch.len());
+    let mut seq = sealed.first_seq;
+    for pending in &taken.batch {
+        let seq_end = seq + u64::from(pending.append.count) - 1;
+        placements.push(Placed { seq_start: seq, seq_end, root: sealed.root });
+        seq = seq_end + 1;
+    }
     {
+        // Everything the record adds to the index goes in before the
+        // durable mark moves: a checkpoint taken at it (during the sends
+        // below) holds all of it.
         let mut state = committer.state.borrow_mut();
         state.index.add_ids(taken.unique.drain());
         let root = RootItem { seq: last_seq, root: sealed.root, committed_ms: sealed.committed_ms };
         state.index.add_root(RootAt { root, at });
+        for (pending, placed) in taken.batch.iter().zip(&placements) {
+            if let Some(key) = pending.append.idem {
+                state.index.add_idem(key, *placed);
+            }
+        }
         let mut metrics = committer.metrics.borrow_mut();
         if committer.durable.get() != sealed.first_seq - 1 {
             metrics.seq_gaps_detected += 1;
@@ -813,17 +831,11 @@ async fn publish(committer: &Committer, mut taken: Taken, sealed: Sealed, at: Re
     for (shard, committed) in fan_out(committer.answers.len(), &taken.batch, sealed, last_seq) {
         committer.send(shard, ToShard::Committed(committed)).await;
     }
-    let mut seq = sealed.first_seq;
-    for pending in taken.batch.drain(..) {
-        let seq_end = seq + u64::from(pending.append.count) - 1;
-        let placed = Placed { seq_start: seq, seq_end, root: sealed.root };
-        if let Some(key) = pending.append.idem {
-            committer.state.borrow_mut().index.add_idem(key, placed);
-        }
-        seq = seq_end + 1;
-        let answer =
-            LogAnswer::Appended { seq_start: placed.seq_start, seq_end, root: sealed.root };
-        committer.answer(pending.shard, pending.id, answer).await;
+    for (pending, placed) in taken.batch.drain(..).zip(placements) {
+        let Placed { seq_start, seq_end, root } = placed;
+        committer
+            .answer(pending.shard, pending.id, LogAnswer::Appended { seq_start, seq_end, root })
+            .await;
     }
     for (pending, key) in taken.followers.drain(..) {
         let placed = committer.state.borrow().index.idem(&key).expect("the leader committed");

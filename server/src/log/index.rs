@@ -534,9 +534,13 @@ impl Flush {
     /// (the next `Checkpoints::take` hands it over). Runs before the
     /// committer forgets the flushing ids.
     fn update_filter(&self) {
-        if let Some(filter) = self.filter.as_ref().filter(|f| f.capacity >= self.ids_after) {
+        // Always into the filter in use: if a bigger one is not built, this
+        // one still has every id on disk (with more false positives).
+        if let Some(filter) = &self.filter {
             self.part.ids.iter().for_each(|id| filter.insert(id));
-            return;
+            if filter.capacity >= self.ids_after {
+                return;
+            }
         }
         let started = std::time::Instant::now();
         let filter = IdFilter::with_capacity(self.ids_after * 2);

@@ -102,6 +102,8 @@ pub fn recover(
         let again = segments::recover(&dir, recovered.state, scan, &mut replayer)
             .with_context(|| format!("reading the log in {}", dir.display()))?;
         recovered.state = again.state;
+        // The first pass may have started after a corrupt record.
+        recovered.corruption = recovered.corruption.or(again.corruption);
     }
     report(config, &recovered, oldest);
     let views = stores

@@ -9,9 +9,9 @@
 //! (key files per kid, rotation, JWKS), `pq` (ML-DSA batches), `metrics`.
 //!
 //! Log items: revocations (`ron_proto::revocation`, code 0x30), applied by
-//! every shard from the committed stream, read back from the whole log at
-//! start. No view tables; spent budgets are kept in files of their own
-//! (`budgets`).
+//! every shard from the committed stream and kept in its view (table
+//! `revocations`, by seq), so a start replays only the log after it. Spent
+//! budgets are kept in files of their own (`budgets`).
 
 pub mod access;
 pub mod budgets;
