@@ -431,9 +431,19 @@ const COLD_STARTS: [(&str, Option<&str>); 4] = [
     ("cold_start_macronode", Some("macronode")),
 ];
 
+/// A cold start on a log of `LARGE_LOG_ENTRIES` entries, which the suite
+/// writes first (ingest of `LARGE_LOG_BATCH` entries a request at
+/// `LARGE_LOG_RATE`/s: about 100 s and 2 GB on the reference node). Only
+/// when named (`--only cold_start_large`).
+pub const COLD_START_LARGE: &str = "cold_start_large";
+const LARGE_LOG_ENTRIES: u64 = 10_240_000;
+const LARGE_LOG_BATCH: usize = 256;
+const LARGE_LOG_RATE: f64 = 400.0;
+
 /// Every scenario name, in the order the suite runs them.
 pub fn scenario_names() -> Vec<&'static str> {
-    SCENARIOS.iter().map(|s| s.name).chain(COLD_STARTS.iter().map(|c| c.0)).collect()
+    let loads = SCENARIOS.iter().map(|s| s.name);
+    loads.chain(COLD_STARTS.iter().map(|c| c.0)).chain([COLD_START_LARGE]).collect()
 }
 
 /// Sweep steps, as multiples of the scenario's rate: doubling from a
@@ -780,7 +790,40 @@ fn cold_starts(spec: &SuiteSpec, data: &Path) -> anyhow::Result<Vec<Measurement>
         }
         measured.push(spec.measurement(name, rounds));
     }
+    if spec.only.iter().any(|o| o == COLD_START_LARGE) {
+        measured.push(cold_start_large(spec)?);
+    }
     Ok(measured)
+}
+
+/// Writes a log of `LARGE_LOG_ENTRIES` entries, stops the node (SIGTERM),
+/// then times exec to `/readyz` 200 on it, `rounds` times.
+fn cold_start_large(spec: &SuiteSpec) -> anyhow::Result<Measurement> {
+    let dir = spec.out.join("node-large");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (node, _) = Node::start(spec, &spec.profile, &dir)?;
+    let requests = LARGE_LOG_ENTRIES / LARGE_LOG_BATCH as u64;
+    progress(format_args!("{COLD_START_LARGE}: writing {LARGE_LOG_ENTRIES} entries"));
+    let ingest = WorkloadSpec::LedgerIngest { token: node.token.clone(), entries: LARGE_LOG_BATCH };
+    let mut run = spec.run_spec(node.target, ingest, LARGE_LOG_RATE);
+    run.warmup = Duration::ZERO;
+    run.duration = Duration::from_secs_f64(requests as f64 / LARGE_LOG_RATE);
+    let result = engine::run(&run)?;
+    anyhow::ensure!(result.errors() == 0, "an ingest request failed: {:?}", result.statuses);
+    let entries = scrape(node.target)?.get("ledger_entries_total").copied().unwrap_or(0.0);
+    node.stop()?;
+    progress(format_args!("{COLD_START_LARGE}: {entries} entries written"));
+    let mut rounds = Vec::new();
+    for round in 1..=spec.rounds {
+        let (node, ready) = Node::start(spec, &spec.profile, &dir)?;
+        progress(format_args!("{COLD_START_LARGE} round {round}: {ready:?}"));
+        let rss = node.rss_mib();
+        node.stop()?;
+        let ms = ready.as_secs_f64() * 1000.0;
+        rounds.push(Round { cold_start_p95_ms: Some(ms), rss_mib: rss, ..Round::default() });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(spec.measurement(COLD_START_LARGE, rounds))
 }
 
 /// `OUT/<scenario>.json` for each scenario and `OUT/report.html`.
