@@ -12,12 +12,15 @@
 //!   ([`Applied`], [`LogLink::caught_up`]);
 //! * **read the committed stream**: each shard receives the durable items
 //!   it has a part in, in log order ([`Committed`], [`receive`]); at start,
-//!   [`segments::recover`] hands every item to the services once.
+//!   [`segments::recover`] hands the items after the views to the services
+//!   once.
 //!
 //! Parts: `committer` (group commit, tree, roots, proofs, safe mode),
-//! `segments` (files, recovery, the writer), `disk_ring` (the committer's
-//! io_uring), `link` (the shard's side), `view` (each shard's LMDB view of
-//! the state it owns, written off the request path).
+//! `segments` (files, recovery, the writer), `index` (the committer's state
+//! on disk: tree nodes, roots, ids, marks, checkpointed by workers),
+//! `disk_ring` (the committer's io_uring), `link` (the shard's side), `view`
+//! (each shard's LMDB view of the state it owns, written off the request
+//! path).
 
 pub mod committer;
 pub mod disk_ring;

@@ -4,11 +4,17 @@
 //! (`ron_proto::log`) at 4 KiB boundaries.
 //!
 //! Recovery runs once at start, before any executor, with plain blocking
-//! reads: every record's checksum and the root chain are verified and the
-//! log's state (tree, roots, unique keys, idempotency marks) is rebuilt. A torn or zero-filled **last** record was never
+//! reads, over the records after a starting point (the oldest of the log
+//! index's checkpoint and the views; `crate::node::recover`): each one's
+//! checksum and the root chain are verified, and the log's state (tree,
+//! roots, unique keys, idempotency marks: `super::index`) is brought up to
+//! the log's end. A torn or zero-filled **last** record was never
 //! acknowledged (acknowledgement waits for its sync), so it is zeroed on disk
 //! and logged. An invalid record with a valid one after it is corruption: the
-//! node starts in safe mode with an error naming segment and offset.
+//! node starts in safe mode with an error naming segment and offset. The
+//! same scan over the whole log, keeping only the current root
+//! (`LogState::checking`), is `ron-node verify-log` and the background scan
+//! after every start.
 //!
 //! Appending runs on the committer executor through its own io_uring
 //! (`super::disk_ring`), with O_DIRECT and aligned buffers.
