@@ -951,7 +951,10 @@ fn index_answers(node: &TestNode, entries: &[Entry], idem_answer: &[u8]) {
 
 #[test]
 fn a_start_reads_the_log_after_the_index_checkpoint_and_rebuilds_an_index_the_log_disowns() {
-    let mut node = TestNode::start(NodeOptions::default());
+    // 16 records to a segment: the checkpoint's record and the tail after
+    // it lie in different segments.
+    let small_segments = "[ledger]\nsegment_bytes = 65536\n";
+    let mut node = TestNode::start(NodeOptions::default().config(small_segments));
     let bearer = node.admin();
     let mut batches = Vec::new();
     let write = |node: &TestNode, requests: std::ops::Range<usize>, batches: &mut Vec<Acked>| {
@@ -996,6 +999,8 @@ fn a_start_reads_the_log_after_the_index_checkpoint_and_rebuilds_an_index_the_lo
     copy_dir(&index_of(&other), &index_of(&node));
     node.spawn();
     assert!(node.log().contains("does not match the log: rebuilding it"), "{}", node.log());
+    let segments = std::fs::read_dir(node.log_dir()).unwrap().count();
+    assert!(segments >= 4, "{segments} segments");
     assert_eq!(recovered(&node, "index_checkpoint"), 0);
     assert_eq!(recovered(&node, "records_read"), 51);
     index_answers(&node, &in_sequence(batches), &first.body);
