@@ -186,6 +186,12 @@ impl IndexStore {
         Ok(self.ids.len(&txn)?)
     }
 
+    /// Whether the tree's first `count` nodes are here (written in order:
+    /// the last one is enough to tell).
+    pub fn has_nodes(&self, count: u64) -> bool {
+        count == 0 || self.node(count - 1).is_ok()
+    }
+
     fn node(&self, position: u64) -> anyhow::Result<Hash> {
         let txn = self.env.read_txn()?;
         let chunk = self.nodes.get(&txn, &(position / NODES_PER_CHUNK).to_be_bytes())?;
@@ -829,6 +835,7 @@ mod tests {
         assert_eq!(store.checkpoint().unwrap(), Some(Checkpoint { seq: 2300, root, ids_seq: 100 }));
         assert_eq!(store.id_count().unwrap(), 100);
         drop((index, tree));
+        assert!(store.has_nodes(node_count(2300)) && !store.has_nodes(node_count(2300) + 1));
         let reopened =
             Accumulator::open(TreeNodes::new(Some(store.clone()), node_count(2300)), 2300);
         assert_eq!(reopened.root(), plain.root_at(2300));

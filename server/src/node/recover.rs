@@ -140,6 +140,14 @@ fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
         store.clear()?;
         return Ok(empty(&store));
     };
+    if !store.has_nodes(node_count(checkpoint.seq)) {
+        tracing::warn!(
+            seq = checkpoint.seq,
+            "the log index's tree is short: rebuilding it from the log"
+        );
+        store.clear()?;
+        return Ok(empty(&store));
+    }
     let nodes = TreeNodes::new(Some(store.clone()), node_count(checkpoint.seq));
     let accumulator = Accumulator::open(nodes, checkpoint.seq);
     let last = crate::log::index::Index::new(Some(store.clone()), None).root(checkpoint.seq);
