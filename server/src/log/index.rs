@@ -388,18 +388,17 @@ pub struct Index {
     store: Option<Arc<IndexStore>>,
     flushing: Arc<Part>,
     fresh: Part,
-    /// The last root recorded (fresh, flushing or on disk).
-    last: Option<RootAt>,
     /// Keeps nothing but `last` (a scan that only checks the log).
     keeps_nothing: bool,
     /// Over the ids on disk, once a worker has built it.
     filter: Option<Arc<IdFilter>>,
 }
 
-/// Reads ids under one transaction.
+/// Reads ids under one transaction, opened by the first id the fresh and
+/// flushing parts and the filter leave open.
 pub struct IdReader<'a> {
     index: &'a Index,
-    txn: Option<RoTxn<'a>>,
+    txn: std::cell::OnceCell<RoTxn<'a>>,
 }
 
 impl IdReader<'_> {
@@ -411,15 +410,18 @@ impl IdReader<'_> {
         if self.index.filter.as_ref().is_some_and(|filter| !filter.may_contain(key)) {
             return false;
         }
-        let (Some(store), Some(txn)) = (&self.index.store, &self.txn) else { return false };
+        let Some(store) = &self.index.store else { return false };
+        let txn = self.txn.get_or_init(|| {
+            store.env.read_txn().unwrap_or_else(|error| panic!("reading the log index: {error}"))
+        });
         let found = store.ids.get(txn, key);
         found.unwrap_or_else(|error| panic!("reading the log index: {error}")).is_some()
     }
 }
 
 impl Index {
-    pub fn new(store: Option<Arc<IndexStore>>, last: Option<RootAt>) -> Index {
-        Index { store, last, ..Index::default() }
+    pub fn new(store: Option<Arc<IndexStore>>) -> Index {
+        Index { store, ..Index::default() }
     }
 
     /// An index that keeps nothing but the last root.
@@ -442,10 +444,7 @@ impl Index {
     }
 
     pub fn ids(&self) -> IdReader<'_> {
-        let txn = self.store.as_ref().map(|store| {
-            store.env.read_txn().unwrap_or_else(|error| panic!("reading the log index: {error}"))
-        });
-        IdReader { index: self, txn }
+        IdReader { index: self, txn: std::cell::OnceCell::new() }
     }
 
     pub fn add_ids(&mut self, ids: impl IntoIterator<Item = IdKey>) {
@@ -469,14 +468,9 @@ impl Index {
     }
 
     pub fn add_root(&mut self, root: RootAt) {
-        self.last = Some(root);
         if !self.keeps_nothing {
             self.fresh.roots.push(root);
         }
-    }
-
-    pub fn last_root(&self) -> Option<RootAt> {
-        self.last
     }
 
     /// The root recorded at exactly `seq`, if a record ends there.
@@ -776,12 +770,37 @@ mod tests {
     }
 
     #[test]
+    fn ids_go_to_disk_once_a_batch_is_due() {
+        let dir = std::env::temp_dir().join(format!("ron-log-index-ids-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(IndexStore::open(&dir).unwrap());
+        let mut index = Index::new(Some(store.clone()));
+        let mut tree = Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0);
+        let mut checkpoints = Checkpoints::new(Checkpoint::default(), 0);
+        let mut take = |index: &mut Index, tree: &mut Accumulator<TreeNodes>| {
+            let (seq, root) = (tree.len(), tree.root());
+            checkpoints.take(index, tree.nodes_mut(), seq, root, false).expect("something new")
+        };
+        commit(&mut index, &mut tree, 1..2);
+        take(&mut index, &mut tree).run();
+        let ids_seq = |store: &IndexStore| store.checkpoint().unwrap().unwrap().ids_seq;
+        assert_eq!((ids_seq(&store), store.id_count().unwrap()), (0, 0), "one id is not a batch");
+        // With the next record's, exactly a batch.
+        index.add_ids((10..INDEX_IDS_BATCH_MIN + 8).map(id));
+        commit(&mut index, &mut tree, 2..3);
+        take(&mut index, &mut tree).run();
+        assert_eq!((ids_seq(&store), store.id_count().unwrap()), (2, INDEX_IDS_BATCH_MIN));
+        drop((index, tree, store));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn reads_find_what_is_on_disk_flushing_or_fresh_and_a_reopened_tree_matches() {
         let dir = std::env::temp_dir().join(format!("ron-log-index-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Arc::new(IndexStore::open(&dir).unwrap());
         assert_eq!(store.checkpoint().unwrap(), None);
-        let mut index = Index::new(Some(store.clone()), None);
+        let mut index = Index::new(Some(store.clone()));
         let mut tree = Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0);
         let mut plain = Accumulator::new();
         let mut checkpoints = Checkpoints::new(Checkpoint::default(), 0);
@@ -840,7 +859,7 @@ mod tests {
             Accumulator::open(TreeNodes::new(Some(store.clone()), node_count(2300)), 2300);
         assert_eq!(reopened.root(), plain.root_at(2300));
         assert_eq!(reopened.inclusion_proof(2299, 2300), plain.inclusion_proof(2299, 2300));
-        let index = Index::new(Some(store.clone()), None);
+        let index = Index::new(Some(store.clone()));
         assert_eq!(index.root(2300), Some(root_at(2300)));
         assert!(index.ids().contains(&id(100)) && !index.ids().contains(&id(101)));
         store.clear().unwrap();

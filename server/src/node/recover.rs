@@ -12,7 +12,7 @@
 //! scan, and rebuilt by a second pass, for those shards only).
 
 use crate::config::Config;
-use crate::log::index::{Checkpoint, IndexStore, RootAt, TreeNodes, index_dir};
+use crate::log::index::{Checkpoint, Index, IndexStore, RootAt, TreeNodes, index_dir};
 use crate::log::segments::{self, LogState, Recovered, Scan, TornTail};
 use crate::log::view::{ViewMeta, ViewStore, view_dir};
 use crate::service::{Registry, Replayer, States};
@@ -132,7 +132,7 @@ fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
     let store = Arc::new(IndexStore::open(&index_dir(data_dir))?);
     let empty = |store: &Arc<IndexStore>| LogState {
         accumulator: Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0),
-        index: crate::log::index::Index::new(Some(store.clone()), None),
+        index: Index::new(Some(store.clone())),
         checkpoint: Checkpoint::default(),
     };
     let Some(checkpoint) = store.checkpoint()? else {
@@ -150,7 +150,8 @@ fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
     }
     let nodes = TreeNodes::new(Some(store.clone()), node_count(checkpoint.seq));
     let accumulator = Accumulator::open(nodes, checkpoint.seq);
-    let last = crate::log::index::Index::new(Some(store.clone()), None).root(checkpoint.seq);
+    let index = Index::new(Some(store.clone()));
+    let last = index.root(checkpoint.seq);
     let why = match last {
         _ if accumulator.root() != checkpoint.root => Some("its tree has another root"),
         None => Some("it has no root at its checkpoint"),
@@ -167,7 +168,6 @@ fn open_index(data_dir: &Path, log_dir: &Path) -> anyhow::Result<LogState> {
         store.clear()?;
         return Ok(empty(&store));
     }
-    let index = crate::log::index::Index::new(Some(store), last);
     Ok(LogState { accumulator, index, checkpoint })
 }
 
