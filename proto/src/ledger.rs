@@ -111,49 +111,27 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry as borrowed fields.
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            id: &self.id,
+            kind: self.kind,
+            account: &self.account,
+            asset: self.asset.as_deref(),
+            amount: self.amount,
+            ts: self.ts,
+            memo: self.memo.as_deref(),
+        }
+    }
+
     /// Checks the limits that the encoding relies on.
     pub fn check(&self) -> Result<(), &'static str> {
-        if self.id.is_empty() || self.id.len() > ENTRY_ID_BYTES_MAX {
-            return Err("id must be 1..=128 bytes");
-        }
-        if self.account.is_empty() || self.account.len() > ACCOUNT_BYTES_MAX {
-            return Err("account must be 1..=128 bytes");
-        }
-        if self.asset.as_ref().is_some_and(|a| a.is_empty() || a.len() > ASSET_BYTES_MAX) {
-            return Err("asset must be 1..=32 bytes");
-        }
-        if self.memo.as_ref().is_some_and(|m| m.len() > MEMO_BYTES_MAX) {
-            return Err("memo must be at most 256 bytes");
-        }
-        Ok(())
+        self.as_ref().check()
     }
 
     /// Appends the entry's encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        assert!(self.check().is_ok(), "entries are checked before they are encoded");
-        let start = out.len();
-        let flags = u8::from(self.asset.is_some())
-            | u8::from(self.ts.is_some()) << 1
-            | u8::from(self.memo.is_some()) << 2;
-        out.push(self.kind.code());
-        out.push(flags);
-        out.push(self.id.len() as u8);
-        out.extend_from_slice(self.id.as_bytes());
-        out.push(self.account.len() as u8);
-        out.extend_from_slice(self.account.as_bytes());
-        if let Some(asset) = &self.asset {
-            out.push(asset.len() as u8);
-            out.extend_from_slice(asset.as_bytes());
-        }
-        out.extend_from_slice(&self.amount.to_le_bytes());
-        if let Some(ts) = self.ts {
-            out.extend_from_slice(&ts.to_le_bytes());
-        }
-        if let Some(memo) = &self.memo {
-            out.extend_from_slice(&(memo.len() as u16).to_le_bytes());
-            out.extend_from_slice(memo.as_bytes());
-        }
-        assert!(out.len() - start <= ENTRY_BYTES_MAX);
+        self.as_ref().encode(out)
     }
 
     /// Decodes exactly one entry from `bytes`.
@@ -189,6 +167,53 @@ pub struct EntryRef<'a> {
     pub amount: u128,
     pub ts: Option<u64>,
     pub memo: Option<&'a str>,
+}
+
+impl EntryRef<'_> {
+    /// Checks the limits that the encoding relies on.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.id.is_empty() || self.id.len() > ENTRY_ID_BYTES_MAX {
+            return Err("id must be 1..=128 bytes");
+        }
+        if self.account.is_empty() || self.account.len() > ACCOUNT_BYTES_MAX {
+            return Err("account must be 1..=128 bytes");
+        }
+        if self.asset.is_some_and(|a| a.is_empty() || a.len() > ASSET_BYTES_MAX) {
+            return Err("asset must be 1..=32 bytes");
+        }
+        if self.memo.is_some_and(|m| m.len() > MEMO_BYTES_MAX) {
+            return Err("memo must be at most 256 bytes");
+        }
+        Ok(())
+    }
+
+    /// Appends the entry's encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        assert!(self.check().is_ok(), "entries are checked before they are encoded");
+        let start = out.len();
+        let flags = u8::from(self.asset.is_some())
+            | u8::from(self.ts.is_some()) << 1
+            | u8::from(self.memo.is_some()) << 2;
+        out.push(self.kind.code());
+        out.push(flags);
+        out.push(self.id.len() as u8);
+        out.extend_from_slice(self.id.as_bytes());
+        out.push(self.account.len() as u8);
+        out.extend_from_slice(self.account.as_bytes());
+        if let Some(asset) = self.asset {
+            out.push(asset.len() as u8);
+            out.extend_from_slice(asset.as_bytes());
+        }
+        out.extend_from_slice(&self.amount.to_le_bytes());
+        if let Some(ts) = self.ts {
+            out.extend_from_slice(&ts.to_le_bytes());
+        }
+        if let Some(memo) = self.memo {
+            out.extend_from_slice(&(memo.len() as u16).to_le_bytes());
+            out.extend_from_slice(memo.as_bytes());
+        }
+        assert!(out.len() - start <= ENTRY_BYTES_MAX);
+    }
 }
 
 impl<'a> EntryRef<'a> {

@@ -10,9 +10,10 @@
 //! what changed, not from a scan; how the view stores it is the server's
 //! business.
 
+use crate::Map;
 use ron_proto::error::Reason;
-use ron_proto::ledger::{Entry, EntryKind};
-use std::collections::{BTreeMap, HashMap};
+use ron_proto::ledger::{EntryKind, EntryRef};
+use std::collections::BTreeMap;
 
 /// One entry, as the owner of its account sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,11 +27,11 @@ pub struct Item {
 }
 
 impl Item {
-    pub fn of(idx: u32, entry: &Entry) -> Item {
+    pub fn of(idx: u32, entry: EntryRef<'_>) -> Item {
         Item {
             idx,
-            account: entry.account.clone(),
-            asset: entry.asset.clone().unwrap_or_default(),
+            account: entry.account.to_owned(),
+            asset: entry.asset.unwrap_or_default().to_owned(),
             kind: entry.kind,
             amount: entry.amount,
         }
@@ -89,7 +90,7 @@ struct Slot {
 
 #[derive(Debug, Default)]
 pub struct Balances {
-    accounts: HashMap<Box<[u8]>, Slot>,
+    accounts: Map<Box<[u8]>, Slot>,
     /// Keys whose slot is dirty, in the order they became so.
     dirty: Vec<Box<[u8]>>,
     key: Vec<u8>,

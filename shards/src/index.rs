@@ -9,8 +9,9 @@
 //! Expired records are left out of every read and dropped by
 //! [`Index::purge`]. Time comes in as an argument.
 
+use crate::Map;
 use ron_proto::index::{AssetPointer, Cid, IndexItem, ProviderRecord, Route, SitePointer};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// A provider as the index keeps it under its cid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,9 +46,9 @@ pub struct Changes {
 /// The index state of one shard.
 #[derive(Debug)]
 pub struct Index {
-    sites: HashMap<String, SitePointer>,
-    assets: HashMap<Cid, AssetPointer>,
-    providers: HashMap<Cid, Vec<Provider>>,
+    sites: Map<String, SitePointer>,
+    assets: Map<Cid, AssetPointer>,
+    providers: Map<Cid, Vec<Provider>>,
     providers_per_cid_max: usize,
     changes: Changes,
     /// Times a cid's set of provider nodes changed (a node added, or one
@@ -59,9 +60,9 @@ impl Index {
     pub fn new(providers_per_cid_max: usize) -> Index {
         assert!(providers_per_cid_max > 0);
         Index {
-            sites: HashMap::new(),
-            assets: HashMap::new(),
-            providers: HashMap::new(),
+            sites: Map::default(),
+            assets: Map::default(),
+            providers: Map::default(),
             providers_per_cid_max,
             changes: Changes::default(),
             provider_set_changes: 0,

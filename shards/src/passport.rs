@@ -6,9 +6,9 @@
 //! rather than look at one: [`meter_spec`] reads them and [`Meters`], on the
 //! owner shard of the token id (or tenant), keeps the counts.
 
+use crate::{Map, Set};
 use ron_proto::revocation::Revoked;
 use ron_proto::token::{Caveat, TOKEN_ID_BYTES, TokenView};
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 /// What is being asked, in the terms caveats speak.
@@ -112,9 +112,9 @@ impl Denial {
 /// applies the same revocations from the committed stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Revocations {
-    token_ids: HashSet<[u8; TOKEN_ID_BYTES]>,
-    subjects: HashSet<String>,
-    kids: HashSet<u32>,
+    token_ids: Set<[u8; TOKEN_ID_BYTES]>,
+    subjects: Set<String>,
+    kids: Set<u32>,
     /// Tokens of this epoch and earlier are refused.
     epoch_revoked: Option<u64>,
 }
@@ -317,9 +317,9 @@ pub enum MeterKey {
 /// Request counts of the token ids and tenants a shard owns.
 #[derive(Debug)]
 pub struct Meters {
-    buckets: std::collections::HashMap<MeterKey, Bucket>,
+    buckets: Map<MeterKey, Bucket>,
     /// Body bytes spent by token id, and until when it matters.
-    spent: std::collections::HashMap<[u8; TOKEN_ID_BYTES], (u64, u64)>,
+    spent: Map<[u8; TOKEN_ID_BYTES], (u64, u64)>,
     /// Past this many buckets (or budgets), idle buckets and budgets of
     /// expired tokens are swept, at most once a second: a soft bound, so
     /// that a full table costs one scan a second, not one per request.

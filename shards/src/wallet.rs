@@ -23,7 +23,8 @@
 
 use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, hold_route};
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use crate::{Map, Set};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The account that scopes an operation's idempotency key: `from`, or `to`
 /// for an issue.
@@ -238,29 +239,29 @@ pub struct Wallet {
     shard: usize,
     shard_count: usize,
     /// By `funds_key(account, asset)`.
-    funds: HashMap<Box<[u8]>, FundsSlot>,
+    funds: Map<Box<[u8]>, FundsSlot>,
     /// Keys of dirty funds, and accounts of dirty nonces.
     dirty_funds: Vec<Box<[u8]>>,
     dirty_nonces: Vec<String>,
-    nonces: HashMap<String, Nonce>,
-    holds: HashMap<HoldId, Hold>,
+    nonces: Map<String, Nonce>,
+    holds: Map<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
     /// By `idem_slot(scope, key)`.
-    idem: HashMap<IdemSlot, Idem>,
+    idem: Map<IdemSlot, Idem>,
     /// The slots of the records of captures and releases, by txid. Their
     /// slot is scoped to the hold's payer, which a replay cannot name once
     /// the hold is resolved and gone; every other request's slot follows
     /// from the request itself, so only these need an index (a million
     /// records cost 69 MB in it).
-    resolutions: HashMap<TxId, IdemSlot>,
+    resolutions: Map<TxId, IdemSlot>,
     /// Committed idempotency records, oldest first, for expiry and the bound.
     idem_order: VecDeque<(u64, IdemSlot)>,
     idem_ttl_ms: u64,
     idem_max: usize,
-    receipts: HashMap<TxId, Stored>,
+    receipts: Map<TxId, Stored>,
     /// State changed by committed operations since the last `take_changes`.
-    dirty: HashSet<Dirty>,
+    dirty: Set<Dirty>,
     /// Receipts added since the last `take_new_receipts`, in order.
     new_receipts: Vec<TxId>,
     /// Receipts of operations up to this seq are kept elsewhere (the

@@ -327,14 +327,24 @@ impl Request<'_> {
 
     /// The JSON body as `T`: 415 unless it says JSON, 400 if it does not parse.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Reply> {
+        self.json_in(&mut Vec::new())
+    }
+
+    /// `json`, with `T`'s strings borrowed from `copy`: the body is copied
+    /// there and simd-json unescapes its strings in place.
+    pub fn json_in<'b, T: serde::Deserialize<'b>>(
+        &self,
+        copy: &'b mut Vec<u8>,
+    ) -> Result<T, Reply> {
         if self.head.media_type != ron_proto::http::MediaType::Json {
             return Err(Reply::error(
                 ErrorCode::UnsupportedMediaType,
                 "the body must be application/json",
             ));
         }
-        let mut bytes = self.body.to_vec();
-        simd_json::serde::from_slice(&mut bytes)
+        copy.clear();
+        copy.extend_from_slice(self.body);
+        simd_json::serde::from_slice(copy)
             .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
     }
 

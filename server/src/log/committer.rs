@@ -35,8 +35,9 @@ use glommio::channels::shared_channel::{
 };
 use ron_proto::log::{self as format, RecordWriter};
 use ron_proto::merkle::{self, Hash};
+use ron_shards::Set;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -634,8 +635,8 @@ struct Taken {
     batch: Vec<Pending>,
     items: u64,
     /// Their unique keys and idempotency keys.
-    unique: HashSet<IdKey>,
-    idem: HashSet<IdKey>,
+    unique: Set<IdKey>,
+    idem: Set<IdKey>,
     /// Appends whose idempotency key committed before: their placement.
     replays: Vec<(Pending, Placed)>,
     /// Appends whose idempotency key is in the batch: they get its

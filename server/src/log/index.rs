@@ -23,7 +23,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, PutFlags, RoTxn};
 use ron_proto::merkle::Hash;
 use ron_shards::accumulator::Nodes;
-use std::collections::{HashMap, HashSet};
+use ron_shards::{Map, Set};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -314,8 +314,8 @@ impl IdFilter {
 /// What the index learnt since a checkpoint.
 #[derive(Debug, Default)]
 pub struct Part {
-    ids: HashSet<IdKey>,
-    idem: HashMap<IdKey, Placed>,
+    ids: Set<IdKey>,
+    idem: Map<IdKey, Placed>,
     roots: Vec<RootAt>,
 }
 
@@ -694,7 +694,7 @@ impl Checkpoints {
         }
         self.started_at = u64::MAX;
         assert!(seq >= self.handed.seq);
-        let ids = if ids_new { std::mem::take(&mut index.fresh.ids) } else { HashSet::new() };
+        let ids = if ids_new { std::mem::take(&mut index.fresh.ids) } else { Set::default() };
         self.ids_flushing = ids.len() as u64;
         if ids_new {
             // Sized for the next batch: no rehash of a large set on the

@@ -6,8 +6,8 @@ use super::committer::{Committed, LogAnswer, LogCall, LogReply, LogRequest, ToSh
 use futures_channel::oneshot;
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use ron_proto::merkle::Hash;
+use ron_shards::Map;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,7 +29,7 @@ pub struct LogLink {
     pub applied: Applied,
     /// `None` once the shard has closed its side (after its drain).
     calls: RefCell<Option<Rc<ConnectedSender<LogRequest>>>>,
-    waiting: RefCell<HashMap<u64, oneshot::Sender<LogAnswer>>>,
+    waiting: RefCell<Map<u64, oneshot::Sender<LogAnswer>>>,
     next_id: Cell<u64>,
     inflight_max: usize,
     /// The committer has stopped: nothing more will be applied.
@@ -47,7 +47,10 @@ impl LogLink {
             shared,
             applied,
             calls: RefCell::new(Some(Rc::new(calls))),
-            waiting: RefCell::new(HashMap::with_capacity(inflight_max.min(4096))),
+            waiting: RefCell::new(Map::with_capacity_and_hasher(
+                inflight_max.min(4096),
+                Default::default(),
+            )),
             next_id: Cell::new(0),
             inflight_max,
             stopped: Cell::new(false),

@@ -30,7 +30,8 @@ use ron_shards::wallet::{self as state, Funds, Rejection, Reserved, parts};
 use futures_channel::oneshot;
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use ron_shards::Map;
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -51,11 +52,11 @@ pub struct Wallet {
     /// Writes whose nonce is ahead of their payer's next one, waiting for
     /// the nonces before it, by payer: woken when one of its nonces is
     /// reserved.
-    nonce_waiters: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    nonce_waiters: RefCell<Map<String, Vec<oneshot::Sender<()>>>>,
     /// Payers with nonces a batch reserved here and has not settled, and
     /// how many: no later nonce of theirs is reserved meanwhile (were one
     /// of the batch's given back, the later one would commit past a gap).
-    unsettled: RefCell<HashMap<String, u32>>,
+    unsettled: RefCell<Map<String, u32>>,
     metrics: RefCell<WalletMetrics>,
 }
 
@@ -140,8 +141,8 @@ impl Service for Wallet {
             state: RefCell::new(start.state),
             view: start.view,
             flushing: RefCell::new(VecDeque::new()),
-            nonce_waiters: RefCell::new(HashMap::new()),
-            unsettled: RefCell::new(HashMap::new()),
+            nonce_waiters: RefCell::new(Map::default()),
+            unsettled: RefCell::new(Map::default()),
             metrics: RefCell::new(WalletMetrics::default()),
         })
     }

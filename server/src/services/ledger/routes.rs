@@ -12,7 +12,7 @@ use crate::service::Service;
 use ron_proto::ErrorCode;
 use ron_proto::error::Reason;
 use ron_proto::http::Method;
-use ron_proto::ledger::{Entry, EntryKind};
+use ron_proto::ledger::{EntryKind, EntryRef};
 use ron_proto::merkle::{Hash, to_hex};
 use ron_shards::balances::Item;
 use serde::{Deserialize, Serialize};
@@ -33,21 +33,26 @@ pub fn add(ledger: &Rc<Ledger>, table: &mut RouteTable) {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IngestEntry {
-    id: String,
-    kind: String,
-    account: String,
-    asset: Option<String>,
+struct IngestEntry<'a> {
+    id: &'a str,
+    kind: &'a str,
+    account: &'a str,
+    #[serde(borrow)]
+    asset: Option<&'a str>,
     amount: Amount,
     ts: Option<u64>,
-    memo: Option<String>,
+    #[serde(borrow)]
+    memo: Option<&'a str>,
 }
 
+/// A request's batch, its strings borrowed from the body's copy.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IngestBody {
-    batch: Vec<IngestEntry>,
-    idem_id: Option<String>,
+struct IngestBody<'a> {
+    #[serde(borrow)]
+    batch: Vec<IngestEntry<'a>>,
+    #[serde(borrow)]
+    idem_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -59,11 +64,11 @@ struct IngestAnswer {
     reasons: [Reason; 0],
 }
 
-fn parse_entry(entry: IngestEntry) -> Result<Entry, String> {
+fn parse_entry(entry: IngestEntry<'_>) -> Result<EntryRef<'_>, String> {
     let kind =
-        EntryKind::parse(&entry.kind).ok_or_else(|| format!("unknown kind {}", entry.kind))?;
+        EntryKind::parse(entry.kind).ok_or_else(|| format!("unknown kind {}", entry.kind))?;
     let amount = entry.amount.value()?;
-    let entry = Entry {
+    let entry = EntryRef {
         id: entry.id,
         kind,
         account: entry.account,
@@ -79,10 +84,10 @@ fn parse_entry(entry: IngestEntry) -> Result<Entry, String> {
 /// Conservation per asset (SPEC §4.3): when any tracked entry (Credit,
 /// Transfer, Debit, Hold, Reverse) is present, what they add equals what
 /// they take. Mint and Burn change supply and are not tracked.
-fn conservation_violations(entries: &[Entry]) -> Vec<Reason> {
+fn conservation_violations(entries: &[EntryRef<'_>]) -> Vec<Reason> {
     let mut sums: BTreeMap<&str, (u128, u128, u32)> = BTreeMap::new();
     for (idx, entry) in entries.iter().enumerate() {
-        let asset = entry.asset.as_deref().unwrap_or("");
+        let asset = entry.asset.unwrap_or("");
         let sum = sums.entry(asset).or_insert((0, 0, idx as u32));
         match entry.kind {
             EntryKind::Credit | EntryKind::Transfer => sum.0 = sum.0.saturating_add(entry.amount),
@@ -126,7 +131,8 @@ fn ingest(ledger: &Rc<Ledger>, request: &Request<'_>, _: &Params<'_>) -> Handled
 /// The stateless checks of an ingest request: body, ids, limits, entries,
 /// conservation; and the append it makes.
 fn validate(ledger: &Ledger, request: &Request<'_>) -> Result<Batch, Reply> {
-    let body: IngestBody = request.json()?;
+    let mut body_copy = Vec::new();
+    let body: IngestBody<'_> = request.json_in(&mut body_copy)?;
     let idem = match &body.idem_id {
         Some(idem_id) if idem_id.is_empty() || idem_id.len() > INGEST_IDEM_ID_BYTES_MAX => {
             return Err(Reply::error(
@@ -173,10 +179,10 @@ fn validate(ledger: &Ledger, request: &Request<'_>) -> Result<Batch, Reply> {
         items.extend_from_slice(&(scratch.len() as u16).to_le_bytes());
         items.extend_from_slice(&scratch);
         let owner = ledger.core.owner(entry.account.as_bytes());
-        owners.entry(owner).or_default().push(Item::of(idx as u32, entry));
+        owners.entry(owner).or_default().push(Item::of(idx as u32, *entry));
         parts.push(Part { item: idx as u32, shard: owner as u32 });
     }
-    let unique = entries.iter().map(|e| id_key(&e.id)).collect();
+    let unique = entries.iter().map(|e| id_key(e.id)).collect();
     let append = Append { items, count: entries.len() as u32, unique, idem, parts };
     Ok(Batch { idem, append, owners })
 }
@@ -437,4 +443,22 @@ fn consistency(ledger: &Rc<Ledger>, request: &Request<'_>, _: &Params<'_>) -> Ha
             Err(error) => link_failure(error),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch borrows its strings from the body's copy, escaped ones
+    /// included (simd-json unescapes them in place).
+    #[test]
+    fn an_ingest_body_borrows_its_strings_escaped_or_not() {
+        let mut body = br#"{"batch":[{"id":"e\u0031\"","kind":"Mint","account":"a\\b",
+            "asset":"roc","amount":"7","memo":"\u00e9"}],"idem_id":"k\n"}"#
+            .to_vec();
+        let parsed: IngestBody<'_> = simd_json::serde::from_slice(&mut body).unwrap();
+        let entry = parse_entry(parsed.batch.into_iter().next().unwrap()).unwrap();
+        assert_eq!((entry.id, entry.account, entry.asset), ("e1\"", "a\\b", Some("roc")));
+        assert_eq!((entry.amount, entry.memo, parsed.idem_id), (7, Some("é"), Some("k\n")));
+    }
 }
