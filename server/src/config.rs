@@ -124,6 +124,10 @@ pub struct Ledger {
     pub queue_capacity: u32,
     pub fsync: bool,
     pub segment_bytes: u64,
+    /// Writes the next segment with zeros once the open one is half full,
+    /// so that a record's sync only flushes (it doubles what the log writes
+    /// to the device; off: segments are preallocated only).
+    pub zero_segments: bool,
     /// A shard writes its LMDB view once it has applied this many entries
     /// since the last write, ...
     pub checkpoint_every: u64,
@@ -354,6 +358,7 @@ impl Default for Ledger {
             batch_entries_max: 8190,
             queue_capacity: 65_536,
             fsync: true,
+            zero_segments: true,
             segment_bytes: 256 << 20,
             checkpoint_every: 100_000,
             view_write_ms: 1000,

@@ -531,6 +531,7 @@ pub async fn run(start: CommitterStart) {
             recovered.tail.clone(),
             config.ledger.segment_bytes,
             config.ledger.fsync,
+            config.ledger.fsync && config.ledger.zero_segments,
         )
         .await
         {

@@ -145,6 +145,14 @@ impl AlignedBuffer {
         self.len == 0
     }
 
+    pub fn as_slice(&self) -> &[u8] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: `fill` wrote `len` bytes at `ptr`, which this borrow keeps.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
     /// Replaces the contents with `bytes`.
     pub fn fill(&mut self, bytes: &[u8]) {
         if bytes.len() > self.layout.size() || self.ptr.is_null() {

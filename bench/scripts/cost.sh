@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# What one workload costs the node at one rate: a release node on the
+# reference layout (core 1), 10 000 funded accounts, the workload from core 0
+# for 10 s (2 s warm-up); over 6 s of it, the committed entries per second
+# (`ledger_batch_entries_sum`), the node's CPU (its /proc stat, every thread)
+# and core 1's busy time (/proc/stat: user, nice, system, irq, softirq,
+# steal; the kernel's work for the node's I/O included), and core 1's time
+# per committed entry.
+#
+#   bench/scripts/cost.sh NODE_BINARY WORKLOAD RATE ENTRIES [NAME=VALUE...]
+#
+# WORKLOAD and ENTRIES as `ron-load run` takes them (`wallet-transfer` 1,
+# `wallet-transfers` 64, `ledger-ingest` 16); NAME=VALUE go to the node's
+# environment. Run two builds in turn, several times, and compare.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+dir=$(mktemp -d /tmp/ron-cost.XXXXXX); pids=()
+trap 'kill "${pids[@]}" 2> /dev/null || true; rm -rf "$dir"' EXIT
+source bench/scripts/node.sh
+bin=$1; w=$2; r=$3; e=$4; shift 4
+start_node node $bin 8080 8100 "$@"
+pid=${pids[0]}
+load=("$root/target/release/ron-load" run --target 127.0.0.1:8080 --token-file "$dir/node/data/admin.token" --cores 0 --accounts 10000 --payers 10000)
+"${load[@]}" --workload wallet-setup --rate 5000 --duration 3s --warmup 0s > /dev/null
+"${load[@]}" --workload "$w" --rate "$r" --entries "$e" --duration 10s --warmup 2s > "$dir/load.txt" &
+loader=$!
+sleep 3
+m() { curl -s 127.0.0.1:8080/metrics | awk '/^ledger_batch_entries_sum /{print $2}'; }
+cpu1() { awk '/^cpu1 /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+e0=$(m); c0=$(awk '{print $14+$15}' /proc/$pid/stat); k0=$(cpu1); t0=$(date +%s.%N)
+sleep 6
+e1=$(m); c1=$(awk '{print $14+$15}' /proc/$pid/stat); k1=$(cpu1); t1=$(date +%s.%N)
+wait $loader
+lat=$(grep -E "latency us" "$dir/load.txt" | sed -E 's/.*p50 ([0-9.]+).*p99 ([0-9.]+).*/p50 \1 p99 \2/')
+st=$(grep -oE "statuses \{[^}]*\}|NOT SUSTAINED" "$dir/load.txt" | tr '\n' ' ')
+python3 -c "d=$t1-$t0; n=($e1-$e0)/d; print('%s %s r=%s×%s | %s | committed/s %.0f | node %.0f%% core1 %.0f%% | %.1f µs core1/entry | %s' % ('$(basename $bin)', '$w', $r, $e, '$lat', n, ($c1-$c0)/d, ($k1-$k0)/d, ($k1-$k0)/d*1e4/max(n,1), '$st'))"
