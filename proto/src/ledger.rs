@@ -112,7 +112,7 @@ pub struct Entry {
 
 impl Entry {
     /// The entry as borrowed fields.
-    pub fn as_ref(&self) -> EntryRef<'_> {
+    pub fn borrowed(&self) -> EntryRef<'_> {
         EntryRef {
             id: &self.id,
             kind: self.kind,
@@ -126,12 +126,12 @@ impl Entry {
 
     /// Checks the limits that the encoding relies on.
     pub fn check(&self) -> Result<(), &'static str> {
-        self.as_ref().check()
+        self.borrowed().check()
     }
 
     /// Appends the entry's encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        self.as_ref().encode(out)
+        self.borrowed().encode(out)
     }
 
     /// Decodes exactly one entry from `bytes`.

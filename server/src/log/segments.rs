@@ -679,7 +679,10 @@ impl LogWriter {
         let path = self.dir.join(segment_name(first_seq));
         if len <= self.segment_bytes {
             if let Some(zeroed) = self.zeroed()? {
-                std::fs::rename(self.dir.join(ZEROING_NAME), &path)?;
+                // A link, not a rename: like creating a segment, it fails
+                // if the name exists.
+                std::fs::hard_link(self.dir.join(ZEROING_NAME), &path)?;
+                std::fs::remove_file(self.dir.join(ZEROING_NAME))?;
                 let dir = std::fs::File::open(&self.dir)?;
                 self.ring.sync(dir.as_raw_fd(), true).await?;
                 self.file = Some(zeroed);
