@@ -794,6 +794,46 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Ids written past the filter's capacity make the write that takes
+    /// them build one twice as large from every id on disk; the next
+    /// checkpoint hands it to the committer, and every id is still found.
+    #[test]
+    fn past_its_capacity_the_id_filter_is_rebuilt_twice_as_large() {
+        let dir = std::env::temp_dir().join(format!("ron-log-index-filter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(IndexStore::open(&dir).unwrap());
+        let mut index = Index::new(Some(store.clone()));
+        let mut tree = Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0);
+        let mut checkpoints = Checkpoints::new(Checkpoint::default(), 0);
+        let mut take = |index: &mut Index, tree: &mut Accumulator<TreeNodes>| {
+            let (seq, root) = (tree.len(), tree.root());
+            checkpoints.take(index, tree.nodes_mut(), seq, root, false).expect("something new")
+        };
+        let (mut seq, mut next_id) = (1, 10_000_000);
+        while store.id_count().unwrap() <= FILTER_CAPACITY_MIN {
+            let batch = INDEX_IDS_BATCH_MIN.max(store.id_count().unwrap() / 8);
+            index.add_ids((next_id..next_id + batch).map(id));
+            next_id += batch;
+            commit(&mut index, &mut tree, seq..seq + 1);
+            seq += 1;
+            take(&mut index, &mut tree).run();
+        }
+        assert_eq!(index.filter.as_ref().map(|f| f.capacity), Some(FILTER_CAPACITY_MIN));
+        commit(&mut index, &mut tree, seq..seq + 1);
+        take(&mut index, &mut tree).run();
+        let on_disk = store.id_count().unwrap();
+        assert!(index.filter.as_ref().is_some_and(|f| f.capacity >= 2 * FILTER_CAPACITY_MIN));
+        let ids = index.ids();
+        assert!((10_000_000..next_id).step_by(4_099).all(|n| ids.contains(&id(n))));
+        assert!((1..seq + 1).all(|n| ids.contains(&id(n))), "the records' own ids");
+        drop(ids);
+        let filter = index.filter.as_ref().expect("a filter");
+        let through = (0..100_000).filter(|n| filter.may_contain(&id(n + 1_000_000_000))).count();
+        assert!(through < 1_000, "{through} of 100 000 unknown ids pass ({on_disk} on disk)");
+        drop((index, tree, store));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn reads_find_what_is_on_disk_flushing_or_fresh_and_a_reopened_tree_matches() {
         let dir = std::env::temp_dir().join(format!("ron-log-index-{}", std::process::id()));
