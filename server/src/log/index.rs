@@ -769,29 +769,60 @@ mod tests {
         assert!(through < 2_000, "{through} false positives in 100 000 at capacity");
     }
 
+    /// An index on disk in a directory of its own, its tree and its
+    /// checkpoints; the directory goes with it.
+    struct OnDisk {
+        dir: std::path::PathBuf,
+        store: Arc<IndexStore>,
+        index: Index,
+        tree: Accumulator<TreeNodes>,
+        checkpoints: Checkpoints,
+    }
+
+    impl OnDisk {
+        fn new(name: &str) -> OnDisk {
+            let dir = std::env::temp_dir().join(format!("ron-log-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = Arc::new(IndexStore::open(&dir).unwrap());
+            OnDisk {
+                index: Index::new(Some(store.clone())),
+                tree: Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0),
+                checkpoints: Checkpoints::new(Checkpoint::default(), 0),
+                dir,
+                store,
+            }
+        }
+
+        /// Commits `seqs` (see `commit`), then writes the checkpoint that
+        /// `Checkpoints::take` makes of them.
+        fn commit_and_write(&mut self, seqs: std::ops::Range<u64>) {
+            commit(&mut self.index, &mut self.tree, seqs);
+            let (seq, root) = (self.tree.len(), self.tree.root());
+            let nodes = self.tree.nodes_mut();
+            self.checkpoints.take(&mut self.index, nodes, seq, root, false).expect("new").run();
+        }
+
+        fn ids_on_disk(&self) -> u64 {
+            self.store.id_count().unwrap()
+        }
+    }
+
+    impl Drop for OnDisk {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     #[test]
     fn ids_go_to_disk_once_a_batch_is_due() {
-        let dir = std::env::temp_dir().join(format!("ron-log-index-ids-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(IndexStore::open(&dir).unwrap());
-        let mut index = Index::new(Some(store.clone()));
-        let mut tree = Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0);
-        let mut checkpoints = Checkpoints::new(Checkpoint::default(), 0);
-        let mut take = |index: &mut Index, tree: &mut Accumulator<TreeNodes>| {
-            let (seq, root) = (tree.len(), tree.root());
-            checkpoints.take(index, tree.nodes_mut(), seq, root, false).expect("something new")
-        };
-        commit(&mut index, &mut tree, 1..2);
-        take(&mut index, &mut tree).run();
-        let ids_seq = |store: &IndexStore| store.checkpoint().unwrap().unwrap().ids_seq;
-        assert_eq!((ids_seq(&store), store.id_count().unwrap()), (0, 0), "one id is not a batch");
+        let mut disk = OnDisk::new("index-ids");
+        disk.commit_and_write(1..2);
+        let ids_seq = |disk: &OnDisk| disk.store.checkpoint().unwrap().unwrap().ids_seq;
+        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (0, 0), "one id is not a batch");
         // With the next record's, exactly a batch.
-        index.add_ids((10..INDEX_IDS_BATCH_MIN + 8).map(id));
-        commit(&mut index, &mut tree, 2..3);
-        take(&mut index, &mut tree).run();
-        assert_eq!((ids_seq(&store), store.id_count().unwrap()), (2, INDEX_IDS_BATCH_MIN));
-        drop((index, tree, store));
-        std::fs::remove_dir_all(&dir).unwrap();
+        disk.index.add_ids((10..INDEX_IDS_BATCH_MIN + 8).map(id));
+        disk.commit_and_write(2..3);
+        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (2, INDEX_IDS_BATCH_MIN));
     }
 
     /// Ids written past the filter's capacity make the write that takes
@@ -799,39 +830,26 @@ mod tests {
     /// checkpoint hands it to the committer, and every id is still found.
     #[test]
     fn past_its_capacity_the_id_filter_is_rebuilt_twice_as_large() {
-        let dir = std::env::temp_dir().join(format!("ron-log-index-filter-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(IndexStore::open(&dir).unwrap());
-        let mut index = Index::new(Some(store.clone()));
-        let mut tree = Accumulator::open(TreeNodes::new(Some(store.clone()), 0), 0);
-        let mut checkpoints = Checkpoints::new(Checkpoint::default(), 0);
-        let mut take = |index: &mut Index, tree: &mut Accumulator<TreeNodes>| {
-            let (seq, root) = (tree.len(), tree.root());
-            checkpoints.take(index, tree.nodes_mut(), seq, root, false).expect("something new")
-        };
+        let mut disk = OnDisk::new("index-filter");
         let (mut seq, mut next_id) = (1, 10_000_000);
-        while store.id_count().unwrap() <= FILTER_CAPACITY_MIN {
-            let batch = INDEX_IDS_BATCH_MIN.max(store.id_count().unwrap() / 8);
-            index.add_ids((next_id..next_id + batch).map(id));
+        while disk.ids_on_disk() <= FILTER_CAPACITY_MIN {
+            let batch = INDEX_IDS_BATCH_MIN.max(disk.ids_on_disk() / 8);
+            disk.index.add_ids((next_id..next_id + batch).map(id));
             next_id += batch;
-            commit(&mut index, &mut tree, seq..seq + 1);
+            disk.commit_and_write(seq..seq + 1);
             seq += 1;
-            take(&mut index, &mut tree).run();
         }
-        assert_eq!(index.filter.as_ref().map(|f| f.capacity), Some(FILTER_CAPACITY_MIN));
-        commit(&mut index, &mut tree, seq..seq + 1);
-        take(&mut index, &mut tree).run();
-        let on_disk = store.id_count().unwrap();
-        assert!(index.filter.as_ref().is_some_and(|f| f.capacity >= 2 * FILTER_CAPACITY_MIN));
-        let ids = index.ids();
+        let capacity = |disk: &OnDisk| disk.index.filter.as_ref().map(|f| f.capacity);
+        assert_eq!(capacity(&disk), Some(FILTER_CAPACITY_MIN), "built, not yet handed over");
+        disk.commit_and_write(seq..seq + 1);
+        assert!(capacity(&disk).is_some_and(|c| c >= 2 * FILTER_CAPACITY_MIN));
+        let ids = disk.index.ids();
         assert!((10_000_000..next_id).step_by(4_099).all(|n| ids.contains(&id(n))));
         assert!((1..seq + 1).all(|n| ids.contains(&id(n))), "the records' own ids");
-        drop(ids);
-        let filter = index.filter.as_ref().expect("a filter");
+        let filter = disk.index.filter.as_ref().expect("a filter");
         let through = (0..100_000).filter(|n| filter.may_contain(&id(n + 1_000_000_000))).count();
+        let on_disk = disk.ids_on_disk();
         assert!(through < 1_000, "{through} of 100 000 unknown ids pass ({on_disk} on disk)");
-        drop((index, tree, store));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
