@@ -440,7 +440,7 @@ impl Conn {
                 return Ok(response);
             }
             let mut chunk = [0u8; 16 * 1024];
-            let n = self.stream.read(&mut chunk)?;
+            let n = self.read_some(&mut chunk)?;
             if n == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
             }
@@ -452,8 +452,21 @@ impl Conn {
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         self.stream.set_read_timeout(Some(timeout)).expect("timeout");
         let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0))
-            || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        matches!(self.read_some(&mut byte), Ok(0))
+            || matches!(self.read_some(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    /// One `read`, asked again when it is interrupted. A socket with a
+    /// read timeout fails with `EINTR` when the process is stopped and
+    /// resumed (or frozen and thawed), even with no signal handler (see
+    /// signal(7)); that is not an answer from the node.
+    fn read_some(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.stream.read(buffer) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
