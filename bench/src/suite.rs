@@ -85,6 +85,9 @@ pub struct Attach {
 /// 26 MB request.
 const BODY_MAX_BYTES: usize = 64 << 20;
 
+/// The suite's node's reward manifest store (`rewarder.manifests_bytes_max`).
+const MANIFESTS_BYTES_MAX: u64 = 16 << 30;
+
 /// The node under test.
 pub(crate) struct Node {
     child: Option<Child>,
@@ -108,6 +111,11 @@ impl Node {
             .args(["--listen", &spec.listen.to_string()])
             .args(["--shard-port-base", &spec.shard_port_base.to_string()])
             .env("RON_LIMITS_BODY_MAX_BYTES", BODY_MAX_BYTES.to_string())
+            // Every reward run keeps its manifest: the reward scenarios'
+            // sweeps write more than the default 1 GiB store holds (it
+            // was full by reward_l_fresh, whose runs were then refused
+            // with 422). The map is reserved, not written.
+            .env("RON_REWARDER_MANIFESTS_BYTES_MAX", MANIFESTS_BYTES_MAX.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -518,6 +526,10 @@ pub(crate) fn measure(
     let result = with_progress(label, shape.warmup + shape.duration, || engine::run(&run))?;
     let elapsed = started.elapsed().as_secs_f64();
     let mut round = round_of(&result, shape);
+    if !result.statuses.is_empty() && result.statuses.keys().all(|status| *status >= 400) {
+        // A round of refusals measures the refusal, not the scenario.
+        progress(format_args!("{label}: WARNING: no request succeeded: {:?}", result.statuses));
+    }
     round.cpu_pct = node.cpu_seconds().zip(cpu_before).map(|(a, b)| 100.0 * (a - b) / elapsed);
     let threads_after = node.cpu_by_thread();
     round.rss_mib = node.rss_mib();
