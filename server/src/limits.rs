@@ -109,7 +109,8 @@ pub const INDEX_MAP_BYTES: usize = 256 << 30;
 /// How often the log index is checkpointed while entries commit.
 pub const INDEX_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Entry ids go to the log index in batches of at least this many (and an
-/// eighth of those there): a crash replays up to that much of the log.
+/// eighth of those there), or once that many entries have passed since the
+/// last batch: a crash replays up to that much of the log.
 pub const INDEX_IDS_BATCH_MIN: u64 = 1 << 18;
 /// Tables in one view (LMDB's named databases, the meta included).
 pub const VIEW_TABLES_MAX: usize = 64;

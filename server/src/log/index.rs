@@ -657,10 +657,13 @@ impl Checkpoints {
 
     /// Once the last write is done: forgets the flushing parts (they are on
     /// disk) and hands the fresh ones, which reach `seq` with `root`, to a
-    /// new write. Entry ids go only once they are an eighth of those on
-    /// disk (or `INDEX_IDS_BATCH_MIN`), or with `force`: every id written
+    /// new write. Entry ids go only once a batch is due — an eighth of
+    /// those on disk (or `INDEX_IDS_BATCH_MIN`) — counted in ids or in
+    /// entries since the ids last went, or with `force`: every id written
     /// rewrites a random page of the ids' B-tree, so ids are written in
-    /// batches that grow with it; a start replays the log after them.
+    /// batches that grow with it. A start replays the log after them, so
+    /// the entries count too: where ids are rare (wallet writes have
+    /// none), they still go, few, and the replay stays a batch.
     /// `None` while a write runs, after a failed one, without a store, or
     /// with nothing new.
     pub fn take(
@@ -684,7 +687,8 @@ impl Checkpoints {
             index.filter = Some(built);
         }
         let fresh_ids = index.fresh.ids.len() as u64;
-        let ids_due = force || fresh_ids >= self.ids_batch() as u64;
+        let batch = self.ids_batch() as u64;
+        let ids_due = force || fresh_ids >= batch || seq - self.handed.ids_seq >= batch;
         let ids_new = seq > self.handed.ids_seq && ids_due;
         // The first write after a start builds the filter, even with
         // nothing new.
@@ -823,6 +827,31 @@ mod tests {
         disk.index.add_ids((10..INDEX_IDS_BATCH_MIN + 8).map(id));
         disk.commit_and_write(2..3);
         assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (2, INDEX_IDS_BATCH_MIN));
+    }
+
+    /// Ids that are rare in the log (wallet writes have none) go to disk
+    /// once a batch of entries has passed since they last went, so that a
+    /// start after a crash replays at most a batch of the log.
+    #[test]
+    fn rare_ids_go_to_disk_once_a_batch_of_entries_has_passed() {
+        let mut disk = OnDisk::new("index-rare-ids");
+        disk.commit_and_write(1..2);
+        let ids_seq = |disk: &OnDisk| disk.store.checkpoint().unwrap().unwrap().ids_seq;
+        let without_ids = |disk: &mut OnDisk, seqs: std::ops::Range<u64>| {
+            for seq in seqs {
+                disk.index.add_root(root_at(seq));
+                disk.tree.push(leaf_hash(&seq.to_be_bytes()));
+            }
+            let (seq, root) = (disk.tree.len(), disk.tree.root());
+            let nodes = disk.tree.nodes_mut();
+            disk.checkpoints.take(&mut disk.index, nodes, seq, root, false).expect("new").run();
+        };
+        // A batch of entries less one since the ids' checkpoint (at 0).
+        without_ids(&mut disk, 2..INDEX_IDS_BATCH_MIN);
+        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (0, 0));
+        without_ids(&mut disk, INDEX_IDS_BATCH_MIN..INDEX_IDS_BATCH_MIN + 1);
+        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (INDEX_IDS_BATCH_MIN, 1));
+        assert!(disk.index.ids().contains(&id(1)), "the one id, now on disk");
     }
 
     /// Ids written past the filter's capacity make the write that takes
