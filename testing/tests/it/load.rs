@@ -413,9 +413,13 @@ fn ron_load_suite_quick_measures_every_scenario() {
 
 /// A node slowed by an injected delay (stopped for a share of every
 /// period) breaches the p95 gate against a baseline of the node slowed
-/// less; the same light slowdown measured again passes every gate. The
-/// injected stops, not the machine's noise (other tests run beside this
-/// one), set the tail the gate reads.
+/// less; the same light slowdown measured again passes the p95 and
+/// throughput gates. The injected stops, not the machine's noise (other
+/// tests run beside this one), set the tail the gate reads. The CPU gate
+/// is not asked of the unchanged node: its CPU per request falls when
+/// other tests starve it (bigger batches, fewer wake-ups), and in one CI
+/// run its baseline read 21 % against 27–29 % for the three re-measures
+/// (30 % alone, both).
 #[test]
 fn ron_load_compare_fails_a_slowed_node_and_passes_an_unchanged_one() {
     let node = TestNode::start(NodeOptions::default());
@@ -469,12 +473,18 @@ fn ron_load_compare_fails_a_slowed_node_and_passes_an_unchanged_one() {
     // The unchanged node measured again passes; on a breach it is measured
     // once more before the verdict stands (the protocol of the baselines'
     // README: other tests share these two cores).
+    let gate_ok = |table: &str, gate: &str| {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(gate));
+        line.is_some_and(|l| l.split_whitespace().any(|word| word == "ok"))
+    };
     let mut tables = Vec::new();
     let passed = (0..3).any(|attempt| {
         let unchanged = measure(&format!("unchanged-{attempt}"), light.0, light.1);
         let output = compare(&unchanged);
-        tables.push(String::from_utf8_lossy(&output.stdout).into_owned());
-        output.status.success()
+        let table = String::from_utf8_lossy(&output.stdout).into_owned();
+        let passed = gate_ok(&table, "p95") && gate_ok(&table, "throughput");
+        tables.push(table);
+        passed
     });
     eprintln!("unchanged:\n{}", tables.join("\n"));
     assert!(passed, "{}", tables.join("\n"));
