@@ -226,7 +226,10 @@ impl TestNode {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "ron-node not ready in time:\n{}", self.log());
+            if Instant::now() >= deadline {
+                let pid = self.pid();
+                panic!("ron-node not ready in time:\n{}\n{}", self.log(), threads_of(pid));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -474,6 +477,41 @@ impl Conn {
     }
 }
 
+/// What each thread of `pid` is doing, sampled twice a second apart:
+/// name, state, CPU ticks used between the samples, and where it sleeps
+/// (for a node that never became ready: spinning, or waiting on what).
+fn threads_of(pid: u32) -> String {
+    let sample = || -> Vec<(String, String, u64, String)> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+        let mut threads: Vec<_> = tasks
+            .flatten()
+            .filter_map(|task| {
+                let path = task.path();
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // The name is in parentheses and may hold spaces.
+                let (head, rest) = stat.rsplit_once(") ")?;
+                let name = head.split_once(" (")?.1.to_owned();
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let ticks =
+                    fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+                let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
+                let id = task.file_name().to_string_lossy().into_owned();
+                Some((format!("{id} {name}"), fields.first()?.to_string(), ticks, wchan))
+            })
+            .collect();
+        threads.sort();
+        threads
+    };
+    let before = sample();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut out = format!("threads of {pid} (state, CPU ticks in 1 s, wait channel):\n");
+    for (thread, state, ticks, wchan) in sample() {
+        let used = before.iter().find(|b| b.0 == thread).map_or(ticks, |b| ticks - b.2);
+        out.push_str(&format!("  {thread}: {state} {used} {wchan}\n"));
+    }
+    out
+}
+
 fn parse_response(buffer: &[u8], with_body: bool) -> std::io::Result<Option<(Response, usize)>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
@@ -577,4 +615,20 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(data).expect("compressing");
     encoder.finish().expect("compressing")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threads_of_lists_every_thread_with_its_state_and_cpu() {
+        let _sleeper = std::thread::Builder::new()
+            .name("a-sleeper".to_owned())
+            .spawn(|| std::thread::sleep(std::time::Duration::from_secs(3)))
+            .unwrap();
+        let listed = super::threads_of(std::process::id());
+        assert!(listed.starts_with("threads of"), "{listed}");
+        let sleeper = listed.lines().find(|l| l.contains(" a-sleeper: ")).expect(&listed);
+        // Asleep, using nothing, in the kernel's sleep.
+        assert!(sleeper.contains(": S 0 "), "{listed}");
+    }
 }
