@@ -801,6 +801,12 @@ mod tests {
         /// `Checkpoints::take` makes of them.
         fn commit_and_write(&mut self, seqs: std::ops::Range<u64>) {
             commit(&mut self.index, &mut self.tree, seqs);
+            self.write();
+        }
+
+        /// Writes the checkpoint `Checkpoints::take` makes of what was
+        /// committed.
+        fn write(&mut self) {
             let (seq, root) = (self.tree.len(), self.tree.root());
             let nodes = self.tree.nodes_mut();
             self.checkpoints.take(&mut self.index, nodes, seq, root, false).expect("new").run();
@@ -808,6 +814,11 @@ mod tests {
 
         fn ids_on_disk(&self) -> u64 {
             self.store.id_count().unwrap()
+        }
+
+        /// How far the entry ids on disk reach.
+        fn ids_seq(&self) -> u64 {
+            self.store.checkpoint().unwrap().unwrap().ids_seq
         }
     }
 
@@ -821,12 +832,11 @@ mod tests {
     fn ids_go_to_disk_once_a_batch_is_due() {
         let mut disk = OnDisk::new("index-ids");
         disk.commit_and_write(1..2);
-        let ids_seq = |disk: &OnDisk| disk.store.checkpoint().unwrap().unwrap().ids_seq;
-        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (0, 0), "one id is not a batch");
+        assert_eq!((disk.ids_seq(), disk.ids_on_disk()), (0, 0), "one id is not a batch");
         // With the next record's, exactly a batch.
         disk.index.add_ids((10..INDEX_IDS_BATCH_MIN + 8).map(id));
         disk.commit_and_write(2..3);
-        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (2, INDEX_IDS_BATCH_MIN));
+        assert_eq!((disk.ids_seq(), disk.ids_on_disk()), (2, INDEX_IDS_BATCH_MIN));
     }
 
     /// Ids that are rare in the log (wallet writes have none) go to disk
@@ -836,21 +846,18 @@ mod tests {
     fn rare_ids_go_to_disk_once_a_batch_of_entries_has_passed() {
         let mut disk = OnDisk::new("index-rare-ids");
         disk.commit_and_write(1..2);
-        let ids_seq = |disk: &OnDisk| disk.store.checkpoint().unwrap().unwrap().ids_seq;
         let without_ids = |disk: &mut OnDisk, seqs: std::ops::Range<u64>| {
             for seq in seqs {
                 disk.index.add_root(root_at(seq));
                 disk.tree.push(leaf_hash(&seq.to_be_bytes()));
             }
-            let (seq, root) = (disk.tree.len(), disk.tree.root());
-            let nodes = disk.tree.nodes_mut();
-            disk.checkpoints.take(&mut disk.index, nodes, seq, root, false).expect("new").run();
+            disk.write();
         };
         // A batch of entries less one since the ids' checkpoint (at 0).
         without_ids(&mut disk, 2..INDEX_IDS_BATCH_MIN);
-        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (0, 0));
+        assert_eq!((disk.ids_seq(), disk.ids_on_disk()), (0, 0));
         without_ids(&mut disk, INDEX_IDS_BATCH_MIN..INDEX_IDS_BATCH_MIN + 1);
-        assert_eq!((ids_seq(&disk), disk.ids_on_disk()), (INDEX_IDS_BATCH_MIN, 1));
+        assert_eq!((disk.ids_seq(), disk.ids_on_disk()), (INDEX_IDS_BATCH_MIN, 1));
         assert!(disk.index.ids().contains(&id(1)), "the one id, now on disk");
     }
 
