@@ -185,28 +185,51 @@ impl CanonicalRequest<'_> {
     /// `field=value` lines, absent fields empty, hashed with BLAKE3.
     pub fn txid(&self) -> TxId {
         let mut hasher = blake3::Hasher::new();
-        let mut line = |name: &str, value: &str| {
+        // Each value in pieces: numbers are written on the stack, so a txid
+        // allocates nothing.
+        let mut line = |name: &str, value: &[&[u8]]| {
             hasher.update(name.as_bytes());
             hasher.update(b"=");
-            hasher.update(value.as_bytes());
+            for piece in value {
+                hasher.update(piece);
+            }
             hasher.update(b"\n");
         };
-        line("op", self.kind.name());
-        line("from", self.from.unwrap_or(""));
-        line("to", self.to.unwrap_or(""));
-        line("asset", self.asset.unwrap_or(""));
-        line("amount_minor", &self.amount.map(|a| a.to_string()).unwrap_or_default());
-        line("nonce", &self.nonce.map(|n| n.to_string()).unwrap_or_default());
-        line("hold_id", &self.hold_id.map(hex).unwrap_or_default());
-        line("timeout_s", &self.timeout_s.map(|t| t.to_string()).unwrap_or_default());
+        let mut digits = Digits { buffer: [0; 40] };
+        line("op", &[self.kind.name().as_bytes()]);
+        line("from", &[self.from.unwrap_or("").as_bytes()]);
+        line("to", &[self.to.unwrap_or("").as_bytes()]);
+        line("asset", &[self.asset.unwrap_or("").as_bytes()]);
+        line("amount_minor", &[digits.of(self.amount)]);
+        line("nonce", &[digits.of(self.nonce)]);
+        let hold_id = self.hold_id.map(hex).unwrap_or_default();
+        line("hold_id", &[hold_id.as_bytes()]);
+        line("timeout_s", &[digits.of(self.timeout_s)]);
         // A memo may hold any byte but control characters, so it goes last
         // with its length, and cannot run into the next field.
         let memo = self.memo.unwrap_or("");
-        line("memo", &format!("{}:{memo}", memo.len()));
-        line("idem_owner", self.idem_owner);
-        line("idem", self.idem);
+        line("memo", &[digits.of(Some(memo.len())), b":".as_slice(), memo.as_bytes()]);
+        line("idem_owner", &[self.idem_owner.as_bytes()]);
+        line("idem", &[self.idem.as_bytes()]);
         let hash = hasher.finalize();
         hash.as_bytes()[..16].try_into().expect("16 bytes")
+    }
+}
+
+/// A number's decimal digits, written into a buffer on the stack.
+struct Digits {
+    buffer: [u8; 40],
+}
+
+impl Digits {
+    /// The digits of `number` (u128::MAX has 39), or nothing for `None`.
+    fn of(&mut self, number: Option<impl std::fmt::Display>) -> &[u8] {
+        use std::io::Write as _;
+        let Some(number) = number else { return &[] };
+        let mut rest = &mut self.buffer[..];
+        write!(rest, "{number}").expect("40 bytes hold any u128");
+        let len = 40 - rest.len();
+        &self.buffer[..len]
     }
 }
 
@@ -488,6 +511,48 @@ mod tests {
         assert_ne!(CanonicalRequest { idem: "k2", ..base }.txid(), id);
         assert_ne!(CanonicalRequest { memo: None, ..base }.txid(), id);
         assert_eq!(parse_txid(&txid_text(&id)), Some(id));
+    }
+
+    #[test]
+    fn a_txid_is_blake3_over_the_documented_lines() {
+        let request = CanonicalRequest {
+            kind: OpKind::Capture,
+            from: Some("alice"),
+            to: None,
+            asset: Some("roc"),
+            amount: Some(u128::MAX),
+            nonce: Some(42),
+            hold_id: Some(&[0xab; 16]),
+            timeout_s: Some(30),
+            memo: Some("rent: june"),
+            idem_owner: "alice",
+            idem: "k-1",
+        };
+        let lines = format!(
+            "op=capture\nfrom=alice\nto=\nasset=roc\namount_minor={}\nnonce=42\nhold_id={}\n\
+             timeout_s=30\nmemo=10:rent: june\nidem_owner=alice\nidem=k-1\n",
+            u128::MAX,
+            "ab".repeat(16),
+        );
+        let expected: TxId = blake3::hash(lines.as_bytes()).as_bytes()[..16].try_into().unwrap();
+        assert_eq!(request.txid(), expected);
+        let bare = CanonicalRequest {
+            kind: OpKind::Issue,
+            from: None,
+            to: Some("bob"),
+            asset: Some("roc"),
+            amount: Some(7),
+            nonce: None,
+            hold_id: None,
+            timeout_s: None,
+            memo: None,
+            idem_owner: "bob",
+            idem: "i",
+        };
+        let lines = "op=issue\nfrom=\nto=bob\nasset=roc\namount_minor=7\nnonce=\nhold_id=\n\
+                     timeout_s=\nmemo=0:\nidem_owner=bob\nidem=i\n";
+        let expected: TxId = blake3::hash(lines.as_bytes()).as_bytes()[..16].try_into().unwrap();
+        assert_eq!(bare.txid(), expected);
     }
 
     #[test]

@@ -60,7 +60,8 @@ const FUNDS_KEY_BYTES_MAX: usize =
 /// asset.
 fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
     assert!(
-        account.len() <= ron_proto::wallet::WALLET_ACCOUNT_BYTES_MAX && !account.contains('\0')
+        account.len() <= ron_proto::wallet::WALLET_ACCOUNT_BYTES_MAX
+            && !account.as_bytes().contains(&0)
     );
     assert!(asset.len() <= ron_proto::wallet::WALLET_ASSET_BYTES_MAX);
     let mut key = [0u8; FUNDS_KEY_BYTES_MAX];
@@ -287,8 +288,10 @@ impl Wallet {
     /// The funds of a committed change: marked for the next view write.
     fn committed_funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
         let (key, len) = funds_key(account, asset);
-        self.funds_mut(account, asset);
-        let slot = self.funds.get_mut(&key[..len]).expect("made above");
+        if !self.funds.contains_key(&key[..len]) {
+            self.funds.insert(key[..len].into(), FundsSlot::default());
+        }
+        let slot = self.funds.get_mut(&key[..len]).expect("inserted");
         if !slot.dirty {
             slot.dirty = true;
             self.dirty_funds.push(key[..len].into());
@@ -447,10 +450,10 @@ impl Wallet {
             };
         }
         let (op, over_hold) = self.completed(request)?;
-        let scope = scope_account(&op).to_owned();
-        assert!(self.owns(&scope), "a write is reserved on its scope shard");
+        let scope = scope_account(&op);
+        assert!(self.owns(scope), "a write is reserved on its scope shard");
         let key = op.idem.as_deref().expect("writes carry an idempotency key");
-        let slot = idem_slot(&scope, key);
+        let slot = idem_slot(scope, key);
         match self.idem.get(&slot) {
             // The same request again: the txid covers the scope and the key.
             Some(Idem::Done(txid, _)) if *txid == op.txid => return Ok(Reserved::Replay(*txid)),
@@ -458,13 +461,19 @@ impl Wallet {
             Some(_) => return Err(Rejection::IdempotencyConflict),
             None => {}
         }
-        self.check(&op, &scope, over_hold)?;
+        self.check(&op, scope, over_hold)?;
         // Reserve: nothing above can fail from here on.
         if let Some(nonce) = op.nonce {
-            self.nonces.entry(scope.clone()).or_default().reserved = nonce;
+            match self.nonces.get_mut(scope) {
+                Some(entry) => entry.reserved = nonce,
+                None => {
+                    self.nonces
+                        .insert(scope.to_owned(), Nonce { reserved: nonce, ..Nonce::default() });
+                }
+            }
         }
         if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
-            self.funds_mut(&scope, &op.asset).reserved += op.amount;
+            self.funds_mut(scope, &op.asset).reserved += op.amount;
         }
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
             hold.resolving = true;
@@ -584,23 +593,22 @@ impl Wallet {
         funds.balance = funds.balance.checked_add(amount).expect("credits were checked");
     }
 
-    /// Whether this shard reserved `op` (it is the scope shard and its
-    /// record of the key is pending with `op`'s txid).
-    fn reserved(&self, op: &WalletOp) -> bool {
-        let scope = scope_account(op);
-        let Some(key) = &op.idem else { return false };
-        self.owns(scope)
-            && matches!(self.idem.get(&idem_slot(scope, key)), Some(Idem::Pending(txid)) if *txid == op.txid)
-    }
-
     /// Applies this shard's parts of a committed `op`, placed at
     /// `placement`: the same for an operation from the live stream and one
-    /// read back from the log at start.
-    pub fn apply(&mut self, op: &WalletOp, placement: Placement) {
+    /// read back from the log at start. `encoded` is the operation as the
+    /// log holds it (`WalletOp::encode`), kept as its receipt.
+    pub fn apply(&mut self, op: &WalletOp, encoded: &[u8], placement: Placement) {
         let from_here = op.from.as_deref().is_some_and(|a| self.owns(a));
         let to_here = op.to.as_deref().is_some_and(|a| self.owns(a));
+        let scope = scope_account(op);
+        // The idempotency record's slot, if this shard keeps it.
+        let slot = op.idem.as_deref().filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key));
         if from_here {
-            let reserved = self.reserved(op);
+            // The scope shard reserved `op` if its record of the key is
+            // pending with `op`'s txid.
+            let reserved = slot.is_some_and(|slot| {
+                matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid)
+            });
             self.apply_payer(op, reserved);
         }
         if to_here {
@@ -612,28 +620,22 @@ impl Wallet {
                 OpKind::Burn | OpKind::Hold | OpKind::Release | OpKind::Expire => {}
             }
         }
-        let scope = scope_account(op).to_owned();
-        if self.owns(&scope) {
-            if let Some(key) = &op.idem {
-                let slot = idem_slot(&scope, key);
-                let expires_ms = op.ts_ms + self.idem_ttl_ms;
-                self.idem.insert(slot, Idem::Done(op.txid, expires_ms));
-                if is_resolution(op.kind) {
-                    self.resolutions.insert(op.txid, slot);
-                }
-                self.idem_order.push_back((expires_ms, slot));
-                self.dirty.insert(Dirty::Idem(slot));
-                while self.idem_order.len() > self.idem_max {
-                    self.forget_oldest_idem();
-                }
+        if let Some(slot) = slot {
+            let expires_ms = op.ts_ms + self.idem_ttl_ms;
+            self.idem.insert(slot, Idem::Done(op.txid, expires_ms));
+            if is_resolution(op.kind) {
+                self.resolutions.insert(op.txid, slot);
+            }
+            self.idem_order.push_back((expires_ms, slot));
+            self.dirty.insert(Dirty::Idem(slot));
+            while self.idem_order.len() > self.idem_max {
+                self.forget_oldest_idem();
             }
         }
         if recorder(&op.txid, self.shard_count) == self.shard
             && placement.seq > self.receipts_kept_through
         {
-            let mut encoded = Vec::with_capacity(128);
-            op.encode(&mut encoded);
-            self.receipts.insert(op.txid, Stored { op: encoded.into_boxed_slice(), placement });
+            self.receipts.insert(op.txid, Stored { op: encoded.into(), placement });
             self.new_receipts.push(op.txid);
         }
     }
@@ -641,20 +643,23 @@ impl Wallet {
     /// The payer's part; `reserved`: the debit was reserved here, and the
     /// reservation becomes the debit.
     fn apply_payer(&mut self, op: &WalletOp, reserved: bool) {
-        let from = op.from.clone().expect("a payer");
+        let from = op.from.as_deref().expect("a payer");
         if let Some(nonce) = op.nonce {
-            let entry = self.nonces.entry(from.clone()).or_default();
+            if !self.nonces.contains_key(from) {
+                self.nonces.insert(from.to_owned(), Nonce::default());
+            }
+            let entry = self.nonces.get_mut(from).expect("inserted");
             assert!(nonce > entry.committed, "nonces commit in order");
             entry.committed = nonce;
             entry.reserved = entry.reserved.max(nonce);
             if !entry.dirty {
                 entry.dirty = true;
-                self.dirty_nonces.push(from.clone());
+                self.dirty_nonces.push(from.to_owned());
             }
         }
         match op.kind {
             OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
-                let funds = self.committed_funds_mut(&from, &op.asset);
+                let funds = self.committed_funds_mut(from, &op.asset);
                 if reserved {
                     funds.reserved =
                         funds.reserved.checked_sub(op.amount).expect("a reservation covers it");
@@ -667,7 +672,7 @@ impl Wallet {
                         self.expiries.insert((at, hold_id));
                     }
                     let hold = Hold {
-                        from,
+                        from: from.to_owned(),
                         to: op.to.clone().expect("a hold has a payee"),
                         asset: op.asset.clone(),
                         amount: op.amount,
@@ -686,7 +691,7 @@ impl Wallet {
                     self.expiries.remove(&(at, hold_id));
                 }
                 let back = hold.amount - op.amount;
-                self.credit(&from, &hold.asset, back);
+                self.credit(from, &hold.asset, back);
             }
             OpKind::Issue => {}
         }
@@ -747,6 +752,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use ron_proto::wallet::{CanonicalRequest, hold_id};
+
+    /// `op` as the log holds it.
+    fn encoded(op: &WalletOp) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        op.encode(&mut bytes);
+        bytes
+    }
 
     const ACCOUNTS: [&str; 3] = ["alice", "bob", "carol"];
     const TTL_MS: u64 = 60_000;
@@ -827,7 +839,7 @@ mod tests {
             self.seq += 1;
             let placement = Placement { seq: self.seq, root: [self.seq as u8; 32] };
             for shard in parts(op, self.shards.len()) {
-                self.shards[shard].apply(op, placement);
+                self.shards[shard].apply(op, &encoded(op), placement);
             }
             self.log.push((op.clone(), placement));
         }
@@ -1066,7 +1078,7 @@ mod tests {
         let mut fresh = Node::new(shard_count);
         for (op, placement) in &node.log {
             for shard in parts(op, shard_count) {
-                fresh.shards[shard].apply(op, *placement);
+                fresh.shards[shard].apply(op, &encoded(op), *placement);
             }
         }
         for account in ACCOUNTS {
@@ -1153,7 +1165,7 @@ mod tests {
         let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
         let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
-        wallet.apply(&op, Placement { seq: 1, root: [1; 32] });
+        wallet.apply(&op, &encoded(&op), Placement { seq: 1, root: [1; 32] });
         let too_much = request(OpKind::Burn, Some("alice"), None, 11, Some(1), None, "b1", 0);
         assert!(matches!(
             wallet.reserve(&too_much, 0),
@@ -1179,7 +1191,7 @@ mod tests {
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
         let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
         let placement = Placement { seq: 5, root: [9; 32] };
-        wallet.apply(&op, placement);
+        wallet.apply(&op, &encoded(&op), placement);
         let expected = ron_proto::wallet::receipt(&op, &placement);
         let taken = wallet.take_new_receipts();
         assert_eq!(taken.len(), 1);
@@ -1193,7 +1205,7 @@ mod tests {
         // Replayed at start with the view holding everything up to seq 5.
         let mut restarted = Wallet::new(0, 1, TTL_MS, 10);
         restarted.set_receipts_kept_through(5);
-        restarted.apply(&op, placement);
+        restarted.apply(&op, &encoded(&op), placement);
         assert_eq!(restarted.receipts_len(), 0);
         assert_eq!(restarted.funds("alice", "roc").balance, 10);
     }
@@ -1205,7 +1217,7 @@ mod tests {
             let issue =
                 request(OpKind::Issue, None, Some("alice"), 1, None, None, &format!("k{n}"), at);
             let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, at) else { panic!() };
-            wallet.apply(&op, Placement { seq: n, root: [0; 32] });
+            wallet.apply(&op, &encoded(&op), Placement { seq: n, root: [0; 32] });
         }
         assert_eq!(wallet.idem_len(), 2);
         // k1 fell out (bound): the same request is new again.

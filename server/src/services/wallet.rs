@@ -129,7 +129,7 @@ impl Service for Wallet {
         let placement = Placement { seq: item.seq, root: *item.root };
         for shard in parts(&op, states.shard_count()) {
             if let Some(wallet) = states.get(shard) {
-                wallet.apply(&op, placement);
+                wallet.apply(&op, item.bytes, placement);
             }
         }
     }
@@ -226,7 +226,7 @@ impl Service for Wallet {
     fn apply(&self, item: Item<'_>) {
         let op = WalletOp::decode(item.bytes).expect("committed items decode");
         let placement = Placement { seq: item.seq, root: *item.root };
-        self.state.borrow_mut().apply(&op, placement);
+        self.state.borrow_mut().apply(&op, item.bytes, placement);
     }
 
     fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
