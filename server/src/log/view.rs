@@ -142,7 +142,17 @@ impl ViewChanges {
     /// Writes `value` at `key` of the service's `table` (its index in the
     /// service's `TABLES`).
     pub fn put(&mut self, table: usize, key: &[u8], value: &[u8]) {
-        let (key, value) = (self.bytes(key), Some(self.bytes(value)));
+        self.put_parts(table, key, &[value]);
+    }
+
+    /// The same with the value in pieces, written one after the other.
+    pub fn put_parts(&mut self, table: usize, key: &[u8], value: &[&[u8]]) {
+        let key = self.bytes(key);
+        let start = self.bytes.len();
+        for part in value {
+            self.bytes.extend_from_slice(part);
+        }
+        let value = Some((start, self.bytes.len() - start));
         self.changes.push(Change { table: (self.base + table) as u16, key, value });
     }
 
@@ -154,6 +164,13 @@ impl ViewChanges {
 
     pub fn len(&self) -> usize {
         self.changes.len()
+    }
+
+    /// Empties the changes and keeps the buffers.
+    fn clear(&mut self) {
+        self.changes.clear();
+        self.bytes.clear();
+        self.base = 0;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -391,6 +408,10 @@ pub struct ViewStats {
     pub last_write_us: AtomicU64,
     /// A write is in flight.
     busy: AtomicBool,
+    /// The buffers of the last write, emptied, for the next one to fill:
+    /// a write's changes run to megabytes, and buffers made anew each
+    /// time cost the shard their growth and page faults again.
+    spare: std::sync::Mutex<Option<ViewChanges>>,
 }
 
 /// What a shard's services give its view (`crate::service` implements it
@@ -502,7 +523,8 @@ impl ShardView {
                 if behind == 0 || !(due || force) {
                     return true;
                 }
-                let mut changes = ViewChanges::default();
+                let spare = self.stats.spare.lock().expect("not poisoned").take();
+                let mut changes = spare.unwrap_or_default();
                 source.save(&mut changes, applied);
                 let meta = ViewMeta {
                     applied_seq: applied,
@@ -560,6 +582,9 @@ fn write_job(shard: usize, store: Arc<ViewStore>, stats: Arc<ViewStats>, write: 
         }
         store.drop_mapped_pages();
         stats.last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let mut changes = write.changes;
+        changes.clear();
+        *stats.spare.lock().expect("not poisoned") = Some(changes);
         stats.busy.store(false, Ordering::Release);
     })
 }

@@ -27,11 +27,9 @@ const IDEM_RECORD_BYTES: usize = 16 + 8 + 1;
 /// Puts what changed into a view write.
 pub fn save(changes: &mut ViewChanges, state: Changes, receipts: &[Receipt]) {
     for receipt in receipts {
-        let mut value = Vec::with_capacity(40 + receipt.op.len());
-        value.extend_from_slice(&receipt.placement.seq.to_le_bytes());
-        value.extend_from_slice(&receipt.placement.root);
-        value.extend_from_slice(&receipt.op);
-        changes.put(RECEIPTS, &receipt.txid, &value);
+        let placement = &receipt.placement;
+        let value: [&[u8]; 3] = [&placement.seq.to_le_bytes(), &placement.root, &receipt.op];
+        changes.put_parts(RECEIPTS, &receipt.txid, &value);
     }
     let mut key = Vec::new();
     for (funds, balance) in &state.funds {
