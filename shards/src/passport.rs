@@ -170,13 +170,46 @@ impl Revocations {
 
 /// Decides whether `token` (whose tag the caller has verified) may make `request`.
 pub fn authorize(token: &TokenView<'_>, request: &Request<'_>, clock: Clock) -> Result<(), Denial> {
-    if !request.audiences.contains(token.audience) {
+    Caveats::of(token).authorize(request, clock)
+}
+
+/// A verified token's audience and caveats, parsed once for every request
+/// it is presented with (a batch of writes asks once per write).
+#[derive(Clone, Debug)]
+pub struct Caveats<'a> {
+    audience: &'a str,
+    list: Vec<Caveat<'a>>,
+}
+
+impl<'a> Caveats<'a> {
+    pub fn of(token: &TokenView<'a>) -> Caveats<'a> {
+        let parse = |text| Caveat::parse(text).expect("decoded tokens hold parsed caveats");
+        Caveats { audience: token.audience, list: token.caveats().map(parse).collect() }
+    }
+
+    /// Whether a request's peer address matters (the token has an `ip` caveat).
+    pub fn restrict_ip(&self) -> bool {
+        self.list.iter().any(|caveat| matches!(caveat, Caveat::Ip(_)))
+    }
+
+    /// Decides whether the token may make `request`.
+    pub fn authorize(&self, request: &Request<'_>, clock: Clock) -> Result<(), Denial> {
+        authorize_parsed(self.audience, &self.list, request, clock)
+    }
+}
+
+fn authorize_parsed(
+    audience: &str,
+    caveats: &[Caveat<'_>],
+    request: &Request<'_>,
+    clock: Clock,
+) -> Result<(), Denial> {
+    if !request.audiences.contains(audience) {
         return Err(Denial::Audience);
     }
     let mut scoped = false;
-    for text in token.caveats() {
-        let caveat = Caveat::parse(text).expect("decoded tokens hold parsed caveats");
-        match caveat {
+    for caveat in caveats {
+        match *caveat {
             Caveat::Exp(exp) => {
                 if clock.now_s >= exp.saturating_add(clock.clock_skew_s) {
                     return Err(Denial::Expired);

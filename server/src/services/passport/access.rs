@@ -8,7 +8,7 @@ use crate::clock::unix_now_s;
 use crate::config::{Config, PqMode, Profile};
 use crate::http::{Reply, Request};
 use ron_proto::ErrorCode;
-use ron_proto::token::{self, Claims, Token, TokenView};
+use ron_proto::token::{self, Claims, Token};
 use ron_shards::passport::{self as rules, Audiences, Clock, Denial};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -144,8 +144,26 @@ pub fn authorize_each<'f>(
     };
     let started = Instant::now();
     let verified = passport.with_verified(text, |view| {
+        let caveats = rules::Caveats::of(view);
+        let peer_ip = if caveats.restrict_ip() {
+            crate::http::socket_ring::peer_address(presented.socket).map(|a| a.ip())
+        } else {
+            None
+        };
+        let clock =
+            Clock { now_s: unix_now_s(), clock_skew_s: passport.config().clock_skew_s };
         for (i, facts) in facts.into_iter().enumerate() {
-            let decided = decide(passport, view, presented, scope, facts).map_err(|denial| {
+            let asked = rules::Request {
+                method: presented.method,
+                path: presented.path,
+                scope,
+                audiences: Audiences::Names(&passport.config().audiences),
+                peer_ip,
+                account: facts.account,
+                asset: facts.asset,
+                amount: facts.amount,
+            };
+            let decided = caveats.authorize(&asked, clock).map_err(|denial| {
                 passport.metrics.borrow_mut().reject(denial.reason());
                 denied(denial)
             });
@@ -158,34 +176,6 @@ pub fn authorize_each<'f>(
         metrics.reject(refusal.reason());
         Reply::error(ErrorCode::Unauthorized, refusal.message())
     })
-}
-
-/// The caveats of a verified token against the request.
-fn decide(
-    passport: &Passport,
-    view: &TokenView<'_>,
-    presented: &Presented<'_>,
-    scope: Option<&str>,
-    facts: Facts<'_>,
-) -> Result<(), Denial> {
-    let peer_ip = if view.caveats().any(|c| c.starts_with("ip=")) {
-        crate::http::socket_ring::peer_address(presented.socket).map(|a| a.ip())
-    } else {
-        None
-    };
-    let asked = rules::Request {
-        method: presented.method,
-        path: presented.path,
-        scope,
-        audiences: Audiences::Names(&passport.config().audiences),
-        peer_ip,
-        account: facts.account,
-        asset: facts.asset,
-        amount: facts.amount,
-    };
-    let clock =
-        Clock { now_s: unix_now_s(), clock_skew_s: passport.config().clock_skew_s };
-    rules::authorize(view, &asked, clock)
 }
 
 /// The answer to a denied request.
