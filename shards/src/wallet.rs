@@ -315,18 +315,19 @@ impl Wallet {
     /// The committed state changed since the last call, for the view.
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = Changes::default();
-        for key in std::mem::take(&mut self.dirty_funds) {
+        for key in self.dirty_funds.drain(..) {
             let slot = self.funds.get_mut(&key).expect("dirty funds have slots");
             slot.dirty = false;
             let balance = slot.funds.balance;
             changes.funds.push((FundsKey(key), balance));
         }
-        for account in std::mem::take(&mut self.dirty_nonces) {
+        for account in self.dirty_nonces.drain(..) {
             let nonce = self.nonces.get_mut(&account).expect("dirty nonces exist");
             nonce.dirty = false;
             changes.nonces.push((account, nonce.committed));
         }
-        for dirty in std::mem::take(&mut self.dirty) {
+        // Drained, not replaced: the set keeps the room it grew to.
+        for dirty in self.dirty.drain() {
             match dirty {
                 Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).cloned())),
                 Dirty::Idem(slot) => {
