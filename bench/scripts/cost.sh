@@ -5,7 +5,9 @@
 # (`ledger_batch_entries_sum`), the node's CPU (its /proc stat, every thread)
 # and core 1's busy time (/proc/stat: user, nice, system, irq, softirq,
 # steal; the kernel's work for the node's I/O included), and core 1's time
-# per committed entry.
+# per committed entry; and the CPU time per committed entry of the shard
+# threads (`shard-*`) and of the view writers (`worker-normal-*`), wherever
+# they ran.
 #
 #   bench/scripts/cost.sh NODE_BINARY WORKLOAD RATE ENTRIES [NAME=VALUE...]
 #
@@ -28,10 +30,12 @@ loader=$!
 sleep 3
 m() { curl -s 127.0.0.1:8080/metrics | awk '/^ledger_batch_entries_sum /{print $2}'; }
 cpu1() { awk '/^cpu1 /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-e0=$(m); c0=$(awk '{print $14+$15}' /proc/$pid/stat); k0=$(cpu1); t0=$(date +%s.%N)
+# CPU ticks of the node's threads whose name matches $1.
+threads() { cat /proc/$pid/task/*/stat | awk -v name="$1" '$2 ~ name {s+=$14+$15} END{print s+0}'; }
+s0=$(threads "^.shard-"); w0=$(threads "^.worker-normal"); e0=$(m); c0=$(awk '{print $14+$15}' /proc/$pid/stat); k0=$(cpu1); t0=$(date +%s.%N)
 sleep 6
-e1=$(m); c1=$(awk '{print $14+$15}' /proc/$pid/stat); k1=$(cpu1); t1=$(date +%s.%N)
+s1=$(threads "^.shard-"); w1=$(threads "^.worker-normal"); e1=$(m); c1=$(awk '{print $14+$15}' /proc/$pid/stat); k1=$(cpu1); t1=$(date +%s.%N)
 wait $loader
 lat=$(grep -E "latency us" "$dir/load.txt" | sed -E 's/.*p50 ([0-9.]+).*p99 ([0-9.]+).*/p50 \1 p99 \2/')
 st=$(grep -oE "statuses \{[^}]*\}|NOT SUSTAINED" "$dir/load.txt" | tr '\n' ' ')
-python3 -c "d=$t1-$t0; n=($e1-$e0)/d; print('%s %s r=%s×%s | %s | committed/s %.0f | node %.0f%% core1 %.0f%% | %.1f µs core1/entry | %s' % ('$(basename $bin)', '$w', $r, $e, '$lat', n, ($c1-$c0)/d, ($k1-$k0)/d, ($k1-$k0)/d*1e4/max(n,1), '$st'))"
+python3 -c "d=$t1-$t0; n=($e1-$e0)/d; print('%s %s r=%s×%s | %s | committed/s %.0f | node %.0f%% core1 %.0f%% | %.1f µs core1/entry | %s' % ('$(basename $bin)', '$w', $r, $e, '$lat', n, ($c1-$c0)/d, ($k1-$k0)/d, ($k1-$k0)/d*1e4/max(n,1), '$st') + ' | shards %.2f µs/entry, view writers %.2f µs/entry' % (($s1-$s0)/d*1e4/max(n,1), ($w1-$w0)/d*1e4/max(n,1)))"
