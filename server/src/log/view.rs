@@ -16,7 +16,9 @@
 //! otherwise it is cleared and rebuilt from the log.
 
 use super::LogLink;
-use crate::limits::{VIEW_DROP_PAGES_EVERY, VIEW_MAP_BYTES, VIEW_TABLES_MAX, VIEW_TICK};
+use crate::limits::{
+    VIEW_DROP_PAGES_EVERY, VIEW_MAP_BYTES, VIEW_SPARE_BYTES_MAX, VIEW_TABLES_MAX, VIEW_TICK,
+};
 use crate::workers::{Job, Lane, Workers};
 use anyhow::Context as _;
 use heed::types::Bytes;
@@ -164,6 +166,11 @@ impl ViewChanges {
 
     pub fn len(&self) -> usize {
         self.changes.len()
+    }
+
+    /// The memory the buffers hold.
+    fn capacity_bytes(&self) -> usize {
+        self.bytes.capacity() + self.changes.capacity() * std::mem::size_of::<Change>()
     }
 
     /// Empties the changes and keeps the buffers.
@@ -583,8 +590,10 @@ fn write_job(shard: usize, store: Arc<ViewStore>, stats: Arc<ViewStats>, write: 
         store.drop_mapped_pages();
         stats.last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut changes = write.changes;
-        changes.clear();
-        *stats.spare.lock().expect("not poisoned") = Some(changes);
+        if changes.capacity_bytes() <= VIEW_SPARE_BYTES_MAX {
+            changes.clear();
+            *stats.spare.lock().expect("not poisoned") = Some(changes);
+        }
         stats.busy.store(false, Ordering::Release);
     })
 }

@@ -66,9 +66,32 @@ async fn timer_probe(core: Rc<Core>, interval: Duration) {
     }
 }
 
+/// How often an executor wakes while it joins the mesh and connects its
+/// channels to the committer; see [`wake_every`].
+pub const START_WAKE: Duration = Duration::from_millis(10);
+
+/// A task that wakes this executor every `period` until it is dropped.
+///
+/// Joining glommio's channel mesh and connecting shared channels wait on
+/// another executor's notification; an executor that has nothing else to
+/// do sleeps in io_uring until one comes. Once in a while (about one start
+/// in 25 under the full test suite's load) none came: the shard slept with
+/// no timer pending, never logged "serving", and the node never became
+/// ready (the stuck thread sat in `io_cqring_wait` with no CPU used). A
+/// pending timer bounds such a sleep: each wake polls the shared channels
+/// again, so a lost notification costs at most one period.
+pub fn wake_every(period: Duration) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(period).await;
+        }
+    })
+}
+
 /// The body of a shard executor: join the mesh, open the socket ring,
 /// start the services, serve until the node drains.
 pub async fn run(start: ShardStart) {
+    let starting = wake_every(START_WAKE);
     let executor = glommio::executor();
     let queue = executor.create_task_queue(
         Shares::Static(1000),
@@ -139,6 +162,7 @@ pub async fn run(start: ShardStart) {
     if !probe_interval.is_zero() {
         core.spawn(timer_probe(core.clone(), probe_interval));
     }
+    drop(starting);
     tracing::info!(shard = start.id, services = ?start.registry.names(), "serving");
     serve_until_drained(&core, front, &services, committer, answers).await;
 }
