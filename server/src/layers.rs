@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "limits",
         "check_host",
         "reload",
+        "wake",
     ],
     &["log"],
     &["core"],

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod retry;
 pub mod service;
 pub mod services;
+pub mod wake;
 pub mod workers;
 
 #[cfg(test)]

@@ -518,7 +518,7 @@ pub async fn run(start: CommitterStart) {
     let CommitterStart { config, shared, recovered, links, workers } = start;
     let mut receivers = Vec::with_capacity(links.len());
     let mut answers = Vec::with_capacity(links.len());
-    let connecting = crate::node::shard::wake_every(crate::node::shard::START_WAKE);
+    let connecting = crate::wake::wake_every(crate::wake::START_WAKE);
     for link in links {
         receivers.push(link.calls.connect().await);
         answers.push(link.answers.connect().await);

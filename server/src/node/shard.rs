@@ -66,32 +66,10 @@ async fn timer_probe(core: Rc<Core>, interval: Duration) {
     }
 }
 
-/// How often an executor wakes while it joins the mesh and connects its
-/// channels to the committer; see [`wake_every`].
-pub const START_WAKE: Duration = Duration::from_millis(10);
-
-/// A task that wakes this executor every `period` until it is dropped.
-///
-/// Joining glommio's channel mesh and connecting shared channels wait on
-/// another executor's notification; an executor that has nothing else to
-/// do sleeps in io_uring until one comes. Once in a while (about one start
-/// in 25 under the full test suite's load) none came: the shard slept with
-/// no timer pending, never logged "serving", and the node never became
-/// ready (the stuck thread sat in `io_cqring_wait` with no CPU used). A
-/// pending timer bounds such a sleep: each wake polls the shared channels
-/// again, so a lost notification costs at most one period.
-pub fn wake_every(period: Duration) -> glommio::Task<()> {
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(period).await;
-        }
-    })
-}
-
 /// The body of a shard executor: join the mesh, open the socket ring,
 /// start the services, serve until the node drains.
 pub async fn run(start: ShardStart) {
-    let starting = wake_every(START_WAKE);
+    let starting = crate::wake::wake_every(crate::wake::START_WAKE);
     let executor = glommio::executor();
     let queue = executor.create_task_queue(
         Shares::Static(1000),
