@@ -113,6 +113,12 @@ pub struct SweepPoint {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub shed_share: f64,
+    /// Log entries the node committed per second during the step (its
+    /// `ledger_batch_entries_sum`): for batches, transfers, where the
+    /// answers count requests. Absent for a reference server, and in files
+    /// written before steps recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_entries_per_s: Option<f64>,
 }
 
 /// A time-boxed exception to one gate of one scenario.

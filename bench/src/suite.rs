@@ -599,6 +599,10 @@ pub(crate) fn sweep_point(round: &Round) -> SweepPoint {
         p50_ms: round.latency_ms.map_or(0.0, |l| l.p50),
         p99_ms: round.latency_ms.map_or(0.0, |l| l.p99),
         shed_share: round.shed_share.unwrap_or(0.0),
+        committed_entries_per_s: round
+            .metrics
+            .as_ref()
+            .and_then(|metrics| metrics.get("committed_entries_per_s").copied()),
     }
 }
 
@@ -1001,9 +1005,17 @@ pub fn summary(measured: &[Measurement]) -> String {
             of(|r| r.cold_start_p95_ms),
         );
         if let Some(last) = m.sweep.iter().rev().find(|p| !bent(p)) {
+            // Where requests carry several entries (batches, ingest), what
+            // the log took at that step.
+            let committed = match last.committed_entries_per_s {
+                Some(entries) if entries > last.throughput_rps * 1.5 => {
+                    format!(", {entries:.0} entries committed/s")
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{:<24} sweep: sustained {:.0}/s (p99 {:.3} ms), {} steps",
+                "{:<24} sweep: sustained {:.0}/s (p99 {:.3} ms{committed}), {} steps",
                 "",
                 last.throughput_rps,
                 last.p99_ms,
@@ -1036,6 +1048,24 @@ mod tests {
         assert_eq!(bucket_quantile(&before, &after, "x_seconds", 0.99), Some(f64::INFINITY));
         assert_eq!(bucket_quantile(&before, &before, "x_seconds", 0.5), None);
         assert_eq!(bucket_quantile(&before, &after, "y_seconds", 0.5), None);
+    }
+
+    #[test]
+    fn a_sweep_step_keeps_what_the_log_committed() {
+        let mut metrics = BTreeMap::new();
+        metrics.insert("committed_entries_per_s".to_owned(), 64_000.0);
+        let round = Round { target_rps: Some(1000.0), metrics: Some(metrics), ..Round::default() };
+        let point = sweep_point(&round);
+        assert_eq!(point.committed_entries_per_s, Some(64_000.0));
+        let text = serde_json::to_string(&point).unwrap();
+        assert!(text.contains("\"committed_entries_per_s\":64000.0"), "{text}");
+        // A reference server's step has none, and files written before
+        // steps recorded it still read.
+        assert_eq!(sweep_point(&Round::default()).committed_entries_per_s, None);
+        let old =
+            r#"{"target_rps":1.0,"throughput_rps":1.0,"p50_ms":1.0,"p99_ms":1.0,"shed_share":0.0}"#;
+        let read: SweepPoint = serde_json::from_str(old).unwrap();
+        assert_eq!(read.committed_entries_per_s, None);
     }
 
     #[test]
