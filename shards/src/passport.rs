@@ -168,13 +168,15 @@ impl Revocations {
     }
 }
 
-/// Decides whether `token` (whose tag the caller has verified) may make `request`.
+/// Decides whether `token` (whose tag the caller has verified) may make
+/// `request`, parsing its caveats as it goes (nothing is allocated).
 pub fn authorize(token: &TokenView<'_>, request: &Request<'_>, clock: Clock) -> Result<(), Denial> {
-    Caveats::of(token).authorize(request, clock)
+    let parse = |text| Caveat::parse(text).expect("decoded tokens hold parsed caveats");
+    decide(token.audience, token.caveats().map(parse), request, clock)
 }
 
-/// A verified token's audience and caveats, parsed once for every request
-/// it is presented with (a batch of writes asks once per write).
+/// A verified token's audience and caveats, parsed once for the many
+/// requests of a batch of writes.
 #[derive(Clone, Debug)]
 pub struct Caveats<'a> {
     audience: &'a str,
@@ -187,91 +189,96 @@ impl<'a> Caveats<'a> {
         Caveats { audience: token.audience, list: token.caveats().map(parse).collect() }
     }
 
-    /// Whether a request's peer address matters (the token has an `ip` caveat).
-    pub fn restrict_ip(&self) -> bool {
-        self.list.iter().any(|caveat| matches!(caveat, Caveat::Ip(_)))
-    }
-
     /// Decides whether the token may make `request`.
     pub fn authorize(&self, request: &Request<'_>, clock: Clock) -> Result<(), Denial> {
-        if !request.audiences.contains(self.audience) {
-            return Err(Denial::Audience);
-        }
-        let mut scoped = false;
-        for caveat in &self.list {
-            match *caveat {
-                Caveat::Exp(exp) => {
-                    if clock.now_s >= exp.saturating_add(clock.clock_skew_s) {
-                        return Err(Denial::Expired);
-                    }
-                }
-                Caveat::Nbf(nbf) => {
-                    if clock.now_s.saturating_add(clock.clock_skew_s) < nbf {
-                        return Err(Denial::NotYetValid);
-                    }
-                }
-                Caveat::Aud(aud) => {
-                    if !request.audiences.contains(aud) {
-                        return Err(Denial::Audience);
-                    }
-                }
-                Caveat::Scope(list) => {
-                    scoped = true;
-                    if let Some(wanted) = request.scope
-                        && !list.split(',').any(|s| s == wanted)
-                    {
-                        return Err(Denial::Scope);
-                    }
-                }
-                Caveat::Route(prefix) => {
-                    if !path_has_prefix(request.path, prefix) {
-                        return Err(Denial::Route);
-                    }
-                }
-                Caveat::Method(method) => {
-                    if !method.eq_ignore_ascii_case(request.method) {
-                        return Err(Denial::Method);
-                    }
-                }
-                Caveat::Account(account) => {
-                    if request.account != Some(account) {
-                        return Err(Denial::Account);
-                    }
-                }
-                Caveat::AccountPrefix(prefix) => {
-                    if !request.account.is_some_and(|a| a.starts_with(prefix)) {
-                        return Err(Denial::Account);
-                    }
-                }
-                Caveat::Asset(asset) => {
-                    if request.asset != Some(asset) {
-                        return Err(Denial::Asset);
-                    }
-                }
-                Caveat::AmountMax(max) => {
-                    // Bounds what a request moves; a request that moves nothing
-                    // (a read) is not bounded by it. Writes always say.
-                    if request.amount.is_some_and(|a| a > max) {
-                        return Err(Denial::Amount);
-                    }
-                }
-                Caveat::Ip(cidr) => {
-                    if !request.peer_ip.is_some_and(|ip| cidr_contains(cidr, ip)) {
-                        return Err(Denial::Ip);
-                    }
-                }
-                // Signatures are for third parties; the tag already proves the
-                // token to this node.
-                Caveat::Signature { .. } => {}
-                // Metered on the owner shard before the request gets here.
-                Caveat::RateRps(_) | Caveat::Tenant(_) | Caveat::BudgetBytes(_) => {}
-            }
-        }
-        if !scoped {
-            return Err(Denial::NoScope);
-        }
-        Ok(())
+        decide(self.audience, self.list.iter().copied(), request, clock)
     }
+}
+
+/// The audience and then each caveat against `request`.
+fn decide<'c>(
+    audience: &str,
+    caveats: impl Iterator<Item = Caveat<'c>>,
+    request: &Request<'_>,
+    clock: Clock,
+) -> Result<(), Denial> {
+    if !request.audiences.contains(audience) {
+        return Err(Denial::Audience);
+    }
+    let mut scoped = false;
+    for caveat in caveats {
+        match caveat {
+            Caveat::Exp(exp) => {
+                if clock.now_s >= exp.saturating_add(clock.clock_skew_s) {
+                    return Err(Denial::Expired);
+                }
+            }
+            Caveat::Nbf(nbf) => {
+                if clock.now_s.saturating_add(clock.clock_skew_s) < nbf {
+                    return Err(Denial::NotYetValid);
+                }
+            }
+            Caveat::Aud(aud) => {
+                if !request.audiences.contains(aud) {
+                    return Err(Denial::Audience);
+                }
+            }
+            Caveat::Scope(list) => {
+                scoped = true;
+                if let Some(wanted) = request.scope
+                    && !list.split(',').any(|s| s == wanted)
+                {
+                    return Err(Denial::Scope);
+                }
+            }
+            Caveat::Route(prefix) => {
+                if !path_has_prefix(request.path, prefix) {
+                    return Err(Denial::Route);
+                }
+            }
+            Caveat::Method(method) => {
+                if !method.eq_ignore_ascii_case(request.method) {
+                    return Err(Denial::Method);
+                }
+            }
+            Caveat::Account(account) => {
+                if request.account != Some(account) {
+                    return Err(Denial::Account);
+                }
+            }
+            Caveat::AccountPrefix(prefix) => {
+                if !request.account.is_some_and(|a| a.starts_with(prefix)) {
+                    return Err(Denial::Account);
+                }
+            }
+            Caveat::Asset(asset) => {
+                if request.asset != Some(asset) {
+                    return Err(Denial::Asset);
+                }
+            }
+            Caveat::AmountMax(max) => {
+                // Bounds what a request moves; a request that moves nothing
+                // (a read) is not bounded by it. Writes always say.
+                if request.amount.is_some_and(|a| a > max) {
+                    return Err(Denial::Amount);
+                }
+            }
+            Caveat::Ip(cidr) => {
+                if !request.peer_ip.is_some_and(|ip| cidr_contains(cidr, ip)) {
+                    return Err(Denial::Ip);
+                }
+            }
+            // Signatures are for third parties; the tag already proves the
+            // token to this node.
+            Caveat::Signature { .. } => {}
+            // Metered on the owner shard before the request gets here.
+            Caveat::RateRps(_) | Caveat::Tenant(_) | Caveat::BudgetBytes(_) => {}
+        }
+    }
+    if !scoped {
+        return Err(Denial::NoScope);
+    }
+    Ok(())
 }
 
 /// What a token's counting caveats ask for; the tightest of each kind.
