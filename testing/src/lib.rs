@@ -2,6 +2,8 @@
 //! HTTP/1.1 to it both through a real client (ureq) and byte by byte, for the
 //! cases a polite client never produces.
 
+pub mod counting;
+
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

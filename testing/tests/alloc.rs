@@ -4,34 +4,9 @@
 
 use ron_server::config::{Config, Overrides};
 use ron_server::services::passport::{Passport, access::AdminToken};
-use std::alloc::{GlobalAlloc, Layout, System};
+use ron_testing::counting::{self, Counting};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -90,9 +65,9 @@ fn exchange(stream: &mut TcpStream, request: &[u8], count: usize, buffer: &mut [
 fn measure(stream: &mut TcpStream, request: &[u8]) -> f64 {
     let mut buffer = vec![0u8; 256 * 1024];
     exchange(stream, request, 2_000, &mut buffer);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     exchange(stream, request, REQUESTS, &mut buffer);
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = counting::allocations();
     (after - before) as f64 / REQUESTS as f64
 }
 

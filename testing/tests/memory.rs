@@ -6,33 +6,7 @@
 use ron_proto::wallet::{CanonicalRequest, OpKind, Placement, WalletOp};
 use ron_server::config::Config;
 use ron_shards::wallet::{Reserved, Wallet};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering};
-
-struct Counting;
-
-static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use ron_testing::counting::{self, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -110,12 +84,12 @@ fn idempotency_records_take_no_more_than_the_budget_says() {
     let max = 1 << 17;
     let mut wallet = Wallet::new(0, 1, 3_600_000, max);
     commit(&mut wallet, 0, WRITE_EVERY * 2);
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = counting::live_bytes();
     let records_before = wallet.idem_len();
     // Fill to the bound, and past it: the oldest records are forgotten.
     commit(&mut wallet, WRITE_EVERY * 2, max as u64 * 3 / 2);
     assert_eq!(wallet.idem_len(), max);
-    let full = LIVE_BYTES.load(Ordering::Relaxed);
+    let full = counting::live_bytes();
     let per_record = (full - before) as f64 / (max - records_before) as f64;
     eprintln!(
         "{} idempotency records more: {} bytes more live, {per_record:.0} bytes each; the \
