@@ -421,6 +421,23 @@ pub struct ViewStats {
     spare: std::sync::Mutex<Option<ViewChanges>>,
 }
 
+impl ViewStats {
+    /// Keeps a written write's buffers, emptied, for the next write, unless
+    /// they grew past `VIEW_SPARE_BYTES_MAX` (a write that carried a
+    /// backlog): those are freed.
+    fn give_back(&self, mut changes: ViewChanges) {
+        if changes.capacity_bytes() <= VIEW_SPARE_BYTES_MAX {
+            changes.clear();
+            *self.spare.lock().expect("not poisoned") = Some(changes);
+        }
+    }
+
+    /// The buffers for the next write: the last write's, or new ones.
+    fn take_spare(&self) -> ViewChanges {
+        self.spare.lock().expect("not poisoned").take().unwrap_or_default()
+    }
+}
+
 /// What a shard's services give its view (`crate::service` implements it
 /// over every service of the shard).
 pub trait ViewSource {
@@ -530,8 +547,7 @@ impl ShardView {
                 if behind == 0 || !(due || force) {
                     return true;
                 }
-                let spare = self.stats.spare.lock().expect("not poisoned").take();
-                let mut changes = spare.unwrap_or_default();
+                let mut changes = self.stats.take_spare();
                 source.save(&mut changes, applied);
                 let meta = ViewMeta {
                     applied_seq: applied,
@@ -589,11 +605,7 @@ fn write_job(shard: usize, store: Arc<ViewStore>, stats: Arc<ViewStats>, write: 
         }
         store.drop_mapped_pages();
         stats.last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let mut changes = write.changes;
-        if changes.capacity_bytes() <= VIEW_SPARE_BYTES_MAX {
-            changes.clear();
-            *stats.spare.lock().expect("not poisoned") = Some(changes);
-        }
+        stats.give_back(write.changes);
         stats.busy.store(false, Ordering::Release);
     })
 }
@@ -760,6 +772,29 @@ mod tests {
         assert_eq!(store.meta().unwrap(), Some(meta(2)));
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_writes_buffers_are_kept_for_the_next_up_to_their_limit() {
+        let stats = ViewStats::default();
+        let mut changes = ViewChanges::default();
+        changes.put(0, b"key", b"value");
+        stats.give_back(changes);
+        let kept = stats.take_spare();
+        assert!(kept.is_empty() && kept.bytes.capacity() > 0, "kept, emptied");
+        assert!(stats.take_spare().bytes.capacity() == 0, "handed out once");
+        // One byte past the limit: freed, the next write starts anew.
+        let mut large = ViewChanges::default();
+        large.bytes.reserve_exact(VIEW_SPARE_BYTES_MAX + 1);
+        assert!(large.capacity_bytes() > VIEW_SPARE_BYTES_MAX);
+        stats.give_back(large);
+        assert_eq!(stats.take_spare().bytes.capacity(), 0);
+        // At the limit: kept.
+        let mut at_limit = ViewChanges::default();
+        at_limit.bytes.reserve_exact(VIEW_SPARE_BYTES_MAX);
+        assert_eq!(at_limit.capacity_bytes(), VIEW_SPARE_BYTES_MAX);
+        stats.give_back(at_limit);
+        assert_eq!(stats.take_spare().bytes.capacity(), VIEW_SPARE_BYTES_MAX);
     }
 
     #[test]
