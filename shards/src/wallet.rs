@@ -599,6 +599,14 @@ impl Wallet {
     /// read back from the log at start. `encoded` is the operation as the
     /// log holds it (`WalletOp::encode`), kept as its receipt.
     pub fn apply(&mut self, op: &WalletOp, encoded: &[u8], placement: Placement) {
+        debug_assert!(
+            {
+                let mut again = Vec::new();
+                op.encode(&mut again);
+                again == encoded
+            },
+            "`encoded` is `op`'s log encoding"
+        );
         let from_here = op.from.as_deref().is_some_and(|a| self.owns(a));
         let to_here = op.to.as_deref().is_some_and(|a| self.owns(a));
         let scope = scope_account(op);
