@@ -11,8 +11,14 @@
 //! at its pipeline limit are dropped and counted. Both make a run suspect,
 //! and the report says so.
 //!
-//! Each thread is pinned to its core and busy-polls its sockets (mio, zero
-//! timeout): the generator's own core is spent on precision.
+//! Each thread is pinned to its core. By default it busy-polls its sockets
+//! (mio, zero timeout): the generator's own core is spent on precision.
+//! With [`Idle::Sleep`] it sleeps in the poll instead, until an answer
+//! arrives or a timer (a `timerfd`, nanosecond resolution) says the next
+//! send is due, so that the core is left to whatever else runs on it (the
+//! node's worker threads, in a layout that puts them there). An answer that
+//! arrives while it sleeps is timed after the thread wakes, so sleeping can
+//! only add to the latencies measured, never hide any.
 
 use crate::workload::{Workload, WorkloadSpec};
 use hdrhistogram::Histogram;
@@ -56,6 +62,31 @@ pub struct RunSpec {
     pub late_after: Duration,
     /// How long to wait for answers after the last send.
     pub drain: Duration,
+    /// What a thread does while nothing is due and nothing has arrived.
+    pub idle: Idle,
+}
+
+/// What a generator thread does between events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Idle {
+    /// Poll the sockets again at once: the most precise, and the whole core.
+    #[default]
+    Spin,
+    /// Sleep until an answer arrives or the next send is due.
+    Sleep,
+}
+
+impl Idle {
+    pub fn parse(name: &str) -> Option<Idle> {
+        [Idle::Spin, Idle::Sleep].into_iter().find(|idle| idle.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Idle::Spin => "spin",
+            Idle::Sleep => "sleep",
+        }
+    }
 }
 
 /// What a run measured. Only requests planned after the warm-up count.
@@ -73,6 +104,8 @@ pub struct RunResult {
     /// Connections the server closed and the generator opened again.
     pub reconnects: u64,
     pub measured: Duration,
+    /// CPU time the generator's threads used, all of the run.
+    pub cpu: Duration,
 }
 
 impl RunResult {
@@ -88,6 +121,7 @@ impl RunResult {
             unanswered: 0,
             reconnects: 0,
             measured: Duration::ZERO,
+            cpu: Duration::ZERO,
         }
     }
 
@@ -104,6 +138,7 @@ impl RunResult {
         self.unanswered += other.unanswered;
         self.reconnects += other.reconnects;
         self.measured = self.measured.max(other.measured);
+        self.cpu += other.cpu;
     }
 
     pub fn achieved_rate(&self) -> f64 {
@@ -260,6 +295,10 @@ fn drive(
     start: Instant,
 ) -> anyhow::Result<RunResult> {
     let mut poll = Poll::new()?;
+    let timer = match spec.idle {
+        Idle::Spin => None,
+        Idle::Sleep => Some(Timer::new(&poll)?),
+    };
     let addresses = spec.addresses();
     let mut connections: Vec<Connection> = Vec::with_capacity(streams.len());
     for (i, (target, mut stream)) in streams.into_iter().enumerate() {
@@ -356,8 +395,27 @@ fn drive(
                 Err(_) => close(connection, warmup_ns, &mut result, workload),
             }
         }
-        poll.poll(&mut events, Some(Duration::ZERO))?;
+        // Sleep until the next send is due, unless bytes wait to be written
+        // (only readable sockets wake the poll).
+        let wait = match &timer {
+            Some(timer) if connections.iter().all(|c| c.out.is_empty()) => {
+                let due = if next < total { plan.intended(next) } else { give_up_ns };
+                let now = start.elapsed().as_nanos() as u64;
+                if due > now {
+                    timer.arm(due - now)?;
+                    None
+                } else {
+                    Some(Duration::ZERO)
+                }
+            }
+            _ => Some(Duration::ZERO),
+        };
+        poll.poll(&mut events, wait)?;
         for event in events.iter() {
+            if event.token() == TIMER {
+                timer.as_ref().expect("armed").clear();
+                continue;
+            }
             let connection = &mut connections[event.token().0];
             read_answers(connection, &mut chunk, start, warmup_ns, &mut result, workload);
         }
@@ -376,7 +434,79 @@ fn drive(
         }
     }
     result.measured = spec.duration;
+    result.cpu = thread_cpu();
     Ok(result)
+}
+
+/// The CPU time (user and system) the calling thread has used.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes a rusage the call is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The poll token of [`Timer`]; connections are numbered from 0.
+const TIMER: Token = Token(usize::MAX);
+
+/// A one-shot `timerfd` in a thread's poll: it wakes the poll when the next
+/// send is due.
+struct Timer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Timer {
+    fn new(poll: &Poll) -> std::io::Result<Timer> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: timerfd_create takes no pointers; a valid descriptor is
+        // owned from here on.
+        let fd = unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
+        Ok(Timer { fd })
+    }
+
+    /// Fires once, `after_ns` from now.
+    fn arm(&self, after_ns: u64) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let value = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: (after_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (after_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: both pointers are valid for the call; a null old value is
+        // allowed.
+        let done =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &value, std::ptr::null_mut()) };
+        if done < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Reads the expirations, so that the descriptor is quiet until it fires
+    /// again.
+    fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut expirations = 0u64;
+        // SAFETY: reads at most 8 bytes into a u64 the call may write.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), (&mut expirations as *mut u64).cast(), 8);
+        }
+    }
 }
 
 fn close(
@@ -506,6 +636,7 @@ mod tests {
             cores: Vec::new(),
             late_after: Duration::from_millis(1),
             drain: Duration::from_secs(1),
+            idle: Idle::Spin,
         };
         let steady = Plan::new(&spec(1.0), 100.0);
         assert_eq!(steady.total, 300);

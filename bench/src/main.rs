@@ -1,7 +1,7 @@
 //! `ron-load`: open-loop load against ron-node (or any HTTP/1.1 server).
 
 use clap::{Args, Parser, Subcommand};
-use ron_bench::engine::{self, RunSpec};
+use ron_bench::engine::{self, Idle, RunSpec};
 use ron_bench::index_workload::{IndexMix, IndexSpec};
 use ron_bench::parse_duration;
 use ron_bench::passport_workload::{self, PassportMix, PassportSpec};
@@ -261,6 +261,11 @@ struct Common {
     late_after: Duration,
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     drain: Duration,
+    /// Between events, `spin` (poll again at once: precise, and the whole
+    /// core) or `sleep` (until an answer or the next send: leaves the core
+    /// to the node's threads where a layout puts them beside the generator).
+    #[arg(long, value_parser = parse_idle, default_value = "spin")]
+    idle: Idle,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -354,6 +359,7 @@ impl Common {
             cores: self.cores.clone(),
             late_after: self.late_after,
             drain: self.drain,
+            idle: self.idle,
         })
     }
 
@@ -363,6 +369,10 @@ impl Common {
         }
         Ok(())
     }
+}
+
+fn parse_idle(name: &str) -> Result<Idle, String> {
+    Idle::parse(name).ok_or_else(|| format!("`{name}`: spin or sleep"))
 }
 
 /// The shard ports of the node at `target`, from `/v1/node/topology`.

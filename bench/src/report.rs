@@ -27,6 +27,11 @@ pub struct RunReport {
     pub connections: usize,
     pub pipeline_max: usize,
     pub generator_cores: Vec<usize>,
+    /// What the generator did between events: `spin` or `sleep`.
+    pub idle: &'static str,
+    /// The CPU time of the generator's threads over the whole run (warm-up
+    /// and drain included).
+    pub generator_cpu_s: f64,
     pub planned: u64,
     pub sent: u64,
     pub completed: u64,
@@ -53,6 +58,8 @@ impl RunReport {
             connections: spec.connections,
             pipeline_max: spec.pipeline_max,
             generator_cores: spec.cores.clone(),
+            idle: spec.idle.name(),
+            generator_cpu_s: result.cpu.as_secs_f64(),
             planned: result.planned,
             sent: result.sent,
             completed: result.completed,
@@ -79,14 +86,16 @@ impl RunReport {
         let l = &self.latency;
         let _ = writeln!(
             out,
-            "{} {} | target {:.0}/s achieved {:.0}/s ({:.1}%) | {} conns, pipeline <= {}",
+            "{} {} | target {:.0}/s achieved {:.0}/s ({:.1}%) | {} conns, pipeline <= {} | idle {}, generator CPU {:.2} s",
             self.target,
             self.workload,
             self.target_rate,
             self.achieved_rate,
             100.0 * self.achieved_rate / self.target_rate,
             self.connections,
-            self.pipeline_max
+            self.pipeline_max,
+            self.idle,
+            self.generator_cpu_s
         );
         let _ = writeln!(
             out,

@@ -478,6 +478,7 @@ impl SuiteSpec {
             cores: self.cores.clone(),
             late_after: Duration::from_millis(1),
             drain: Duration::from_secs(3),
+            idle: engine::Idle::Spin,
         }
     }
 

@@ -105,11 +105,41 @@ fn ron_load_authenticates_with_the_admin_token_file() {
 /// shows as about a third of all requests being late by up to a second. A
 /// closed-loop generator would only see its few connections' requests wait.
 #[test]
+fn ron_load_asleep_keeps_its_plan_and_leaves_its_core() {
+    let node = TestNode::start(NodeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let args = ["--rate", "2000", "--duration", "1s", "--warmup", "250ms", "--connections", "4"];
+    let (report, summary) =
+        finish(start_load(&node, &[&args[..], &["--idle", "sleep"]].concat(), &json), &json);
+    assert_eq!(number(&report, &["planned"]), 2000.0, "{summary}");
+    assert_eq!(number(&report, &["completed"]), number(&report, &["sent"]), "{summary}");
+    assert_eq!(number(&report, &["unanswered"]), 0.0, "{summary}");
+    assert_eq!(number(&report, &["statuses", "200"]), number(&report, &["completed"]));
+    assert_eq!(report.get("idle").and_then(|v| v.as_str()), Some("sleep"));
+    // Asleep between sends and answers, the generator used a small part of
+    // its core over the run's 1.25 s (busy-polling, all of it).
+    let cpu = number(&report, &["generator_cpu_s"]);
+    assert!(cpu < 0.5, "the generator used {cpu} s of CPU asleep: {summary}");
+}
+
+#[test]
 fn a_one_second_stall_shows_in_the_tail() {
+    stall_shows_in_the_tail("spin");
+}
+
+#[test]
+fn a_one_second_stall_shows_in_the_tail_of_a_sleeping_generator() {
+    stall_shows_in_the_tail("sleep");
+}
+
+fn stall_shows_in_the_tail(idle: &str) {
     let node = TestNode::start(NodeOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("stall.json");
     let args = [
+        "--idle",
+        idle,
         "--rate",
         "1000",
         "--duration",
