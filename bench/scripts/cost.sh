@@ -14,7 +14,8 @@
 #
 # WORKLOAD and ENTRIES as `ron-load run` takes them (`wallet-transfer` 1,
 # `wallet-transfers` 64, `ledger-ingest` 16); NAME=VALUE go to the node's
-# environment; LOAD_ARGS (say `--idle sleep`) go to the generator's run.
+# environment; LOAD_ARGS (say `--idle sleep`) go to the generator's run;
+# LAYOUT names another layout of tuning/ (say reference-2c-ledger-batches).
 # Run two builds in turn, several times, and compare.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -42,5 +43,5 @@ sleep 6
 s1=$(threads "^.shard-"); w1=$(threads "^.worker-normal"); e1=$(m); c1=$(awk '{print $14+$15}' /proc/$pid/stat); k1=$(cpu1); z1=$(cpu0); g1=$(gen); t1=$(date +%s.%N)
 wait $loader
 lat=$(grep -E "latency us" "$dir/load.txt" | sed -E 's/.*p50 ([0-9.]+).*p99 ([0-9.]+).*/p50 \1 p99 \2/')
-st=$(grep -oE "statuses \{[^}]*\}|NOT SUSTAINED" "$dir/load.txt" | tr '\n' ' ')
+st=$(grep -oE "late [0-9]+ dropped [0-9]+|statuses \{[^}]*\}|NOT SUSTAINED" "$dir/load.txt" | tr "\n" " ")
 python3 -c "d=$t1-$t0; n=($e1-$e0)/d; print('%s %s r=%s×%s | %s | committed/s %.0f | node %.0f%% core1 %.0f%% | %.1f µs core1/entry | %s' % ('$(basename $bin)', '$w', $r, $e, '$lat', n, ($c1-$c0)/d, ($k1-$k0)/d, ($k1-$k0)/d*1e4/max(n,1), '$st') + ' | shards %.2f µs/entry, view writers %.2f µs/entry' % (($s1-$s0)/d*1e4/max(n,1), ($w1-$w0)/d*1e4/max(n,1)) + ' | core0 %.0f%%, generator %.0f%%' % (($z1-$z0)/d, ($g1-$g0)/d))"

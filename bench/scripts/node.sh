@@ -1,5 +1,5 @@
 # Sourced by the figure scripts: starts a release ron-node on the reference
-# layout and waits for it. Needs $dir (data and logs go to $dir/NAME) and
+# layout (or on tuning/$LAYOUT.toml) and waits for it. Needs $dir (data and logs go to $dir/NAME) and
 # the array `pids` (the node's pid is appended; the caller kills them).
 #
 #   start_node NAME BINARY PORT SHARD_PORT_BASE [SETTINGS…]
@@ -8,7 +8,7 @@ start_node() {
   local name=$1 binary=$2 port=$3 base=$4
   shift 4
   mkdir -p "$dir/$name"
-  env "$@" "$binary" --config "$root/tuning/reference-2c-ledger.toml" \
+  env "$@" "$binary" --config "$root/tuning/${LAYOUT:-reference-2c-ledger}.toml" \
     --data-dir "$dir/$name/data" --listen "127.0.0.1:$port" --shard-port-base "$base" \
     > "$dir/$name/out" 2> "$dir/$name/log" &
   pids+=($!)
