@@ -57,6 +57,11 @@ pub struct Round {
     /// Answers 429 or 503, as a fraction of all answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shed_share: Option<f64>,
+    /// Writes inside answers (a batch's) that did not succeed, as a
+    /// fraction of all of them, warm-up included; absent where requests do
+    /// not carry several writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_refused_share: Option<f64>,
     /// Verify-cache hits as a fraction of lookups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_hit_rate: Option<f64>,
@@ -119,6 +124,9 @@ pub struct SweepPoint {
     /// written before steps recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_entries_per_s: Option<f64>,
+    /// `Round::writes_refused_share` of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_refused_share: Option<f64>,
 }
 
 /// A time-boxed exception to one gate of one scenario.

@@ -106,6 +106,8 @@ pub struct RunResult {
     pub measured: Duration,
     /// CPU time the generator's threads used, all of the run.
     pub cpu: Duration,
+    /// What the writes inside answers came to (`Workload::outcomes`).
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 impl RunResult {
@@ -122,6 +124,7 @@ impl RunResult {
             reconnects: 0,
             measured: Duration::ZERO,
             cpu: Duration::ZERO,
+            outcomes: BTreeMap::new(),
         }
     }
 
@@ -139,6 +142,9 @@ impl RunResult {
         self.reconnects += other.reconnects;
         self.measured = self.measured.max(other.measured);
         self.cpu += other.cpu;
+        for (code, count) in &other.outcomes {
+            *self.outcomes.entry(code.clone()).or_default() += count;
+        }
     }
 
     pub fn achieved_rate(&self) -> f64 {
@@ -435,6 +441,7 @@ fn drive(
     }
     result.measured = spec.duration;
     result.cpu = thread_cpu();
+    result.outcomes = workload.outcomes();
     Ok(result)
 }
 

@@ -42,6 +42,10 @@ pub struct RunReport {
     pub statuses: BTreeMap<u16, u64>,
     pub sustained: bool,
     pub latency: LatencyReport,
+    /// What the writes inside answers came to, by result code, warm-up
+    /// included (batches: one count per write).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub write_results: BTreeMap<String, u64>,
 }
 
 impl RunReport {
@@ -78,6 +82,7 @@ impl RunReport {
                 max_us: us(h.max()),
                 mean_us: h.mean() / 1000.0,
             },
+            write_results: result.outcomes.clone(),
         }
     }
 
@@ -117,6 +122,11 @@ impl RunReport {
             statuses.join(", "),
             if self.sustained { "" } else { " | NOT SUSTAINED" }
         );
+        if !self.write_results.is_empty() {
+            let results: Vec<String> =
+                self.write_results.iter().map(|(code, n)| format!("{code}: {n}")).collect();
+            let _ = writeln!(out, "  writes (warm-up included): {{{}}}", results.join(", "));
+        }
         out
     }
 }

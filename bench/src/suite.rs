@@ -570,6 +570,11 @@ fn round_of(result: &RunResult, shape: &Shape) -> Round {
         p95_ms: Some(ms(0.95)),
         throughput_rps: Some(count(|s| s < 400) as f64 / shape.duration.as_secs_f64()),
         shed_share: Some(if answered == 0 { 0.0 } else { shed as f64 / answered as f64 }),
+        writes_refused_share: (!result.outcomes.is_empty()).then(|| {
+            let all: u64 = result.outcomes.values().sum();
+            let ok = result.outcomes.get("OK").copied().unwrap_or(0);
+            (all - ok) as f64 / all as f64
+        }),
         statuses: Some(result.statuses.clone()),
         late_sends: Some(result.late),
         latency_ms: Some(Quantiles {
@@ -604,13 +609,17 @@ pub(crate) fn sweep_point(round: &Round) -> SweepPoint {
             .metrics
             .as_ref()
             .and_then(|metrics| metrics.get("committed_entries_per_s").copied()),
+        writes_refused_share: round.writes_refused_share,
     }
 }
 
 /// A step past which a sweep stops: answers under 90 % of the plan, or
-/// any backpressure.
+/// any backpressure, or writes refused inside answers (a batch's 200 with
+/// refused writes).
 pub(crate) fn bent(point: &SweepPoint) -> bool {
-    point.throughput_rps < 0.9 * point.target_rps || point.shed_share > 0.0
+    point.throughput_rps < 0.9 * point.target_rps
+        || point.shed_share > 0.0
+        || point.writes_refused_share.unwrap_or(0.0) > 0.0
 }
 
 /// The reference (nginx `return 200`) at a rate, as a round.
@@ -1080,5 +1089,10 @@ mod tests {
         assert!(!bent(&point(100.0, 95.0, 0.0)));
         assert!(bent(&point(100.0, 85.0, 0.0)));
         assert!(bent(&point(100.0, 100.0, 0.001)));
+        // A batch's 200 with writes refused inside it.
+        let refused =
+            |share| SweepPoint { writes_refused_share: share, ..point(100.0, 100.0, 0.0) };
+        assert!(!bent(&refused(None)) && !bent(&refused(Some(0.0))));
+        assert!(bent(&refused(Some(0.01))));
     }
 }

@@ -105,6 +105,10 @@ impl Workload for Transport {
     fn answered(&mut self, index: u64, status: u16, response: &[u8]) {
         self.inner.answered(index, status, response);
     }
+
+    fn outcomes(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner.outcomes()
+    }
 }
 
 /// `body` followed by spaces and gzipped so that it inflates to between

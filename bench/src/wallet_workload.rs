@@ -17,15 +17,24 @@
 //! each generator thread pays only from its own (`i % threads == thread`),
 //! round robin, so one payer's writes are far apart; a refused write gives
 //! its nonce back, and a `NONCE_CONFLICT` answer resynchronizes the payer
-//! on the nonce the node expects. Payers used by an earlier run start that
-//! way: keep the warm-up longer than one pass over the payers, so that the
-//! measured part sees none of it. Receipt txids
-//! are computed here exactly as the node computes them.
+//! on the nonce the node expects. A run starts each payer at the nonce the
+//! process's last run with the same token left it at, so that a suite's
+//! rounds and sweep steps, which pay from the same accounts, do not begin
+//! with a conflict per payer. Payers used by another process start with
+//! one: keep the warm-up longer than one pass over the payers, so that the
+//! measured part sees none of it. Receipt txids are computed here exactly
+//! as the node computes them.
 
 use crate::workload::{ByteWriter, Workload};
 use ron_proto::wallet::{CanonicalRequest, OpKind, txid_text};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Each payer's next nonce as the process's runs left it, by token (a
+/// token's node): a run takes its payers' from here and puts them back when
+/// it ends.
+static NEXT_NONCES: Mutex<BTreeMap<String, HashMap<usize, u64>>> = Mutex::new(BTreeMap::new());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mix {
@@ -102,6 +111,12 @@ impl WalletSpec {
             .step_by(threads)
             .map(|i| (self.first_payer + i) % self.accounts)
             .collect();
+        let next_nonce = NEXT_NONCES
+            .lock()
+            .expect("not poisoned")
+            .get(&self.token)
+            .map(|kept| own.iter().filter_map(|p| Some((*p, *kept.get(p)?))).collect())
+            .unwrap_or_default();
         Box::new(WalletWorkload {
             spec: self.clone(),
             auth: format!("Authorization: Bearer {}\r\n", self.token.trim()),
@@ -109,11 +124,12 @@ impl WalletSpec {
             prefix: format!("{nanos:x}-{thread}"),
             own,
             cursor: 0,
-            next_nonce: HashMap::new(),
+            next_nonce,
             pending: HashMap::new(),
             batches: HashMap::new(),
             replayable: VecDeque::new(),
             body: String::with_capacity(512),
+            outcomes: BTreeMap::new(),
         })
     }
 }
@@ -141,6 +157,10 @@ struct WalletWorkload {
     batches: HashMap<u64, Vec<(usize, u64)>>,
     replayable: VecDeque<(Vec<u8>, usize)>,
     body: String,
+    /// Each batched write's result code (`OK`, `NONCE_CONFLICT`, …; `HTTP
+    /// 429` and the like when the batch was refused whole, `unanswered`
+    /// when no answer came).
+    outcomes: BTreeMap<String, u64>,
 }
 
 pub fn account(i: usize) -> String {
@@ -316,7 +336,11 @@ impl WalletWorkload {
     /// Reads each write's result of a batch's answer (only when one of them
     /// was refused: an answer of only `OK`s is not parsed).
     fn batch_answered(&mut self, paid: Vec<(usize, u64)>, status: u16, response: &[u8]) {
+        let writes = paid.len() as u64;
         if status != 200 {
+            let outcome =
+                if status == 0 { "unanswered".to_owned() } else { format!("HTTP {status}") };
+            *self.outcomes.entry(outcome).or_default() += writes;
             for (payer, nonce) in paid {
                 self.refused(payer, nonce, None);
             }
@@ -324,22 +348,41 @@ impl WalletWorkload {
         }
         let refusal = |needle: &[u8]| response.windows(needle.len()).any(|w| w == needle);
         if !refusal(br#""status":4"#) && !refusal(br#""status":5"#) {
+            *self.outcomes.entry("OK".to_owned()).or_default() += writes;
             return;
         }
-        let Some(body) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+        let unread = |outcomes: &mut BTreeMap<String, u64>| {
+            *outcomes.entry("unreadable answer".to_owned()).or_default() += writes;
+        };
+        let Some(body) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return unread(&mut self.outcomes);
+        };
         let mut body = response[body + 4..].to_vec();
-        let Ok(json) = simd_json::to_owned_value(&mut body) else { return };
+        let Ok(json) = simd_json::to_owned_value(&mut body) else {
+            return unread(&mut self.outcomes);
+        };
         use simd_json::prelude::*;
-        let Some(results) = json.get_array("results") else { return };
+        let Some(results) = json.get_array("results") else {
+            return unread(&mut self.outcomes);
+        };
         for (result, (payer, nonce)) in results.iter().zip(paid) {
+            let code = result.get_str("code").unwrap_or("no code");
+            *self.outcomes.entry(code.to_owned()).or_default() += 1;
             if result.get_u64("status") == Some(200) {
                 continue;
             }
-            let conflict = (result.get_str("code") == Some("NONCE_CONFLICT"))
-                .then(|| result.get_str("message"))
-                .flatten();
+            let conflict = (code == "NONCE_CONFLICT").then(|| result.get_str("message")).flatten();
             self.refused(payer, nonce, conflict);
         }
+    }
+}
+
+impl Drop for WalletWorkload {
+    /// The run is over: the next one of this process starts its payers
+    /// where this one left them.
+    fn drop(&mut self) {
+        let mut kept = NEXT_NONCES.lock().expect("not poisoned");
+        kept.entry(self.spec.token.clone()).or_default().extend(self.next_nonce.drain());
     }
 }
 
@@ -386,6 +429,10 @@ impl Workload for WalletWorkload {
         }
     }
 
+    fn outcomes(&self) -> BTreeMap<String, u64> {
+        self.outcomes.clone()
+    }
+
     fn answered(&mut self, index: u64, status: u16, response: &[u8]) {
         if let Some(paid) = self.batches.remove(&index) {
             return self.batch_answered(paid, status, response);
@@ -412,10 +459,14 @@ impl Workload for WalletWorkload {
 mod tests {
     use super::*;
 
+    /// A token of its own per call: runs of one token share their payers'
+    /// nonces.
     fn spec(mix: Mix) -> WalletSpec {
+        static TOKENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         WalletSpec {
             mix,
-            token: "t".into(),
+            token: format!("t{token}"),
             accounts: 10,
             funds: 1000,
             shards: 2,
@@ -474,6 +525,40 @@ mod tests {
         workload.request(2, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(r#""nonce":6,"#) && !text.contains(r#""nonce":10,"#), "{text}");
+        // Each write's result is counted: four OK in the first answer, two
+        // and two conflicts in the second; a batch refused whole counts
+        // each of its writes under its status.
+        workload.answered(2, 429, b"HTTP/1.1 429 Too Many Requests\r\n\r\n");
+        let outcomes: Vec<(String, u64)> = workload.outcomes().into_iter().collect();
+        let expected = [("HTTP 429", 4), ("NONCE_CONFLICT", 2), ("OK", 6)];
+        assert_eq!(outcomes, expected.map(|(code, n)| (code.to_owned(), n)));
+    }
+
+    #[test]
+    fn a_run_starts_its_payers_where_the_last_run_left_them() {
+        let spec = WalletSpec { payers: 2, ..spec(Mix::Transfer) };
+        let nonces = |text: &str| text.matches(r#""nonce":"#).count();
+        let mut first = spec.build(0, 1);
+        let mut out = Vec::new();
+        for index in 0..6 {
+            first.request(index, &mut out);
+        }
+        assert_eq!(nonces(&String::from_utf8(out).unwrap()), 6);
+        // Request 5 (acct:1, nonce 3) was refused: it gives its nonce back.
+        first.answered(5, 429, b"");
+        drop(first);
+        let mut second = spec.build(0, 1);
+        let mut out = Vec::new();
+        second.request(0, &mut out);
+        second.request(1, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""from":"acct:0","to":"#) && text.contains(r#""nonce":4,"#));
+        assert!(text.contains(r#""from":"acct:1","to":"#) && text.contains(r#""nonce":3,"#));
+        // Another token (another node) starts from 1.
+        let mut other = WalletSpec { token: "another".into(), ..spec }.build(0, 1);
+        let mut out = Vec::new();
+        other.request(0, &mut out);
+        assert!(String::from_utf8(out).unwrap().contains(r#""nonce":1,"#));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! its own instance, so a workload may keep state (counters, nonces, a
 //! random key space) without locks.
 
+use std::collections::BTreeMap;
+
 /// One kind of traffic.
 pub trait Workload: Send {
     /// Appends request `index` (counted per thread) to `out`; returns the
@@ -12,6 +14,13 @@ pub trait Workload: Send {
     /// bytes when none came: dropped, unanswered or lost with its
     /// connection).
     fn answered(&mut self, _index: u64, _status: u16, _response: &[u8]) {}
+
+    /// What the writes inside answers came to, by result code, over the
+    /// whole run (warm-up included), for workloads whose requests carry
+    /// several writes with a result each (a batch's 200 holds them all).
+    fn outcomes(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// How to build a thread's workload.
@@ -152,6 +161,16 @@ impl Workload for Mixed {
     fn answered(&mut self, index: u64, status: u16, response: &[u8]) {
         let part = self.part(index);
         self.parts[part].answered(index, status, response);
+    }
+
+    fn outcomes(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        for part in &self.parts {
+            for (code, count) in part.outcomes() {
+                *all.entry(code).or_default() += count;
+            }
+        }
+        all
     }
 }
 
