@@ -441,7 +441,7 @@ impl Wallet {
 
     /// Checks `request` on its scope shard and reserves what it needs, or
     /// says why not. Nothing changes on a rejection.
-    pub fn reserve(&mut self, request: Request, now_ms: u64) -> Result<Reserved, Rejection> {
+    pub fn reserve(&mut self, request: &Request, now_ms: u64) -> Result<Reserved, Rejection> {
         self.expire_idem(now_ms);
         // A capture or release again, whose hold may be gone.
         if let Some(slot) = self.resolutions.get(&request.txid) {
@@ -503,7 +503,8 @@ impl Wallet {
     /// its hold, whose payer, payee, asset and amount it takes; and whether
     /// it asks for more than the hold (refused after the key and nonce
     /// checks, so a replay still finds its receipt).
-    fn completed(&self, mut op: Request) -> Result<(WalletOp, bool), Rejection> {
+    fn completed(&self, request: &Request) -> Result<(WalletOp, bool), Rejection> {
+        let mut op = request.clone();
         if let OpKind::Capture | OpKind::Release = op.kind {
             let hold_id = op.hold_id.expect("captures and releases name a hold");
             let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
@@ -979,7 +980,7 @@ mod tests {
                 Some(id) => ron_proto::routing::owner_of_route(hold_route(&id), shard_count),
                 None => node.owner(scope_account(&request)),
             };
-            let result = node.shards[scope].reserve(request.clone(), node.now_ms);
+            let result = node.shards[scope].reserve(&request, node.now_ms);
             // What the model says should happen.
             let model_rejection = if nonce != expected_nonce {
                 Some("nonce")
@@ -1045,7 +1046,7 @@ mod tests {
                         OpKind::Expire => unreachable!(),
                     }
                     // The same request again is answered with its receipt.
-                    let replay = node.shards[scope].reserve(request.clone(), node.now_ms);
+                    let replay = node.shards[scope].reserve(&request, node.now_ms);
                     let (logged, placement) = node.log.last().unwrap();
                     let expected = ron_proto::wallet::receipt(logged, placement);
                     prop_assert_eq!(replay, Ok(Reserved::Replay(logged.txid)));
@@ -1060,10 +1061,7 @@ mod tests {
                     } else {
                         Rejection::IdempotencyConflict
                     };
-                    prop_assert_eq!(
-                        node.shards[scope].reserve(other.clone(), node.now_ms),
-                        Err(refusal)
-                    );
+                    prop_assert_eq!(node.shards[scope].reserve(&other, node.now_ms), Err(refusal));
                 }
                 (result, expected) => prop_assert!(
                     false,
@@ -1138,7 +1136,7 @@ mod tests {
         // too, captures and releases of holds long gone included.
         for (request, scope, at) in &answered {
             if at + TTL_MS > node.now_ms {
-                let again = loaded[*scope].reserve(request.clone(), node.now_ms);
+                let again = loaded[*scope].reserve(request, node.now_ms);
                 prop_assert_eq!(again, Ok(Reserved::Replay(request.txid)));
             }
         }
@@ -1175,32 +1173,32 @@ mod tests {
     fn a_rejected_write_keeps_its_nonce_and_a_pending_one_is_in_flight() {
         let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
-        let Ok(Reserved::Commit(op)) = wallet.reserve(issue.clone(), 0) else { panic!() };
+        let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
         wallet.apply(&op, &encoded(&op), Placement { seq: 1, root: [1; 32] });
         let too_much = request(OpKind::Burn, Some("alice"), None, 11, Some(1), None, "b1", 0);
         assert!(matches!(
-            wallet.reserve(too_much.clone(), 0),
+            wallet.reserve(&too_much, 0),
             Err(Rejection::InsufficientFunds { available: 10, needed: 11 })
         ));
         let burn = request(OpKind::Burn, Some("alice"), None, 4, Some(1), None, "b2", 0);
-        let Ok(Reserved::Commit(pending)) = wallet.reserve(burn.clone(), 0) else { panic!() };
+        let Ok(Reserved::Commit(pending)) = wallet.reserve(&burn, 0) else { panic!() };
         // The same request while it commits; the same nonce in another one.
-        assert_eq!(wallet.reserve(burn.clone(), 0), Err(Rejection::InFlight));
+        assert_eq!(wallet.reserve(&burn, 0), Err(Rejection::InFlight));
         let rival = request(OpKind::Burn, Some("alice"), None, 1, Some(1), None, "b3", 0);
         assert_eq!(
-            wallet.reserve(rival.clone(), 0),
+            wallet.reserve(&rival, 0),
             Err(Rejection::NonceConflict { expected: 2, got: 1 })
         );
         wallet.release(&pending);
         assert_eq!(wallet.funds("alice", "roc"), Funds { balance: 10, reserved: 0 });
-        assert!(matches!(wallet.reserve(rival.clone(), 0), Ok(Reserved::Commit(_))));
+        assert!(matches!(wallet.reserve(&rival, 0), Ok(Reserved::Commit(_))));
     }
 
     #[test]
     fn receipts_are_handed_to_the_view_once_and_skipped_when_it_has_them() {
         let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
-        let Ok(Reserved::Commit(op)) = wallet.reserve(issue.clone(), 0) else { panic!() };
+        let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
         let placement = Placement { seq: 5, root: [9; 32] };
         wallet.apply(&op, &encoded(&op), placement);
         let expected = ron_proto::wallet::receipt(&op, &placement);
@@ -1227,16 +1225,16 @@ mod tests {
         for (n, at) in [(1u64, 0u64), (2, 10), (3, 20)] {
             let issue =
                 request(OpKind::Issue, None, Some("alice"), 1, None, None, &format!("k{n}"), at);
-            let Ok(Reserved::Commit(op)) = wallet.reserve(issue.clone(), at) else { panic!() };
+            let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, at) else { panic!() };
             wallet.apply(&op, &encoded(&op), Placement { seq: n, root: [0; 32] });
         }
         assert_eq!(wallet.idem_len(), 2);
         // k1 fell out (bound): the same request is new again.
         let again = request(OpKind::Issue, None, Some("alice"), 1, None, None, "k1", 30);
-        assert!(matches!(wallet.reserve(again.clone(), 30), Ok(Reserved::Commit(_))));
+        assert!(matches!(wallet.reserve(&again, 30), Ok(Reserved::Commit(_))));
         // k2 expires at 1010.
         let k2 = request(OpKind::Issue, None, Some("alice"), 1, None, None, "k2", 10);
-        assert!(matches!(wallet.reserve(k2.clone(), 1009), Ok(Reserved::Replay(_))));
-        assert!(matches!(wallet.reserve(k2.clone(), 1010), Ok(Reserved::Commit(_))));
+        assert!(matches!(wallet.reserve(&k2, 1009), Ok(Reserved::Replay(_))));
+        assert!(matches!(wallet.reserve(&k2, 1010), Ok(Reserved::Commit(_))));
     }
 }

@@ -55,7 +55,7 @@ const WRITE_EVERY: u64 = 4096;
 fn commit(wallet: &mut Wallet, first: u64, count: u64) {
     let mut bytes = Vec::new();
     for n in first..first + count {
-        let Ok(Reserved::Commit(op)) = wallet.reserve(issue(n), 1_000) else {
+        let Ok(Reserved::Commit(op)) = wallet.reserve(&issue(n), 1_000) else {
             panic!("issue {n} was not reserved")
         };
         bytes.clear();

@@ -171,8 +171,8 @@ impl Service for Wallet {
                 // batch's own payers are marked once all of it is reserved.
                 let mut state = self.state.borrow_mut();
                 let answers: Vec<_> = ops
-                    .into_iter()
-                    .map(|op| match op.nonce.and(state.nonce_account(&op)) {
+                    .iter()
+                    .map(|op| match op.nonce.and(state.nonce_account(op)) {
                         Some(payer) if self.unsettled.borrow().contains_key(payer) => {
                             Err(Rejection::PayerUnsettled)
                         }
@@ -298,7 +298,7 @@ impl Wallet {
             let reserved = if unsettled {
                 Err(Rejection::PayerUnsettled)
             } else {
-                self.state.borrow_mut().reserve(request.clone(), now_ms)
+                self.state.borrow_mut().reserve(request, now_ms)
             };
             let ahead = match &reserved {
                 Err(Rejection::NonceConflict { expected, got }) if got > expected => got - expected,

@@ -129,8 +129,6 @@ pub(super) fn issues(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>)
 enum Slot {
     /// Checked: to be reserved on its scope shard.
     Ready(Write),
-    /// Its operation was sent to its scope shard to be reserved.
-    Reserving,
     /// Reserved on its scope shard: to be committed, or released.
     Reserved { op: WalletOp, scope_shard: usize },
     /// The same request was committed before.
@@ -162,7 +160,7 @@ impl Slot {
     fn fail(&mut self, status: u16, code: &'static str, message: String, releases: &mut Releases) {
         match std::mem::replace(self, Slot::Failed { status, code, message }) {
             Slot::Reserved { op, scope_shard } => releases.push((scope_shard, op)),
-            Slot::Ready(_) | Slot::Reserving => {}
+            Slot::Ready(_) => {}
             kept @ (Slot::Replayed(_) | Slot::Committed { .. } | Slot::Failed { .. }) => {
                 *self = kept;
             }
@@ -394,23 +392,15 @@ async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
         }
     }
     let (now_ms, deadline) = (unix_now_ms(), wallet.core.call_deadline());
-    // Each operation moves to its shard's call, and comes back with its
-    // reservation.
-    let calls: Vec<_> = by_shard
-        .iter()
-        .map(|(shard, indices)| {
-            let ops = indices
-                .iter()
-                .map(|i| match std::mem::replace(&mut batch.slots[*i], Slot::Reserving) {
-                    Slot::Ready(write) => write.op,
-                    _ => unreachable!("grouped above"),
-                })
-                .collect();
-            (*shard, ops)
-        })
-        .collect();
-    let calls = calls.into_iter().map(|(shard, ops)| {
-        wallet.call_waiting(shard, Call::ReserveBatch { ops, now_ms, deadline }, Wait::Answer)
+    let calls = by_shard.iter().map(|(shard, indices)| {
+        let ops = indices
+            .iter()
+            .map(|i| match &batch.slots[*i] {
+                Slot::Ready(write) => write.op.clone(),
+                _ => unreachable!("grouped above"),
+            })
+            .collect();
+        wallet.call_waiting(*shard, Call::ReserveBatch { ops, now_ms, deadline }, Wait::Answer)
     });
     let answers = futures::future::join_all(calls).await;
     for ((shard, indices), answer) in by_shard.into_iter().zip(answers) {
@@ -537,9 +527,7 @@ fn answer(batch: &Batch, ledger: Option<(u64, u64, merkle::Hash)>) -> Vec<u8> {
                     replayed: false,
                     message: Some(message),
                 },
-                Slot::Ready(_) | Slot::Reserving | Slot::Reserved { .. } => {
-                    unreachable!("every write is settled")
-                }
+                Slot::Ready(_) | Slot::Reserved { .. } => unreachable!("every write is settled"),
             }
         })
         .collect();
