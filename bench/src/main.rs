@@ -92,6 +92,10 @@ enum Command {
         /// testing/performance/baselines/<profile>).
         #[arg(long)]
         baselines: Option<PathBuf>,
+        /// The generator between events: `spin` (the baselines') or
+        /// `sleep` (for a profile that puts node threads on its cores).
+        #[arg(long, value_parser = parse_idle, default_value = "spin")]
+        idle: Idle,
     },
     /// The compressed soak: write-mix at a share of the measured maximum
     /// for a duration, in windows; fails (exit 1) when RSS grows more than
@@ -449,6 +453,7 @@ fn main() -> anyhow::Result<()> {
             attach_pid,
             no_sweep,
             baselines,
+            idle,
         } => {
             use ron_bench::suite::{Attach, SuiteSpec, run, scenario_names, summary};
             for name in &only {
@@ -480,6 +485,7 @@ fn main() -> anyhow::Result<()> {
                 baselines: baselines.unwrap_or_else(|| {
                     PathBuf::from("testing/performance/baselines").join(&profile_name)
                 }),
+                idle,
             };
             if let Some(path) = attach_token_file {
                 let token = std::fs::read_to_string(&path)
@@ -533,6 +539,7 @@ fn main() -> anyhow::Result<()> {
                 attach: None,
                 sweep: false,
                 baselines: PathBuf::new(),
+                idle: Idle::Spin,
             };
             let report = soak::run(&spec, &SoakSpec { duration, window, fraction, max_rate })?;
             println!(

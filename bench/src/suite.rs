@@ -71,6 +71,8 @@ pub struct SuiteSpec {
     /// The baselines `report.html` draws and gates against
     /// (`<dir>/<scenario>.json`).
     pub baselines: PathBuf,
+    /// What the generator does between events.
+    pub idle: engine::Idle,
 }
 
 /// A node the suite did not start: its admin token and, for CPU and RSS,
@@ -478,7 +480,7 @@ impl SuiteSpec {
             cores: self.cores.clone(),
             late_after: Duration::from_millis(1),
             drain: Duration::from_secs(3),
-            idle: engine::Idle::Spin,
+            idle: self.idle,
         }
     }
 
