@@ -1,6 +1,7 @@
 # Sourced by the figure scripts: starts a release ron-node on the reference
-# layout (or on tuning/$LAYOUT.toml) and waits for it. Needs $dir (data and logs go to $dir/NAME) and
-# the array `pids` (the node's pid is appended; the caller kills them).
+# layout (or on tuning/$LAYOUT.toml) and waits for it. Needs $dir (data and
+# logs go to $dir/NAME) and the array `pids` (the node's pid is appended;
+# the caller kills them).
 #
 #   start_node NAME BINARY PORT SHARD_PORT_BASE [SETTINGS…]
 # SETTINGS are NAME=VALUE pairs for the node's environment.
