@@ -171,8 +171,12 @@ impl Revocations {
 /// Decides whether `token` (whose tag the caller has verified) may make
 /// `request`, parsing its caveats as it goes (nothing is allocated).
 pub fn authorize(token: &TokenView<'_>, request: &Request<'_>, clock: Clock) -> Result<(), Denial> {
-    let parse = |text| Caveat::parse(text).expect("decoded tokens hold parsed caveats");
-    decide(token.audience, token.caveats().map(parse), request, clock)
+    decide(token.audience, parsed(token), request, clock)
+}
+
+/// A verified token's caveats, parsed one by one.
+fn parsed<'a>(token: &TokenView<'a>) -> impl Iterator<Item = Caveat<'a>> {
+    token.caveats().map(|text| Caveat::parse(text).expect("decoded tokens hold parsed caveats"))
 }
 
 /// A verified token's audience and caveats, parsed once for the many
@@ -185,8 +189,7 @@ pub struct Caveats<'a> {
 
 impl<'a> Caveats<'a> {
     pub fn of(token: &TokenView<'a>) -> Caveats<'a> {
-        let parse = |text| Caveat::parse(text).expect("decoded tokens hold parsed caveats");
-        Caveats { audience: token.audience, list: token.caveats().map(parse).collect() }
+        Caveats { audience: token.audience, list: parsed(token).collect() }
     }
 
     /// Decides whether the token may make `request`.
