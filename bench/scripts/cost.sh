@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What one workload costs the node at one rate: a release node on the
 # reference layout (core 1), 10 000 funded accounts, the workload from core 0
-# for 10 s (2 s warm-up); over 6 s of it, the committed entries per second
+# for RUN_S s (default 10) after 2 s of warm-up; over RUN_S − 4 s of it
+# (from its third second), the committed entries per second
 # (`ledger_batch_entries_sum`), the node's CPU (its /proc stat, every thread)
 # and core 1's busy time (/proc/stat: user, nice, system, irq, softirq,
 # steal; the kernel's work for the node's I/O included), and core 1's time
@@ -18,6 +19,8 @@
 # `wallet-transfers` 64, `ledger-ingest` 16); NAME=VALUE go to the node's
 # environment; LOAD_ARGS (say `--idle sleep`) go to the generator's run;
 # LAYOUT names another layout of tuning/ (say reference-2c-ledger-batches).
+# A run must hold several view writes (`ledger.view_write_ms`) for their
+# cost to show: lengthen it with RUN_S.
 # Run two builds in turn, several times, and compare.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,7 +33,7 @@ start_node node $bin 8080 8100 "$@"
 pid=${pids[0]}
 load=("$root/target/release/ron-load" run --target 127.0.0.1:8080 --token-file "$dir/node/data/admin.token" --cores 0 --accounts 10000 --payers 10000)
 "${load[@]}" --workload wallet-setup --rate 5000 --duration 3s --warmup 0s > /dev/null
-"${load[@]}" --workload "$w" --rate "$r" --entries "$e" --duration 10s --warmup 2s ${LOAD_ARGS:-} > "$dir/load.txt" &
+"${load[@]}" --workload "$w" --rate "$r" --entries "$e" --duration "${RUN_S:-10}s" --warmup 2s ${LOAD_ARGS:-} > "$dir/load.txt" &
 loader=$!
 sleep 3
 m() { curl -s 127.0.0.1:8080/metrics | awk '/^ledger_batch_entries_sum /{print $2}'; }
@@ -41,7 +44,7 @@ gen() { awk '{print $14+$15}' /proc/$loader/stat; }
 # CPU ticks of the node's threads whose name matches $1.
 threads() { cat /proc/$pid/task/*/stat | awk -v name="$1" '$2 ~ name {s+=$14+$15} END{print s+0}'; }
 s0=$(threads "^.shard-"); w0=$(threads "^.worker-normal"); e0=$(m); c0=$(awk '{print $14+$15}' /proc/$pid/stat); k0=$(cpu1); z0=$(cpu0); g0=$(gen); t0=$(date +%s.%N)
-sleep 6
+sleep $((${RUN_S:-10} - 4))
 s1=$(threads "^.shard-"); w1=$(threads "^.worker-normal"); e1=$(m); c1=$(awk '{print $14+$15}' /proc/$pid/stat); k1=$(cpu1); z1=$(cpu0); g1=$(gen); t1=$(date +%s.%N)
 wait $loader
 # fsyncs over 50 ms: all of them less those within 50 ms.
