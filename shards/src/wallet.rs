@@ -79,13 +79,6 @@ fn idem_slot(scope: &str, key: &str) -> IdemSlot {
     ron_proto::wallet::idempotency_slot(scope, key)
 }
 
-/// A piece of committed state that changed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Dirty {
-    Hold(HoldId),
-    Idem(IdemSlot),
-}
-
 /// The (account, asset) of a balance, as the wallet keys it in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FundsKey(Box<[u8]>);
@@ -223,8 +216,8 @@ pub struct Hold {
 #[derive(Clone, Copy, Debug)]
 enum Idem {
     Pending(TxId),
-    /// Committed; forgotten at `expires_ms`.
-    Done(TxId, u64),
+    /// Committed; forgotten when its expiry comes up in `idem_order`.
+    Done(TxId),
 }
 
 /// A receipt as kept: the encoded operation and where it went; rendered
@@ -260,11 +253,23 @@ pub struct Wallet {
     idem_order: VecDeque<(u64, IdemSlot)>,
     idem_ttl_ms: u64,
     idem_max: usize,
+    /// No view takes the changes (amnesia): the changed holds and
+    /// idempotency records, one per write, are not kept for it.
+    no_view: bool,
+    /// Receipts added since the last `take_new_receipts`.
     receipts: Map<TxId, Stored>,
-    /// State changed by committed operations since the last `take_changes`.
-    dirty: Set<Dirty>,
-    /// Receipts added since the last `take_new_receipts`, in order.
-    new_receipts: Vec<TxId>,
+    /// Receipts handed out for a view write and not yet written, by the
+    /// seq that write reaches, oldest first: each set is dropped whole
+    /// once its write is done (`forget_receipts_through`), and its emptied
+    /// map kept for the next set (`spare_receipts`).
+    handed: VecDeque<(u64, Map<TxId, Stored>)>,
+    spare_receipts: Option<Map<TxId, Stored>>,
+    /// Holds changed by committed operations since the last `take_changes`.
+    dirty_holds: Set<HoldId>,
+    /// Idempotency records changed since the last `take_changes`, as they
+    /// are now (`None`: gone), kept as they change: taking them reads
+    /// nothing back from the (large) record map.
+    dirty_idem: Map<IdemSlot, Option<IdemRecord>>,
     /// Receipts of operations up to this seq are kept elsewhere (the
     /// shard's view) and not added here.
     receipts_kept_through: u64,
@@ -274,6 +279,14 @@ impl Wallet {
     pub fn new(shard: usize, shard_count: usize, idem_ttl_ms: u64, idem_max: usize) -> Wallet {
         assert!(shard < shard_count && idem_max > 0);
         Wallet { shard, shard_count, idem_ttl_ms, idem_max, ..Wallet::default() }
+    }
+
+    /// This wallet has no view (amnesia): `take_changes` will never be
+    /// called, so the holds and idempotency records that change are not
+    /// kept for it (the funds and nonces that change are marked in place,
+    /// bounded by the accounts).
+    pub fn without_view(self) -> Wallet {
+        Wallet { no_view: true, ..self }
     }
 
     fn owns(&self, account: &str) -> bool {
@@ -326,23 +339,11 @@ impl Wallet {
             nonce.dirty = false;
             changes.nonces.push((account, nonce.committed));
         }
-        // Drained, not replaced: the set keeps the room it grew to.
-        for dirty in self.dirty.drain() {
-            match dirty {
-                Dirty::Hold(id) => changes.holds.push((id, self.holds.get(&id).cloned())),
-                Dirty::Idem(slot) => {
-                    let record = match self.idem.get(&slot) {
-                        Some(Idem::Done(txid, expires_ms)) => Some(IdemRecord {
-                            txid: *txid,
-                            expires_ms: *expires_ms,
-                            resolution: self.resolutions.contains_key(txid),
-                        }),
-                        _ => None,
-                    };
-                    changes.idem.push((slot, record));
-                }
-            }
+        // Drained, not replaced: the sets keep the room they grew to.
+        for id in self.dirty_holds.drain() {
+            changes.holds.push((id, self.holds.get(&id).cloned()));
         }
+        changes.idem.extend(self.dirty_idem.drain());
         changes
     }
 
@@ -367,7 +368,7 @@ impl Wallet {
     }
 
     pub fn load_idem(&mut self, slot: IdemSlot, record: IdemRecord) {
-        self.idem.insert(slot, Idem::Done(record.txid, record.expires_ms));
+        self.idem.insert(slot, Idem::Done(record.txid));
         if record.resolution {
             self.resolutions.insert(record.txid, slot);
         }
@@ -385,27 +386,36 @@ impl Wallet {
         self.receipts_kept_through = seq;
     }
 
-    /// The receipts added since the last call, to be written to the view.
-    pub fn take_new_receipts(&mut self) -> Vec<Receipt> {
-        let txids = std::mem::take(&mut self.new_receipts);
-        txids
-            .into_iter()
-            .filter_map(|txid| {
-                let stored = self.receipts.get(&txid)?;
-                Some(Receipt { txid, placement: stored.placement, op: stored.op.clone() })
+    /// The receipts added since the last call, to be written to the view
+    /// by a write that reaches `through_seq` (in no particular order). They
+    /// are still found here until `forget_receipts_through(through_seq)`.
+    pub fn take_new_receipts(&mut self, through_seq: u64) -> Vec<Receipt> {
+        let spare = self.spare_receipts.take().unwrap_or_default();
+        let taken = std::mem::replace(&mut self.receipts, spare);
+        let receipts = taken
+            .iter()
+            .map(|(txid, stored)| Receipt {
+                txid: *txid,
+                placement: stored.placement,
+                op: stored.op.clone(),
             })
-            .collect()
+            .collect();
+        self.handed.push_back((through_seq, taken));
+        receipts
     }
 
-    /// Forgets receipts that are now kept elsewhere.
-    pub fn forget_receipts(&mut self, txids: &[TxId]) {
-        for txid in txids {
-            self.receipts.remove(txid);
+    /// The view write reaching `seq` is done: the receipts it carried are
+    /// kept there now, and forgotten here.
+    pub fn forget_receipts_through(&mut self, seq: u64) {
+        while self.handed.front().is_some_and(|(through, _)| *through <= seq) {
+            let (_, mut written) = self.handed.pop_front().expect("not empty");
+            written.clear();
+            self.spare_receipts = Some(written);
         }
     }
 
     pub fn receipts_len(&self) -> usize {
-        self.receipts.len()
+        self.receipts.len() + self.handed.iter().map(|(_, set)| set.len()).sum::<usize>()
     }
 
     pub fn receipt(&self, txid: &TxId) -> Option<Vec<u8>> {
@@ -414,7 +424,9 @@ impl Wallet {
 
     /// The committed operation of a receipt kept in memory, and where it went.
     pub fn committed(&self, txid: &TxId) -> Option<(WalletOp, Placement)> {
-        self.receipts.get(txid).map(|stored| {
+        let stored = self.receipts.get(txid);
+        let stored = stored.or_else(|| self.handed.iter().find_map(|(_, set)| set.get(txid)));
+        stored.map(|stored| {
             let op = WalletOp::decode(&stored.op).expect("stored receipts decode");
             (op, stored.placement)
         })
@@ -446,7 +458,7 @@ impl Wallet {
         // A capture or release again, whose hold may be gone.
         if let Some(slot) = self.resolutions.get(&request.txid) {
             return match self.idem[slot] {
-                Idem::Done(txid, _) => Ok(Reserved::Replay(txid)),
+                Idem::Done(txid) => Ok(Reserved::Replay(txid)),
                 Idem::Pending(_) => Err(Rejection::InFlight),
             };
         }
@@ -457,7 +469,7 @@ impl Wallet {
         let slot = idem_slot(scope, key);
         match self.idem.get(&slot) {
             // The same request again: the txid covers the scope and the key.
-            Some(Idem::Done(txid, _)) if *txid == op.txid => return Ok(Reserved::Replay(*txid)),
+            Some(Idem::Done(txid)) if *txid == op.txid => return Ok(Reserved::Replay(*txid)),
             Some(Idem::Pending(txid)) if *txid == op.txid => return Err(Rejection::InFlight),
             Some(_) => return Err(Rejection::IdempotencyConflict),
             None => {}
@@ -631,12 +643,16 @@ impl Wallet {
         }
         if let Some(slot) = slot {
             let expires_ms = op.ts_ms + self.idem_ttl_ms;
-            self.idem.insert(slot, Idem::Done(op.txid, expires_ms));
+            self.idem.insert(slot, Idem::Done(op.txid));
             if is_resolution(op.kind) {
                 self.resolutions.insert(op.txid, slot);
             }
             self.idem_order.push_back((expires_ms, slot));
-            self.dirty.insert(Dirty::Idem(slot));
+            let record =
+                IdemRecord { txid: op.txid, expires_ms, resolution: is_resolution(op.kind) };
+            if !self.no_view {
+                self.dirty_idem.insert(slot, Some(record));
+            }
             while self.idem_order.len() > self.idem_max {
                 self.forget_oldest_idem();
             }
@@ -645,7 +661,6 @@ impl Wallet {
             && placement.seq > self.receipts_kept_through
         {
             self.receipts.insert(op.txid, Stored { op: encoded.into(), placement });
-            self.new_receipts.push(op.txid);
         }
     }
 
@@ -689,13 +704,17 @@ impl Wallet {
                         resolving: false,
                     };
                     assert!(self.holds.insert(hold_id, hold).is_none(), "hold ids are unique");
-                    self.dirty.insert(Dirty::Hold(hold_id));
+                    if !self.no_view {
+                        self.dirty_holds.insert(hold_id);
+                    }
                 }
             }
             OpKind::Capture | OpKind::Release | OpKind::Expire => {
                 let hold_id = op.hold_id.expect("a resolution names its hold");
                 let hold = self.holds.remove(&hold_id).expect("a hold resolves once");
-                self.dirty.insert(Dirty::Hold(hold_id));
+                if !self.no_view {
+                    self.dirty_holds.insert(hold_id);
+                }
                 if let Some(at) = hold.expires_ms {
                     self.expiries.remove(&(at, hold_id));
                 }
@@ -748,10 +767,12 @@ impl Wallet {
 
     fn forget_oldest_idem(&mut self) {
         let (_, slot) = self.idem_order.pop_front().expect("not empty");
-        if let Some(Idem::Done(txid, _)) = self.idem.get(&slot) {
+        if let Some(Idem::Done(txid)) = self.idem.get(&slot) {
             self.resolutions.remove(txid);
             self.idem.remove(&slot);
-            self.dirty.insert(Dirty::Idem(slot));
+            if !self.no_view {
+                self.dirty_idem.insert(slot, None);
+            }
         }
     }
 }
@@ -1202,21 +1223,53 @@ mod tests {
         let placement = Placement { seq: 5, root: [9; 32] };
         wallet.apply(&op, &encoded(&op), placement);
         let expected = ron_proto::wallet::receipt(&op, &placement);
-        let taken = wallet.take_new_receipts();
+        let taken = wallet.take_new_receipts(5);
         assert_eq!(taken.len(), 1);
         let stored = WalletOp::decode(&taken[0].op).unwrap();
         assert_eq!((taken[0].txid, taken[0].placement), (op.txid, placement));
         assert_eq!(ron_proto::wallet::receipt(&stored, &taken[0].placement), expected);
-        assert!(wallet.take_new_receipts().is_empty());
+        assert!(wallet.take_new_receipts(5).is_empty());
+        // Handed to a write that is not done: still answered from here.
+        assert_eq!(wallet.receipt(&op.txid), Some(expected.clone()));
+        wallet.forget_receipts_through(4);
         assert_eq!(wallet.receipt(&op.txid), Some(expected));
-        wallet.forget_receipts(&[op.txid]);
+        wallet.forget_receipts_through(5);
         assert_eq!(wallet.receipt(&op.txid), None);
+        assert_eq!(wallet.receipts_len(), 0);
         // Replayed at start with the view holding everything up to seq 5.
         let mut restarted = Wallet::new(0, 1, TTL_MS, 10);
         restarted.set_receipts_kept_through(5);
         restarted.apply(&op, &encoded(&op), placement);
         assert_eq!(restarted.receipts_len(), 0);
         assert_eq!(restarted.funds("alice", "roc").balance, 10);
+    }
+
+    #[test]
+    fn a_view_takes_each_changed_record_as_it_is_and_a_wallet_without_one_keeps_none() {
+        let commit = |wallet: &mut Wallet, key: &str, seq: u64| {
+            let issue = request(OpKind::Issue, None, Some("alice"), 1, None, None, key, 7);
+            let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 7) else { panic!() };
+            wallet.apply(&op, &encoded(&op), Placement { seq, root: [0; 32] });
+            (idem_slot("alice", key), op.txid)
+        };
+        // A bound of one record: the second write forgets the first.
+        let mut wallet = Wallet::new(0, 1, TTL_MS, 1);
+        let (first, _) = commit(&mut wallet, "k1", 1);
+        let (second, txid) = commit(&mut wallet, "k2", 2);
+        let mut idem = wallet.take_changes().idem;
+        idem.sort_by_key(|(slot, _)| *slot);
+        let record = IdemRecord { txid, expires_ms: 7 + TTL_MS, resolution: false };
+        let mut expected = vec![(first, None), (second, Some(record))];
+        expected.sort_by_key(|(slot, _)| *slot);
+        assert_eq!(idem, expected);
+        assert!(wallet.take_changes().is_empty());
+
+        let mut amnesic = Wallet::new(0, 1, TTL_MS, 1).without_view();
+        commit(&mut amnesic, "k1", 1);
+        commit(&mut amnesic, "k2", 2);
+        let changes = amnesic.take_changes();
+        assert!(changes.idem.is_empty() && changes.holds.is_empty());
+        assert_eq!(amnesic.funds("alice", "roc").balance, 2);
     }
 
     #[test]

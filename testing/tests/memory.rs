@@ -63,8 +63,8 @@ fn commit(wallet: &mut Wallet, first: u64, count: u64) {
         wallet.apply(&op, &bytes, Placement { seq: n + 1, root: [0; 32] });
         if (n + 1) % WRITE_EVERY == 0 {
             drop(wallet.take_changes());
-            let txids: Vec<_> = wallet.take_new_receipts().into_iter().map(|r| r.txid).collect();
-            wallet.forget_receipts(&txids);
+            drop(wallet.take_new_receipts(n + 1));
+            wallet.forget_receipts_through(n + 1);
         }
     }
 }

@@ -31,7 +31,6 @@ use futures_channel::oneshot;
 use std::any::Any;
 use std::cell::RefCell;
 use ron_shards::Map;
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -46,9 +45,6 @@ pub struct Wallet {
     state: RefCell<state::Wallet>,
     /// The wallet's tables in the view (none in amnesia mode).
     view: Option<ServiceView>,
-    /// Receipts handed to the view with the write that reaches each seq:
-    /// forgotten from memory once that write is committed.
-    flushing: RefCell<VecDeque<(u64, Vec<TxId>)>>,
     /// Writes whose nonce is ahead of their payer's next one, waiting for
     /// the nonces before it, by payer: woken when one of its nonces is
     /// reserved.
@@ -110,7 +106,13 @@ impl Service for Wallet {
     fn state(_: &(), at: ShardAt<'_>) -> state::Wallet {
         let config = &at.config.wallet;
         let ttl_ms = config.idempotency_ttl_s.saturating_mul(1000);
-        state::Wallet::new(at.shard, at.shard_count, ttl_ms, config.idempotency_keys_max as usize)
+        let wallet = state::Wallet::new(
+            at.shard,
+            at.shard_count,
+            ttl_ms,
+            config.idempotency_keys_max as usize,
+        );
+        if at.config.amnesia() { wallet.without_view() } else { wallet }
     }
 
     fn load(wallet: &mut state::Wallet, view: &ServiceView, through_seq: u64) -> anyhow::Result<()> {
@@ -140,7 +142,6 @@ impl Service for Wallet {
             passport: start.started.get::<Passport>(),
             state: RefCell::new(start.state),
             view: start.view,
-            flushing: RefCell::new(VecDeque::new()),
             nonce_waiters: RefCell::new(Map::default()),
             unsettled: RefCell::new(Map::default()),
             metrics: RefCell::new(WalletMetrics::default()),
@@ -231,19 +232,13 @@ impl Service for Wallet {
 
     fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
         let mut state = self.state.borrow_mut();
-        let receipts = state.take_new_receipts();
+        let receipts = state.take_new_receipts(through_seq);
         view::save(changes, state.take_changes(), &receipts);
-        let txids = receipts.into_iter().map(|r| r.txid).collect();
-        self.flushing.borrow_mut().push_back((through_seq, txids));
     }
 
     fn saved(&self, through_seq: u64) {
         // Receipts the write committed now live in the view only.
-        let mut flushing = self.flushing.borrow_mut();
-        while flushing.front().is_some_and(|(seq, _)| *seq <= through_seq) {
-            let (_, txids) = flushing.pop_front().expect("not empty");
-            self.state.borrow_mut().forget_receipts(&txids);
-        }
+        self.state.borrow_mut().forget_receipts_through(through_seq);
     }
 
     fn metrics(&self) -> Option<Box<dyn MetricsPart>> {
