@@ -189,24 +189,48 @@ impl ViewChanges {
     }
 
     /// The last change of each key, ordered by table and key.
+    ///
+    /// Sorted by table, then by the key's first 16 bytes read as one
+    /// number, and only where those are equal by the whole key, then in
+    /// the order made: the keys most changed (txids, idempotency slots)
+    /// are random and differ in their first bytes, so the sort compares
+    /// integers where comparing the keys' bytes, found through their
+    /// offsets, took a third of the writer's time.
     fn last_per_key(&self) -> Vec<Change> {
-        let mut sorted = self.changes.clone();
-        // Stable: a key's changes stay in the order they were made.
-        sorted.sort_by(|a, b| a.table.cmp(&b.table).then(self.slice(a.key).cmp(self.slice(b.key))));
-        let mut last: Vec<Change> = Vec::with_capacity(sorted.len());
-        for change in sorted {
-            match last.last_mut() {
-                Some(kept)
-                    if kept.table == change.table
-                        && self.slice(kept.key) == self.slice(change.key) =>
-                {
-                    *kept = change
+        let mut order: Vec<(u16, u128, u32)> = (self.changes.iter().enumerate())
+            .map(|(i, change)| {
+                let at = u32::try_from(i).expect("a write holds fewer than 2^32 changes");
+                (change.table, key_prefix(self.slice(change.key)), at)
+            })
+            .collect();
+        let key = |at: u32| self.slice(self.changes[at as usize].key);
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| key(a.2).cmp(key(b.2))).then(a.2.cmp(&b.2))
+        });
+        let mut last: Vec<Change> = Vec::with_capacity(order.len());
+        let mut previous: Option<(u16, u128, u32)> = None;
+        for (table, prefix, at) in order {
+            let change = self.changes[at as usize];
+            match previous {
+                Some((t, p, kept)) if t == table && p == prefix && key(kept) == key(at) => {
+                    *last.last_mut().expect("kept") = change;
                 }
                 _ => last.push(change),
             }
+            previous = Some((table, prefix, at));
         }
         last
     }
+}
+
+/// A key's first 16 bytes as a big-endian number, zeros after a shorter
+/// key: ordered as the keys are wherever two differ (LMDB orders keys by
+/// their bytes, a key before its extensions).
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let len = key.len().min(16);
+    bytes[..len].copy_from_slice(&key[..len]);
+    u128::from_be_bytes(bytes)
 }
 
 /// Called with each key and value of a table.
@@ -772,6 +796,41 @@ mod tests {
         assert_eq!(store.meta().unwrap(), Some(meta(2)));
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        /// The changes a write makes are each key's last, in LMDB's key
+        /// order: as a plain ordered map made by applying them in turn.
+        /// Short keys over a few byte values, zeros among them, so that
+        /// keys share their first 16 bytes, extend one another and end
+        /// where another has a zero.
+        #[test]
+        fn the_last_change_of_each_key_in_key_order(
+            made in proptest::collection::vec(
+                (0u16..2, proptest::collection::vec(proptest::sample::select(vec![0u8, 1, b'a']), 0..20), proptest::option::of(0u8..4)),
+                0..200,
+            )
+        ) {
+            let mut changes = ViewChanges::default();
+            let mut model = std::collections::BTreeMap::new();
+            for (table, key, value) in &made {
+                match value {
+                    Some(value) => changes.put(usize::from(*table), key, &[*value]),
+                    None => changes.delete(usize::from(*table), key),
+                }
+                model.insert((*table, key.clone()), value.map(|v| vec![v]));
+            }
+            let last: Vec<_> = changes
+                .last_per_key()
+                .iter()
+                .map(|c| {
+                    let key = changes.slice(c.key).to_vec();
+                    (c.table, key, c.value.map(|v| changes.slice(v).to_vec()))
+                })
+                .collect();
+            let expected: Vec<_> = model.into_iter().map(|((t, k), v)| (t, k, v)).collect();
+            proptest::prop_assert_eq!(last, expected);
+        }
     }
 
     #[test]
