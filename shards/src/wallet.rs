@@ -106,8 +106,15 @@ pub struct Changes {
     pub funds: Vec<(FundsKey, u128)>,
     pub nonces: Vec<(String, u64)>,
     pub holds: Vec<(HoldId, Option<Hold>)>,
-    pub idem: Vec<(IdemSlot, Option<IdemRecord>)>,
+    /// Idempotency records made (`Some`) and forgotten (`None`), in the
+    /// order of their making, by (expiry, slot): a record is forgotten in
+    /// expiry order, so a view that keeps them by that key adds at one end
+    /// of its table and removes at the other.
+    pub idem: Vec<(IdemKey, Option<IdemRecord>)>,
 }
+
+/// An idempotency record's place in expiry order: (expires_ms, slot).
+pub type IdemKey = (u64, IdemSlot);
 
 /// A committed receipt: the operation (its log encoding) and where it went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,10 +273,9 @@ pub struct Wallet {
     spare_receipts: Option<Map<TxId, Stored>>,
     /// Holds changed by committed operations since the last `take_changes`.
     dirty_holds: Set<HoldId>,
-    /// Idempotency records changed since the last `take_changes`, as they
-    /// are now (`None`: gone), kept as they change: taking them reads
-    /// nothing back from the (large) record map.
-    dirty_idem: Map<IdemSlot, Option<IdemRecord>>,
+    /// Idempotency records made and forgotten since the last
+    /// `take_changes`, in order (see `Changes::idem`).
+    dirty_idem: Vec<(IdemKey, Option<IdemRecord>)>,
     /// Receipts of operations up to this seq are kept elsewhere (the
     /// shard's view) and not added here.
     receipts_kept_through: u64,
@@ -343,7 +349,7 @@ impl Wallet {
         for id in self.dirty_holds.drain() {
             changes.holds.push((id, self.holds.get(&id).cloned()));
         }
-        changes.idem.extend(self.dirty_idem.drain());
+        changes.idem.extend(self.dirty_idem.drain(..));
         changes
     }
 
@@ -651,7 +657,7 @@ impl Wallet {
             let record =
                 IdemRecord { txid: op.txid, expires_ms, resolution: is_resolution(op.kind) };
             if !self.no_view {
-                self.dirty_idem.insert(slot, Some(record));
+                self.dirty_idem.push(((expires_ms, slot), Some(record)));
             }
             while self.idem_order.len() > self.idem_max {
                 self.forget_oldest_idem();
@@ -766,12 +772,12 @@ impl Wallet {
     }
 
     fn forget_oldest_idem(&mut self) {
-        let (_, slot) = self.idem_order.pop_front().expect("not empty");
+        let (expires_ms, slot) = self.idem_order.pop_front().expect("not empty");
         if let Some(Idem::Done(txid)) = self.idem.get(&slot) {
             self.resolutions.remove(txid);
             self.idem.remove(&slot);
             if !self.no_view {
-                self.dirty_idem.insert(slot, None);
+                self.dirty_idem.push(((expires_ms, slot), None));
             }
         }
     }
@@ -1137,10 +1143,16 @@ mod tests {
                     wallet.load_hold(*id, hold.clone());
                 }
             }
-            for (slot, record) in &changes.idem {
-                if let Some(record) = record {
-                    wallet.load_idem(*slot, *record);
-                }
+            // As a view keeps them: each record's last change.
+            let mut kept = std::collections::BTreeMap::new();
+            for (key, record) in &changes.idem {
+                match record {
+                    Some(record) => kept.insert(*key, *record),
+                    None => kept.remove(key),
+                };
+            }
+            for ((_, slot), record) in kept {
+                wallet.load_idem(slot, record);
             }
             wallet.finish_load();
             prop_assert!(shard.take_changes().is_empty());
@@ -1245,23 +1257,23 @@ mod tests {
     }
 
     #[test]
-    fn a_view_takes_each_changed_record_as_it_is_and_a_wallet_without_one_keeps_none() {
+    fn a_view_takes_each_record_made_and_forgotten_and_a_wallet_without_one_keeps_none() {
         let commit = |wallet: &mut Wallet, key: &str, seq: u64| {
             let issue = request(OpKind::Issue, None, Some("alice"), 1, None, None, key, 7);
             let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 7) else { panic!() };
             wallet.apply(&op, &encoded(&op), Placement { seq, root: [0; 32] });
-            (idem_slot("alice", key), op.txid)
+            let record = IdemRecord { txid: op.txid, expires_ms: 7 + TTL_MS, resolution: false };
+            ((7 + TTL_MS, idem_slot("alice", key)), record)
         };
-        // A bound of one record: the second write forgets the first.
+        // A bound of one record: the second write forgets the first. The
+        // changes come in the order made, by (expiry, slot).
         let mut wallet = Wallet::new(0, 1, TTL_MS, 1);
-        let (first, _) = commit(&mut wallet, "k1", 1);
-        let (second, txid) = commit(&mut wallet, "k2", 2);
-        let mut idem = wallet.take_changes().idem;
-        idem.sort_by_key(|(slot, _)| *slot);
-        let record = IdemRecord { txid, expires_ms: 7 + TTL_MS, resolution: false };
-        let mut expected = vec![(first, None), (second, Some(record))];
-        expected.sort_by_key(|(slot, _)| *slot);
-        assert_eq!(idem, expected);
+        let (first, first_record) = commit(&mut wallet, "k1", 1);
+        let (second, second_record) = commit(&mut wallet, "k2", 2);
+        assert_eq!(
+            wallet.take_changes().idem,
+            [(first, Some(first_record)), (second, Some(second_record)), (first, None)]
+        );
         assert!(wallet.take_changes().is_empty());
 
         let mut amnesic = Wallet::new(0, 1, TTL_MS, 1).without_view();

@@ -7,13 +7,21 @@
 //! nonces    account              → nonce u64
 //! holds     hold id [16]         → (len u16 | from) (len u16 | to) (len u16 | asset)
 //!                                  amount u128 | expires_ms u64 (u64::MAX: never)
-//! idem      slot [16]            → txid [16] | expires_ms u64 | resolution u8
+//! idem      expires_ms u64 (big-endian) | slot [16]
+//!                                → txid [16] | resolution u8
 //! ```
+//!
+//! Idempotency records are kept by expiry, not by slot: the shard looks
+//! them up in memory and the view only reloads them at start, and the
+//! wallet forgets them oldest first, so each write adds records at the
+//! table's end and removes them at its start instead of putting and
+//! deleting at two random places in a tree of a million (version 2; a
+//! view of version 1 is rebuilt from the log).
 
 use crate::log::view::{ServiceView, ViewChanges};
 use anyhow::Context as _;
 use ron_proto::wallet::{Placement, TxId, WalletOp};
-use ron_shards::wallet::{Changes, Hold, IdemRecord, Receipt, Wallet};
+use ron_shards::wallet::{Changes, Hold, IdemKey, IdemRecord, Receipt, Wallet};
 
 /// The wallet's tables, in `Service::TABLES` order.
 pub const TABLES: &[&str] = &["receipts", "funds", "nonces", "holds", "idem"];
@@ -22,7 +30,16 @@ const FUNDS: usize = 1;
 const NONCES: usize = 2;
 const HOLDS: usize = 3;
 const IDEM: usize = 4;
-const IDEM_RECORD_BYTES: usize = 16 + 8 + 1;
+const IDEM_KEY_BYTES: usize = 8 + 16;
+const IDEM_RECORD_BYTES: usize = 16 + 1;
+
+/// An idempotency record's key in the view: its expiry, then its slot.
+fn idem_key((expires_ms, slot): &IdemKey) -> [u8; IDEM_KEY_BYTES] {
+    let mut key = [0u8; IDEM_KEY_BYTES];
+    key[..8].copy_from_slice(&expires_ms.to_be_bytes());
+    key[8..].copy_from_slice(slot);
+    key
+}
 
 /// Puts what changed into a view write.
 pub fn save(changes: &mut ViewChanges, state: Changes, receipts: &[Receipt]) {
@@ -52,16 +69,15 @@ pub fn save(changes: &mut ViewChanges, state: Changes, receipts: &[Receipt]) {
             None => changes.delete(HOLDS, id),
         }
     }
-    for (slot, record) in &state.idem {
+    for (key, record) in &state.idem {
         match record {
             Some(record) => {
                 let mut value = [0u8; IDEM_RECORD_BYTES];
                 value[..16].copy_from_slice(&record.txid);
-                value[16..24].copy_from_slice(&record.expires_ms.to_le_bytes());
-                value[24] = u8::from(record.resolution);
-                changes.put(IDEM, slot, &value);
+                value[16] = u8::from(record.resolution);
+                changes.put(IDEM, &idem_key(key), &value);
             }
-            None => changes.delete(IDEM, slot),
+            None => changes.delete(IDEM, &idem_key(key)),
         }
     }
 }
@@ -94,14 +110,14 @@ pub fn load(wallet: &mut Wallet, view: &ServiceView) -> anyhow::Result<()> {
         Ok(())
     })?;
     view.each(IDEM, |key, value| {
-        let slot: [u8; 16] = key.try_into().context("an idempotency slot is not 16 bytes")?;
+        anyhow::ensure!(key.len() == IDEM_KEY_BYTES, "an idempotency record's key size");
         anyhow::ensure!(value.len() == IDEM_RECORD_BYTES, "an idempotency record's size");
         let record = IdemRecord {
             txid: value[..16].try_into().expect("16 bytes"),
-            expires_ms: u64::from_le_bytes(value[16..24].try_into().expect("8 bytes")),
-            resolution: value[24] == 1,
+            expires_ms: u64::from_be_bytes(key[..8].try_into().expect("8 bytes")),
+            resolution: value[16] == 1,
         };
-        wallet.load_idem(slot, record);
+        wallet.load_idem(key[8..].try_into().expect("16 bytes"), record);
         Ok(())
     })?;
     wallet.finish_load();
