@@ -349,7 +349,7 @@ impl Wallet {
         for id in self.dirty_holds.drain() {
             changes.holds.push((id, self.holds.get(&id).cloned()));
         }
-        changes.idem.extend(self.dirty_idem.drain(..));
+        changes.idem.append(&mut self.dirty_idem);
         changes
     }
 
