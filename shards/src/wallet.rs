@@ -52,25 +52,6 @@ pub fn parts(op: &WalletOp, shard_count: usize) -> BTreeSet<usize> {
     shards
 }
 
-const FUNDS_KEY_BYTES_MAX: usize =
-    ron_proto::wallet::WALLET_ACCOUNT_BYTES_MAX + 1 + ron_proto::wallet::WALLET_ASSET_BYTES_MAX;
-
-/// The key of (account, asset) in the funds map, built on the stack (a read
-/// allocates nothing): the account, a zero byte (no account holds one), the
-/// asset.
-fn funds_key(account: &str, asset: &str) -> ([u8; FUNDS_KEY_BYTES_MAX], usize) {
-    assert!(
-        account.len() <= ron_proto::wallet::WALLET_ACCOUNT_BYTES_MAX
-            && !account.as_bytes().contains(&0)
-    );
-    assert!(asset.len() <= ron_proto::wallet::WALLET_ASSET_BYTES_MAX);
-    let mut key = [0u8; FUNDS_KEY_BYTES_MAX];
-    key[..account.len()].copy_from_slice(account.as_bytes());
-    let at = account.len() + 1;
-    key[at..at + asset.len()].copy_from_slice(asset.as_bytes());
-    (key, at + asset.len())
-}
-
 /// An idempotency record's slot: 16 bytes of BLAKE3 over the scope
 /// account and the key (fixed size: a record costs no string allocations).
 pub type IdemSlot = [u8; 16];
@@ -79,11 +60,17 @@ fn idem_slot(scope: &str, key: &str) -> IdemSlot {
     ron_proto::wallet::idempotency_slot(scope, key)
 }
 
-/// The (account, asset) of a balance, as the wallet keys it in memory.
+/// The (account, asset) of a balance: the account, a zero byte (no account
+/// holds one), the asset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FundsKey(Box<[u8]>);
 
 impl FundsKey {
+    fn new(account: &str, asset: &str) -> FundsKey {
+        assert!(!account.as_bytes().contains(&0), "no account holds a zero byte");
+        FundsKey([account.as_bytes(), &[0], asset.as_bytes()].concat().into())
+    }
+
     fn split(&self) -> (&str, &str) {
         let at = self.0.iter().position(|b| *b == 0).expect("keys hold a separator");
         let text = |bytes| std::str::from_utf8(bytes).expect("keys are made of strings");
@@ -198,13 +185,47 @@ struct Nonce {
     dirty: bool,
 }
 
-/// An account's funds, and whether their balance changed since the last
-/// `take_changes` (a flag, so that marking costs nothing after the first
-/// change, as in `balances::Balances`).
+/// An account's funds in one asset, and whether their balance changed
+/// since the last `take_changes` (a flag, so that marking costs nothing
+/// after the first change, as in `balances::Balances`).
 #[derive(Debug, Default)]
 struct FundsSlot {
     funds: Funds,
     dirty: bool,
+}
+
+/// What the shard keeps of one account: its nonce and its funds, found
+/// with one lookup of its name (a transfer's reservation makes one, its
+/// application one for each side).
+#[derive(Debug, Default)]
+struct Account {
+    nonce: Nonce,
+    /// By asset: an account holds few, so they are searched in turn.
+    funds: Vec<(Box<str>, FundsSlot)>,
+    /// In `Wallet::dirty_accounts`: its nonce or a balance changed since
+    /// the last `take_changes`.
+    listed: bool,
+}
+
+impl Account {
+    fn funds(&self, asset: &str) -> Funds {
+        self.funds
+            .iter()
+            .find(|(held, _)| **held == *asset)
+            .map(|(_, slot)| slot.funds)
+            .unwrap_or_default()
+    }
+
+    fn slot_mut(&mut self, asset: &str) -> &mut FundsSlot {
+        let at = match self.funds.iter().position(|(held, _)| **held == *asset) {
+            Some(at) => at,
+            None => {
+                self.funds.push((asset.into(), FundsSlot::default()));
+                self.funds.len() - 1
+            }
+        };
+        &mut self.funds[at].1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,12 +260,11 @@ struct Stored {
 pub struct Wallet {
     shard: usize,
     shard_count: usize,
-    /// By `funds_key(account, asset)`.
-    funds: Map<Box<[u8]>, FundsSlot>,
-    /// Keys of dirty funds, and accounts of dirty nonces.
-    dirty_funds: Vec<Box<[u8]>>,
-    dirty_nonces: Vec<String>,
-    nonces: Map<String, Nonce>,
+    /// By name.
+    accounts: Map<Box<str>, Account>,
+    /// Accounts whose nonce or a balance changed since the last
+    /// `take_changes`.
+    dirty_accounts: Vec<Box<str>>,
     holds: Map<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
@@ -300,50 +320,48 @@ impl Wallet {
     }
 
     pub fn funds(&self, account: &str, asset: &str) -> Funds {
-        let (key, len) = funds_key(account, asset);
-        self.funds.get(&key[..len]).map(|slot| slot.funds).unwrap_or_default()
+        self.accounts.get(account).map(|held| held.funds(asset)).unwrap_or_default()
     }
 
-    /// The funds of a committed change: marked for the next view write.
-    fn committed_funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
-        let (key, len) = funds_key(account, asset);
-        if !self.funds.contains_key(&key[..len]) {
-            self.funds.insert(key[..len].into(), FundsSlot::default());
+    fn account_mut(&mut self, name: &str) -> &mut Account {
+        if !self.accounts.contains_key(name) {
+            self.accounts.insert(name.into(), Account::default());
         }
-        let slot = self.funds.get_mut(&key[..len]).expect("inserted");
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty_funds.push(key[..len].into());
-        }
-        &mut slot.funds
+        self.accounts.get_mut(name).expect("inserted")
     }
 
-    fn funds_mut(&mut self, account: &str, asset: &str) -> &mut Funds {
-        let (key, len) = funds_key(account, asset);
-        if !self.funds.contains_key(&key[..len]) {
-            self.funds.insert(key[..len].into(), FundsSlot::default());
+    /// The account of a committed change: listed for the next view write.
+    fn committed_account_mut(&mut self, name: &str) -> &mut Account {
+        if !self.accounts.contains_key(name) {
+            self.accounts.insert(name.into(), Account::default());
         }
-        &mut self.funds.get_mut(&key[..len]).expect("inserted").funds
+        let account = self.accounts.get_mut(name).expect("inserted");
+        if !account.listed {
+            account.listed = true;
+            self.dirty_accounts.push(name.into());
+        }
+        account
     }
 
     /// The committed nonce of `account` (0 before its first write).
     pub fn nonce(&self, account: &str) -> u64 {
-        self.nonces.get(account).map_or(0, |n| n.committed)
+        self.accounts.get(account).map_or(0, |held| held.nonce.committed)
     }
 
     /// The committed state changed since the last call, for the view.
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = Changes::default();
-        for key in self.dirty_funds.drain(..) {
-            let slot = self.funds.get_mut(&key).expect("dirty funds have slots");
-            slot.dirty = false;
-            let balance = slot.funds.balance;
-            changes.funds.push((FundsKey(key), balance));
-        }
-        for account in self.dirty_nonces.drain(..) {
-            let nonce = self.nonces.get_mut(&account).expect("dirty nonces exist");
-            nonce.dirty = false;
-            changes.nonces.push((account, nonce.committed));
+        for name in self.dirty_accounts.drain(..) {
+            let account = self.accounts.get_mut(&name).expect("listed accounts exist");
+            account.listed = false;
+            for (asset, slot) in account.funds.iter_mut().filter(|(_, slot)| slot.dirty) {
+                slot.dirty = false;
+                changes.funds.push((FundsKey::new(&name, asset), slot.funds.balance));
+            }
+            if account.nonce.dirty {
+                account.nonce.dirty = false;
+                changes.nonces.push((name.into(), account.nonce.committed));
+            }
         }
         // Drained, not replaced: the sets keep the room they grew to.
         for id in self.dirty_holds.drain() {
@@ -355,14 +373,13 @@ impl Wallet {
 
     /// Loads state the view kept (at start, before any replay).
     pub fn load_funds(&mut self, account: &str, asset: &str, balance: u128) {
-        let (key, len) = funds_key(account, asset);
         let slot = FundsSlot { funds: Funds { balance, reserved: 0 }, dirty: false };
-        self.funds.insert(key[..len].into(), slot);
+        *self.account_mut(account).slot_mut(asset) = slot;
     }
 
     pub fn load_nonce(&mut self, account: &str, nonce: u64) {
         let loaded = Nonce { committed: nonce, reserved: nonce, dirty: false };
-        self.nonces.insert(account.to_owned(), loaded);
+        self.account_mut(account).nonce = loaded;
     }
 
     pub fn load_hold(&mut self, id: HoldId, hold: Hold) {
@@ -446,10 +463,8 @@ impl Wallet {
     /// Every balance and open hold, summed per asset (for invariant checks).
     pub fn totals(&self) -> HashMap<String, (u128, u128)> {
         let mut totals: HashMap<String, (u128, u128)> = HashMap::new();
-        for (key, FundsSlot { funds, .. }) in &self.funds {
-            let at = key.iter().position(|b| *b == 0).expect("keys hold a separator");
-            let asset = String::from_utf8_lossy(&key[at + 1..]).into_owned();
-            totals.entry(asset).or_default().0 += funds.balance;
+        for (asset, slot) in self.accounts.values().flat_map(|account| &account.funds) {
+            totals.entry(asset.to_string()).or_default().0 += slot.funds.balance;
         }
         for hold in self.holds.values() {
             totals.entry(hold.asset.clone()).or_default().1 += hold.amount;
@@ -460,6 +475,12 @@ impl Wallet {
     /// Checks `request` on its scope shard and reserves what it needs, or
     /// says why not. Nothing changes on a rejection.
     pub fn reserve(&mut self, request: &Request, now_ms: u64) -> Result<Reserved, Rejection> {
+        self.reserve_owned(request.clone(), now_ms)
+    }
+
+    /// The same with the request given, when the caller has no more use
+    /// for it (it becomes the operation to commit).
+    pub fn reserve_owned(&mut self, request: Request, now_ms: u64) -> Result<Reserved, Rejection> {
         self.expire_idem(now_ms);
         // A capture or release again, whose hold may be gone.
         if let Some(slot) = self.resolutions.get(&request.txid) {
@@ -482,17 +503,15 @@ impl Wallet {
         }
         self.check(&op, scope, over_hold)?;
         // Reserve: nothing above can fail from here on.
-        if let Some(nonce) = op.nonce {
-            match self.nonces.get_mut(scope) {
-                Some(entry) => entry.reserved = nonce,
-                None => {
-                    self.nonces
-                        .insert(scope.to_owned(), Nonce { reserved: nonce, ..Nonce::default() });
-                }
+        let debits = matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold);
+        if op.nonce.is_some() || debits {
+            let account = self.account_mut(scope);
+            if let Some(nonce) = op.nonce {
+                account.nonce.reserved = nonce;
             }
-        }
-        if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
-            self.funds_mut(scope, &op.asset).reserved += op.amount;
+            if debits {
+                account.slot_mut(&op.asset).funds.reserved += op.amount;
+            }
         }
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
             hold.resolving = true;
@@ -521,8 +540,8 @@ impl Wallet {
     /// its hold, whose payer, payee, asset and amount it takes; and whether
     /// it asks for more than the hold (refused after the key and nonce
     /// checks, so a replay still finds its receipt).
-    fn completed(&self, request: &Request) -> Result<(WalletOp, bool), Rejection> {
-        let mut op = request.clone();
+    fn completed(&self, request: Request) -> Result<(WalletOp, bool), Rejection> {
+        let mut op = request;
         if let OpKind::Capture | OpKind::Release = op.kind {
             let hold_id = op.hold_id.expect("captures and releases name a hold");
             let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
@@ -548,7 +567,7 @@ impl Wallet {
     /// The nonce and the funds `op` needs, on its scope shard.
     fn check(&self, op: &WalletOp, scope: &str, over_hold: bool) -> Result<(), Rejection> {
         if let Some(got) = op.nonce {
-            let expected = self.nonces.get(scope).map_or(0, |n| n.reserved) + 1;
+            let expected = self.accounts.get(scope).map_or(0, |held| held.nonce.reserved) + 1;
             if got != expected {
                 return Err(Rejection::NonceConflict { expected, got });
             }
@@ -579,9 +598,9 @@ impl Wallet {
 
     /// Gives back what `reserve` took for `op`, which did not commit.
     pub fn release(&mut self, op: &WalletOp) {
-        let scope = scope_account(op).to_owned();
+        let scope = scope_account(op);
         if let Some(nonce) = op.nonce {
-            let entry = self.nonces.entry(scope.clone()).or_default();
+            let entry = &mut self.account_mut(scope).nonce;
             // Later nonces reserved meanwhile keep theirs; they will be
             // refused by the committer too (it only refuses in safe mode).
             if entry.reserved == nonce {
@@ -589,7 +608,7 @@ impl Wallet {
             }
         }
         if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
-            let funds = self.funds_mut(&scope, &op.asset);
+            let funds = &mut self.account_mut(scope).slot_mut(&op.asset).funds;
             funds.reserved =
                 funds.reserved.checked_sub(op.amount).expect("released what was reserved");
         }
@@ -599,7 +618,7 @@ impl Wallet {
             }
         }
         if let Some(key) = &op.idem {
-            let slot = idem_slot(&scope, key);
+            let slot = idem_slot(scope, key);
             if matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid) {
                 self.idem.remove(&slot);
                 self.resolutions.remove(&op.txid);
@@ -608,8 +627,9 @@ impl Wallet {
     }
 
     fn credit(&mut self, account: &str, asset: &str, amount: u128) {
-        let funds = self.committed_funds_mut(account, asset);
-        funds.balance = funds.balance.checked_add(amount).expect("credits were checked");
+        let slot = self.committed_account_mut(account).slot_mut(asset);
+        slot.dirty = true;
+        slot.funds.balance = slot.funds.balance.checked_add(amount).expect("credits were checked");
     }
 
     /// Applies this shard's parts of a committed `op`, placed at
@@ -630,26 +650,13 @@ impl Wallet {
         let scope = scope_account(op);
         // The idempotency record's slot, if this shard keeps it.
         let slot = op.idem.as_deref().filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key));
-        if from_here {
-            // The scope shard reserved `op` if its record of the key is
-            // pending with `op`'s txid.
-            let reserved = slot.is_some_and(|slot| {
-                matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid)
-            });
-            self.apply_payer(op, reserved);
-        }
-        if to_here {
-            match op.kind {
-                OpKind::Issue | OpKind::Transfer | OpKind::Capture => {
-                    let to = op.to.as_deref().expect("a payee");
-                    self.credit(to, &op.asset, op.amount);
-                }
-                OpKind::Burn | OpKind::Hold | OpKind::Release | OpKind::Expire => {}
-            }
-        }
+        // The scope shard reserved `op` if its record of the key was
+        // pending with `op`'s txid: the record is now done.
+        let mut reserved = false;
         if let Some(slot) = slot {
             let expires_ms = op.ts_ms + self.idem_ttl_ms;
-            self.idem.insert(slot, Idem::Done(op.txid));
+            let before = self.idem.insert(slot, Idem::Done(op.txid));
+            reserved = matches!(before, Some(Idem::Pending(txid)) if txid == op.txid);
             if is_resolution(op.kind) {
                 self.resolutions.insert(op.txid, slot);
             }
@@ -663,6 +670,18 @@ impl Wallet {
                 self.forget_oldest_idem();
             }
         }
+        if from_here {
+            self.apply_payer(op, reserved);
+        }
+        if to_here {
+            match op.kind {
+                OpKind::Issue | OpKind::Transfer | OpKind::Capture => {
+                    let to = op.to.as_deref().expect("a payee");
+                    self.credit(to, &op.asset, op.amount);
+                }
+                OpKind::Burn | OpKind::Hold | OpKind::Release | OpKind::Expire => {}
+            }
+        }
         if recorder(&op.txid, self.shard_count) == self.shard
             && placement.seq > self.receipts_kept_through
         {
@@ -674,27 +693,29 @@ impl Wallet {
     /// reservation becomes the debit.
     fn apply_payer(&mut self, op: &WalletOp, reserved: bool) {
         let from = op.from.as_deref().expect("a payer");
-        if let Some(nonce) = op.nonce {
-            if !self.nonces.contains_key(from) {
-                self.nonces.insert(from.to_owned(), Nonce::default());
-            }
-            let entry = self.nonces.get_mut(from).expect("inserted");
-            assert!(nonce > entry.committed, "nonces commit in order");
-            entry.committed = nonce;
-            entry.reserved = entry.reserved.max(nonce);
-            if !entry.dirty {
+        let debits = matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold);
+        if op.nonce.is_some() || debits {
+            let account = self.committed_account_mut(from);
+            if let Some(nonce) = op.nonce {
+                let entry = &mut account.nonce;
+                assert!(nonce > entry.committed, "nonces commit in order");
+                entry.committed = nonce;
+                entry.reserved = entry.reserved.max(nonce);
                 entry.dirty = true;
-                self.dirty_nonces.push(from.to_owned());
             }
-        }
-        match op.kind {
-            OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
-                let funds = self.committed_funds_mut(from, &op.asset);
+            if debits {
+                let slot = account.slot_mut(&op.asset);
+                slot.dirty = true;
+                let funds = &mut slot.funds;
                 if reserved {
                     funds.reserved =
                         funds.reserved.checked_sub(op.amount).expect("a reservation covers it");
                 }
                 funds.balance = funds.balance.checked_sub(op.amount).expect("debits were reserved");
+            }
+        }
+        match op.kind {
+            OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
                 if op.kind == OpKind::Hold {
                     let hold_id = op.hold_id.expect("a hold has its id");
                     let expires_ms = op.timeout_s.map(|t| op.ts_ms + u64::from(t) * 1000);

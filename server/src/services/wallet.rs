@@ -174,12 +174,12 @@ impl Service for Wallet {
                 // batch's own payers are marked once all of it is reserved.
                 let mut state = self.state.borrow_mut();
                 let answers: Vec<_> = ops
-                    .iter()
-                    .map(|op| match op.nonce.and(state.nonce_account(op)) {
+                    .into_iter()
+                    .map(|op| match op.nonce.and(state.nonce_account(&op)) {
                         Some(payer) if self.unsettled.borrow().contains_key(payer) => {
                             Err(Rejection::PayerUnsettled)
                         }
-                        _ => state.reserve(op, now_ms),
+                        _ => state.reserve_owned(op, now_ms),
                     })
                     .collect();
                 drop(state);
@@ -188,7 +188,13 @@ impl Service for Wallet {
                     if let Ok(Reserved::Commit(op)) = answer
                         && op.nonce.is_some()
                     {
-                        *unsettled.entry(state::scope_account(op).to_owned()).or_default() += 1;
+                        let payer = state::scope_account(op);
+                        match unsettled.get_mut(payer) {
+                            Some(count) => *count += 1,
+                            None => {
+                                unsettled.insert(payer.to_owned(), 1);
+                            }
+                        }
                     }
                 }
                 Answer::ReservedBatch(answers)
