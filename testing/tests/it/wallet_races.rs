@@ -182,3 +182,78 @@ fn pipelined_nonces_out_of_order_wait_for_the_missing_ones() {
     assert_eq!(conn.read().unwrap().status, 200);
     assert_eq!(balance(&node, node.listen, "payer"), 94);
 }
+
+/// While a batch holds a payer's nonce, no later nonce of that payer is
+/// reserved by anyone else (the unsettled-payer guard). Had it been, and
+/// the batch's write then failed, the later nonce would commit past a gap.
+/// Each round, payer `p{i}` sends nonce 1 in a batch, linked to a write
+/// its payer cannot pay, beside a write that commits (so the batch appends
+/// and syncs the log before it hands nonce 1 back); nonce 2 follows at once
+/// on another connection. Whatever the timing, nonce 2 never commits: it
+/// waits for the batch, then for nonce 1, and is refused. (With the guard
+/// taken out, nonce 2 committed past the gap in the first round.)
+#[test]
+fn a_batch_holds_its_payers_later_nonces_until_it_settles() {
+    const ROUNDS: usize = 16;
+    let node = TestNode::start(NodeOptions::default().config("[wallet]\nnonce_wait_ms = 20"));
+    let funded: Vec<String> = (0..ROUNDS)
+        .flat_map(|i| [format!("p{i}"), format!("r{i}")])
+        .map(|to| {
+            format!(
+                r#"{{"to":"{to}","asset":"roc","amount_minor":"5","idempotency_key":"f-{to}"}}"#
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"issues":[{}]}}"#, funded.join(","));
+    let issued = post(&node, node.listen, "/v1/issues", &body);
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    assert_eq!(issued.json().get_u64("committed"), Some(2 * ROUNDS as u64));
+
+    let write = |payer: &str, linked: bool| {
+        format!(
+            r#"{{"from":"{payer}","to":"shop","asset":"roc","amount_minor":"1","nonce":1,"idempotency_key":"b-{payer}","linked":{linked}}}"#
+        )
+    };
+    let (mut batches, mut singles) = (Conn::open(node.listen), Conn::open(node.listen));
+    let mut refused = Vec::new();
+    for i in 0..ROUNDS {
+        let (payer, broke, other) = (format!("p{i}"), format!("broke{i}"), format!("r{i}"));
+        let body = format!(
+            r#"{{"transfers":[{},{},{}]}}"#,
+            write(&payer, true),
+            write(&broke, false),
+            write(&other, false)
+        );
+        let request = format!(
+            "POST /v1/transfers HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            node.admin(),
+            body.len()
+        );
+        batches.send(request.as_bytes());
+        singles.send(&transfer_request(&node, &payer, 2));
+        let batch = batches.read().unwrap();
+        assert_eq!(batch.status, 200, "{}", batch.text());
+        let results = batch.json();
+        let codes: Vec<String> = (results.get_array("results").unwrap().iter())
+            .map(|r| r.get_str("code").unwrap().to_owned())
+            .collect();
+        assert_eq!(codes, ["LINKED_EVENT_FAILED", "INSUFFICIENT_FUNDS", "OK"], "round {i}");
+        let single = singles.read().unwrap();
+        assert_ne!(single.status, 200, "round {i}: nonce 2 committed without nonce 1");
+        refused.push(single.status);
+    }
+    // Refused as a nonce conflict (409) once its wait ran out, or as busy
+    // (429) if it was still waiting for the batch.
+    assert!(refused.iter().all(|status| matches!(status, 409 | 429)), "{refused:?}");
+    // Nothing of a refused nonce was spent: nonce 1 then 2 still commit.
+    for i in 0..ROUNDS {
+        let payer = format!("p{i}");
+        for nonce in [1, 2] {
+            let mut conn = Conn::open(node.listen);
+            conn.send(&transfer_request(&node, &payer, nonce));
+            let answer = conn.read().unwrap();
+            assert_eq!(answer.status, 200, "{payer} nonce {nonce}: {}", answer.text());
+        }
+        assert_eq!(balance(&node, node.listen, &payer), 3);
+    }
+}
