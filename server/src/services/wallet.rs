@@ -93,8 +93,9 @@ impl Service for Wallet {
     const NAME: &'static str = "wallet";
     const LOG_CODES: &'static [u8] = &[WALLET_OP_CODE];
     const TABLES: &'static [&'static str] = view::TABLES;
-    /// 2: idempotency records kept by expiry (`view`).
-    const VIEW_VERSION: u32 = 2;
+    /// 2: idempotency records kept by expiry; 3: receipts kept by seq,
+    /// found by txid (`view`).
+    const VIEW_VERSION: u32 = 3;
     const TICK: Option<Duration> = Some(HOLD_EXPIRY_TICK);
     type Shared = ();
     type State = state::Wallet;
