@@ -21,8 +21,8 @@
 //! them up in memory and the view only reloads them at start, and the
 //! wallet forgets them oldest first, so each write adds records at the
 //! table's end and removes them at its start instead of putting and
-//! deleting at two random places in a tree of a million (version 2; a
-//! view of version 1 is rebuilt from the log).
+//! deleting at two random places in a tree of a million (version 2).
+//! A view of an older version is rebuilt from the log.
 
 use crate::log::view::{ServiceView, ViewChanges};
 use anyhow::Context as _;
