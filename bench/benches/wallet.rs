@@ -11,6 +11,11 @@ use ron_proto::wallet::{OpKind, Placement, WalletOp};
 use ron_shards::wallet::{Reserved, Wallet};
 use std::cell::RefCell;
 
+/// The node's allocator (`server/src/main.rs`): the state machine's maps
+/// and strings are allocated as in the node.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ACCOUNTS: usize = 10_000;
 const IDEM_MAX: usize = 1_000_000;
 const BATCH: usize = 64;
