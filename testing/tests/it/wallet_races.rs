@@ -115,17 +115,22 @@ fn a_reservation_never_outlives_its_request() {
     assert_eq!(balance(&node, sink, "sink"), 11 * PAYERS as u128);
 }
 
+/// A raw `POST` of a JSON `body` to `path`, as the admin.
+fn raw_post(node: &TestNode, path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        node.admin(),
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A raw `POST /v1/transfer` of `payer`'s `nonce`.
 fn transfer_request(node: &TestNode, payer: &str, nonce: u64) -> Vec<u8> {
     let body = format!(
         r#"{{"from":"{payer}","to":"shop","asset":"roc","amount_minor":"1","nonce":{nonce},"idempotency_key":"n-{payer}-{nonce}"}}"#
     );
-    format!(
-        "POST /v1/transfer HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        node.admin(),
-        body.len()
-    )
-    .into_bytes()
+    raw_post(node, "/v1/transfer", &body)
 }
 
 /// A payer's nonces sent over several connections, the later ones first:
@@ -224,12 +229,7 @@ fn a_batch_holds_its_payers_later_nonces_until_it_settles() {
             write(&broke, false),
             write(&other, false)
         );
-        let request = format!(
-            "POST /v1/transfers HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            node.admin(),
-            body.len()
-        );
-        batches.send(request.as_bytes());
+        batches.send(&raw_post(&node, "/v1/transfers", &body));
         singles.send(&transfer_request(&node, &payer, 2));
         let batch = batches.read().unwrap();
         assert_eq!(batch.status, 200, "{}", batch.text());
