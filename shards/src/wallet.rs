@@ -103,12 +103,22 @@ pub struct Changes {
 /// An idempotency record's place in expiry order: (expires_ms, slot).
 pub type IdemKey = (u64, IdemSlot);
 
-/// A committed receipt: the operation (its log encoding) and where it went.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Receipt {
+/// A committed receipt, as the wallet holds it: the operation (its log
+/// encoding) and where it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt<'a> {
     pub txid: TxId,
     pub placement: Placement,
-    pub op: Box<[u8]>,
+    pub op: &'a [u8],
+}
+
+/// The account `name` in `accounts`, made if it is not there (looked up
+/// again then: a hit, the usual case, is one lookup and no allocation).
+fn account_in<'a>(accounts: &'a mut Map<Box<str>, Account>, name: &str) -> &'a mut Account {
+    if !accounts.contains_key(name) {
+        accounts.insert(name.into(), Account::default());
+    }
+    accounts.get_mut(name).expect("inserted")
 }
 
 /// A committed idempotency record.
@@ -324,18 +334,12 @@ impl Wallet {
     }
 
     fn account_mut(&mut self, name: &str) -> &mut Account {
-        if !self.accounts.contains_key(name) {
-            self.accounts.insert(name.into(), Account::default());
-        }
-        self.accounts.get_mut(name).expect("inserted")
+        account_in(&mut self.accounts, name)
     }
 
     /// The account of a committed change: listed for the next view write.
     fn committed_account_mut(&mut self, name: &str) -> &mut Account {
-        if !self.accounts.contains_key(name) {
-            self.accounts.insert(name.into(), Account::default());
-        }
-        let account = self.accounts.get_mut(name).expect("inserted");
+        let account = account_in(&mut self.accounts, name);
         if !account.listed {
             account.listed = true;
             self.dirty_accounts.push(name.into());
@@ -410,21 +414,19 @@ impl Wallet {
     }
 
     /// The receipts added since the last call, to be written to the view
-    /// by a write that reaches `through_seq` (in no particular order). They
-    /// are still found here until `forget_receipts_through(through_seq)`.
-    pub fn take_new_receipts(&mut self, through_seq: u64) -> Vec<Receipt> {
+    /// by a write that reaches `through_seq` (in no particular order), lent
+    /// rather than copied. They are still found here until
+    /// `forget_receipts_through(through_seq)`.
+    pub fn take_new_receipts(&mut self, through_seq: u64) -> impl Iterator<Item = Receipt<'_>> {
         let spare = self.spare_receipts.take().unwrap_or_default();
         let taken = std::mem::replace(&mut self.receipts, spare);
-        let receipts = taken
-            .iter()
-            .map(|(txid, stored)| Receipt {
-                txid: *txid,
-                placement: stored.placement,
-                op: stored.op.clone(),
-            })
-            .collect();
         self.handed.push_back((through_seq, taken));
-        receipts
+        let (_, taken) = self.handed.back().expect("pushed");
+        taken.iter().map(|(txid, stored)| Receipt {
+            txid: *txid,
+            placement: stored.placement,
+            op: &stored.op,
+        })
     }
 
     /// The view write reaching `seq` is done: the receipts it carried are
@@ -1256,12 +1258,12 @@ mod tests {
         let placement = Placement { seq: 5, root: [9; 32] };
         wallet.apply(&op, &encoded(&op), placement);
         let expected = ron_proto::wallet::receipt(&op, &placement);
-        let taken = wallet.take_new_receipts(5);
+        let taken: Vec<Receipt> = wallet.take_new_receipts(5).collect();
         assert_eq!(taken.len(), 1);
-        let stored = WalletOp::decode(&taken[0].op).unwrap();
+        let stored = WalletOp::decode(taken[0].op).unwrap();
         assert_eq!((taken[0].txid, taken[0].placement), (op.txid, placement));
         assert_eq!(ron_proto::wallet::receipt(&stored, &taken[0].placement), expected);
-        assert!(wallet.take_new_receipts(5).is_empty());
+        assert_eq!(wallet.take_new_receipts(5).count(), 0);
         // Handed to a write that is not done: still answered from here.
         assert_eq!(wallet.receipt(&op.txid), Some(expected.clone()));
         wallet.forget_receipts_through(4);

@@ -49,11 +49,15 @@ fn idem_key((expires_ms, slot): &IdemKey) -> [u8; IDEM_KEY_BYTES] {
 }
 
 /// Puts what changed into a view write.
-pub fn save(changes: &mut ViewChanges, state: Changes, receipts: &[Receipt]) {
+pub fn save<'a>(
+    changes: &mut ViewChanges,
+    state: Changes,
+    receipts: impl Iterator<Item = Receipt<'a>>,
+) {
     for receipt in receipts {
         let placement = &receipt.placement;
         changes.put(RECEIPTS, &receipt.txid, &placement.seq.to_le_bytes());
-        let value: [&[u8]; 2] = [&placement.root, &receipt.op];
+        let value: [&[u8]; 2] = [&placement.root, receipt.op];
         changes.put_parts(COMMITTED, &placement.seq.to_be_bytes(), &value);
     }
     let mut key = Vec::new();
