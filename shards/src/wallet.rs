@@ -665,9 +665,7 @@ impl Wallet {
             self.idem_order.push_back((expires_ms, slot));
             let record =
                 IdemRecord { txid: op.txid, expires_ms, resolution: is_resolution(op.kind) };
-            if !self.no_view {
-                self.dirty_idem.push(((expires_ms, slot), Some(record)));
-            }
+            self.changed_idem((expires_ms, slot), Some(record));
             while self.idem_order.len() > self.idem_max {
                 self.forget_oldest_idem();
             }
@@ -733,17 +731,13 @@ impl Wallet {
                         resolving: false,
                     };
                     assert!(self.holds.insert(hold_id, hold).is_none(), "hold ids are unique");
-                    if !self.no_view {
-                        self.dirty_holds.insert(hold_id);
-                    }
+                    self.changed_hold(hold_id);
                 }
             }
             OpKind::Capture | OpKind::Release | OpKind::Expire => {
                 let hold_id = op.hold_id.expect("a resolution names its hold");
                 let hold = self.holds.remove(&hold_id).expect("a hold resolves once");
-                if !self.no_view {
-                    self.dirty_holds.insert(hold_id);
-                }
+                self.changed_hold(hold_id);
                 if let Some(at) = hold.expires_ms {
                     self.expiries.remove(&(at, hold_id));
                 }
@@ -794,14 +788,27 @@ impl Wallet {
         }
     }
 
+    /// Marks a hold for the next view write (none without a view).
+    fn changed_hold(&mut self, id: HoldId) {
+        if !self.no_view {
+            self.dirty_holds.insert(id);
+        }
+    }
+
+    /// Lists an idempotency record made or forgotten for the next view
+    /// write (none without a view).
+    fn changed_idem(&mut self, key: IdemKey, record: Option<IdemRecord>) {
+        if !self.no_view {
+            self.dirty_idem.push((key, record));
+        }
+    }
+
     fn forget_oldest_idem(&mut self) {
         let (expires_ms, slot) = self.idem_order.pop_front().expect("not empty");
         if let Some(Idem::Done(txid)) = self.idem.get(&slot) {
             self.resolutions.remove(txid);
             self.idem.remove(&slot);
-            if !self.no_view {
-                self.dirty_idem.push(((expires_ms, slot), None));
-            }
+            self.changed_idem((expires_ms, slot), None);
         }
     }
 }
