@@ -24,6 +24,9 @@
 use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, hold_route};
 
 use crate::{Map, Set};
+use hashbrown::hash_map::RawEntryMut;
+use smallvec::SmallVec;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The account that scopes an operation's idempotency key: `from`, or `to`
@@ -112,14 +115,20 @@ pub struct Receipt<'a> {
     pub op: &'a [u8],
 }
 
-/// The account `name` in `accounts`, made if it is not there (looked up
-/// again then: a hit, the usual case, is one lookup and no allocation).
-fn account_in<'a>(accounts: &'a mut Map<Box<str>, Account>, name: &str) -> &'a mut Account {
-    if !accounts.contains_key(name) {
-        accounts.insert(name.into(), Account::default());
+/// Accounts by name: hashbrown's map, whose raw entries find or make an
+/// entry with one lookup and copy the name only when they make one.
+type Accounts = hashbrown::HashMap<Box<str>, Account, foldhash::fast::RandomState>;
+
+/// The account `name` in `accounts`, made if it is not there.
+fn account_in<'a>(accounts: &'a mut Accounts, name: &str) -> &'a mut Account {
+    match accounts.raw_entry_mut().from_key(name) {
+        RawEntryMut::Occupied(found) => found.into_mut(),
+        RawEntryMut::Vacant(room) => room.insert(name.into(), Account::default()).1,
     }
-    accounts.get_mut(name).expect("inserted")
 }
+
+/// An asset by its place in `Wallet::assets`.
+type AssetId = u32;
 
 /// A committed idempotency record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,27 +219,30 @@ struct FundsSlot {
 #[derive(Debug, Default)]
 struct Account {
     nonce: Nonce,
-    /// By asset: an account holds few, so they are searched in turn.
-    funds: Vec<(Box<str>, FundsSlot)>,
+    /// By asset: an account holds few, so they are searched in turn, and
+    /// the first is kept in place (no pointer to follow, no name to
+    /// compare: a transfer's three lookups of an account were cache misses
+    /// on each).
+    funds: SmallVec<[(AssetId, FundsSlot); 1]>,
     /// In `Wallet::dirty_accounts`: its nonce or a balance changed since
     /// the last `take_changes`.
     listed: bool,
 }
 
 impl Account {
-    fn funds(&self, asset: &str) -> Funds {
+    fn funds(&self, asset: AssetId) -> Funds {
         self.funds
             .iter()
-            .find(|(held, _)| **held == *asset)
+            .find(|(held, _)| *held == asset)
             .map(|(_, slot)| slot.funds)
             .unwrap_or_default()
     }
 
-    fn slot_mut(&mut self, asset: &str) -> &mut FundsSlot {
-        let at = match self.funds.iter().position(|(held, _)| **held == *asset) {
+    fn slot_mut(&mut self, asset: AssetId) -> &mut FundsSlot {
+        let at = match self.funds.iter().position(|(held, _)| *held == asset) {
             Some(at) => at,
             None => {
-                self.funds.push((asset.into(), FundsSlot::default()));
+                self.funds.push((asset, FundsSlot::default()));
                 self.funds.len() - 1
             }
         };
@@ -271,7 +283,9 @@ pub struct Wallet {
     shard: usize,
     shard_count: usize,
     /// By name.
-    accounts: Map<Box<str>, Account>,
+    accounts: Accounts,
+    /// The assets seen, in the order first seen (few: the config's list).
+    assets: Vec<Box<str>>,
     /// Accounts whose nonce or a balance changed since the last
     /// `take_changes`.
     dirty_accounts: Vec<Box<str>>,
@@ -330,7 +344,21 @@ impl Wallet {
     }
 
     pub fn funds(&self, account: &str, asset: &str) -> Funds {
+        let Some(asset) = self.known_asset(asset) else { return Funds::default() };
         self.accounts.get(account).map(|held| held.funds(asset)).unwrap_or_default()
+    }
+
+    fn known_asset(&self, asset: &str) -> Option<AssetId> {
+        let at = self.assets.iter().position(|known| **known == *asset)?;
+        Some(AssetId::try_from(at).expect("assets are few"))
+    }
+
+    /// The id of `asset`, given at its first sight.
+    fn asset_id(&mut self, asset: &str) -> AssetId {
+        self.known_asset(asset).unwrap_or_else(|| {
+            self.assets.push(asset.into());
+            AssetId::try_from(self.assets.len() - 1).expect("assets are few")
+        })
     }
 
     fn account_mut(&mut self, name: &str) -> &mut Account {
@@ -360,6 +388,7 @@ impl Wallet {
             account.listed = false;
             for (asset, slot) in account.funds.iter_mut().filter(|(_, slot)| slot.dirty) {
                 slot.dirty = false;
+                let asset = &self.assets[*asset as usize];
                 changes.funds.push((FundsKey::new(&name, asset), slot.funds.balance));
             }
             if account.nonce.dirty {
@@ -378,6 +407,7 @@ impl Wallet {
     /// Loads state the view kept (at start, before any replay).
     pub fn load_funds(&mut self, account: &str, asset: &str, balance: u128) {
         let slot = FundsSlot { funds: Funds { balance, reserved: 0 }, dirty: false };
+        let asset = self.asset_id(asset);
         *self.account_mut(account).slot_mut(asset) = slot;
     }
 
@@ -466,7 +496,8 @@ impl Wallet {
     pub fn totals(&self) -> HashMap<String, (u128, u128)> {
         let mut totals: HashMap<String, (u128, u128)> = HashMap::new();
         for (asset, slot) in self.accounts.values().flat_map(|account| &account.funds) {
-            totals.entry(asset.to_string()).or_default().0 += slot.funds.balance;
+            totals.entry(self.assets[*asset as usize].to_string()).or_default().0 +=
+                slot.funds.balance;
         }
         for hold in self.holds.values() {
             totals.entry(hold.asset.clone()).or_default().1 += hold.amount;
@@ -507,12 +538,13 @@ impl Wallet {
         // Reserve: nothing above can fail from here on.
         let debits = matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold);
         if op.nonce.is_some() || debits {
+            let asset = self.asset_id(&op.asset);
             let account = self.account_mut(scope);
             if let Some(nonce) = op.nonce {
                 account.nonce.reserved = nonce;
             }
             if debits {
-                account.slot_mut(&op.asset).funds.reserved += op.amount;
+                account.slot_mut(asset).funds.reserved += op.amount;
             }
         }
         if let Some(hold) = op.hold_id.and_then(|id| self.holds.get_mut(&id)) {
@@ -568,8 +600,9 @@ impl Wallet {
 
     /// The nonce and the funds `op` needs, on its scope shard.
     fn check(&self, op: &WalletOp, scope: &str, over_hold: bool) -> Result<(), Rejection> {
+        let held = self.accounts.get(scope);
         if let Some(got) = op.nonce {
-            let expected = self.accounts.get(scope).map_or(0, |held| held.nonce.reserved) + 1;
+            let expected = held.map_or(0, |held| held.nonce.reserved) + 1;
             if got != expected {
                 return Err(Rejection::NonceConflict { expected, got });
             }
@@ -582,7 +615,9 @@ impl Wallet {
                 }
             }
             OpKind::Transfer | OpKind::Burn | OpKind::Hold => {
-                let funds = self.funds(scope, &op.asset);
+                let asset = self.known_asset(&op.asset);
+                let funds =
+                    held.zip(asset).map(|(held, asset)| held.funds(asset)).unwrap_or_default();
                 let available = funds.balance - funds.reserved;
                 if op.amount > available {
                     return Err(Rejection::InsufficientFunds { available, needed: op.amount });
@@ -610,7 +645,8 @@ impl Wallet {
             }
         }
         if matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold) {
-            let funds = &mut self.account_mut(scope).slot_mut(&op.asset).funds;
+            let asset = self.asset_id(&op.asset);
+            let funds = &mut self.account_mut(scope).slot_mut(asset).funds;
             funds.reserved =
                 funds.reserved.checked_sub(op.amount).expect("released what was reserved");
         }
@@ -629,6 +665,7 @@ impl Wallet {
     }
 
     fn credit(&mut self, account: &str, asset: &str, amount: u128) {
+        let asset = self.asset_id(asset);
         let slot = self.committed_account_mut(account).slot_mut(asset);
         slot.dirty = true;
         slot.funds.balance = slot.funds.balance.checked_add(amount).expect("credits were checked");
@@ -695,6 +732,7 @@ impl Wallet {
         let from = op.from.as_deref().expect("a payer");
         let debits = matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold);
         if op.nonce.is_some() || debits {
+            let asset = self.asset_id(&op.asset);
             let account = self.committed_account_mut(from);
             if let Some(nonce) = op.nonce {
                 let entry = &mut account.nonce;
@@ -704,7 +742,7 @@ impl Wallet {
                 entry.dirty = true;
             }
             if debits {
-                let slot = account.slot_mut(&op.asset);
+                let slot = account.slot_mut(asset);
                 slot.dirty = true;
                 let funds = &mut slot.funds;
                 if reserved {
@@ -805,9 +843,14 @@ impl Wallet {
 
     fn forget_oldest_idem(&mut self) {
         let (expires_ms, slot) = self.idem_order.pop_front().expect("not empty");
-        if let Some(Idem::Done(txid)) = self.idem.get(&slot) {
-            self.resolutions.remove(txid);
-            self.idem.remove(&slot);
+        // One lookup: the oldest record is a cache miss of its own.
+        if let Entry::Occupied(record) = self.idem.entry(slot)
+            && let Idem::Done(txid) = *record.get()
+        {
+            record.remove();
+            if !self.resolutions.is_empty() {
+                self.resolutions.remove(&txid);
+            }
             self.changed_idem((expires_ms, slot), None);
         }
     }
@@ -1255,6 +1298,59 @@ mod tests {
         wallet.release(&pending);
         assert_eq!(wallet.funds("alice", "roc"), Funds { balance: 10, reserved: 0 });
         assert!(matches!(wallet.reserve(&rival, 0), Ok(Reserved::Commit(_))));
+    }
+
+    /// Three assets on one account: each balance is its own (the first
+    /// kept in place, the others after it), and a view's changes and a
+    /// reload name each by its own asset.
+    #[test]
+    fn an_account_keeps_each_asset_apart() {
+        let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
+        let mut seq = 0;
+        let mut commit = |wallet: &mut Wallet, op: WalletOp| {
+            let Ok(Reserved::Commit(op)) = wallet.reserve(&op, 0) else { panic!("{op:?}") };
+            seq += 1;
+            wallet.apply(&op, &encoded(&op), Placement { seq, root: [0; 32] });
+        };
+        for (asset, amount) in [("roc", 5), ("gem", 7), ("ore", 9)] {
+            let key = format!("i-{asset}");
+            let issue = request(OpKind::Issue, None, Some("alice"), amount, None, None, &key, 0);
+            commit(&mut wallet, WalletOp { asset: asset.into(), ..issue });
+        }
+        let pay = request(OpKind::Transfer, Some("alice"), Some("bob"), 4, Some(1), None, "t1", 0);
+        commit(&mut wallet, WalletOp { asset: "ore".into(), ..pay });
+        let over = request(OpKind::Transfer, Some("alice"), Some("bob"), 6, Some(2), None, "t2", 0);
+        assert_eq!(
+            wallet.reserve(&WalletOp { asset: "roc".into(), ..over }, 0),
+            Err(Rejection::InsufficientFunds { available: 5, needed: 6 })
+        );
+        let balances =
+            [("alice", "roc", 5), ("alice", "gem", 7), ("alice", "ore", 5), ("bob", "ore", 4)];
+        for (account, asset, balance) in balances {
+            assert_eq!(wallet.funds(account, asset), Funds { balance, reserved: 0 });
+        }
+        assert_eq!(wallet.funds("bob", "roc"), Funds::default());
+        assert_eq!(wallet.funds("alice", "none"), Funds::default());
+        let mut changed: Vec<(String, String, u128)> = wallet
+            .take_changes()
+            .funds
+            .iter()
+            .map(|(key, balance)| (key.account().to_owned(), key.asset().to_owned(), *balance))
+            .collect();
+        changed.sort();
+        let mut expected: Vec<_> =
+            balances.iter().map(|(a, s, b)| (a.to_string(), s.to_string(), *b)).collect();
+        expected.sort();
+        assert_eq!(changed, expected);
+        // Loaded into a fresh wallet, which sees the assets in another order.
+        let mut loaded = Wallet::new(0, 1, TTL_MS, 10);
+        for (account, asset, balance) in changed.iter().rev() {
+            loaded.load_funds(account, asset, *balance);
+        }
+        for (account, asset, balance) in balances {
+            assert_eq!(loaded.funds(account, asset).balance, balance);
+        }
+        assert_eq!(loaded.totals(), wallet.totals());
     }
 
     #[test]
