@@ -93,7 +93,7 @@ fn reserve_and_apply(wallet: &mut Wallet, ops: &[WalletOp], first_seq: u64) {
         encoded.clear();
         op.encode(&mut encoded);
         let placement = Placement { seq: first_seq + k as u64, root: [0; 32] };
-        wallet.apply(op, &encoded, placement);
+        wallet.apply(&op.as_ref(), &encoded, placement);
         if (first_seq + k as u64) % VIEW_WRITE_EVERY == 0 {
             // A view write: the changes and receipts handed out, the
             // receipts then forgotten (the view keeps them).

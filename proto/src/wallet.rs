@@ -115,6 +115,58 @@ pub struct WalletOp {
     pub ts_ms: u64,
 }
 
+/// An operation borrowed from its log encoding (`WalletOp::decode_ref`):
+/// what applying a committed operation reads, without copies of its
+/// strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalletOpRef<'a> {
+    pub kind: OpKind,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub asset: &'a str,
+    pub amount: u128,
+    pub nonce: Option<u64>,
+    pub hold_id: Option<HoldId>,
+    pub timeout_s: Option<u32>,
+    pub idem: Option<&'a str>,
+    pub txid: TxId,
+    pub ts_ms: u64,
+}
+
+impl WalletOpRef<'_> {
+    pub fn into_owned(self) -> WalletOp {
+        WalletOp {
+            kind: self.kind,
+            from: self.from.map(str::to_owned),
+            to: self.to.map(str::to_owned),
+            asset: self.asset.to_owned(),
+            amount: self.amount,
+            nonce: self.nonce,
+            hold_id: self.hold_id,
+            timeout_s: self.timeout_s,
+            idem: self.idem.map(str::to_owned),
+            txid: self.txid,
+            ts_ms: self.ts_ms,
+        }
+    }
+
+    /// Checks the limits the encoding relies on.
+    pub fn check(&self) -> Result<(), &'static str> {
+        for account in [self.from, self.to].into_iter().flatten() {
+            if !valid_account(account) {
+                return Err("wallet account");
+            }
+        }
+        if self.asset.is_empty() || self.asset.len() > WALLET_ASSET_BYTES_MAX {
+            return Err("wallet asset");
+        }
+        if self.idem.is_some_and(|k| !valid_idempotency_key(k)) {
+            return Err("idempotency key");
+        }
+        Ok(())
+    }
+}
+
 /// Whether `account` is a valid wallet account id.
 pub fn valid_account(account: &str) -> bool {
     (1..=WALLET_ACCOUNT_BYTES_MAX).contains(&account.len())
@@ -268,20 +320,25 @@ pub fn parse_hold_id(text: &str) -> Option<HoldId> {
 }
 
 impl WalletOp {
+    pub fn as_ref(&self) -> WalletOpRef<'_> {
+        WalletOpRef {
+            kind: self.kind,
+            from: self.from.as_deref(),
+            to: self.to.as_deref(),
+            asset: &self.asset,
+            amount: self.amount,
+            nonce: self.nonce,
+            hold_id: self.hold_id,
+            timeout_s: self.timeout_s,
+            idem: self.idem.as_deref(),
+            txid: self.txid,
+            ts_ms: self.ts_ms,
+        }
+    }
+
     /// Checks the limits the encoding relies on.
     pub fn check(&self) -> Result<(), &'static str> {
-        for account in [&self.from, &self.to].into_iter().flatten() {
-            if !valid_account(account) {
-                return Err("wallet account");
-            }
-        }
-        if self.asset.is_empty() || self.asset.len() > WALLET_ASSET_BYTES_MAX {
-            return Err("wallet asset");
-        }
-        if self.idem.as_deref().is_some_and(|k| !valid_idempotency_key(k)) {
-            return Err("idempotency key");
-        }
-        Ok(())
+        self.as_ref().check()
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -321,6 +378,11 @@ impl WalletOp {
 
     /// Decodes exactly one operation.
     pub fn decode(bytes: &[u8]) -> Result<WalletOp, DecodeError> {
+        WalletOp::decode_ref(bytes).map(WalletOpRef::into_owned)
+    }
+
+    /// The same, borrowed from `bytes`.
+    pub fn decode_ref<'a>(bytes: &'a [u8]) -> Result<WalletOpRef<'a>, DecodeError> {
         if bytes.len() > WALLET_OP_BYTES_MAX {
             return Err(DecodeError::Invalid("wallet operation too large"));
         }
@@ -333,23 +395,23 @@ impl WalletOp {
         if flags & !0b11_1111 != 0 {
             return Err(DecodeError::Invalid("wallet op flags"));
         }
-        let account = |reader: &mut Reader<'_>| -> Result<String, DecodeError> {
+        let account = |reader: &mut Reader<'a>| -> Result<&'a str, DecodeError> {
             let len = u16::from_le_bytes(reader.array()?) as usize;
             if len == 0 || len > WALLET_ACCOUNT_BYTES_MAX {
                 return Err(DecodeError::Invalid("wallet account"));
             }
-            reader.utf8(len, "wallet account")
+            reader.str(len, "wallet account")
         };
         let from = if flags & 1 != 0 { Some(account(&mut reader)?) } else { None };
         let to = if flags & 2 != 0 { Some(account(&mut reader)?) } else { None };
-        let asset = reader.text(WALLET_ASSET_BYTES_MAX, "wallet asset")?;
+        let asset = reader.text_ref(WALLET_ASSET_BYTES_MAX, "wallet asset")?;
         let amount = u128::from_le_bytes(reader.array()?);
         let nonce = if flags & 4 != 0 { Some(u64::from_le_bytes(reader.array()?)) } else { None };
         let hold_id = if flags & 8 != 0 { Some(reader.array()?) } else { None };
         let timeout_s =
             if flags & 16 != 0 { Some(u32::from_le_bytes(reader.array()?)) } else { None };
         let idem = if flags & 32 != 0 {
-            Some(reader.text(IDEMPOTENCY_KEY_BYTES_MAX, "idempotency key")?)
+            Some(reader.text_ref(IDEMPOTENCY_KEY_BYTES_MAX, "idempotency key")?)
         } else {
             None
         };
@@ -358,7 +420,7 @@ impl WalletOp {
         if reader.at != bytes.len() {
             return Err(DecodeError::Invalid("bytes after the wallet operation"));
         }
-        let op = WalletOp {
+        let op = WalletOpRef {
             kind,
             from,
             to,

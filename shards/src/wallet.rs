@@ -21,7 +21,7 @@
 //! ([`Changes`], [`Wallet::take_new_receipts`]); how a view stores them is
 //! the server's business.
 
-use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, hold_route};
+use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, WalletOpRef, hold_route};
 
 use crate::{Map, Set};
 use hashbrown::hash_map::RawEntryMut;
@@ -46,11 +46,11 @@ pub fn recorder(txid: &TxId, shard_count: usize) -> usize {
 }
 
 /// The shards with a part in `op`, without repeats.
-pub fn parts(op: &WalletOp, shard_count: usize) -> BTreeSet<usize> {
+pub fn parts(op: &WalletOpRef<'_>, shard_count: usize) -> BTreeSet<usize> {
     let owner = |account: &str| ron_proto::routing::owner(account.as_bytes(), shard_count);
     let mut shards = BTreeSet::new();
-    shards.extend(op.from.as_deref().map(owner));
-    shards.extend(op.to.as_deref().map(owner));
+    shards.extend(op.from.map(owner));
+    shards.extend(op.to.map(owner));
     shards.insert(recorder(&op.txid, shard_count));
     shards
 }
@@ -675,20 +675,20 @@ impl Wallet {
     /// `placement`: the same for an operation from the live stream and one
     /// read back from the log at start. `encoded` is the operation as the
     /// log holds it (`WalletOp::encode`), kept as its receipt.
-    pub fn apply(&mut self, op: &WalletOp, encoded: &[u8], placement: Placement) {
+    pub fn apply(&mut self, op: &WalletOpRef<'_>, encoded: &[u8], placement: Placement) {
         debug_assert!(
             {
                 let mut again = Vec::new();
-                op.encode(&mut again);
+                op.into_owned().encode(&mut again);
                 again == encoded
             },
             "`encoded` is `op`'s log encoding"
         );
-        let from_here = op.from.as_deref().is_some_and(|a| self.owns(a));
-        let to_here = op.to.as_deref().is_some_and(|a| self.owns(a));
-        let scope = scope_account(op);
+        let from_here = op.from.is_some_and(|a| self.owns(a));
+        let to_here = op.to.is_some_and(|a| self.owns(a));
+        let scope = op.from.or(op.to).expect("every operation names an account");
         // The idempotency record's slot, if this shard keeps it.
-        let slot = op.idem.as_deref().filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key));
+        let slot = op.idem.filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key));
         // The scope shard reserved `op` if its record of the key was
         // pending with `op`'s txid: the record is now done.
         let mut reserved = false;
@@ -713,8 +713,8 @@ impl Wallet {
         if to_here {
             match op.kind {
                 OpKind::Issue | OpKind::Transfer | OpKind::Capture => {
-                    let to = op.to.as_deref().expect("a payee");
-                    self.credit(to, &op.asset, op.amount);
+                    let to = op.to.expect("a payee");
+                    self.credit(to, op.asset, op.amount);
                 }
                 OpKind::Burn | OpKind::Hold | OpKind::Release | OpKind::Expire => {}
             }
@@ -728,11 +728,11 @@ impl Wallet {
 
     /// The payer's part; `reserved`: the debit was reserved here, and the
     /// reservation becomes the debit.
-    fn apply_payer(&mut self, op: &WalletOp, reserved: bool) {
-        let from = op.from.as_deref().expect("a payer");
+    fn apply_payer(&mut self, op: &WalletOpRef<'_>, reserved: bool) {
+        let from = op.from.expect("a payer");
         let debits = matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold);
         if op.nonce.is_some() || debits {
-            let asset = self.asset_id(&op.asset);
+            let asset = self.asset_id(op.asset);
             let account = self.committed_account_mut(from);
             if let Some(nonce) = op.nonce {
                 let entry = &mut account.nonce;
@@ -762,8 +762,8 @@ impl Wallet {
                     }
                     let hold = Hold {
                         from: from.to_owned(),
-                        to: op.to.clone().expect("a hold has a payee"),
-                        asset: op.asset.clone(),
+                        to: op.to.expect("a hold has a payee").to_owned(),
+                        asset: op.asset.to_owned(),
                         amount: op.amount,
                         expires_ms,
                         resolving: false,
@@ -947,8 +947,8 @@ mod tests {
         fn commit(&mut self, op: &WalletOp) {
             self.seq += 1;
             let placement = Placement { seq: self.seq, root: [self.seq as u8; 32] };
-            for shard in parts(op, self.shards.len()) {
-                self.shards[shard].apply(op, &encoded(op), placement);
+            for shard in parts(&op.as_ref(), self.shards.len()) {
+                self.shards[shard].apply(&op.as_ref(), &encoded(op), placement);
             }
             self.log.push((op.clone(), placement));
         }
@@ -1186,8 +1186,8 @@ mod tests {
         // A restart: the log replayed into fresh shards gives the same state.
         let mut fresh = Node::new(shard_count);
         for (op, placement) in &node.log {
-            for shard in parts(op, shard_count) {
-                fresh.shards[shard].apply(op, &encoded(op), *placement);
+            for shard in parts(&op.as_ref(), shard_count) {
+                fresh.shards[shard].apply(&op.as_ref(), &encoded(op), *placement);
             }
         }
         for account in ACCOUNTS {
@@ -1280,7 +1280,7 @@ mod tests {
         let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
         let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
-        wallet.apply(&op, &encoded(&op), Placement { seq: 1, root: [1; 32] });
+        wallet.apply(&op.as_ref(), &encoded(&op), Placement { seq: 1, root: [1; 32] });
         let too_much = request(OpKind::Burn, Some("alice"), None, 11, Some(1), None, "b1", 0);
         assert!(matches!(
             wallet.reserve(&too_much, 0),
@@ -1310,7 +1310,7 @@ mod tests {
         let mut commit = |wallet: &mut Wallet, op: WalletOp| {
             let Ok(Reserved::Commit(op)) = wallet.reserve(&op, 0) else { panic!("{op:?}") };
             seq += 1;
-            wallet.apply(&op, &encoded(&op), Placement { seq, root: [0; 32] });
+            wallet.apply(&op.as_ref(), &encoded(&op), Placement { seq, root: [0; 32] });
         };
         for (asset, amount) in [("roc", 5), ("gem", 7), ("ore", 9)] {
             let key = format!("i-{asset}");
@@ -1359,7 +1359,7 @@ mod tests {
         let issue = request(OpKind::Issue, None, Some("alice"), 10, None, None, "i1", 0);
         let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 0) else { panic!() };
         let placement = Placement { seq: 5, root: [9; 32] };
-        wallet.apply(&op, &encoded(&op), placement);
+        wallet.apply(&op.as_ref(), &encoded(&op), placement);
         let expected = ron_proto::wallet::receipt(&op, &placement);
         let taken: Vec<Receipt> = wallet.take_new_receipts(5).collect();
         assert_eq!(taken.len(), 1);
@@ -1377,7 +1377,7 @@ mod tests {
         // Replayed at start with the view holding everything up to seq 5.
         let mut restarted = Wallet::new(0, 1, TTL_MS, 10);
         restarted.set_receipts_kept_through(5);
-        restarted.apply(&op, &encoded(&op), placement);
+        restarted.apply(&op.as_ref(), &encoded(&op), placement);
         assert_eq!(restarted.receipts_len(), 0);
         assert_eq!(restarted.funds("alice", "roc").balance, 10);
     }
@@ -1387,7 +1387,7 @@ mod tests {
         let commit = |wallet: &mut Wallet, key: &str, seq: u64| {
             let issue = request(OpKind::Issue, None, Some("alice"), 1, None, None, key, 7);
             let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, 7) else { panic!() };
-            wallet.apply(&op, &encoded(&op), Placement { seq, root: [0; 32] });
+            wallet.apply(&op.as_ref(), &encoded(&op), Placement { seq, root: [0; 32] });
             let record = IdemRecord { txid: op.txid, expires_ms: 7 + TTL_MS, resolution: false };
             ((7 + TTL_MS, idem_slot("alice", key)), record)
         };
@@ -1417,7 +1417,7 @@ mod tests {
             let issue =
                 request(OpKind::Issue, None, Some("alice"), 1, None, None, &format!("k{n}"), at);
             let Ok(Reserved::Commit(op)) = wallet.reserve(&issue, at) else { panic!() };
-            wallet.apply(&op, &encoded(&op), Placement { seq: n, root: [0; 32] });
+            wallet.apply(&op.as_ref(), &encoded(&op), Placement { seq: n, root: [0; 32] });
         }
         assert_eq!(wallet.idem_len(), 2);
         // k1 fell out (bound): the same request is new again.

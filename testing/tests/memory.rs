@@ -60,7 +60,7 @@ fn commit(wallet: &mut Wallet, first: u64, count: u64) {
         };
         bytes.clear();
         op.encode(&mut bytes);
-        wallet.apply(&op, &bytes, Placement { seq: n + 1, root: [0; 32] });
+        wallet.apply(&op.as_ref(), &bytes, Placement { seq: n + 1, root: [0; 32] });
         if (n + 1) % WRITE_EVERY == 0 {
             drop(wallet.take_changes());
             wallet.take_new_receipts(n + 1).count();

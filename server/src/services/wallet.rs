@@ -130,7 +130,7 @@ impl Service for Wallet {
     }
 
     fn replay(states: &mut Replaying<'_, state::Wallet>, item: Item<'_>) {
-        let op = WalletOp::decode(item.bytes).expect("checked");
+        let op = WalletOp::decode_ref(item.bytes).expect("checked");
         let placement = Placement { seq: item.seq, root: *item.root };
         for shard in parts(&op, states.shard_count()) {
             if let Some(wallet) = states.get(shard) {
@@ -234,7 +234,7 @@ impl Service for Wallet {
     }
 
     fn apply(&self, item: Item<'_>) {
-        let op = WalletOp::decode(item.bytes).expect("committed items decode");
+        let op = WalletOp::decode_ref(item.bytes).expect("committed items decode");
         let placement = Placement { seq: item.seq, root: *item.root };
         self.state.borrow_mut().apply(&op, item.bytes, placement);
     }
@@ -410,7 +410,7 @@ type Appended = Result<LogAnswer, crate::log::LinkError>;
 
 impl Wallet {
     async fn append(&self, op: &WalletOp) -> Appended {
-        let shards = parts(op, self.core.count);
+        let shards = parts(&op.as_ref(), self.core.count);
         let append = crate::log::Append::item(|out| op.encode(out), shards);
         self.core.log.call(LogCall::Append(append)).await
     }

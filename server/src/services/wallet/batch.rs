@@ -465,7 +465,7 @@ fn append_of(wallet: &Wallet, ops: &[&WalletOp]) -> Append {
         op.encode(&mut items);
         let len = u16::try_from(items.len() - at - 2).expect("an operation fits an item");
         items[at..at + 2].copy_from_slice(&len.to_le_bytes());
-        for shard in parts(op, wallet.core.count) {
+        for shard in parts(&op.as_ref(), wallet.core.count) {
             item_parts.push(Part { item: i as u32, shard: shard as u32 });
         }
     }
