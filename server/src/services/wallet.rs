@@ -33,6 +33,7 @@ use std::cell::RefCell;
 use ron_shards::Map;
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::passport::Passport;
@@ -71,7 +72,9 @@ pub enum Call {
     /// that did not commit, in this order), and the payers of the nonces a
     /// batch reserved here (once per nonce) are settled. A single write's
     /// release is a settlement of one, without payers.
-    Settle { release: Vec<WalletOp>, payers: Vec<String> },
+    /// Both are shared, so that asking again after a busy answer copies
+    /// nothing.
+    Settle { release: Arc<[WalletOp]>, payers: Arc<[String]> },
     Balance { account: String, asset: String },
     Receipt { txid: TxId },
 }
@@ -202,18 +205,18 @@ impl Service for Wallet {
             }
             Call::Settle { release, payers } => {
                 let mut state = self.state.borrow_mut();
-                for op in &release {
+                for op in release.iter() {
                     state.release(op);
                 }
                 drop(state);
-                for payer in payers {
+                for payer in payers.iter() {
                     let mut unsettled = self.unsettled.borrow_mut();
-                    if let Some(count) = unsettled.get_mut(&payer) {
+                    if let Some(count) = unsettled.get_mut(payer) {
                         *count -= 1;
                         if *count == 0 {
-                            unsettled.remove(&payer);
+                            unsettled.remove(payer);
                             drop(unsettled);
-                            self.wake_nonce_waiters(&payer);
+                            self.wake_nonce_waiters(payer);
                         }
                     }
                 }

@@ -40,6 +40,7 @@ use ron_shards::wallet::{Reserved, parts, scope_account};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +130,8 @@ pub(super) fn issues(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>)
 enum Slot {
     /// Checked: to be reserved on its scope shard.
     Ready(Write),
+    /// Sent to its scope shard (moved, not copied): its answer replaces it.
+    Reserving,
     /// Reserved on its scope shard: to be committed, or released.
     Reserved { op: WalletOp, scope_shard: usize },
     /// The same request was committed before.
@@ -160,7 +163,7 @@ impl Slot {
     fn fail(&mut self, status: u16, code: &'static str, message: String, releases: &mut Releases) {
         match std::mem::replace(self, Slot::Failed { status, code, message }) {
             Slot::Reserved { op, scope_shard } => releases.push((scope_shard, op)),
-            Slot::Ready(_) => {}
+            Slot::Ready(_) | Slot::Reserving => {}
             kept @ (Slot::Replayed(_) | Slot::Committed { .. } | Slot::Failed { .. }) => {
                 *self = kept;
             }
@@ -395,8 +398,8 @@ async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
     let calls = by_shard.iter().map(|(shard, indices)| {
         let ops = indices
             .iter()
-            .map(|i| match &batch.slots[*i] {
-                Slot::Ready(write) => write.op.clone(),
+            .map(|i| match std::mem::replace(&mut batch.slots[*i], Slot::Reserving) {
+                Slot::Ready(write) => write.op,
                 _ => unreachable!("grouped above"),
             })
             .collect();
@@ -436,6 +439,7 @@ pub(super) async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<
     }
     for (shard, (mut release, payers)) in by_shard {
         release.sort_by_key(|op| std::cmp::Reverse(op.nonce));
+        let (release, payers): (Arc<[WalletOp]>, Arc<[String]>) = (release.into(), payers.into());
         let outcome = RELEASE_RETRY
             .run(
                 || {
@@ -527,7 +531,9 @@ fn answer(batch: &Batch, ledger: Option<(u64, u64, merkle::Hash)>) -> Vec<u8> {
                     replayed: false,
                     message: Some(message),
                 },
-                Slot::Ready(_) | Slot::Reserved { .. } => unreachable!("every write is settled"),
+                Slot::Ready(_) | Slot::Reserving | Slot::Reserved { .. } => {
+                    unreachable!("every write is settled")
+                }
             }
         })
         .collect();
