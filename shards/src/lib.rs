@@ -7,7 +7,8 @@
 /// The hash maps of the hot paths: std's, with foldhash seeded at random
 /// per map instead of SipHash (about 3 % of a shard core under writes).
 /// Their keys are ids, hashes and account names, and no outcome depends on
-/// their order.
+/// their order. (The wallet's accounts use hashbrown's map directly, for
+/// its raw entries.)
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
