@@ -227,6 +227,9 @@ struct Account {
     /// In `Wallet::dirty_accounts`: its nonce or a balance changed since
     /// the last `take_changes`.
     listed: bool,
+    /// Batches under way that reserved nonces of this payer and have not
+    /// settled (`hold_unsettled`, `settle_payer`).
+    unsettled: u32,
 }
 
 impl Account {
@@ -373,6 +376,29 @@ impl Wallet {
             self.dirty_accounts.push(name.into());
         }
         account
+    }
+
+    /// Whether a batch under way reserved nonces of `payer` and has not
+    /// settled: no later nonce of theirs may be reserved meanwhile (were
+    /// one of the batch's given back, the later one would commit past a
+    /// gap).
+    pub fn is_unsettled(&self, payer: &str) -> bool {
+        self.accounts.get(payer).is_some_and(|held| held.unsettled > 0)
+    }
+
+    /// A batch reserved nonces of `payer` (once per nonce).
+    pub fn hold_unsettled(&mut self, payer: &str) {
+        self.account_mut(payer).unsettled += 1;
+    }
+
+    /// A batch that reserved a nonce of `payer` is over (once per nonce);
+    /// whether none is left under way.
+    pub fn settle_payer(&mut self, payer: &str) -> bool {
+        let Some(held) = self.accounts.get_mut(payer).filter(|held| held.unsettled > 0) else {
+            return false;
+        };
+        held.unsettled -= 1;
+        held.unsettled == 0
     }
 
     /// The committed nonce of `account` (0 before its first write).
@@ -1298,6 +1324,23 @@ mod tests {
         wallet.release(&pending);
         assert_eq!(wallet.funds("alice", "roc"), Funds { balance: 10, reserved: 0 });
         assert!(matches!(wallet.reserve(&rival, 0), Ok(Reserved::Commit(_))));
+    }
+
+    /// Two batches reserve nonces of one payer: it stays unsettled until
+    /// both are over, and only the last settlement says so.
+    #[test]
+    fn a_payer_is_unsettled_until_every_batch_with_its_nonces_is_over() {
+        let mut wallet = Wallet::new(0, 1, TTL_MS, 10);
+        assert!(!wallet.is_unsettled("alice"));
+        assert!(!wallet.settle_payer("alice"), "nothing to settle");
+        wallet.hold_unsettled("alice");
+        wallet.hold_unsettled("alice");
+        assert!(wallet.is_unsettled("alice") && !wallet.is_unsettled("bob"));
+        assert!(!wallet.settle_payer("alice"));
+        assert!(wallet.is_unsettled("alice"));
+        assert!(wallet.settle_payer("alice"));
+        assert!(!wallet.is_unsettled("alice"));
+        assert!(!wallet.settle_payer("alice"), "settled once per nonce");
     }
 
     /// Three assets on one account: each balance is its own (the first

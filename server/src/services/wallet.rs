@@ -50,10 +50,6 @@ pub struct Wallet {
     /// the nonces before it, by payer: woken when one of its nonces is
     /// reserved.
     nonce_waiters: RefCell<Map<String, Vec<oneshot::Sender<()>>>>,
-    /// Payers with nonces a batch reserved here and has not settled, and
-    /// how many: no later nonce of theirs is reserved meanwhile (were one
-    /// of the batch's given back, the later one would commit past a gap).
-    unsettled: RefCell<Map<String, u32>>,
     metrics: RefCell<WalletMetrics>,
 }
 
@@ -149,7 +145,6 @@ impl Service for Wallet {
             state: RefCell::new(start.state),
             view: start.view,
             nonce_waiters: RefCell::new(Map::default()),
-            unsettled: RefCell::new(Map::default()),
             metrics: RefCell::new(WalletMetrics::default()),
         })
     }
@@ -180,25 +175,15 @@ impl Service for Wallet {
                 let answers: Vec<_> = ops
                     .into_iter()
                     .map(|op| match op.nonce.and(state.nonce_account(&op)) {
-                        Some(payer) if self.unsettled.borrow().contains_key(payer) => {
-                            Err(Rejection::PayerUnsettled)
-                        }
+                        Some(payer) if state.is_unsettled(payer) => Err(Rejection::PayerUnsettled),
                         _ => state.reserve_owned(op, now_ms),
                     })
                     .collect();
-                drop(state);
-                let mut unsettled = self.unsettled.borrow_mut();
                 for answer in &answers {
                     if let Ok(Reserved::Commit(op)) = answer
                         && op.nonce.is_some()
                     {
-                        let payer = state::scope_account(op);
-                        match unsettled.get_mut(payer) {
-                            Some(count) => *count += 1,
-                            None => {
-                                unsettled.insert(payer.to_owned(), 1);
-                            }
-                        }
+                        state.hold_unsettled(state::scope_account(op));
                     }
                 }
                 Answer::ReservedBatch(answers)
@@ -208,17 +193,11 @@ impl Service for Wallet {
                 for op in release.iter() {
                     state.release(op);
                 }
+                let settled: Vec<&String> =
+                    payers.iter().filter(|payer| state.settle_payer(payer)).collect();
                 drop(state);
-                for payer in payers.iter() {
-                    let mut unsettled = self.unsettled.borrow_mut();
-                    if let Some(count) = unsettled.get_mut(payer) {
-                        *count -= 1;
-                        if *count == 0 {
-                            unsettled.remove(payer);
-                            drop(unsettled);
-                            self.wake_nonce_waiters(payer);
-                        }
-                    }
+                for payer in settled {
+                    self.wake_nonce_waiters(payer);
                 }
                 Answer::Done
             }
@@ -296,12 +275,10 @@ impl Wallet {
         let wait_until = deadline.min(Instant::now() + wait);
         let mut waited = false;
         loop {
-            let unsettled = request.nonce.is_some()
-                && self
-                    .state
-                    .borrow()
-                    .nonce_account(request)
-                    .is_some_and(|payer| self.unsettled.borrow().contains_key(payer));
+            let unsettled = request.nonce.is_some() && {
+                let state = self.state.borrow();
+                state.nonce_account(request).is_some_and(|payer| state.is_unsettled(payer))
+            };
             let reserved = if unsettled {
                 Err(Rejection::PayerUnsettled)
             } else {
