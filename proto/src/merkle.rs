@@ -124,13 +124,19 @@ pub fn to_hex(hash: &Hash) -> String {
 
 /// Lowercase hex of any bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(2 * bytes.len());
+    hex_into(&mut out, bytes);
+    out
+}
+
+/// `bytes` in lowercase hex, after what `out` holds.
+pub fn hex_into(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
     for byte in bytes {
         out.push(DIGITS[(byte >> 4) as usize] as char);
         out.push(DIGITS[(byte & 15) as usize] as char);
     }
-    out
 }
 
 pub fn from_hex(text: &str) -> Option<Hash> {

@@ -303,7 +303,10 @@ pub fn from_hex16(text: &str) -> Option<[u8; 16]> {
 
 /// `tx_` + 32 hex.
 pub fn txid_text(txid: &TxId) -> String {
-    format!("tx_{}", hex(txid))
+    let mut text = String::with_capacity(3 + 32);
+    text.push_str("tx_");
+    crate::merkle::hex_into(&mut text, txid);
+    text
 }
 
 pub fn parse_txid(text: &str) -> Option<TxId> {

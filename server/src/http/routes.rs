@@ -392,11 +392,13 @@ pub fn etag_current(if_none_match: Option<&[u8]>, etag: &[u8]) -> bool {
     })
 }
 
-/// An amount: a u128 as a decimal string, or a JSON integer.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// An amount: a u128 as a decimal string, or a JSON integer. A string is
+/// read where it lies (no copy, no buffering as an untagged enum would);
+/// one that is not a decimal u128 is refused by `value`, with the others'
+/// checks.
 pub enum Amount {
-    Text(String),
+    /// A decimal string's value (`None`: not a decimal u128).
+    Text(Option<u128>),
     Number(u64),
 }
 
@@ -405,11 +407,8 @@ impl Amount {
     pub fn value(self) -> Result<u128, String> {
         let amount = match self {
             Amount::Number(n) => u128::from(n),
-            Amount::Text(text) => {
-                if text.is_empty() || text.len() > 39 || !text.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err("amount must be a decimal u128".to_owned());
-                }
-                text.parse::<u128>().map_err(|_| "amount must be a decimal u128".to_owned())?
+            Amount::Text(parsed) => {
+                parsed.ok_or_else(|| "amount must be a decimal u128".to_owned())?
             }
         };
         if amount == 0 {
@@ -417,11 +416,74 @@ impl Amount {
         }
         Ok(amount)
     }
+
+    /// `text` as an amount: 1..=39 decimal digits that fit a u128.
+    pub fn of_text(text: &str) -> Amount {
+        let decimal = (1..=39).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+        Amount::Text(decimal.then(|| text.parse::<u128>().ok()).flatten())
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Amount, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Amount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a decimal string or a non-negative integer")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Amount, E> {
+                Ok(Amount::Number(n))
+            }
+            // simd-json hands integers that fit an i64 as one.
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Amount, E> {
+                let n = u64::try_from(n)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))?;
+                Ok(Amount::Number(n))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Amount, E> {
+                Ok(Amount::of_text(text))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An amount as either parser reads it: a decimal string or a
+    /// non-negative integer; anything else is a bad body or a bad amount.
+    #[test]
+    fn amounts_are_decimal_strings_or_non_negative_integers() {
+        #[derive(Deserialize)]
+        struct Body {
+            a: Amount,
+        }
+        let max = u128::MAX.to_string();
+        let over = "340282366920938463463374607431768211456"; // u128::MAX + 1
+        let cases: [(String, Option<Result<u128, &str>>); 9] = [
+            (r#"{"a":"12"}"#.into(), Some(Ok(12))),
+            (r#"{"a":12}"#.into(), Some(Ok(12))),
+            (format!(r#"{{"a":"{max}"}}"#), Some(Ok(u128::MAX))),
+            (format!(r#"{{"a":"{over}"}}"#), Some(Err("amount must be a decimal u128"))),
+            (r#"{"a":"1x"}"#.into(), Some(Err("amount must be a decimal u128"))),
+            (r#"{"a":"0"}"#.into(), Some(Err("amount must be positive"))),
+            (r#"{"a":-1}"#.into(), None),
+            (r#"{"a":1.5}"#.into(), None),
+            (r#"{"a":null}"#.into(), None),
+        ];
+        for (json, expected) in cases {
+            let simd = simd_json::serde::from_slice::<Body>(&mut json.clone().into_bytes());
+            let serde = serde_json::from_str::<Body>(&json);
+            for parsed in [simd.map_err(|e| e.to_string()), serde.map_err(|e| e.to_string())] {
+                let got = parsed.ok().map(|body| body.a.value());
+                let expected = expected.map(|e| e.map_err(str::to_owned));
+                assert_eq!(got, expected, "{json}");
+            }
+        }
+    }
 
     fn table() -> RouteTable {
         let mut table = RouteTable::default();

@@ -38,51 +38,67 @@ use ron_proto::token::scope;
 use ron_proto::wallet::{OpKind, TxId, WalletOp, txid_text};
 use ron_shards::wallet::{Reserved, parts, scope_account};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
+// A batch's strings are borrowed from its body (a copy simd-json unescapes
+// in place); each write's operation copies them once.
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransfersBody {
-    transfers: Vec<TransferItem>,
+struct TransfersBody<'a> {
+    #[serde(borrow)]
+    transfers: Vec<TransferItem<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransferItem {
-    from: String,
-    to: String,
-    asset: String,
+struct TransferItem<'a> {
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    to: Cow<'a, str>,
+    #[serde(borrow)]
+    asset: Cow<'a, str>,
     amount_minor: Amount,
     nonce: u64,
-    memo: Option<String>,
-    idempotency_key: String,
+    #[serde(borrow)]
+    memo: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    idempotency_key: Cow<'a, str>,
     #[serde(default)]
     linked: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IssuesBody {
-    issues: Vec<IssueItem>,
+struct IssuesBody<'a> {
+    #[serde(borrow)]
+    issues: Vec<IssueItem<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IssueItem {
-    to: String,
-    asset: String,
+struct IssueItem<'a> {
+    #[serde(borrow)]
+    to: Cow<'a, str>,
+    #[serde(borrow)]
+    asset: Cow<'a, str>,
     amount_minor: Amount,
-    memo: Option<String>,
-    idempotency_key: String,
+    #[serde(borrow)]
+    memo: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    idempotency_key: Cow<'a, str>,
     #[serde(default)]
     linked: bool,
 }
 
 /// `POST /v1/transfers`.
 pub(super) fn transfers(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = match request.json::<TransfersBody>() {
+    let mut copy = Vec::new();
+    let body = match request.json_in::<TransfersBody>(&mut copy) {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
@@ -105,7 +121,8 @@ pub(super) fn transfers(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'
 
 /// `POST /v1/issues`.
 pub(super) fn issues(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
-    let body = match request.json::<IssuesBody>() {
+    let mut copy = Vec::new();
+    let body = match request.json_in::<IssuesBody>(&mut copy) {
         Ok(body) => body,
         Err(reply) => return Handled::Now(reply),
     };
@@ -245,7 +262,7 @@ impl Batch {
 fn batch(
     wallet: &Rc<Wallet>,
     request: &Request<'_>,
-    items: Vec<(Payment, String, bool)>,
+    items: Vec<(Payment<'_>, Cow<'_, str>, bool)>,
     route_scope: &'static str,
 ) -> Handled {
     let config = &wallet.core.config;

@@ -19,6 +19,7 @@ use ron_proto::wallet::{
 };
 use ron_shards::wallet::{Funds, Rejection, Reserved, recorder};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// Adds the wallet's routes.
@@ -363,15 +364,17 @@ macro_rules! check {
 }
 
 /// What the four payment routes carry, whichever body it came from.
-pub(super) struct Payment {
+/// Its strings are borrowed from a batch's body, owned from a single
+/// route's.
+pub(super) struct Payment<'a> {
     pub(super) kind: OpKind,
-    pub(super) from: Option<String>,
-    pub(super) to: Option<String>,
-    pub(super) asset: String,
+    pub(super) from: Option<Cow<'a, str>>,
+    pub(super) to: Option<Cow<'a, str>>,
+    pub(super) asset: Cow<'a, str>,
     pub(super) amount_minor: Amount,
     pub(super) nonce: Option<u64>,
     pub(super) timeout_s: Option<u32>,
-    pub(super) memo: Option<String>,
+    pub(super) memo: Option<Cow<'a, str>>,
     pub(super) idempotency_key: Option<String>,
 }
 
@@ -379,7 +382,7 @@ pub(super) struct Payment {
 fn payment(
     wallet: &Rc<Wallet>,
     request: &Request<'_>,
-    mut payment: Payment,
+    mut payment: Payment<'_>,
     route_scope: &'static str,
 ) -> Handled {
     let key = check!(idempotency_key(request, payment.idempotency_key.take()));
@@ -391,11 +394,11 @@ fn payment(
 /// as a write for its scope shard; its idempotency key is `key`.
 pub(super) fn checked_payment(
     wallet: &Wallet,
-    payment: Payment,
+    payment: Payment<'_>,
     key: &str,
     route_scope: &'static str,
 ) -> Result<Write, Reply> {
-    for (name, value) in [("from", &payment.from), ("to", &payment.to)] {
+    for (name, value) in [("from", payment.from.as_deref()), ("to", payment.to.as_deref())] {
         if let Some(value) = value {
             account(name, value)?;
         }
@@ -440,12 +443,12 @@ fn issue(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled 
     let payment_of = Payment {
         kind: OpKind::Issue,
         from: None,
-        to: Some(b.to),
-        asset: b.asset,
+        to: Some(b.to.into()),
+        asset: b.asset.into(),
         amount_minor: b.amount_minor,
         nonce: None,
         timeout_s: None,
-        memo: b.memo,
+        memo: b.memo.map(Cow::Owned),
         idempotency_key: b.idempotency_key,
     };
     payment(wallet, request, payment_of, scope::WALLET_ISSUE)
@@ -456,13 +459,13 @@ fn transfer(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handl
     let b = body!(request, TransferBody);
     let payment_of = Payment {
         kind: OpKind::Transfer,
-        from: Some(b.from),
-        to: Some(b.to),
-        asset: b.asset,
+        from: Some(b.from.into()),
+        to: Some(b.to.into()),
+        asset: b.asset.into(),
         amount_minor: b.amount_minor,
         nonce: Some(b.nonce),
         timeout_s: None,
-        memo: b.memo,
+        memo: b.memo.map(Cow::Owned),
         idempotency_key: b.idempotency_key,
     };
     payment(wallet, request, payment_of, scope::WALLET_TRANSFER)
@@ -473,13 +476,13 @@ fn burn(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, BurnBody);
     let payment_of = Payment {
         kind: OpKind::Burn,
-        from: Some(b.from),
+        from: Some(b.from.into()),
         to: None,
-        asset: b.asset,
+        asset: b.asset.into(),
         amount_minor: b.amount_minor,
         nonce: Some(b.nonce),
         timeout_s: None,
-        memo: b.memo,
+        memo: b.memo.map(Cow::Owned),
         idempotency_key: b.idempotency_key,
     };
     payment(wallet, request, payment_of, scope::WALLET_BURN)
@@ -490,13 +493,13 @@ fn hold(wallet: &Rc<Wallet>, request: &Request<'_>, _: &Params<'_>) -> Handled {
     let b = body!(request, HoldBody);
     let payment_of = Payment {
         kind: OpKind::Hold,
-        from: Some(b.from),
-        to: Some(b.to),
-        asset: b.asset,
+        from: Some(b.from.into()),
+        to: Some(b.to.into()),
+        asset: b.asset.into(),
         amount_minor: b.amount_minor,
         nonce: Some(b.nonce),
         timeout_s: b.timeout_s,
-        memo: b.memo,
+        memo: b.memo.map(Cow::Owned),
         idempotency_key: b.idempotency_key,
     };
     payment(wallet, request, payment_of, scope::WALLET_TRANSFER)
@@ -723,7 +726,7 @@ pub async fn issue_for(
 ) -> Issued {
     let checked = account("to", to)
         .and_then(|()| asset(wallet, asset_name))
-        .and_then(|()| amount(wallet, Amount::Text(amount_minor.to_string())))
+        .and_then(|()| amount(wallet, Amount::Text(Some(amount_minor))))
         .and_then(|_| memo(Some(memo_text)));
     if let Err(reply) = checked {
         return Issued::Refused(reply);
