@@ -26,7 +26,6 @@ use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, WalletOpRef, 
 use crate::{Map, Set};
 use hashbrown::hash_map::RawEntryMut;
 use smallvec::SmallVec;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The account that scopes an operation's idempotency key: `from`, or `to`
@@ -295,8 +294,13 @@ pub struct Wallet {
     holds: Map<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
-    /// By `idem_slot(scope, key)`.
-    idem: Map<IdemSlot, Idem>,
+    /// Committed idempotency records by `idem_slot(scope, key)`: the txid
+    /// of the request that holds the key.
+    idem: Map<IdemSlot, TxId>,
+    /// Records of requests reserved and not yet committed or given back,
+    /// by slot: few, so a reservation's insert stays in cache instead of
+    /// writing into the large map above (a cache miss of its own).
+    pending: Map<IdemSlot, TxId>,
     /// The slots of the records of captures and releases, by txid. Their
     /// slot is scoped to the hold's payer, which a replay cannot name once
     /// the hold is resolved and gone; every other request's slot follows
@@ -451,7 +455,7 @@ impl Wallet {
     }
 
     pub fn load_idem(&mut self, slot: IdemSlot, record: IdemRecord) {
-        self.idem.insert(slot, Idem::Done(record.txid));
+        self.idem.insert(slot, record.txid);
         if record.resolution {
             self.resolutions.insert(record.txid, slot);
         }
@@ -543,7 +547,7 @@ impl Wallet {
         self.expire_idem(now_ms);
         // A capture or release again, whose hold may be gone.
         if let Some(slot) = self.resolutions.get(&request.txid) {
-            return match self.idem[slot] {
+            return match self.idem_record(slot).expect("a resolution's record is kept") {
                 Idem::Done(txid) => Ok(Reserved::Replay(txid)),
                 Idem::Pending(_) => Err(Rejection::InFlight),
             };
@@ -553,10 +557,10 @@ impl Wallet {
         assert!(self.owns(scope), "a write is reserved on its scope shard");
         let key = op.idem.as_deref().expect("writes carry an idempotency key");
         let slot = idem_slot(scope, key);
-        match self.idem.get(&slot) {
+        match self.idem_record(&slot) {
             // The same request again: the txid covers the scope and the key.
-            Some(Idem::Done(txid)) if *txid == op.txid => return Ok(Reserved::Replay(*txid)),
-            Some(Idem::Pending(txid)) if *txid == op.txid => return Err(Rejection::InFlight),
+            Some(Idem::Done(txid)) if txid == op.txid => return Ok(Reserved::Replay(txid)),
+            Some(Idem::Pending(txid)) if txid == op.txid => return Err(Rejection::InFlight),
             Some(_) => return Err(Rejection::IdempotencyConflict),
             None => {}
         }
@@ -579,7 +583,7 @@ impl Wallet {
         if is_resolution(op.kind) {
             self.resolutions.insert(op.txid, slot);
         }
-        self.idem.insert(slot, Idem::Pending(op.txid));
+        self.pending.insert(slot, op.txid);
         Ok(Reserved::Commit(op))
     }
 
@@ -683,8 +687,8 @@ impl Wallet {
         }
         if let Some(key) = &op.idem {
             let slot = idem_slot(scope, key);
-            if matches!(self.idem.get(&slot), Some(Idem::Pending(txid)) if *txid == op.txid) {
-                self.idem.remove(&slot);
+            if self.pending.get(&slot) == Some(&op.txid) {
+                self.pending.remove(&slot);
                 self.resolutions.remove(&op.txid);
             }
         }
@@ -720,8 +724,8 @@ impl Wallet {
         let mut reserved = false;
         if let Some(slot) = slot {
             let expires_ms = op.ts_ms + self.idem_ttl_ms;
-            let before = self.idem.insert(slot, Idem::Done(op.txid));
-            reserved = matches!(before, Some(Idem::Pending(txid)) if txid == op.txid);
+            reserved = self.pending.remove(&slot) == Some(op.txid);
+            self.idem.insert(slot, op.txid);
             if is_resolution(op.kind) {
                 self.resolutions.insert(op.txid, slot);
             }
@@ -867,13 +871,16 @@ impl Wallet {
         }
     }
 
+    /// The record of `slot`: in flight, or committed.
+    fn idem_record(&self, slot: &IdemSlot) -> Option<Idem> {
+        let pending = self.pending.get(slot).map(|txid| Idem::Pending(*txid));
+        pending.or_else(|| self.idem.get(slot).map(|txid| Idem::Done(*txid)))
+    }
+
     fn forget_oldest_idem(&mut self) {
         let (expires_ms, slot) = self.idem_order.pop_front().expect("not empty");
         // One lookup: the oldest record is a cache miss of its own.
-        if let Entry::Occupied(record) = self.idem.entry(slot)
-            && let Idem::Done(txid) = *record.get()
-        {
-            record.remove();
+        if let Some(txid) = self.idem.remove(&slot) {
             if !self.resolutions.is_empty() {
                 self.resolutions.remove(&txid);
             }
