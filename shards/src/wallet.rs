@@ -272,12 +272,66 @@ enum Idem {
     Done(TxId),
 }
 
-/// A receipt as kept: the encoded operation and where it went; rendered
-/// when asked for.
+/// Receipts as kept until a view write takes them: each operation's log
+/// encoding and where it went, rendered when asked for. They are appended
+/// (the operations' bytes to one buffer) and found through a small index,
+/// so that keeping one writes a few sequential bytes and a 20-byte map
+/// entry, and allocates nothing.
+#[derive(Debug, Default)]
+struct ReceiptSet {
+    /// By txid: the place in `kept`.
+    index: Map<TxId, u32>,
+    kept: Vec<Kept>,
+    ops: Vec<u8>,
+}
+
 #[derive(Debug)]
-struct Stored {
-    op: Box<[u8]>,
+struct Kept {
+    txid: TxId,
     placement: Placement,
+    /// The operation's place in `ReceiptSet::ops`.
+    op: std::ops::Range<usize>,
+}
+
+impl ReceiptSet {
+    fn insert(&mut self, txid: TxId, op: &[u8], placement: Placement) {
+        let at = self.ops.len();
+        self.ops.extend_from_slice(op);
+        let kept = Kept { txid, placement, op: at..self.ops.len() };
+        match self.index.get(&txid) {
+            // Kept again (never in practice): the later one stands.
+            Some(&place) => self.kept[place as usize] = kept,
+            None => {
+                let place = u32::try_from(self.kept.len()).expect("a set holds under 2^32");
+                self.index.insert(txid, place);
+                self.kept.push(kept);
+            }
+        }
+    }
+
+    fn get(&self, txid: &TxId) -> Option<(&[u8], Placement)> {
+        let kept = &self.kept[*self.index.get(txid)? as usize];
+        Some((&self.ops[kept.op.clone()], kept.placement))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Receipt<'_>> {
+        self.kept.iter().map(|kept| Receipt {
+            txid: kept.txid,
+            placement: kept.placement,
+            op: &self.ops[kept.op.clone()],
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Emptied, keeping the room it grew to.
+    fn clear(&mut self) {
+        self.index.clear();
+        self.kept.clear();
+        self.ops.clear();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -315,13 +369,13 @@ pub struct Wallet {
     /// idempotency records, one per write, are not kept for it.
     no_view: bool,
     /// Receipts added since the last `take_new_receipts`.
-    receipts: Map<TxId, Stored>,
+    receipts: ReceiptSet,
     /// Receipts handed out for a view write and not yet written, by the
     /// seq that write reaches, oldest first: each set is dropped whole
     /// once its write is done (`forget_receipts_through`), and its emptied
     /// map kept for the next set (`spare_receipts`).
-    handed: VecDeque<(u64, Map<TxId, Stored>)>,
-    spare_receipts: Option<Map<TxId, Stored>>,
+    handed: VecDeque<(u64, ReceiptSet)>,
+    spare_receipts: Option<ReceiptSet>,
     /// Holds changed by committed operations since the last `take_changes`.
     dirty_holds: Set<HoldId>,
     /// Idempotency records made and forgotten since the last
@@ -482,11 +536,7 @@ impl Wallet {
         let taken = std::mem::replace(&mut self.receipts, spare);
         self.handed.push_back((through_seq, taken));
         let (_, taken) = self.handed.back().expect("pushed");
-        taken.iter().map(|(txid, stored)| Receipt {
-            txid: *txid,
-            placement: stored.placement,
-            op: &stored.op,
-        })
+        taken.iter()
     }
 
     /// The view write reaching `seq` is done: the receipts it carried are
@@ -509,12 +559,10 @@ impl Wallet {
 
     /// The committed operation of a receipt kept in memory, and where it went.
     pub fn committed(&self, txid: &TxId) -> Option<(WalletOp, Placement)> {
-        let stored = self.receipts.get(txid);
-        let stored = stored.or_else(|| self.handed.iter().find_map(|(_, set)| set.get(txid)));
-        stored.map(|stored| {
-            let op = WalletOp::decode(&stored.op).expect("stored receipts decode");
-            (op, stored.placement)
-        })
+        let kept = self.receipts.get(txid);
+        let (op, placement) =
+            kept.or_else(|| self.handed.iter().find_map(|(_, set)| set.get(txid)))?;
+        Some((WalletOp::decode(op).expect("kept receipts decode"), placement))
     }
 
     /// Idempotency records kept (committed ones).
@@ -752,7 +800,7 @@ impl Wallet {
         if recorder(&op.txid, self.shard_count) == self.shard
             && placement.seq > self.receipts_kept_through
         {
-            self.receipts.insert(op.txid, Stored { op: encoded.into(), placement });
+            self.receipts.insert(op.txid, encoded, placement);
         }
     }
 
