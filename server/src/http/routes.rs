@@ -418,7 +418,7 @@ impl Amount {
     }
 
     /// `text` as an amount: 1..=39 decimal digits that fit a u128.
-    pub fn of_text(text: &str) -> Amount {
+    fn of_text(text: &str) -> Amount {
         let decimal = (1..=39).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
         Amount::Text(decimal.then(|| text.parse::<u128>().ok()).flatten())
     }
@@ -463,8 +463,11 @@ mod tests {
         }
         let max = u128::MAX.to_string();
         let over = "340282366920938463463374607431768211456"; // u128::MAX + 1
-        let cases: [(String, Option<Result<u128, &str>>); 9] = [
+        let forty_digits = format!("1{}", "0".repeat(39));
+        let cases: [(String, Option<Result<u128, &str>>); 11] = [
             (r#"{"a":"12"}"#.into(), Some(Ok(12))),
+            (format!(r#"{{"a":"{forty_digits}"}}"#), Some(Err("amount must be a decimal u128"))),
+            (r#"{"a":""}"#.into(), Some(Err("amount must be a decimal u128"))),
             (r#"{"a":12}"#.into(), Some(Ok(12))),
             (format!(r#"{{"a":"{max}"}}"#), Some(Ok(u128::MAX))),
             (format!(r#"{{"a":"{over}"}}"#), Some(Err("amount must be a decimal u128"))),

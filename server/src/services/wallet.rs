@@ -193,11 +193,10 @@ impl Service for Wallet {
                 for op in release.iter() {
                     state.release(op);
                 }
-                let settled: Vec<&String> =
-                    payers.iter().filter(|payer| state.settle_payer(payer)).collect();
-                drop(state);
-                for payer in settled {
-                    self.wake_nonce_waiters(payer);
+                for payer in payers.iter() {
+                    if state.settle_payer(payer) {
+                        self.wake_nonce_waiters(payer);
+                    }
                 }
                 Answer::Done
             }
