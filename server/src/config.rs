@@ -220,7 +220,7 @@ pub struct Index {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Workers {
-    /// Threads at normal priority (view writes); 0: one per shard.
+    /// Threads for view writes, at `normal_nice`; 0: one per shard.
     pub normal_threads: u32,
     /// Threads at SCHED_IDLE (signatures); 0: one per shard.
     pub idle_threads: u32,
@@ -231,6 +231,11 @@ pub struct Workers {
     pub queue_max: u32,
     /// Cores to pin the threads to (round robin); empty: not pinned.
     pub cores: Vec<usize>,
+    /// The nice level (0..=19) of the view writers' threads: above 0, a
+    /// thread at normal priority that wakes (an executor, a client on the
+    /// same core) preempts a view write, which still keeps a share of a
+    /// busy core (`crate::workers`).
+    pub normal_nice: i32,
 }
 
 /// Which services run.
@@ -429,6 +434,7 @@ impl Default for Workers {
             batch_threads: 0,
             queue_max: 4096,
             cores: Vec::new(),
+            normal_nice: 10,
         }
     }
 }
@@ -612,6 +618,7 @@ impl Config {
         range("workers.idle_threads", self.workers.idle_threads, 0, 1024)?;
         range("workers.batch_threads", self.workers.batch_threads, 0, 1024)?;
         range("workers.queue_max", self.workers.queue_max, 1, 1 << 20)?;
+        range("workers.normal_nice", self.workers.normal_nice, 0, 19)?;
         for core in &self.workers.cores {
             if *core >= online_cores {
                 return Err(ConfigError(format!(
@@ -702,6 +709,7 @@ impl Config {
             batch_threads: or_per_shard(self.workers.batch_threads),
             queue_max: self.workers.queue_max as usize,
             cores: self.workers.cores.clone(),
+            normal_nice: self.workers.normal_nice,
         }
     }
 }
@@ -825,7 +833,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case<'_>; 11] = [
+        let cases: [Case<'_>; 13] = [
             (Some("[limits]\nbody_max_byte = 1\n"), &[], "body_max_byte"),
             (Some("[limits]\nbody_max_bytes = \"x\"\n"), &[], "limits.body_max_bytes"),
             (None, &[("RON_LIMITS_BODY_MAX_BYTES", "0")], "limits.body_max_bytes"),
@@ -837,6 +845,8 @@ mod tests {
             (Some("[passport]\naudiences = [\"\"]\n"), &[], "passport.audiences"),
             (None, &[("RON_LOG", "ron_server=loud")], "log"),
             (None, &[("RON_WALLET_NONCE_WINDOW", "1025")], "wallet.nonce_window"),
+            (Some("[workers]\nnormal_nice = 20\n"), &[], "workers.normal_nice"),
+            (Some("[workers]\nnormal_nice = -1\n"), &[], "workers.normal_nice"),
         ];
         for (text, env, field) in cases {
             let message = load(text, env).unwrap_err().to_string();

@@ -2,8 +2,14 @@
 //! view writes, ML-DSA batch signatures and reward runs.
 //!
 //! A fixed set of threads in three lanes, each with a bounded queue:
-//! * `Normal` threads run at normal priority (view writes: they must keep
-//!   up, or receipts pile up in memory and restarts replay more);
+//! * `Normal` threads run at a lower nice level (`workers.normal_nice`, 10
+//!   by default), for view writes: they must keep up, or receipts pile up
+//!   in memory and restarts replay more, so they keep a share of a busy
+//!   core (at nice 10, about a tenth of one against one busy thread at
+//!   nice 0) where `SCHED_IDLE` would give them none; yet a thread at
+//!   normal priority that wakes (an executor, a client beside the node)
+//!   preempts them instead of waiting for their slice (bench/RESULTS.md,
+//!   "The view writer at nice 10");
 //! * `Idle` threads run at `SCHED_IDLE`, on time the executors leave
 //!   (signatures: a shard preempts them at once, so they never delay a
 //!   request; measured, issue 5: `require` issue p95 1.0 ms with the signer
@@ -80,6 +86,8 @@ pub struct WorkersLayout {
     pub queue_max: usize,
     /// Cores the threads are pinned to, round robin; empty: not pinned.
     pub cores: Vec<usize>,
+    /// The nice level of the `Normal` lane's threads (0..=19).
+    pub normal_nice: i32,
 }
 
 /// What a lane counts, for `/metrics`.
@@ -138,9 +146,10 @@ impl Workers {
         for (i, lane) in lanes.enumerate() {
             let core = (!layout.cores.is_empty()).then(|| layout.cores[i % layout.cores.len()]);
             let workers = workers.clone();
+            let nice = layout.normal_nice;
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{}-{i}", lane.label()))
-                .spawn(move || workers.serve(lane, core))?;
+                .spawn(move || workers.serve(lane, core, nice))?;
             threads.push(thread);
         }
         Ok(WorkerThreads { workers, threads })
@@ -171,10 +180,22 @@ impl Workers {
         &self.inner.lanes[lane.index()].stats
     }
 
-    fn serve(&self, lane: Lane, core: Option<usize>) {
+    fn serve(&self, lane: Lane, core: Option<usize>, layout_nice: i32) {
         if let Some(core) = core {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 tracing::warn!(core, "a worker thread could not be pinned");
+            }
+        }
+        if lane == Lane::Normal && layout_nice != 0 {
+            // SAFETY: plain system calls about this thread; on Linux the
+            // nice level is a thread's, and raising it needs no privilege.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, layout_nice) }
+                != 0
+            {
+                tracing::warn!(
+                    nice = layout_nice,
+                    "a normal worker keeps the nice level it started with (refused)"
+                );
             }
         }
         if lane != Lane::Normal {
@@ -377,6 +398,7 @@ mod tests {
             batch_threads: 1,
             queue_max,
             cores: Vec::new(),
+            normal_nice: 7,
         }
     }
 
@@ -405,6 +427,13 @@ mod tests {
         let refused = workers.submit(Lane::Normal, Job::new(|| unreachable!()));
         assert!(refused.is_err(), "the third job finds the lane full");
         assert_eq!(workers.stats(Lane::Normal).refused.load(Ordering::Relaxed), 1);
+        // The normal lane's threads run at the layout's nice level.
+        let (nice, niced) = mpsc::channel::<i32>();
+        let nice_job = Job::new(move || {
+            // SAFETY: a plain system call about this thread.
+            nice.send(unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as u32) })
+                .unwrap();
+        });
         // The idle lane is not blocked by the normal one, and it runs at SCHED_IDLE.
         let idle_done = done.clone();
         workers
@@ -422,6 +451,8 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(finished.recv_timeout(Duration::from_secs(10)).unwrap(), "normal");
         assert_eq!(finished.recv_timeout(Duration::from_secs(10)).unwrap(), "normal");
+        workers.submit(Lane::Normal, nice_job).unwrap();
+        assert_eq!(niced.recv_timeout(Duration::from_secs(10)).unwrap(), 7);
         threads.stop();
     }
 

@@ -1309,6 +1309,7 @@ mod tests {
             batch_threads: 1,
             queue_max: 4,
             cores: vec![],
+            normal_nice: 0,
         };
         let threads = Workers::start(&layout).expect("starting the workers");
         let workers = threads.workers().clone();

@@ -271,6 +271,7 @@ mod tests {
             batch_threads: 1,
             queue_max,
             cores: Vec::new(),
+            normal_nice: 0,
         };
         Workers::start(&layout).unwrap()
     }
