@@ -557,6 +557,19 @@ mod tests {
     }
 
     #[test]
+    fn an_idempotency_slot_is_blake3_of_the_scope_length_scope_and_key() {
+        // Views keep records by slot: the formula cannot change unnoticed.
+        for (scope, key) in [("alice", "k1"), ("", "")] {
+            let bytes = [&(scope.len() as u32).to_le_bytes(), scope.as_bytes(), key.as_bytes()];
+            let expected: [u8; 16] =
+                blake3::hash(&bytes.concat()).as_bytes()[..16].try_into().unwrap();
+            assert_eq!(idempotency_slot(scope, key), expected);
+        }
+        // The scope's length keeps a key from shifting into it.
+        assert_ne!(idempotency_slot("ab", "c"), idempotency_slot("a", "bc"));
+    }
+
+    #[test]
     fn txids_differ_with_any_field_and_memos_cannot_shift_fields() {
         let base = CanonicalRequest {
             kind: OpKind::Transfer,

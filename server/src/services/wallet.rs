@@ -46,6 +46,8 @@ pub struct Wallet {
     state: RefCell<state::Wallet>,
     /// The wallet's tables in the view (none in amnesia mode).
     view: Option<ServiceView>,
+    /// `wallet.amount_per_op_max`, read once (the config keeps it as text).
+    amount_max: u128,
     /// Writes whose nonce is ahead of their payer's next one, waiting for
     /// the nonces before it, by payer: woken when one of its nonces is
     /// reserved.
@@ -144,6 +146,8 @@ impl Service for Wallet {
             passport: start.started.get::<Passport>(),
             state: RefCell::new(start.state),
             view: start.view,
+            amount_max: (start.core.config.wallet.amount_per_op_max.parse())
+                .expect("checked at start"),
             nonce_waiters: RefCell::new(Map::default()),
             metrics: RefCell::new(WalletMetrics::default()),
         })

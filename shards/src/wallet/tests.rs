@@ -579,3 +579,29 @@ fn idempotency_records_expire_and_are_bounded() {
     assert!(matches!(wallet.reserve(&k2, 1009), Ok(Reserved::Replay(_))));
     assert!(matches!(wallet.reserve(&k2, 1010), Ok(Reserved::Commit(_))));
 }
+
+#[test]
+fn a_capture_whose_record_is_forgotten_is_new_again() {
+    // A bound of one record: each write forgets the one before.
+    let mut wallet = Wallet::new(0, 1, TTL_MS, 1);
+    let mut seq = 0;
+    let mut commit = |wallet: &mut Wallet, request: &WalletOp| {
+        let Ok(Reserved::Commit(op)) = wallet.reserve(request, 7) else { panic!("{request:?}") };
+        seq += 1;
+        wallet.apply(&op.as_ref(), &encoded(&op), Placement { seq, root: [0; 32] });
+        op
+    };
+    commit(&mut wallet, &request(OpKind::Issue, None, Some("alice"), 10, None, None, "i", 7));
+    let hold = commit(
+        &mut wallet,
+        &request(OpKind::Hold, Some("alice"), Some("bob"), 5, Some(1), None, "h", 7),
+    );
+    let capture = request(OpKind::Capture, None, None, 5, Some(2), hold.hold_id, "c", 7);
+    commit(&mut wallet, &capture);
+    // While its record is kept, the capture again is a replay.
+    assert!(matches!(wallet.reserve(&capture, 7), Ok(Reserved::Replay(_))));
+    commit(&mut wallet, &request(OpKind::Issue, None, Some("carol"), 1, None, None, "x", 7));
+    // Forgotten: the capture is new, and its hold is gone.
+    assert!(matches!(wallet.reserve(&capture, 7), Err(Rejection::UnknownHold)));
+    assert_eq!(wallet.funds("bob", "roc").balance, 5);
+}

@@ -125,7 +125,7 @@ fn asset(wallet: &Wallet, value: &str) -> Result<(), Reply> {
 
 fn amount(wallet: &Wallet, value: Amount) -> Result<u128, Reply> {
     let amount = value.value().map_err(|why| bad(format!("amount_minor: {why}")))?;
-    let max = wallet.core.config.wallet.amount_per_op_max.parse::<u128>().expect("checked at start");
+    let max = wallet.amount_max;
     if amount > max {
         return Err(Reply::error(
             ErrorCode::LimitsExceeded,
