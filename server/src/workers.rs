@@ -180,20 +180,18 @@ impl Workers {
         &self.inner.lanes[lane.index()].stats
     }
 
-    fn serve(&self, lane: Lane, core: Option<usize>, layout_nice: i32) {
+    fn serve(&self, lane: Lane, core: Option<usize>, nice: i32) {
         if let Some(core) = core {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 tracing::warn!(core, "a worker thread could not be pinned");
             }
         }
-        if lane == Lane::Normal && layout_nice != 0 {
+        if lane == Lane::Normal && nice != 0 {
             // SAFETY: plain system calls about this thread; on Linux the
             // nice level is a thread's, and raising it needs no privilege.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, layout_nice) }
-                != 0
-            {
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, nice) } != 0 {
                 tracing::warn!(
-                    nice = layout_nice,
+                    nice,
                     "a normal worker keeps the nice level it started with (refused)"
                 );
             }
