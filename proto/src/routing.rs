@@ -11,6 +11,7 @@ pub const ROUTING_FUNCTION: &str =
 /// `owner(key) = u64::from_le_bytes(BLAKE3("ron-shard-v1" ‖ key)[0..8]) % shard_count`.
 /// With one shard that is 0 for every key, and nothing is hashed (a
 /// batched transfer asks for the owners of its accounts several times).
+#[inline]
 pub fn owner(key: &[u8], shard_count: usize) -> usize {
     if shard_count == 1 {
         return 0;

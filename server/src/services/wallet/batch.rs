@@ -289,9 +289,12 @@ fn batch(
     };
     let mut chain_start = 0;
     let mut open = false;
+    let now_ms = unix_now_ms();
     let (mut checked, links): (Vec<Result<Write, Reply>>, Vec<bool>) = items
         .into_iter()
-        .map(|(payment, key, linked)| (checked_payment(wallet, payment, &key, route_scope), linked))
+        .map(|(payment, key, linked)| {
+            (checked_payment(wallet, payment, &key, route_scope, now_ms), linked)
+        })
         .unzip();
     // The token is verified once (refused whole, 401, if it does not
     // verify), then each checked write's caveats are decided with it.

@@ -171,7 +171,14 @@ pub(super) struct Write {
 }
 
 impl Write {
-    fn new(wallet: &Wallet, canonical: CanonicalRequest<'_>, route_scope: &'static str) -> Write {
+    /// The write of `canonical`, made at `now_ms` (a batch's writes share
+    /// one reading of the clock).
+    fn new(
+        wallet: &Wallet,
+        canonical: CanonicalRequest<'_>,
+        route_scope: &'static str,
+        now_ms: u64,
+    ) -> Write {
         let txid = canonical.txid();
         let hold_id = match canonical.kind {
             OpKind::Hold => {
@@ -196,7 +203,7 @@ impl Write {
             timeout_s: canonical.timeout_s,
             idem: Some(canonical.idem.to_owned()),
             txid,
-            ts_ms: unix_now_ms(),
+            ts_ms: now_ms,
         };
         Write { op, scope_shard, route_scope }
     }
@@ -386,7 +393,7 @@ fn payment(
     route_scope: &'static str,
 ) -> Handled {
     let key = check!(idempotency_key(request, payment.idempotency_key.take()));
-    let write = check!(checked_payment(wallet, payment, &key, route_scope));
+    let write = check!(checked_payment(wallet, payment, &key, route_scope, unix_now_ms()));
     submit(wallet, request, write)
 }
 
@@ -397,6 +404,7 @@ pub(super) fn checked_payment(
     payment: Payment<'_>,
     key: &str,
     route_scope: &'static str,
+    now_ms: u64,
 ) -> Result<Write, Reply> {
     for (name, value) in [("from", payment.from.as_deref()), ("to", payment.to.as_deref())] {
         if let Some(value) = value {
@@ -434,7 +442,7 @@ pub(super) fn checked_payment(
         idem_owner: payer,
         idem: key,
     };
-    Ok(Write::new(wallet, canonical, route_scope))
+    Ok(Write::new(wallet, canonical, route_scope, now_ms))
 }
 
 /// `POST /v1/issue`.
@@ -543,7 +551,7 @@ fn resolution(
         idem_owner: &owner,
         idem: &key,
     };
-    submit(wallet, request, Write::new(wallet, canonical, scope::WALLET_TRANSFER))
+    submit(wallet, request, Write::new(wallet, canonical, scope::WALLET_TRANSFER, unix_now_ms()))
 }
 
 /// `POST /v1/capture`: all of the hold, or `amount_minor` of it (the rest
@@ -753,7 +761,8 @@ pub async fn issue_for(
     if let Ok((op, placement)) = committed(wallet, canonical.txid()).await {
         return Issued::Replayed(wallet::receipt(&op, &placement));
     }
-    let Write { op, scope_shard, .. } = Write::new(wallet, canonical, scope::WALLET_ISSUE);
+    let Write { op, scope_shard, .. } =
+        Write::new(wallet, canonical, scope::WALLET_ISSUE, unix_now_ms());
     let op = match reserve(wallet, scope_shard, op).await {
         Ok(Reserved::Replay(txid)) => {
             wallet.metrics.borrow_mut().idem_replays += 1;
