@@ -213,11 +213,9 @@ pub fn idempotency_slot(scope: &str, key: &str) -> [u8; 16] {
         bytes[4 + scope.len()..len].copy_from_slice(key.as_bytes());
         blake3::hash(&bytes[..len])
     } else {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&(scope.len() as u32).to_le_bytes());
-        hasher.update(scope.as_bytes());
-        hasher.update(key.as_bytes());
-        hasher.finalize()
+        blake3::hash(
+            &[&(scope.len() as u32).to_le_bytes(), scope.as_bytes(), key.as_bytes()].concat(),
+        )
     };
     hash.as_bytes()[..16].try_into().expect("16 bytes")
 }

@@ -5,8 +5,9 @@
 //! * `Normal` threads run at a lower nice level (`workers.normal_nice`, 10
 //!   by default), for view writes: they must keep up, or receipts pile up
 //!   in memory and restarts replay more, so they keep a share of a busy
-//!   core (at nice 10, about a tenth of one against one busy thread at
-//!   nice 0) where `SCHED_IDLE` would give them none; yet a thread at
+//!   core (at nice 10 against one busy thread at nice 0, about a tenth by
+//!   the scheduler's weights, 110 and 1024) where `SCHED_IDLE` would give
+//!   them none; yet a thread at
 //!   normal priority that wakes (an executor, a client beside the node)
 //!   preempts them instead of waiting for their slice (bench/RESULTS.md,
 //!   "The view writer at nice 10");
