@@ -112,6 +112,14 @@ pub const INDEX_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// eighth of those there), or once that many entries have passed since the
 /// last batch: a crash replays up to that much of the log.
 pub const INDEX_IDS_BATCH_MIN: u64 = 1 << 18;
+/// The block cache of a view's LSM tree (its tables' filters and indexes
+/// of the newest runs stay in memory besides).
+pub const VIEW_LSM_CACHE_BYTES: u64 = 16 << 20;
+/// Sorted runs (one per view write) an LSM table keeps before one merge
+/// takes them all: more runs merge less often (less CPU and fewer bytes
+/// rewritten) and make a read look in more of them (`bench/RESULTS.md`,
+/// "Receipts' txids in an LSM tree").
+pub const VIEW_LSM_L0_RUNS: u8 = 16;
 /// Tables in one view (LMDB's named databases, the meta included).
 pub const VIEW_TABLES_MAX: usize = 64;
 /// How often a shard looks at whether its view is due.
@@ -383,6 +391,14 @@ pub fn memory_budget(config: &Config, shards: usize) -> Vec<BudgetLine> {
             u64::from(config.wallet.idempotency_keys_max) * sizes::IDEM_RECORD_BYTES,
             false,
             "wallet.idempotency_keys_max records",
+        ),
+        line(
+            "view LSM tree: block cache",
+            if config.amnesia() { 0 } else { VIEW_LSM_CACHE_BYTES },
+            false,
+            "VIEW_LSM_CACHE_BYTES per shard view with LSM tables (wallet receipts' txids; none \
+             in amnesia); the filters of its newest runs and its first levels' indexes stay \
+             beside it and grow with the table",
         ),
         line(
             "index answer cache",

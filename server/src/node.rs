@@ -116,7 +116,10 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let listeners = (0..shard_count)
         .map(|i| bind_shard_listeners(&config, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let recovery = recover::recover(&config, &registry, &services, shard_count)?;
+    // Before the views open: their LSM trees' threads start on a worker.
+    let workers = Workers::start(&config.workers_layout(shard_count))
+        .context("starting the worker threads")?;
+    let recovery = recover::recover(&config, &registry, &services, shard_count, workers.workers())?;
     let log = Arc::new(LogShared::new(recovery.recovered.state.accumulator.len()));
     if let Some(corruption) = &recovery.recovered.corruption {
         log.enter_safe_mode(corruption);
@@ -131,8 +134,6 @@ pub fn start(config: Config) -> anyhow::Result<NodeHandle> {
         reload: crate::reload::Reloadable::of(&config),
     });
     let config = Arc::new(config);
-    let workers = Workers::start(&config.workers_layout(shard_count))
-        .context("starting the worker threads")?;
     if !config.amnesia() {
         let until = recovery.recovered.state.accumulator.len();
         verify_in_background(&config, &registry, &log, workers.workers(), until);

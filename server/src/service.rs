@@ -57,8 +57,13 @@ pub trait Service: Sized + 'static {
     const NAME: &'static str;
     /// First bytes of the log items it writes; no two services share one.
     const LOG_CODES: &'static [u8] = &[];
-    /// Its tables in each shard's LMDB view.
+    /// Its tables in each shard's view.
     const TABLES: &'static [&'static str] = &[];
+    /// Those of `TABLES` whose keys are random and written once, read one
+    /// key at a time (receipts by txid): kept in the view's LSM tree, not in
+    /// LMDB, where a write's puts would rewrite pages all over the table
+    /// (`crate::log::view`).
+    const LSM_TABLES: &'static [&'static str] = &[];
     /// Changed when its tables' encoding changes: a view written with
     /// another version is rebuilt from the log.
     const VIEW_VERSION: u32 = 1;
@@ -271,7 +276,7 @@ impl<S: Service> Entry for Of<S> {
     }
 
     fn add_tables(&self, layout: &mut ViewLayout) -> usize {
-        layout.add(S::NAME, S::VIEW_VERSION, S::TABLES)
+        layout.add(S::NAME, S::VIEW_VERSION, S::TABLES, S::LSM_TABLES)
     }
 
     fn prepare(&self, config: &Config) -> anyhow::Result<Arc<dyn Any + Send + Sync>> {

@@ -177,6 +177,22 @@ impl Workers {
         Ok(())
     }
 
+    /// Runs `work` on `lane` and waits for it, from a thread that is not a
+    /// shard's (start-up): threads it spawns inherit the lane's placement
+    /// and nice level. `None` if the lane refused it or the job panicked.
+    pub fn run<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let job = Job::new(move || {
+            let _ = done.send(work());
+        });
+        self.submit(lane, job).ok()?;
+        result.recv().ok()
+    }
+
     pub fn stats(&self, lane: Lane) -> &LaneStats {
         &self.inner.lanes[lane.index()].stats
     }

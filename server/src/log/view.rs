@@ -14,10 +14,21 @@
 //! The log stays the source of truth. At start a view is used only if its
 //! layout matches and its root is the log's root at its sequence number;
 //! otherwise it is cleared and rebuilt from the log.
+//!
+//! A table whose keys are random and written once (wallet receipts by
+//! txid: `Service::LSM_TABLES`) is kept in a log-structured merge tree
+//! (fjall) under the view's directory instead: each write adds its keys
+//! there as one sorted run, which a background thread merges with the
+//! others, where LMDB would copy and rewrite pages all over the table, more
+//! of them the larger it grows. A write's runs are on disk (synced) before
+//! its LMDB transaction commits, so the meta never reaches past them; a
+//! crash between the two leaves them ahead of it, and their readers check
+//! what they find.
 
 use super::LogLink;
 use crate::limits::{
-    VIEW_DROP_PAGES_EVERY, VIEW_MAP_BYTES, VIEW_SPARE_BYTES_MAX, VIEW_TABLES_MAX, VIEW_TICK,
+    VIEW_DROP_PAGES_EVERY, VIEW_LSM_CACHE_BYTES, VIEW_LSM_L0_RUNS, VIEW_MAP_BYTES,
+    VIEW_SPARE_BYTES_MAX, VIEW_TABLES_MAX, VIEW_TICK,
 };
 use crate::workers::{Job, Lane, Workers};
 use anyhow::Context as _;
@@ -27,8 +38,8 @@ use ron_proto::merkle::Hash;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 const META_KEY: &[u8] = b"meta";
@@ -47,20 +58,27 @@ pub fn view_dir(data_dir: &Path, shard: usize) -> PathBuf {
 #[derive(Clone, Debug, Default)]
 pub struct ViewLayout {
     tables: Vec<String>,
+    /// By table: kept in the LSM tree (else in LMDB).
+    lsm: Vec<bool>,
     hasher: blake3::Hasher,
 }
 
 impl ViewLayout {
-    /// Adds a service's tables; returns the index of its first one.
-    pub fn add(&mut self, service: &str, version: u32, tables: &[&str]) -> usize {
+    /// Adds a service's tables, `lsm` those of them kept in the LSM tree;
+    /// returns the index of its first one.
+    pub fn add(&mut self, service: &str, version: u32, tables: &[&str], lsm: &[&str]) -> usize {
+        assert!(lsm.iter().all(|name| tables.contains(name)), "an LSM table is one of the tables");
         let base = self.tables.len();
         self.hasher.update(&(service.len() as u64).to_le_bytes());
         self.hasher.update(service.as_bytes());
         self.hasher.update(&version.to_le_bytes());
         for table in tables {
+            let in_lsm = lsm.contains(table);
             self.hasher.update(&(table.len() as u64).to_le_bytes());
             self.hasher.update(table.as_bytes());
+            self.hasher.update(&[u8::from(in_lsm)]);
             self.tables.push(format!("{service}.{table}"));
+            self.lsm.push(in_lsm);
         }
         assert!(self.tables.len() < VIEW_TABLES_MAX, "too many view tables");
         base
@@ -236,19 +254,111 @@ fn key_prefix(key: &[u8]) -> u128 {
 /// Called with each key and value of a table.
 pub type EachRow<'a> = dyn FnMut(&[u8], &[u8]) -> anyhow::Result<()> + 'a;
 
-/// One shard's LMDB environment.
+/// One shard's LMDB environment, and its LSM tree if the layout has LSM
+/// tables.
 pub struct ViewStore {
     env: Env,
     meta: Database<Bytes, Bytes>,
+    /// Every table has one (an LSM table's stays empty: table indices are
+    /// the layout's).
     tables: Vec<Database<Bytes, Bytes>>,
+    lsm: Option<Lsm>,
     layout: Hash,
     /// Where LMDB mapped the data file in this process (start, length), if
     /// found; see `drop_mapped_pages`.
     mapping: Option<(usize, usize)>,
 }
 
+/// The view's LSM tree: one keyspace per LSM table, under `<view>/lsm/`.
+struct Lsm {
+    db: fjall::Database,
+    /// By table index (`None`: an LMDB table); replaced when cleared.
+    keyspaces: RwLock<Vec<Option<fjall::Keyspace>>>,
+    names: Vec<String>,
+}
+
+impl Lsm {
+    /// Opens the tree. Its merging thread starts here and keeps the
+    /// placement and nice level of the thread that opens it (`open_on`).
+    fn open(dir: &Path, layout: &ViewLayout) -> anyhow::Result<Lsm> {
+        let db = fjall::Database::builder(dir)
+            .worker_threads(1)
+            .cache_size(VIEW_LSM_CACHE_BYTES)
+            .manual_journal_persist(true)
+            .open()
+            .with_context(|| format!("opening the view's LSM tree in {}", dir.display()))?;
+        let mut keyspaces = Vec::with_capacity(layout.tables.len());
+        for (name, in_lsm) in layout.tables.iter().zip(&layout.lsm) {
+            keyspaces.push(if *in_lsm { Some(Lsm::keyspace(&db, name)?) } else { None });
+        }
+        Ok(Lsm { db, keyspaces: RwLock::new(keyspaces), names: layout.tables.clone() })
+    }
+
+    fn keyspace(db: &fjall::Database, name: &str) -> anyhow::Result<fjall::Keyspace> {
+        // Sorted runs of random keys overlap every other run: up to
+        // `VIEW_LSM_L0_RUNS` of them wait before one merge takes them all.
+        // A read looks in each of them, so each run's filter and index are
+        // in partitions, of which a read loads one: whole, they outgrow the
+        // cache as the table grows, and a read then loads them from disk
+        // (`bench/RESULTS.md`, "Receipts' txids in an LSM tree").
+        let merging = fjall::compaction::Leveled::default().with_l0_threshold(VIEW_LSM_L0_RUNS);
+        let partitioned = fjall::config::PinningPolicy::all(true);
+        let options = || {
+            fjall::KeyspaceCreateOptions::default()
+                .compaction_strategy(Arc::new(merging))
+                .filter_block_partitioning_policy(partitioned.clone())
+                .index_block_partitioning_policy(partitioned)
+                .manual_journal_persist(true)
+        };
+        db.keyspace(name, options).with_context(|| format!("opening the LSM table {name}"))
+    }
+
+    /// Table `table`'s keyspace, if it is an LSM table.
+    fn get(&self, table: usize) -> Option<fjall::Keyspace> {
+        self.keyspaces.read().expect("not poisoned")[table].clone()
+    }
+
+    /// Writes one table's changes (in key order, one per key) as one sorted
+    /// run, synced to disk.
+    fn write(
+        keyspace: &fjall::Keyspace,
+        changes: &ViewChanges,
+        run: &[Change],
+    ) -> anyhow::Result<()> {
+        let mut ingestion = keyspace.start_ingestion()?;
+        for change in run {
+            let key = changes.slice(change.key);
+            match change.value {
+                Some(value) => ingestion.write(key, changes.slice(value))?,
+                None => ingestion.write_tombstone(key)?,
+            }
+        }
+        ingestion.finish()?;
+        Ok(())
+    }
+
+    /// Empties every LSM table (a new keyspace replaces each).
+    fn clear(&self) -> anyhow::Result<()> {
+        let mut keyspaces = self.keyspaces.write().expect("not poisoned");
+        for (slot, name) in keyspaces.iter_mut().zip(&self.names) {
+            if let Some(keyspace) = slot.take() {
+                self.db.delete_keyspace(keyspace)?;
+                *slot = Some(Lsm::keyspace(&self.db, name)?);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ViewStore {
-    pub fn open(dir: &Path, layout: &ViewLayout) -> anyhow::Result<ViewStore> {
+    /// Opens the view in `dir`; its LSM tree, if the layout has LSM tables,
+    /// is opened by `open_on` (see `Lsm::open`): the caller's thread if
+    /// `None`.
+    pub fn open(
+        dir: &Path,
+        layout: &ViewLayout,
+        open_on: Option<&Workers>,
+    ) -> anyhow::Result<ViewStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut options = EnvOpenOptions::new();
         options.map_size(VIEW_MAP_BYTES).max_dbs(VIEW_TABLES_MAX as u32);
@@ -272,7 +382,24 @@ impl ViewStore {
         if mapping.is_none() {
             tracing::warn!(dir = %dir.display(), "the view's mapping was not found; its pages stay mapped");
         }
-        Ok(ViewStore { env, meta, tables, layout: layout.signature(), mapping })
+        let lsm = if layout.lsm.contains(&true) {
+            let (lsm_dir, layout) = (dir.join("lsm"), layout.clone());
+            let open = move || Lsm::open(&lsm_dir, &layout);
+            Some(match open_on {
+                Some(workers) => workers
+                    .run(Lane::Normal, open)
+                    .context("the workers refused to open the view's LSM tree")??,
+                None => open()?,
+            })
+        } else {
+            None
+        };
+        Ok(ViewStore { env, meta, tables, lsm, layout: layout.signature(), mapping })
+    }
+
+    /// Table `table`'s keyspace, if it is an LSM table.
+    fn lsm_table(&self, table: usize) -> Option<fjall::Keyspace> {
+        self.lsm.as_ref()?.get(table)
     }
 
     /// What the view reflects; `None` for a new or cleared view, or one
@@ -294,8 +421,16 @@ impl ViewStore {
 
     /// Calls `each` with every key and value of `table`; returns how many.
     pub fn each(&self, table: usize, each: &mut EachRow<'_>) -> anyhow::Result<u64> {
-        let txn = self.env.read_txn()?;
         let mut count = 0;
+        if let Some(keyspace) = self.lsm_table(table) {
+            for row in keyspace.iter() {
+                let (key, value) = row.into_inner()?;
+                each(&key, &value)?;
+                count += 1;
+            }
+            return Ok(count);
+        }
+        let txn = self.env.read_txn()?;
         for row in self.tables[table].iter(&txn)? {
             let (key, value) = row?;
             each(key, value)?;
@@ -307,11 +442,15 @@ impl ViewStore {
     /// The value at `key` of `table` (a short read transaction; LMDB reads
     /// do not wait for the writer).
     pub fn get(&self, table: usize, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(keyspace) = self.lsm_table(table) {
+            return Ok(keyspace.get(key)?.map(|value| value.to_vec()));
+        }
         let txn = self.env.read_txn()?;
         Ok(self.tables[table].get(&txn, key)?.map(<[u8]>::to_vec))
     }
 
-    /// Forgets everything: the view will be rebuilt from the log.
+    /// Forgets everything: the view will be rebuilt from the log. The meta
+    /// goes first, so a crash midway leaves a view without one (rebuilt).
     pub fn clear(&self) -> anyhow::Result<()> {
         let mut txn = self.env.write_txn()?;
         self.meta.clear(&mut txn)?;
@@ -319,6 +458,9 @@ impl ViewStore {
             table.clear(&mut txn)?;
         }
         txn.commit()?;
+        if let Some(lsm) = &self.lsm {
+            lsm.clear()?;
+        }
         Ok(())
     }
 
@@ -329,11 +471,20 @@ impl ViewStore {
     /// and idempotency slots are random, and a put in order finds its page
     /// beside the last one's (or on it, where LMDB skips the descent)
     /// instead of anywhere in a tree of millions.
+    ///
+    /// An LSM table's changes go first, as one sorted run each, synced.
     pub fn write(&self, write: &ViewWrite) -> anyhow::Result<()> {
         let changes = &write.changes;
         let last = changes.last_per_key();
-        let mut txn = self.env.write_txn()?;
+        let mut lmdb_runs = Vec::new();
         for run in last.chunk_by(|a, b| a.table == b.table) {
+            match self.lsm_table(usize::from(run[0].table)) {
+                Some(keyspace) => Lsm::write(&keyspace, changes, run)?,
+                None => lmdb_runs.push(run),
+            }
+        }
+        let mut txn = self.env.write_txn()?;
+        for run in lmdb_runs {
             let table = &self.tables[usize::from(run[0].table)];
             for change in run.iter().filter(|change| change.value.is_none()) {
                 table.delete(&mut txn, changes.slice(change.key))?;
@@ -669,7 +820,7 @@ mod tests {
 
     fn layout() -> ViewLayout {
         let mut layout = ViewLayout::default();
-        layout.add("ledger", 1, &["balances"]);
+        layout.add("ledger", 1, &["balances"], &[]);
         layout
     }
 
@@ -688,13 +839,77 @@ mod tests {
     #[test]
     fn layouts_differ_by_service_table_and_version() {
         let mut a = ViewLayout::default();
-        a.add("wallet", 1, &["funds", "holds"]);
+        a.add("wallet", 1, &["funds", "holds"], &[]);
         let mut b = ViewLayout::default();
-        b.add("wallet", 2, &["funds", "holds"]);
+        b.add("wallet", 2, &["funds", "holds"], &[]);
         let mut c = ViewLayout::default();
-        c.add("wallet", 1, &["fundsholds"]);
+        c.add("wallet", 1, &["fundsholds"], &[]);
+        let mut d = ViewLayout::default();
+        d.add("wallet", 1, &["funds", "holds"], &["holds"]);
         assert_ne!(a.signature(), b.signature());
         assert_ne!(a.signature(), c.signature());
+        assert_ne!(a.signature(), d.signature());
+    }
+
+    /// An LSM table takes puts, replacements and deletes like an LMDB one,
+    /// keeps them across a reopen, and is emptied by `clear`; none of it
+    /// goes to LMDB.
+    #[test]
+    fn lsm_tables_keep_their_writes_across_reopens_until_cleared() {
+        let dir = std::env::temp_dir().join(format!("ron-view-lsm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut layout = ViewLayout::default();
+        layout.add("wallet", 1, &["receipts", "funds"], &["receipts"]);
+        let key = |i: u32| blake3::hash(&i.to_le_bytes()).as_bytes()[..16].to_vec();
+        let write = |store: &ViewStore, seq: u64, fill: &dyn Fn(&mut ViewChanges)| {
+            let mut changes = ViewChanges::default();
+            fill(&mut changes);
+            let meta = ViewMeta {
+                applied_seq: seq,
+                root: [1; 32],
+                shard: 0,
+                shard_count: 1,
+                layout: store.layout(),
+            };
+            store.write(&ViewWrite { meta, changes }).unwrap();
+        };
+        let store = ViewStore::open(&dir, &layout, None).unwrap();
+        write(&store, 10, &|changes| {
+            for i in 0..1000u32 {
+                changes.put(0, &key(i), &i.to_le_bytes());
+            }
+            changes.put(0, &key(5), b"again");
+            changes.put(1, b"acct", b"7");
+        });
+        write(&store, 20, &|changes| changes.delete(0, &key(7)));
+        let txn = store.env.read_txn().unwrap();
+        assert_eq!(store.tables[0].len(&txn).unwrap(), 0, "nothing of it in LMDB");
+        drop(txn);
+        drop(store);
+        let store = ViewStore::open(&dir, &layout, None).unwrap();
+        assert_eq!(store.meta().unwrap().map(|m| m.applied_seq), Some(20));
+        assert_eq!(store.get(0, &key(5)).unwrap().as_deref(), Some(&b"again"[..]));
+        assert_eq!(store.get(0, &key(6)).unwrap(), Some(6u32.to_le_bytes().to_vec()));
+        assert_eq!(store.get(0, &key(7)).unwrap(), None);
+        assert_eq!(store.get(0, &key(1000)).unwrap(), None);
+        assert_eq!(store.get(1, b"acct").unwrap().as_deref(), Some(&b"7"[..]));
+        let mut keys = Vec::new();
+        store
+            .each(0, &mut |key, _| {
+                keys.push(key.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(keys.len(), 999);
+        assert!(keys.is_sorted(), "in key order");
+        store.clear().unwrap();
+        assert_eq!(store.get(0, &key(5)).unwrap(), None);
+        drop(store);
+        let store = ViewStore::open(&dir, &layout, None).unwrap();
+        assert_eq!(store.meta().unwrap(), None);
+        assert_eq!(store.each(0, &mut |_, _| Ok(())).unwrap(), 0);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The resident size of `mapping`, from `/proc/self/smaps`.
@@ -713,7 +928,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ron-view-pages-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let layout = layout();
-        let store = ViewStore::open(&dir, &layout).unwrap();
+        let store = ViewStore::open(&dir, &layout, None).unwrap();
         let mapping = store.mapping.expect("the data file's mapping is found");
         let mut changes = ViewChanges::default();
         for i in 0..20_000u32 {
@@ -746,8 +961,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ron-view-order-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut layout = ViewLayout::default();
-        layout.add("a", 1, &["one", "two"]);
-        let store = ViewStore::open(&dir, &layout).unwrap();
+        layout.add("a", 1, &["one", "two"], &[]);
+        let store = ViewStore::open(&dir, &layout, None).unwrap();
         let meta = |seq| ViewMeta {
             applied_seq: seq,
             root: [0; 32],
@@ -861,7 +1076,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ron-view-layout-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let first = layout();
-        let store = ViewStore::open(&dir, &first).unwrap();
+        let store = ViewStore::open(&dir, &first, None).unwrap();
         let meta = ViewMeta {
             applied_seq: 3,
             root: [0; 32],
@@ -872,8 +1087,8 @@ mod tests {
         store.write(&ViewWrite { meta, changes: ViewChanges::default() }).unwrap();
         drop(store);
         let mut second = layout();
-        second.add("echo", 1, &["words"]);
-        let store = ViewStore::open(&dir, &second).unwrap();
+        second.add("echo", 1, &["words"], &[]);
+        let store = ViewStore::open(&dir, &second, None).unwrap();
         assert_eq!(store.meta().unwrap(), None);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();

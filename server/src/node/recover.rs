@@ -16,6 +16,7 @@ use crate::log::index::{Checkpoint, Index, IndexStore, RootAt, TreeNodes, index_
 use crate::log::segments::{self, LogState, Recovered, Scan, TornTail};
 use crate::log::view::{ViewMeta, ViewStore, view_dir};
 use crate::service::{Registry, Replayer, States};
+use crate::workers::Workers;
 use anyhow::Context as _;
 use ron_shards::accumulator::{Accumulator, node_count};
 use std::any::Any;
@@ -45,6 +46,7 @@ pub fn recover(
     registry: &Registry,
     shared: &[Arc<dyn Any + Send + Sync>],
     shard_count: usize,
+    workers: &Workers,
 ) -> anyhow::Result<Recovery> {
     let mut states = States::new(registry, shared, config, shard_count);
     if config.amnesia() {
@@ -54,7 +56,8 @@ pub fn recover(
     let dir = config.data_dir.join("log");
     let state = open_index(&config.data_dir, &dir)?;
     let checkpoint = state.checkpoint.seq;
-    let (stores, mut metas) = open_views(config, registry, shared, &mut states, shard_count)?;
+    let (stores, mut metas) =
+        open_views(config, registry, shared, &mut states, shard_count, workers)?;
     // Views the index vouches for now; one ahead of it waits for the scan.
     for shard in 0..shard_count {
         if metas[shard].is_some_and(|m| m.applied_seq <= checkpoint && !vouched(&state, &m)) {
@@ -217,6 +220,7 @@ fn open_views(
     shared: &[Arc<dyn Any + Send + Sync>],
     states: &mut States,
     shard_count: usize,
+    workers: &Workers,
 ) -> anyhow::Result<(Vec<ViewStore>, Vec<Option<ViewMeta>>)> {
     for entry in std::fs::read_dir(&config.data_dir)? {
         let path = entry?.path();
@@ -233,7 +237,8 @@ fn open_views(
     let mut stores = Vec::with_capacity(shard_count);
     let mut metas = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
-        let store = Arc::new(ViewStore::open(&view_dir(&config.data_dir, shard), &layout)?);
+        let dir = view_dir(&config.data_dir, shard);
+        let store = Arc::new(ViewStore::open(&dir, &layout, Some(workers))?);
         let meta = match store.meta()? {
             Some(meta)
                 if meta.shard as usize == shard && meta.shard_count as usize == shard_count =>

@@ -94,9 +94,10 @@ impl Service for Wallet {
     const NAME: &'static str = "wallet";
     const LOG_CODES: &'static [u8] = &[WALLET_OP_CODE];
     const TABLES: &'static [&'static str] = view::TABLES;
+    const LSM_TABLES: &'static [&'static str] = view::LSM_TABLES;
     /// 2: idempotency records kept by expiry; 3: receipts kept by seq,
-    /// found by txid (`view`).
-    const VIEW_VERSION: u32 = 3;
+    /// found by txid; 4: txids in the LSM tree (`view`).
+    const VIEW_VERSION: u32 = 4;
     const TICK: Option<Duration> = Some(HOLD_EXPIRY_TICK);
     type Shared = ();
     type State = state::Wallet;

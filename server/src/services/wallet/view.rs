@@ -13,9 +13,12 @@
 //! ```
 //!
 //! A receipt is found by its txid, a random key: only its seq is kept there
-//! (rows of 24 bytes instead of about 200, so a write's puts at random keys
-//! dirty far fewer pages), and the receipt itself by seq, where each write
-//! appends (version 3).
+//! (rows of 24 bytes instead of about 200), and the receipt itself by seq,
+//! where each write appends (version 3). The txids are in the view's LSM
+//! tree, not in LMDB, where each write's puts rewrote pages all over a
+//! table that grows by every transfer (version 4). A txid found there may
+//! be ahead of the view after a crash (`crate::log::view`): a receipt is
+//! answered only if the operation at its seq has that txid.
 //!
 //! Idempotency records are kept by expiry, not by slot: the shard looks
 //! them up in memory and the view only reloads them at start, and the
@@ -31,6 +34,8 @@ use ron_shards::wallet::{Changes, Hold, IdemKey, IdemRecord, Receipt, Wallet};
 
 /// The wallet's tables, in `Service::TABLES` order.
 pub const TABLES: &[&str] = &["receipts", "funds", "nonces", "holds", "idem", "committed"];
+/// Those kept in the LSM tree.
+pub const LSM_TABLES: &[&str] = &["receipts"];
 const RECEIPTS: usize = 0;
 const FUNDS: usize = 1;
 const NONCES: usize = 2;
@@ -150,7 +155,7 @@ pub fn receipt(view: &ServiceView, txid: &TxId) -> Option<(WalletOp, Placement)>
     let stored = read(COMMITTED, &seq.to_be_bytes())?;
     let root: [u8; 32] = stored.get(..32)?.try_into().ok()?;
     let op = WalletOp::decode(stored.get(32..)?).ok()?;
-    Some((op, Placement { seq, root }))
+    (op.txid == *txid).then_some((op, Placement { seq, root }))
 }
 
 fn encode_hold(hold: &Hold) -> Vec<u8> {
@@ -188,6 +193,52 @@ fn decode_hold(bytes: &[u8]) -> Option<Hold> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::view::{ViewLayout, ViewMeta, ViewStore, ViewWrite};
+    use ron_proto::wallet::OpKind;
+    use std::sync::Arc;
+
+    fn issue(txid: TxId) -> WalletOp {
+        WalletOp {
+            kind: OpKind::Issue,
+            from: None,
+            to: Some("bob".into()),
+            asset: "roc".into(),
+            amount: 5,
+            nonce: None,
+            hold_id: None,
+            timeout_s: None,
+            idem: Some("k-1".into()),
+            txid,
+            ts_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// A txid the LSM tree holds ahead of the view (a crash between the
+    /// two) may point at a seq that holds another operation: no receipt.
+    #[test]
+    fn a_receipt_is_answered_only_if_its_seq_holds_its_txid() {
+        let dir = std::env::temp_dir().join(format!("ron-wallet-view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut layout = ViewLayout::default();
+        let base = layout.add("wallet", 4, TABLES, LSM_TABLES);
+        let store = Arc::new(ViewStore::open(&dir, &layout, None).unwrap());
+        let (op, stale) = (issue([1; 16]), [2; 16]);
+        let mut changes = ViewChanges::default();
+        changes.set_base(base);
+        let mut encoded = Vec::new();
+        op.encode(&mut encoded);
+        changes.put(RECEIPTS, &op.txid, &9u64.to_le_bytes());
+        changes.put(RECEIPTS, &stale, &9u64.to_le_bytes());
+        changes.put_parts(COMMITTED, &9u64.to_be_bytes(), &[&[7; 32], &encoded]);
+        let meta =
+            ViewMeta { applied_seq: 9, root: [7; 32], shard: 0, shard_count: 1, layout: store.layout() };
+        store.write(&ViewWrite { meta, changes }).unwrap();
+        let view = ServiceView::new(store, base);
+        assert_eq!(receipt(&view, &op.txid), Some((op, Placement { seq: 9, root: [7; 32] })));
+        assert_eq!(receipt(&view, &stale), None);
+        assert_eq!(receipt(&view, &[3; 16]), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn holds_round_trip_and_refuse_cuts() {
