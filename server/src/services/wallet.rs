@@ -25,6 +25,7 @@ use crate::log::view::{ServiceView, ViewChanges};
 use crate::log::{Item, LogAnswer, LogCall};
 use crate::metrics::{MetricsPart, simple_lines};
 use crate::service::{Replaying, Service, ShardAt, Starting};
+use crate::workers::Lane;
 use ron_proto::wallet::{Placement, TxId, WALLET_OP_CODE, WalletOp};
 use ron_shards::wallet::{self as state, Funds, Rejection, Reserved, parts};
 use futures_channel::oneshot;
@@ -88,6 +89,8 @@ pub enum Answer {
     Balance { funds: Funds, as_of_seq: u64 },
     /// The committed operation behind a receipt, and where it went.
     Receipt(Option<Box<(WalletOp, Placement)>>),
+    /// The workers had no room to read the receipt from the view.
+    Busy,
 }
 
 impl Service for Wallet {
@@ -213,8 +216,20 @@ impl Service for Wallet {
             Call::Receipt { txid } => {
                 self.core.log.caught_up().await;
                 let kept = self.state.borrow().committed(&txid);
-                let found = kept.or_else(|| view::receipt(self.view.as_ref()?, &txid));
-                Answer::Receipt(found.map(Box::new))
+                if let Some(kept) = kept {
+                    return Answer::Receipt(Some(Box::new(kept)));
+                }
+                let Some(view) = self.view.clone() else { return Answer::Receipt(None) };
+                // Off the shard: a read of the view's LSM tree can wait for
+                // its writer to sync a new run (as long as the disk takes).
+                let read = move || view::receipt(&view, &txid);
+                let Ok(read) = self.core.returns.run(&self.core.workers, Lane::Normal, read) else {
+                    return Answer::Busy;
+                };
+                match read.await {
+                    Some(found) => Answer::Receipt(found.map(Box::new)),
+                    None => Answer::Busy,
+                }
             }
         }
     }

@@ -647,6 +647,7 @@ async fn committed(wallet: &Rc<Wallet>, txid: wallet::TxId) -> Result<(WalletOp,
         Ok(Answer::Receipt(None)) => {
             Err(Reply::error(ErrorCode::NotFound, "no transaction with that id"))
         }
+        Ok(Answer::Busy) => Err(busy_retry("the workers are full; retry")),
         Ok(other) => panic!("a receipt lookup answered with {other:?}"),
         Err(error) => Err(mesh_failure(error)),
     }

@@ -18,7 +18,9 @@
 //! tree, not in LMDB, where each write's puts rewrote pages all over a
 //! table that grows by every transfer (version 4). A txid found there may
 //! be ahead of the view after a crash (`crate::log::view`): a receipt is
-//! answered only if the operation at its seq has that txid.
+//! answered only if the operation at its seq has that txid. A read there
+//! can wait for the tree's writer to sync, so the wallet calls `receipt`
+//! on a worker.
 //!
 //! Idempotency records are kept by expiry, not by slot: the shard looks
 //! them up in memory and the view only reloads them at start, and the
