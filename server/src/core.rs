@@ -210,13 +210,15 @@ impl Core {
     pub fn snapshot(&self) -> Snapshot {
         let mut core = self.metrics.borrow().clone();
         core.mesh_calls = self.mesh.calls();
-        let (view_seq, view_writes, view_write_failures) = self.view.stats().unwrap_or_default();
+        let (view_seq, view_writes, view_write_failures, view_lsm_bytes) =
+            self.view.stats().unwrap_or_default();
         core.log_shards = vec![LogShardGauges {
             shard: self.id,
             applied_seq: self.log.applied.seq(),
             view_seq,
             view_writes,
             view_write_failures,
+            view_lsm_bytes,
         }];
         let mut services = Vec::new();
         for source in self.metric_sources.borrow().iter() {

@@ -40,6 +40,7 @@ pub struct LogShardGauges {
     pub view_seq: u64,
     pub view_writes: u64,
     pub view_write_failures: u64,
+    pub view_lsm_bytes: u64,
 }
 
 impl CoreMetrics {
@@ -193,13 +194,19 @@ impl CoreMetrics {
         let mut shards = self.log_shards.clone();
         shards.sort_by_key(|g| g.shard);
         type Gauge = fn(&LogShardGauges) -> u64;
-        let per_shard: [(&str, &str, &str, Gauge); 4] = [
+        let per_shard: [(&str, &str, &str, Gauge); 5] = [
             ("ledger_applied_seq", "gauge", "The last log entry a shard has applied.", |g| {
                 g.applied_seq
             }),
-            ("ledger_view_seq", "gauge", "The last log entry a shard's LMDB view holds.", |g| {
+            ("ledger_view_seq", "gauge", "The last log entry a shard's view holds.", |g| {
                 g.view_seq
             }),
+            (
+                "ledger_view_lsm_bytes",
+                "gauge",
+                "Bytes on disk of a shard's view's LSM tree (wallet receipts' txids), after its last write.",
+                |g| g.view_lsm_bytes,
+            ),
             ("ledger_view_writes_total", "counter", "Writes of a shard's view.", |g| g.view_writes),
             (
                 "ledger_view_write_failures_total",

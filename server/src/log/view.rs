@@ -402,6 +402,12 @@ impl ViewStore {
         self.lsm.as_ref()?.get(table)
     }
 
+    /// The bytes the LSM tree holds on disk (0 without one). Like its
+    /// reads, it can wait for the tree's writer: not on a shard.
+    pub fn lsm_disk_bytes(&self) -> u64 {
+        self.lsm.as_ref().map_or(0, |lsm| lsm.db.disk_space().unwrap_or(0))
+    }
+
     /// What the view reflects; `None` for a new or cleared view, or one
     /// this build cannot use (another format or table layout).
     pub fn meta(&self) -> anyhow::Result<Option<ViewMeta>> {
@@ -588,6 +594,8 @@ pub struct ViewStats {
     pub failures: AtomicU64,
     /// Microseconds the last write took.
     pub last_write_us: AtomicU64,
+    /// The LSM tree's bytes on disk after the last write.
+    pub lsm_disk_bytes: AtomicU64,
     /// A write is in flight.
     busy: AtomicBool,
     /// The buffers of the last write, emptied, for the next one to fill:
@@ -682,14 +690,16 @@ impl ShardView {
         self.store.as_ref()
     }
 
-    /// (written seq, writes, failures) for `/metrics`; `None` without a view.
-    pub fn stats(&self) -> Option<(u64, u64, u64)> {
+    /// (written seq, writes, failures, the LSM tree's bytes on disk) for
+    /// `/metrics`; `None` without a view.
+    pub fn stats(&self) -> Option<(u64, u64, u64, u64)> {
         self.store.as_ref()?;
         let stats = &self.stats;
         Some((
             stats.written_seq.load(Ordering::Relaxed),
             stats.writes.load(Ordering::Relaxed),
             stats.failures.load(Ordering::Relaxed),
+            stats.lsm_disk_bytes.load(Ordering::Relaxed),
         ))
     }
 
@@ -780,6 +790,7 @@ fn write_job(shard: usize, store: Arc<ViewStore>, stats: Arc<ViewStats>, write: 
         }
         store.drop_mapped_pages();
         stats.last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.lsm_disk_bytes.store(store.lsm_disk_bytes(), Ordering::Relaxed);
         stats.give_back(write.changes);
         stats.busy.store(false, Ordering::Release);
     })

@@ -508,6 +508,11 @@ fn receipts_move_to_the_view_and_are_read_from_it() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // Their txids went to the views' LSM trees, which `/metrics` sizes.
+    let lsm_bytes: f64 = (0..2)
+        .map(|shard| node.metric(&format!("ledger_view_lsm_bytes{{shard=\"{shard}\"}}")))
+        .sum();
+    assert!(lsm_bytes > 0.0, "the LSM trees' bytes are reported");
     // The next tick forgets them from memory.
     std::thread::sleep(Duration::from_millis(300));
     let check = |node: &TestNode| {
