@@ -56,13 +56,21 @@ fn build_binary(package: &str, bin: &str) -> PathBuf {
 }
 
 /// Ports for test nodes: blocks of consecutive free ports, distinct within
-/// this process and spread by process id across processes.
+/// this process and spread by process id across processes, below Linux's
+/// ephemeral range (32768 on): a port found free there could be taken as
+/// the local port of any test's outgoing connection before the node binds
+/// it (a CI run failed so: "Address already in use").
 pub fn port_block(len: u16) -> u16 {
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 20_000 + (std::process::id() % 200) as u16 * 100;
+    let start = (std::process::id() % 120) as u16 * 100;
     loop {
         let offset = NEXT.fetch_add(len, Ordering::Relaxed);
-        let base = 20_000 + (start - 20_000 + offset) % 40_000;
+        let base = FIRST + (start + offset % SPAN) % SPAN;
+        if base + len > FIRST + SPAN {
+            continue;
+        }
         if (base..base + len).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
