@@ -25,9 +25,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-dir=$(mktemp -d /tmp/ron-cost.XXXXXX); pids=()
-trap 'kill "${pids[@]}" 2> /dev/null || true; wait 2> /dev/null; rm -rf "$dir"' EXIT
 source bench/scripts/node.sh
+scratch ron-cost
 bin=$1; w=$2; r=$3; e=$4; shift 4
 start_node node $bin 8080 8100 "$@"
 pid=${pids[0]}

@@ -1,10 +1,20 @@
 # Sourced by the figure scripts: starts a release ron-node on the reference
 # layout (or on tuning/$LAYOUT.toml) and waits for it. Needs $dir (data and
-# logs go to $dir/NAME) and the array `pids` (the node's pid is appended;
-# the caller kills them).
+# logs go to $dir/NAME) and the array `pids` (the node's pid is appended),
+# which `scratch` below makes and cleans up.
 #
 #   start_node NAME BINARY PORT SHARD_PORT_BASE [SETTINGS…]
 # SETTINGS are NAME=VALUE pairs for the node's environment.
+# A scratch directory in $dir and an empty `pids`; on exit the nodes are
+# stopped, waited for (a stopping node still writes its view) and the
+# directory removed.
+#
+#   scratch NAME
+scratch() {
+  dir=$(mktemp -d "/tmp/$1.XXXXXX"); pids=()
+  trap 'kill "${pids[@]}" 2> /dev/null || true; wait 2> /dev/null; rm -rf "$dir"' EXIT
+}
+
 start_node() {
   local name=$1 binary=$2 port=$3 base=$4
   shift 4

@@ -14,9 +14,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-dir=$(mktemp -d /tmp/ron-lookups.XXXXXX); pids=()
-trap 'kill "${pids[@]}" 2> /dev/null || true; wait 2> /dev/null; rm -rf "$dir"' EXIT
 source bench/scripts/node.sh
+scratch ron-lookups
 start_node node "$1" 8080 8100
 load=("$root/target/release/ron-load" run --target 127.0.0.1:8080 --token-file "$dir/node/data/admin.token" --cores 0 --accounts 10000 --payers 10000)
 "${load[@]}" --workload wallet-setup --rate 5000 --duration 3s --warmup 0s > /dev/null

@@ -112,8 +112,8 @@ pub const INDEX_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// eighth of those there), or once that many entries have passed since the
 /// last batch: a crash replays up to that much of the log.
 pub const INDEX_IDS_BATCH_MIN: u64 = 1 << 18;
-/// The block cache of a view's LSM tree (its tables' filters and indexes
-/// of the newest runs stay in memory besides).
+/// The block cache of a view's LSM tree (fjall may keep some filter and
+/// index blocks outside it, by its pinning policy; not measured).
 pub const VIEW_LSM_CACHE_BYTES: u64 = 16 << 20;
 /// Sorted runs (one per view write) an LSM table keeps before one merge
 /// takes them all: more runs merge less often (less CPU and fewer bytes
@@ -397,8 +397,7 @@ pub fn memory_budget(config: &Config, shards: usize) -> Vec<BudgetLine> {
             if config.amnesia() { 0 } else { VIEW_LSM_CACHE_BYTES },
             false,
             "VIEW_LSM_CACHE_BYTES per shard view with LSM tables (wallet receipts' txids; none \
-             in amnesia); the filters of its newest runs and its first levels' indexes stay \
-             beside it and grow with the table",
+             in amnesia); blocks fjall pins outside it grow with the table (not measured)",
         ),
         line(
             "index answer cache",

@@ -27,8 +27,7 @@
 
 use super::LogLink;
 use crate::limits::{
-    VIEW_DROP_PAGES_EVERY, VIEW_LSM_CACHE_BYTES, VIEW_LSM_L0_RUNS, VIEW_MAP_BYTES,
-    VIEW_SPARE_BYTES_MAX, VIEW_TABLES_MAX, VIEW_TICK,
+    VIEW_DROP_PAGES_EVERY, VIEW_MAP_BYTES, VIEW_SPARE_BYTES_MAX, VIEW_TABLES_MAX, VIEW_TICK,
 };
 use crate::workers::{Job, Lane, Workers};
 use anyhow::Context as _;
@@ -38,9 +37,16 @@ use ron_proto::merkle::Hash;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+mod changes;
+mod lsm;
+
+use changes::Change;
+pub use changes::ViewChanges;
+use lsm::Lsm;
 
 const META_KEY: &[u8] = b"meta";
 /// 5: tables named by service, and a signature of their layout in the meta
@@ -128,129 +134,6 @@ impl ViewMeta {
     }
 }
 
-/// What changed on a shard since its last view write: puts and deletes in
-/// the tables of each service, their bytes kept in one buffer.
-#[derive(Debug, Default)]
-pub struct ViewChanges {
-    changes: Vec<Change>,
-    bytes: Vec<u8>,
-    /// The table index of the service saving now (`ViewLayout::add`).
-    base: usize,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Change {
-    table: u16,
-    /// (start, length) in `bytes`.
-    key: (usize, usize),
-    /// `None`: delete the key.
-    value: Option<(usize, usize)>,
-}
-
-impl ViewChanges {
-    /// Collects the changes of the service whose first table is `base`.
-    pub fn set_base(&mut self, base: usize) {
-        self.base = base;
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) -> (usize, usize) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(bytes);
-        (start, bytes.len())
-    }
-
-    /// Writes `value` at `key` of the service's `table` (its index in the
-    /// service's `TABLES`).
-    pub fn put(&mut self, table: usize, key: &[u8], value: &[u8]) {
-        self.put_parts(table, key, &[value]);
-    }
-
-    /// The same with the value in pieces, written one after the other.
-    pub fn put_parts(&mut self, table: usize, key: &[u8], value: &[&[u8]]) {
-        let key = self.bytes(key);
-        let start = self.bytes.len();
-        for part in value {
-            self.bytes.extend_from_slice(part);
-        }
-        let value = Some((start, self.bytes.len() - start));
-        self.changes.push(Change { table: (self.base + table) as u16, key, value });
-    }
-
-    /// Removes `key` from the service's `table`.
-    pub fn delete(&mut self, table: usize, key: &[u8]) {
-        let key = self.bytes(key);
-        self.changes.push(Change { table: (self.base + table) as u16, key, value: None });
-    }
-
-    pub fn len(&self) -> usize {
-        self.changes.len()
-    }
-
-    /// The memory the buffers hold.
-    fn capacity_bytes(&self) -> usize {
-        self.bytes.capacity() + self.changes.capacity() * std::mem::size_of::<Change>()
-    }
-
-    /// Empties the changes and keeps the buffers.
-    fn clear(&mut self) {
-        self.changes.clear();
-        self.bytes.clear();
-        self.base = 0;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
-    }
-
-    fn slice(&self, (start, len): (usize, usize)) -> &[u8] {
-        &self.bytes[start..start + len]
-    }
-
-    /// The last change of each key, ordered by table and key.
-    ///
-    /// Sorted by table, then by the key's first 16 bytes read as one
-    /// number, and only where those are equal by the whole key, then in
-    /// the order made: the keys most changed (txids, idempotency slots)
-    /// are random and differ in their first bytes, so the sort compares
-    /// integers where comparing the keys' bytes, found through their
-    /// offsets, took a third of the writer's time.
-    fn last_per_key(&self) -> Vec<Change> {
-        let mut order: Vec<(u16, u128, u32)> = (self.changes.iter().enumerate())
-            .map(|(i, change)| {
-                let at = u32::try_from(i).expect("a write holds fewer than 2^32 changes");
-                (change.table, key_prefix(self.slice(change.key)), at)
-            })
-            .collect();
-        let key = |at: u32| self.slice(self.changes[at as usize].key);
-        order.sort_unstable_by(|a, b| {
-            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| key(a.2).cmp(key(b.2))).then(a.2.cmp(&b.2))
-        });
-        let mut last: Vec<Change> = Vec::with_capacity(order.len());
-        let mut previous: Option<(u16, u128, u32)> = None;
-        for (table, prefix, at) in order {
-            let change = self.changes[at as usize];
-            match previous {
-                Some((t, p, kept)) if t == table && p == prefix && key(kept) == key(at) => {
-                    *last.last_mut().expect("kept") = change;
-                }
-                _ => last.push(change),
-            }
-            previous = Some((table, prefix, at));
-        }
-        last
-    }
-}
-
-/// A key's first 16 bytes as a big-endian number, zeros after a shorter
-/// key: ordered as the keys are wherever two differ (LMDB orders keys by
-/// their bytes, a key before its extensions).
-fn key_prefix(key: &[u8]) -> u128 {
-    let mut bytes = [0u8; 16];
-    let len = key.len().min(16);
-    bytes[..len].copy_from_slice(&key[..len]);
-    u128::from_be_bytes(bytes)
-}
-
 /// Called with each key and value of a table.
 pub type EachRow<'a> = dyn FnMut(&[u8], &[u8]) -> anyhow::Result<()> + 'a;
 
@@ -267,87 +150,6 @@ pub struct ViewStore {
     /// Where LMDB mapped the data file in this process (start, length), if
     /// found; see `drop_mapped_pages`.
     mapping: Option<(usize, usize)>,
-}
-
-/// The view's LSM tree: one keyspace per LSM table, under `<view>/lsm/`.
-struct Lsm {
-    db: fjall::Database,
-    /// By table index (`None`: an LMDB table); replaced when cleared.
-    keyspaces: RwLock<Vec<Option<fjall::Keyspace>>>,
-    names: Vec<String>,
-}
-
-impl Lsm {
-    /// Opens the tree. Its merging thread starts here and keeps the
-    /// placement and nice level of the thread that opens it (`open_on`).
-    fn open(dir: &Path, layout: &ViewLayout) -> anyhow::Result<Lsm> {
-        let db = fjall::Database::builder(dir)
-            .worker_threads(1)
-            .cache_size(VIEW_LSM_CACHE_BYTES)
-            .manual_journal_persist(true)
-            .open()
-            .with_context(|| format!("opening the view's LSM tree in {}", dir.display()))?;
-        let mut keyspaces = Vec::with_capacity(layout.tables.len());
-        for (name, in_lsm) in layout.tables.iter().zip(&layout.lsm) {
-            keyspaces.push(if *in_lsm { Some(Lsm::keyspace(&db, name)?) } else { None });
-        }
-        Ok(Lsm { db, keyspaces: RwLock::new(keyspaces), names: layout.tables.clone() })
-    }
-
-    fn keyspace(db: &fjall::Database, name: &str) -> anyhow::Result<fjall::Keyspace> {
-        // Sorted runs of random keys overlap every other run: up to
-        // `VIEW_LSM_L0_RUNS` of them wait before one merge takes them all.
-        // A read looks in each of them, so each run's filter and index are
-        // in partitions, of which a read loads one: whole, they outgrow the
-        // cache as the table grows, and a read then loads them from disk
-        // (`bench/RESULTS.md`, "Receipts' txids in an LSM tree").
-        let merging = fjall::compaction::Leveled::default().with_l0_threshold(VIEW_LSM_L0_RUNS);
-        let partitioned = fjall::config::PinningPolicy::all(true);
-        let options = || {
-            fjall::KeyspaceCreateOptions::default()
-                .compaction_strategy(Arc::new(merging))
-                .filter_block_partitioning_policy(partitioned.clone())
-                .index_block_partitioning_policy(partitioned)
-                .manual_journal_persist(true)
-        };
-        db.keyspace(name, options).with_context(|| format!("opening the LSM table {name}"))
-    }
-
-    /// Table `table`'s keyspace, if it is an LSM table.
-    fn get(&self, table: usize) -> Option<fjall::Keyspace> {
-        self.keyspaces.read().expect("not poisoned")[table].clone()
-    }
-
-    /// Writes one table's changes (in key order, one per key) as one sorted
-    /// run, synced to disk.
-    fn write(
-        keyspace: &fjall::Keyspace,
-        changes: &ViewChanges,
-        run: &[Change],
-    ) -> anyhow::Result<()> {
-        let mut ingestion = keyspace.start_ingestion()?;
-        for change in run {
-            let key = changes.slice(change.key);
-            match change.value {
-                Some(value) => ingestion.write(key, changes.slice(value))?,
-                None => ingestion.write_tombstone(key)?,
-            }
-        }
-        ingestion.finish()?;
-        Ok(())
-    }
-
-    /// Empties every LSM table (a new keyspace replaces each).
-    fn clear(&self) -> anyhow::Result<()> {
-        let mut keyspaces = self.keyspaces.write().expect("not poisoned");
-        for (slot, name) in keyspaces.iter_mut().zip(&self.names) {
-            if let Some(keyspace) = slot.take() {
-                self.db.delete_keyspace(keyspace)?;
-                *slot = Some(Lsm::keyspace(&self.db, name)?);
-            }
-        }
-        Ok(())
-    }
 }
 
 impl ViewStore {
@@ -405,7 +207,7 @@ impl ViewStore {
     /// The bytes the LSM tree holds on disk (0 without one). Like its
     /// reads, it can wait for the tree's writer: not on a shard.
     pub fn lsm_disk_bytes(&self) -> u64 {
-        self.lsm.as_ref().map_or(0, |lsm| lsm.db.disk_space().unwrap_or(0))
+        self.lsm.as_ref().map_or(0, Lsm::disk_bytes)
     }
 
     /// What the view reflects; `None` for a new or cleared view, or one
