@@ -62,14 +62,14 @@ impl Run {
                     blake3::hash(key.as_bytes()).as_bytes()[..16].try_into().expect("16 bytes");
                 WalletOp {
                     kind: OpKind::Transfer,
-                    from: Some(self.accounts[from].clone()),
-                    to: Some(self.accounts[to].clone()),
-                    asset: "ROC".to_owned(),
+                    from: Some(self.accounts[from].as_str().into()),
+                    to: Some(self.accounts[to].as_str().into()),
+                    asset: "ROC".into(),
                     amount: 1,
                     nonce: Some(self.nonces[from]),
                     hold_id: None,
                     timeout_s: None,
-                    idem: Some(key),
+                    idem: Some(key.into()),
                     txid,
                     ts_ms: 1_000,
                 }

@@ -13,6 +13,7 @@
 //! ```
 
 use crate::log::{DecodeError, ITEM_BYTES_MAX, Reader};
+pub use compact_str::CompactString;
 
 /// The first byte of a wallet operation in a record body.
 pub const WALLET_OP_CODE: u8 = 0x20;
@@ -98,19 +99,21 @@ impl OpKind {
 
 /// One committed wallet operation. For captures, releases and expiries,
 /// `from`, `to`, `asset` and `amount` are the hold's (amount: what moves to
-/// `to`; the rest of the hold returns to `from`).
+/// `to`; the rest of the hold returns to `from`). Its names are
+/// `CompactString`s: short ones (up to 24 bytes) are kept in place, so that
+/// making an operation from a request allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalletOp {
     pub kind: OpKind,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub asset: String,
+    pub from: Option<CompactString>,
+    pub to: Option<CompactString>,
+    pub asset: CompactString,
     pub amount: u128,
     pub nonce: Option<u64>,
     pub hold_id: Option<HoldId>,
     pub timeout_s: Option<u32>,
     /// The idempotency key (none for an expiry).
-    pub idem: Option<String>,
+    pub idem: Option<CompactString>,
     pub txid: TxId,
     pub ts_ms: u64,
 }
@@ -137,14 +140,14 @@ impl WalletOpRef<'_> {
     pub fn into_owned(self) -> WalletOp {
         WalletOp {
             kind: self.kind,
-            from: self.from.map(str::to_owned),
-            to: self.to.map(str::to_owned),
-            asset: self.asset.to_owned(),
+            from: self.from.map(CompactString::from),
+            to: self.to.map(CompactString::from),
+            asset: self.asset.into(),
             amount: self.amount,
             nonce: self.nonce,
             hold_id: self.hold_id,
             timeout_s: self.timeout_s,
-            idem: self.idem.map(str::to_owned),
+            idem: self.idem.map(CompactString::from),
             txid: self.txid,
             ts_ms: self.ts_ms,
         }
@@ -314,10 +317,35 @@ pub fn from_hex16(text: &str) -> Option<[u8; 16]> {
 
 /// `tx_` + 32 hex.
 pub fn txid_text(txid: &TxId) -> String {
-    let mut text = String::with_capacity(3 + 32);
-    text.push_str("tx_");
-    crate::merkle::hex_into(&mut text, txid);
-    text
+    TxidText::of(txid).as_str().to_owned()
+}
+
+/// A txid's text (`tx_` and 32 hex digits) in place: an answer listing many
+/// txids writes each without allocating it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxidText([u8; 35]);
+
+impl TxidText {
+    pub fn of(txid: &TxId) -> TxidText {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0; 35];
+        text[..3].copy_from_slice(b"tx_");
+        for (i, byte) in txid.iter().enumerate() {
+            text[3 + 2 * i] = DIGITS[(byte >> 4) as usize];
+            text[4 + 2 * i] = DIGITS[(byte & 15) as usize];
+        }
+        TxidText(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII")
+    }
+}
+
+impl serde::Serialize for TxidText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 pub fn parse_txid(text: &str) -> Option<TxId> {
@@ -602,6 +630,12 @@ mod tests {
         assert_ne!(CanonicalRequest { idem: "k2", ..base }.txid(), id);
         assert_ne!(CanonicalRequest { memo: None, ..base }.txid(), id);
         assert_eq!(parse_txid(&txid_text(&id)), Some(id));
+        let text = txid_text(&[0xab; 16]);
+        assert_eq!(text, format!("tx_{}", "ab".repeat(16)));
+        assert_eq!(
+            simd_json::to_string(&TxidText::of(&[0xab; 16])).unwrap(),
+            format!("\"{text}\"")
+        );
     }
 
     #[test]
@@ -683,7 +717,8 @@ mod tests {
             txid in any::<[u8; 16]>(),
             ts_ms in any::<u64>(),
         ) {
-            let op = WalletOp { kind: OpKind::ALL[kind], from, to, asset, amount, nonce, hold_id, timeout_s, idem, txid, ts_ms };
+            let (from, to, idem) = (from.map(Into::into), to.map(Into::into), idem.map(Into::into));
+            let op = WalletOp { kind: OpKind::ALL[kind], from, to, asset: asset.into(), amount, nonce, hold_id, timeout_s, idem, txid, ts_ms };
             let mut bytes = Vec::new();
             op.encode(&mut bytes);
             prop_assert_eq!(WalletOp::decode(&bytes).unwrap(), op);

@@ -21,7 +21,9 @@
 //! ([`Changes`], [`Wallet::take_new_receipts`]); how a view stores them is
 //! the server's business.
 
-use ron_proto::wallet::{HoldId, OpKind, Placement, TxId, WalletOp, WalletOpRef, hold_route};
+use ron_proto::wallet::{
+    CompactString, HoldId, OpKind, Placement, TxId, WalletOp, WalletOpRef, hold_route,
+};
 
 use crate::{Map, Set};
 use hashbrown::hash_map::RawEntryMut;
@@ -44,13 +46,15 @@ pub fn recorder(txid: &TxId, shard_count: usize) -> usize {
     ron_proto::routing::owner_of_route(hold_route(txid), shard_count)
 }
 
-/// The shards with a part in `op`, without repeats.
-pub fn parts(op: &WalletOpRef<'_>, shard_count: usize) -> BTreeSet<usize> {
+/// The shards with a part in `op`, in order, without repeats (at most
+/// three: kept in place, not allocated).
+pub fn parts(op: &WalletOpRef<'_>, shard_count: usize) -> SmallVec<[usize; 3]> {
     let owner = |account: &str| ron_proto::routing::owner(account.as_bytes(), shard_count);
-    let mut shards = BTreeSet::new();
-    shards.extend(op.from.map(owner));
+    let mut shards: SmallVec<[usize; 3]> = op.from.map(owner).into_iter().collect();
     shards.extend(op.to.map(owner));
-    shards.insert(recorder(&op.txid, shard_count));
+    shards.push(recorder(&op.txid, shard_count));
+    shards.sort_unstable();
+    shards.dedup();
     shards
 }
 
@@ -93,7 +97,7 @@ impl FundsKey {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub funds: Vec<(FundsKey, u128)>,
-    pub nonces: Vec<(String, u64)>,
+    pub nonces: Vec<(CompactString, u64)>,
     pub holds: Vec<(HoldId, Option<Hold>)>,
     /// Idempotency records made (`Some`) and forgotten (`None`), in the
     /// order of their making, by (expiry, slot): a record is forgotten in
@@ -115,8 +119,10 @@ pub struct Receipt<'a> {
 }
 
 /// Accounts by name: hashbrown's map, whose raw entries find or make an
-/// entry with one lookup and copy the name only when they make one.
-type Accounts = hashbrown::HashMap<Box<str>, Account, foldhash::fast::RandomState>;
+/// entry with one lookup and copy the name only when they make one. A name
+/// of up to 24 bytes is kept in the entry itself: comparing it follows no
+/// pointer (a cache miss of its own, each of a transfer's lookups).
+type Accounts = hashbrown::HashMap<CompactString, Account, foldhash::fast::RandomState>;
 
 /// The account `name` in `accounts`, made if it is not there.
 fn account_in<'a>(accounts: &'a mut Accounts, name: &str) -> &'a mut Account {
@@ -254,9 +260,9 @@ impl Account {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
-    pub from: String,
-    pub to: String,
-    pub asset: String,
+    pub from: CompactString,
+    pub to: CompactString,
+    pub asset: CompactString,
     pub amount: u128,
     pub expires_ms: Option<u64>,
     /// A capture, release or expiry of it is being committed.
@@ -337,7 +343,7 @@ pub struct Wallet {
     assets: Vec<Box<str>>,
     /// Accounts whose nonce or a balance changed since the last
     /// `take_changes`.
-    dirty_accounts: Vec<Box<str>>,
+    dirty_accounts: Vec<CompactString>,
     holds: Map<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
@@ -571,7 +577,7 @@ impl Wallet {
                 slot.funds.balance;
         }
         for hold in self.holds.values() {
-            totals.entry(hold.asset.clone()).or_default().1 += hold.amount;
+            totals.entry(hold.asset.to_string()).or_default().1 += hold.amount;
         }
         totals
     }
@@ -832,9 +838,9 @@ impl Wallet {
                         self.expiries.insert((at, hold_id));
                     }
                     let hold = Hold {
-                        from: from.to_owned(),
-                        to: op.to.expect("a hold has a payee").to_owned(),
-                        asset: op.asset.to_owned(),
+                        from: from.into(),
+                        to: op.to.expect("a hold has a payee").into(),
+                        asset: op.asset.into(),
                         amount: op.amount,
                         expires_ms,
                         resolving: false,

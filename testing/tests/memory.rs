@@ -33,13 +33,13 @@ fn issue(n: u64) -> WalletOp {
     WalletOp {
         kind: OpKind::Issue,
         from: None,
-        to: Some(to),
+        to: Some(to.into()),
         asset: "roc".into(),
         amount: 1,
         nonce: None,
         hold_id: None,
         timeout_s: None,
-        idem: Some(key),
+        idem: Some(key.into()),
         txid,
         ts_ms: 1_000,
     }

@@ -26,7 +26,7 @@ use crate::log::{Item, LogAnswer, LogCall};
 use crate::metrics::{MetricsPart, simple_lines};
 use crate::service::{Replaying, Service, ShardAt, Starting};
 use crate::workers::Lane;
-use ron_proto::wallet::{Placement, TxId, WALLET_OP_CODE, WalletOp};
+use ron_proto::wallet::{CompactString, Placement, TxId, WALLET_OP_CODE, WalletOp};
 use ron_shards::wallet::{self as state, Funds, Rejection, Reserved, parts};
 use futures_channel::oneshot;
 use std::any::Any;
@@ -73,7 +73,7 @@ pub enum Call {
     /// release is a settlement of one, without payers.
     /// Both are shared, so that asking again after a busy answer copies
     /// nothing.
-    Settle { release: Arc<[WalletOp]>, payers: Arc<[String]> },
+    Settle { release: Arc<[WalletOp]>, payers: Arc<[CompactString]> },
     Balance { account: String, asset: String },
     Receipt { txid: TxId },
 }

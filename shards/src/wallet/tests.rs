@@ -139,14 +139,14 @@ fn request(
     };
     WalletOp {
         kind,
-        from: from.map(str::to_owned),
-        to: to.map(str::to_owned),
+        from: from.map(Into::into),
+        to: to.map(Into::into),
         asset: "roc".into(),
         amount,
         nonce,
         hold_id,
         timeout_s: (kind == OpKind::Hold).then_some(30),
-        idem: Some(key.to_owned()),
+        idem: Some(key.into()),
         txid,
         ts_ms: now_ms,
     }

@@ -35,7 +35,7 @@ use crate::service::Service;
 use ron_proto::ErrorCode;
 use ron_proto::merkle;
 use ron_proto::token::scope;
-use ron_proto::wallet::{OpKind, TxId, WalletOp, txid_text};
+use ron_proto::wallet::{CompactString, OpKind, TxId, TxidText, WalletOp};
 use ron_shards::wallet::{Reserved, parts, scope_account};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -197,7 +197,7 @@ struct Batch {
     /// The index of the first write of each write's chain.
     chain: Vec<usize>,
     /// Each write's payer and nonce, if it has a nonce.
-    payer_nonce: Vec<Option<(String, u64)>>,
+    payer_nonce: Vec<Option<(CompactString, u64)>>,
     /// Writes whose reservation was handed back: the payer's later nonces,
     /// reserved after theirs, cannot commit without them.
     released: Vec<bool>,
@@ -327,7 +327,7 @@ fn batch(
             Err(reply) => Slot::failed(reply),
         };
         let payer_nonce = match &slot {
-            Slot::Ready(write) => write.op.nonce.map(|n| (scope_account(&write.op).to_owned(), n)),
+            Slot::Ready(write) => write.op.nonce.map(|n| (scope_account(&write.op).into(), n)),
             _ => None,
         };
         batch.slots.push(slot);
@@ -353,12 +353,12 @@ async fn run(wallet: &Rc<Wallet>, mut batch: Batch) -> Reply {
     reserve(wallet, &mut batch).await;
     // The payers whose nonces the batch reserved, by shard: settled (and
     // any reservation given back) once the batch is over.
-    let reserved_payers: Vec<(usize, String)> = batch
+    let reserved_payers: Vec<(usize, CompactString)> = batch
         .slots
         .iter()
         .filter_map(|slot| match slot {
             Slot::Reserved { op, scope_shard } if op.nonce.is_some() => {
-                Some((*scope_shard, scope_account(op).to_owned()))
+                Some((*scope_shard, scope_account(op).into()))
             }
             _ => None,
         })
@@ -449,8 +449,12 @@ async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
 /// payer's nonce steps back one at a time), and settles its payers, whose
 /// later nonces may then be reserved. A busy shard is asked again
 /// (`RELEASE_RETRY`).
-pub(super) async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<(usize, String)>) {
-    let mut by_shard: BTreeMap<usize, (Vec<WalletOp>, Vec<String>)> = BTreeMap::new();
+pub(super) async fn settle(
+    wallet: &Rc<Wallet>,
+    releases: Releases,
+    payers: Vec<(usize, CompactString)>,
+) {
+    let mut by_shard: BTreeMap<usize, (Vec<WalletOp>, Vec<CompactString>)> = BTreeMap::new();
     for (shard, op) in releases {
         by_shard.entry(shard).or_default().0.push(op);
     }
@@ -459,7 +463,8 @@ pub(super) async fn settle(wallet: &Rc<Wallet>, releases: Releases, payers: Vec<
     }
     for (shard, (mut release, payers)) in by_shard {
         release.sort_by_key(|op| std::cmp::Reverse(op.nonce));
-        let (release, payers): (Arc<[WalletOp]>, Arc<[String]>) = (release.into(), payers.into());
+        let (release, payers): (Arc<[WalletOp]>, Arc<[CompactString]>) =
+            (release.into(), payers.into());
         let outcome = RELEASE_RETRY
             .run(
                 || {
@@ -502,7 +507,7 @@ struct OpAnswer<'a> {
     status: u16,
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    txid: Option<String>,
+    txid: Option<TxidText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ledger_seq: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -534,7 +539,7 @@ fn answer(batch: &Batch, ledger: Option<(u64, u64, merkle::Hash)>) -> Vec<u8> {
                 index,
                 status: 200,
                 code: "OK",
-                txid: Some(txid_text(txid)),
+                txid: Some(TxidText::of(txid)),
                 ledger_seq,
                 replayed,
                 message: None,

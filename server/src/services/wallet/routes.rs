@@ -194,14 +194,14 @@ impl Write {
         };
         let op = WalletOp {
             kind: canonical.kind,
-            from: canonical.from.map(str::to_owned),
-            to: canonical.to.map(str::to_owned),
-            asset: canonical.asset.unwrap_or_default().to_owned(),
+            from: canonical.from.map(Into::into),
+            to: canonical.to.map(Into::into),
+            asset: canonical.asset.unwrap_or_default().into(),
             amount: canonical.amount.unwrap_or(0),
             nonce: canonical.nonce,
             hold_id,
             timeout_s: canonical.timeout_s,
-            idem: Some(canonical.idem.to_owned()),
+            idem: Some(canonical.idem.into()),
             txid,
             ts_ms: now_ms,
         };

@@ -31,7 +31,7 @@
 
 use crate::log::view::{ServiceView, ViewChanges};
 use anyhow::Context as _;
-use ron_proto::wallet::{Placement, TxId, WalletOp};
+use ron_proto::wallet::{CompactString, Placement, TxId, WalletOp};
 use ron_shards::wallet::{Changes, Hold, IdemKey, IdemRecord, Receipt, Wallet};
 
 /// The wallet's tables, in `Service::TABLES` order.
@@ -173,9 +173,9 @@ fn encode_hold(hold: &Hold) -> Vec<u8> {
 
 fn decode_hold(bytes: &[u8]) -> Option<Hold> {
     let mut at = 0usize;
-    let mut text = || -> Option<String> {
+    let mut text = || -> Option<CompactString> {
         let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
-        let value = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?.to_owned();
+        let value = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?.into();
         at += 2 + len;
         Some(value)
     };
