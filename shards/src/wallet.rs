@@ -476,7 +476,7 @@ impl Wallet {
             }
             if account.nonce.dirty {
                 account.nonce.dirty = false;
-                changes.nonces.push((name.into(), account.nonce.committed));
+                changes.nonces.push((name, account.nonce.committed));
             }
         }
         // Drained, not replaced: the sets keep the room they grew to.
