@@ -135,6 +135,14 @@ pub trait Service: Sized + 'static {
     /// in; items come in log order, before anyone hears of them.
     fn apply(&self, _item: Item<'_>) {}
 
+    /// Applies a run of durable items of this service, in log order: each
+    /// with `apply`, unless the service applies them better together.
+    fn apply_all(&self, items: &[Item<'_>]) {
+        for item in items {
+            self.apply(*item);
+        }
+    }
+
     /// Puts what changed since the last save into the view write that
     /// reaches `through_seq`.
     fn save(&self, _changes: &mut ViewChanges, _through_seq: u64) {}
@@ -334,7 +342,7 @@ trait Running {
     fn service_type(&self) -> TypeId;
     fn serve(self: Rc<Self>, call: Payload) -> Pin<Box<dyn Future<Output = Payload>>>;
     fn routes(self: Rc<Self>, routes: &mut RouteTable);
-    fn apply(&self, item: Item<'_>);
+    fn apply_all(&self, items: &[Item<'_>]);
     fn save(&self, changes: &mut ViewChanges, through_seq: u64);
     fn saved(&self, through_seq: u64);
     fn metrics(&self) -> Option<Box<dyn MetricsPart>>;
@@ -357,8 +365,8 @@ impl<S: Service> Running for S {
         Service::routes(&self, routes);
     }
 
-    fn apply(&self, item: Item<'_>) {
-        Service::apply(self, item);
+    fn apply_all(&self, items: &[Item<'_>]) {
+        Service::apply_all(self, items);
     }
 
     fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
@@ -662,12 +670,14 @@ impl ShardServices {
     }
 
     /// Applies this shard's items of a durable batch, in log order.
+    /// Each run of one service's items goes to it at once.
     pub fn apply(&self, committed: &Committed) {
-        for item in committed.items() {
-            let code = item.bytes[0];
+        let items: Vec<Item<'_>> = committed.items().collect();
+        for run in items.chunk_by(|a, b| a.bytes[0] == b.bytes[0]) {
+            let code = run[0].bytes[0];
             let index = self.by_code[usize::from(code)]
                 .unwrap_or_else(|| panic!("a committed item of unknown code {code:#04x}"));
-            self.running[usize::from(index)].apply(item);
+            self.running[usize::from(index)].apply_all(run);
         }
     }
 

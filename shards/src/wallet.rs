@@ -591,6 +591,80 @@ impl Wallet {
     /// The same with the request given, when the caller has no more use
     /// for it (it becomes the operation to commit).
     pub fn reserve_owned(&mut self, request: Request, now_ms: u64) -> Result<Reserved, Rejection> {
+        self.reserve_at(request, now_ms, None)
+    }
+
+    /// Reserves a batch's writes in order, each as `reserve_owned` does,
+    /// except that a write whose payer another batch has not settled is
+    /// refused (`PayerUnsettled`: a batch orders its own nonces, and waits
+    /// for no one); once all are reserved, the payers of the nonces
+    /// reserved are marked (`hold_unsettled`).
+    ///
+    /// The writes' records and accounts are first looked up together
+    /// (`touch`), then reserved one by one from the cache.
+    pub fn reserve_batch(
+        &mut self,
+        requests: Vec<Request>,
+        now_ms: u64,
+    ) -> Vec<Result<Reserved, Rejection>> {
+        // A capture's or release's scope is its hold's payer, found when
+        // it is reserved: its slot is made then.
+        let slots: Vec<Option<IdemSlot>> = requests
+            .iter()
+            .map(|request| {
+                let key = request.idem.as_deref().filter(|_| !is_resolution(request.kind))?;
+                Some(idem_slot(scope_account(request), key))
+            })
+            .collect();
+        self.touch(slots.iter().flatten(), std::iter::empty(), requests.iter().map(scope_account));
+        let answers: Vec<_> = requests
+            .into_iter()
+            .zip(slots)
+            .map(|(request, slot)| match request.nonce.and(self.nonce_account(&request)) {
+                Some(payer) if self.is_unsettled(payer) => Err(Rejection::PayerUnsettled),
+                _ => self.reserve_at(request, now_ms, slot),
+            })
+            .collect();
+        for answer in &answers {
+            if let Ok(Reserved::Commit(op)) = answer
+                && op.nonce.is_some()
+            {
+                self.hold_unsettled(scope_account(op));
+            }
+        }
+        answers
+    }
+
+    /// Looks up, one right after another, the records of `slots` (pending
+    /// or committed), the committed records of `forgotten` and the
+    /// accounts named, and drops what it found: the work that follows
+    /// finds them in the cache. Each is a cache miss (a million records do
+    /// not fit in it); misses made together overlap, where one at a time,
+    /// between the rest of the work, each waits its turn.
+    fn touch<'a>(
+        &self,
+        slots: impl Iterator<Item = &'a IdemSlot>,
+        forgotten: impl Iterator<Item = &'a IdemSlot>,
+        accounts: impl Iterator<Item = &'a str>,
+    ) {
+        for slot in slots {
+            std::hint::black_box((self.pending.get(slot), self.idem.get(slot)));
+        }
+        for slot in forgotten {
+            std::hint::black_box(self.idem.get(slot));
+        }
+        for account in accounts {
+            std::hint::black_box(self.accounts.get(account));
+        }
+    }
+
+    /// `reserve_owned`, with the request's slot if the caller made it.
+    fn reserve_at(
+        &mut self,
+        request: Request,
+        now_ms: u64,
+        slot: Option<IdemSlot>,
+    ) -> Result<Reserved, Rejection> {
         self.expire_idem(now_ms);
         // A capture or release again, whose hold may be gone.
         if let Some(slot) = self.resolutions.get(&request.txid) {
@@ -603,7 +677,8 @@ impl Wallet {
         let scope = scope_account(&op);
         assert!(self.owns(scope), "a write is reserved on its scope shard");
         let key = op.idem.as_deref().expect("writes carry an idempotency key");
-        let slot = idem_slot(scope, key);
+        let slot = slot.unwrap_or_else(|| idem_slot(scope, key));
+        debug_assert_eq!(slot, idem_slot(scope, key), "the slot given is the request's");
         match self.idem_record(&slot) {
             // The same request again: the txid covers the scope and the key.
             Some(Idem::Done(txid)) if txid == op.txid => return Ok(Reserved::Replay(txid)),
@@ -753,6 +828,43 @@ impl Wallet {
     /// read back from the log at start. `encoded` is the operation as the
     /// log holds it (`WalletOp::encode`), kept as its receipt.
     pub fn apply(&mut self, op: &WalletOpRef<'_>, encoded: &[u8], placement: Placement) {
+        self.apply_at(op, encoded, placement, self.slot_of(op));
+    }
+
+    /// Applies committed operations in order, each as `apply` does. What
+    /// they will look up is first looked up together (`touch`): their
+    /// records, their accounts, and the oldest records that the bound
+    /// will make them forget.
+    pub fn apply_all(&mut self, committed: &[(WalletOpRef<'_>, &[u8], Placement)]) {
+        let slots: Vec<Option<IdemSlot>> =
+            committed.iter().map(|(op, ..)| self.slot_of(op)).collect();
+        let made = slots.iter().flatten().count();
+        let forgotten = (self.idem_order.len() + made).saturating_sub(self.idem_max);
+        self.touch(
+            slots.iter().flatten(),
+            self.idem_order.iter().take(forgotten).map(|(_, slot)| slot),
+            committed.iter().flat_map(|(op, ..)| [op.from, op.to]).flatten(),
+        );
+        for ((op, encoded, placement), slot) in committed.iter().zip(slots) {
+            self.apply_at(op, encoded, *placement, slot);
+        }
+    }
+
+    /// The slot of the idempotency record of committed `op`, if this
+    /// shard keeps it.
+    fn slot_of(&self, op: &WalletOpRef<'_>) -> Option<IdemSlot> {
+        let scope = op.from.or(op.to).expect("every operation names an account");
+        op.idem.filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key))
+    }
+
+    /// `apply`, with the operation's slot (`slot_of`).
+    fn apply_at(
+        &mut self,
+        op: &WalletOpRef<'_>,
+        encoded: &[u8],
+        placement: Placement,
+        slot: Option<IdemSlot>,
+    ) {
         debug_assert!(
             {
                 let mut again = Vec::new();
@@ -763,9 +875,6 @@ impl Wallet {
         );
         let from_here = op.from.is_some_and(|a| self.owns(a));
         let to_here = op.to.is_some_and(|a| self.owns(a));
-        let scope = op.from.or(op.to).expect("every operation names an account");
-        // The idempotency record's slot, if this shard keeps it.
-        let slot = op.idem.filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key));
         // The scope shard reserved `op` if its record of the key was
         // pending with `op`'s txid: the record is now done.
         let mut reserved = false;

@@ -177,24 +177,7 @@ impl Service for Wallet {
                 if Instant::now() >= deadline {
                     return Answer::Late;
                 }
-                // A payer another batch has not settled waits for it; this
-                // batch's own payers are marked once all of it is reserved.
-                let mut state = self.state.borrow_mut();
-                let answers: Vec<_> = ops
-                    .into_iter()
-                    .map(|op| match op.nonce.and(state.nonce_account(&op)) {
-                        Some(payer) if state.is_unsettled(payer) => Err(Rejection::PayerUnsettled),
-                        _ => state.reserve_owned(op, now_ms),
-                    })
-                    .collect();
-                for answer in &answers {
-                    if let Ok(Reserved::Commit(op)) = answer
-                        && op.nonce.is_some()
-                    {
-                        state.hold_unsettled(state::scope_account(op));
-                    }
-                }
-                Answer::ReservedBatch(answers)
+                Answer::ReservedBatch(self.state.borrow_mut().reserve_batch(ops, now_ms))
             }
             Call::Settle { release, payers } => {
                 let mut state = self.state.borrow_mut();
@@ -234,10 +217,17 @@ impl Service for Wallet {
         }
     }
 
-    fn apply(&self, item: Item<'_>) {
-        let op = WalletOp::decode_ref(item.bytes).expect("committed items decode");
-        let placement = Placement { seq: item.seq, root: *item.root };
-        self.state.borrow_mut().apply(&op, item.bytes, placement);
+    /// A committed batch's operations are applied together
+    /// (`state::Wallet::apply_all`).
+    fn apply_all(&self, items: &[Item<'_>]) {
+        let committed: Vec<_> = items
+            .iter()
+            .map(|item| {
+                let op = WalletOp::decode_ref(item.bytes).expect("committed items decode");
+                (op, item.bytes, Placement { seq: item.seq, root: *item.root })
+            })
+            .collect();
+        self.state.borrow_mut().apply_all(&committed);
     }
 
     fn save(&self, changes: &mut ViewChanges, through_seq: u64) {

@@ -434,6 +434,116 @@ fn a_rejected_write_keeps_its_nonce_and_a_pending_one_is_in_flight() {
     assert!(matches!(wallet.reserve(&rival, 0), Ok(Reserved::Commit(_))));
 }
 
+/// A batch's writes reserved together (`reserve_batch`) and applied
+/// together (`apply_all`) come to what each one alone comes to, refusals,
+/// the records the bound forgets and the payers left unsettled included.
+#[test]
+fn a_batch_reserves_and_applies_as_its_writes_one_by_one() {
+    let names: Vec<String> = (0..12).map(|i| format!("acct:{i}")).collect();
+    let (mut together, mut alone) = (Wallet::new(0, 1, TTL_MS, 40), Wallet::new(0, 1, TTL_MS, 40));
+    // Applies `ops` from seq `first`, together or one by one.
+    fn commit(wallet: &mut Wallet, ops: &[WalletOp], first: u64, all: bool) {
+        let bytes: Vec<Vec<u8>> = ops.iter().map(encoded).collect();
+        let committed: Vec<_> = (ops.iter().zip(&bytes).enumerate())
+            .map(|(i, (op, bytes))| {
+                (op.as_ref(), bytes.as_slice(), Placement { seq: first + i as u64, root: [0; 32] })
+            })
+            .collect();
+        if all {
+            wallet.apply_all(&committed);
+        } else {
+            for (op, bytes, placement) in &committed {
+                wallet.apply(op, bytes, *placement);
+            }
+        }
+    }
+    let mut seq = 1;
+    let issues: Vec<WalletOp> = names
+        .iter()
+        .map(|name| {
+            request(OpKind::Issue, None, Some(name), 5, None, None, &format!("i-{name}"), 0)
+        })
+        .collect();
+    for (wallet, all) in [(&mut together, true), (&mut alone, false)] {
+        let ops: Vec<WalletOp> = issues
+            .iter()
+            .map(|op| match wallet.reserve(op, 0) {
+                Ok(Reserved::Commit(op)) => op,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        commit(wallet, &ops, seq, all);
+    }
+    seq += 100;
+    for round in 0..4u64 {
+        // Each payer pays twice (nonces in order), one pays too much, one
+        // key is used twice in the batch and one nonce is skipped.
+        let mut batch = Vec::new();
+        for (i, payer) in names.iter().enumerate() {
+            let to = &names[(i + 1) % names.len()];
+            for k in 1..=2 {
+                let nonce = 2 * round + k + u64::from(i == 3 && k == 2);
+                let amount = if i == 5 && k == 1 { 1_000 } else { 1 };
+                let key = if i == 7 && k == 2 {
+                    format!("k-{round}-{i}-1")
+                } else {
+                    format!("k-{round}-{i}-{k}")
+                };
+                batch.push(request(
+                    OpKind::Transfer,
+                    Some(payer),
+                    Some(to),
+                    amount,
+                    Some(nonce),
+                    None,
+                    &key,
+                    round,
+                ));
+            }
+        }
+        let batched = together.reserve_batch(batch.clone(), round);
+        let one_by_one: Vec<_> = batch
+            .iter()
+            .map(|op| match alone.nonce_account(op) {
+                Some(payer) if alone.is_unsettled(payer) => Err(Rejection::PayerUnsettled),
+                _ => alone.reserve(op, round),
+            })
+            .collect();
+        for answer in &one_by_one {
+            if let Ok(Reserved::Commit(op)) = answer {
+                alone.hold_unsettled(scope_account(op));
+            }
+        }
+        assert_eq!(batched, one_by_one, "round {round}");
+        assert!(batched.iter().any(Result::is_err) && batched.iter().any(Result::is_ok));
+        let ops: Vec<WalletOp> = batched
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Ok(Reserved::Commit(op)) => Some(op),
+                _ => None,
+            })
+            .collect();
+        for name in &names {
+            assert_eq!(together.is_unsettled(name), alone.is_unsettled(name), "{name}");
+        }
+        commit(&mut together, &ops, seq, true);
+        commit(&mut alone, &ops, seq, false);
+        for wallet in [&mut together, &mut alone] {
+            for op in &ops {
+                wallet.settle_payer(scope_account(op));
+            }
+        }
+        seq += 100;
+    }
+    for name in &names {
+        assert_eq!(together.funds(name, "roc"), alone.funds(name, "roc"), "{name}");
+        assert_eq!(together.nonce(name), alone.nonce(name), "{name}");
+        assert!(!together.is_unsettled(name));
+    }
+    assert_eq!(together.idem_len(), 40, "the bound forgot the oldest");
+    assert_eq!(together.take_changes(), alone.take_changes());
+}
+
 /// Two batches reserve nonces of one payer: it stays unsettled until
 /// both are over, and only the last settlement says so.
 #[test]
