@@ -189,6 +189,17 @@ pub enum Reserved {
     Replay(TxId),
 }
 
+/// What the reservation of a write its caller keeps found
+/// (`Wallet::reserve_batch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Reserved: commit the write (a capture or release completed in
+    /// place from its hold).
+    Commit,
+    /// The same request was committed before: its txid.
+    Replay(TxId),
+}
+
 /// A write as the scope shard receives it: the operation with what the
 /// request could say (a capture or release names only the hold).
 pub type Request = WalletOp;
@@ -591,11 +602,16 @@ impl Wallet {
     /// The same with the request given, when the caller has no more use
     /// for it (it becomes the operation to commit).
     pub fn reserve_owned(&mut self, request: Request, now_ms: u64) -> Result<Reserved, Rejection> {
-        self.reserve_at(request, now_ms, None)
+        let mut op = request;
+        Ok(match self.reserve_at(&mut op, now_ms, None)? {
+            Reservation::Commit => Reserved::Commit(op),
+            Reservation::Replay(txid) => Reserved::Replay(txid),
+        })
     }
 
-    /// Reserves a batch's writes in order, each as `reserve_owned` does,
-    /// except that a write whose payer another batch has not settled is
+    /// Reserves a batch's writes in order, each as `reserve_owned` does but
+    /// in place (a capture or release is completed in `requests`), except
+    /// that a write whose payer another batch has not settled is
     /// refused (`PayerUnsettled`: a batch orders its own nonces, and waits
     /// for no one); once all are reserved, the payers of the nonces
     /// reserved are marked (`hold_unsettled`).
@@ -604,9 +620,9 @@ impl Wallet {
     /// (`touch`), then reserved one by one from the cache.
     pub fn reserve_batch(
         &mut self,
-        requests: Vec<Request>,
+        requests: &mut [Request],
         now_ms: u64,
-    ) -> Vec<Result<Reserved, Rejection>> {
+    ) -> Vec<Result<Reservation, Rejection>> {
         // A capture's or release's scope is its hold's payer, found when
         // it is reserved: its slot is made then.
         let slots: Vec<Option<IdemSlot>> = requests
@@ -617,18 +633,14 @@ impl Wallet {
             })
             .collect();
         self.touch(slots.iter().flatten(), std::iter::empty(), requests.iter().map(scope_account));
-        let answers: Vec<_> = requests
-            .into_iter()
-            .zip(slots)
-            .map(|(request, slot)| match request.nonce.and(self.nonce_account(&request)) {
+        let answers: Vec<_> = (requests.iter_mut().zip(slots))
+            .map(|(request, slot)| match request.nonce.and(self.nonce_account(request)) {
                 Some(payer) if self.is_unsettled(payer) => Err(Rejection::PayerUnsettled),
                 _ => self.reserve_at(request, now_ms, slot),
             })
             .collect();
-        for answer in &answers {
-            if let Ok(Reserved::Commit(op)) = answer
-                && op.nonce.is_some()
-            {
+        for (op, answer) in requests.iter().zip(&answers) {
+            if answer == &Ok(Reservation::Commit) && op.nonce.is_some() {
                 self.hold_unsettled(scope_account(op));
             }
         }
@@ -658,35 +670,36 @@ impl Wallet {
         }
     }
 
-    /// `reserve_owned`, with the request's slot if the caller made it.
+    /// Reserves `op` in place, with its slot if the caller made it.
     fn reserve_at(
         &mut self,
-        request: Request,
+        op: &mut WalletOp,
         now_ms: u64,
         slot: Option<IdemSlot>,
-    ) -> Result<Reserved, Rejection> {
+    ) -> Result<Reservation, Rejection> {
         self.expire_idem(now_ms);
         // A capture or release again, whose hold may be gone.
-        if let Some(slot) = self.resolutions.get(&request.txid) {
+        if let Some(slot) = self.resolutions.get(&op.txid) {
             return match self.idem_record(slot).expect("a resolution's record is kept") {
-                Idem::Done(txid) => Ok(Reserved::Replay(txid)),
+                Idem::Done(txid) => Ok(Reservation::Replay(txid)),
                 Idem::Pending(_) => Err(Rejection::InFlight),
             };
         }
-        let (op, over_hold) = self.completed(request)?;
-        let scope = scope_account(&op);
+        let over_hold = self.complete(op)?;
+        let op = &*op;
+        let scope = scope_account(op);
         assert!(self.owns(scope), "a write is reserved on its scope shard");
         let key = op.idem.as_deref().expect("writes carry an idempotency key");
         let slot = slot.unwrap_or_else(|| idem_slot(scope, key));
         debug_assert_eq!(slot, idem_slot(scope, key), "the slot given is the request's");
         match self.idem_record(&slot) {
             // The same request again: the txid covers the scope and the key.
-            Some(Idem::Done(txid)) if txid == op.txid => return Ok(Reserved::Replay(txid)),
+            Some(Idem::Done(txid)) if txid == op.txid => return Ok(Reservation::Replay(txid)),
             Some(Idem::Pending(txid)) if txid == op.txid => return Err(Rejection::InFlight),
             Some(_) => return Err(Rejection::IdempotencyConflict),
             None => {}
         }
-        self.check(&op, scope, over_hold)?;
+        self.check(op, scope, over_hold)?;
         // Reserve: nothing above can fail from here on.
         let debits = matches!(op.kind, OpKind::Transfer | OpKind::Burn | OpKind::Hold);
         if op.nonce.is_some() || debits {
@@ -706,7 +719,7 @@ impl Wallet {
             self.resolutions.insert(op.txid, slot);
         }
         self.pending.insert(slot, op.txid);
-        Ok(Reserved::Commit(op))
+        Ok(Reservation::Commit)
     }
 
     /// The account whose nonce `request` uses: its scope account, or for a
@@ -722,12 +735,11 @@ impl Wallet {
         }
     }
 
-    /// The operation a request asks for: a capture or release names only
-    /// its hold, whose payer, payee, asset and amount it takes; and whether
-    /// it asks for more than the hold (refused after the key and nonce
-    /// checks, so a replay still finds its receipt).
-    fn completed(&self, request: Request) -> Result<(WalletOp, bool), Rejection> {
-        let mut op = request;
+    /// Makes a request the operation it asks for: a capture or release
+    /// names only its hold, whose payer, payee, asset and amount it takes.
+    /// Whether it asks for more than the hold (refused after the key and
+    /// nonce checks, so a replay still finds its receipt).
+    fn complete(&self, op: &mut WalletOp) -> Result<bool, Rejection> {
         if let OpKind::Capture | OpKind::Release = op.kind {
             let hold_id = op.hold_id.expect("captures and releases name a hold");
             let hold = self.holds.get(&hold_id).ok_or(Rejection::UnknownHold)?;
@@ -745,9 +757,9 @@ impl Wallet {
             op.to = Some(hold.to.clone());
             op.asset = hold.asset.clone();
             op.amount = amount;
-            return Ok((op, over_hold));
+            return Ok(over_hold);
         }
-        Ok((op, false))
+        Ok(false)
     }
 
     /// The nonce and the funds `op` needs, on its scope shard.

@@ -27,7 +27,7 @@ use crate::metrics::{MetricsPart, simple_lines};
 use crate::service::{Replaying, Service, ShardAt, Starting};
 use crate::workers::Lane;
 use ron_proto::wallet::{CompactString, Placement, TxId, WALLET_OP_CODE, WalletOp};
-use ron_shards::wallet::{self as state, Funds, Rejection, Reserved, parts};
+use ron_shards::wallet::{self as state, Funds, Rejection, Reservation, Reserved, parts};
 use futures_channel::oneshot;
 use std::any::Any;
 use std::cell::RefCell;
@@ -81,8 +81,9 @@ pub enum Call {
 #[derive(Debug)]
 pub enum Answer {
     Reserved(Result<Reserved, Rejection>),
-    /// One answer per write of a `ReserveBatch`, in its order.
-    ReservedBatch(Vec<Result<Reserved, Rejection>>),
+    /// A `ReserveBatch`'s writes given back (captures and releases
+    /// completed), with one answer each, in order.
+    ReservedBatch { ops: Vec<WalletOp>, results: Vec<Result<Reservation, Rejection>> },
     /// The reservation came after its deadline: nothing was reserved.
     Late,
     Done,
@@ -177,7 +178,9 @@ impl Service for Wallet {
                 if Instant::now() >= deadline {
                     return Answer::Late;
                 }
-                Answer::ReservedBatch(self.state.borrow_mut().reserve_batch(ops, now_ms))
+                let mut ops = ops;
+                let results = self.state.borrow_mut().reserve_batch(&mut ops, now_ms);
+                Answer::ReservedBatch { ops, results }
             }
             Call::Settle { release, payers } => {
                 let mut state = self.state.borrow_mut();

@@ -501,7 +501,8 @@ fn a_batch_reserves_and_applies_as_its_writes_one_by_one() {
                 ));
             }
         }
-        let batched = together.reserve_batch(batch.clone(), round);
+        let mut reserved = batch.clone();
+        let batched = together.reserve_batch(&mut reserved, round);
         let one_by_one: Vec<_> = batch
             .iter()
             .map(|op| match alone.nonce_account(op) {
@@ -514,6 +515,12 @@ fn a_batch_reserves_and_applies_as_its_writes_one_by_one() {
                 alone.hold_unsettled(scope_account(op));
             }
         }
+        let batched: Vec<_> = (batched.into_iter().zip(reserved))
+            .map(|(answer, op)| match answer? {
+                Reservation::Commit => Ok(Reserved::Commit(op)),
+                Reservation::Replay(txid) => Ok(Reserved::Replay(txid)),
+            })
+            .collect();
         assert_eq!(batched, one_by_one, "round {round}");
         assert!(batched.iter().any(Result::is_err) && batched.iter().any(Result::is_ok));
         let ops: Vec<WalletOp> = batched

@@ -36,7 +36,7 @@ use ron_proto::ErrorCode;
 use ron_proto::merkle;
 use ron_proto::token::scope;
 use ron_proto::wallet::{CompactString, OpKind, TxId, TxidText, WalletOp};
-use ron_shards::wallet::{Reserved, parts, scope_account};
+use ron_shards::wallet::{Reservation, parts, scope_account};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -427,19 +427,23 @@ async fn reserve(wallet: &Rc<Wallet>, batch: &mut Batch) {
     });
     let answers = futures::future::join_all(calls).await;
     for ((shard, indices), answer) in by_shard.into_iter().zip(answers) {
-        let results = match answer {
-            Ok(Answer::ReservedBatch(results)) => results.into_iter().map(Ok).collect(),
-            Ok(Answer::Late) => indices.iter().map(|_| Err(MeshError::TimedOut)).collect(),
+        let error = match answer {
+            Ok(Answer::ReservedBatch { ops, results }) => {
+                for ((i, op), result) in indices.into_iter().zip(ops).zip(results) {
+                    batch.slots[i] = match result {
+                        Ok(Reservation::Commit) => Slot::Reserved { op, scope_shard: shard },
+                        Ok(Reservation::Replay(txid)) => Slot::Replayed(txid),
+                        Err(refused) => Slot::failed(rejection(refused)),
+                    };
+                }
+                continue;
+            }
+            Ok(Answer::Late) => MeshError::TimedOut,
             Ok(other) => panic!("a batch reservation answered with {other:?}"),
-            Err(error) => indices.iter().map(|_| Err(error)).collect::<Vec<_>>(),
+            Err(error) => error,
         };
-        for (i, result) in indices.into_iter().zip(results) {
-            batch.slots[i] = match result {
-                Ok(Ok(Reserved::Commit(op))) => Slot::Reserved { op, scope_shard: shard },
-                Ok(Ok(Reserved::Replay(txid))) => Slot::Replayed(txid),
-                Ok(Err(refused)) => Slot::failed(rejection(refused)),
-                Err(error) => Slot::failed(mesh_failure(error)),
-            };
+        for i in indices {
+            batch.slots[i] = Slot::failed(mesh_failure(error));
         }
     }
 }
