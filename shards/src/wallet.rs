@@ -391,6 +391,8 @@ pub struct Wallet {
     /// Idempotency records made and forgotten since the last
     /// `take_changes`, in order (see `Changes::idem`).
     dirty_idem: Vec<(IdemKey, Option<IdemRecord>)>,
+    /// The lists of the last `take_changes`, given back (`recycle`).
+    spare_changes: Option<Changes>,
     /// Receipts of operations up to this seq are kept elsewhere (the
     /// shard's view) and not added here.
     receipts_kept_through: u64,
@@ -474,9 +476,10 @@ impl Wallet {
         self.accounts.get(account).map_or(0, |held| held.nonce.committed)
     }
 
-    /// The committed state changed since the last call, for the view.
+    /// The committed state changed since the last call, for the view
+    /// (give it back emptied with `recycle`).
     pub fn take_changes(&mut self) -> Changes {
-        let mut changes = Changes::default();
+        let mut changes = self.spare_changes.take().unwrap_or_default();
         for name in self.dirty_accounts.drain(..) {
             let account = self.accounts.get_mut(&name).expect("listed accounts exist");
             account.listed = false;
@@ -494,8 +497,22 @@ impl Wallet {
         for id in self.dirty_holds.drain() {
             changes.holds.push((id, self.holds.get(&id).cloned()));
         }
-        changes.idem.append(&mut self.dirty_idem);
+        // Swapped, not copied: the records' list keeps the room the last
+        // one grew to.
+        std::mem::swap(&mut changes.idem, &mut self.dirty_idem);
         changes
+    }
+
+    /// Takes back what `take_changes` gave, once the view has it: its
+    /// lists, emptied, are the next ones (a write's idempotency records,
+    /// 130 000 at 130 000 transfers/s, grown anew each time, had every
+    /// page faulted in anew).
+    pub fn recycle(&mut self, mut changes: Changes) {
+        changes.funds.clear();
+        changes.nonces.clear();
+        changes.holds.clear();
+        changes.idem.clear();
+        self.spare_changes = Some(changes);
     }
 
     /// Loads state the view kept (at start, before any replay).

@@ -236,7 +236,8 @@ impl Service for Wallet {
     fn save(&self, changes: &mut ViewChanges, through_seq: u64) {
         let mut state = self.state.borrow_mut();
         let taken = state.take_changes();
-        view::save(changes, taken, state.take_new_receipts(through_seq));
+        view::save(changes, &taken, state.take_new_receipts(through_seq));
+        state.recycle(taken);
     }
 
     fn saved(&self, through_seq: u64) {

@@ -436,7 +436,8 @@ fn a_rejected_write_keeps_its_nonce_and_a_pending_one_is_in_flight() {
 
 /// A batch's writes reserved together (`reserve_batch`) and applied
 /// together (`apply_all`) come to what each one alone comes to, refusals,
-/// the records the bound forgets and the payers left unsettled included.
+/// the records the bound forgets, the payers left unsettled and the
+/// changes for the view (their lists given back, `recycle`) included.
 #[test]
 fn a_batch_reserves_and_applies_as_its_writes_one_by_one() {
     let names: Vec<String> = (0..12).map(|i| format!("acct:{i}")).collect();
@@ -540,6 +541,12 @@ fn a_batch_reserves_and_applies_as_its_writes_one_by_one() {
                 wallet.settle_payer(scope_account(op));
             }
         }
+        // A view write a round: one wallet's lists given back emptied
+        // for the next, the other's dropped.
+        let changes = together.take_changes();
+        assert_eq!(changes, alone.take_changes(), "round {round}");
+        assert!(!changes.idem.is_empty() && !changes.funds.is_empty());
+        together.recycle(changes);
         seq += 100;
     }
     for name in &names {

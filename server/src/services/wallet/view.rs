@@ -58,7 +58,7 @@ fn idem_key((expires_ms, slot): &IdemKey) -> [u8; IDEM_KEY_BYTES] {
 /// Puts what changed into a view write.
 pub fn save<'a>(
     changes: &mut ViewChanges,
-    state: Changes,
+    state: &Changes,
     receipts: impl Iterator<Item = Receipt<'a>>,
 ) {
     for receipt in receipts {
