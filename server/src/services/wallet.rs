@@ -174,11 +174,10 @@ impl Service for Wallet {
                 }
                 Answer::Reserved(self.reserve_in_order(&op, now_ms, deadline).await)
             }
-            Call::ReserveBatch { ops, now_ms, deadline } => {
+            Call::ReserveBatch { mut ops, now_ms, deadline } => {
                 if Instant::now() >= deadline {
                     return Answer::Late;
                 }
-                let mut ops = ops;
                 let results = self.state.borrow_mut().reserve_batch(&mut ops, now_ms);
                 Answer::ReservedBatch { ops, results }
             }
