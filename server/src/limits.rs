@@ -134,7 +134,8 @@ pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
 /// 200 000 transfers/s a write carries about 136 MB, in buffers grown by
 /// doubling to 192 MiB. Below that, the buffers are kept: freed, they were
 /// grown again at every write, copied at each doubling and every page
-/// faulted in anew (2–4 % of a shard at 130 000 transfers/s, measured).
+/// faulted in anew (page faults fell from 5.1 % to 1.6–2.0 % of a shard's
+/// profile at about 130 000 transfers/s: bench/RESULTS.md).
 pub const VIEW_SPARE_BYTES_MAX: usize = 256 << 20;
 const _: () = assert!(VIEW_TICK.as_millis() <= VIEW_DROP_PAGES_EVERY.as_millis());
 
