@@ -129,10 +129,10 @@ pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
 /// A view write's emptied buffers are kept for the next write up to this
 /// size; larger ones, left by a write that carried a backlog, are freed. A
 /// transfer's five puts take about 480 bytes of keys and values and five
-/// 40-byte change records (derived from their sizes): 680 bytes. Writes
+/// 48-byte change records (derived from their sizes): 720 bytes. Writes
 /// come about once a second under load (each waits for the last), so at
-/// 200 000 transfers/s a write carries about 136 MB, in buffers grown by
-/// doubling to 192 MiB. Below that, the buffers are kept: freed, they were
+/// 200 000 transfers/s a write carries about 144 MB, in buffers grown by
+/// doubling to 176 MiB (100 000 transfers: 88 MiB). Below that, the buffers are kept: freed, they were
 /// grown again at every write, copied at each doubling and every page
 /// faulted in anew (page faults fell from 5.1 % to 1.6–2.0 % of a shard's
 /// profile at about 130 000 transfers/s: bench/RESULTS.md).
