@@ -126,16 +126,16 @@ pub const VIEW_TABLES_MAX: usize = 64;
 pub const VIEW_TICK: Duration = Duration::from_millis(100);
 /// How often a shard unmaps the pages of its view that reads mapped.
 pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
-/// A view write's emptied buffers are kept for the next write up to this
-/// size; larger ones, left by a write that carried a backlog, are freed. A
-/// transfer's five puts take about 480 bytes of keys and values and five
-/// 48-byte change records (derived from their sizes): 720 bytes. Writes
-/// come about once a second under load (each waits for the last), so at
-/// 200 000 transfers/s a write carries about 144 MB, in buffers grown by
-/// doubling to 176 MiB (100 000 transfers: 88 MiB). Below that, the buffers are kept: freed, they were
-/// grown again at every write, copied at each doubling and every page
-/// faulted in anew (page faults fell from 5.1 % to 1.6–2.0 % of a shard's
-/// profile at about 130 000 transfers/s: bench/RESULTS.md).
+/// A view write's emptied buffers (chunks of keys and values and of change
+/// records) are kept for the next write up to this size; the chunks past
+/// it, left by a write that carried a backlog, are freed. A transfer's five
+/// puts take about 480 bytes of keys and values and five 20-byte change
+/// records: 580 bytes. Writes come about once a second under load (each
+/// waits for the last) and took up to about two seconds late in a minute
+/// at 186 000 transfers/s: some 216 MB. Kept, the chunks are filled again
+/// without a page fault. Buffers grown by doubling and freed past the limit
+/// were copied at each doubling and faulted in anew: a quarter of a shard's
+/// time late in a minute (bench/RESULTS.md).
 pub const VIEW_SPARE_BYTES_MAX: usize = 256 << 20;
 const _: () = assert!(VIEW_TICK.as_millis() <= VIEW_DROP_PAGES_EVERY.as_millis());
 

@@ -294,12 +294,12 @@ impl ViewStore {
         let mut txn = self.env.write_txn()?;
         for run in lmdb_runs {
             let table = &self.tables[usize::from(run[0].table)];
-            for change in run.iter().filter(|change| change.value.is_none()) {
-                table.delete(&mut txn, changes.slice(change.key))?;
+            for change in run.iter().filter(|change| changes.value(change).is_none()) {
+                table.delete(&mut txn, changes.key(change))?;
             }
             let mut cursor = table.iter_mut(&mut txn)?;
             for change in run {
-                if let Some(value) = change.value {
+                if let Some(value) = changes.value(change) {
                     // SAFETY: no value read from the database is held; with
                     // no flags, `mdb_cursor_put` is LMDB's ordinary put
                     // (insert or replace), made through this cursor so that
@@ -307,8 +307,8 @@ impl ViewStore {
                     unsafe {
                         cursor.put_current_with_options::<Bytes>(
                             heed::PutFlags::empty(),
-                            changes.slice(change.key),
-                            changes.slice(value),
+                            changes.key(change),
+                            value,
                         )?
                     };
                 }
@@ -407,14 +407,12 @@ pub struct ViewStats {
 }
 
 impl ViewStats {
-    /// Keeps a written write's buffers, emptied, for the next write, unless
-    /// they grew past `VIEW_SPARE_BYTES_MAX` (a write that carried a
-    /// backlog): those are freed.
+    /// Keeps a written write's buffers, emptied, for the next write, up to
+    /// `VIEW_SPARE_BYTES_MAX`: what a write that carried a backlog grew
+    /// past that is freed.
     fn give_back(&self, mut changes: ViewChanges) {
-        if changes.capacity_bytes() <= VIEW_SPARE_BYTES_MAX {
-            changes.clear();
-            *self.spare.lock().expect("not poisoned") = Some(changes);
-        }
+        changes.clear_within(VIEW_SPARE_BYTES_MAX);
+        *self.spare.lock().expect("not poisoned") = Some(changes);
     }
 
     /// The buffers for the next write: the last write's, or new ones.
@@ -852,8 +850,8 @@ mod tests {
                 .last_per_key()
                 .iter()
                 .map(|c| {
-                    let key = changes.slice(c.key).to_vec();
-                    (c.table, key, c.value.map(|v| changes.slice(v).to_vec()))
+                    let key = changes.key(c).to_vec();
+                    (c.table, key, changes.value(c).map(<[u8]>::to_vec))
                 })
                 .collect();
             let expected: Vec<_> = model.into_iter().map(|((t, k), v)| (t, k, v)).collect();
@@ -862,26 +860,16 @@ mod tests {
     }
 
     #[test]
-    fn a_writes_buffers_are_kept_for_the_next_up_to_their_limit() {
+    fn a_writes_buffers_are_kept_for_the_next() {
         let stats = ViewStats::default();
         let mut changes = ViewChanges::default();
         changes.put(0, b"key", b"value");
+        let capacity = changes.capacity_bytes();
         stats.give_back(changes);
         let kept = stats.take_spare();
-        assert!(kept.is_empty() && kept.bytes.capacity() > 0, "kept, emptied");
-        assert!(stats.take_spare().bytes.capacity() == 0, "handed out once");
-        // One byte past the limit: freed, the next write starts anew.
-        let mut large = ViewChanges::default();
-        large.bytes.reserve_exact(VIEW_SPARE_BYTES_MAX + 1);
-        assert!(large.capacity_bytes() > VIEW_SPARE_BYTES_MAX);
-        stats.give_back(large);
-        assert_eq!(stats.take_spare().bytes.capacity(), 0);
-        // At the limit: kept.
-        let mut at_limit = ViewChanges::default();
-        at_limit.bytes.reserve_exact(VIEW_SPARE_BYTES_MAX);
-        assert_eq!(at_limit.capacity_bytes(), VIEW_SPARE_BYTES_MAX);
-        stats.give_back(at_limit);
-        assert_eq!(stats.take_spare().bytes.capacity(), VIEW_SPARE_BYTES_MAX);
+        assert!(kept.is_empty() && kept.capacity_bytes() == capacity, "kept, emptied");
+        assert_eq!(stats.take_spare().capacity_bytes(), 0, "handed out once");
+        // How much is kept past the limit: `changes::tests`.
     }
 
     #[test]

@@ -66,9 +66,9 @@ impl Lsm {
     ) -> anyhow::Result<()> {
         let mut ingestion = keyspace.start_ingestion()?;
         for change in run {
-            let key = changes.slice(change.key);
-            match change.value {
-                Some(value) => ingestion.write(key, changes.slice(value))?,
+            let key = changes.key(change);
+            match changes.value(change) {
+                Some(value) => ingestion.write(key, value)?,
                 None => ingestion.write_tombstone(key)?,
             }
         }
