@@ -262,7 +262,7 @@ impl CanonicalRequest<'_> {
             }
             text.push(b'\n');
         };
-        let mut digits = Digits { buffer: [0; 40] };
+        let mut digits = Digits { buffer: itoa::Buffer::new() };
         line("op", &[self.kind.name().as_bytes()]);
         line("from", &[self.from.unwrap_or("").as_bytes()]);
         line("to", &[self.to.unwrap_or("").as_bytes()]);
@@ -283,20 +283,16 @@ impl CanonicalRequest<'_> {
     }
 }
 
-/// A number's decimal digits, written into a buffer on the stack.
+/// A number's decimal digits, written into a buffer on the stack (by
+/// `itoa`: `write!` through `Display` took 1.4 % of a shard's time).
 struct Digits {
-    buffer: [u8; 40],
+    buffer: itoa::Buffer,
 }
 
 impl Digits {
-    /// The digits of `number` (u128::MAX has 39), or nothing for `None`.
-    fn of(&mut self, number: Option<impl std::fmt::Display>) -> &[u8] {
-        use std::io::Write as _;
-        let Some(number) = number else { return &[] };
-        let mut rest = &mut self.buffer[..];
-        write!(rest, "{number}").expect("40 bytes hold any u128");
-        let len = 40 - rest.len();
-        &self.buffer[..len]
+    /// The digits of `number`, or nothing for `None`.
+    fn of(&mut self, number: Option<impl itoa::Integer>) -> &[u8] {
+        number.map_or(&[], |number| self.buffer.format(number).as_bytes())
     }
 }
 

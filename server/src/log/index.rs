@@ -326,13 +326,18 @@ pub struct TreeNodes {
     stored: u64,
     flushing: Arc<Vec<Hash>>,
     fresh: Vec<Hash>,
+    /// The last written part's vector, emptied, for the next fresh part:
+    /// grown anew from nothing at every write, the fresh nodes were copied
+    /// at each doubling and every page faulted in again (more than half
+    /// of a shard core's page faults at 180 000 transfers/s).
+    spare: Vec<Hash>,
 }
 
 impl TreeNodes {
     /// The nodes of a tree whose first `stored` nodes are in `store`.
     pub fn new(store: Option<Arc<IndexStore>>, stored: u64) -> TreeNodes {
         assert!(store.is_some() || stored == 0);
-        TreeNodes { store, stored, flushing: Arc::default(), fresh: Vec::new() }
+        TreeNodes { store, stored, flushing: Arc::default(), fresh: Vec::new(), spare: Vec::new() }
     }
 
     fn flushing_end(&self) -> u64 {
@@ -600,7 +605,10 @@ impl Flush {
                 tracing::error!(%error, "writing the log index failed: it stays at its last checkpoint");
             }
         }
-        self.status.busy.store(false, Ordering::Release);
+        // What it held is let go before the committer may take it back.
+        let status = self.status.clone();
+        drop(self);
+        status.busy.store(false, Ordering::Release);
     }
 }
 
@@ -678,9 +686,12 @@ impl Checkpoints {
             return None;
         }
         let store = index.store.clone()?;
-        // The last write is on disk.
+        // The last write is on disk (and its job, done, holds none of it).
         nodes.stored = nodes.flushing_end();
-        nodes.flushing = Arc::default();
+        if let Ok(mut written) = Arc::try_unwrap(std::mem::take(&mut nodes.flushing)) {
+            written.clear();
+            nodes.spare = written;
+        }
         index.flushing = Arc::default();
         self.ids_stored += std::mem::take(&mut self.ids_flushing);
         if let Some(built) = self.status.built.lock().expect("not poisoned").take() {
@@ -713,7 +724,7 @@ impl Checkpoints {
             idem: std::mem::take(&mut index.fresh.idem),
             roots: std::mem::take(&mut index.fresh.roots),
         });
-        let fresh = Arc::new(std::mem::take(&mut nodes.fresh));
+        let fresh = Arc::new(std::mem::replace(&mut nodes.fresh, std::mem::take(&mut nodes.spare)));
         index.flushing = part.clone();
         nodes.flushing = fresh.clone();
         self.status.busy.store(true, Ordering::Release);
@@ -908,6 +919,8 @@ mod tests {
         take(&mut index, &mut tree, true).run();
         commit(&mut index, &mut tree, 101..1201);
         take(&mut index, &mut tree, false).run();
+        let kept = tree.nodes_mut().fresh.capacity();
+        assert!(kept >= node_count(100) as usize, "the first write's nodes' vector, kept: {kept}");
         assert_eq!(store.checkpoint().unwrap().map(|c| (c.seq, c.ids_seq)), Some((1200, 100)));
         commit(&mut index, &mut tree, 1201..2301);
         let flushing = take(&mut index, &mut tree, false);
