@@ -225,9 +225,10 @@ impl Service for Wallet {
     }
 
     /// A committed batch's operations are applied together
-    /// (`state::Wallet::apply_all`), `APPLY_WINDOW` at a time: their
-    /// decoded forms take about 200 bytes each, and a run of thousands
-    /// took a new allocation of megabytes, page faults and all, each time.
+    /// (`state::Wallet::apply_all`), `APPLY_WINDOW` at a time: a whole
+    /// run's decoded forms took a new allocation each time, large enough to
+    /// be faulted in anew (15 % of the shard's page faults at 180 000
+    /// transfers/s).
     fn apply_all(&self, items: &[Item<'_>]) {
         let mut committed = Vec::with_capacity(items.len().min(APPLY_WINDOW));
         for window in items.chunks(APPLY_WINDOW) {
