@@ -131,8 +131,9 @@ pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
 /// it, left by a write that carried a backlog, are freed. A transfer's five
 /// puts take about 480 bytes of keys and values and five 20-byte change
 /// records: 580 bytes. Writes come about once a second under load (each
-/// waits for the last) and took up to about two seconds late in a minute
-/// at 186 000 transfers/s: some 216 MB. Kept, the chunks are filled again
+/// waits for the last); one that waited two seconds at 186 000
+/// transfers/s would carry some 216 MB (write sizes were not logged; the
+/// profile showed buffers regrown late in a minute). Kept, the chunks are filled again
 /// without a page fault. Buffers grown by doubling and freed past the limit
 /// were copied at each doubling and faulted in anew: a quarter of a shard's
 /// time late in a minute (bench/RESULTS.md).
