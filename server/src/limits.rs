@@ -252,8 +252,9 @@ mod sizes {
     pub const VERIFY_CACHE_ENTRY_BYTES: u64 = 96;
     /// A rate bucket or budget (`ron_shards::passport::Meters`).
     pub const METER_BYTES: u64 = 64;
-    /// A wallet idempotency record (slot, record, expiry order): 154 B at
-    /// the maps' worst point, measured by `testing/tests/memory.rs`.
+    /// A wallet idempotency record (slot and txid in the map, expiry,
+    /// slot and txid in the expiry order): 149 B at the maps' worst point,
+    /// measured by `testing/tests/memory.rs`.
     pub const IDEM_RECORD_BYTES: u64 = 160;
     /// A Kademlia provider record kept for another node: key, peer id,
     /// expiry, a few addresses, the list and map around it.

@@ -28,6 +28,7 @@ use ron_proto::wallet::{
 use crate::{Map, Set};
 use hashbrown::hash_map::RawEntryMut;
 use smallvec::SmallVec;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The account that scopes an operation's idempotency key: `from`, or `to`
@@ -280,6 +281,14 @@ pub struct Hold {
     pub resolving: bool,
 }
 
+/// A committed operation's idempotency record, as its shard applies it:
+/// its slot, and whether the operation was reserved here.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    slot: IdemSlot,
+    reserved: bool,
+}
+
 /// An idempotency record: the txid of the request that holds the key.
 /// Its receipt lives with the recorder shard.
 #[derive(Clone, Copy, Debug)]
@@ -358,21 +367,27 @@ pub struct Wallet {
     holds: Map<HoldId, Hold>,
     /// Open holds by expiry time, for the expiry sweep.
     expiries: BTreeSet<(u64, HoldId)>,
-    /// Committed idempotency records by `idem_slot(scope, key)`: the txid
-    /// of the request that holds the key.
+    /// Idempotency records by `idem_slot(scope, key)`: the txid of the
+    /// request that holds the key, committed or reserved (then also in
+    /// `pending`). A reservation writes its record where its lookup just
+    /// was (in the cache), and its commit leaves it there.
     idem: Map<IdemSlot, TxId>,
-    /// Records of requests reserved and not yet committed or given back,
-    /// by slot: few, so a reservation's insert stays in cache instead of
-    /// writing into the large map above (a cache miss of its own).
-    pending: Map<IdemSlot, TxId>,
+    /// The slots of the records of requests reserved and not yet committed
+    /// or given back, by txid: few, so in the cache, and they give the
+    /// commit its slot without hashing the key again.
+    pending: Map<TxId, IdemSlot>,
     /// The slots of the records of captures and releases, by txid. Their
     /// slot is scoped to the hold's payer, which a replay cannot name once
     /// the hold is resolved and gone; every other request's slot follows
     /// from the request itself, so only these need an index (a million
     /// records cost 69 MB in it).
     resolutions: Map<TxId, IdemSlot>,
-    /// Committed idempotency records, oldest first, for expiry and the bound.
-    idem_order: VecDeque<(u64, IdemSlot)>,
+    /// Committed idempotency records, oldest first, for expiry and the
+    /// bound: (expires_ms, slot, txid). The txid tells whether `idem` still
+    /// holds this record: a record replayed at start can take the slot of
+    /// one loaded from the view that had expired and was not yet forgotten
+    /// there.
+    idem_order: VecDeque<(u64, IdemSlot, TxId)>,
     idem_ttl_ms: u64,
     idem_max: usize,
     /// No view takes the changes (amnesia): the changed holds and
@@ -540,7 +555,7 @@ impl Wallet {
         if record.resolution {
             self.resolutions.insert(record.txid, slot);
         }
-        self.idem_order.push_back((record.expires_ms, slot));
+        self.idem_order.push_back((record.expires_ms, slot, record.txid));
     }
 
     /// Puts loaded idempotency records in expiry order.
@@ -664,26 +679,27 @@ impl Wallet {
         answers
     }
 
-    /// Looks up, one right after another, the records of `slots` (pending
-    /// or committed), the committed records of `forgotten` and the
-    /// accounts named, and drops what it found: the work that follows
-    /// finds them in the cache. Each is a cache miss (a million records do
-    /// not fit in it); misses made together overlap, where one at a time,
-    /// between the rest of the work, each waits its turn.
+    /// Looks up, one right after another, the records of `slots` and of
+    /// `forgotten` and the accounts named (each account's nonce, flag and
+    /// first funds too: its entry spans three cache lines), and drops what
+    /// it found: the work that follows finds them in the cache. Each is a
+    /// cache miss (a million records do not fit in it); misses made
+    /// together overlap, where one at a time, between the rest of the
+    /// work, each waits its turn.
     fn touch<'a>(
         &self,
         slots: impl Iterator<Item = &'a IdemSlot>,
         forgotten: impl Iterator<Item = &'a IdemSlot>,
         accounts: impl Iterator<Item = &'a str>,
     ) {
-        for slot in slots {
-            std::hint::black_box((self.pending.get(slot), self.idem.get(slot)));
-        }
-        for slot in forgotten {
+        for slot in slots.chain(forgotten) {
             std::hint::black_box(self.idem.get(slot));
         }
         for account in accounts {
-            std::hint::black_box(self.accounts.get(account));
+            std::hint::black_box(self.accounts.get(account).map(|held| {
+                let first = held.funds.first().map(|(_, slot)| slot.funds.balance);
+                (held.listed, held.nonce.committed, first)
+            }));
         }
     }
 
@@ -735,7 +751,8 @@ impl Wallet {
         if is_resolution(op.kind) {
             self.resolutions.insert(op.txid, slot);
         }
-        self.pending.insert(slot, op.txid);
+        self.idem.insert(slot, op.txid);
+        self.pending.insert(op.txid, slot);
         Ok(Reservation::Commit)
     }
 
@@ -836,12 +853,11 @@ impl Wallet {
                 hold.resolving = false;
             }
         }
-        if let Some(key) = &op.idem {
-            let slot = idem_slot(scope, key);
-            if self.pending.get(&slot) == Some(&op.txid) {
-                self.pending.remove(&slot);
-                self.resolutions.remove(&op.txid);
-            }
+        // A request's txid covers its scope and key: the reserved record
+        // of this txid is this reservation's.
+        if let Some(slot) = self.pending.remove(&op.txid) {
+            self.idem.remove(&slot);
+            self.resolutions.remove(&op.txid);
         }
     }
 
@@ -857,42 +873,48 @@ impl Wallet {
     /// read back from the log at start. `encoded` is the operation as the
     /// log holds it (`WalletOp::encode`), kept as its receipt.
     pub fn apply(&mut self, op: &WalletOpRef<'_>, encoded: &[u8], placement: Placement) {
-        self.apply_at(op, encoded, placement, self.slot_of(op));
+        self.apply_at(op, encoded, placement, self.record_of(op));
     }
 
     /// Applies committed operations in order, each as `apply` does. What
-    /// they will look up is first looked up together (`touch`): their
-    /// records, their accounts, and the oldest records that the bound
-    /// will make them forget.
+    /// they will look up is first looked up together (`touch`): the
+    /// records of those not reserved here (replayed at start), their
+    /// accounts, and the oldest records that the bound will make them
+    /// forget.
     pub fn apply_all(&mut self, committed: &[(WalletOpRef<'_>, &[u8], Placement)]) {
-        let slots: Vec<Option<IdemSlot>> =
-            committed.iter().map(|(op, ..)| self.slot_of(op)).collect();
-        let made = slots.iter().flatten().count();
+        let records: Vec<Option<Record>> =
+            committed.iter().map(|(op, ..)| self.record_of(op)).collect();
+        let made = records.iter().flatten().count();
         let forgotten = (self.idem_order.len() + made).saturating_sub(self.idem_max);
         self.touch(
-            slots.iter().flatten(),
-            self.idem_order.iter().take(forgotten).map(|(_, slot)| slot),
+            records.iter().flatten().filter(|record| !record.reserved).map(|record| &record.slot),
+            self.idem_order.iter().take(forgotten).map(|(_, slot, _)| slot),
             committed.iter().flat_map(|(op, ..)| [op.from, op.to]).flatten(),
         );
-        for ((op, encoded, placement), slot) in committed.iter().zip(slots) {
-            self.apply_at(op, encoded, *placement, slot);
+        for ((op, encoded, placement), record) in committed.iter().zip(records) {
+            self.apply_at(op, encoded, *placement, record);
         }
     }
 
-    /// The slot of the idempotency record of committed `op`, if this
-    /// shard keeps it.
-    fn slot_of(&self, op: &WalletOpRef<'_>) -> Option<IdemSlot> {
+    /// The idempotency record of committed `op`, if this shard keeps it:
+    /// reserved here (its slot is known), or not (replayed at start: its
+    /// slot is hashed).
+    fn record_of(&self, op: &WalletOpRef<'_>) -> Option<Record> {
         let scope = op.from.or(op.to).expect("every operation names an account");
-        op.idem.filter(|_| self.owns(scope)).map(|key| idem_slot(scope, key))
+        let key = op.idem.filter(|_| self.owns(scope))?;
+        Some(match self.pending.get(&op.txid) {
+            Some(slot) => Record { slot: *slot, reserved: true },
+            None => Record { slot: idem_slot(scope, key), reserved: false },
+        })
     }
 
-    /// `apply`, with the operation's slot (`slot_of`).
+    /// `apply`, with the operation's record (`record_of`).
     fn apply_at(
         &mut self,
         op: &WalletOpRef<'_>,
         encoded: &[u8],
         placement: Placement,
-        slot: Option<IdemSlot>,
+        record: Option<Record>,
     ) {
         debug_assert!(
             {
@@ -904,17 +926,22 @@ impl Wallet {
         );
         let from_here = op.from.is_some_and(|a| self.owns(a));
         let to_here = op.to.is_some_and(|a| self.owns(a));
-        // The scope shard reserved `op` if its record of the key was
-        // pending with `op`'s txid: the record is now done.
+        // The scope shard reserved `op` if its record of the key is
+        // pending: the record, in `idem` since, is now committed.
         let mut reserved = false;
-        if let Some(slot) = slot {
+        if let Some(Record { slot, reserved: here }) = record {
             let expires_ms = op.ts_ms + self.idem_ttl_ms;
-            reserved = self.pending.remove(&slot) == Some(op.txid);
-            self.idem.insert(slot, op.txid);
+            reserved = here;
+            if reserved {
+                self.pending.remove(&op.txid);
+                debug_assert_eq!(self.idem.get(&slot), Some(&op.txid), "reserved in `idem`");
+            } else {
+                self.idem.insert(slot, op.txid);
+            }
             if is_resolution(op.kind) {
                 self.resolutions.insert(op.txid, slot);
             }
-            self.idem_order.push_back((expires_ms, slot));
+            self.idem_order.push_back((expires_ms, slot, op.txid));
             let record =
                 IdemRecord { txid: op.txid, expires_ms, resolution: is_resolution(op.kind) };
             self.changed_idem((expires_ms, slot), Some(record));
@@ -1036,7 +1063,7 @@ impl Wallet {
     }
 
     fn expire_idem(&mut self, now_ms: u64) {
-        while self.idem_order.front().is_some_and(|(at, _)| *at <= now_ms) {
+        while self.idem_order.front().is_some_and(|(at, ..)| *at <= now_ms) {
             self.forget_oldest_idem();
         }
     }
@@ -1058,19 +1085,24 @@ impl Wallet {
 
     /// The record of `slot`: in flight, or committed.
     fn idem_record(&self, slot: &IdemSlot) -> Option<Idem> {
-        let pending = self.pending.get(slot).map(|txid| Idem::Pending(*txid));
-        pending.or_else(|| self.idem.get(slot).map(|txid| Idem::Done(*txid)))
+        let txid = *self.idem.get(slot)?;
+        Some(if self.pending.contains_key(&txid) { Idem::Pending(txid) } else { Idem::Done(txid) })
     }
 
+    /// Forgets the oldest committed record: from `idem` if the slot still
+    /// holds it (one lookup: the oldest record is a cache miss of its
+    /// own), and from the view in any case.
     fn forget_oldest_idem(&mut self) {
-        let (expires_ms, slot) = self.idem_order.pop_front().expect("not empty");
-        // One lookup: the oldest record is a cache miss of its own.
-        if let Some(txid) = self.idem.remove(&slot) {
-            if !self.resolutions.is_empty() {
-                self.resolutions.remove(&txid);
+        let (expires_ms, slot, txid) = self.idem_order.pop_front().expect("not empty");
+        if let Entry::Occupied(held) = self.idem.entry(slot) {
+            if *held.get() == txid {
+                held.remove();
             }
-            self.changed_idem((expires_ms, slot), None);
         }
+        if !self.resolutions.is_empty() {
+            self.resolutions.remove(&txid);
+        }
+        self.changed_idem((expires_ms, slot), None);
     }
 }
 

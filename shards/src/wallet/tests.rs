@@ -705,6 +705,27 @@ fn idempotency_records_expire_and_are_bounded() {
 }
 
 #[test]
+fn a_record_replayed_over_an_expired_one_from_the_view_outlives_it() {
+    // The view kept the key's record of an earlier request, expired but
+    // not yet forgotten there; the log's tail holds a later request with
+    // the same key, made after the first expired.
+    let mut wallet = Wallet::new(0, 1, 1000, 10);
+    let first = request(OpKind::Issue, None, Some("alice"), 1, None, None, "k", 0);
+    let slot = idem_slot("alice", "k");
+    wallet.load_idem(slot, IdemRecord { txid: first.txid, expires_ms: 1000, resolution: false });
+    wallet.finish_load();
+    let later = request(OpKind::Issue, None, Some("alice"), 2, None, None, "k", 1500);
+    wallet.apply(&later.as_ref(), &encoded(&later), Placement { seq: 9, root: [0; 32] });
+    // The first record's expiry forgets it, not the later one.
+    assert_eq!(wallet.reserve(&later, 1600), Ok(Reserved::Replay(later.txid)));
+    assert_eq!(wallet.reserve(&first, 1600), Err(Rejection::IdempotencyConflict));
+    let record = IdemRecord { txid: later.txid, expires_ms: 2500, resolution: false };
+    assert_eq!(wallet.take_changes().idem, [((2500, slot), Some(record)), ((1000, slot), None)]);
+    // And the later one expires in its turn.
+    assert!(matches!(wallet.reserve(&later, 2500), Ok(Reserved::Commit(_))));
+}
+
+#[test]
 fn a_capture_whose_record_is_forgotten_is_new_again() {
     // A bound of one record: each write forgets the one before.
     let mut wallet = Wallet::new(0, 1, TTL_MS, 1);
