@@ -664,7 +664,8 @@ impl Wallet {
                 Some(idem_slot(scope_account(request), key))
             })
             .collect();
-        self.touch(slots.iter().flatten(), std::iter::empty(), requests.iter().map(scope_account));
+        let accounts = requests.iter().map(scope_account);
+        self.touch(slots.iter().flatten(), std::iter::empty(), accounts, std::iter::empty());
         let answers: Vec<_> = (requests.iter_mut().zip(slots))
             .map(|(request, slot)| match request.nonce.and(self.nonce_account(request)) {
                 Some(payer) if self.is_unsettled(payer) => Err(Rejection::PayerUnsettled),
@@ -680,9 +681,10 @@ impl Wallet {
     }
 
     /// Looks up, one right after another, the records of `slots` and of
-    /// `forgotten` and the accounts named (each account's nonce, flag and
-    /// first funds too: its entry spans three cache lines), and drops what
-    /// it found: the work that follows finds them in the cache. Each is a
+    /// `forgotten`, the accounts named (each account's nonce, flag and
+    /// first funds too: its entry spans three cache lines) and the
+    /// receipts' index at `receipts`, and drops what it found: the work
+    /// that follows finds them in the cache. Each is a
     /// cache miss (a million records do not fit in it); misses made
     /// together overlap, where one at a time, between the rest of the
     /// work, each waits its turn.
@@ -691,6 +693,7 @@ impl Wallet {
         slots: impl Iterator<Item = &'a IdemSlot>,
         forgotten: impl Iterator<Item = &'a IdemSlot>,
         accounts: impl Iterator<Item = &'a str>,
+        receipts: impl Iterator<Item = &'a TxId>,
     ) {
         for slot in slots.chain(forgotten) {
             std::hint::black_box(self.idem.get(slot));
@@ -700,6 +703,9 @@ impl Wallet {
                 let first = held.funds.first().map(|(_, slot)| slot.funds.balance);
                 (held.listed, held.nonce.committed, first)
             }));
+        }
+        for txid in receipts {
+            std::hint::black_box(self.receipts.index.get(txid));
         }
     }
 
@@ -890,6 +896,10 @@ impl Wallet {
             records.iter().flatten().filter(|record| !record.reserved).map(|record| &record.slot),
             self.idem_order.iter().take(forgotten).map(|(_, slot, _)| slot),
             committed.iter().flat_map(|(op, ..)| [op.from, op.to]).flatten(),
+            committed
+                .iter()
+                .filter(|(op, _, placement)| self.keeps_receipt(&op.txid, placement.seq))
+                .map(|(op, ..)| &op.txid),
         );
         for ((op, encoded, placement), record) in committed.iter().zip(records) {
             self.apply_at(op, encoded, *placement, record);
@@ -961,11 +971,15 @@ impl Wallet {
                 OpKind::Burn | OpKind::Hold | OpKind::Release | OpKind::Expire => {}
             }
         }
-        if recorder(&op.txid, self.shard_count) == self.shard
-            && placement.seq > self.receipts_kept_through
-        {
+        if self.keeps_receipt(&op.txid, placement.seq) {
             self.receipts.insert(op.txid, encoded, placement);
         }
+    }
+
+    /// Whether this shard keeps the receipt of `txid`, committed at `seq`,
+    /// in memory (until a view write takes it).
+    fn keeps_receipt(&self, txid: &TxId, seq: u64) -> bool {
+        recorder(txid, self.shard_count) == self.shard && seq > self.receipts_kept_through
     }
 
     /// The payer's part; `reserved`: the debit was reserved here, and the
