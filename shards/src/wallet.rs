@@ -21,12 +21,15 @@
 //! ([`Changes`], [`Wallet::take_new_receipts`]); how a view stores them is
 //! the server's business.
 
+mod receipts;
+
 use ron_proto::wallet::{
     CompactString, HoldId, OpKind, Placement, TxId, WalletOp, WalletOpRef, hold_route,
 };
 
 use crate::{Map, Set};
 use hashbrown::hash_map::RawEntryMut;
+use receipts::ReceiptSet;
 use smallvec::SmallVec;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -296,61 +299,6 @@ enum Idem {
     Pending(TxId),
     /// Committed; forgotten when its expiry comes up in `idem_order`.
     Done(TxId),
-}
-
-/// Receipts as kept until a view write takes them: each operation's log
-/// encoding and where it went, rendered when asked for. They are appended
-/// (the operations' bytes to one buffer) and found through a small index,
-/// so that keeping one writes a few sequential bytes and a 24-byte map
-/// entry, and allocates nothing.
-#[derive(Debug, Default)]
-struct ReceiptSet {
-    /// By txid: the place in `kept`.
-    index: Map<TxId, usize>,
-    kept: Vec<Kept>,
-    ops: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Kept {
-    txid: TxId,
-    placement: Placement,
-    /// The operation's place in `ReceiptSet::ops`.
-    op: std::ops::Range<usize>,
-}
-
-impl ReceiptSet {
-    fn insert(&mut self, txid: TxId, op: &[u8], placement: Placement) {
-        let at = self.ops.len();
-        self.ops.extend_from_slice(op);
-        // A txid kept again (never in practice) is found at its later place.
-        self.index.insert(txid, self.kept.len());
-        self.kept.push(Kept { txid, placement, op: at..self.ops.len() });
-    }
-
-    fn get(&self, txid: &TxId) -> Option<(&[u8], Placement)> {
-        let kept = &self.kept[*self.index.get(txid)?];
-        Some((&self.ops[kept.op.clone()], kept.placement))
-    }
-
-    fn iter(&self) -> impl Iterator<Item = Receipt<'_>> {
-        self.kept.iter().map(|kept| Receipt {
-            txid: kept.txid,
-            placement: kept.placement,
-            op: &self.ops[kept.op.clone()],
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.kept.len()
-    }
-
-    /// Emptied, keeping the room it grew to.
-    fn clear(&mut self) {
-        self.index.clear();
-        self.kept.clear();
-        self.ops.clear();
-    }
 }
 
 #[derive(Debug, Default)]
@@ -705,7 +653,7 @@ impl Wallet {
             }));
         }
         for txid in receipts {
-            std::hint::black_box(self.receipts.index.get(txid));
+            self.receipts.touch(txid);
         }
     }
 
