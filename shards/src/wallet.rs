@@ -632,10 +632,10 @@ impl Wallet {
     /// `forgotten`, the accounts named (each account's nonce, flag and
     /// first funds too: its entry spans three cache lines) and the
     /// receipts' index at `receipts`, and drops what it found: the work
-    /// that follows finds them in the cache. Each is a
-    /// cache miss (a million records do not fit in it); misses made
-    /// together overlap, where one at a time, between the rest of the
-    /// work, each waits its turn.
+    /// that follows finds them in the cache. Each is a cache miss (a
+    /// million records do not fit in it); misses made together overlap,
+    /// where one at a time, between the rest of the work, each waits its
+    /// turn.
     fn touch<'a>(
         &self,
         slots: impl Iterator<Item = &'a IdemSlot>,
