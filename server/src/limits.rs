@@ -252,8 +252,8 @@ mod sizes {
     pub const VERIFY_CACHE_ENTRY_BYTES: u64 = 96;
     /// A rate bucket or budget (`ron_shards::passport::Meters`).
     pub const METER_BYTES: u64 = 64;
-    /// A wallet idempotency record (slot and txid in the map, expiry,
-    /// slot and txid in the expiry order): 149 B at the maps' worst point,
+    /// A wallet idempotency record (the map's slot and txid; the expiry
+    /// order's expiry, slot and txid): 149 B at the maps' worst point,
     /// measured by `testing/tests/memory.rs`.
     pub const IDEM_RECORD_BYTES: u64 = 160;
     /// A Kademlia provider record kept for another node: key, peer id,
