@@ -133,8 +133,8 @@ pub const VIEW_DROP_PAGES_EVERY: Duration = Duration::from_secs(1);
 /// records: 580 bytes. Writes come about once a second under load (each
 /// waits for the last); one that waited two seconds at 186 000
 /// transfers/s would carry some 216 MB (write sizes were not logged; the
-/// profile showed buffers regrown late in a minute). Kept, the chunks are filled again
-/// without a page fault. Buffers grown by doubling and freed past the limit
+/// profile showed buffers regrown late in a minute). Kept, the chunks are
+/// filled again without a page fault. Buffers grown by doubling and freed past the limit
 /// were copied at each doubling and faulted in anew: a quarter of a shard's
 /// time late in a minute (bench/RESULTS.md).
 pub const VIEW_SPARE_BYTES_MAX: usize = 256 << 20;

@@ -197,3 +197,46 @@ fn a_batch_commits_in_one_record_with_a_result_per_write() {
     let mixed = post_json(node.listen, "/v1/transfers", &bound, &body).json();
     assert_eq!(codes(&mixed), [ok(), failed(403, "FORBIDDEN")], "{mixed:?}");
 }
+
+#[test]
+fn a_batch_past_the_apply_window_applies_every_write_live_and_at_replay() {
+    // 600 writes in one record: the wallet applies a committed run 256 at
+    // a time (`APPLY_WINDOW`), so this one takes three windows, the last
+    // one partial.
+    let mut node = TestNode::start(NodeOptions::default());
+    let funded = post_json(
+        node.listen,
+        "/v1/issue",
+        &node.admin(),
+        r#"{"to":"wide","asset":"roc","amount_minor":"1000","idempotency_key":"f-wide"}"#,
+    );
+    assert_eq!(funded.status, 200, "{}", funded.text());
+    let items: Vec<String> =
+        (1..=600).map(|n| transfer("wide", 1, n, &format!("w-{n}"), false)).collect();
+    let answer = transfers(&node, &items);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = answer.json();
+    assert_eq!(answer.get_u64("committed"), Some(600), "{answer:?}");
+    let start = answer.get_u64("ledger_seq_start").unwrap();
+    assert_eq!(answer.get_u64("ledger_seq_end"), Some(start + 599));
+    let check = |node: &TestNode| {
+        assert_eq!([balance(node, "wide"), balance(node, "sink")], [400, 600]);
+        // The last write's receipt, from the last window.
+        let last = &answer.get_array("results").unwrap()[599];
+        let txid = last.get_str("txid").unwrap();
+        let receipt =
+            get(node.listen, &format!("/v1/tx/{txid}"), &[("Authorization", &node.admin())])
+                .unwrap();
+        assert_eq!(receipt.status, 200, "{}", receipt.text());
+        assert_eq!(receipt.json().get_u64("nonce"), Some(600));
+    };
+    check(&node);
+    // Killed, the node replays what its view had not taken.
+    node.signal_and_wait(libc::SIGKILL, std::time::Duration::from_secs(5));
+    node.spawn();
+    check(&node);
+    // Every key is kept: the batch again commits nothing.
+    let again = transfers(&node, &items).json();
+    assert_eq!(again.get_u64("committed"), Some(0), "{again:?}");
+    assert_eq!(balance(&node, "sink"), 600);
+}
